@@ -1,0 +1,1514 @@
+# cython: language_level=3
+"""Compiled parsing core: frames -> DNS message rows and RR rows.
+
+One ``Core`` holds a batch under construction: a numpy array of message
+rows, a numpy array of RR rows and a text arena holding every name and rdata
+in presentation form. ``add_frames`` decodes a pcapy-ng ``next_batch`` blob
+(link layer, IPv4/IPv6, UDP) and parses unfragmented UDP DNS in place; it
+returns the frames that need reassembly (IP fragments, TCP), which Python
+reassembles and hands back through ``add_message``.
+
+Every wire read goes through ``Cursor``; nothing here allocates a Python
+object per packet. ``sensor/parse/twin.py`` is the pure-Python reference
+this file must agree with field for field.
+"""
+cimport cython
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
+from libc.string cimport memcpy, memset
+from libc.stdlib cimport realloc, free
+from libc.math cimport log2
+
+import numpy as np
+
+from dnswire cimport MessageRow, RRRow, Cursor, PacketInfo
+
+cdef extern from "arpa/inet.h":
+    const char *inet_ntop(int af, const void *src, char *dst, unsigned int size)
+cdef extern from "sys/socket.h":
+    int AF_INET6
+
+# Anomaly bit positions; the order is ANOMALIES in sensor/schema.py (checked
+# at import through ANOMALY_ORDER).
+cdef enum:
+    AN_TRUNCATED = 0
+    AN_BAD_POINTER
+    AN_LABEL_TOO_LONG
+    AN_NAME_TOO_LONG
+    AN_POINTER_LIMIT
+    AN_RDLENGTH_MISMATCH
+    AN_TRAILING_BYTES
+    AN_TOO_MANY_RECORDS
+    AN_HEADER_TOO_SHORT
+    AN_QDCOUNT_NOT_ONE
+    AN_INVALID_OPCODE
+    AN_Z_BIT_SET
+    AN_EDNS_BAD_OPTION
+    AN_EDNS_MULTIPLE_OPT
+    AN_EDNS_MISPLACED_OPT
+    AN_BAD_RDATA
+    AN_QNAME_NON_PRINTABLE
+    AN_ANSWER_IN_QUERY
+    AN_TTL_HIGH_BIT
+    AN_UDP_LENGTH_MISMATCH
+    AN_IP_TRUNCATED
+
+ANOMALY_ORDER = (
+    "truncated", "bad_pointer", "label_too_long", "name_too_long", "pointer_limit",
+    "rdlength_mismatch", "trailing_bytes", "too_many_records", "header_too_short",
+    "qdcount_not_one", "invalid_opcode", "z_bit_set", "edns_bad_option",
+    "edns_multiple_opt", "edns_misplaced_opt", "bad_rdata", "qname_non_printable",
+    "answer_in_query", "ttl_high_bit", "udp_length_mismatch", "ip_truncated",
+)
+
+# Frame counters kept per batch (names in COUNTER_NAMES, same order).
+cdef enum:
+    C_PACKETS = 0
+    C_BYTES
+    C_NOT_IP
+    C_NOT_DNS
+    C_LINK_TRUNCATED
+    C_DNS_UDP
+    C_SLOW_PATH
+    C_EMPTY_PAYLOAD
+    C_MESSAGES
+    N_COUNTERS
+
+COUNTER_NAMES = (
+    "packets", "bytes", "not_ip", "not_dns", "link_truncated", "dns_udp",
+    "slow_path", "empty_payload", "messages",
+)
+
+# Fixed bounds of the wire format (RFC 1035), not tunables.
+DEF MAX_NAME_WIRE = 255          # a name's wire length, terminator included
+DEF MAX_LABELS = 128             # 255 wire bytes hold at most 127 labels
+DEF NAME_TEXT_CAP = 1024         # 255 bytes, each at most 4 chars ("\\DDD")
+# Decode bounds: headers we walk through before giving up on a frame.
+DEF MAX_VLAN_TAGS = 4            # QinQ is two; four covers stacked provider tags
+DEF MAX_IPV6_EXT_HEADERS = 8     # RFC 8200 defines six kinds that may repeat
+DEF MAX_ENCAP_DEPTH = 3          # VXLAN/Geneve in Geneve is the deepest seen in practice
+DEF PSL_MAX_LABELS = 8           # longest PSL rule is 4 labels, +1 for wildcards, with margin
+
+DEF FNV_OFFSET = 0xcbf29ce484222325
+DEF FNV_PRIME = 0x100000001b3
+
+cdef struct NameOut:
+    char text[NAME_TEXT_CAP + 8]
+    uint32_t text_len
+    uint32_t wire_len
+    uint16_t label_text_start[MAX_LABELS]
+    uint16_t label_raw_start[MAX_LABELS]
+    uint8_t raw[MAX_NAME_WIRE + 1]
+    uint16_t raw_len
+    uint16_t digits
+    uint16_t hexchars
+    uint16_t uppers
+    uint8_t nlabels
+    uint8_t longest
+    bint nonprint
+    bint text_full
+
+cdef struct Arena:
+    char *buf
+    size_t len
+    size_t cap
+
+cdef inline void flag(uint64_t *a, int bit) noexcept nogil:
+    a[0] |= (<uint64_t>1) << bit
+
+# ---------------------------------------------------------------- cursor
+
+cdef inline uint8_t rd8(Cursor *c) noexcept nogil:
+    if c.pos + 1 > c.end:
+        c.short = 1
+        return 0
+    c.pos += 1
+    return c.msg[c.pos - 1]
+
+cdef inline uint16_t rd16(Cursor *c) noexcept nogil:
+    if c.pos + 2 > c.end:
+        c.short = 1
+        c.pos = c.end
+        return 0
+    c.pos += 2
+    return (<uint16_t>c.msg[c.pos - 2] << 8) | c.msg[c.pos - 1]
+
+cdef inline uint32_t rd32(Cursor *c) noexcept nogil:
+    if c.pos + 4 > c.end:
+        c.short = 1
+        c.pos = c.end
+        return 0
+    cdef const uint8_t *p = c.msg + c.pos
+    c.pos += 4
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+cdef inline bint take(Cursor *c, uint32_t n) noexcept nogil:
+    """Reserve n bytes at the cursor; False (and short) if the window lacks them."""
+    if c.pos + n > c.end:
+        c.short = 1
+        c.pos = c.end
+        return 0
+    c.pos += n
+    return 1
+
+cdef inline uint16_t be16(const uint8_t *p) noexcept nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+# ---------------------------------------------------------------- names
+
+cdef inline uint64_t fnv_step(uint64_t h, uint8_t b) noexcept nogil:
+    return (h ^ b) * <uint64_t>FNV_PRIME
+
+cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops) noexcept nogil:
+    """Decode the name at the cursor into o; advance past its in-place part.
+
+    Returns 0 when the cursor could be placed after the name (the name may be
+    cut short by a flagged anomaly), -1 when it could not: the message cannot
+    be parsed further.
+    """
+    cdef uint32_t p = c.pos
+    cdef uint32_t limit = c.end
+    cdef uint32_t biggest = c.pos      # pointers must go strictly below this
+    cdef bint jumped = 0
+    cdef int hops = 0
+    cdef uint8_t b, ch
+    cdef uint32_t length, target, i
+    cdef char *t
+    o.text_len = 0
+    o.wire_len = 0
+    o.raw_len = 0
+    o.digits = 0
+    o.hexchars = 0
+    o.uppers = 0
+    o.nlabels = 0
+    o.longest = 0
+    o.nonprint = 0
+    o.text_full = 0
+    while True:
+        if p >= limit:
+            if not jumped:
+                c.short = 1
+                c.pos = c.end
+                return -1
+            flag(anom, AN_TRUNCATED)
+            break
+        b = c.msg[p]
+        if b == 0:
+            p += 1
+            o.wire_len += 1
+            break
+        if (b & 0xC0) == 0xC0:
+            if p + 2 > limit:
+                if not jumped:
+                    c.short = 1
+                    c.pos = c.end
+                    return -1
+                flag(anom, AN_TRUNCATED)
+                break
+            target = (<uint32_t>(b & 0x3F) << 8) | c.msg[p + 1]
+            if not jumped:
+                jumped = 1
+                c.pos = p + 2
+                limit = c.msg_len
+            if target >= biggest:
+                flag(anom, AN_BAD_POINTER)
+                break
+            hops += 1
+            if hops > max_hops:
+                flag(anom, AN_POINTER_LIMIT)
+                break
+            biggest = target
+            p = target
+            continue
+        if (b & 0xC0) != 0:
+            flag(anom, AN_LABEL_TOO_LONG)
+            if not jumped:
+                return -1
+            break
+        length = b
+        if p + 1 + length > limit:
+            if not jumped:
+                c.short = 1
+                c.pos = c.end
+                return -1
+            flag(anom, AN_TRUNCATED)
+            break
+        o.wire_len += 1 + length
+        if o.wire_len + 1 > MAX_NAME_WIRE:
+            if not o.text_full:
+                flag(anom, AN_NAME_TOO_LONG)
+                o.text_full = 1
+            if jumped:
+                break
+        if not o.text_full:
+            if o.nlabels > 0:
+                o.text[o.text_len] = 46   # '.'
+                o.text_len += 1
+            o.label_text_start[o.nlabels] = <uint16_t>o.text_len
+            o.label_raw_start[o.nlabels] = o.raw_len
+            o.nlabels += 1
+            if length > o.longest:
+                o.longest = <uint8_t>length
+            t = o.text
+            for i in range(p + 1, p + 1 + length):
+                ch = c.msg[i]
+                if 48 <= ch <= 57:
+                    o.digits += 1
+                    o.hexchars += 1
+                elif 65 <= ch <= 90:
+                    o.uppers += 1
+                    if ch <= 70:
+                        o.hexchars += 1
+                    ch += 32
+                elif 97 <= ch <= 102:
+                    o.hexchars += 1
+                o.raw[o.raw_len] = ch
+                o.raw_len += 1
+                if ch > 32 and ch < 127:
+                    if ch == 46 or ch == 92:
+                        t[o.text_len] = 92
+                        o.text_len += 1
+                    t[o.text_len] = <char>ch
+                    o.text_len += 1
+                else:
+                    o.nonprint = 1
+                    t[o.text_len] = 92
+                    t[o.text_len + 1] = <char>(48 + ch // 100)
+                    t[o.text_len + 2] = <char>(48 + (ch // 10) % 10)
+                    t[o.text_len + 3] = <char>(48 + ch % 10)
+                    o.text_len += 4
+        p += 1 + length
+    if not jumped:
+        c.pos = p
+    if o.nlabels == 0:
+        o.text[0] = 46
+        o.text_len = 1
+    return 0
+
+# ---------------------------------------------------------------- arena
+
+cdef int ar_reserve(Arena *a, size_t n) except -1:
+    cdef size_t cap
+    cdef char *nb
+    if a.len + n <= a.cap:
+        return 0
+    cap = a.cap * 2 if a.cap else 65536
+    while cap < a.len + n:
+        cap *= 2
+    nb = <char *>realloc(a.buf, cap)
+    if nb == NULL:
+        raise MemoryError("text arena")
+    a.buf = nb
+    a.cap = cap
+    return 0
+
+cdef inline int ar_put(Arena *a, const char *s, size_t n) except -1:
+    ar_reserve(a, n)
+    memcpy(a.buf + a.len, s, n)
+    a.len += n
+    return 0
+
+cdef inline int ar_putc(Arena *a, char ch) except -1:
+    ar_reserve(a, 1)
+    a.buf[a.len] = ch
+    a.len += 1
+    return 0
+
+cdef int ar_put_uint(Arena *a, uint64_t v) except -1:
+    cdef char tmp[24]
+    cdef int n = 0
+    if v == 0:
+        return ar_putc(a, 48)
+    while v:
+        tmp[n] = <char>(48 + v % 10)
+        v //= 10
+        n += 1
+    ar_reserve(a, n)
+    while n:
+        n -= 1
+        a.buf[a.len] = tmp[n]
+        a.len += 1
+    return 0
+
+cdef const char *HEXU = b"0123456789ABCDEF"
+cdef const char *B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+cdef const char *B32HEX = b"0123456789ABCDEFGHIJKLMNOPQRSTUV"
+
+cdef int ar_put_hex(Arena *a, const uint8_t *p, size_t n) except -1:
+    cdef size_t i
+    ar_reserve(a, 2 * n)
+    for i in range(n):
+        a.buf[a.len] = HEXU[p[i] >> 4]
+        a.buf[a.len + 1] = HEXU[p[i] & 15]
+        a.len += 2
+    return 0
+
+cdef int ar_put_b64(Arena *a, const uint8_t *p, size_t n) except -1:
+    cdef size_t i = 0
+    cdef uint32_t v
+    ar_reserve(a, 4 * (n // 3 + 1))
+    while i + 3 <= n:
+        v = (<uint32_t>p[i] << 16) | (<uint32_t>p[i + 1] << 8) | p[i + 2]
+        a.buf[a.len] = B64[(v >> 18) & 63]
+        a.buf[a.len + 1] = B64[(v >> 12) & 63]
+        a.buf[a.len + 2] = B64[(v >> 6) & 63]
+        a.buf[a.len + 3] = B64[v & 63]
+        a.len += 4
+        i += 3
+    if n - i == 1:
+        v = <uint32_t>p[i] << 16
+        a.buf[a.len] = B64[(v >> 18) & 63]
+        a.buf[a.len + 1] = B64[(v >> 12) & 63]
+        a.buf[a.len + 2] = 61
+        a.buf[a.len + 3] = 61
+        a.len += 4
+    elif n - i == 2:
+        v = (<uint32_t>p[i] << 16) | (<uint32_t>p[i + 1] << 8)
+        a.buf[a.len] = B64[(v >> 18) & 63]
+        a.buf[a.len + 1] = B64[(v >> 12) & 63]
+        a.buf[a.len + 2] = B64[(v >> 6) & 63]
+        a.buf[a.len + 3] = 61
+        a.len += 4
+    return 0
+
+cdef int ar_put_b32hex(Arena *a, const uint8_t *p, size_t n) except -1:
+    """Base32hex without padding (RFC 4648 section 7; RFC 5155 presentation)."""
+    cdef size_t i
+    cdef uint64_t acc = 0
+    cdef int bits = 0
+    ar_reserve(a, (n * 8 + 4) // 5)
+    for i in range(n):
+        acc = (acc << 8) | p[i]
+        bits += 8
+        while bits >= 5:
+            bits -= 5
+            a.buf[a.len] = B32HEX[(acc >> bits) & 31]
+            a.len += 1
+    if bits:
+        a.buf[a.len] = B32HEX[(acc << (5 - bits)) & 31]
+        a.len += 1
+    return 0
+
+cdef int ar_put_text_bytes(Arena *a, const uint8_t *p, size_t n, bint quoted) except -1:
+    """A character-string: printable ASCII as is, '"' and '\\' escaped, other bytes \\DDD."""
+    cdef size_t i
+    cdef uint8_t ch
+    ar_reserve(a, 4 * n + 2)
+    if quoted:
+        a.buf[a.len] = 34
+        a.len += 1
+    for i in range(n):
+        ch = p[i]
+        if 32 <= ch < 127:
+            if ch == 34 or ch == 92:
+                a.buf[a.len] = 92
+                a.len += 1
+            a.buf[a.len] = <char>ch
+            a.len += 1
+        else:
+            a.buf[a.len] = 92
+            a.buf[a.len + 1] = <char>(48 + ch // 100)
+            a.buf[a.len + 2] = <char>(48 + (ch // 10) % 10)
+            a.buf[a.len + 3] = <char>(48 + ch % 10)
+            a.len += 4
+    if quoted:
+        a.buf[a.len] = 34
+        a.len += 1
+    return 0
+
+cdef int ar_put_ip(Arena *a, const uint8_t *p, int family) except -1:
+    cdef char tmp[64]
+    cdef int i
+    if family == 4:
+        for i in range(4):
+            if i:
+                ar_putc(a, 46)
+            ar_put_uint(a, p[i])
+        return 0
+    inet_ntop(AF_INET6, p, tmp, 64)
+    i = 0
+    while tmp[i]:
+        i += 1
+    return ar_put(a, tmp, i)
+
+cdef int ar_put_time(Arena *a, uint32_t secs) except -1:
+    """YYYYMMDDHHMMSS in UTC (RFC 4034 section 3.2), civil date from day count."""
+    cdef int64_t days = secs // 86400
+    cdef int64_t rem = secs % 86400
+    cdef int64_t z = days + 719468
+    cdef int64_t era = z // 146097
+    cdef int64_t doe = z - era * 146097
+    cdef int64_t yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    cdef int64_t y = yoe + era * 400
+    cdef int64_t doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    cdef int64_t mp = (5 * doy + 2) // 153
+    cdef int64_t d = doy - (153 * mp + 2) // 5 + 1
+    cdef int64_t m = mp + 3 if mp < 10 else mp - 9
+    cdef char tmp[14]
+    cdef int64_t vals[6]
+    cdef int widths[6]
+    cdef int i, j, k = 0
+    cdef int64_t v
+    if m <= 2:
+        y += 1
+    vals[0] = y; vals[1] = m; vals[2] = d
+    vals[3] = rem // 3600; vals[4] = (rem // 60) % 60; vals[5] = rem % 60
+    widths[0] = 4; widths[1] = 2; widths[2] = 2; widths[3] = 2; widths[4] = 2; widths[5] = 2
+    for i in range(6):
+        v = vals[i]
+        for j in range(widths[i] - 1, -1, -1):
+            tmp[k + j] = <char>(48 + v % 10)
+            v //= 10
+        k += widths[i]
+    return ar_put(a, tmp, 14)
+
+# ---------------------------------------------------------------- core
+
+@cython.final
+cdef class Core:
+    """A batch under construction; see the module docstring."""
+    cdef readonly object messages_array
+    cdef readonly object rrs_array
+    cdef MessageRow *msgs
+    cdef RRRow *rrs
+    cdef size_t nmsg, msg_cap, nrr, rr_cap
+    cdef Arena arena
+    cdef uint64_t counters[N_COUNTERS]
+    cdef uint8_t[::1] port_map
+    cdef uint64_t[::1] psl_table
+    cdef uint64_t psl_mask
+    cdef int max_questions
+    cdef int max_records
+    cdef int max_pointer_hops
+    cdef NameOut name
+    cdef const char *type_mnemonic[300]
+    cdef uint8_t type_mnemonic_len[300]
+    cdef list _keep
+
+    def __cinit__(self):
+        self.arena.buf = NULL
+        self.arena.len = 0
+        self.arena.cap = 0
+
+    def __dealloc__(self):
+        free(self.arena.buf)
+
+    def __init__(self, port_map, psl_table, dict type_names, int max_questions,
+                 int max_records, int max_pointer_hops, int capacity=4096):
+        cdef int code
+        self.port_map = np.ascontiguousarray(port_map, dtype=np.uint8)
+        if self.port_map.shape[0] != 65536:
+            raise ValueError("port_map must have 65536 entries")
+        self.psl_table = np.ascontiguousarray(psl_table, dtype=np.uint64)
+        if self.psl_table.shape[0] & (self.psl_table.shape[0] - 1):
+            raise ValueError("psl_table size must be a power of two")
+        self.psl_mask = self.psl_table.shape[0] - 1
+        self.max_questions = max_questions
+        self.max_records = max_records
+        self.max_pointer_hops = max_pointer_hops
+        self._keep = []
+        for code in range(300):
+            self.type_mnemonic[code] = NULL
+            self.type_mnemonic_len[code] = 0
+        for code, mnemonic in type_names.items():
+            if 0 <= code < 300:
+                raw = mnemonic.encode()
+                self._keep.append(raw)
+                self.type_mnemonic[code] = raw
+                self.type_mnemonic_len[code] = len(raw)
+        self.begin(capacity)
+
+    def begin(self, size_t capacity=4096):
+        """Start a new, empty batch with room for `capacity` messages."""
+        self.messages_array = np.zeros(max(capacity, 16), dtype=MESSAGE_DTYPE)
+        self.msgs = <MessageRow *><size_t>self.messages_array.ctypes.data
+        self.msg_cap = self.messages_array.shape[0]
+        self.nmsg = 0
+        self.rrs_array = np.zeros(max(capacity * 2, 64), dtype=RR_DTYPE)
+        self.rrs = <RRRow *><size_t>self.rrs_array.ctypes.data
+        self.rr_cap = self.rrs_array.shape[0]
+        self.nrr = 0
+        self.arena.len = 0
+        memset(self.counters, 0, sizeof(self.counters))
+
+    @property
+    def message_count(self):
+        return self.nmsg
+
+    cdef int grow_msgs(self, size_t need) except -1:
+        cdef size_t cap = self.msg_cap
+        while cap < need:
+            cap *= 2
+        arr = np.zeros(cap, dtype=MESSAGE_DTYPE)
+        arr[:self.nmsg] = self.messages_array[:self.nmsg]
+        self.messages_array = arr
+        self.msgs = <MessageRow *><size_t>arr.ctypes.data
+        self.msg_cap = cap
+        return 0
+
+    cdef int grow_rrs(self) except -1:
+        cdef size_t cap = self.rr_cap * 2
+        arr = np.zeros(cap, dtype=RR_DTYPE)
+        arr[:self.nrr] = self.rrs_array[:self.nrr]
+        self.rrs_array = arr
+        self.rrs = <RRRow *><size_t>arr.ctypes.data
+        self.rr_cap = cap
+        return 0
+
+    def finish(self):
+        """Return (messages, rrs, arena bytes, counters dict) and leave the core empty."""
+        msgs = self.messages_array[:self.nmsg].copy()
+        rrs = self.rrs_array[:self.nrr].copy()
+        arena = self.arena.buf[:self.arena.len] if self.arena.len else b""
+        counters = {COUNTER_NAMES[i]: self.counters[i] for i in range(N_COUNTERS)}
+        self.nmsg = 0
+        self.nrr = 0
+        self.arena.len = 0
+        memset(self.counters, 0, sizeof(self.counters))
+        return msgs, rrs, arena, counters
+
+    # ------------------------------------------------------------ frames
+
+    def add_frames(self, const uint8_t[::1] blob, const uint32_t[:, ::1] meta,
+                   int linktype, uint64_t first_frame):
+        """Decode a next_batch() blob; return the indexes of frames needing reassembly."""
+        cdef Py_ssize_t n = meta.shape[0], i
+        cdef PacketInfo pi
+        cdef uint32_t off, caplen
+        cdef int r
+        cdef list slow = []
+        if meta.shape[1] != 4:
+            raise ValueError("meta must have 4 columns (sec, usec, offset, caplen)")
+        if self.nmsg + <size_t>n > self.msg_cap:
+            self.grow_msgs(self.nmsg + n)
+        for i in range(n):
+            off = meta[i, 2]
+            caplen = meta[i, 3]
+            if <size_t>off + caplen > <size_t>blob.shape[0]:
+                raise ValueError("frame %d lies outside the blob" % i)
+            self.counters[C_PACKETS] += 1
+            self.counters[C_BYTES] += caplen
+            r = self.decode_frame(&blob[0] + off if caplen else NULL, caplen, linktype, &pi)
+            if r <= 0:
+                continue
+            if pi.slow:
+                self.counters[C_SLOW_PATH] += 1
+                slow.append(i)
+                continue
+            self.counters[C_DNS_UDP] += 1
+            if pi.payload_len == 0:
+                self.counters[C_EMPTY_PAYLOAD] += 1
+                continue
+            self.parse_into(&blob[0] + off + pi.payload_off, pi.payload_len,
+                            meta[i, 0] + meta[i, 1] * 1e-6, first_frame + i, &pi)
+        return slow
+
+    def add_message(self, const uint8_t[::1] payload, double ts, uint64_t frame,
+                    int ip_version, const uint8_t[::1] src, const uint8_t[::1] dst,
+                    int sport, int dport, int transport, uint64_t extra_anomalies=0):
+        """Parse one reassembled DNS message (no TCP length prefix) into the batch."""
+        cdef PacketInfo pi
+        if src.shape[0] != 16 or dst.shape[0] != 16:
+            raise ValueError("addresses must be 16 bytes (IPv4 mapped into IPv6)")
+        memcpy(pi.src, &src[0], 16)
+        memcpy(pi.dst, &dst[0], 16)
+        pi.sport = sport
+        pi.dport = dport
+        pi.ip_version = ip_version
+        pi.transport = transport
+        pi.anomalies = extra_anomalies
+        if self.nmsg + 1 > self.msg_cap:
+            self.grow_msgs(self.nmsg + 1)
+        if payload.shape[0] == 0:
+            self.counters[C_EMPTY_PAYLOAD] += 1
+            return
+        self.parse_into(&payload[0], payload.shape[0], ts, frame, &pi)
+
+    def add_counter(self, str name, uint64_t value):
+        self.counters[COUNTER_NAMES.index(name)] += value
+
+    cdef int decode_frame(self, const uint8_t *pkt, uint32_t caplen, int linktype,
+                          PacketInfo *pi) noexcept:
+        """Link layer of one frame; returns 1 when a DNS payload was found."""
+        cdef uint32_t off = 0
+        cdef uint32_t fam
+        if linktype == 1:
+            return self.decode_ether(pkt, caplen, 0, pi, 0)
+        if linktype == 0 or linktype == 108:
+            if caplen < 4:
+                self.counters[C_LINK_TRUNCATED] += 1
+                return 0
+            if linktype == 108:
+                fam = (<uint32_t>pkt[0] << 24) | (<uint32_t>pkt[1] << 16) | (<uint32_t>pkt[2] << 8) | pkt[3]
+            else:
+                fam = (<uint32_t>pkt[3] << 24) | (<uint32_t>pkt[2] << 16) | (<uint32_t>pkt[1] << 8) | pkt[0]
+                if fam > 0xFFFF:
+                    fam = (<uint32_t>pkt[0] << 24) | (<uint32_t>pkt[1] << 16) | (<uint32_t>pkt[2] << 8) | pkt[3]
+            if fam == 2:
+                return self.decode_ipv4(pkt, caplen, 4, pi, 0)
+            if fam == 24 or fam == 28 or fam == 30 or fam == 10:
+                return self.decode_ipv6(pkt, caplen, 4, pi, 0)
+            self.counters[C_NOT_IP] += 1
+            return 0
+        if linktype == 12 or linktype == 14 or linktype == 101:
+            if caplen < 1:
+                self.counters[C_LINK_TRUNCATED] += 1
+                return 0
+            if pkt[0] >> 4 == 4:
+                return self.decode_ipv4(pkt, caplen, 0, pi, 0)
+            if pkt[0] >> 4 == 6:
+                return self.decode_ipv6(pkt, caplen, 0, pi, 0)
+            self.counters[C_NOT_IP] += 1
+            return 0
+        if linktype == 228:
+            return self.decode_ipv4(pkt, caplen, 0, pi, 0)
+        if linktype == 229:
+            return self.decode_ipv6(pkt, caplen, 0, pi, 0)
+        if linktype == 113:
+            if caplen < 16:
+                self.counters[C_LINK_TRUNCATED] += 1
+                return 0
+            return self.decode_ethertype(pkt, caplen, 16, be16(pkt + 14), pi, 0)
+        if linktype == 276:
+            if caplen < 20:
+                self.counters[C_LINK_TRUNCATED] += 1
+                return 0
+            return self.decode_ethertype(pkt, caplen, 20, be16(pkt), pi, 0)
+        if linktype == 10:
+            # FDDI: frame control, two MACs, then an LLC/SNAP header carrying the ethertype.
+            if caplen < 21 or pkt[13] != 0xAA or pkt[14] != 0xAA or pkt[15] != 3:
+                self.counters[C_NOT_IP] += 1
+                return 0
+            return self.decode_ethertype(pkt, caplen, 21, be16(pkt + 19), pi, 0)
+        self.counters[C_NOT_IP] += 1
+        return 0
+
+    cdef int decode_ether(self, const uint8_t *pkt, uint32_t caplen, uint32_t off,
+                          PacketInfo *pi, int depth) noexcept:
+        cdef uint16_t ethertype
+        cdef int tags = 0
+        if off + 14 > caplen:
+            self.counters[C_LINK_TRUNCATED] += 1
+            return 0
+        ethertype = be16(pkt + off + 12)
+        off += 14
+        while (ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100) and tags < MAX_VLAN_TAGS:
+            if off + 4 > caplen:
+                self.counters[C_LINK_TRUNCATED] += 1
+                return 0
+            ethertype = be16(pkt + off + 2)
+            off += 4
+            tags += 1
+        return self.decode_ethertype(pkt, caplen, off, ethertype, pi, depth)
+
+    cdef int decode_ethertype(self, const uint8_t *pkt, uint32_t caplen, uint32_t off,
+                              uint16_t ethertype, PacketInfo *pi, int depth) noexcept:
+        if ethertype == 0x0800:
+            return self.decode_ipv4(pkt, caplen, off, pi, depth)
+        if ethertype == 0x86DD:
+            return self.decode_ipv6(pkt, caplen, off, pi, depth)
+        self.counters[C_NOT_IP] += 1
+        return 0
+
+    cdef int decode_ipv4(self, const uint8_t *pkt, uint32_t caplen, uint32_t off,
+                         PacketInfo *pi, int depth) noexcept:
+        cdef uint32_t ihl, total, avail, frag
+        if off + 20 > caplen or (pkt[off] >> 4) != 4:
+            self.counters[C_LINK_TRUNCATED if off + 20 > caplen else C_NOT_IP] += 1
+            return 0
+        ihl = (pkt[off] & 15) * 4
+        total = be16(pkt + off + 2)
+        avail = caplen - off
+        pi.anomalies = 0
+        if ihl < 20 or total < ihl or off + ihl > caplen:
+            self.counters[C_NOT_IP] += 1
+            return 0
+        if total > avail:
+            flag(&pi.anomalies, AN_IP_TRUNCATED)
+            total = avail
+        memset(pi.src, 0, 10)
+        pi.src[10] = 0xFF
+        pi.src[11] = 0xFF
+        memcpy(pi.src + 12, pkt + off + 12, 4)
+        memset(pi.dst, 0, 10)
+        pi.dst[10] = 0xFF
+        pi.dst[11] = 0xFF
+        memcpy(pi.dst + 12, pkt + off + 16, 4)
+        pi.ip_version = 4
+        frag = be16(pkt + off + 6)
+        if frag & 0x3FFF:
+            if pkt[off + 9] == 17 or pkt[off + 9] == 6:
+                pi.slow = 1
+                return 1
+            self.counters[C_NOT_DNS] += 1
+            return 0
+        return self.decode_l4(pkt, off + ihl, off + total, pkt[off + 9], pi, depth)
+
+    cdef int decode_ipv6(self, const uint8_t *pkt, uint32_t caplen, uint32_t off,
+                         PacketInfo *pi, int depth) noexcept:
+        cdef uint32_t plen, end, p
+        cdef uint8_t nh
+        cdef int hops = 0
+        if off + 40 > caplen or (pkt[off] >> 4) != 6:
+            self.counters[C_LINK_TRUNCATED if off + 40 > caplen else C_NOT_IP] += 1
+            return 0
+        pi.anomalies = 0
+        plen = be16(pkt + off + 4)
+        nh = pkt[off + 6]
+        memcpy(pi.src, pkt + off + 8, 16)
+        memcpy(pi.dst, pkt + off + 24, 16)
+        pi.ip_version = 6
+        p = off + 40
+        if plen == 0 or plen > caplen - p:
+            if plen != 0:
+                flag(&pi.anomalies, AN_IP_TRUNCATED)
+            plen = caplen - p
+        end = p + plen
+        while hops < MAX_IPV6_EXT_HEADERS:
+            if nh == 0 or nh == 43 or nh == 60 or nh == 135 or nh == 139 or nh == 140:
+                if p + 2 > end:
+                    self.counters[C_LINK_TRUNCATED] += 1
+                    return 0
+                nh, p = pkt[p], p + (pkt[p + 1] + 1) * 8
+            elif nh == 51:
+                if p + 2 > end:
+                    self.counters[C_LINK_TRUNCATED] += 1
+                    return 0
+                nh, p = pkt[p], p + (pkt[p + 1] + 2) * 4
+            elif nh == 44:
+                if p + 8 > end:
+                    self.counters[C_LINK_TRUNCATED] += 1
+                    return 0
+                pi.slow = 1
+                return 1
+            else:
+                break
+            hops += 1
+            if p > end:
+                self.counters[C_LINK_TRUNCATED] += 1
+                return 0
+        return self.decode_l4(pkt, p, end, nh, pi, depth)
+
+    cdef int decode_l4(self, const uint8_t *pkt, uint32_t p, uint32_t end, uint8_t proto,
+                       PacketInfo *pi, int depth) noexcept:
+        cdef uint16_t sport, dport, ulen
+        cdef uint32_t avail = end - p, optlen
+        pi.slow = 0
+        if proto == 17:
+            if avail < 8:
+                self.counters[C_LINK_TRUNCATED] += 1
+                return 0
+            sport = be16(pkt + p)
+            dport = be16(pkt + p + 2)
+            if not (self.port_map[sport] or self.port_map[dport]):
+                if depth < MAX_ENCAP_DEPTH:
+                    if dport == 4789 and avail >= 16:
+                        return self.decode_ether(pkt, end, p + 16, pi, depth + 1)
+                    if dport == 6081 and avail >= 16:
+                        optlen = (pkt[p + 8] & 0x3F) * 4
+                        if be16(pkt + p + 10) == 0x6558 and avail >= 16 + optlen:
+                            return self.decode_ether(pkt, end, p + 16 + optlen, pi, depth + 1)
+                self.counters[C_NOT_DNS] += 1
+                return 0
+            ulen = be16(pkt + p + 4)
+            if ulen < 8:
+                self.counters[C_NOT_DNS] += 1
+                return 0
+            if ulen > avail:
+                if not (pi.anomalies >> AN_IP_TRUNCATED) & 1:
+                    flag(&pi.anomalies, AN_UDP_LENGTH_MISMATCH)
+                ulen = avail
+            elif ulen < avail:
+                flag(&pi.anomalies, AN_UDP_LENGTH_MISMATCH)
+            pi.sport = sport
+            pi.dport = dport
+            pi.transport = 17
+            pi.payload_off = p + 8
+            pi.payload_len = ulen - 8
+            return 1
+        if proto == 6:
+            if avail < 20:
+                self.counters[C_LINK_TRUNCATED] += 1
+                return 0
+            sport = be16(pkt + p)
+            dport = be16(pkt + p + 2)
+            if not (self.port_map[sport] or self.port_map[dport]):
+                self.counters[C_NOT_DNS] += 1
+                return 0
+            optlen = (pkt[p + 12] >> 4) * 4
+            if optlen < 20 or optlen > avail:
+                self.counters[C_LINK_TRUNCATED] += 1
+                return 0
+            pi.slow = 1
+            return 1
+        self.counters[C_NOT_DNS] += 1
+        return 0
+
+    # ------------------------------------------------------------ DNS
+
+    cdef int psl_has(self, uint8_t kind, const char *s, uint32_t n) noexcept:
+        cdef uint64_t h = fnv_step(<uint64_t>FNV_OFFSET, kind)
+        cdef uint32_t i
+        cdef uint64_t slot
+        for i in range(n):
+            h = fnv_step(h, <uint8_t>s[i])
+        if h == 0:
+            h = 1
+        slot = h & self.psl_mask
+        while self.psl_table[slot] != 0:
+            if self.psl_table[slot] == h:
+                return 1
+            slot = (slot + 1) & self.psl_mask
+        return 0
+
+    cdef int registered_label(self, NameOut *o) noexcept:
+        """Index of the first label of the registered domain (eTLD+1)."""
+        cdef int n = o.nlabels, i, ps, start
+        cdef const char *t = o.text
+        cdef uint32_t s, s2
+        if n == 0 or o.text_full:
+            return 0
+        ps = n - 1
+        start = n - PSL_MAX_LABELS if n > PSL_MAX_LABELS else 0
+        for i in range(start, n):
+            s = o.label_text_start[i]
+            if self.psl_has(33, t + s, o.text_len - s):        # '!' exception rule
+                ps = i + 1
+                break
+            if self.psl_has(114, t + s, o.text_len - s):       # 'r' plain rule
+                ps = i
+                break
+            if i + 1 < n:
+                s2 = o.label_text_start[i + 1]
+                if self.psl_has(119, t + s2, o.text_len - s2): # 'w' wildcard "*.<suffix>"
+                    ps = i
+                    break
+        return ps - 1 if ps >= 1 else 0
+
+    cdef int put_name(self, Cursor *c, uint64_t *anom) except -2:
+        """Append the name at the cursor to the arena; -1 when the cursor is lost."""
+        if read_name(c, &self.name, anom, self.max_pointer_hops) < 0:
+            return -1
+        ar_put(&self.arena, self.name.text, self.name.text_len)
+        return 0
+
+    cdef int put_type(self, uint16_t t) except -1:
+        if t < 300 and self.type_mnemonic[t] != NULL:
+            return ar_put(&self.arena, self.type_mnemonic[t], self.type_mnemonic_len[t])
+        if t == 32768:
+            return ar_put(&self.arena, b"TA", 2)
+        if t == 32769:
+            return ar_put(&self.arena, b"DLV", 3)
+        ar_put(&self.arena, b"TYPE", 4)
+        return ar_put_uint(&self.arena, t)
+
+    cdef int put_type_bitmap(self, Cursor *c) except -2:
+        cdef uint8_t window, blen, byte
+        cdef int i, bit
+        while c.pos < c.end:
+            window = rd8(c)
+            blen = rd8(c)
+            if c.short or blen == 0 or blen > 32:
+                return 1
+            if c.pos + blen > c.end:
+                c.short = 1
+                return 1
+            for i in range(blen):
+                byte = c.msg[c.pos + i]
+                for bit in range(8):
+                    if byte & (0x80 >> bit):
+                        ar_putc(&self.arena, 32)
+                        self.put_type(<uint16_t>(window * 256 + i * 8 + bit))
+            c.pos += blen
+        return 0
+
+    cdef int put_svc_key(self, uint16_t key) except -1:
+        if key == 0:
+            return ar_put(&self.arena, b"mandatory", 9)
+        if key == 1:
+            return ar_put(&self.arena, b"alpn", 4)
+        if key == 2:
+            return ar_put(&self.arena, b"no-default-alpn", 15)
+        if key == 3:
+            return ar_put(&self.arena, b"port", 4)
+        if key == 4:
+            return ar_put(&self.arena, b"ipv4hint", 8)
+        if key == 5:
+            return ar_put(&self.arena, b"ech", 3)
+        if key == 6:
+            return ar_put(&self.arena, b"ipv6hint", 8)
+        if key == 7:
+            return ar_put(&self.arena, b"dohpath", 7)
+        ar_put(&self.arena, b"key", 3)
+        return ar_put_uint(&self.arena, key)
+
+    cdef int put_svcb(self, Cursor *c, uint64_t *anom) except -2:
+        cdef uint16_t key, vlen, k
+        cdef uint32_t vend, i
+        cdef uint8_t l
+        ar_put_uint(&self.arena, rd16(c))
+        ar_putc(&self.arena, 32)
+        if c.short or self.put_name(c, anom) < 0:
+            return 1
+        while c.pos < c.end:
+            key = rd16(c)
+            vlen = rd16(c)
+            if c.short or c.pos + vlen > c.end:
+                return 1
+            vend = c.pos + vlen
+            ar_putc(&self.arena, 32)
+            self.put_svc_key(key)
+            if key == 2:
+                if vlen != 0:
+                    c.pos = c.end
+                    return 1
+                continue
+            ar_putc(&self.arena, 61)
+            if key == 0:
+                if vlen % 2:
+                    c.pos = c.end
+                    return 1
+                i = 0
+                while c.pos < vend:
+                    if i:
+                        ar_putc(&self.arena, 44)
+                    self.put_svc_key(rd16(c))
+                    i += 1
+            elif key == 1:
+                i = 0
+                while c.pos < vend:
+                    l = c.msg[c.pos]
+                    if l == 0 or c.pos + 1 + l > vend:
+                        c.pos = c.end
+                        return 1
+                    if i:
+                        ar_putc(&self.arena, 44)
+                    ar_put_text_bytes(&self.arena, c.msg + c.pos + 1, l, 0)
+                    c.pos += 1 + l
+                    i += 1
+            elif key == 3:
+                if vlen != 2:
+                    c.pos = c.end
+                    return 1
+                ar_put_uint(&self.arena, rd16(c))
+            elif key == 4 or key == 6:
+                k = 4 if key == 4 else 16
+                if vlen == 0 or vlen % k:
+                    c.pos = c.end
+                    return 1
+                i = 0
+                while c.pos < vend:
+                    if i:
+                        ar_putc(&self.arena, 44)
+                    ar_put_ip(&self.arena, c.msg + c.pos, 4 if key == 4 else 6)
+                    c.pos += k
+                    i += 1
+            elif key == 5:
+                ar_put_b64(&self.arena, c.msg + c.pos, vlen)
+                c.pos = vend
+            else:
+                ar_put_hex(&self.arena, c.msg + c.pos, vlen)
+                c.pos = vend
+        return 0
+
+    cdef int put_opt(self, Cursor *c, MessageRow *row, uint32_t ttl, uint16_t rclass) except -2:
+        """EDNS OPT record: fills the row's EDNS columns and renders the options."""
+        cdef uint16_t code, olen, family
+        cdef uint8_t src_prefix, scope
+        cdef uint8_t addr[16]
+        cdef uint32_t alen, vend
+        cdef bint first = 1
+        row.edns = 1
+        row.edns_udp_size = rclass
+        row.edns_version = (ttl >> 16) & 0xFF
+        row.edns_do = (ttl >> 15) & 1
+        row.rcode = (row.rcode & 0xF) | (((ttl >> 24) & 0xFF) << 4)
+        ar_put(&self.arena, b"udp=", 4)
+        ar_put_uint(&self.arena, rclass)
+        ar_put(&self.arena, b" version=", 9)
+        ar_put_uint(&self.arena, row.edns_version)
+        ar_put(&self.arena, b" do=", 4)
+        ar_put_uint(&self.arena, row.edns_do)
+        ar_put(&self.arena, b" ext_rcode=", 11)
+        ar_put_uint(&self.arena, (ttl >> 24) & 0xFF)
+        while c.pos < c.end:
+            code = rd16(c)
+            olen = rd16(c)
+            if c.short or c.pos + olen > c.end:
+                flag(&row.anomalies, AN_EDNS_BAD_OPTION)
+                c.short = 0
+                c.pos = c.end
+                return 0
+            vend = c.pos + olen
+            ar_putc(&self.arena, 32)
+            if code == 8:
+                row.edns_options |= 1
+                family = rd16(c)
+                src_prefix = rd8(c)
+                scope = rd8(c)
+                alen = vend - c.pos if c.pos <= vend else 0
+                if (olen < 4 or not (family == 1 or family == 2)
+                        or src_prefix > (32 if family == 1 else 128)
+                        or alen != <uint32_t>((src_prefix + 7) // 8)):
+                    flag(&row.anomalies, AN_EDNS_BAD_OPTION)
+                    c.short = 0
+                    c.pos = vend - olen
+                    ar_put(&self.arena, b"ecs=", 4)
+                    ar_put_hex(&self.arena, c.msg + c.pos, olen)
+                    c.pos = vend
+                    continue
+                row.ecs_prefix = src_prefix
+                memset(addr, 0, 16)
+                memcpy(addr, c.msg + c.pos, alen)
+                c.pos = vend
+                ar_put(&self.arena, b"ecs=", 4)
+                ar_put_ip(&self.arena, addr, 4 if family == 1 else 6)
+                ar_putc(&self.arena, 47)
+                ar_put_uint(&self.arena, src_prefix)
+                ar_putc(&self.arena, 47)
+                ar_put_uint(&self.arena, scope)
+            elif code == 10:
+                row.edns_options |= 2
+                ar_put(&self.arena, b"cookie=", 7)
+                ar_put_hex(&self.arena, c.msg + c.pos, olen)
+            elif code == 3:
+                row.edns_options |= 4
+                ar_put(&self.arena, b"nsid=", 5)
+                ar_put_hex(&self.arena, c.msg + c.pos, olen)
+            elif code == 15:
+                row.edns_options |= 8
+                ar_put(&self.arena, b"ede=", 4)
+                if olen < 2:
+                    flag(&row.anomalies, AN_EDNS_BAD_OPTION)
+                    ar_put_hex(&self.arena, c.msg + c.pos, olen)
+                else:
+                    row.ede_code = be16(c.msg + c.pos)
+                    ar_put_uint(&self.arena, <uint32_t>row.ede_code)
+                    if olen > 2:
+                        ar_putc(&self.arena, 58)
+                        ar_put_text_bytes(&self.arena, c.msg + c.pos + 2, olen - 2, 1)
+            elif code == 12:
+                row.edns_options |= 16
+                ar_put(&self.arena, b"padding=", 8)
+                ar_put_uint(&self.arena, olen)
+            elif code == 11:
+                row.edns_options |= 32
+                ar_put(&self.arena, b"keepalive", 9)
+                if olen == 2:
+                    ar_putc(&self.arena, 61)
+                    ar_put_uint(&self.arena, be16(c.msg + c.pos))
+                elif olen != 0:
+                    flag(&row.anomalies, AN_EDNS_BAD_OPTION)
+            else:
+                row.edns_options |= 64
+                ar_put(&self.arena, b"opt", 3)
+                ar_put_uint(&self.arena, code)
+                ar_putc(&self.arena, 61)
+                ar_put_hex(&self.arena, c.msg + c.pos, olen)
+            c.pos = vend
+        return 0
+
+    cdef int put_rdata(self, Cursor *c, uint16_t rtype, uint64_t *anom) except -2:
+        """Render rdata in presentation form; 0 ok, 1 content invalid (short reads set c.short)."""
+        cdef uint32_t n = c.end - c.pos
+        cdef uint32_t i
+        cdef uint8_t l
+        cdef Arena *a = &self.arena
+        if rtype == 1:
+            if n != 4:
+                c.short = 1
+                return 1
+            ar_put_ip(a, c.msg + c.pos, 4)
+            c.pos += 4
+        elif rtype == 28:
+            if n != 16:
+                c.short = 1
+                return 1
+            ar_put_ip(a, c.msg + c.pos, 6)
+            c.pos += 16
+        elif rtype == 2 or rtype == 5 or rtype == 12 or rtype == 39 or (3 <= rtype <= 4) or (7 <= rtype <= 9):
+            if self.put_name(c, anom) < 0:
+                return 1
+        elif rtype == 15 or rtype == 18 or rtype == 21 or rtype == 36:
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            if c.short or self.put_name(c, anom) < 0:
+                return 1
+        elif rtype == 6:
+            if self.put_name(c, anom) < 0:
+                return 1
+            ar_putc(a, 32)
+            if self.put_name(c, anom) < 0:
+                return 1
+            for i in range(5):
+                ar_putc(a, 32)
+                ar_put_uint(a, rd32(c))
+        elif rtype == 16 or rtype == 99 or rtype == 13:
+            i = 0
+            while c.pos < c.end:
+                l = c.msg[c.pos]
+                if c.pos + 1 + l > c.end:
+                    c.short = 1
+                    return 1
+                if i:
+                    ar_putc(a, 32)
+                ar_put_text_bytes(a, c.msg + c.pos + 1, l, 1)
+                c.pos += 1 + l
+                i += 1
+        elif rtype == 33:
+            for i in range(3):
+                ar_put_uint(a, rd16(c))
+                ar_putc(a, 32)
+            if c.short or self.put_name(c, anom) < 0:
+                return 1
+        elif rtype == 35:
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd16(c))
+            for i in range(3):
+                ar_putc(a, 32)
+                l = rd8(c)
+                if c.short or c.pos + l > c.end:
+                    c.short = 1
+                    return 1
+                ar_put_text_bytes(a, c.msg + c.pos, l, 1)
+                c.pos += l
+            ar_putc(a, 32)
+            if self.put_name(c, anom) < 0:
+                return 1
+        elif rtype == 257:
+            ar_put_uint(a, rd8(c))
+            ar_putc(a, 32)
+            l = rd8(c)
+            if c.short or c.pos + l > c.end:
+                c.short = 1
+                return 1
+            ar_put_text_bytes(a, c.msg + c.pos, l, 0)
+            c.pos += l
+            ar_putc(a, 32)
+            ar_put_text_bytes(a, c.msg + c.pos, c.end - c.pos, 1)
+            c.pos = c.end
+        elif rtype == 25 or rtype == 48 or rtype == 60:
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd8(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd8(c))
+            if c.short:
+                return 1
+            ar_putc(a, 32)
+            ar_put_b64(a, c.msg + c.pos, c.end - c.pos)
+            c.pos = c.end
+        elif rtype == 43 or rtype == 59 or rtype == 32768 or rtype == 32769:
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd8(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd8(c))
+            if c.short:
+                return 1
+            ar_putc(a, 32)
+            ar_put_hex(a, c.msg + c.pos, c.end - c.pos)
+            c.pos = c.end
+        elif rtype == 44 or rtype == 52 or rtype == 53:
+            for i in range(2 if rtype == 44 else 3):
+                ar_put_uint(a, rd8(c))
+                ar_putc(a, 32)
+            if c.short:
+                return 1
+            ar_put_hex(a, c.msg + c.pos, c.end - c.pos)
+            c.pos = c.end
+        elif rtype == 46 or rtype == 24:
+            self.put_type(rd16(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd8(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd8(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd32(c))
+            ar_putc(a, 32)
+            ar_put_time(a, rd32(c))
+            ar_putc(a, 32)
+            ar_put_time(a, rd32(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            if c.short or self.put_name(c, anom) < 0:
+                return 1
+            ar_putc(a, 32)
+            ar_put_b64(a, c.msg + c.pos, c.end - c.pos)
+            c.pos = c.end
+        elif rtype == 47:
+            if self.put_name(c, anom) < 0:
+                return 1
+            return self.put_type_bitmap(c)
+        elif rtype == 50 or rtype == 51:
+            ar_put_uint(a, rd8(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd8(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            l = rd8(c)
+            if c.short or c.pos + l > c.end:
+                c.short = 1
+                return 1
+            if l == 0:
+                ar_putc(a, 45)
+            else:
+                ar_put_hex(a, c.msg + c.pos, l)
+            c.pos += l
+            if rtype == 50:
+                l = rd8(c)
+                if c.short or c.pos + l > c.end:
+                    c.short = 1
+                    return 1
+                ar_putc(a, 32)
+                ar_put_b32hex(a, c.msg + c.pos, l)
+                c.pos += l
+                return self.put_type_bitmap(c)
+        elif rtype == 64 or rtype == 65:
+            return self.put_svcb(c, anom)
+        elif rtype == 256:
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd16(c))
+            if c.short:
+                return 1
+            ar_putc(a, 32)
+            ar_put_text_bytes(a, c.msg + c.pos, c.end - c.pos, 1)
+            c.pos = c.end
+        else:
+            self.put_generic(c)
+        return 0
+
+    cdef int put_generic(self, Cursor *c) except -1:
+        """RFC 3597 form: \\# <length> <hex>."""
+        cdef uint32_t n = c.end - c.pos
+        ar_put(&self.arena, b"\\# ", 3)
+        ar_put_uint(&self.arena, n)
+        if n:
+            ar_putc(&self.arena, 32)
+            ar_put_hex(&self.arena, c.msg + c.pos, n)
+        c.pos = c.end
+        return 0
+
+    cdef int parse_into(self, const uint8_t *p, uint32_t n, double ts, uint64_t frame,
+                        PacketInfo *pi) except -1:
+        cdef MessageRow *row = &self.msgs[self.nmsg]
+        cdef Cursor c
+        cdef RRRow *rr
+        cdef uint16_t counts[3]
+        cdef int section, k, q, total = 0
+        cdef uint16_t rtype, rclass, rdlen
+        cdef uint32_t ttl, name_off, rd_start, mark
+        cdef int r
+        cdef bint opt_seen = 0, stop = 0
+        self.nmsg += 1
+        self.counters[C_MESSAGES] += 1
+        memset(row, 0, sizeof(MessageRow))
+        row.ts = ts
+        row.frame = frame
+        memcpy(row.src, pi.src, 16)
+        memcpy(row.dst, pi.dst, 16)
+        row.sport = pi.sport
+        row.dport = pi.dport
+        row.ip_version = pi.ip_version
+        row.transport = pi.transport
+        row.anomalies = pi.anomalies
+        row.size = n
+        row.min_ttl = -1
+        row.ede_code = -1
+        row.rr_start = <uint32_t>self.nrr
+        row.qname_off = <uint32_t>self.arena.len
+        c.msg = p
+        c.msg_len = n
+        c.pos = 0
+        c.end = n
+        c.short = 0
+        if n < 12:
+            flag(&row.anomalies, AN_HEADER_TOO_SHORT)
+            flag(&row.anomalies, AN_TRUNCATED)
+            row.id = rd16(&c)
+            row.flags = rd16(&c)
+            row.qr = row.flags >> 15
+            row.opcode = (row.flags >> 11) & 15
+            row.rcode = row.flags & 15
+            return 0
+        row.id = rd16(&c)
+        row.flags = rd16(&c)
+        row.qdcount = rd16(&c)
+        row.ancount = rd16(&c)
+        row.nscount = rd16(&c)
+        row.arcount = rd16(&c)
+        row.qr = row.flags >> 15
+        row.opcode = (row.flags >> 11) & 15
+        row.rcode = row.flags & 15
+        if row.flags & 0x40:
+            flag(&row.anomalies, AN_Z_BIT_SET)
+        if row.opcode == 3 or row.opcode > 6:
+            flag(&row.anomalies, AN_INVALID_OPCODE)
+        if row.qdcount != 1:
+            flag(&row.anomalies, AN_QDCOUNT_NOT_ONE)
+        if row.qr == 0 and row.ancount > 0:
+            flag(&row.anomalies, AN_ANSWER_IN_QUERY)
+        # questions
+        for q in range(row.qdcount):
+            if q >= self.max_questions:
+                flag(&row.anomalies, AN_TOO_MANY_RECORDS)
+                stop = 1
+                break
+            if read_name(&c, &self.name, &row.anomalies, self.max_pointer_hops) < 0:
+                flag(&row.anomalies, AN_TRUNCATED)
+                stop = 1
+                break
+            if q == 0:
+                self.qname_features(row)
+            rtype = rd16(&c)
+            rclass = rd16(&c)
+            if c.short:
+                flag(&row.anomalies, AN_TRUNCATED)
+                stop = 1
+                break
+            if q == 0:
+                row.qtype = rtype
+                row.qclass = rclass & 0x7FFF
+        counts[0] = row.ancount
+        counts[1] = row.nscount
+        counts[2] = row.arcount
+        for section in range(3):
+            if stop:
+                break
+            for k in range(counts[section]):
+                if total >= self.max_records:
+                    flag(&row.anomalies, AN_TOO_MANY_RECORDS)
+                    stop = 1
+                    break
+                name_off = <uint32_t>self.arena.len
+                if self.put_name(&c, &row.anomalies) < 0:
+                    flag(&row.anomalies, AN_TRUNCATED)
+                    self.arena.len = name_off
+                    stop = 1
+                    break
+                rtype = rd16(&c)
+                rclass = rd16(&c)
+                ttl = rd32(&c)
+                rdlen = rd16(&c)
+                if c.short or c.pos + rdlen > n:
+                    flag(&row.anomalies, AN_TRUNCATED)
+                    self.arena.len = name_off
+                    stop = 1
+                    break
+                total += 1
+                if self.nrr >= self.rr_cap:
+                    self.grow_rrs()
+                    row = &self.msgs[self.nmsg - 1]
+                rr = &self.rrs[self.nrr]
+                self.nrr += 1
+                rr.msg = <uint32_t>(self.nmsg - 1)
+                rr.name_off = name_off
+                rr.name_len = <uint16_t>(self.arena.len - name_off)
+                rr.type = rtype
+                rr.rclass = rclass
+                rr.ttl = ttl
+                rr.section = section + 1
+                rr.pad = 0
+                rr.rdata_off = <uint32_t>self.arena.len
+                rd_start = c.pos
+                c.end = c.pos + rdlen
+                if rtype == 41:
+                    if opt_seen:
+                        flag(&row.anomalies, AN_EDNS_MULTIPLE_OPT)
+                    if section != 2 or self.name.nlabels != 0:
+                        flag(&row.anomalies, AN_EDNS_MISPLACED_OPT)
+                    if not opt_seen:
+                        self.put_opt(&c, row, ttl, rclass)
+                    else:
+                        self.put_generic(&c)
+                    opt_seen = 1
+                else:
+                    if section == 0:
+                        if row.min_ttl < 0 or ttl < row.min_ttl:
+                            row.min_ttl = ttl
+                    if ttl > 0x7FFFFFFF:
+                        flag(&row.anomalies, AN_TTL_HIGH_BIT)
+                    mark = <uint32_t>self.arena.len
+                    r = self.put_rdata(&c, rtype, &row.anomalies)
+                    if r != 0 or c.short or c.pos != c.end:
+                        flag(&row.anomalies, AN_BAD_RDATA if (r == 1 and not c.short and c.pos == c.end) else AN_RDLENGTH_MISMATCH)
+                        self.arena.len = mark
+                        c.pos = rd_start
+                        c.short = 0
+                        self.put_generic(&c)
+                rr.rdata_len = <uint32_t>(self.arena.len - rr.rdata_off)
+                c.pos = rd_start + rdlen
+                c.end = n
+                c.short = 0
+        if not stop and c.pos < n:
+            flag(&row.anomalies, AN_TRAILING_BYTES)
+        row.rr_count = <uint32_t>(self.nrr - row.rr_start)
+        return 0
+
+    cdef int qname_features(self, MessageRow *row) except -1:
+        cdef NameOut *o = &self.name
+        cdef uint32_t hist[256]
+        cdef int reg, i
+        cdef uint32_t nraw
+        cdef double ent = 0.0, pr
+        cdef uint64_t h = <uint64_t>FNV_OFFSET
+        row.qname_off = <uint32_t>self.arena.len
+        row.qname_len = <uint16_t>o.text_len
+        ar_put(&self.arena, o.text, o.text_len)
+        for i in range(<int>o.text_len):
+            h = fnv_step(h, <uint8_t>o.text[i])
+        row.name_hash = h
+        row.labels = o.nlabels
+        row.longest_label = o.longest
+        row.digits = o.digits
+        row.hexchars = o.hexchars
+        row.uppers = o.uppers
+        row.case_differs = o.uppers > 0
+        if o.nonprint:
+            flag(&row.anomalies, AN_QNAME_NON_PRINTABLE)
+        reg = self.registered_label(o)
+        row.regdom_off = o.label_text_start[reg] if o.nlabels else 0
+        nraw = o.label_raw_start[reg] if o.nlabels else 0
+        if nraw:
+            memset(hist, 0, sizeof(hist))
+            for i in range(<int>nraw):
+                hist[o.raw[i]] += 1
+            for i in range(256):
+                if hist[i]:
+                    pr = <double>hist[i] / nraw
+                    ent -= pr * log2(pr)
+        row.entropy = <float>ent
+        return 0
+
+
+MESSAGE_ROW_SIZE = sizeof(MessageRow)
+RR_ROW_SIZE = sizeof(RRRow)
+
+# Set by sensor.parse at import, after the sizes above were checked against
+# the numpy dtypes generated from sensor/schema.py.
+MESSAGE_DTYPE = None
+RR_DTYPE = None
+
+
+def bind_dtypes(message_dtype, rr_dtype):
+    global MESSAGE_DTYPE, RR_DTYPE
+    if message_dtype.itemsize != sizeof(MessageRow) or rr_dtype.itemsize != sizeof(RRRow):
+        raise RuntimeError(
+            "schema dtypes (%d, %d bytes) do not match the compiled rows (%d, %d bytes)"
+            % (message_dtype.itemsize, rr_dtype.itemsize, sizeof(MessageRow), sizeof(RRRow)))
+    MESSAGE_DTYPE = message_dtype
+    RR_DTYPE = rr_dtype
+
+
+def fnv1a64(bytes data, int kind=-1):
+    """The hash used for names and the suffix table (kind: PSL rule kind byte, or -1)."""
+    cdef uint64_t h = <uint64_t>FNV_OFFSET
+    cdef uint8_t b
+    if kind >= 0:
+        h = fnv_step(h, <uint8_t>kind)
+    for b in data:
+        h = fnv_step(h, b)
+    return h

@@ -1,0 +1,254 @@
+"""IP fragment and DNS-over-TCP reassembly: the slow path.
+
+Only frames the compiled fast path cannot finish come here (a few percent of
+DNS traffic at most), so this is plain Python over bounded state. Every bound
+is a field of ``sensor.limits.Limits``; hitting one drops state and counts it.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from sensor import schema
+from sensor.limits import Limits
+
+_BIT = schema.ANOMALY_BIT
+TCP_FIN, TCP_SYN, TCP_RST = 0x01, 0x02, 0x04
+DNS_HEADER = 12
+VALID_OPCODES = (0, 1, 2, 4, 5, 6)
+
+
+@dataclass
+class _Datagram:
+    first_ts: float
+    chunks: list[tuple[int, bytes]] = field(default_factory=list)
+    total: int | None = None
+    anomalies: int = 0
+
+
+class FragmentReassembler:
+    """Reassembles IPv4 and IPv6 datagrams from fragments (RFC 791, RFC 8200)."""
+
+    def __init__(self, limits: Limits, counters: dict[str, int]) -> None:
+        self.limits = limits
+        self.counters = counters
+        self.pending: OrderedDict[tuple, _Datagram] = OrderedDict()
+
+    def add(self, ts: float, key: tuple, offset: int, more: bool, data: bytes) -> tuple[bytes, int] | None:
+        """Add one fragment; return (transport bytes, anomalies) once the datagram is complete."""
+        self._expire(ts)
+        dgram = self.pending.get(key)
+        if dgram is None:
+            if len(self.pending) >= self.limits.max_fragment_datagrams:
+                self.pending.popitem(last=False)
+                self._count("frag_limit")
+            dgram = self.pending[key] = _Datagram(ts)
+        if len(dgram.chunks) >= self.limits.max_fragments_per_datagram:
+            del self.pending[key]
+            self._count("frag_limit")
+            return None
+        if not more:
+            end = offset + len(data)
+            if dgram.total is not None and dgram.total != end:
+                dgram.anomalies |= 1 << _BIT["frag_overlap"]
+            dgram.total = end
+        dgram.chunks.append((offset, data))
+        if dgram.total is None:
+            return None
+        covered = 0
+        for start, chunk in sorted(dgram.chunks):
+            if start > covered:
+                return None                                # a hole remains
+            covered = max(covered, start + len(chunk))
+        if covered < dgram.total:
+            return None
+        out = bytearray(dgram.total)
+        written = bytearray(dgram.total)                   # 1 where a byte was already placed
+        for start, chunk in dgram.chunks:
+            chunk = chunk[:max(0, dgram.total - start)]
+            region = slice(start, start + len(chunk))
+            if any(written[region]) and bytes(out[region]) != chunk:
+                placed = [out[i] for i in range(region.start, region.stop) if written[i]]
+                fresh = [chunk[i - start] for i in range(region.start, region.stop) if written[i]]
+                if placed != fresh:
+                    dgram.anomalies |= 1 << _BIT["frag_overlap"]
+                    continue                               # first arrival wins
+            out[region] = chunk
+            written[region] = b"\x01" * len(chunk)
+        del self.pending[key]
+        self._count("frag_datagrams")
+        return bytes(out), dgram.anomalies
+
+    def _expire(self, now: float) -> None:
+        timeout = self.limits.fragment_timeout_s
+        while self.pending:
+            key, dgram = next(iter(self.pending.items()))
+            if now - dgram.first_ts <= timeout:
+                break
+            del self.pending[key]
+            self._count("frag_timeout")
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+
+@dataclass
+class _HalfStream:
+    next_seq: int | None
+    last_ts: float
+    midstream: bool
+    synced: bool
+    buf: bytearray = field(default_factory=bytearray)
+    pending: dict[int, bytes] = field(default_factory=dict)
+    anomalies: int = 0
+
+
+def _seq_diff(a: int, b: int) -> int:
+    """a - b in 32-bit sequence space, as a signed number."""
+    d = (a - b) & 0xFFFFFFFF
+    return d - (1 << 32) if d & 0x80000000 else d
+
+
+def plausible_message_start(data: bytes) -> bool:
+    """Whether data may begin with a length prefix and a DNS header.
+
+    Used where the stream position is not known (mid-stream start, after a
+    gap): a random 2-byte id taken as a length usually fails these checks.
+    """
+    if len(data) < 2 + DNS_HEADER:
+        return False
+    length = int.from_bytes(data[0:2], "big")
+    if length < DNS_HEADER:
+        return False
+    flags = int.from_bytes(data[4:6], "big")
+    qdcount = int.from_bytes(data[6:8], "big")
+    return (flags >> 11) & 15 in VALID_OPCODES and qdcount <= 1
+
+
+class TcpReassembler:
+    """Length-prefixed DNS messages (RFC 1035 4.2.2) out of TCP half-connections.
+
+    Handles several messages per segment, messages across segments, TCP Fast
+    Open data in the SYN, retransmissions, reordering within a bounded window,
+    streams whose start was not captured and gaps (resynchronising on the next
+    segment that starts like a message).
+    """
+
+    def __init__(self, limits: Limits, counters: dict[str, int]) -> None:
+        self.limits = limits
+        self.counters = counters
+        self.flows: OrderedDict[tuple, _HalfStream] = OrderedDict()
+
+    def add(self, ts: float, key: tuple, seq: int, flags: int, payload: bytes) -> list[tuple[bytes, int]]:
+        """Add one segment; return the (message, anomalies) pairs it completes."""
+        self._expire(ts)
+        if flags & TCP_RST:
+            self.flows.pop(key, None)
+            return []
+        flow = self.flows.get(key)
+        if flags & TCP_SYN:
+            flow = _HalfStream(next_seq=(seq + 1) & 0xFFFFFFFF, last_ts=ts, midstream=False, synced=True)
+            self._insert(key, flow)
+            seq = (seq + 1) & 0xFFFFFFFF
+        elif flow is None:
+            if not payload:
+                return []
+            flow = _HalfStream(next_seq=seq, last_ts=ts, midstream=True, synced=False)
+            self._insert(key, flow)
+        else:
+            self.flows.move_to_end(key)
+        flow.last_ts = ts
+        out: list[tuple[bytes, int]] = []
+        if payload:
+            self._segment(flow, seq, payload, out)
+        if flags & TCP_FIN:
+            self.flows.pop(key, None)
+        return out
+
+    def _insert(self, key: tuple, flow: _HalfStream) -> None:
+        self.flows.pop(key, None)
+        if len(self.flows) >= self.limits.max_tcp_flows:
+            self.flows.popitem(last=False)
+            self._count("tcp_limit")
+        self.flows[key] = flow
+
+    def _segment(self, flow: _HalfStream, seq: int, payload: bytes, out: list) -> None:
+        diff = _seq_diff(seq, flow.next_seq)
+        if diff < 0:                                   # retransmission or overlap
+            if -diff >= len(payload):
+                self._count("tcp_retransmissions")
+                return
+            payload, seq, diff = payload[-diff:], flow.next_seq, 0
+        if diff > 0:
+            if not flow.buf and plausible_message_start(payload):
+                flow.anomalies |= 1 << _BIT["tcp_gap"]
+                self._count("tcp_gaps")
+                flow.pending.clear()
+                flow.next_seq = seq
+            else:
+                if len(flow.pending) >= self.limits.max_tcp_pending_segments:
+                    self._resync(flow)
+                    self._count("tcp_limit")
+                flow.pending[seq] = payload
+                return
+        self._append(flow, payload, out)
+        while flow.pending:                             # segments that now fit
+            nxt = flow.pending.pop(flow.next_seq, None)
+            if nxt is None:
+                stale = [s for s in flow.pending if _seq_diff(s, flow.next_seq) < 0]
+                for s in stale:
+                    data = flow.pending.pop(s)
+                    d = _seq_diff(s, flow.next_seq)
+                    if len(data) > -d:
+                        flow.pending[flow.next_seq] = data[-d:]
+                if flow.next_seq not in flow.pending:
+                    break
+                continue
+            self._append(flow, nxt, out)
+
+    def _resync(self, flow: _HalfStream) -> None:
+        flow.buf.clear()
+        flow.pending.clear()
+        flow.synced = False
+        flow.anomalies |= 1 << _BIT["tcp_gap"]
+
+    def _append(self, flow: _HalfStream, data: bytes, out: list) -> None:
+        flow.next_seq = (flow.next_seq + len(data)) & 0xFFFFFFFF
+        if not flow.synced:
+            if not plausible_message_start(data):
+                self._count("tcp_unsynced_bytes", len(data))
+                return
+            flow.synced = True
+        flow.buf += data
+        if len(flow.buf) > self.limits.max_tcp_buffer:
+            self._resync(flow)
+            self._count("tcp_limit")
+            return
+        while len(flow.buf) >= 2:
+            length = int.from_bytes(flow.buf[0:2], "big")
+            if length < DNS_HEADER:
+                flow.anomalies |= 1 << _BIT["bad_length_prefix"]
+                self._count("tcp_bad_length_prefix")
+                flow.buf.clear()
+                flow.synced = False
+                return
+            if len(flow.buf) < 2 + length:
+                return
+            anomalies = flow.anomalies
+            if flow.midstream:
+                anomalies |= 1 << _BIT["tcp_midstream"]
+            out.append((bytes(flow.buf[2:2 + length]), anomalies))
+            flow.anomalies = 0
+            del flow.buf[:2 + length]
+
+    def _expire(self, now: float) -> None:
+        timeout = self.limits.tcp_idle_timeout_s
+        while self.flows:
+            key, flow = next(iter(self.flows.items()))
+            if now - flow.last_ts <= timeout:
+                break
+            del self.flows[key]
+            self._count("tcp_idle_expired")
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n

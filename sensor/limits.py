@@ -1,0 +1,54 @@
+"""Every bound the parsing stages apply, named and documented in one place.
+
+Hitting a limit never stops the sensor: the work beyond it is skipped and an
+anomaly or a counter says so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class Limits:
+    # Per message (compiled parser).
+    max_questions: int = 32
+    """Questions parsed per message; real traffic has one, crafted DoS packets thousands."""
+    max_records: int = 512
+    """Resource records parsed per message, all sections; a full 64 KB AXFR message holds fewer
+    than 512 typical records, and this bounds the RR table one message can fill."""
+    max_pointer_hops: int = 64
+    """Compression pointers followed in one name. Strictly backward pointers already exclude
+    loops; this caps the work a long chain can cost (Zeek's max-compression-depth)."""
+
+    # IP fragment reassembly (per parser).
+    max_fragment_datagrams: int = 4096
+    """Datagrams under reassembly at once; the oldest is dropped beyond it (counter frag_limit)."""
+    max_fragments_per_datagram: int = 128
+    """Fragments kept for one datagram; 64 KB in 512-byte pieces, far beyond real DNS."""
+    fragment_timeout_s: float = 30.0
+    """A datagram still incomplete this long after its first fragment is dropped (RFC 791 uses 15-120 s)."""
+
+    # DNS over TCP reassembly (per parser).
+    max_tcp_flows: int = 8192
+    """Half-connections tracked at once; the least recently used is dropped beyond it."""
+    max_tcp_buffer: int = 2 * 65537
+    """Bytes buffered per direction: two maximum-size length-prefixed messages."""
+    max_tcp_pending_segments: int = 64
+    """Out-of-order segments held per direction while waiting for the missing bytes."""
+    tcp_idle_timeout_s: float = 300.0
+    """A half-connection with no segment for this long is forgotten."""
+
+    # Capture reading.
+    frames_per_read: int = 65536
+    """Frames taken from libpcap in one next_batch() call, which is also the batch size."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"limit {f.name} must be a positive number, got {value!r}")
+
+
+DEFAULT_LIMITS = Limits()
+DEFAULT_PORTS: tuple[int, ...] = (53, 5353)
+"""DNS and mDNS; others (8053, 1053, ...) are added by configuration or --port."""

@@ -1,0 +1,134 @@
+"""Parse stage: capture frames in, columnar batches of DNS messages out.
+
+``Parser`` drives the compiled core (``sensor._core``) or, with
+``backend="twin"``, the pure-Python reference twin; both produce the same
+``Batch``. Frames the fast path cannot finish (IP fragments, TCP) go through
+``sensor.decode.reassembly`` and come back as whole messages.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from sensor import _core, schema
+from sensor.capture.offline import FrameBatch, read_frames
+from sensor.decode.reassembly import FragmentReassembler, TcpReassembler
+from sensor.limits import DEFAULT_LIMITS, DEFAULT_PORTS, Limits
+from sensor.parse import twin
+from sensor.parse.batch import Batch, concat
+from sensor.parse.psl import load_rules
+
+_core.bind_dtypes(schema.MESSAGE_DTYPE, schema.RR_DTYPE)
+if _core.ANOMALY_ORDER != tuple(name for name, _ in schema.ANOMALIES[:len(_core.ANOMALY_ORDER)]):
+    raise ImportError("sensor._core anomaly bits disagree with sensor.schema.ANOMALIES; rebuild")
+if _core.COUNTER_NAMES != twin.COUNTER_NAMES:
+    raise ImportError("sensor._core counters disagree with the twin; rebuild")
+
+BACKENDS = ("compiled", "twin")
+LOOPBACK_V4 = b"\x00" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
+
+
+class Parser:
+    """Turns capture frames into Batches; keeps reassembly state across calls."""
+
+    def __init__(self, ports: Iterable[int] = DEFAULT_PORTS, limits: Limits = DEFAULT_LIMITS,
+                 backend: str = "compiled", suffix_list: str | None = None,
+                 include_private_suffixes: bool = True) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        self.ports = frozenset(int(p) for p in ports)
+        bad = [p for p in self.ports if not 0 < p < 65536]
+        if bad:
+            raise ValueError(f"ports out of range: {bad}")
+        self.limits = limits
+        port_map = np.zeros(65536, dtype=np.uint8)
+        port_map[sorted(self.ports)] = 1
+        rules = load_rules(suffix_list, include_private_suffixes)
+        args = (limits.max_questions, limits.max_records, limits.max_pointer_hops)
+        if backend == "compiled":
+            self.core = _core.Core(port_map, rules.table(), schema.TYPE_NAMES, *args)
+        else:
+            self.core = twin.TwinCore(port_map, rules, *args)
+        self.backend = backend
+        self._slow_counters: dict[str, int] = {}
+        self._slow_messages = 0
+        self.fragments = FragmentReassembler(limits, self._slow_counters)
+        self.tcp = TcpReassembler(limits, self._slow_counters)
+
+    # ------------------------------------------------------------ input
+
+    def feed(self, frames: FrameBatch) -> None:
+        """Decode and parse one batch of frames into the batch under construction."""
+        slow = self.core.add_frames(frames.blob, frames.meta, frames.linktype, frames.first_frame)
+        for i in slow:
+            sec, usec, off, caplen = (int(x) for x in frames.meta[i])
+            self._slow_frame(frames.blob[off:off + caplen], sec + usec * 1e-6,
+                             frames.first_frame + i, frames.linktype)
+
+    def _slow_frame(self, pkt: bytes, ts: float, frame: int, linktype: int) -> None:
+        d = twin.decode_frame(pkt, linktype, self.ports)
+        if d.fragment:
+            key = (d.ip_version, d.src, d.dst, d.proto, d.frag_id)
+            done = self.fragments.add(ts, key, d.frag_offset, d.frag_more, d.payload)
+            if done is None:
+                return
+            l4, anomalies = done
+            whole = twin.Decoded("dns", d.ip_version, d.src, d.dst, d.anomalies | anomalies)
+            d = twin.decode_l4(whole, l4, 0, len(l4), d.proto, self.ports)
+            if d.status == "dns":
+                self._message(d.payload, ts, frame, d, 17, d.anomalies)
+                return
+        if d.status != "slow" or d.proto != 6:
+            self._slow_counters[d.status] = self._slow_counters.get(d.status, 0) + 1
+            return
+        key = (d.ip_version, d.src, d.dst, d.sport, d.dport)
+        for message, anomalies in self.tcp.add(ts, key, d.tcp_seq, d.tcp_flags, d.payload):
+            self._message(message, ts, frame, d, 6, anomalies | d.anomalies)
+
+    def _message(self, payload: bytes, ts: float, frame: int, d: twin.Decoded,
+                 transport: int, anomalies: int) -> None:
+        self._slow_messages += 1
+        self.core.add_message(payload, ts, frame, d.ip_version, d.src, d.dst, d.sport,
+                              d.dport, transport, anomalies)
+
+    def add_payloads(self, payloads: Iterable[bytes], ts: float = 0.0) -> None:
+        """Parse bare DNS messages (tests, fuzzing), as UDP 127.0.0.1:53000 -> 127.0.0.1:53."""
+        for i, payload in enumerate(payloads):
+            self.core.add_message(payload, ts, i + 1, 4, LOOPBACK_V4, LOOPBACK_V4, 53000, 53, 17, 0)
+
+    # ------------------------------------------------------------ output
+
+    def take(self) -> Batch:
+        """The batch built so far, in frame order; the next one starts empty."""
+        msgs, rrs, arena, counters = self.core.finish()
+        if self._slow_messages and len(msgs) > 1:
+            order = np.argsort(msgs["frame"], kind="stable")
+            if np.any(order != np.arange(len(order))):
+                inverse = np.empty_like(order)
+                inverse[order] = np.arange(len(order))
+                msgs = msgs[order]
+                rrs["msg"] = inverse[rrs["msg"]]
+                rrs = rrs[np.argsort(rrs["msg"], kind="stable")]
+                msgs["rr_start"] = np.searchsorted(rrs["msg"], np.arange(len(msgs)))
+        self._slow_messages = 0
+        for name, value in self._slow_counters.items():
+            counters[name] = counters.get(name, 0) + value
+        self._slow_counters.clear()
+        return Batch(msgs, rrs, arena, counters)
+
+    def parse_file(self, path: str) -> Iterator[Batch]:
+        """Batches of one capture file, one per libpcap read."""
+        for frames in read_frames(path, self.limits.frames_per_read):
+            self.feed(frames)
+            yield self.take()
+
+    def parse_payloads(self, payloads: Iterable[bytes]) -> Batch:
+        self.add_payloads(payloads)
+        return self.take()
+
+
+def parse_file(path: str, **parser_args) -> Batch:
+    """Every message of one capture as a single batch (convenience for tools and tests)."""
+    batches = list(Parser(**parser_args).parse_file(path))
+    return concat(batches) if batches else Parser(**parser_args).take()

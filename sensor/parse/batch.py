@@ -1,0 +1,146 @@
+"""A parsed batch: columnar message rows, RR rows and the text arena they point into."""
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sensor import schema
+
+
+def format_address(raw: bytes, ip_version: int) -> str:
+    if ip_version == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+@dataclass
+class Batch:
+    messages: np.ndarray          # schema.MESSAGE_DTYPE
+    rrs: np.ndarray               # schema.RR_DTYPE
+    arena: bytes
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.messages.shape[0])
+
+    def text(self, off: int, length: int) -> str:
+        return self.arena[off:off + length].decode("ascii")
+
+    def qname(self, i: int) -> str:
+        m = self.messages[i]
+        return self.text(int(m["qname_off"]), int(m["qname_len"]))
+
+    def qnames(self) -> list[str]:
+        return [self.qname(i) for i in range(len(self))]
+
+    def rr_dicts(self, i: int) -> list[dict[str, Any]]:
+        m = self.messages[i]
+        start, count = int(m["rr_start"]), int(m["rr_count"])
+        out = []
+        for r in self.rrs[start:start + count].tolist():
+            msg, name_off, rdata_off, rdata_len, ttl, name_len, rtype, rclass, section, _ = r
+            out.append({
+                "section": section, "name": self.text(name_off, name_len), "type": rtype,
+                "type_name": schema.type_name(rtype), "class": rclass, "ttl": ttl,
+                "data": self.text(rdata_off, rdata_len),
+            })
+        return out
+
+    def anomaly_counts(self) -> dict[str, int]:
+        """Messages carrying each anomaly."""
+        counts = {}
+        masks = self.messages["anomalies"]
+        for bit, (name, _) in enumerate(schema.ANOMALIES):
+            n = int(np.count_nonzero(masks & np.uint64(1 << bit)))
+            if n:
+                counts[name] = n
+        return counts
+
+    def record(self, i: int) -> dict[str, Any]:
+        """The JSON object of one message, as documented in schema.RECORD_FIELDS."""
+        m = self.messages[i]
+        ipv = int(m["ip_version"])
+        flags = int(m["flags"])
+        rrs = self.rr_dicts(i)
+        sections: dict[str, list] = {"answers": [], "authority": [], "additional": []}
+        edns = None
+        for rr in rrs:
+            section = schema.SECTION_NAMES[rr.pop("section")]
+            if rr["type"] == 41 and section == "additional" and edns is None:
+                continue
+            rr["class"] = schema.class_name(rr["class"]) if rr["type"] != 41 else rr["class"]
+            sections[section].append(rr)
+        if m["edns"]:
+            opt = next(r for r in rrs if r["type"] == 41)
+            edns = {
+                "udp_size": int(m["edns_udp_size"]), "version": int(m["edns_version"]),
+                "do": bool(m["edns_do"]), "ext_rcode": int(m["rcode"]) >> 4,
+                "options": opt["data"].split(" ", 4)[4] if opt["data"].count(" ") >= 4 else "",
+                "ede_code": None if m["ede_code"] < 0 else int(m["ede_code"]),
+                "ecs_prefix": int(m["ecs_prefix"]) if m["edns_options"] & 1 else None,
+            }
+        qname = self.qname(i) if m["qname_len"] else None
+        regdom = qname[int(m["regdom_off"]):] if qname else None
+        rcode = int(m["rcode"])
+        return {
+            "ts": round(float(m["ts"]), 6), "frame": int(m["frame"]),
+            "src": format_address(bytes(m["src"]), ipv), "sport": int(m["sport"]),
+            "dst": format_address(bytes(m["dst"]), ipv), "dport": int(m["dport"]),
+            "transport": "tcp" if m["transport"] == 6 else "udp",
+            "id": int(m["id"]), "qr": bool(m["qr"]),
+            "opcode": int(m["opcode"]), "opcode_name": schema.opcode_name(int(m["opcode"])),
+            "rcode": rcode, "rcode_name": schema.rcode_name(rcode),
+            "flags": [name for name, bit in schema.FLAG_BITS if flags & bit],
+            "qname": qname, "qtype": int(m["qtype"]), "qtype_name": schema.type_name(int(m["qtype"])),
+            "qclass": int(m["qclass"]),
+            "qdcount": int(m["qdcount"]), "ancount": int(m["ancount"]),
+            "nscount": int(m["nscount"]), "arcount": int(m["arcount"]),
+            "size": int(m["size"]),
+            "min_ttl": None if m["min_ttl"] < 0 else int(m["min_ttl"]),
+            "case_differs": bool(m["case_differs"]),
+            "features": {
+                "length": int(m["qname_len"]), "labels": int(m["labels"]),
+                "longest_label": int(m["longest_label"]),
+                "entropy": round(float(m["entropy"]), 4), "digits": int(m["digits"]),
+                "hexchars": int(m["hexchars"]), "uppers": int(m["uppers"]),
+                "registered_domain": regdom, "hash": f"{int(m['name_hash']):016x}",
+            },
+            **sections,
+            "edns": edns,
+            "anomalies": schema.anomaly_names(int(m["anomalies"])),
+        }
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        for i in range(len(self)):
+            yield self.record(i)
+
+
+def concat(batches: list[Batch]) -> Batch:
+    """One batch out of several (message and arena offsets rebased)."""
+    if len(batches) == 1:
+        return batches[0]
+    msgs, rrs, arenas, counters = [], [], [], {}
+    n_msg = n_rr = n_text = 0
+    for b in batches:
+        m = b.messages.copy()
+        r = b.rrs.copy()
+        m["qname_off"] += n_text
+        m["rr_start"] += n_rr
+        r["msg"] += n_msg
+        r["name_off"] += n_text
+        r["rdata_off"] += n_text
+        msgs.append(m)
+        rrs.append(r)
+        arenas.append(b.arena)
+        n_msg += len(m)
+        n_rr += len(r)
+        n_text += len(b.arena)
+        for k, v in b.counters.items():
+            counters[k] = counters.get(k, 0) + v
+    return Batch(np.concatenate(msgs) if msgs else np.zeros(0, schema.MESSAGE_DTYPE),
+                 np.concatenate(rrs) if rrs else np.zeros(0, schema.RR_DTYPE),
+                 b"".join(arenas), counters)

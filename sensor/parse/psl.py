@@ -1,0 +1,102 @@
+"""Public Suffix List rules for finding the registered domain (eTLD+1).
+
+The rules come from the snapshot bundled with tldextract, so the sensor never
+downloads anything; an operator may point at a local public_suffix_list.dat
+instead. The compiled parser gets them as an open-addressing table of 64-bit
+FNV-1a hashes of ``kind + suffix`` (kind ``r`` plain rule, ``w`` wildcard
+``*.suffix``, ``!`` exception); the reference twin uses the same rule sets.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+KIND_RULE, KIND_WILDCARD, KIND_EXCEPTION = "r", "w", "!"
+PSL_MAX_LABELS = 8  # must equal PSL_MAX_LABELS in ext/_core.pyx
+
+
+def _to_ascii(rule: str) -> str:
+    try:
+        return rule.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return ".".join(
+            label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+            for label in rule.split(".")
+        ).lower()
+
+
+@dataclass(frozen=True)
+class SuffixRules:
+    rules: frozenset[str]
+    wildcards: frozenset[str]
+    exceptions: frozenset[str]
+
+    def table(self) -> np.ndarray:
+        from sensor._core import fnv1a64
+
+        keys = [fnv1a64(s.encode(), ord(kind)) or 1
+                for kind, group in ((KIND_RULE, self.rules), (KIND_WILDCARD, self.wildcards),
+                                    (KIND_EXCEPTION, self.exceptions))
+                for s in group]
+        size = 1
+        while size < 2 * len(keys) + 2:
+            size *= 2
+        table = np.zeros(size, dtype=np.uint64)
+        mask = size - 1
+        for key in keys:
+            slot = key & mask
+            while table[slot] and table[slot] != key:
+                slot = (slot + 1) & mask
+            table[slot] = key
+        return table
+
+    def registered_label(self, labels: list[str]) -> int:
+        """Index of the first label of the registered domain; mirrors Core.registered_label."""
+        n = len(labels)
+        if n == 0:
+            return 0
+        ps = n - 1
+        for i in range(max(0, n - PSL_MAX_LABELS), n):
+            suffix = ".".join(labels[i:])
+            if suffix in self.exceptions:
+                ps = i + 1
+                break
+            if suffix in self.rules:
+                ps = i
+                break
+            if i + 1 < n and ".".join(labels[i + 1:]) in self.wildcards:
+                ps = i
+                break
+        return ps - 1 if ps >= 1 else 0
+
+
+def parse_rules(text: str, include_private: bool = True) -> SuffixRules:
+    from tldextract.suffix_list import extract_tlds_from_suffix_list
+
+    public, private = extract_tlds_from_suffix_list(text)
+    rules, wildcards, exceptions = set(), set(), set()
+    for raw in public + (private if include_private else []):
+        rule = _to_ascii(raw.strip())
+        if rule.startswith("!"):
+            exceptions.add(rule[1:])
+        elif rule.startswith("*."):
+            wildcards.add(rule[2:])
+        elif rule:
+            rules.add(rule)
+    return SuffixRules(frozenset(rules), frozenset(wildcards), frozenset(exceptions))
+
+
+def bundled_snapshot_path() -> str:
+    import tldextract
+
+    return os.path.join(os.path.dirname(tldextract.__file__), ".tld_set_snapshot")
+
+
+@lru_cache(maxsize=4)
+def load_rules(path: str | None = None, include_private: bool = True) -> SuffixRules:
+    """Rules from `path` (a public_suffix_list.dat) or from tldextract's bundled snapshot."""
+    with open(path or bundled_snapshot_path(), encoding="utf-8") as f:
+        return parse_rules(f.read(), include_private)
