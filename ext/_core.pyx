@@ -805,8 +805,11 @@ cdef class Core:
                         return self.decode_ether(pkt, end, p + 16, pi, depth + 1)
                     if dport == 6081 and avail >= 16:
                         optlen = (pkt[p + 8] & 0x3F) * 4
-                        if be16(pkt + p + 10) == 0x6558 and avail >= 16 + optlen:
-                            return self.decode_ether(pkt, end, p + 16 + optlen, pi, depth + 1)
+                        if avail >= 16 + optlen:
+                            if be16(pkt + p + 10) == 0x6558:
+                                return self.decode_ether(pkt, end, p + 16 + optlen, pi, depth + 1)
+                            return self.decode_ethertype(pkt, end, p + 16 + optlen,
+                                                         be16(pkt + p + 10), pi, depth + 1)
                 self.counters[C_NOT_DNS] += 1
                 return 0
             ulen = be16(pkt + p + 4)

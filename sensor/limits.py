@@ -13,9 +13,9 @@ class Limits:
     # Per message (compiled parser).
     max_questions: int = 32
     """Questions parsed per message; real traffic has one, crafted DoS packets thousands."""
-    max_records: int = 512
-    """Resource records parsed per message, all sections; a full 64 KB AXFR message holds fewer
-    than 512 typical records, and this bounds the RR table one message can fill."""
+    max_records: int = 4096
+    """Resource records parsed per message, all sections. Real responses reach 2048 (the
+    netmeister size tests); a 64 KB message cannot hold more than ~5400 even with empty rdata."""
     max_pointer_hops: int = 64
     """Compression pointers followed in one name. Strictly backward pointers already exclude
     loops; this caps the work a long chain can cost (Zeek's max-compression-depth)."""

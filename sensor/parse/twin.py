@@ -685,8 +685,11 @@ def decode_l4(d: Decoded, pkt: bytes, p: int, end: int, proto: int, ports: froze
                     return _ether(pkt[:end], end, p + 16, ports, depth + 1)
                 if dport == 6081 and avail >= 16:
                     optlen = (pkt[p + 8] & 0x3F) * 4
-                    if int.from_bytes(pkt[p + 10:p + 12], "big") == 0x6558 and avail >= 16 + optlen:
-                        return _ether(pkt[:end], end, p + 16 + optlen, ports, depth + 1)
+                    if avail >= 16 + optlen:
+                        inner = int.from_bytes(pkt[p + 10:p + 12], "big")
+                        if inner == 0x6558:
+                            return _ether(pkt[:end], end, p + 16 + optlen, ports, depth + 1)
+                        return _ethertype(pkt[:end], end, p + 16 + optlen, inner, ports, depth + 1)
             return Decoded("not_dns")
         ulen = int.from_bytes(pkt[p + 4:p + 6], "big")
         if ulen < 8:
