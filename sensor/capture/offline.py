@@ -36,11 +36,36 @@ def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
         try:
             blob, meta = reader.next_batch(frames_per_read)
         except pcapy.PcapError as e:
-            # libpcap reports a capture cut off mid-record only after the
-            # frames before it; those have been yielded already.
+            # next_batch() drops the frames it had read when it meets a record
+            # cut short (a capture whose writer was killed): read that last
+            # stretch again frame by frame so none of them is lost.
+            tail = _frames_before_error(path, skip=first - 1)
+            if tail is not None:
+                yield FrameBatch(tail[0], tail[1], linktype, first)
+                first += tail[1].shape[0]
             raise CaptureError(f"{path}: {e} (after frame {first - 1})") from None
         if not meta:
             return
         table = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
         yield FrameBatch(blob, table, linktype, first)
         first += table.shape[0]
+
+
+def _frames_before_error(path: str, skip: int) -> tuple[bytes, np.ndarray] | None:
+    reader = pcapy.open_offline(path)
+    for _ in range(skip):
+        reader.next()
+    blob, rows = bytearray(), []
+    while True:
+        try:
+            hdr, data = reader.next()
+        except pcapy.PcapError:
+            break
+        if hdr is None:
+            break
+        sec, usec = hdr.getts()
+        rows.append((sec, usec, len(blob), len(data)))
+        blob += data
+    if not rows:
+        return None
+    return bytes(blob), np.array(rows, dtype=np.uint32).reshape(-1, 4)

@@ -1,0 +1,79 @@
+"""The command line: output, errors, help, and the README kept in step with the schema."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA, REPO
+from sensor import schema
+from sensor.cli import COMMANDS, build_parser
+
+BASELINE = str(DATA / "dnscap-baseline-udp-82-msgs.pcap")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sensor", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+
+
+def test_dump_jsonl_has_every_documented_field():
+    out = run("dump", BASELINE)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(records) == 82
+    documented = [name for name, _ in schema.RECORD_FIELDS]
+    assert all(list(r) == documented for r in records)
+    first = records[1]
+    assert first["qname"] == "google.com" and first["answers"][0]["data"] == "216.58.218.206"
+
+
+def test_dump_table_and_several_files():
+    out = run("dump", BASELINE, str(DATA / "gdc-baseline-udp-33-msgs.pcap"), "--format", "table")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 + 82 + 33 and "google.com" in lines[1]
+
+
+def test_dump_extra_port():
+    path = str(DATA / "suricata-malformed-tcp1053-1500-questions-overlong-qnames.pcap")
+    assert run("dump", path).stdout == ""
+    assert len(run("dump", path, "--port", "1053").stdout.splitlines()) == 1
+
+
+@pytest.mark.parametrize("path, message", [
+    ("/nonexistent.pcap", "No such file"),
+    (str(REPO / "README.md"), "unknown file format"),
+    (str(REPO / "tests"), "is a directory"),
+])
+def test_unreadable_input_gives_one_line_and_status_2(path, message):
+    out = run("dump", path)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and message in out.stderr and out.stderr.startswith("dnssensor: error:")
+
+
+def test_truncated_capture_reports_where(tmp_path):
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((DATA / "dnscap-baseline-udp-82-msgs.pcap").read_bytes()[:1000])
+    out = run("dump", str(cut))
+    assert out.returncode == 2 and "truncated" in out.stderr
+    assert out.stdout.count("\n") >= 1        # the complete frames before the cut were written
+
+
+def test_every_command_has_help_with_an_example_and_is_documented():
+    readme = (REPO / "README.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == set(COMMANDS)
+    for name, command in sub.choices.items():
+        assert "Example:" in command.format_help()
+        assert f"dnssensor {name}" in readme
+
+
+def test_readme_field_reference_is_generated_from_the_schema():
+    sys.path.insert(0, str(REPO / "tools"))
+    from gen_field_reference import spliced
+    readme = (REPO / "README.md").read_text()
+    assert spliced(readme) == readme, "run `make readme`"

@@ -1,0 +1,187 @@
+"""The parser's contract, run against the compiled core and the pure-Python twin."""
+from __future__ import annotations
+
+import struct
+import textwrap
+
+import dnslib
+import numpy as np
+import pytest
+
+from sensor import schema
+from sensor.limits import Limits
+
+
+def header(id_=0x1234, flags=0x0100, qd=1, an=0, ns=0, ar=0) -> bytes:
+    return struct.pack("!6H", id_, flags, qd, an, ns, ar)
+
+
+def question(name=b"\x03www\x07example\x03com\x00", qtype=1) -> bytes:
+    return name + struct.pack("!HH", qtype, 1)
+
+
+def rr(rtype: int, rdata: bytes, name=b"\xc0\x0c", ttl=300, rclass=1) -> bytes:
+    return name + struct.pack("!HHIH", rtype, rclass, ttl, len(rdata)) + rdata
+
+
+def one(make_parser, payload: bytes, **kw):
+    batch = make_parser(**kw).parse_payloads([payload])
+    assert len(batch) == 1
+    return batch, batch.record(0)
+
+
+def test_query_fields_and_name_features(make_parser):
+    q = dnslib.DNSRecord.question("A1b2.c3D4e5f6.Example.co.uk", "TXT").pack()
+    batch, r = one(make_parser, q)
+    m = batch.messages[0]
+    assert r["qname"] == "a1b2.c3d4e5f6.example.co.uk"
+    assert r["qtype_name"] == "TXT" and r["qr"] is False and r["case_differs"] is True
+    f = r["features"]
+    assert f["registered_domain"] == "example.co.uk"
+    assert (f["labels"], f["longest_label"], f["length"]) == (5, 8, len(r["qname"]))
+    assert f["digits"] == 6 and f["uppers"] == 3
+    assert f["hexchars"] == sum(ch in "0123456789abcdefABCDEF" for ch in "A1b2c3D4e5f6Examplecouk")
+    left = "a1b2c3d4e5f6"
+    expected = -sum(left.count(ch) / len(left) * np.log2(left.count(ch) / len(left)) for ch in set(left))
+    assert m["entropy"] == pytest.approx(expected, rel=1e-6)
+    from sensor.parse.twin import fnv1a64
+    assert int(m["name_hash"]) == fnv1a64(r["qname"].encode())
+
+
+def test_response_rdata_in_presentation_form(make_parser):
+    reply = dnslib.DNSRecord.question("example.com", "ANY").reply()
+    zone = """
+    example.com. 60 IN A 192.0.2.1
+    example.com. 60 IN AAAA 2001:db8::1
+    example.com. 60 IN MX 10 mail.example.com.
+    example.com. 60 IN TXT "hello world" "a\\"b"
+    example.com. 60 IN SOA ns.example.com. admin.example.com. 1 2 3 4 5
+    _sip._udp.example.com. 60 IN SRV 1 2 5060 sip.example.com.
+    example.com. 60 IN CAA 0 issue "letsencrypt.org"
+    www.example.com. 30 IN CNAME example.com.
+    """
+    for record in dnslib.RR.fromZone(textwrap.dedent(zone)):
+        reply.add_answer(record)
+    _, r = one(make_parser, reply.pack())
+    data = {(a["type_name"], a["data"]) for a in r["answers"]}
+    assert ("A", "192.0.2.1") in data and ("AAAA", "2001:db8::1") in data
+    assert ("MX", "10 mail.example.com") in data
+    assert ("TXT", '"hello world" "a\\"b"') in data
+    assert ("SOA", "ns.example.com admin.example.com 1 2 3 4 5") in data
+    assert ("SRV", "1 2 5060 sip.example.com") in data
+    assert ("CAA", '0 issue "letsencrypt.org"') in data
+    assert ("CNAME", "example.com") in data
+    assert r["min_ttl"] == 30 and r["anomalies"] == []
+
+
+def test_edns_options_and_extended_rcode(make_parser):
+    ecs = struct.pack("!HBB", 1, 24, 0) + bytes([198, 51, 100])
+    ede = struct.pack("!H", 18) + b"prohibited"
+    options = (struct.pack("!HH", 8, len(ecs)) + ecs + struct.pack("!HH", 10, 8) + b"\x01" * 8
+               + struct.pack("!HH", 15, len(ede)) + ede + struct.pack("!HH", 12, 3) + b"\0\0\0"
+               + struct.pack("!HH", 11, 2) + b"\x00\x64" + struct.pack("!HH", 3, 2) + b"ab")
+    opt = b"\x00" + struct.pack("!HHIH", 41, 1232, (1 << 24) | (0 << 16) | 0x8000, len(options)) + options
+    msg = header(flags=0x8187, ar=1) + question() + opt        # header rcode 7 + ext 1 -> 23
+    batch, r = one(make_parser, msg)
+    m = batch.messages[0]
+    assert r["rcode"] == 23 and r["rcode_name"] == "BADCOOKIE"
+    assert r["edns"]["udp_size"] == 1232 and r["edns"]["do"] is True
+    assert r["edns"]["ede_code"] == 18 and r["edns"]["ecs_prefix"] == 24
+    assert "ecs=198.51.100.0/24/0" in r["edns"]["options"]
+    assert "keepalive=100" in r["edns"]["options"] and "nsid=6162" in r["edns"]["options"]
+    assert m["edns_options"] == 0b111111
+    assert r["additional"] == []          # the OPT record is shown as edns, not as an RR
+
+
+def test_dnssec_and_svcb_rdata(make_parser):
+    rrsig = (struct.pack("!HBBIIIH", 1, 13, 2, 300, 1700000000, 1690000000, 12345)
+             + b"\x07example\x03com\x00" + b"\x01\x02\x03")
+    nsec = b"\x03www\x07example\x03com\x00" + bytes([0, 6, 0x40, 0x01, 0, 0, 0, 0x03])
+    https = (struct.pack("!H", 1) + b"\x00" + struct.pack("!HH", 1, 3) + b"\x02h2"
+             + struct.pack("!HH", 4, 4) + bytes([192, 0, 2, 1]))
+    msg = header(flags=0x8180, an=3) + question() + rr(46, rrsig) + rr(47, nsec) + rr(65, https)
+    _, r = one(make_parser, msg)
+    data = [a["data"] for a in r["answers"]]
+    assert data[0] == "A 13 2 300 20231114221320 20230722042640 12345 example.com AQID"
+    assert data[1] == "www.example.com A MX RRSIG NSEC"   # RFC 4034 section 4.3 example
+    assert data[2] == "1 . alpn=h2 ipv4hint=192.0.2.1"
+
+
+def test_unknown_type_in_rfc3597_form(make_parser):
+    msg = header(flags=0x8180, an=1) + question() + rr(65534, b"\x01\xab")
+    _, r = one(make_parser, msg)
+    assert r["answers"][0]["data"] == "\\# 2 01AB" and r["answers"][0]["type_name"] == "TYPE65534"
+
+
+# One regression per anomaly, named for the edge case.
+
+@pytest.mark.parametrize("case, payload, expected", [
+    ("pointer_to_itself", header() + b"\xc0\x0c" + b"\0\x01\0\x01", "bad_pointer"),
+    ("forward_pointer", header(qd=2) + b"\xc0\x11\0\x01\0\x01" + question(), "bad_pointer"),
+    ("reserved_label_type", header() + b"\x41abc\0\0\x01\0\x01", "label_too_long"),
+    ("name_over_255", header() + b"\x3f" + b"a" * 63 + b"\x3f" + b"b" * 63 + b"\x3f" + b"c" * 63
+     + b"\x3f" + b"d" * 63 + b"\0\0\x01\0\x01", "name_too_long"),
+    ("short_header", b"\x12\x34\x01", "header_too_short"),
+    ("label_past_end", header() + b"\x03a", "truncated"),
+    ("rdlength_past_end", header(flags=0x8180, an=1) + question() + b"\xc0\x0c\0\x01\0\x01\0\0\0\x3c\0\x08\x01", "truncated"),
+    ("a_record_of_5_bytes", header(flags=0x8180, an=1) + question() + rr(1, b"\x01\x02\x03\x04\x05"), "rdlength_mismatch"),
+    ("bytes_after_last_record", header() + question() + b"junk", "trailing_bytes"),
+    ("two_questions", header(qd=2) + question() + question(), "qdcount_not_one"),
+    ("opcode_9", header(flags=0x4800), "invalid_opcode"),
+    ("z_bit", header(flags=0x0140) + question(), "z_bit_set"),
+    ("edns_option_overruns", header(ar=1) + question() + b"\0\0\x29\x10\0\0\0\0\0\0\x06\0\x0a\0\x20ab", "edns_bad_option"),
+    ("two_opt_records", header(ar=2) + question() + (b"\0\0\x29\x10\0\0\0\0\0\0\0") * 2, "edns_multiple_opt"),
+    ("opt_in_answer", header(flags=0x8180, an=1) + question() + b"\0\0\x29\x10\0\0\0\0\0\0\0", "edns_misplaced_opt"),
+    ("svcb_alpn_overruns", header(flags=0x8180, an=1) + question()
+     + rr(65, b"\0\x01\0" + struct.pack("!HH", 1, 3) + b"\x05h2"), "bad_rdata"),
+    ("control_bytes_in_qname", header() + b"\x04a\x01\x02b\x03com\0\0\x01\0\x01", "qname_non_printable"),
+    ("query_with_answer", header(an=1) + question() + rr(1, b"\x0a\0\0\x01"), "answer_in_query"),
+    ("ttl_above_2_31", header(flags=0x8180, an=1) + question() + rr(1, b"\x0a\0\0\x01", ttl=0xFFFFFFFF), "ttl_high_bit"),
+])
+def test_anomaly(make_parser, case, payload, expected):
+    _, r = one(make_parser, payload)
+    assert expected in r["anomalies"], (case, r["anomalies"])
+
+
+def test_clean_message_has_no_anomaly(make_parser):
+    _, r = one(make_parser, dnslib.DNSRecord.question("example.org").pack())
+    assert r["anomalies"] == []
+
+
+def test_pointer_limit_with_lowered_limit(make_parser):
+    # Seven owner names, each pointing at the previous one: a chain six deep (Zeek's case).
+    from conftest import capture
+    from sensor.parse import Parser
+    path = str(capture("zeek-malformed-compression-chain-depth-crafted.pcap"))
+    default = next(make_parser().parse_file(path)).record(0)
+    assert "pointer_limit" not in default["anomalies"] and len(default["answers"]) == 7
+    lowered = next(make_parser(limits=Limits(max_pointer_hops=5)).parse_file(path)).record(0)
+    assert "pointer_limit" in lowered["anomalies"]
+
+
+def test_too_many_questions_with_lowered_limit(make_parser):
+    msg = header(qd=10) + question() * 10
+    _, r = one(make_parser, msg)
+    assert "too_many_records" not in r["anomalies"]
+    _, r = one(make_parser, msg, limits=Limits(max_questions=5))
+    assert "too_many_records" in r["anomalies"]
+
+
+def test_too_many_records_with_lowered_limit(make_parser):
+    msg = header(flags=0x8180, an=4) + question() + rr(1, b"\x0a\0\0\x01") * 4
+    _, r = one(make_parser, msg, limits=Limits(max_records=3))
+    assert "too_many_records" in r["anomalies"] and len(r["answers"]) == 3
+
+
+def test_anomaly_registry_is_stable_and_documented():
+    names = [n for n, _ in schema.ANOMALIES]
+    assert len(names) == len(set(names)) and len(names) <= 64
+    assert all(doc for _, doc in schema.ANOMALIES)
+    # Bits are stored; the first ones must never move.
+    assert names[:4] == ["truncated", "bad_pointer", "label_too_long", "name_too_long"]
+
+
+def test_dtypes_match_compiled_rows():
+    from sensor import _core
+    assert schema.MESSAGE_DTYPE.itemsize == _core.MESSAGE_ROW_SIZE
+    assert schema.RR_DTYPE.itemsize == _core.RR_ROW_SIZE

@@ -1,0 +1,95 @@
+"""Property tests: compiled parser, pure-Python twin and dnslib on generated and mutated messages."""
+from __future__ import annotations
+
+import ipaddress
+
+import dnslib
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sensor.parse import Parser
+
+COMPILED = Parser(backend="compiled")
+TWIN = Parser(backend="twin")
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=20)
+names = st.lists(label, min_size=1, max_size=5).map(lambda labels: ".".join(labels) + ".com")
+qtypes = st.sampled_from(["A", "AAAA", "TXT", "MX", "NS", "CNAME", "PTR", "SOA", "SRV", "NULL"])
+
+
+@st.composite
+def responses(draw) -> bytes:
+    qname = draw(names)
+    reply = dnslib.DNSRecord(dnslib.DNSHeader(id=draw(st.integers(0, 65535)), qr=1, rd=1, ra=1),
+                             q=dnslib.DNSQuestion(qname, getattr(dnslib.QTYPE, draw(qtypes))))
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from(["A", "AAAA", "CNAME", "MX", "TXT"]))
+        ttl = draw(st.integers(0, 2**31 - 1))
+        if kind == "A":
+            rdata = dnslib.A(str(ipaddress.IPv4Address(draw(st.integers(0, 2**32 - 1)))))
+        elif kind == "AAAA":
+            rdata = dnslib.AAAA(str(ipaddress.IPv6Address(draw(st.integers(0, 2**128 - 1)))))
+        elif kind == "CNAME":
+            rdata = dnslib.CNAME(draw(names))
+        elif kind == "MX":
+            rdata = dnslib.MX(draw(names), draw(st.integers(0, 65535)))
+        else:
+            rdata = dnslib.TXT(draw(st.text(alphabet="abc xyz", max_size=30)))
+        reply.add_answer(dnslib.RR(qname, getattr(dnslib.QTYPE, kind), rdata=rdata, ttl=ttl))
+    return reply.pack()
+
+
+def both(payload: bytes):
+    a = COMPILED.parse_payloads([payload])
+    b = TWIN.parse_payloads([payload])
+    ra, rb = list(a.records()), list(b.records())
+    assert ra == rb
+    assert a.messages.tobytes() == b.messages.tobytes() or ra == rb
+    return a
+
+
+@SETTINGS
+@given(st.binary(max_size=600))
+def test_random_bytes_never_raise_and_backends_agree(payload):
+    batch = both(payload)
+    assert len(batch) == (1 if payload else 0)
+
+
+@SETTINGS
+@given(responses(), st.data())
+def test_mutated_messages_backends_agree(message, data):
+    raw = bytearray(message)
+    for _ in range(data.draw(st.integers(1, 8))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if op == "flip" and raw:
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] = data.draw(st.integers(0, 255))
+        elif op == "cut" and raw:
+            del raw[data.draw(st.integers(0, len(raw) - 1)):]
+        else:
+            i = data.draw(st.integers(0, len(raw)))
+            raw[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+    both(bytes(raw))
+
+
+@SETTINGS
+@given(responses())
+def test_valid_messages_agree_with_dnslib(message):
+    ref = dnslib.DNSRecord.parse(message)
+    r = both(message).record(0)
+    assert r["anomalies"] == []
+    assert r["id"] == ref.header.id and r["qr"] == bool(ref.header.qr)
+    assert r["qname"] == str(ref.q.qname).rstrip(".").lower()
+    assert r["qtype"] == ref.q.qtype
+    assert r["ancount"] == len(ref.rr) == len(r["answers"])
+    for ours, theirs in zip(r["answers"], ref.rr):
+        assert ours["type"] == theirs.rtype and ours["ttl"] == theirs.ttl
+        if theirs.rtype in (1, 28):
+            assert ipaddress.ip_address(ours["data"]) == ipaddress.ip_address(str(theirs.rdata))
+        elif theirs.rtype == 5:
+            assert ours["data"] == str(theirs.rdata).rstrip(".")
+        elif theirs.rtype == 15:
+            assert ours["data"] == f"{theirs.rdata.preference} {str(theirs.rdata.label).rstrip('.')}"
+        elif theirs.rtype == 16:
+            assert ours["data"] == " ".join('"' + s.decode() + '"' for s in theirs.rdata.data)
