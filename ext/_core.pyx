@@ -112,6 +112,17 @@ cdef struct Arena:
     size_t len
     size_t cap
 
+cdef inline void sort_bytes(uint8_t *v, int n) noexcept nogil:
+    cdef int i, j
+    cdef uint8_t x
+    for i in range(1, n):
+        x = v[i]
+        j = i - 1
+        while j >= 0 and v[j] > x:
+            v[j + 1] = v[j]
+            j -= 1
+        v[j + 1] = x
+
 cdef inline void flag(uint64_t *a, int bit) noexcept nogil:
     a[0] |= (<uint64_t>1) << bit
 
@@ -480,6 +491,7 @@ cdef class Core:
     cdef int max_records
     cdef int max_pointer_hops
     cdef NameOut name
+    cdef uint32_t hist[256]         # byte histogram for entropy; all zero between uses
     cdef const char *type_mnemonic[300]
     cdef uint8_t type_mnemonic_len[300]
     cdef list _keep
@@ -488,6 +500,7 @@ cdef class Core:
         self.arena.buf = NULL
         self.arena.len = 0
         self.arena.cap = 0
+        memset(self.hist, 0, sizeof(self.hist))
 
     def __dealloc__(self):
         free(self.arena.buf)
@@ -519,11 +532,12 @@ cdef class Core:
 
     def begin(self, size_t capacity=4096):
         """Start a new, empty batch with room for `capacity` messages."""
-        self.messages_array = np.zeros(max(capacity, 16), dtype=MESSAGE_DTYPE)
+        # Rows are written whole before they are read: no need to zero them.
+        self.messages_array = np.empty(max(capacity, 16), dtype=MESSAGE_DTYPE)
         self.msgs = <MessageRow *><size_t>self.messages_array.ctypes.data
         self.msg_cap = self.messages_array.shape[0]
         self.nmsg = 0
-        self.rrs_array = np.zeros(max(capacity * 2, 64), dtype=RR_DTYPE)
+        self.rrs_array = np.empty(max(capacity * 2, 64), dtype=RR_DTYPE)
         self.rrs = <RRRow *><size_t>self.rrs_array.ctypes.data
         self.rr_cap = self.rrs_array.shape[0]
         self.nrr = 0
@@ -538,7 +552,7 @@ cdef class Core:
         cdef size_t cap = self.msg_cap
         while cap < need:
             cap *= 2
-        arr = np.zeros(cap, dtype=MESSAGE_DTYPE)
+        arr = np.empty(cap, dtype=MESSAGE_DTYPE)
         arr[:self.nmsg] = self.messages_array[:self.nmsg]
         self.messages_array = arr
         self.msgs = <MessageRow *><size_t>arr.ctypes.data
@@ -547,7 +561,7 @@ cdef class Core:
 
     cdef int grow_rrs(self) except -1:
         cdef size_t cap = self.rr_cap * 2
-        arr = np.zeros(cap, dtype=RR_DTYPE)
+        arr = np.empty(cap, dtype=RR_DTYPE)
         arr[:self.nrr] = self.rrs_array[:self.nrr]
         self.rrs_array = arr
         self.rrs = <RRRow *><size_t>arr.ctypes.data
@@ -556,14 +570,12 @@ cdef class Core:
 
     def finish(self):
         """Return (messages, rrs, arena bytes, counters dict) and leave the core empty."""
-        msgs = self.messages_array[:self.nmsg].copy()
-        rrs = self.rrs_array[:self.nrr].copy()
+        msgs = self.messages_array[:self.nmsg]
+        rrs = self.rrs_array[:self.nrr]
         arena = self.arena.buf[:self.arena.len] if self.arena.len else b""
         counters = {COUNTER_NAMES[i]: self.counters[i] for i in range(N_COUNTERS)}
-        self.nmsg = 0
-        self.nrr = 0
-        self.arena.len = 0
-        memset(self.counters, 0, sizeof(self.counters))
+        # The arrays handed out stay valid: the next batch gets fresh ones.
+        self.begin(self.msg_cap)
         return msgs, rrs, arena, counters
 
     # ------------------------------------------------------------ frames
@@ -1453,8 +1465,9 @@ cdef class Core:
 
     cdef int qname_features(self, MessageRow *row) except -1:
         cdef NameOut *o = &self.name
-        cdef uint32_t hist[256]
-        cdef int reg, i
+        cdef uint32_t *hist = self.hist
+        cdef uint8_t distinct[256]
+        cdef int reg, i, ndistinct = 0
         cdef uint32_t nraw
         cdef double ent = 0.0, pr
         cdef uint64_t h = <uint64_t>FNV_OFFSET
@@ -1476,13 +1489,20 @@ cdef class Core:
         row.regdom_off = o.label_text_start[reg] if o.nlabels else 0
         nraw = o.label_raw_start[reg] if o.nlabels else 0
         if nraw:
-            memset(hist, 0, sizeof(hist))
+            # Only the byte values present are visited, in ascending order as
+            # the twin does (the sum is order-sensitive in floating point).
             for i in range(<int>nraw):
+                if hist[o.raw[i]] == 0:
+                    distinct[ndistinct] = o.raw[i]
+                    ndistinct += 1
                 hist[o.raw[i]] += 1
-            for i in range(256):
-                if hist[i]:
-                    pr = <double>hist[i] / nraw
+            if ndistinct > 1:
+                sort_bytes(distinct, ndistinct)
+                for i in range(ndistinct):
+                    pr = <double>hist[distinct[i]] / nraw
                     ent -= pr * log2(pr)
+            for i in range(ndistinct):
+                hist[distinct[i]] = 0
         row.entropy = <float>ent
         return 0
 
