@@ -860,12 +860,10 @@ cdef class Core:
 
     # ------------------------------------------------------------ DNS
 
-    cdef int psl_has(self, uint8_t kind, const char *s, uint32_t n) noexcept:
-        cdef uint64_t h = fnv_step(<uint64_t>FNV_OFFSET, kind)
-        cdef uint32_t i
+    cdef int psl_has(self, uint64_t text_hash, uint8_t kind) noexcept:
+        """Whether the suffix table holds the rule of this kind for a suffix (given by its hash)."""
+        cdef uint64_t h = fnv_step(text_hash, kind)
         cdef uint64_t slot
-        for i in range(n):
-            h = fnv_step(h, <uint8_t>s[i])
         if h == 0:
             h = 1
         slot = h & self.psl_mask
@@ -878,25 +876,29 @@ cdef class Core:
     cdef int registered_label(self, NameOut *o) noexcept:
         """Index of the first label of the registered domain (eTLD+1)."""
         cdef int n = o.nlabels, i, ps, start
-        cdef const char *t = o.text
-        cdef uint32_t s, s2
+        cdef uint32_t s, k
+        cdef uint64_t h
+        cdef uint64_t suffix_hash[PSL_MAX_LABELS + 1]
         if n == 0 or o.text_full:
             return 0
-        ps = n - 1
         start = n - PSL_MAX_LABELS if n > PSL_MAX_LABELS else 0
+        for i in range(start, n):      # each suffix's text hashed once
+            h = <uint64_t>FNV_OFFSET
+            for k in range(o.label_text_start[i], o.text_len):
+                h = fnv_step(h, <uint8_t>o.text[k])
+            suffix_hash[i - start] = h
+        ps = n - 1
         for i in range(start, n):
-            s = o.label_text_start[i]
-            if self.psl_has(33, t + s, o.text_len - s):        # '!' exception rule
+            h = suffix_hash[i - start]
+            if self.psl_has(h, 33):                            # '!' exception rule
                 ps = i + 1
                 break
-            if self.psl_has(114, t + s, o.text_len - s):       # 'r' plain rule
+            if self.psl_has(h, 114):                           # 'r' plain rule
                 ps = i
                 break
-            if i + 1 < n:
-                s2 = o.label_text_start[i + 1]
-                if self.psl_has(119, t + s2, o.text_len - s2): # 'w' wildcard "*.<suffix>"
-                    ps = i
-                    break
+            if i + 1 < n and self.psl_has(suffix_hash[i + 1 - start], 119):  # 'w': "*.<suffix>"
+                ps = i
+                break
         return ps - 1 if ps >= 1 else 0
 
     cdef int put_name(self, Cursor *c, uint64_t *anom) except -2:
@@ -1527,11 +1529,11 @@ def bind_dtypes(message_dtype, rr_dtype):
 
 
 def fnv1a64(bytes data, int kind=-1):
-    """The hash used for names and the suffix table (kind: PSL rule kind byte, or -1)."""
+    """The hash of names; with kind (a PSL rule kind byte) appended, the suffix table's key."""
     cdef uint64_t h = <uint64_t>FNV_OFFSET
     cdef uint8_t b
-    if kind >= 0:
-        h = fnv_step(h, <uint8_t>kind)
     for b in data:
         h = fnv_step(h, b)
+    if kind >= 0:
+        h = fnv_step(h, <uint8_t>kind)
     return h

@@ -185,3 +185,17 @@ def test_dtypes_match_compiled_rows():
     from sensor import _core
     assert schema.MESSAGE_DTYPE.itemsize == _core.MESSAGE_ROW_SIZE
     assert schema.RR_DTYPE.itemsize == _core.RR_ROW_SIZE
+
+
+@pytest.mark.parametrize("name", [
+    "www.example.com", "a.b.example.co.uk", "x.www.ck", "www.ck", "foo.bar.blogspot.com",
+    "deep.x.y.z.kawasaki.jp", "city.kawasaki.jp", "a.b.c.d.e.f.g.h.i.example.com.au",
+    "1.2.3.4.in-addr.arpa", "s3.amazonaws.com", "bucket.s3.eu-west-1.amazonaws.com",
+    "xn--80ak6aa92e.com", "test.xn--p1ai", "localhost", "com",
+])
+def test_registered_domain_agrees_with_tldextract(make_parser, name):
+    import tldextract
+    extract = tldextract.TLDExtract(suffix_list_urls=(), include_psl_private_domains=True)
+    expected = extract(name).top_domain_under_public_suffix or name
+    _, r = one(make_parser, dnslib.DNSRecord(dnslib.DNSHeader(id=1), q=dnslib.DNSQuestion(name)).pack())
+    assert r["features"]["registered_domain"] == expected

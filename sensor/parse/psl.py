@@ -3,7 +3,7 @@
 The rules come from the snapshot bundled with tldextract, so the sensor never
 downloads anything; an operator may point at a local public_suffix_list.dat
 instead. The compiled parser gets them as an open-addressing table of 64-bit
-FNV-1a hashes of ``kind + suffix`` (kind ``r`` plain rule, ``w`` wildcard
+FNV-1a hashes of ``suffix + kind`` (kind ``r`` plain rule, ``w`` wildcard
 ``*.suffix``, ``!`` exception); the reference twin uses the same rule sets.
 """
 from __future__ import annotations

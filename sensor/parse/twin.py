@@ -33,10 +33,10 @@ V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
 def fnv1a64(data: bytes, kind: int = -1) -> int:
     h = FNV_OFFSET
-    if kind >= 0:
-        h = ((h ^ kind) * FNV_PRIME) & MASK64
     for b in data:
         h = ((h ^ b) * FNV_PRIME) & MASK64
+    if kind >= 0:
+        h = ((h ^ kind) * FNV_PRIME) & MASK64
     return h
 
 

@@ -1,0 +1,30 @@
+"""Type stub for the compiled parsing core (ext/_core.pyx)."""
+from typing import Any
+
+import numpy as np
+
+ANOMALY_ORDER: tuple[str, ...]
+COUNTER_NAMES: tuple[str, ...]
+MESSAGE_ROW_SIZE: int
+RR_ROW_SIZE: int
+MESSAGE_DTYPE: np.dtype | None
+RR_DTYPE: np.dtype | None
+
+def bind_dtypes(message_dtype: np.dtype, rr_dtype: np.dtype) -> None: ...
+def fnv1a64(data: bytes, kind: int = -1) -> int: ...
+
+class Core:
+    messages_array: np.ndarray
+    rrs_array: np.ndarray
+    def __init__(self, port_map: np.ndarray, psl_table: np.ndarray, type_names: dict[int, str],
+                 max_questions: int, max_records: int, max_pointer_hops: int,
+                 capacity: int = 4096) -> None: ...
+    def begin(self, capacity: int = 4096) -> None: ...
+    @property
+    def message_count(self) -> int: ...
+    def finish(self) -> tuple[np.ndarray, np.ndarray, bytes, dict[str, int]]: ...
+    def add_frames(self, blob: bytes, meta: np.ndarray, linktype: int, first_frame: int) -> list[int]: ...
+    def add_message(self, payload: bytes, ts: float, frame: int, ip_version: int, src: bytes,
+                    dst: bytes, sport: int, dport: int, transport: int,
+                    extra_anomalies: int = 0) -> None: ...
+    def add_counter(self, name: str, value: int) -> None: ...
