@@ -161,9 +161,11 @@ def main() -> int:
                 parser.take()
         memory_s = best_of(args.repeat, in_memory)
 
-        small = os.path.join(tmp, "small.pcap")
-        build_capture(small, args.slow_messages, seed=2) if not args.capture else None
-        small = small if not args.capture else path
+        if args.capture:
+            small = path
+        else:
+            small = os.path.join(tmp, "small.pcap")
+            build_capture(small, args.slow_messages, seed=2)
         twin = Parser(backend="twin")
         t0 = time.perf_counter()
         twin_msgs = 0

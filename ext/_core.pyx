@@ -544,10 +544,6 @@ cdef class Core:
         self.arena.len = 0
         memset(self.counters, 0, sizeof(self.counters))
 
-    @property
-    def message_count(self):
-        return self.nmsg
-
     cdef int grow_msgs(self, size_t need) except -1:
         cdef size_t cap = self.msg_cap
         while cap < need:
@@ -634,9 +630,6 @@ cdef class Core:
             self.counters[C_EMPTY_PAYLOAD] += 1
             return
         self.parse_into(&payload[0], payload.shape[0], ts, frame, &pi)
-
-    def add_counter(self, str name, uint64_t value):
-        self.counters[COUNTER_NAMES.index(name)] += value
 
     cdef int decode_frame(self, const uint8_t *pkt, uint32_t caplen, int linktype,
                           PacketInfo *pi) noexcept:
@@ -876,7 +869,7 @@ cdef class Core:
     cdef int registered_label(self, NameOut *o) noexcept:
         """Index of the first label of the registered domain (eTLD+1)."""
         cdef int n = o.nlabels, i, ps, start
-        cdef uint32_t s, k
+        cdef uint32_t k
         cdef uint64_t h
         cdef uint64_t suffix_hash[PSL_MAX_LABELS + 1]
         if n == 0 or o.text_full:

@@ -66,15 +66,12 @@ class FragmentReassembler:
         written = bytearray(dgram.total)                   # 1 where a byte was already placed
         for start, chunk in dgram.chunks:
             chunk = chunk[:max(0, dgram.total - start)]
-            region = slice(start, start + len(chunk))
-            if any(written[region]) and bytes(out[region]) != chunk:
-                placed = [out[i] for i in range(region.start, region.stop) if written[i]]
-                fresh = [chunk[i - start] for i in range(region.start, region.stop) if written[i]]
-                if placed != fresh:
-                    dgram.anomalies |= 1 << _BIT["frag_overlap"]
-                    continue                               # first arrival wins
-            out[region] = chunk
-            written[region] = b"\x01" * len(chunk)
+            region = range(start, start + len(chunk))
+            if any(out[i] != chunk[i - start] for i in region if written[i]):
+                dgram.anomalies |= 1 << _BIT["frag_overlap"]
+                continue                                   # first arrival wins
+            out[start:start + len(chunk)] = chunk
+            written[start:start + len(chunk)] = b"\x01" * len(chunk)
         del self.pending[key]
         self._count("frag_datagrams")
         return bytes(out), dgram.anomalies

@@ -743,13 +743,6 @@ class TwinCore:
         self.arena_len = 0
         self.counters = {name: 0 for name in COUNTER_NAMES}
 
-    @property
-    def message_count(self) -> int:
-        return len(self.rows)
-
-    def add_counter(self, name: str, value: int) -> None:
-        self.counters[name] += value
-
     def _put(self, text: str) -> tuple[int, int]:
         raw = text.encode("ascii")
         off = self.arena_len
