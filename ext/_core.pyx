@@ -87,6 +87,10 @@ DEF MAX_VLAN_TAGS = 4            # QinQ is two; four covers stacked provider tag
 DEF MAX_IPV6_EXT_HEADERS = 8     # RFC 8200 defines six kinds that may repeat
 DEF MAX_ENCAP_DEPTH = 3          # VXLAN/Geneve in Geneve is the deepest seen in practice
 DEF PSL_MAX_LABELS = 8           # longest PSL rule is 4 labels, +1 for wildcards, with margin
+# Names already rendered in the current message, by wire offset, so a pointer
+# to one (nearly every owner name) copies its text instead of decoding again.
+# A message with more distinct name suffixes simply decodes the rest.
+DEF NAME_CACHE = 48
 
 DEF FNV_OFFSET = 0xcbf29ce484222325
 DEF FNV_PRIME = 0x100000001b3
@@ -97,6 +101,9 @@ cdef struct NameOut:
     uint32_t wire_len
     uint16_t label_text_start[MAX_LABELS]
     uint16_t label_raw_start[MAX_LABELS]
+    uint16_t label_wire[MAX_LABELS]   # wire offset of each label read in place
+    uint8_t inplace_labels             # labels before the first pointer
+    uint8_t hops
     uint8_t raw[MAX_NAME_WIRE + 1]
     uint16_t raw_len
     uint16_t digits
@@ -169,8 +176,49 @@ cdef inline uint16_t be16(const uint8_t *p) noexcept nogil:
 cdef inline uint64_t fnv_step(uint64_t h, uint8_t b) noexcept nogil:
     return (h ^ b) * <uint64_t>FNV_PRIME
 
-cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops) noexcept nogil:
+
+# Per-byte class of a label character, so read_name's inner loop is table
+# lookups instead of range tests.
+cdef enum:
+    CL_DIGIT = 1
+    CL_HEX = 2
+    CL_UPPER = 4
+    CL_ESCAPE = 8       # '.' and backslash: written after a backslash
+    CL_DECIMAL = 16     # not printable: written as a backslash and three digits
+
+cdef uint8_t CHAR_CLASS[256]
+cdef uint8_t LOWER[256]
+cdef double COUNT_LOG2[256]      # c * log2(c): a byte's share of a name's entropy
+
+
+cdef void init_char_tables() noexcept:
+    cdef int ch
+    COUNT_LOG2[0] = 0.0
+    for ch in range(1, 256):
+        COUNT_LOG2[ch] = <double>ch * log2(<double>ch)
+    for ch in range(256):
+        CHAR_CLASS[ch] = 0
+        LOWER[ch] = <uint8_t>ch
+        if 48 <= ch <= 57:
+            CHAR_CLASS[ch] = CL_DIGIT | CL_HEX
+        elif 65 <= ch <= 90:
+            CHAR_CLASS[ch] = CL_UPPER | (CL_HEX if ch <= 70 else 0)
+            LOWER[ch] = <uint8_t>(ch + 32)
+        elif 97 <= ch <= 102:
+            CHAR_CLASS[ch] = CL_HEX
+        if ch == 46 or ch == 92:
+            CHAR_CLASS[ch] |= CL_ESCAPE
+        elif ch <= 32 or ch >= 127:
+            CHAR_CLASS[ch] |= CL_DECIMAL
+
+
+init_char_tables()
+
+cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint features) noexcept nogil:
     """Decode the name at the cursor into o; advance past its in-place part.
+
+    With `features`, also counts digits, hex and upper-case characters and
+    keeps the lower-cased bytes (the question name only).
 
     Returns 0 when the cursor could be placed after the name (the name may be
     cut short by a flagged anomaly), -1 when it could not: the message cannot
@@ -181,10 +229,11 @@ cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops) noexcept
     cdef uint32_t biggest = c.pos      # pointers must go strictly below this
     cdef bint jumped = 0
     cdef int hops = 0
-    cdef uint8_t b, ch
+    cdef uint8_t b, ch, cls
     cdef uint32_t length, target, i
     cdef char *t
     o.text_len = 0
+    o.inplace_labels = 0
     o.wire_len = 0
     o.raw_len = 0
     o.digits = 0
@@ -259,27 +308,27 @@ cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops) noexcept
             o.nlabels += 1
             if length > o.longest:
                 o.longest = <uint8_t>length
+            if not jumped:
+                o.label_wire[o.nlabels - 1] = <uint16_t>p
+                o.inplace_labels = o.nlabels
             t = o.text
             for i in range(p + 1, p + 1 + length):
                 ch = c.msg[i]
-                if 48 <= ch <= 57:
-                    o.digits += 1
-                    o.hexchars += 1
-                elif 65 <= ch <= 90:
-                    o.uppers += 1
-                    if ch <= 70:
-                        o.hexchars += 1
-                    ch += 32
-                elif 97 <= ch <= 102:
-                    o.hexchars += 1
-                o.raw[o.raw_len] = ch
-                o.raw_len += 1
-                if ch > 32 and ch < 127:
-                    if ch == 46 or ch == 92:
-                        t[o.text_len] = 92
-                        o.text_len += 1
+                cls = CHAR_CLASS[ch]
+                ch = LOWER[ch]
+                if features:        # the question name's counts and raw bytes
+                    o.digits += cls & CL_DIGIT
+                    o.hexchars += (cls >> 1) & 1
+                    o.uppers += (cls >> 2) & 1
+                    o.raw[o.raw_len] = ch
+                    o.raw_len += 1
+                if not (cls & (CL_ESCAPE | CL_DECIMAL)):
                     t[o.text_len] = <char>ch
                     o.text_len += 1
+                elif cls & CL_ESCAPE:
+                    t[o.text_len] = 92
+                    t[o.text_len + 1] = <char>ch
+                    o.text_len += 2
                 else:
                     o.nonprint = 1
                     t[o.text_len] = 92
@@ -290,6 +339,7 @@ cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops) noexcept
         p += 1 + length
     if not jumped:
         c.pos = p
+    o.hops = <uint8_t>hops
     if o.nlabels == 0:
         o.text[0] = 46
         o.text_len = 1
@@ -426,20 +476,83 @@ cdef int ar_put_text_bytes(Arena *a, const uint8_t *p, size_t n, bint quoted) ex
         a.len += 1
     return 0
 
+cdef const char *HEXL = b"0123456789abcdef"
+
+
+cdef inline int put_decimal8(char *t, uint8_t v) noexcept nogil:
+    if v >= 100:
+        t[0] = <char>(48 + v // 100)
+        t[1] = <char>(48 + (v // 10) % 10)
+        t[2] = <char>(48 + v % 10)
+        return 3
+    if v >= 10:
+        t[0] = <char>(48 + v // 10)
+        t[1] = <char>(48 + v % 10)
+        return 2
+    t[0] = <char>(48 + v)
+    return 1
+
+
 cdef int ar_put_ip(Arena *a, const uint8_t *p, int family) except -1:
+    """An address as inet_ntop writes it (RFC 5952 for IPv6), without its printf."""
     cdef char tmp[64]
-    cdef int i
+    cdef char *t
+    cdef int i, j = 0, w, best = -1, best_len = 0, run = 0, shift
+    cdef bint started
+    cdef uint16_t words[8]
+    ar_reserve(a, 48)
+    t = a.buf + a.len
     if family == 4:
         for i in range(4):
             if i:
-                ar_putc(a, 46)
-            ar_put_uint(a, p[i])
+                t[j] = 46
+                j += 1
+            j += put_decimal8(t + j, p[i])
+        a.len += j
         return 0
-    inet_ntop(AF_INET6, p, tmp, 64)
+    for i in range(10):
+        if p[i]:
+            break
+    else:
+        # Leading zeros: the forms with an embedded IPv4 address (::ffff:a.b.c.d)
+        # are libc's business.
+        inet_ntop(AF_INET6, p, tmp, 64)
+        i = 0
+        while tmp[i]:
+            i += 1
+        return ar_put(a, tmp, i)
+    for i in range(8):
+        words[i] = (<uint16_t>p[2 * i] << 8) | p[2 * i + 1]
+    for i in range(9):                       # longest zero run of two or more, first on ties
+        if i < 8 and words[i] == 0:
+            run += 1
+        else:
+            if run >= 2 and run > best_len:
+                best = i - run
+                best_len = run
+            run = 0
     i = 0
-    while tmp[i]:
+    while i < 8:
+        if i == best:
+            t[j] = 58
+            t[j + 1] = 58
+            j += 2
+            i += best_len
+            continue
+        if i and not (i == best + best_len and best >= 0):
+            t[j] = 58
+            j += 1
+        w = words[i]
+        started = 0
+        for shift in range(12, -1, -4):
+            if started or (w >> shift) & 15 or shift == 0:
+                t[j] = HEXL[(w >> shift) & 15]
+                j += 1
+                started = 1
         i += 1
-    return ar_put(a, tmp, i)
+    a.len += j
+    return 0
+
 
 cdef int ar_put_time(Arena *a, uint32_t secs) except -1:
     """YYYYMMDDHHMMSS in UTC (RFC 4034 section 3.2), civil date from day count."""
@@ -491,6 +604,12 @@ cdef class Core:
     cdef int max_records
     cdef int max_pointer_hops
     cdef NameOut name
+    cdef uint16_t cache_wire[NAME_CACHE]
+    cdef uint32_t cache_off[NAME_CACHE]
+    cdef uint16_t cache_len[NAME_CACHE]
+    cdef uint8_t cache_hops[NAME_CACHE]
+    cdef uint8_t cache_labels[NAME_CACHE]
+    cdef int ncache
     cdef uint32_t hist[256]         # byte histogram for entropy; all zero between uses
     cdef const char *type_mnemonic[300]
     cdef uint8_t type_mnemonic_len[300]
@@ -894,11 +1013,51 @@ cdef class Core:
                 break
         return ps - 1 if ps >= 1 else 0
 
+    cdef void remember_name(self, uint32_t text_off) noexcept:
+        """Offer each in-place suffix of the clean name just read (its text at
+        text_off in the arena) to later pointers of this message."""
+        cdef NameOut *o = &self.name
+        cdef int i, k
+        for i in range(o.inplace_labels):
+            if self.ncache >= NAME_CACHE:
+                return
+            k = self.ncache
+            self.cache_wire[k] = o.label_wire[i]
+            self.cache_off[k] = text_off + o.label_text_start[i]
+            self.cache_len[k] = <uint16_t>(o.text_len - o.label_text_start[i])
+            self.cache_hops[k] = o.hops
+            self.cache_labels[k] = <uint8_t>(o.nlabels - i)
+            self.ncache += 1
+
     cdef int put_name(self, Cursor *c, uint64_t *anom) except -2:
         """Append the name at the cursor to the arena; -1 when the cursor is lost."""
-        if read_name(c, &self.name, anom, self.max_pointer_hops) < 0:
+        cdef uint32_t p = c.pos, target, off
+        cdef uint64_t found = 0
+        cdef int i
+        if p + 2 <= c.end and (c.msg[p] & 0xC0) == 0xC0:
+            target = (<uint32_t>(c.msg[p] & 0x3F) << 8) | c.msg[p + 1]
+            if target < p:
+                # A clean name decoded from `target` decodes the same way through
+                # this pointer: same backward rule, one more hop.
+                for i in range(self.ncache):
+                    if self.cache_wire[i] == target:
+                        if self.cache_hops[i] >= self.max_pointer_hops:
+                            break
+                        ar_reserve(&self.arena, self.cache_len[i])
+                        memcpy(self.arena.buf + self.arena.len,
+                               self.arena.buf + self.cache_off[i], self.cache_len[i])
+                        self.arena.len += self.cache_len[i]
+                        self.name.nlabels = self.cache_labels[i]
+                        c.pos = p + 2
+                        return 0
+        off = <uint32_t>self.arena.len
+        i = read_name(c, &self.name, &found, self.max_pointer_hops, 0)
+        anom[0] |= found
+        if i < 0:
             return -1
         ar_put(&self.arena, self.name.text, self.name.text_len)
+        if found == 0:
+            self.remember_name(off)
         return 0
 
     cdef int put_type(self, uint16_t t) except -1:
@@ -1312,8 +1471,10 @@ cdef class Core:
         cdef uint16_t rtype, rclass, rdlen
         cdef uint32_t ttl, name_off, rd_start, mark
         cdef int r
+        cdef uint64_t found
         cdef bint opt_seen = 0, stop = 0
         self.nmsg += 1
+        self.ncache = 0
         self.counters[C_MESSAGES] += 1
         memset(row, 0, sizeof(MessageRow))
         row.ts = ts
@@ -1367,12 +1528,17 @@ cdef class Core:
                 flag(&row.anomalies, AN_TOO_MANY_RECORDS)
                 stop = 1
                 break
-            if read_name(&c, &self.name, &row.anomalies, self.max_pointer_hops) < 0:
+            found = 0
+            r = read_name(&c, &self.name, &found, self.max_pointer_hops, q == 0)
+            row.anomalies |= found
+            if r < 0:
                 flag(&row.anomalies, AN_TRUNCATED)
                 stop = 1
                 break
             if q == 0:
                 self.qname_features(row)
+                if found == 0:
+                    self.remember_name(row.qname_off)
             rtype = rd16(&c)
             rclass = rd16(&c)
             if c.short:
@@ -1464,7 +1630,7 @@ cdef class Core:
         cdef uint8_t distinct[256]
         cdef int reg, i, ndistinct = 0
         cdef uint32_t nraw
-        cdef double ent = 0.0, pr
+        cdef double ent = 0.0, total
         cdef uint64_t h = <uint64_t>FNV_OFFSET
         row.qname_off = <uint32_t>self.arena.len
         row.qname_len = <uint16_t>o.text_len
@@ -1492,10 +1658,13 @@ cdef class Core:
                     ndistinct += 1
                 hist[o.raw[i]] += 1
             if ndistinct > 1:
+                # H = log2(n) - sum(c log2 c) / n, the terms added in ascending
+                # byte order as the twin does (float sums are order-sensitive).
                 sort_bytes(distinct, ndistinct)
+                total = 0.0
                 for i in range(ndistinct):
-                    pr = <double>hist[distinct[i]] / nraw
-                    ent -= pr * log2(pr)
+                    total += COUNT_LOG2[hist[distinct[i]]]
+                ent = log2(<double>nraw) - total / nraw
             for i in range(ndistinct):
                 hist[distinct[i]] = 0
         row.entropy = <float>ent

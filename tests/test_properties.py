@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import dnslib
 from hypothesis import HealthCheck, given, settings
@@ -93,3 +94,19 @@ def test_valid_messages_agree_with_dnslib(message):
             assert ours["data"] == f"{theirs.rdata.preference} {str(theirs.rdata.label).rstrip('.')}"
         elif theirs.rtype == 16:
             assert ours["data"] == " ".join('"' + s.decode() + '"' for s in theirs.rdata.data)
+
+
+# Words drawn mostly from {0, 1, ffff} so zero runs of every length and
+# position, and the IPv4-embedding prefixes, come up often.
+ipv6_words = st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x0DB8, 0xABCD]) | st.integers(0, 0xFFFF),
+                      min_size=8, max_size=8)
+
+
+@SETTINGS
+@given(ipv6_words)
+def test_aaaa_text_matches_inet_ntop(words):
+    raw = b"".join(w.to_bytes(2, "big") for w in words)
+    reply = dnslib.DNSRecord(dnslib.DNSHeader(id=1, qr=1), q=dnslib.DNSQuestion("v6.example.com", dnslib.QTYPE.AAAA))
+    reply.add_answer(dnslib.RR("v6.example.com", dnslib.QTYPE.AAAA, rdata=dnslib.AAAA(list(raw)), ttl=60))
+    batch = both(reply.pack())
+    assert batch.rr_dicts(0)[0]["data"] == socket.inet_ntop(socket.AF_INET6, raw)

@@ -924,10 +924,14 @@ class TwinCore:
             counts = [0] * 256
             for b in left:
                 counts[b] += 1
-            for k in counts:
-                if k:
-                    p = k / len(left)
-                    entropy -= p * math.log2(p)
+            present = [k for k in counts if k]
+            if len(present) > 1:
+                # H = log2(n) - sum(c log2 c) / n, summed in ascending byte order
+                # with plain additions, exactly as the compiled core does.
+                total = 0.0
+                for k in present:
+                    total += k * math.log2(k)
+                entropy = math.log2(len(left)) - total / len(left)
         row["entropy"] = entropy
 
     def _store(self, row: dict) -> None:
