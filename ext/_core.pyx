@@ -1699,3 +1699,23 @@ def fnv1a64(bytes data, int kind=-1):
     if kind >= 0:
         h = fnv_step(h, <uint8_t>kind)
     return h
+
+
+def span_hashes(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint32_t[::1] lengths):
+    """FNV-1a 64 of each arena slice, so names and rdata group as integers, not strings."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef uint32_t k, end
+    cdef uint64_t h
+    if lengths.shape[0] != n:
+        raise ValueError("offsets and lengths differ in length")
+    out = np.empty(n, dtype=np.uint64)
+    cdef uint64_t[::1] o = out
+    for i in range(n):
+        end = offsets[i] + lengths[i]
+        if end > <uint32_t>arena.shape[0] or end < offsets[i]:
+            raise ValueError("span outside the arena")
+        h = <uint64_t>FNV_OFFSET
+        for k in range(offsets[i], end):
+            h = fnv_step(h, arena[k])
+        o[i] = h
+    return out

@@ -23,3 +23,6 @@ class Core:
     def add_message(self, payload: bytes, ts: float, frame: int, ip_version: int, src: bytes,
                     dst: bytes, sport: int, dport: int, transport: int,
                     extra_anomalies: int = 0) -> None: ...
+
+def span_hashes(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """FNV-1a 64 of each arena slice, so names and rdata group as integers, not strings."""

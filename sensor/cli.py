@@ -43,7 +43,88 @@ def build_parser() -> argparse.ArgumentParser:
                       help="parser implementation (twin: the slow pure-Python reference)")
     dump.add_argument("--summary", action="store_true",
                       help="print frame, message and anomaly counters to stderr at the end")
+
+    replay = sub.add_parser(
+        "replay", help="run the whole pipeline over capture files into the database",
+        description="Parse, track and store the DNS traffic of capture files (merged by time "
+                    "across files) exactly as live capture would, with a progress bar on a "
+                    "terminal. Verdicts also go to the configured syslog targets.",
+        epilog="Example: dnssensor replay --db demo.db tests/data/dnscap-baseline-udp-82-msgs.pcap")
+    replay.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture")
+    _config_args(replay)
+    replay.add_argument("--port", type=_ports, action="append", default=[], metavar="N",
+                        help="also treat port N as DNS (repeatable)")
+
+    run = sub.add_parser(
+        "run", help="capture live on the configured interfaces (root or CAP_NET_RAW)",
+        description="Start one capture worker per core on each interface (PACKET_FANOUT), "
+                    "and one writer. SIGTERM flushes and stops; SIGHUP reloads configuration "
+                    "and rules.",
+        epilog="Example: dnssensor run --config /etc/dnssensor/dnssensor.toml")
+    _config_args(run)
+    run.add_argument("--interface", "-i", action="append", default=[], metavar="IFACE",
+                     help="capture on IFACE (repeatable; replaces the configured list)")
+    run.add_argument("--workers", type=int, metavar="N", help="workers per interface (0: one per core)")
+
+    query = sub.add_parser(
+        "query", help="run an SQL query against the database (read-only)",
+        description="Run one SQL statement on a read-only connection. Tables and columns are "
+                    "documented in the README (store reference).",
+        epilog="Example: dnssensor query \"SELECT rrname, count FROM pdns ORDER BY count DESC LIMIT 10\"")
+    query.add_argument("sql", help="SQL statement")
+    _config_args(query, output=True)
+
+    verdicts = sub.add_parser(
+        "verdicts", help="list verdicts, newest first",
+        description="Verdicts with their summary; --since counts back from the newest verdict.",
+        epilog="Example: dnssensor verdicts --since 1h --kind anomaly")
+    verdicts.add_argument("--since", metavar="DURATION", help="e.g. 15m, 1h, 7d")
+    verdicts.add_argument("--kind", help="only this verdict kind")
+    verdicts.add_argument("--client", metavar="IP", help="only verdicts about this client")
+    verdicts.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    _config_args(verdicts, output=True)
+
+    pdns = sub.add_parser(
+        "pdns", help="passive DNS: what a name resolved to, or which names pointed at an address",
+        description="NAME gives its records and NXDOMAIN answers with first/last seen and "
+                    "counts; *.NAME everything below it; an IP address the names that "
+                    "resolved to it.",
+        epilog="Example: dnssensor pdns www.example.com")
+    pdns.add_argument("term", metavar="NAME|IP")
+    pdns.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    _config_args(pdns, output=True)
+
+    status = sub.add_parser(
+        "status", help="rates, losses per stage and worker health",
+        description="Summary of the newest minutes in the database: traffic, answered and "
+                    "unanswered queries, the DNS-native loss estimate, kernel and internal drops, workers.",
+        epilog="Example: dnssensor status --minutes 60")
+    status.add_argument("--minutes", type=int, default=15, help="window (default 15)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _config_args(status)
     return top
+
+
+def _config_args(p: argparse.ArgumentParser, output: bool = False) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="configuration file (TOML); defaults otherwise")
+    p.add_argument("--db", metavar="PATH", help="database file (overrides the configuration)")
+    if output:
+        from sensor.query import FORMATS
+        p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+
+
+def load_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from sensor import config as cfg
+
+    conf = cfg.load(args.config) if args.config else cfg.Config()
+    conf = cfg.resolve_paths(conf)
+    if getattr(args, "db", None):
+        conf = replace(conf, db_path=args.db)
+    if getattr(args, "port", None):
+        conf = replace(conf, ports=tuple(dict.fromkeys(conf.ports + tuple(args.port))))
+    return conf
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
@@ -58,7 +139,78 @@ def cmd_dump(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"dump": cmd_dump}
+def cmd_replay(args: argparse.Namespace) -> int:
+    from sensor.engine.replay import replay
+
+    conf = load_config(args)
+    r = replay(args.files, conf)
+    rate = r.messages / r.seconds if r.seconds else 0.0
+    print(f"replayed {r.files} file(s): {r.packets:,} packets, {r.messages:,} DNS messages in "
+          f"{r.seconds:.2f} s ({rate:,.0f} msgs/s); {r.verdicts} new verdict(s) -> {conf.db_path}")
+    t = r.tracking
+    print(f"tracking: {t['answered']:,} answered, {t['unanswered']:,} unanswered, "
+          f"{t['unsolicited']:,} unsolicited, {t['mismatched']:,} id/port mismatched, "
+          f"{t['duplicate']:,} duplicate")
+    for label, c in r.syslog.items():
+        print(f"syslog {label}: {c['sent']} sent, {c['spooled']} spooled, {c['dropped']} dropped")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from sensor.engine.live import run
+
+    conf = load_config(args)
+    if args.interface:
+        conf = replace(conf, interfaces=tuple(args.interface))
+    if args.workers is not None:
+        conf = replace(conf, workers=args.workers)
+    return run(conf)
+
+
+def _open(args: argparse.Namespace):
+    from sensor.store import open_readonly
+    return open_readonly(load_config(args).db_path)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from sensor.query import render
+    from sensor.store import rows
+
+    names, data = rows(_open(args), args.sql)
+    sys.stdout.write(render(names, data, args.format))
+    return 0
+
+
+def cmd_verdicts(args: argparse.Namespace) -> int:
+    from sensor import query
+
+    names, data = query.verdicts(_open(args), args.since, args.kind, args.client, args.limit)
+    sys.stdout.write(query.render(names, data, args.format))
+    return 0
+
+
+def cmd_pdns(args: argparse.Namespace) -> int:
+    from sensor import query
+
+    names, data = query.pdns(_open(args), args.term, args.limit)
+    sys.stdout.write(query.render(names, data, args.format))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from sensor import query
+
+    s = query.status(_open(args), args.minutes)
+    sys.stdout.write(json.dumps(s, indent=2) + "\n" if args.json else query.render_status(s))
+    return 0
+
+
+COMMANDS = {"dump": cmd_dump, "replay": cmd_replay, "run": cmd_run, "query": cmd_query,
+            "verdicts": cmd_verdicts, "pdns": cmd_pdns, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

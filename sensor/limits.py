@@ -38,6 +38,29 @@ class Limits:
     tcp_idle_timeout_s: float = 300.0
     """A half-connection with no segment for this long is forgotten."""
 
+    # Query/response tracking (per worker).
+    max_pending_queries: int = 262144
+    """Queries waiting for their response; beyond it the oldest are evicted (anomaly
+    pending_evicted). 256 k covers 5 s of 50 k queries/s per worker."""
+    query_timeout_s: float = 5.0
+    """A query with no response this long is unanswered (stub resolvers retry after 1-5 s)."""
+
+    # Aggregation between flushes (per worker) and in the writer.
+    max_pdns_rows: int = 500000
+    """Distinct passive-DNS rows held between two flushes; more are dropped and counted
+    (drop stage pdns_overflow)."""
+    max_stats_groups: int = 4096
+    """Distinct (minute, resolver, leg) rows held between two flushes; traffic beyond it is
+    folded into the resolver 'other'."""
+    max_clients_per_group: int = 100000
+    """Client addresses remembered per stats row for its unique-client count; beyond it
+    the count is a lower bound."""
+    max_anomaly_sources: int = 10000
+    """Clients whose malformed traffic is counted per window for anomaly verdicts."""
+    writer_queue_batches: int = 64
+    """Aggregates waiting between the workers and the writer; a worker whose queue is
+    full keeps merging into its next aggregate instead of dropping."""
+
     # Capture reading.
     frames_per_read: int = 65536
     """Frames taken from libpcap in one next_batch() call, which is also the batch size."""

@@ -123,6 +123,7 @@ ANOMALIES: tuple[tuple[str, str], ...] = (
     ("bad_length_prefix", "a DNS-over-TCP length prefix too short for a header"),
 )
 ANOMALY_BIT: dict[str, int] = {name: i for i, (name, _) in enumerate(ANOMALIES)}
+ANOMALY_NAMES: tuple[str, ...] = tuple(name for name, _ in ANOMALIES)
 
 
 def anomaly_names(mask: int) -> list[str]:

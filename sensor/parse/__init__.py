@@ -42,7 +42,8 @@ class Parser:
         if bad:
             raise ValueError(f"ports out of range: {bad}")
         self.limits = limits
-        port_map = np.zeros(65536, dtype=np.uint8)
+        # Shared with the core, which reads it in place: set_ports() edits it.
+        self._port_map = port_map = np.zeros(65536, dtype=np.uint8)
         port_map[sorted(self.ports)] = 1
         rules = load_rules(suffix_list, include_private_suffixes)
         args = (limits.max_questions, limits.max_records, limits.max_pointer_hops)
@@ -55,6 +56,17 @@ class Parser:
         self._slow_messages = 0
         self.fragments = FragmentReassembler(limits, self._slow_counters)
         self.tcp = TcpReassembler(limits, self._slow_counters)
+
+    def set_ports(self, ports: Iterable[int]) -> None:
+        """Change the DNS ports (configuration reload); reassembly state is kept."""
+        new = frozenset(int(p) for p in ports)
+        if any(not 0 < p < 65536 for p in new):
+            raise ValueError(f"ports out of range: {sorted(new)}")
+        self.ports = new
+        self._port_map[:] = 0
+        self._port_map[sorted(new)] = 1
+        if self.backend == "twin":
+            self.core.ports = new
 
     # ------------------------------------------------------------ input
 

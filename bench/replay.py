@@ -1,0 +1,93 @@
+"""Full-pipeline replay throughput (parse, track, aggregate, store) against tshark.
+
+Builds the same realistic capture as bench/parse.py (or takes --capture),
+replays it through `sensor.engine.replay` into a fresh SQLite file, and runs
+tshark on the same file (its first --tshark-frames frames; rates are rates).
+Also reports the parse-only rate in the same run, so the cost of tracking and
+storing shows as a ratio. The last line is one JSON object.
+
+    python bench/replay.py [--messages 1000000] [--capture FILE] [--repeat 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from parse import build_capture  # noqa: E402
+
+from sensor.config import Config  # noqa: E402
+from sensor.engine.replay import replay  # noqa: E402
+from sensor.parse import Parser  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=1_000_000)
+    ap.add_argument("--capture", help="use this capture instead of generating one")
+    ap.add_argument("--repeat", type=int, default=2, help="replays (the best is kept)")
+    ap.add_argument("--tshark-frames", type=int, default=200_000)
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="dnssensor-bench-replay-")
+    try:
+        path = args.capture or os.path.join(tmp, "bench.pcap")
+        if not args.capture:
+            build_capture(path, args.messages)
+        best = None
+        for i in range(args.repeat):
+            db = os.path.join(tmp, f"replay{i}.db")
+            conf = replace(Config(), db_path=db, rules_dir=str(Path(__file__).resolve().parent.parent / "rules"))
+            r = replay([path], conf, progress_to=None)
+            if best is None or r.seconds < best.seconds:
+                best = r
+        t0 = time.perf_counter()
+        parsed = sum(len(b) for b in Parser().parse_file(path))
+        parse_s = time.perf_counter() - t0
+
+        tshark_rate = None
+        if shutil.which("tshark"):
+            t0 = time.perf_counter()
+            out = subprocess.run(["tshark", "-n", "-r", path, "-c", str(args.tshark_frames), "-T", "fields",
+                                  "-e", "dns.id", "-e", "dns.qry.name", "-e", "dns.qry.type",
+                                  "-e", "dns.flags.rcode", "-e", "dns.a", "-e", "dns.aaaa", "-e", "dns.cname"],
+                                 capture_output=True, check=True).stdout
+            tshark_rate = out.count(b"\n") / (time.perf_counter() - t0)
+
+        replay_rate = best.messages / best.seconds
+        parse_rate = parsed / parse_s
+        print(f"\n{best.messages} messages; one core; best of {args.repeat} replays")
+        print(f"{'contender':<36} {'msgs/s':>14} {'vs tshark':>10}")
+        for label, rate in (("replay: parse+track+store", replay_rate), ("parse only (same run)", parse_rate),
+                            ("tshark -T fields", tshark_rate)):
+            if rate is None:
+                continue
+            ratio = f"{rate / tshark_rate:9.1f}x" if tshark_rate else "        -"
+            print(f"{label:<36} {rate:>14,.0f} {ratio}")
+        print(f"tracking: {best.tracking}")
+        result = {
+            "messages": best.messages,
+            "replay_msgs_per_s": round(replay_rate),
+            "parse_msgs_per_s": round(parse_rate),
+            "replay_vs_parse": round(replay_rate / parse_rate, 3),
+            "tshark_msgs_per_s": round(tshark_rate) if tshark_rate else None,
+            "ratio_vs_tshark": round(replay_rate / tshark_rate, 1) if tshark_rate else None,
+        }
+        print(json.dumps(result))
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Live capture on one interface through pcapy-ng: one handle per worker process.
+
+Each handle has a large kernel ring, the BPF filter for the DNS ports plus IP
+fragments, and joins the interface's PACKET_FANOUT group in hash mode with
+the defragment flag, so a query and its response (and the fragments of a
+datagram, reassembled by the kernel) land in the same worker. Reads are
+non-blocking behind select() so a quiet link never holds up a shutdown.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+from collections.abc import Iterable
+
+import numpy as np
+import pcapy
+
+from sensor.capture.offline import FrameBatch
+from sensor.errors import CaptureError
+
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
+"""Linux: reassemble IPv4 fragments before hashing (pcapy-ng has no name for it)."""
+READ_TIMEOUT_MS = 100
+"""libpcap's buffer timeout: frames wait at most this long in the ring before a read sees them."""
+_WRAP = 1 << 32
+
+
+def bpf_filter(ports: Iterable[int]) -> str:
+    """DNS on the given ports over UDP and TCP, and every IP fragment (the ports of a
+    fragmented datagram are only in its first piece), with or without a VLAN tag."""
+    port_expr = " or ".join(f"port {p}" for p in sorted(set(ports)))
+    base = f"((udp or tcp) and ({port_expr})) or (ip and ip[6:2] & 0x3fff != 0) or (ip6 and ip6[6] == 44)"
+    return f"({base}) or (vlan and ({base}))"
+
+
+class LiveCapture:
+    def __init__(self, interface: str, ports: Iterable[int], ring_bytes: int, snaplen: int = 65535,
+                 fanout_group: int | None = None) -> None:
+        self.interface = interface
+        try:
+            h = pcapy.create(interface)
+            h.set_snaplen(snaplen)
+            h.set_promisc(1)
+            h.set_timeout(READ_TIMEOUT_MS)
+            h.set_buffer_size(ring_bytes)
+            h.activate()
+            h.setfilter(bpf_filter(ports))
+            h.setnonblock(1)
+            if fanout_group is not None:
+                h.set_fanout(fanout_group & 0xFFFF, PACKET_FANOUT_FLAG_DEFRAG | pcapy.PACKET_FANOUT_HASH)
+        except (pcapy.PcapError, pcapy.BPFError, OSError) as e:
+            raise CaptureError(f"{interface}: {e}") from None
+        self.handle = h
+        self.linktype = h.datalink()
+        self.fd = h.getfd()
+        self.frames = 0
+        self._last_stats = (0, 0)
+        self.received = 0            # 64-bit running totals of libpcap's 32-bit counters
+        self.dropped = 0
+
+    def set_ports(self, ports: Iterable[int]) -> None:
+        try:
+            self.handle.setfilter(bpf_filter(ports))
+        except pcapy.PcapError as e:
+            raise CaptureError(f"{self.interface}: {e}") from None
+
+    def read(self, max_frames: int, timeout_s: float) -> FrameBatch | None:
+        """Up to max_frames frames, or None when nothing came within timeout_s."""
+        readable, _, _ = select.select([self.fd], [], [], timeout_s)
+        if not readable:
+            return None
+        try:
+            blob, meta = self.handle.next_batch(max_frames)
+        except pcapy.PcapError as e:
+            raise CaptureError(f"{self.interface}: {e}") from None
+        if not meta:
+            return None
+        table = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
+        batch = FrameBatch(blob, table, self.linktype, self.frames + 1)
+        self.frames += table.shape[0]
+        return batch
+
+    def update_stats(self) -> tuple[int, int]:
+        """(received, dropped) since the previous call, unwrapping the 32-bit counters."""
+        try:
+            recv, drop, _ = self.handle.stats()
+        except pcapy.PcapError:
+            return 0, 0
+        d_recv = (recv - self._last_stats[0]) % _WRAP
+        d_drop = (drop - self._last_stats[1]) % _WRAP
+        self._last_stats = (recv, drop)
+        self.received += d_recv
+        self.dropped += d_drop
+        return d_recv, d_drop
+
+    def close(self) -> None:
+        try:
+            self.handle.close()
+        except pcapy.PcapError:
+            pass
+
+
+def drop_privileges(user: str) -> None:
+    """Once the capture handles are open: become `user` (when root) and give up every
+    capability, so a parser bug cannot be turned into control of the box."""
+    if user and os.geteuid() == 0:
+        import pwd
+
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            raise CaptureError(f"service user {user!r} does not exist") from None
+        os.setgroups([])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    _clear_capabilities()
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+
+
+def _clear_capabilities() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+        data = (_CapData * 2)()
+        libc.capset(ctypes.byref(header), data)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,306 @@
+"""The sensor's one configuration file (TOML), validated before anything starts.
+
+Every key is declared once in SPEC with its type, default and meaning; an
+unknown key, a wrong type or a bad value is a ConfigError naming the file and
+the dotted key. `deploy/dnssensor.toml` is the commented example.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from sensor.errors import ConfigError
+from sensor.limits import DEFAULT_LIMITS, DEFAULT_PORTS, Limits
+
+SYSLOG_PROTOCOLS = ("udp", "tcp", "tls")
+SYSLOG_FORMATS = ("kv", "cef", "json")
+SYSLOG_FACILITIES = {name: code for code, name in enumerate(
+    ("kern user mail daemon auth syslog lpr news uucp cron authpriv ftp ntp audit alert clock "
+     "local0 local1 local2 local3 local4 local5 local6 local7").split())}
+TABLES_WITH_RETENTION = ("verdicts", "pdns", "pdns_nxdomain", "stats", "anomalies")
+
+
+@dataclass(frozen=True)
+class SyslogTarget:
+    host: str
+    port: int
+    protocol: str = "udp"
+    format: str = "kv"
+    facility: str = "local5"
+    ca_file: str = ""
+    """TLS only: CA bundle that signs the receiver's certificate (system store when empty)."""
+    verify: bool = True
+    """TLS only: check the receiver's certificate and name."""
+    queue_size: int = 10000
+    """Verdicts held in memory for this target before they go to the spool file."""
+    spool_max_mib: int = 64
+    """Spool file bound; verdicts beyond it are dropped and counted (syslog_dropped)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.protocol}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str = "<defaults>"
+    sensor_name: str = field(default_factory=lambda: os.uname().nodename)
+    interfaces: tuple[str, ...] = ()
+    ports: tuple[int, ...] = DEFAULT_PORTS
+    workers: int = 0
+    """Capture worker processes per interface; 0 means one per core."""
+    ring_mib: int = 128
+    snaplen: int = 65535
+    user: str = ""
+    """Service user to become once the capture handles are open ('' keeps the current one)."""
+    state_dir: str = "."
+    db_path: str = "dnssensor.db"
+    flush_interval_s: float = 1.0
+    retention_days: dict[str, int] = field(default_factory=lambda: {
+        "verdicts": 90, "pdns": 365, "pdns_nxdomain": 30, "stats": 30, "anomalies": 30})
+    resolver_addresses: tuple[str, ...] = ()
+    client_networks: tuple[str, ...] = ()
+    discover_networks: bool = True
+    """On `run`, fill resolver_addresses/client_networks from the host's interfaces when empty."""
+    rules_dir: str = "rules"
+    syslog: tuple[SyslogTarget, ...] = ()
+    limits: Limits = DEFAULT_LIMITS
+
+    def resolver_set(self) -> frozenset[bytes]:
+        """The resolver's own addresses as 16-byte keys (IPv4 mapped), as the parser stores them."""
+        return frozenset(address_key(a) for a in self.resolver_addresses)
+
+
+def address_key(text: str) -> bytes:
+    ip = ipaddress.ip_address(text)
+    if ip.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+# ------------------------------------------------------------------ validation
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _int(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("expected an integer")
+        if not lo <= v <= hi:
+            raise ValueError(f"expected {lo}..{hi}, got {v}")
+        return v
+    return check
+
+
+def _positive_float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise ValueError("expected a positive number")
+    return float(v)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("expected true or false")
+    return v
+
+
+def _list(item: Callable[[Any], Any]) -> Callable[[Any], tuple]:
+    def check(v: Any) -> tuple:
+        if not isinstance(v, list):
+            raise ValueError("expected a list")
+        out = []
+        for i, x in enumerate(v):
+            try:
+                out.append(item(x))
+            except ValueError as e:
+                raise ValueError(f"item {i + 1}: {e}") from None
+        return tuple(out)
+    return check
+
+
+def _address(v: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(_str(v)))
+    except ValueError:
+        raise ValueError(f"not an IP address: {v!r}") from None
+
+
+def _network(v: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(_str(v), strict=False))
+    except ValueError:
+        raise ValueError(f"not an IP network: {v!r}") from None
+
+
+def _choice(options: tuple[str, ...] | dict) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if _str(v) not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {v!r}")
+        return v
+    return check
+
+
+# dotted key -> (Config attribute, validator). Sections group them in the file.
+SPEC: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "sensor.name": ("sensor_name", _str),
+    "sensor.user": ("user", _str),
+    "sensor.state_dir": ("state_dir", _str),
+    "capture.interfaces": ("interfaces", _list(_str)),
+    "capture.ports": ("ports", _list(_int(1, 65535))),
+    "capture.workers": ("workers", _int(0, 256)),
+    "capture.ring_mib": ("ring_mib", _int(1, 4096)),
+    "capture.snaplen": ("snaplen", _int(256, 262144)),
+    "network.resolver_addresses": ("resolver_addresses", _list(_address)),
+    "network.client_networks": ("client_networks", _list(_network)),
+    "network.discover": ("discover_networks", _bool),
+    "store.path": ("db_path", _str),
+    "store.flush_interval_s": ("flush_interval_s", _positive_float),
+    "rules.dir": ("rules_dir", _str),
+}
+SYSLOG_SPEC: dict[str, Callable[[Any], Any]] = {
+    "host": _str, "port": _int(1, 65535), "protocol": _choice(SYSLOG_PROTOCOLS),
+    "format": _choice(SYSLOG_FORMATS), "facility": _choice(SYSLOG_FACILITIES),
+    "ca_file": _str, "verify": _bool, "queue_size": _int(1, 10_000_000),
+    "spool_max_mib": _int(1, 1_000_000),
+}
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate one configuration file."""
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_dict(doc, path)
+
+
+def from_dict(doc: dict[str, Any], path: str = "<config>") -> Config:
+    values: dict[str, Any] = {"path": path}
+
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{path}: {key}: {why}")
+
+    for section, body in doc.items():
+        if section == "syslog":
+            values["syslog"] = _syslog_targets(body, path)
+            continue
+        if section == "limits":
+            values["limits"] = _limits(body, path)
+            continue
+        if section == "store" and isinstance(body, dict) and "retention_days" in body:
+            body = dict(body)
+            values["retention_days"] = _retention(body.pop("retention_days"), path)
+        if not isinstance(body, dict):
+            fail(section, "unknown key" if not any(k.startswith(section + ".") for k in SPEC)
+                 else "expected a table")
+        for key, value in body.items():
+            dotted = f"{section}.{key}"
+            if dotted not in SPEC:
+                fail(dotted, "unknown key")
+            attr, check = SPEC[dotted]
+            try:
+                values[attr] = check(value)
+            except ValueError as e:
+                fail(dotted, str(e))
+    return Config(**values)
+
+
+def _syslog_targets(body: Any, path: str) -> tuple[SyslogTarget, ...]:
+    if not isinstance(body, list):
+        raise ConfigError(f"{path}: syslog: expected [[syslog]] tables")
+    targets = []
+    for i, table in enumerate(body):
+        where = f"syslog[{i + 1}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {where}: expected a table")
+        kwargs = {}
+        for key, value in table.items():
+            if key not in SYSLOG_SPEC:
+                raise ConfigError(f"{path}: {where}.{key}: unknown key")
+            try:
+                kwargs[key] = SYSLOG_SPEC[key](value)
+            except ValueError as e:
+                raise ConfigError(f"{path}: {where}.{key}: {e}") from None
+        for required in ("host", "port"):
+            if required not in kwargs:
+                raise ConfigError(f"{path}: {where}.{required}: missing")
+        targets.append(SyslogTarget(**kwargs))
+    return tuple(targets)
+
+
+def _limits(body: Any, path: str) -> Limits:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: limits: expected a table")
+    known = {f.name: f.type for f in fields(Limits)}
+    for key, value in body.items():
+        if key not in known:
+            raise ConfigError(f"{path}: limits.{key}: unknown limit")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: limits.{key}: expected a number")
+    try:
+        return replace(DEFAULT_LIMITS, **body)
+    except ValueError as e:
+        raise ConfigError(f"{path}: limits: {e}") from None
+
+
+def _retention(body: Any, path: str) -> dict[str, int]:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: store.retention_days: expected a table")
+    out = dict(Config().retention_days)
+    for key, value in body.items():
+        if key not in TABLES_WITH_RETENTION:
+            raise ConfigError(f"{path}: store.retention_days.{key}: unknown table "
+                              f"(one of {', '.join(TABLES_WITH_RETENTION)})")
+        try:
+            out[key] = _int(1, 100_000)(value)
+        except ValueError as e:
+            raise ConfigError(f"{path}: store.retention_days.{key}: {e}") from None
+    return out
+
+
+def discover_networks(config: Config) -> Config:
+    """Fill the resolver's addresses and client networks from this host's interfaces
+    (pyroute2, netlink) where the file leaves them empty: on a resolver box the
+    resolver listens on its own addresses and serves the networks it is attached to."""
+    if not config.discover_networks or (config.resolver_addresses and config.client_networks):
+        return config
+    from pyroute2 import IPRoute
+
+    addresses, networks = [], []
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr():
+            addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
+            if not addr:
+                continue
+            addresses.append(str(ipaddress.ip_address(addr)))
+            net = ipaddress.ip_network(f"{addr}/{msg['prefixlen']}", strict=False)
+            if not net.is_loopback and not net.is_link_local:
+                networks.append(str(net))
+    return replace(config,
+                   resolver_addresses=config.resolver_addresses or tuple(dict.fromkeys(addresses)),
+                   client_networks=config.client_networks or tuple(dict.fromkeys(networks)))
+
+
+def resolve_paths(config: Config) -> Config:
+    """Relative store and rules paths are taken from the state directory / config file."""
+    db = config.db_path
+    if not os.path.isabs(db) and config.state_dir not in ("", "."):
+        db = os.path.join(config.state_dir, db)
+    rules = config.rules_dir
+    if not os.path.isabs(rules) and config.path not in ("<defaults>", "<config>"):
+        candidate = Path(config.path).parent / rules
+        if candidate.is_dir():
+            rules = str(candidate)
+    return replace(config, db_path=db, rules_dir=rules)

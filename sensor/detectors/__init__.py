@@ -1,0 +1,1 @@
+"""Detectors: each reads its rule file from rules/ and turns features into verdicts."""

@@ -1,0 +1,1 @@
+"""The engine: pipelines over captures (replay) and live interfaces (run), one writer."""

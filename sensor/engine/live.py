@@ -1,0 +1,283 @@
+"""`dnssensor run`: a supervisor, capture workers and one writer, as processes.
+
+    supervisor ──starts/restarts──> worker (interface i, index k) ──Aggregate──┐
+        │                               ... one per core per interface         ├─> queue ─> writer ─> SQLite, syslog
+        └──starts──────────────────────────────────────────────────────────────┘
+
+Workers parse, track and aggregate; every flush interval each ships one
+Aggregate. When the queue is full a worker keeps merging into the next
+Aggregate rather than dropping (bounded by the aggregation limits, whose
+overflow is counted). SIGTERM: workers ship what they hold and stop, the
+writer drains the queue, flushes and closes. SIGHUP: everyone re-reads the
+configuration file and the rules; a broken file is reported and the running
+configuration stays. A worker that dies is restarted and the restart is
+recorded in the `workers` table.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+from sensor import config as cfg
+from sensor.capture.live import LiveCapture, drop_privileges
+from sensor.detectors import anomaly_burst
+from sensor.engine.aggregate import Aggregate
+from sensor.engine.pipeline import Pipeline
+from sensor.errors import ConfigError, SensorError
+
+SUPERVISOR_TICK_S = 0.5
+WORKER_STOP_TIMEOUT_S = 10.0
+WRITER_STOP_TIMEOUT_S = 60.0
+RESTART_BACKOFF_S = 1.0
+"""A worker that keeps dying is restarted at most once per this interval."""
+RETENTION_EVERY_S = 600.0
+
+
+def _reload(config: cfg.Config) -> tuple[cfg.Config, Any] | None:
+    """Re-read the configuration file and rules; None (and a message) when broken."""
+    try:
+        new = cfg.resolve_paths(cfg.load(config.path)) if config.path not in ("<defaults>", "<config>") else config
+        new = replace(new, interfaces=config.interfaces, workers=config.workers,
+                      resolver_addresses=new.resolver_addresses or config.resolver_addresses,
+                      client_networks=new.client_networks or config.client_networks)
+        return new, anomaly_burst.load(new.rules_dir)
+    except SensorError as e:
+        print(f"dnssensor: reload refused, keeping the running configuration: {e}", file=sys.stderr)
+        return None
+
+
+# ----------------------------------------------------------------- worker
+
+def worker_main(name: str, interface: str, config: cfg.Config, fanout_group: int, out: mp.Queue,
+                restarts: int) -> None:
+    flags = {"stop": False, "reload": False}
+    signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
+    cap = LiveCapture(interface, config.ports, config.ring_mib << 20, config.snaplen, fanout_group)
+    drop_privileges(config.user)
+    rule = anomaly_burst.load(config.rules_dir)
+    pipeline = Pipeline(config, rule)
+    started = time.time()
+    carry = Aggregate()
+    next_flush = time.monotonic() + config.flush_interval_s
+
+    def ship(state: str) -> None:
+        nonlocal carry
+        now = time.time()
+        d_recv, d_drop = cap.update_stats()
+        pipeline.tick(now)                            # time out queries on a quiet link too
+        agg = pipeline.take()
+        agg.sensor.setdefault(int(now // 60 * 60), {"packets": 0, "kernel_received": 0,
+                                                     "kernel_dropped": 0, "drops": {}})
+        srow = agg.sensor[int(now // 60 * 60)]
+        srow["kernel_received"] += d_recv
+        srow["kernel_dropped"] += d_drop
+        agg.workers[name] = {"pid": os.getpid(), "started": started, "restarts": restarts,
+                             "last_seen": now, "packets": pipeline.packets,
+                             "kernel_received": cap.received, "kernel_dropped": cap.dropped, "state": state}
+        carry.merge(agg, config.limits)
+        try:
+            out.put(carry, timeout=0 if state == "running" else 5.0)
+            carry = Aggregate()
+        except queue_mod.Full:
+            pass        # kept in `carry` and merged into the next shipment: nothing lost
+
+    while not flags["stop"]:
+        frames = cap.read(config.limits.frames_per_read, SUPERVISOR_TICK_S / 2)
+        if frames is not None:
+            pipeline.feed(frames, now=time.time())
+        if flags["reload"]:
+            flags["reload"] = False
+            loaded = _reload(config)
+            if loaded is not None:
+                config, rule = loaded
+                pipeline.reconfigure(config, rule)
+                cap.set_ports(config.ports)
+        if time.monotonic() >= next_flush:
+            ship("running")
+            next_flush = time.monotonic() + config.flush_interval_s
+    # Drain what the ring still holds, then hand everything over.
+    while True:
+        frames = cap.read(config.limits.frames_per_read, 0)
+        if frames is None:
+            break
+        pipeline.feed(frames, now=time.time())
+    ship("stopped")
+    cap.close()
+    out.close()
+    out.join_thread()
+
+
+# ----------------------------------------------------------------- writer
+
+def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any) -> None:
+    from sensor.engine.writer import Writer
+    from sensor.sinks.syslog import SyslogSender
+    from sensor.store import Store
+
+    flags = {"reload": False}
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # the supervisor decides when we stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
+    drop_privileges(config.user)
+    store = Store(config.db_path)
+    spool_dir = os.path.join(os.path.dirname(os.path.abspath(config.db_path)), "spool")
+    senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
+    writer = Writer(config, store, anomaly_burst.load(config.rules_dir), senders)
+    next_flush = time.monotonic() + config.flush_interval_s
+    next_retention = time.monotonic()
+    while True:
+        try:
+            agg = inbox.get(timeout=min(config.flush_interval_s, 0.5))
+            writer.apply(agg)
+        except queue_mod.Empty:
+            if stop_event.is_set():
+                break
+        if flags["reload"]:
+            flags["reload"] = False
+            loaded = _reload(config)
+            if loaded is not None:
+                writer.config, rule = loaded
+                writer.set_rule(rule)
+        if time.monotonic() >= next_flush:
+            writer.flush()
+            next_flush = time.monotonic() + config.flush_interval_s
+        if time.monotonic() >= next_retention:
+            writer.enforce_retention(time.time())
+            next_retention = time.monotonic() + RETENTION_EVERY_S
+    writer.flush(final=True)
+    for s in senders:
+        s.close()
+    store.close()
+
+
+# ----------------------------------------------------------------- supervisor
+
+class Supervisor:
+    def __init__(self, config: cfg.Config) -> None:
+        self.config = config
+        self.ctx = mp.get_context("fork")
+        self.queue = self.ctx.Queue(maxsize=config.limits.writer_queue_batches)
+        self.stop_event = self.ctx.Event()
+        self.workers: dict[str, dict[str, Any]] = {}
+        self.writer: Any = None
+        self.stopping = False
+        self.reload_requested = False
+
+    def _spawn(self, name: str) -> None:
+        w = self.workers[name]
+        p = self.ctx.Process(target=worker_main, name=f"dnssensor {name}", daemon=False,
+                             args=(name, w["interface"], self.config, w["group"], self.queue, w["restarts"]))
+        p.start()
+        w["process"], w["started"] = p, time.monotonic()
+
+    def start(self) -> None:
+        self.writer = self.ctx.Process(target=writer_main, name="dnssensor writer",
+                                       args=(self.config, self.queue, self.stop_event))
+        self.writer.start()
+        per_interface = self.config.workers or os.cpu_count() or 1
+        for i, interface in enumerate(self.config.interfaces):
+            group = (os.getpid() * 16 + i) & 0xFFFF
+            for k in range(per_interface):
+                name = f"{interface}/{k}"
+                self.workers[name] = {"interface": interface, "group": group, "restarts": 0}
+                self._spawn(name)
+
+    def check(self) -> None:
+        for name, w in self.workers.items():
+            p = w["process"]
+            if p.is_alive() or self.stopping:
+                continue
+            if time.monotonic() - w["started"] < RESTART_BACKOFF_S:
+                continue
+            w["restarts"] += 1
+            print(f"dnssensor: worker {name} (pid {p.pid}) died with status {p.exitcode}; "
+                  f"restart {w['restarts']}", file=sys.stderr)
+            self._record(name, p, f"died ({p.exitcode})", w["restarts"])
+            self._spawn(name)
+        if not self.writer.is_alive() and not self.stopping:
+            print(f"dnssensor: writer died with status {self.writer.exitcode}; restarting", file=sys.stderr)
+            self.writer = self.ctx.Process(target=writer_main, name="dnssensor writer",
+                                           args=(self.config, self.queue, self.stop_event))
+            self.writer.start()
+
+    def _record(self, name: str, p: Any, state: str, restarts: int) -> None:
+        agg = Aggregate()
+        agg.workers[name] = {"pid": p.pid, "started": None, "restarts": restarts, "last_seen": time.time(),
+                             "packets": None, "kernel_received": None, "kernel_dropped": None, "state": state}
+        agg.sensor[int(time.time() // 60 * 60)] = {"packets": 0, "kernel_received": 0, "kernel_dropped": 0,
+                                                   "drops": {"worker_restarts": 1}}
+        try:
+            self.queue.put(agg, timeout=1.0)
+        except queue_mod.Full:
+            pass
+
+    def reload(self) -> None:
+        loaded = _reload(self.config)
+        if loaded is None:
+            return
+        self.config = loaded[0]
+        for w in self.workers.values():
+            if w["process"].is_alive():
+                os.kill(w["process"].pid, signal.SIGHUP)
+        if self.writer.is_alive():
+            os.kill(self.writer.pid, signal.SIGHUP)
+        print("dnssensor: configuration and rules reloaded", file=sys.stderr)
+
+    def stop(self) -> int:
+        self.stopping = True
+        for w in self.workers.values():
+            if w["process"].is_alive():
+                w["process"].terminate()           # SIGTERM: ship and stop
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+        for w in self.workers.values():
+            w["process"].join(max(0.0, deadline - time.monotonic()))
+            if w["process"].is_alive():
+                w["process"].kill()
+        self.stop_event.set()
+        self.writer.join(WRITER_STOP_TIMEOUT_S)
+        if self.writer.is_alive():
+            self.writer.kill()
+            return 1
+        return 0 if self.writer.exitcode == 0 else 1
+
+
+def run(config: cfg.Config) -> int:
+    if not config.interfaces:
+        raise ConfigError(f"{config.path}: capture.interfaces: no interface to capture on (or use --interface)")
+    _check_interfaces(config)
+    config = cfg.discover_networks(config)
+    sup = Supervisor(config)
+    flags = {"stop": False, "reload": False}
+    signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
+    signal.signal(signal.SIGINT, lambda *_: flags.__setitem__("stop", True))
+    signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
+    sup.start()
+    print(f"dnssensor: capturing on {', '.join(config.interfaces)} with {len(sup.workers)} worker(s); "
+          f"database {config.db_path}", file=sys.stderr, flush=True)
+    while not flags["stop"]:
+        time.sleep(SUPERVISOR_TICK_S)
+        if flags["reload"]:
+            flags["reload"] = False
+            sup.reload()
+        sup.check()
+    status = sup.stop()
+    print("dnssensor: stopped", file=sys.stderr)
+    return status
+
+
+def _check_interfaces(config: cfg.Config) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        known = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    missing = [i for i in config.interfaces if i not in known]
+    if missing:
+        raise ConfigError(f"{config.path}: capture.interfaces: no such interface: {', '.join(missing)}")

@@ -1,0 +1,127 @@
+"""parse → track → accumulate over one stream of frames: a capture worker, or a replay."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from sensor.capture.offline import FrameBatch, read_frames
+from sensor.config import Config
+from sensor.detectors.anomaly_burst import AnomalyBurstRule
+from sensor.engine.aggregate import Accumulator, Aggregate
+from sensor.parse import Parser
+from sensor.schema import MESSAGE_DTYPE
+from sensor.track import Tracker
+
+PARSER_DROP_COUNTERS = ("frag_limit", "frag_timeout", "tcp_limit")
+"""Parser counters that mean data was given up (the others describe traffic)."""
+
+
+class Pipeline:
+    def __init__(self, config: Config, rule: AnomalyBurstRule) -> None:
+        self.config = config
+        self.parser = Parser(ports=config.ports, limits=config.limits)
+        self.tracker = Tracker(config.limits, config.resolver_set())
+        self.acc = Accumulator(config.limits, rule.mask, rule.window_s)
+        self.messages = 0
+        self.packets = 0
+        self.latest_ts = 0.0
+
+    def reconfigure(self, config: Config, rule: AnomalyBurstRule) -> None:
+        """Reload: new ports, resolvers and rule; pending queries and open aggregates stay."""
+        self.config = config
+        self.parser.set_ports(config.ports)
+        self.tracker.set_resolvers(config.resolver_set())
+        self.acc.malformed_mask, self.acc.window_s = rule.mask, rule.window_s
+
+    def feed(self, frames: FrameBatch, now: float | None = None) -> int:
+        self.parser.feed(frames)
+        batch = self.parser.take()
+        track = self.tracker.process(batch.messages, now)
+        self.acc.add(batch, track)
+        n = len(batch)
+        self.messages += n
+        packets = int(batch.counters.get("packets", 0))
+        self.packets += packets
+        if frames.meta.shape[0]:
+            self.latest_ts = max(self.latest_ts, float(frames.meta[-1, 0]))
+        drops = {k: int(batch.counters.get(k, 0)) for k in PARSER_DROP_COUNTERS}
+        self.acc.add_sensor(int(self.latest_ts // 60 * 60), packets=packets, drops=drops)
+        return n
+
+    def tick(self, now: float) -> None:
+        """Time passes with no traffic: queries older than the timeout become unanswered."""
+        track = self.tracker.process(np.empty(0, dtype=MESSAGE_DTYPE), now)
+        if len(track.unanswered):
+            self.acc.add_unanswered(track.unanswered)
+
+    def drain(self) -> None:
+        """End of input: queries still waiting are unanswered."""
+        unanswered = self.tracker.drain()
+        if len(unanswered):
+            self.acc.add_unanswered(unanswered)
+
+    def take(self) -> Aggregate:
+        return self.acc.take()
+
+
+def _first_ts(path: str) -> float:
+    for fb in read_frames(path, 1):
+        return float(fb.meta[0, 0]) + fb.meta[0, 1] / 1e6
+    return float("inf")
+
+
+def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch]:
+    """Frames of several captures in timestamp order across files.
+
+    Each round takes, from every file, the frames up to the earliest "last
+    timestamp" among the files' current buffers, so no later frame can come
+    before them; frames of files with the same link type are merged into one
+    batch, sorted by time (stable, so a file's own order is kept on ties).
+    """
+    if len(paths) == 1:
+        yield from read_frames(paths[0], frames_per_read)
+        return
+    readers = []
+    for i, path in enumerate(sorted(paths, key=_first_ts)):
+        readers.append({"it": read_frames(path, frames_per_read), "buf": None, "pos": 0, "order": i})
+    frame_no = 1
+
+    def refill(r) -> bool:
+        while r["buf"] is None or r["pos"] >= r["buf"].meta.shape[0]:
+            nxt = next(r["it"], None)
+            if nxt is None:
+                return False
+            r["buf"], r["pos"] = nxt, 0
+        return True
+
+    active = [r for r in readers if refill(r)]
+    while active:
+        def ts_of(meta: np.ndarray) -> np.ndarray:
+            return meta[:, 0].astype(np.float64) + meta[:, 1] / 1e6
+        cutoff = min(ts_of(r["buf"].meta[-1:])[0] for r in active)
+        pieces: dict[int, list] = {}
+        for r in active:
+            fb, pos = r["buf"], r["pos"]
+            ts = ts_of(fb.meta[pos:])
+            # Up to the last frame at or before the cut (a file's own clock may step back).
+            below = np.flatnonzero(ts <= cutoff)
+            if not len(below):
+                continue
+            end = pos + int(below[-1]) + 1
+            pieces.setdefault(fb.linktype, []).append((fb, pos, end))
+            r["pos"] = end
+        for linktype, parts in sorted(pieces.items()):
+            blob = b"".join(fb.blob for fb, _, _ in parts)
+            metas, base = [], 0
+            for fb, pos, end in parts:
+                m = fb.meta[pos:end].copy()
+                m[:, 2] += base
+                metas.append(m)
+                base += len(fb.blob)
+            meta = np.concatenate(metas)
+            order = np.lexsort((np.arange(len(meta)), meta[:, 1], meta[:, 0]))
+            meta = np.ascontiguousarray(meta[order])
+            yield FrameBatch(blob, meta, linktype, frame_no)
+            frame_no += len(meta)
+        active = [r for r in active if refill(r)]

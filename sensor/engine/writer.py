@@ -1,0 +1,201 @@
+"""The one writer: merges the workers' aggregates and writes them in one transaction.
+
+It holds the minutes still open (a late batch adds to them instead of
+overwriting), the malformed-traffic windows that may still become verdicts,
+and a backlog when the database refuses a write (full disk): nothing is
+dropped until the backlog's own bounds are reached, and the next flush
+retries. Verdicts reach syslog only once they are committed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from sensor.config import Config
+from sensor.detectors.anomaly_burst import AnomalyBurstRule
+from sensor.engine.aggregate import (Aggregate, merge_malformed, merge_sensor_row, merge_stats_row,
+                                     new_stats_row)
+from sensor.sinks.syslog import SyslogSender
+from sensor.store import Store
+
+OPEN_MINUTES_GRACE_S = 180
+"""Minutes (stats) and windows (verdicts) stay in memory this long after the newest data,
+for batches that arrive late from a busy worker."""
+SENSOR_RESOLVER, SENSOR_LEG = "*", "sensor"
+
+
+class Writer:
+    def __init__(self, config: Config, store: Store, rule: AnomalyBurstRule,
+                 senders: list[SyslogSender] | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.rule = rule
+        self.senders = senders or []
+        self.backlog = Aggregate()
+        self.open_stats: dict[tuple[int, str, str], dict[str, Any]] = {}
+        self.windows: dict[tuple[int, str, str], dict[str, Any]] = {}
+        self.verdict_ids: dict[tuple[int, str, str], int] = {}
+        self.latest = 0.0
+        self.counters = Counter()
+        self.last_retention = 0.0
+
+    def apply(self, agg: Aggregate) -> None:
+        self.backlog.merge(agg, self.config.limits)
+
+    def set_rule(self, rule: AnomalyBurstRule) -> None:
+        self.rule = rule
+
+    def flush(self, final: bool = False) -> int:
+        """Write the backlog; returns the verdicts created. On a database error the
+        backlog stays for the next flush (counted as store_errors)."""
+        agg = self.backlog
+        if agg.is_empty() and not final:
+            return 0
+        for minute in list(agg.stats) + [(m,) for m in agg.sensor]:
+            self.latest = max(self.latest, float(minute[0]))
+        saved_windows = {k: copy.deepcopy(self.windows.get(k)) for k in agg.malformed}
+        stats_rows, touched = self._merge_stats(agg)
+        verdicts = self._verdicts(agg)
+        try:
+            with self.store.transaction() as conn:
+                self.store.put_stats(conn, stats_rows)
+                self.store.add_pdns(conn, list(agg.pdns.values()))
+                self.store.add_nxdomain(conn, list(agg.nxdomain.values()))
+                self.store.add_anomalies(conn, [(m, n, c) for (m, n), c in agg.anomalies.items()])
+                created = []
+                for key, v in verdicts:
+                    vid, new = self.store.put_verdict(conn, v)
+                    self.verdict_ids[key] = vid
+                    if new:
+                        created.append({**v, "id": vid})
+                for worker, row in agg.workers.items():
+                    self.store.put_worker(conn, {"worker": worker, **row})
+        except sqlite3.Error as e:
+            self.counters["store_errors"] += 1
+            print(f"dnssensor: store: {e}; keeping {len(agg.pdns)} pdns rows and "
+                  f"{len(verdicts)} verdicts for the next flush", file=sys.stderr)
+            # Undo the merge: the backlog is merged again next time. Open minutes
+            # are re-read from the store, windows restored as they were.
+            for key in touched:
+                self.open_stats.pop(key, None)
+            for key, before in saved_windows.items():
+                if before is None:
+                    self.windows.pop(key, None)
+                else:
+                    self.windows[key] = before
+            return 0
+        self.backlog = Aggregate()
+        for v in created:
+            for s in self.senders:
+                s.submit(v)
+        self.counters["verdicts_created"] += len(created)
+        self._close_old(final)
+        return len(created)
+
+    def _merge_stats(self, agg: Aggregate) -> tuple[list[dict[str, Any]], list]:
+        limits = self.config.limits
+        touched = []
+        for key, row in agg.stats.items():
+            mine = self.open_stats.get(key)
+            if mine is None:
+                mine = self._reopen(key)
+                self.open_stats[key] = mine
+            merge_stats_row(mine, _copy_stats(row), limits)
+            touched.append(key)
+        for minute, srow in agg.sensor.items():
+            key = (minute, SENSOR_RESOLVER, SENSOR_LEG)
+            mine = self.open_stats.get(key)
+            if mine is None:
+                mine = self._reopen(key)
+                self.open_stats[key] = mine
+            merge_sensor_row(mine.setdefault("sensor", {"packets": 0, "kernel_received": 0,
+                                                        "kernel_dropped": 0, "drops": Counter()}), srow)
+            touched.append(key)
+        if agg.dropped:
+            # Losses found at aggregation time belong to the newest minute.
+            key = (int(self.latest // 60 * 60), SENSOR_RESOLVER, SENSOR_LEG)
+            mine = self.open_stats.setdefault(key, self._reopen(key))
+            s = mine.setdefault("sensor", {"packets": 0, "kernel_received": 0,
+                                           "kernel_dropped": 0, "drops": Counter()})
+            s["drops"].update(agg.dropped)
+            touched.append(key)
+        rows = []
+        for key in dict.fromkeys(touched):
+            rows.append(_stats_record(key, self.open_stats[key]))
+        return rows, touched
+
+    def _reopen(self, key: tuple[int, str, str]) -> dict[str, Any]:
+        """A minute already closed and written: continue from the stored row."""
+        row = new_stats_row()
+        stored = self.store.get_stats(*key)
+        if stored:
+            for name in row:
+                if name in stored and name not in ("clients", "rcodes", "qtypes"):
+                    row[name] = stored[name] or 0
+            row["rcodes"].update(stored["rcodes"])
+            row["qtypes"].update(stored["qtypes"])
+            row["stored_unique"] = stored.get("unique_clients") or 0
+            if key[2] == SENSOR_LEG:
+                row["sensor"] = {"packets": stored["packets"] or 0,
+                                 "kernel_received": stored["kernel_received"] or 0,
+                                 "kernel_dropped": stored["kernel_dropped"] or 0,
+                                 "drops": Counter(stored["drops"])}
+        return row
+
+    def _verdicts(self, agg: Aggregate) -> list[tuple[tuple, dict[str, Any]]]:
+        out = []
+        for key, entry in agg.malformed.items():
+            mine = self.windows.get(key)
+            if mine is None:
+                self.windows[key] = mine = {"count": 0, "first": entry["first"], "last": entry["last"],
+                                            "anomalies": Counter(), "samples": []}
+            merge_malformed(mine, entry)
+            v = self.rule.verdict(key, mine, self.config.sensor_name)
+            if v is not None:
+                out.append((key, v))
+        return out
+
+    def _close_old(self, final: bool) -> None:
+        horizon = self.latest - OPEN_MINUTES_GRACE_S
+        for key in [k for k in self.open_stats if final or k[0] < horizon]:
+            del self.open_stats[key]
+        for key in [k for k in self.windows if final or k[0] + self.rule.window_s < horizon]:
+            del self.windows[key]
+            self.verdict_ids.pop(key, None)
+
+    def enforce_retention(self, now: float | None = None) -> dict[str, int]:
+        """Retention against the data's clock (a replayed week-old capture keeps its rows)."""
+        now = now if now is not None else max(self.latest, 0.0) or time.time()
+        self.last_retention = time.monotonic()
+        return self.store.enforce_retention(now, self.config.retention_days)
+
+
+def _copy_stats(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out["clients"] = set(row["clients"])
+    out["rcodes"] = Counter(row["rcodes"])
+    out["qtypes"] = Counter(row["qtypes"])
+    return out
+
+
+def _stats_record(key: tuple[int, str, str], row: dict[str, Any]) -> dict[str, Any]:
+    minute, resolver, leg = key
+    rec = {"minute": minute, "resolver": resolver, "leg": leg}
+    for name in ("queries", "responses", "noerror", "nxdomain", "servfail", "refused",
+                 "bytes_queries", "bytes_responses", "answered", "unanswered", "unsolicited",
+                 "mismatched", "duplicate", "rtt_count"):
+        rec[name] = int(row[name])
+    rec["rtt_ms_sum"] = float(row["rtt_ms_sum"])
+    rec["unique_clients"] = max(len(row["clients"]), int(row.get("stored_unique", 0)))
+    rec["rcodes"] = json.dumps(dict(sorted(row["rcodes"].items())))
+    rec["qtypes"] = json.dumps(dict(sorted(row["qtypes"].items())))
+    s = row.get("sensor")
+    if s is not None:
+        rec.update(packets=s["packets"], kernel_received=s["kernel_received"],
+                   kernel_dropped=s["kernel_dropped"], drops=json.dumps(dict(sorted(s["drops"].items()))))
+    return rec

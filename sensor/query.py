@@ -1,0 +1,188 @@
+"""What analysts ask the store, over a read-only connection (`sensor.store.open_readonly`)."""
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import json
+import re
+import sqlite3
+from typing import Any
+
+from sensor.errors import SensorError
+from sensor.store import rows
+
+FORMATS = ("table", "csv", "json")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_CELL = 80
+"""Table cells are cut to this width (csv and json carry everything)."""
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '1h', '7d', '2w' -> seconds."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise SensorError(f"bad duration {text!r} (expected a number and one of s, m, h, d, w: 1h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def render(names: list[str], data: list[tuple], fmt: str) -> str:
+    if fmt == "json":
+        return "\n".join(json.dumps(dict(zip(names, r)), default=str) for r in data) + ("\n" if data else "")
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(names)
+        w.writerows(data)
+        return buf.getvalue()
+    cells = [[_cell(v) for v in r] for r in data]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
+    lines = ["  ".join(n.ljust(widths[i]) for i, n in enumerate(names)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        s = f"{v:.3f}" if abs(v) < 1e9 else f"{v:.0f}"
+    else:
+        s = str(v)
+    return s if len(s) <= MAX_CELL else s[:MAX_CELL - 1] + "…"
+
+
+def _newest(conn: sqlite3.Connection, table: str, column: str) -> float:
+    value = conn.execute(f"SELECT max({column}) FROM {table}").fetchone()[0]
+    return float(value) if value is not None else 0.0
+
+
+def verdicts(conn: sqlite3.Connection, since: str | None = None, kind: str | None = None,
+             client: str | None = None, limit: int = 100) -> tuple[list[str], list[tuple]]:
+    """Newest verdicts first. `since` is relative to the newest verdict stored (the data's
+    own clock, so a replayed capture from last year reads the same as live traffic)."""
+    where, params = [], []
+    if since:
+        where.append("last_ts >= ?")
+        params.append(_newest(conn, "verdicts", "last_ts") - parse_duration(since))
+    if kind:
+        where.append("kind = ?")
+        params.append(kind)
+    if client:
+        where.append("client = ?")
+        params.append(client)
+    sql = ("SELECT id, datetime(first_ts, 'unixepoch') AS first, datetime(last_ts, 'unixepoch') AS last, "
+           "kind, severity, client, server, domain, count, summary FROM verdicts"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY last_ts DESC, id DESC LIMIT ?")
+    return rows(conn, sql, params + [limit])
+
+
+def pdns(conn: sqlite3.Connection, term: str, limit: int = 200) -> tuple[list[str], list[tuple]]:
+    """DNSDB-style: an address gives the names that pointed at it; a name ("*.example.com"
+    for everything below) gives what it resolved to, and when; NXDOMAIN answers included."""
+    cols = ("rrname, rrtype, rdata, datetime(first_seen, 'unixepoch') AS first_seen, "
+            "datetime(last_seen, 'unixepoch') AS last_seen, count")
+    try:
+        ip = ipaddress.ip_address(term)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return rows(conn, f"SELECT {cols} FROM pdns WHERE rdata = ? AND rrtype IN ('A', 'AAAA') "
+                          "ORDER BY last_seen DESC LIMIT ?", (str(ip), limit))
+    name = term.strip().rstrip(".").lower()
+    if name.startswith("*."):
+        base = name[2:]
+        cond, params = "(rrname = ? OR rrname LIKE ? ESCAPE '\\')", [base, "%." + _like(base)]
+        nx_cond = "(qname = ? OR qname LIKE ? ESCAPE '\\')"
+    else:
+        cond, params = "rrname = ?", [name]
+        nx_cond = "qname = ?"
+    sql = (f"SELECT {cols} FROM pdns WHERE {cond} UNION ALL "
+           f"SELECT qname, qtype, 'NXDOMAIN', datetime(first_seen, 'unixepoch'), "
+           f"datetime(last_seen, 'unixepoch'), count FROM pdns_nxdomain WHERE {nx_cond} "
+           "ORDER BY last_seen DESC LIMIT ?")
+    return rows(conn, sql, params + params + [limit])
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def status(conn: sqlite3.Connection, minutes: int = 15) -> dict[str, Any]:
+    """Rates, losses per stage and worker health over the newest `minutes` of data."""
+    newest = _newest(conn, "stats", "minute")
+    start = newest - (minutes - 1) * 60
+    traffic = conn.execute(
+        "SELECT count(DISTINCT minute), sum(queries), sum(responses), sum(nxdomain), sum(servfail), "
+        "sum(answered), sum(unanswered), sum(unsolicited), sum(mismatched), sum(duplicate), "
+        "sum(rtt_ms_sum), sum(rtt_count) FROM stats WHERE minute >= ? AND leg != 'sensor'", (start,)).fetchone()
+    mins = traffic[0] or 0
+    q, r, nx, sf, ans, unans, unsol, mism, dup, rtt_sum, rtt_n = (x or 0 for x in traffic[1:])
+    sensor = conn.execute(
+        "SELECT sum(packets), sum(kernel_received), sum(kernel_dropped) FROM stats "
+        "WHERE minute >= ? AND leg = 'sensor'", (start,)).fetchone()
+    drops: dict[str, int] = {}
+    for (text,) in conn.execute("SELECT drops FROM stats WHERE minute >= ? AND leg = 'sensor' "
+                                "AND drops IS NOT NULL", (start,)):
+        for k, v in json.loads(text).items():
+            drops[k] = drops.get(k, 0) + v
+    if sensor[2]:
+        drops["kernel"] = int(sensor[2])
+    resolvers = conn.execute(
+        "SELECT resolver, leg, sum(queries) AS q, sum(responses), sum(nxdomain), sum(servfail), "
+        "sum(unanswered) FROM stats WHERE minute >= ? AND leg != 'sensor' GROUP BY resolver, leg "
+        "ORDER BY q DESC LIMIT 10", (start,)).fetchall()
+    workers = conn.execute("SELECT worker, pid, state, restarts, packets, kernel_dropped, "
+                           "datetime(last_seen, 'unixepoch') FROM workers ORDER BY worker").fetchall()
+    tracked = ans + unans
+    return {
+        "window_minutes": mins, "newest_minute": newest,
+        "queries_per_min": q / mins if mins else 0.0, "responses_per_min": r / mins if mins else 0.0,
+        "nxdomain_share": nx / r if r else 0.0, "servfail_share": sf / r if r else 0.0,
+        "answered": ans, "unanswered": unans, "unsolicited": unsol, "mismatched": mism, "duplicate": dup,
+        "rtt_ms_avg": rtt_sum / rtt_n if rtt_n else None,
+        # Queries whose response never showed, and responses whose query never did, are what a
+        # tap that loses packets produces: a DNS-native loss estimate next to the kernel's.
+        "dns_loss_estimate": (unans + unsol) / (tracked + unsol) if tracked + unsol else 0.0,
+        "packets": int(sensor[0] or 0), "kernel_received": int(sensor[1] or 0),
+        "kernel_dropped": int(sensor[2] or 0), "drops": drops,
+        "resolvers": [dict(zip(("resolver", "leg", "queries", "responses", "nxdomain", "servfail",
+                                "unanswered"), r)) for r in resolvers],
+        "workers": [dict(zip(("worker", "pid", "state", "restarts", "packets", "kernel_dropped",
+                              "last_seen"), w)) for w in workers],
+    }
+
+
+def render_status(s: dict[str, Any]) -> str:
+    out = [f"last {s['window_minutes']} minute(s) of data, newest minute "
+           f"{_minute_text(s['newest_minute'])}",
+           f"  queries/min {s['queries_per_min']:,.0f}   responses/min {s['responses_per_min']:,.0f}   "
+           f"NXDOMAIN {s['nxdomain_share']:.1%}   SERVFAIL {s['servfail_share']:.1%}",
+           f"  answered {s['answered']:,}   unanswered {s['unanswered']:,}   unsolicited "
+           f"{s['unsolicited']:,}   id/port mismatched {s['mismatched']:,}   duplicate {s['duplicate']:,}"
+           + (f"   rtt avg {s['rtt_ms_avg']:.1f} ms" if s["rtt_ms_avg"] is not None else ""),
+           f"  loss: DNS-estimated {s['dns_loss_estimate']:.2%}   kernel dropped {s['kernel_dropped']:,} "
+           f"of {s['kernel_received']:,}   packets read {s['packets']:,}",
+           "  drops by stage: " + (", ".join(f"{k} {v:,}" for k, v in sorted(s["drops"].items()) if v)
+                                   or "none")]
+    if s["resolvers"]:
+        out.append("busiest resolvers:")
+        out += [f"  {r['resolver']:<40} {r['leg']:<8} {r['queries'] or 0:>10,} q  "
+                f"{r['nxdomain'] or 0:>8,} nx  {r['servfail'] or 0:>8,} servfail  "
+                f"{r['unanswered'] or 0:>8,} unanswered" for r in s["resolvers"]]
+    if s["workers"]:
+        out.append("workers:")
+        out += [f"  {w['worker']:<16} pid {w['pid'] or '-':<8} {w['state']:<10} restarts {w['restarts'] or 0}"
+                f"  packets {w['packets'] or 0:,}  kernel dropped {w['kernel_dropped'] or 0:,}"
+                f"  last seen {w['last_seen']}" for w in s["workers"]]
+    return "\n".join(out) + "\n"
+
+
+def _minute_text(minute: float) -> str:
+    import datetime as dt
+    if not minute:
+        return "-"
+    return dt.datetime.fromtimestamp(minute, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,194 @@
+"""The local SQLite store: one writer, WAL, registered migrations, batched writes.
+
+Only the writer process opens it read-write (`Store`); analysts' commands open
+it read-only (`open_readonly`). Every write goes through `Store.transaction()`
+so a batch lands whole or not at all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from sensor.errors import SensorError
+from sensor.store.schema import ANOMALIES, BY_NAME, PDNS, PDNS_NXDOMAIN, STATS, TABLES, VERDICTS, WORKERS
+
+SQL_TYPES = {"INTEGER": int, "REAL": float, "TEXT": str}
+RETENTION_CHUNK_ROWS = 5000
+"""Rows deleted per transaction while enforcing retention, so the writer never holds
+the database for long."""
+BUSY_TIMEOUT_MS = 5000
+"""Readers (analysts) wait this long for a checkpoint instead of failing."""
+
+MIGRATIONS = Migrations("dnssensor")
+
+
+@MIGRATIONS()
+def m001_tables(db: sqlite_utils.Database) -> None:
+    for table in TABLES:
+        columns = {c.name: SQL_TYPES[c.type] for c in table.columns}
+        if "id" in columns:
+            db[table.name].create(columns, pk="id")
+            db[table.name].create_index(list(table.key), unique=True)
+        else:
+            db[table.name].create(columns, pk=table.key if len(table.key) > 1 else table.key[0])
+        for cols in table.indexes:
+            db[table.name].create_index(list(cols))
+
+
+class StoreError(SensorError):
+    pass
+
+
+class Store:
+    """The writer's handle on the database."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise StoreError(f"{path}: directory {parent} does not exist")
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.db = sqlite_utils.Database(self.conn)
+            MIGRATIONS.apply(self.db)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{path}: {e}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; rolled back (and re-raised) on any error."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # Writers below run inside a transaction the caller opened.
+
+    def add_pdns(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+        """rows: (rrname, rrtype, rdata, first_seen, last_seen, count), counts added."""
+        conn.executemany(
+            "INSERT INTO pdns VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(rrname, rrtype, rdata) DO UPDATE SET "
+            "first_seen = min(first_seen, excluded.first_seen), "
+            "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count", rows)
+
+    def add_nxdomain(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+        """rows: (qname, qtype, first_seen, last_seen, count), counts added."""
+        conn.executemany(
+            "INSERT INTO pdns_nxdomain VALUES (?, ?, ?, ?, ?) ON CONFLICT(qname, qtype) DO UPDATE SET "
+            "first_seen = min(first_seen, excluded.first_seen), "
+            "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count", rows)
+
+    def add_anomalies(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+        """rows: (minute, name, count), counts added."""
+        conn.executemany(
+            "INSERT INTO anomalies VALUES (?, ?, ?) ON CONFLICT(minute, name) DO UPDATE SET "
+            "count = count + excluded.count", rows)
+
+    def put_stats(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Whole stats rows, replacing what is there (the writer merges before writing)."""
+        names = STATS.column_names()
+        sql = (f"INSERT OR REPLACE INTO stats ({', '.join(names)}) "
+               f"VALUES ({', '.join('?' * len(names))})")
+        conn.executemany(sql, [tuple(_sql_value(r.get(n)) for n in names) for r in rows])
+
+    def get_stats(self, minute: int, resolver: str, leg: str) -> dict[str, Any] | None:
+        cur = self.conn.execute("SELECT * FROM stats WHERE minute = ? AND resolver = ? AND leg = ?",
+                                (minute, resolver, leg))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        out = dict(zip([d[0] for d in cur.description], row))
+        for name in ("rcodes", "qtypes", "drops"):
+            out[name] = json.loads(out[name]) if out[name] else {}
+        return out
+
+    def put_verdict(self, conn: sqlite3.Connection, v: dict[str, Any]) -> tuple[int, bool]:
+        """Insert or update the verdict row of v's entity and window; (row id, created)."""
+        key = [v[k] for k in VERDICTS.key]
+        found = conn.execute(
+            "SELECT id FROM verdicts WHERE " + " AND ".join(f"{k} = ?" for k in VERDICTS.key), key
+        ).fetchone()
+        names = [c for c in VERDICTS.column_names() if c != "id"]
+        values = [_sql_value(v.get(n)) for n in names]
+        if found is None:
+            cur = conn.execute(f"INSERT INTO verdicts ({', '.join(names)}) VALUES "
+                               f"({', '.join('?' * len(names))})", values)
+            return int(cur.lastrowid), True
+        conn.execute(f"UPDATE verdicts SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
+                     values + [found[0]])
+        return int(found[0]), False
+
+    def put_worker(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+        names = WORKERS.column_names()
+        conn.execute(f"INSERT OR REPLACE INTO workers ({', '.join(names)}) VALUES "
+                     f"({', '.join('?' * len(names))})", [row.get(n) for n in names])
+
+    def enforce_retention(self, now: float, days: dict[str, int]) -> dict[str, int]:
+        """Delete rows older than each table's retention, a chunk per transaction."""
+        deleted = {}
+        for name, keep in days.items():
+            table = BY_NAME[name]
+            cutoff = now - keep * 86400
+            total = 0
+            while True:
+                with self.transaction() as conn:
+                    n = conn.execute(
+                        f"DELETE FROM {name} WHERE rowid IN (SELECT rowid FROM {name} "
+                        f"WHERE {table.time_column} < ? LIMIT {RETENTION_CHUNK_ROWS})", (cutoff,)).rowcount
+                total += n
+                if n < RETENTION_CHUNK_ROWS:
+                    break
+            deleted[name] = total
+        return deleted
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError:
+            pass
+        self.conn.close()
+
+
+def _sql_value(v: Any) -> Any:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return v
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """The analysts' connection: read-only, so a query can never change the store."""
+    if not os.path.exists(path):
+        raise StoreError(f"{path}: no such database (run `dnssensor replay` or `dnssensor run` first)")
+    try:
+        conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"{path}: {e}") from None
+    return conn
+
+
+def rows(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> tuple[list[str], list[tuple]]:
+    try:
+        cur = conn.execute(sql, tuple(params))
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"query failed: {e}") from None
+    names = [d[0] for d in cur.description] if cur.description else []
+    return names, cur.fetchall()
+
+
+__all__ = ["Store", "StoreError", "open_readonly", "rows", "ANOMALIES", "PDNS", "PDNS_NXDOMAIN",
+           "STATS", "VERDICTS", "WORKERS"]

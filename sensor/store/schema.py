@@ -1,0 +1,151 @@
+"""The local database's tables, each column documented here and nowhere else.
+
+Migrations (sensor/store/__init__.py) create tables from these definitions;
+the README's store reference and `dnssensor query --schema` are generated
+from them. Times are epoch seconds (UTC); `minute` is the start of a minute.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str          # SQLite type affinity: INTEGER, REAL, TEXT
+    doc: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    """Columns that identify a row (primary key, or unique key when there is an id)."""
+    indexes: tuple[tuple[str, ...], ...] = ()
+    time_column: str = ""
+    """Column retention compares with the cut-off."""
+
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+C = Column
+
+VERDICTS = Table(
+    "verdicts", "What a detector concluded, with its evidence: one row per entity per window, "
+    "updated while the episode lasts.",
+    (C("id", "INTEGER", "row id"),
+     C("ts", "REAL", "when the row was last written"),
+     C("kind", "TEXT", "stable verdict kind (tunnel, cache_poisoning, anomaly, ...)"),
+     C("severity", "TEXT", "info, low, medium, high or critical"),
+     C("client", "TEXT", "client address the verdict is about ('' when none)"),
+     C("server", "TEXT", "server (resolver or authoritative) address ('' when none)"),
+     C("domain", "TEXT", "registered domain or name the verdict is about ('' when none)"),
+     C("detector", "TEXT", "detector (rule) that produced it"),
+     C("summary", "TEXT", "one line for humans"),
+     C("evidence", "TEXT", "JSON: feature values against thresholds, samples, counts, window"),
+     C("count", "INTEGER", "messages that contributed"),
+     C("first_ts", "REAL", "first contributing message"),
+     C("last_ts", "REAL", "last contributing message"),
+     C("window_start", "INTEGER", "start of the detector's window; part of the row's identity"),
+     C("sensor", "TEXT", "sensor name from the configuration")),
+    key=("kind", "detector", "client", "server", "domain", "window_start"),
+    indexes=(("ts",), ("kind", "ts"), ("client", "ts"), ("domain",)),
+    time_column="last_ts")
+
+PDNS = Table(
+    "pdns", "Classic passive DNS: every answer record seen in a successful response.",
+    (C("rrname", "TEXT", "owner name, lower case, no trailing dot"),
+     C("rrtype", "TEXT", "record type mnemonic (A, AAAA, CNAME, ...)"),
+     C("rdata", "TEXT", "record data in presentation form"),
+     C("first_seen", "REAL", "first response that carried it"),
+     C("last_seen", "REAL", "last response that carried it"),
+     C("count", "INTEGER", "responses that carried it")),
+    key=("rrname", "rrtype", "rdata"),
+    indexes=(("rdata",), ("last_seen",)),
+    time_column="last_seen")
+
+PDNS_NXDOMAIN = Table(
+    "pdns_nxdomain", "Names answered with NXDOMAIN, kept apart from the records that exist.",
+    (C("qname", "TEXT", "queried name"),
+     C("qtype", "TEXT", "queried type mnemonic"),
+     C("first_seen", "REAL", "first NXDOMAIN response"),
+     C("last_seen", "REAL", "last NXDOMAIN response"),
+     C("count", "INTEGER", "NXDOMAIN responses")),
+    key=("qname", "qtype"),
+    indexes=(("last_seen",),),
+    time_column="last_seen")
+
+STATS_COUNTERS = (
+    ("queries", "queries seen"),
+    ("responses", "responses seen"),
+    ("noerror", "responses with rcode NOERROR"),
+    ("nxdomain", "responses with rcode NXDOMAIN"),
+    ("servfail", "responses with rcode SERVFAIL"),
+    ("refused", "responses with rcode REFUSED"),
+    ("bytes_queries", "DNS payload bytes of queries"),
+    ("bytes_responses", "DNS payload bytes of responses"),
+    ("answered", "responses matched to their query (first response only)"),
+    ("unanswered", "queries with no response within the query timeout"),
+    ("unsolicited", "responses matching no outstanding query at all"),
+    ("mismatched", "responses whose question matches an outstanding query but whose id or "
+                   "port does not (spoofing attempts)"),
+    ("duplicate", "further responses to a query already answered"),
+    ("rtt_count", "matched responses with a round-trip time"),
+)
+
+STATS = Table(
+    "stats", "Per minute and per resolver. The row with resolver '*' and leg 'sensor' holds the "
+    "capture's own counters (kernel and every internal stage).",
+    (C("minute", "INTEGER", "start of the minute"),
+     C("resolver", "TEXT", "resolver address (the server on the client leg, the querying "
+                           "resolver on the upstream leg); '*' for the sensor row"),
+     C("leg", "TEXT", "client (clients to resolver), upstream (resolver to authoritatives) or sensor"),
+     *(C(name, "INTEGER", doc) for name, doc in STATS_COUNTERS),
+     C("rtt_ms_sum", "REAL", "sum of round-trip times (ms) of matched responses"),
+     C("unique_clients", "INTEGER", "distinct client addresses"),
+     C("rcodes", "TEXT", "JSON: responses by rcode name"),
+     C("qtypes", "TEXT", "JSON: queries by qtype name"),
+     C("packets", "INTEGER", "sensor row: frames the workers read"),
+     C("kernel_received", "INTEGER", "sensor row: packets the kernel passed the filter"),
+     C("kernel_dropped", "INTEGER", "sensor row: packets the kernel dropped (ring full)"),
+     C("drops", "TEXT", "sensor row: JSON, packets or records lost per internal stage")),
+    key=("minute", "resolver", "leg"),
+    indexes=(("resolver", "minute"),),
+    time_column="minute")
+
+ANOMALIES = Table(
+    "anomalies", "Per minute counts of each named anomaly (sensor.schema.ANOMALIES, tracking).",
+    (C("minute", "INTEGER", "start of the minute"),
+     C("name", "TEXT", "anomaly name"),
+     C("count", "INTEGER", "messages (or events) with it")),
+    key=("minute", "name"),
+    time_column="minute")
+
+WORKERS = Table(
+    "workers", "Health of the capture workers and the writer, written by the writer.",
+    (C("worker", "TEXT", "interface and index, or 'writer'"),
+     C("pid", "INTEGER", "process id"),
+     C("started", "REAL", "when the current process started"),
+     C("restarts", "INTEGER", "times the supervisor restarted it"),
+     C("last_seen", "REAL", "last report from it"),
+     C("packets", "INTEGER", "frames read since the sensor started"),
+     C("kernel_received", "INTEGER", "kernel counter, running 64-bit total"),
+     C("kernel_dropped", "INTEGER", "kernel counter, running 64-bit total"),
+     C("state", "TEXT", "running, restarting, stopped or died (exit status)")),
+    key=("worker",))
+
+TABLES: tuple[Table, ...] = (VERDICTS, PDNS, PDNS_NXDOMAIN, STATS, ANOMALIES, WORKERS)
+BY_NAME = {t.name: t for t in TABLES}
+SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+
+def reference_markdown() -> str:
+    out = []
+    for t in TABLES:
+        out.append(f"#### `{t.name}`\n\n{t.doc}\n\n| column | type | meaning |\n|---|---|---|")
+        out += [f"| `{c.name}` | {c.type} | {c.doc} |" for c in t.columns]
+        out.append("")
+    return "\n".join(out)

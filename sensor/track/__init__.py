@@ -1,0 +1,204 @@
+"""Query/response tracking, columnar: one sort per batch, no object per message.
+
+A query and its response share a key: client address and port, server address
+and port, message id, question name (hash) and type. Queries not answered
+within a batch wait in the pending table (numpy arrays) for later batches;
+past `query_timeout_s` they count as unanswered, beyond `max_pending_queries`
+the oldest are evicted (anomaly `pending_evicted`).
+
+Responses get a state: answered (the first response to an outstanding query),
+duplicate (a further response to it), unsolicited (no outstanding query) or
+mismatched (no query with this id and port, but one for the same client,
+server and question: what a spoofing flood looks like). Both legs are
+tracked: client to resolver, and resolver to authoritative servers (the
+upstream leg, where the querying client is one of the resolver's own
+addresses).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sensor.limits import DEFAULT_LIMITS, Limits
+
+# Response states (TrackResult.state); queries and untracked messages are NONE.
+NONE, ANSWERED, DUPLICATE, UNSOLICITED, MISMATCHED = range(5)
+STATE_NAMES = ("none", "answered", "duplicate", "unsolicited", "mismatched")
+LEG_CLIENT, LEG_UPSTREAM = 0, 1
+LEG_NAMES = ("client", "upstream")
+
+PENDING_DTYPE = np.dtype([("key", "<u8"), ("loose", "<u8"), ("ts", "<f8"),
+                          ("resolver", "V16"), ("leg", "u1")])
+UNANSWERED_DTYPE = np.dtype([("ts", "<f8"), ("resolver", "V16"), ("leg", "u1")])
+
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+
+
+def _mix(h: np.ndarray, x: np.ndarray) -> np.ndarray:
+    h = (h ^ x.astype(np.uint64)) * _M1
+    return h ^ (h >> np.uint64(31))
+
+
+def _hash(*columns: np.ndarray) -> np.ndarray:
+    h = np.full(len(columns[0]), 0x243F6A8885A308D3, dtype=np.uint64)
+    for c in columns:
+        h = _mix(h, c)
+    return (h ^ (h >> np.uint64(29))) * _M2
+
+
+def address_words(values: np.ndarray) -> np.ndarray:
+    """16-byte addresses (V16) as two uint64 words per row."""
+    return np.ascontiguousarray(values).view("<u8").reshape(-1, 2)
+
+
+def is_multicast(words: np.ndarray) -> np.ndarray:
+    mapped_v4 = (words[:, 0] == 0) & ((words[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
+    octet = (words[:, 1] >> np.uint64(32)) & np.uint64(0xFF)
+    v4 = mapped_v4 & (octet >= 224) & (octet <= 239)
+    v6 = ~mapped_v4 & ((words[:, 0] & np.uint64(0xFF)) == 0xFF)
+    return v4 | v6
+
+
+@dataclass
+class TrackResult:
+    state: np.ndarray            # uint8 per message (NONE for queries)
+    rtt: np.ndarray              # float64 seconds per message, NaN unless ANSWERED
+    leg: np.ndarray              # uint8 per message
+    resolver: np.ndarray         # V16 per message: the resolver the message is counted for
+    client: np.ndarray           # V16 per message: the querying side
+    tracked: np.ndarray          # bool per message: took part (not multicast)
+    unanswered: np.ndarray       # UNANSWERED_DTYPE: queries that timed out in this step
+    evicted: np.ndarray          # float64 ts of queries evicted from a full pending table
+
+
+class Tracker:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, resolver_addresses: frozenset[bytes] = frozenset()):
+        self.limits = limits
+        self.pending = np.empty(0, dtype=PENDING_DTYPE)
+        self.set_resolvers(resolver_addresses)
+        self.totals = {"tracked_queries": 0, "answered": 0, "duplicate": 0, "unsolicited": 0,
+                       "mismatched": 0, "unanswered": 0, "pending_evicted": 0}
+
+    def set_resolvers(self, resolver_addresses: frozenset[bytes]) -> None:
+        """The resolver's own addresses (16-byte keys); may change on reload."""
+        keys = sorted(resolver_addresses)
+        self._resolvers = (np.frombuffer(b"".join(keys), dtype="<u8").reshape(-1, 2)
+                           if keys else np.empty((0, 2), dtype=np.uint64))
+
+    def _is_resolver(self, words: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(words), dtype=bool)
+        for w0, w1 in self._resolvers:
+            out |= (words[:, 0] == w0) & (words[:, 1] == w1)
+        return out
+
+    def process(self, msgs: np.ndarray, now: float | None = None) -> TrackResult:
+        """Match one batch against itself and the pending table; `now` (data time,
+        default the batch's latest timestamp) decides which queries timed out."""
+        n = len(msgs)
+        src, dst = msgs["src"], msgs["dst"]
+        sw, dw = address_words(src), address_words(dst)
+        isq = msgs["qr"] == 0
+        client_w = np.where(isq[:, None], sw, dw)
+        server_w = np.where(isq[:, None], dw, sw)
+        client = np.where(isq, src, dst)
+        cport = np.where(isq, msgs["sport"], msgs["dport"]).astype(np.uint64)
+        sport = np.where(isq, msgs["dport"], msgs["sport"]).astype(np.uint64)
+        question = (msgs["qtype"].astype(np.uint64) << np.uint64(16)) | msgs["qclass"].astype(np.uint64)
+        key = _hash(client_w[:, 0], client_w[:, 1], server_w[:, 0], server_w[:, 1],
+                    (cport << np.uint64(16)) | sport,
+                    (msgs["id"].astype(np.uint64) << np.uint64(32)) | question, msgs["name_hash"])
+        loose = _hash(client_w[:, 0], client_w[:, 1], server_w[:, 0], server_w[:, 1],
+                      question, msgs["name_hash"])
+        upstream = self._is_resolver(client_w)
+        leg = upstream.astype(np.uint8)
+        resolver = np.where(upstream, client, np.where(isq, dst, src))
+        tracked = ~is_multicast(dw) & ~is_multicast(sw)
+        ts = msgs["ts"]
+        if now is None:
+            now = float(ts.max()) if n else 0.0
+
+        state = np.zeros(n, dtype=np.uint8)
+        rtt = np.full(n, np.nan)
+        qi = np.flatnonzero(isq & tracked)
+        ri = np.flatnonzero(~isq & tracked)
+        p = self.pending
+        np_ = len(p)
+        # Events: pending queries, this batch's queries, its responses.
+        ev_key = np.concatenate([p["key"], key[qi], key[ri]])
+        ev_ts = np.concatenate([p["ts"], ts[qi], ts[ri]])
+        ev_resp = np.concatenate([np.zeros(np_ + len(qi), dtype=np.uint8), np.ones(len(ri), dtype=np.uint8)])
+        # Where each event came from: pending row, or message index.
+        ev_from = np.concatenate([np.arange(np_), qi, ri])
+        order = np.lexsort((ev_resp, ev_ts, ev_key))
+        sk, sts, sresp, sfrom = ev_key[order], ev_ts[order], ev_resp[order], ev_from[order]
+        is_query_pos = sresp == 0
+        pos = np.arange(len(order))
+        last_query = np.maximum.accumulate(np.where(is_query_pos, pos, -1)) if len(order) else pos
+        rpos = np.flatnonzero(~is_query_pos)
+        j = last_query[rpos]
+        matched = (j >= 0) & (sk[np.maximum(j, 0)] == sk[rpos])
+        jm = j[matched]
+        first = np.ones(len(jm), dtype=bool)
+        first[1:] = jm[1:] != jm[:-1]
+        resp_msg = sfrom[rpos]
+        mresp = resp_msg[matched]
+        state[mresp[first]] = ANSWERED
+        rtt[mresp[first]] = sts[rpos[matched][first]] - sts[jm[first]]
+        state[mresp[~first]] = DUPLICATE
+        unmatched = resp_msg[~matched]
+        query_loose = np.concatenate([p["loose"], loose[qi]])
+        mismatch = np.isin(loose[unmatched], query_loose)
+        state[unmatched[mismatch]] = MISMATCHED
+        state[unmatched[~mismatch]] = UNSOLICITED
+
+        # Queries still open: not answered, not followed by a newer query with the same key.
+        qpos = np.flatnonzero(is_query_pos)
+        answered = np.zeros(len(order), dtype=bool)
+        answered[jm] = True
+        superseded = np.zeros(len(qpos), dtype=bool)
+        superseded[:-1] = sk[qpos[1:]] == sk[qpos[:-1]]
+        open_pos = qpos[~answered[qpos] & ~superseded]
+        from_pending = order[open_pos] < np_
+        src_idx = sfrom[open_pos]
+        new_pending = np.empty(len(open_pos), dtype=PENDING_DTYPE)
+        pp, bp = src_idx[from_pending], src_idx[~from_pending]
+        new_pending[from_pending] = p[pp]
+        fill = new_pending[~from_pending]
+        fill["key"], fill["loose"], fill["ts"] = key[bp], loose[bp], ts[bp]
+        fill["resolver"], fill["leg"] = resolver[bp], leg[bp]
+        new_pending[~from_pending] = fill
+
+        expired = new_pending["ts"] < now - self.limits.query_timeout_s
+        unanswered = self._unanswered(new_pending[expired])
+        new_pending = new_pending[~expired]
+        evicted = np.empty(0)
+        excess = len(new_pending) - self.limits.max_pending_queries
+        if excess > 0:
+            by_age = np.argsort(new_pending["ts"], kind="stable")
+            evicted = new_pending["ts"][by_age[:excess]]
+            new_pending = new_pending[np.sort(by_age[excess:])]
+        self.pending = new_pending
+
+        t = self.totals
+        t["tracked_queries"] += len(qi)
+        for name, code in (("answered", ANSWERED), ("duplicate", DUPLICATE),
+                           ("unsolicited", UNSOLICITED), ("mismatched", MISMATCHED)):
+            t[name] += int(np.count_nonzero(state == code))
+        t["unanswered"] += len(unanswered)
+        t["pending_evicted"] += len(evicted)
+        return TrackResult(state, rtt, leg, resolver, client, tracked, unanswered, evicted)
+
+    def drain(self) -> np.ndarray:
+        """End of input: every query still pending is unanswered."""
+        out = self._unanswered(self.pending)
+        self.totals["unanswered"] += len(out)
+        self.pending = np.empty(0, dtype=PENDING_DTYPE)
+        return out
+
+    @staticmethod
+    def _unanswered(rows: np.ndarray) -> np.ndarray:
+        out = np.empty(len(rows), dtype=UNANSWERED_DTYPE)
+        out["ts"], out["resolver"], out["leg"] = rows["ts"], rows["resolver"], rows["leg"]
+        return out

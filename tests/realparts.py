@@ -1,0 +1,113 @@
+"""Real components for the engine tests: an rsyslog receiver on loopback.
+
+rsyslogd runs in the foreground with its own configuration, listening on
+127.0.0.1 (UDP and TCP, one port) and writing each raw message as one line.
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+STARTUP_TIMEOUT_S = 10.0
+
+RSYSLOG_CONF = """\
+global(workDirectory="{work}")
+module(load="imudp")
+module(load="imtcp")
+input(type="imudp" address="127.0.0.1" port="{port}")
+input(type="imtcp" address="127.0.0.1" port="{port}")
+template(name="raw" type="string" string="%rawmsg%\\n")
+*.* action(type="omfile" file="{out}" template="raw")
+"""
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on loopback."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+class Rsyslog:
+    def __init__(self, folder: Path, port: int | None = None, netns: str | None = None) -> None:
+        if not shutil.which("rsyslogd"):
+            pytest.skip("rsyslogd is not installed (make test installs it)")
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.out = folder / "received.log"
+        self.conf = folder / "rsyslog.conf"
+        self.pidfile = folder / "rsyslog.pid"
+        self.netns = netns
+        self.conf.write_text(RSYSLOG_CONF.format(work=folder, port=self.port, out=self.out))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Rsyslog":
+        cmd = ["rsyslogd", "-n", "-f", str(self.conf), "-i", str(self.pidfile)]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns] + cmd
+        self.proc = subprocess.Popen(cmd, cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rsyslogd exited: {self.proc.stderr.read().decode()[-500:]}")
+            if self._listening():
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("rsyslogd did not start listening")
+
+    def _listening(self) -> bool:
+        cmd = ["ss", "-ltn", f"sport = :{self.port}"]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns] + cmd
+        out = subprocess.run(cmd, capture_output=True, text=True).stdout
+        return f":{self.port}" in out
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.pidfile.exists():
+            self.pidfile.unlink()
+
+    def lines(self) -> list[str]:
+        return self.out.read_text().splitlines() if self.out.exists() else []
+
+    def wait_for(self, predicate, timeout_s: float = 10.0) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            lines = self.lines()
+            if predicate(lines):
+                return lines
+            time.sleep(0.1)
+        return self.lines()
+
+
+def wait_until(predicate, timeout_s: float, step_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return False
+
+
+__all__ = ["Rsyslog", "free_port", "wait_until"]

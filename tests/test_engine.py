@@ -1,0 +1,300 @@
+"""The engine over captures: tracking, aggregation, the SQLite store, analyst commands."""
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA, REPO
+from pcapgen import Conversation, query, write_pcap, udp_frame
+from sensor import cli
+from sensor.capture.offline import read_frames
+from sensor.config import Config, address_key
+from sensor.detectors import anomaly_burst
+from sensor.engine.aggregate import Accumulator
+from sensor.engine.pipeline import merged_frames
+from sensor.engine.replay import replay
+from sensor.engine.writer import Writer
+from sensor.limits import DEFAULT_LIMITS
+from sensor.parse import Parser, parse_file
+from sensor.store import Store
+from sensor.track import ANSWERED, DUPLICATE, MISMATCHED, UNSOLICITED, Tracker
+
+CLIENT, RESOLVER, AUTH = "192.0.2.10", "192.0.2.53", "198.51.100.1"
+RESOLVER_UP = "203.0.113.53"
+
+
+def parsed(conv: Conversation, tmp_path: Path):
+    return parse_file(str(conv.write(tmp_path / "c.pcap")))
+
+
+def config(tmp_path: Path, **kw) -> Config:
+    kw.setdefault("db_path", str(tmp_path / "sensor.db"))
+    kw.setdefault("rules_dir", str(REPO / "rules"))
+    return replace(Config(), **kw)
+
+
+def db_rows(path: Path, sql: str, params=()) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+# ------------------------------------------------------------------ tracking
+
+def test_query_and_response_match_with_rtt(tmp_path):
+    conv = Conversation()
+    conv.exchange(CLIENT, RESOLVER, "www.example.com", "www.example.com 60 A 192.0.2.1", rtt=0.025)
+    batch = parsed(conv, tmp_path)
+    r = Tracker().process(batch.messages)
+    assert r.state.tolist() == [0, ANSWERED]
+    assert r.rtt[1] == pytest.approx(0.025, abs=1e-5)
+
+
+def test_spoofed_responses_are_mismatched_and_extra_responses_duplicate(tmp_path):
+    conv = Conversation()
+    q = query("bank.example", txid=4242)
+    conv.send(q.pack(), RESOLVER_UP, AUTH, 33333, 53)
+    for txid in range(100, 150):         # a Kaminsky-style flood: right question, wrong ids
+        spoof = q.reply()
+        spoof.header.id = txid
+        conv.send(spoof.pack(), AUTH, RESOLVER_UP, 53, 33333, after=0.0001)
+    real = q.reply()
+    conv.send(real.pack(), AUTH, RESOLVER_UP, 53, 33333)
+    conv.send(real.pack(), AUTH, RESOLVER_UP, 53, 33333)
+    stray = query("other.example", txid=7).reply()
+    conv.send(stray.pack(), AUTH, RESOLVER_UP, 53, 40000)
+    batch = parsed(conv, tmp_path)
+    tracker = Tracker(resolver_addresses=frozenset({address_key(RESOLVER_UP)}))
+    r = tracker.process(batch.messages)
+    assert np.count_nonzero(r.state == MISMATCHED) == 50
+    assert np.count_nonzero(r.state == ANSWERED) == 1
+    assert np.count_nonzero(r.state == DUPLICATE) == 1
+    assert np.count_nonzero(r.state == UNSOLICITED) == 1
+    assert set(r.leg.tolist()) == {1}               # the resolver's own upstream queries
+
+
+def test_pending_queries_carry_over_time_out_and_are_bounded(tmp_path):
+    conv = Conversation()
+    q = query("slow.example", txid=9)
+    conv.send(q.pack(), CLIENT, RESOLVER, 41000, 53)
+    first = parsed(conv, tmp_path)
+    conv2 = Conversation(start=conv.ts + 2.0)
+    conv2.send(q.reply().pack(), RESOLVER, CLIENT, 53, 41000)
+    second = parse_file(str(conv2.write(tmp_path / "c2.pcap")))
+    tracker = Tracker()
+    tracker.process(first.messages)
+    assert len(tracker.pending) == 1
+    assert tracker.process(second.messages).state.tolist() == [ANSWERED]
+
+    limits = replace(DEFAULT_LIMITS, max_pending_queries=10, query_timeout_s=5.0)
+    conv3 = Conversation()
+    for i in range(25):
+        conv3.send(query(f"n{i}.example", txid=i).pack(), CLIENT, RESOLVER, 42000 + i, 53)
+    tracker = Tracker(limits)
+    r = tracker.process(parse_file(str(conv3.write(tmp_path / "c3.pcap"))).messages)
+    assert len(r.evicted) == 15 and len(tracker.pending) == 10
+    late = tracker.process(np.empty(0, dtype=first.messages.dtype), now=conv3.ts + 6.0)
+    assert len(late.unanswered) == 10 and len(tracker.pending) == 0
+    assert tracker.totals["pending_evicted"] == 15 and tracker.totals["unanswered"] == 10
+
+
+# ------------------------------------------------------------------ replay into the store
+
+def test_replay_stats_and_pdns_agree_with_the_parsed_messages(tmp_path):
+    path = DATA / "dnscap-baseline-udp-82-msgs.pcap"
+    conf = config(tmp_path)
+    result = replay([str(path)], conf, progress_to=None)
+    batch = parse_file(str(path))
+    queries = int(np.count_nonzero(batch.messages["qr"] == 0))
+    responses = len(batch) - queries
+    assert result.messages == len(batch)
+    got = db_rows(conf.db_path, "SELECT sum(queries), sum(responses), sum(answered), sum(unanswered), "
+                                "sum(bytes_queries) + sum(bytes_responses) FROM stats WHERE leg != 'sensor'")[0]
+    assert got == (queries, responses, responses, 0, int(batch.messages["size"].sum()))
+    expected = set()
+    for rec in batch.records():
+        if rec["qr"] and rec["rcode"] == 0:
+            expected |= {(a["name"], a["type_name"], a["data"]) for a in rec["answers"]}
+    stored = set(db_rows(conf.db_path, "SELECT rrname, rrtype, rdata FROM pdns"))
+    assert stored == expected and stored
+    packets = db_rows(conf.db_path, "SELECT sum(packets) FROM stats WHERE leg = 'sensor'")[0][0]
+    assert packets == batch.counters["packets"]
+
+
+def test_replay_twice_adds_counts_and_keeps_first_and_last_seen(tmp_path):
+    path = DATA / "dnscap-baseline-udp-82-msgs.pcap"
+    conf = config(tmp_path)
+    replay([str(path)], conf, progress_to=None)
+    once = dict(((n, t, d), (f, l, c)) for n, t, d, f, l, c in db_rows(conf.db_path, "SELECT * FROM pdns"))
+    replay([str(path)], conf, progress_to=None)
+    twice = dict(((n, t, d), (f, l, c)) for n, t, d, f, l, c in db_rows(conf.db_path, "SELECT * FROM pdns"))
+    assert once.keys() == twice.keys()
+    for key, (f, l, c) in once.items():
+        assert twice[key] == (f, l, 2 * c)
+
+
+def test_nxdomain_names_are_kept_apart(tmp_path):
+    conv = Conversation()
+    for i in range(3):
+        conv.exchange(CLIENT, RESOLVER, f"missing{i}.example.com", rcode=3, txid=i, sport=40000 + i)
+    conv.exchange(CLIENT, RESOLVER, "missing0.example.com", rcode=3, txid=9, sport=41000)
+    conf = config(tmp_path)
+    replay([str(conv.write(tmp_path / "nx.pcap"))], conf, progress_to=None)
+    assert db_rows(conf.db_path, "SELECT count(*) FROM pdns")[0][0] == 0
+    rows = dict((q, c) for q, c in db_rows(conf.db_path, "SELECT qname, count FROM pdns_nxdomain"))
+    assert rows == {"missing0.example.com": 2, "missing1.example.com": 1, "missing2.example.com": 1}
+    assert db_rows(conf.db_path, "SELECT sum(nxdomain) FROM stats")[0][0] == 4
+
+
+def _malformed_capture(tmp_path: Path, count: int, client: str = CLIENT) -> Path:
+    conv = Conversation()
+    for i in range(count):
+        # qname is a compression pointer to itself: bad_pointer
+        payload = bytes([0, i & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1])
+        conv.send(payload, client, RESOLVER, 50000 + i, 53, after=0.01)
+    return conv.write(tmp_path / f"bad{count}-{client}.pcap")
+
+
+def test_malformed_burst_gives_one_anomaly_verdict_per_window(tmp_path):
+    conf = config(tmp_path)
+    rule = anomaly_burst.load(conf.rules_dir)
+    replay([str(_malformed_capture(tmp_path, rule.threshold - 1, "192.0.2.99"))], conf, progress_to=None)
+    assert db_rows(conf.db_path, "SELECT count(*) FROM verdicts")[0][0] == 0
+    assert db_rows(conf.db_path, "SELECT count FROM anomalies WHERE name = 'bad_pointer'")[0][0] == rule.threshold - 1
+    burst = _malformed_capture(tmp_path, rule.threshold + 5)
+    result = replay([str(burst)], conf, progress_to=None)
+    assert result.verdicts == 1
+    (kind, client, server, count, evidence, detector), = db_rows(
+        conf.db_path, "SELECT kind, client, server, count, evidence, detector FROM verdicts")
+    assert (kind, client, server, count, detector) == ("anomaly", CLIENT, RESOLVER, rule.threshold + 5,
+                                                       "anomaly_burst")
+    ev = json.loads(evidence)
+    assert ev["anomalies"]["bad_pointer"] == rule.threshold + 5 and ev["threshold"] == rule.threshold
+
+
+def test_full_database_keeps_the_backlog_until_it_can_write(tmp_path):
+    conf = config(tmp_path)
+    store = Store(conf.db_path)
+    rule = anomaly_burst.load(conf.rules_dir)
+    writer = Writer(conf, store, rule)
+    acc = Accumulator(conf.limits, rule.mask, rule.window_s)
+    parser, tracker = Parser(), Tracker()
+    many = Conversation()
+    for i in range(500):      # enough rows that the tables must grow
+        many.exchange(CLIENT, RESOLVER, f"host{i}.example.org", f"host{i}.example.org 60 A 192.0.2.{i % 250}",
+                      txid=i, sport=20000 + i)
+    for path in (many.write(tmp_path / "many.pcap"), _malformed_capture(tmp_path, 40)):
+        for fb in read_frames(str(path), 1000):
+            parser.feed(fb)
+            batch = parser.take()
+            acc.add(batch, tracker.process(batch.messages))
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")      # SQLITE_FULL from here on
+    writer.apply(acc.take())
+    assert writer.flush() == 0
+    assert writer.counters["store_errors"] == 1
+    assert db_rows(conf.db_path, "SELECT count(*) FROM verdicts")[0][0] == 0
+    store.conn.execute("PRAGMA max_page_count = 1073741823")
+    assert writer.flush(final=True) == 1                      # the verdict was kept, not lost
+    assert db_rows(conf.db_path, "SELECT count(*) FROM pdns")[0][0] == 500
+    assert db_rows(conf.db_path, "SELECT sum(queries) FROM stats")[0][0] == 500 + 40
+    store.close()
+
+
+def test_retention_deletes_only_old_rows(tmp_path):
+    store = Store(str(tmp_path / "r.db"))
+    with store.transaction() as conn:
+        store.add_pdns(conn, [("old.example", "A", "192.0.2.1", 1000.0, 1000.0, 1),
+                              ("new.example", "A", "192.0.2.2", 100 * 86400.0, 100 * 86400.0, 1)])
+        store.add_anomalies(conn, [(60, "truncated", 1), (100 * 86400, "truncated", 2)])
+    deleted = store.enforce_retention(100 * 86400.0, {"pdns": 30, "anomalies": 30})
+    assert deleted == {"pdns": 1, "anomalies": 1}
+    assert [r[0] for r in store.conn.execute("SELECT rrname FROM pdns")] == ["new.example"]
+    store.close()
+
+
+def test_captures_are_merged_by_time_across_files(tmp_path):
+    frames = [(1_700_000_000 + i * 0.5, udp_frame(query(f"q{i}.example", txid=i).pack(), CLIENT, RESOLVER,
+                                                  40000 + i, 53)) for i in range(40)]
+    a = write_pcap(tmp_path / "a.pcap", frames[0::2])
+    b = write_pcap(tmp_path / "b.pcap", frames[1::2])
+    out = list(merged_frames([str(b), str(a)], 7))
+    ts = np.concatenate([fb.meta[:, 0] + fb.meta[:, 1] / 1e6 for fb in out])
+    assert len(ts) == 40 and np.all(np.diff(ts) > 0)
+    p = Parser()
+    names = []
+    for fb in out:
+        p.feed(fb)
+        names += p.take().qnames()
+    assert names == [f"q{i}.example" for i in range(40)]
+
+
+def test_upstream_leg_is_counted_for_the_resolver(tmp_path):
+    conv = Conversation()
+    conv.exchange(CLIENT, RESOLVER, "a.example", "a.example 60 A 192.0.2.1", txid=1)
+    conv.exchange(RESOLVER_UP, AUTH, "a.example", "a.example 60 A 192.0.2.1", txid=2, sport=30000)
+    conf = config(tmp_path, resolver_addresses=(RESOLVER, RESOLVER_UP))
+    replay([str(conv.write(tmp_path / "legs.pcap"))], conf, progress_to=None)
+    rows = db_rows(conf.db_path, "SELECT resolver, leg, queries, answered FROM stats WHERE leg != 'sensor' "
+                                 "ORDER BY leg")
+    assert rows == [(RESOLVER, "client", 1, 1), (RESOLVER_UP, "upstream", 1, 1)]
+
+
+# ------------------------------------------------------------------ analyst commands
+
+@pytest.fixture
+def filled_db(tmp_path):
+    conf = config(tmp_path)
+    replay([str(DATA / "dnscap-baseline-udp-82-msgs.pcap"), str(_malformed_capture(tmp_path, 30))],
+           conf, progress_to=None)
+    return conf.db_path
+
+
+def test_query_formats_and_read_only(filled_db, capsys):
+    assert cli.main(["query", "--db", filled_db, "--format", "json",
+                     "SELECT rrname, count FROM pdns ORDER BY count DESC, rrname LIMIT 1"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["rrname"] == "google.com"
+    assert cli.main(["query", "--db", filled_db, "--format", "csv", "SELECT 1 AS a, 'x' AS b"]) == 0
+    assert capsys.readouterr().out == "a,b\n1,x\n"
+    assert cli.main(["query", "--db", filled_db, "DELETE FROM pdns"]) == 2
+    assert "readonly" in capsys.readouterr().err.replace(" ", "").lower()
+    assert db_rows(filled_db, "SELECT count(*) FROM pdns")[0][0] > 0
+
+
+def test_verdicts_pdns_and_status_commands(filled_db, capsys):
+    assert cli.main(["verdicts", "--db", filled_db, "--since", "1h", "--kind", "anomaly",
+                     "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 1 and rows[0]["client"] == CLIENT and rows[0]["count"] == 30
+    assert cli.main(["verdicts", "--db", filled_db, "--client", "203.0.113.200"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2           # header and rule only
+    assert cli.main(["pdns", "--db", filled_db, "google.com", "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {(r["rrtype"], r["rdata"]) for r in rows} == {("A", "216.58.218.206")}
+    assert cli.main(["pdns", "--db", filled_db, "216.58.218.206", "--format", "json"]) == 0
+    assert {json.loads(line)["rrname"] for line in capsys.readouterr().out.splitlines()} == {"google.com"}
+    assert cli.main(["status", "--db", filled_db, "--json", "--minutes", "100000000"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    frames = parse_file(str(DATA / "dnscap-baseline-udp-82-msgs.pcap")).counters["packets"]
+    assert s["answered"] == 41 and s["unanswered"] == 30 and s["packets"] == frames + 30
+    assert cli.main(["status", "--db", filled_db]) == 0
+    assert "loss: DNS-estimated" in capsys.readouterr().out
+
+
+def test_missing_database_is_a_one_line_error(tmp_path, capsys):
+    assert cli.main(["status", "--db", str(tmp_path / "none.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such database" in err
+
+
+def test_replay_cli_prints_a_summary(tmp_path, capsys):
+    db = tmp_path / "cli.db"
+    assert cli.main(["replay", "--db", str(db), str(DATA / "dnscap-baseline-udp-82-msgs.pcap")]) == 0
+    out = capsys.readouterr().out
+    assert "82 DNS messages" in out and "41 answered" in out
+    assert db_rows(db, "PRAGMA integrity_check") == [("ok",)]
