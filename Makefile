@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUNTIME := libpcap0.8 gcc python3-dev
-APT_TEST := tshark
-DEMO_CAPTURES := tests/data/dnscap-baseline-udp-82-msgs.pcap tests/data/suricata-tunnel-dns2tcp-txt-bug1158.pcap
+APT_TEST := tshark unbound rsyslog iproute2
+DEMO_CAPTURES := tests/data/demo-office-resolver.pcap tests/data/dnscap-baseline-udp-82-msgs.pcap
+DNSSENSOR := $(VENV)/bin/dnssensor
 
 .PHONY: demo test install system-deps system-deps-test build bench fuzz readme clean
 
@@ -40,22 +41,35 @@ build: $(PY)
 	$(PY) setup.py -q build_ext --inplace
 
 demo: install
-	@echo "== dnssensor dump (first messages of $(word 1,$(DEMO_CAPTURES)))"
-	@$(VENV)/bin/dnssensor dump $(word 1,$(DEMO_CAPTURES)) --format table | head -12
+	@rm -f demo.db demo.db-wal demo.db-shm
+	@echo "== replay the sample captures through the whole engine into demo.db"
+	@$(DNSSENSOR) replay --config deploy/demo.toml --db demo.db $(DEMO_CAPTURES)
 	@echo
-	@echo "== a dns2tcp tunnel capture, as JSON (one message)"
-	@$(VENV)/bin/dnssensor dump $(word 2,$(DEMO_CAPTURES)) | sed -n 3p
+	@echo "== dnssensor status --db demo.db --minutes 15"
+	@$(DNSSENSOR) status --db demo.db --minutes 15
 	@echo
-	@echo "== summary of both captures"
-	@$(VENV)/bin/dnssensor dump $(DEMO_CAPTURES) --summary > /dev/null
+	@echo "== dnssensor verdicts --db demo.db"
+	@$(DNSSENSOR) verdicts --db demo.db
 	@echo
-	@echo "More: $(VENV)/bin/dnssensor dump FILE... [--format jsonl|table] [--port N]"
+	@echo "== most seen answers and NXDOMAIN names (dnssensor query)"
+	@$(DNSSENSOR) query --db demo.db "SELECT rrname, rrtype, rdata, count FROM pdns ORDER BY count DESC LIMIT 5"
+	@$(DNSSENSOR) query --db demo.db "SELECT qname, count FROM pdns_nxdomain ORDER BY count DESC LIMIT 3"
+	@echo
+	@echo "== dnssensor pdns --db demo.db '*.cdn.example.net'"
+	@$(DNSSENSOR) pdns --db demo.db '*.cdn.example.net' --limit 5
+	@echo
+	@echo "Go further:"
+	@echo "  $(DNSSENSOR) pdns --db demo.db 203.0.113.15        # which names pointed at an address"
+	@echo "  $(DNSSENSOR) verdicts --db demo.db --since 1h --format json"
+	@echo "  $(DNSSENSOR) query --db demo.db \"SELECT minute, resolver, leg, queries, nxdomain, unanswered, mismatched FROM stats ORDER BY minute\""
+	@echo "  $(DNSSENSOR) dump $(word 1,$(DEMO_CAPTURES)) --format table | head"
 
 test: system-deps-test install
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: install
 	$(PY) bench/parse.py
+	$(PY) bench/replay.py
 
 fuzz: install
 	$(PY) -m pip install -q atheris
@@ -65,4 +79,4 @@ readme: build
 	$(PY) tools/gen_field_reference.py --write
 
 clean:
-	rm -rf build $(VENV) sensor/*.so ext/*.c .hypothesis
+	rm -rf build $(VENV) sensor/*.so ext/*.c .hypothesis demo.db demo.db-wal demo.db-shm

@@ -21,7 +21,7 @@ SYSLOG_FORMATS = ("kv", "cef", "json")
 SYSLOG_FACILITIES = {name: code for code, name in enumerate(
     ("kern user mail daemon auth syslog lpr news uucp cron authpriv ftp ntp audit alert clock "
      "local0 local1 local2 local3 local4 local5 local6 local7").split())}
-TABLES_WITH_RETENTION = ("verdicts", "pdns", "pdns_nxdomain", "stats", "anomalies")
+TABLES_WITH_RETENTION = ("verdicts", "pdns", "pdns_nxdomain", "stats", "clients", "anomalies")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Config:
     db_path: str = "dnssensor.db"
     flush_interval_s: float = 1.0
     retention_days: dict[str, int] = field(default_factory=lambda: {
-        "verdicts": 90, "pdns": 365, "pdns_nxdomain": 30, "stats": 30, "anomalies": 30})
+        "verdicts": 90, "pdns": 365, "pdns_nxdomain": 30, "stats": 30, "clients": 30, "anomalies": 30})
     resolver_addresses: tuple[str, ...] = ()
     client_networks: tuple[str, ...] = ()
     discover_networks: bool = True

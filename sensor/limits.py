@@ -55,6 +55,9 @@ class Limits:
     max_clients_per_group: int = 100000
     """Client addresses remembered per stats row for its unique-client count; beyond it
     the count is a lower bound."""
+    max_clients_per_minute: int = 50000
+    """Clients with a row of their own in the `clients` table per minute and worker; the rest
+    are added to the client 'other'."""
     max_anomaly_sources: int = 10000
     """Clients whose malformed traffic is counted per window for anomaly verdicts."""
     writer_queue_batches: int = 64

@@ -135,6 +135,9 @@ def status(conn: sqlite3.Connection, minutes: int = 15) -> dict[str, Any]:
         "SELECT resolver, leg, sum(queries) AS q, sum(responses), sum(nxdomain), sum(servfail), "
         "sum(unanswered) FROM stats WHERE minute >= ? AND leg != 'sensor' GROUP BY resolver, leg "
         "ORDER BY q DESC LIMIT 10", (start,)).fetchall()
+    talkers = conn.execute(
+        "SELECT client, sum(queries) AS q, sum(nxdomain), sum(bytes_queries) FROM clients "
+        "WHERE minute >= ? GROUP BY client ORDER BY q DESC LIMIT 10", (start,)).fetchall()
     workers = conn.execute("SELECT worker, pid, state, restarts, packets, kernel_dropped, "
                            "datetime(last_seen, 'unixepoch') FROM workers ORDER BY worker").fetchall()
     tracked = ans + unans
@@ -151,6 +154,7 @@ def status(conn: sqlite3.Connection, minutes: int = 15) -> dict[str, Any]:
         "kernel_dropped": int(sensor[2] or 0), "drops": drops,
         "resolvers": [dict(zip(("resolver", "leg", "queries", "responses", "nxdomain", "servfail",
                                 "unanswered"), r)) for r in resolvers],
+        "top_talkers": [dict(zip(("client", "queries", "nxdomain", "bytes_queries"), t)) for t in talkers],
         "workers": [dict(zip(("worker", "pid", "state", "restarts", "packets", "kernel_dropped",
                               "last_seen"), w)) for w in workers],
     }
@@ -173,6 +177,10 @@ def render_status(s: dict[str, Any]) -> str:
         out += [f"  {r['resolver']:<40} {r['leg']:<8} {r['queries'] or 0:>10,} q  "
                 f"{r['nxdomain'] or 0:>8,} nx  {r['servfail'] or 0:>8,} servfail  "
                 f"{r['unanswered'] or 0:>8,} unanswered" for r in s["resolvers"]]
+    if s["top_talkers"]:
+        out.append("top talkers (clients):")
+        out += [f"  {t['client']:<40} {t['queries'] or 0:>10,} q  {t['nxdomain'] or 0:>8,} nx  "
+                f"{t['bytes_queries'] or 0:>12,} bytes out" for t in s["top_talkers"]]
     if s["workers"]:
         out.append("workers:")
         out += [f"  {w['worker']:<16} pid {w['pid'] or '-':<8} {w['state']:<10} restarts {w['restarts'] or 0}"

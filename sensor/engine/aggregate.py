@@ -50,6 +50,7 @@ class Aggregate:
     # Keyed by a 64-bit hash of the row's identity; values [*identity, first, last, count].
     pdns: dict[int, list] = field(default_factory=dict)
     nxdomain: dict[int, list] = field(default_factory=dict)
+    clients: dict[tuple[int, str], list] = field(default_factory=dict)   # (minute, client) -> counts
     anomalies: Counter = field(default_factory=Counter)            # (minute, name) -> count
     malformed: dict[tuple[int, str, str], dict[str, Any]] = field(default_factory=dict)
     sensor: dict[int, dict[str, Any]] = field(default_factory=dict)  # minute -> counters
@@ -66,6 +67,13 @@ class Aggregate:
                 merge_stats_row(mine, row, limits)
         _merge_seen(self.pdns, other.pdns, limits.max_pdns_rows, self.dropped, "pdns_overflow")
         _merge_seen(self.nxdomain, other.nxdomain, limits.max_pdns_rows, self.dropped, "pdns_overflow")
+        for key, counts in other.clients.items():
+            mine = self.clients.get(key)
+            if mine is None:
+                self.clients[key] = list(counts)
+            else:
+                for i, n in enumerate(counts):
+                    mine[i] += n
         self.anomalies.update(other.anomalies)
         for key, m in other.malformed.items():
             mine = self.malformed.get(key)
@@ -80,7 +88,7 @@ class Aggregate:
         self.messages += other.messages
 
     def is_empty(self) -> bool:
-        return not (self.stats or self.pdns or self.nxdomain or self.anomalies or self.malformed
+        return not (self.stats or self.pdns or self.nxdomain or self.clients or self.anomalies or self.malformed
                     or self.sensor or self.workers or self.dropped)
 
 
@@ -178,7 +186,8 @@ class Accumulator:
         agg.messages += len(msgs)
         if len(msgs):
             self._stats(msgs, track)
-            self._pdns(batch)
+            self._clients(msgs, track)
+            self._pdns(batch, track)
             self._anomalies(batch)
         if len(track.unanswered):
             self.add_unanswered(track.unanswered)
@@ -262,6 +271,34 @@ class Accumulator:
         for packed, n in zip(qq.tolist(), qn.tolist()):
             rows[packed >> GROUP_SHIFT]["qtypes"][schema.type_name(packed & 0xFFFF)] += n
 
+    def _clients(self, msgs: np.ndarray, track: TrackResult) -> None:
+        minute = (msgs["ts"] // 60).astype(np.int64) * 60
+        cw = address_words(track.client)
+        first, inv = _groups(_hash(minute.astype(np.uint64), cw[:, 0], cw[:, 1]))
+        g = len(first)
+        isq = msgs["qr"] == 0
+        isr = ~isq
+        rcode, size = msgs["rcode"], msgs["size"].astype(np.float64)
+        cols = [np.bincount(inv, weights=w, minlength=g).tolist() for w in (
+            isq.astype(np.float64), isr.astype(np.float64), (isr & (rcode == 3)).astype(np.float64),
+            (isr & (rcode == 2)).astype(np.float64), np.where(isq, size, 0.0), np.where(isr, size, 0.0))]
+        table = self.agg.clients
+        limit = self.limits.max_clients_per_minute
+        per_minute = Counter(m for m, _ in table)
+        for gi, i in enumerate(first.tolist()):
+            m = int(minute[i])
+            key = (m, address_text(bytes(track.client[i])))
+            row = table.get(key)
+            if row is None:
+                if per_minute[m] >= limit:
+                    key = (m, OTHER_RESOLVER)
+                    row = table.get(key)
+                if row is None:
+                    row = table[key] = [0, 0, 0, 0, 0, 0]
+                    per_minute[m] += 1
+            for k in range(6):
+                row[k] += int(cols[k][gi])
+
     def add_unanswered(self, rows: np.ndarray) -> None:
         """Queries that timed out, counted in the minute and resolver they were sent to."""
         group_keys, inv = self._group_keys(rows["ts"], rows["resolver"], rows["leg"])
@@ -269,11 +306,14 @@ class Accumulator:
         for key, n in zip(group_keys, counts):
             self._stats_row(key)["unanswered"] += n
 
-    def _pdns(self, batch: Batch) -> None:
+    def _pdns(self, batch: Batch, track: TrackResult) -> None:
         msgs, rrs = batch.messages, batch.rrs
         owner = rrs["msg"]
+        # Spoofing attempts (right question, wrong id or port) are evidence, not facts:
+        # they stay out of passive DNS. Unsolicited responses stay in (a one-way tap sees
+        # only those).
         ok = ((rrs["section"] == 1) & (rrs["type"] != OPT) & (msgs["qr"][owner] == 1)
-              & (msgs["rcode"][owner] == 0))
+              & (msgs["rcode"][owner] == 0) & (track.state[owner] != MISMATCHED))
         arena = batch.arena
         agg = self.agg
         if ok.any():
@@ -289,7 +329,7 @@ class Accumulator:
                            lambda i: (arena[name_off[i]:name_off[i] + name_len[i]].decode("ascii"),
                                       _type_name(int(rtype[i])),
                                       arena[rdata_off[i]:rdata_off[i] + rdata_len[i]].decode("ascii")))
-        nx = (msgs["qr"] == 1) & (msgs["rcode"] == 3) & (msgs["qdcount"] > 0)
+        nx = (msgs["qr"] == 1) & (msgs["rcode"] == 3) & (msgs["qdcount"] > 0) & (track.state != MISMATCHED)
         if nx.any():
             qoff, qlen, qtype = msgs["qname_off"][nx], msgs["qname_len"][nx], msgs["qtype"][nx]
             self._add_seen(agg.nxdomain, self._nx_text, _hash(msgs["name_hash"][nx], qtype), msgs["ts"][nx],

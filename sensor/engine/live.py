@@ -35,7 +35,11 @@ SUPERVISOR_TICK_S = 0.5
 WORKER_STOP_TIMEOUT_S = 10.0
 WRITER_STOP_TIMEOUT_S = 60.0
 RESTART_BACKOFF_S = 1.0
-"""A worker that keeps dying is restarted at most once per this interval."""
+"""Wait before restarting a worker that died; doubled for each death soon after a start."""
+RESTART_BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 10.0
+"""A worker that ran this long before dying is restarted after the shortest wait again."""
+EXIT_WORKER_ERROR = 3
 RETENTION_EVERY_S = 600.0
 
 
@@ -56,6 +60,15 @@ def _reload(config: cfg.Config) -> tuple[cfg.Config, Any] | None:
 
 def worker_main(name: str, interface: str, config: cfg.Config, fanout_group: int, out: mp.Queue,
                 restarts: int) -> None:
+    try:
+        _worker(name, interface, config, fanout_group, out, restarts)
+    except SensorError as e:          # the interface went away, a rule file broke, ...
+        print(f"dnssensor: worker {name}: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_WORKER_ERROR)
+
+
+def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, out: mp.Queue,
+            restarts: int) -> None:
     flags = {"stop": False, "reload": False}
     signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -195,8 +208,14 @@ class Supervisor:
             p = w["process"]
             if p.is_alive() or self.stopping:
                 continue
-            if time.monotonic() - w["started"] < RESTART_BACKOFF_S:
+            if "died_at" not in w:
+                w["died_at"] = time.monotonic()
+                lived = w["died_at"] - w["started"]
+                w["quick_deaths"] = w.get("quick_deaths", 0) + 1 if lived < STABLE_AFTER_S else 0
+            wait = min(RESTART_BACKOFF_S * 2 ** max(w["quick_deaths"] - 1, 0), RESTART_BACKOFF_MAX_S)
+            if time.monotonic() - w["died_at"] < wait:
                 continue
+            del w["died_at"]
             w["restarts"] += 1
             print(f"dnssensor: worker {name} (pid {p.pid}) died with status {p.exitcode}; "
                   f"restart {w['restarts']}", file=sys.stderr)

@@ -91,6 +91,15 @@ class Store:
             "first_seen = min(first_seen, excluded.first_seen), "
             "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count", rows)
 
+    def add_clients(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
+        """rows: (minute, client, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added."""
+        conn.executemany(
+            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(minute, client) DO UPDATE SET "
+            "queries = queries + excluded.queries, responses = responses + excluded.responses, "
+            "nxdomain = nxdomain + excluded.nxdomain, servfail = servfail + excluded.servfail, "
+            "bytes_queries = bytes_queries + excluded.bytes_queries, "
+            "bytes_responses = bytes_responses + excluded.bytes_responses", rows)
+
     def add_anomalies(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """rows: (minute, name, count), counts added."""
         conn.executemany(

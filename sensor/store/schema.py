@@ -116,6 +116,20 @@ STATS = Table(
     indexes=(("resolver", "minute"),),
     time_column="minute")
 
+CLIENTS = Table(
+    "clients", "Per minute and per client (the querying side): the analysts' top talkers.",
+    (C("minute", "INTEGER", "start of the minute"),
+     C("client", "TEXT", "client address; 'other' collects clients beyond the per-minute limit"),
+     C("queries", "INTEGER", "queries sent"),
+     C("responses", "INTEGER", "responses received"),
+     C("nxdomain", "INTEGER", "NXDOMAIN responses received"),
+     C("servfail", "INTEGER", "SERVFAIL responses received"),
+     C("bytes_queries", "INTEGER", "DNS payload bytes sent"),
+     C("bytes_responses", "INTEGER", "DNS payload bytes received")),
+    key=("minute", "client"),
+    indexes=(("client", "minute"),),
+    time_column="minute")
+
 ANOMALIES = Table(
     "anomalies", "Per minute counts of each named anomaly (sensor.schema.ANOMALIES, tracking).",
     (C("minute", "INTEGER", "start of the minute"),
@@ -137,7 +151,7 @@ WORKERS = Table(
      C("state", "TEXT", "running, restarting, stopped or died (exit status)")),
     key=("worker",))
 
-TABLES: tuple[Table, ...] = (VERDICTS, PDNS, PDNS_NXDOMAIN, STATS, ANOMALIES, WORKERS)
+TABLES: tuple[Table, ...] = (VERDICTS, PDNS, PDNS_NXDOMAIN, STATS, CLIENTS, ANOMALIES, WORKERS)
 BY_NAME = {t.name: t for t in TABLES}
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 

@@ -21,12 +21,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from sensor.limits import DEFAULT_LIMITS, Limits
+from sensor.schema import ANOMALY_BIT
 
 # Response states (TrackResult.state); queries and untracked messages are NONE.
 NONE, ANSWERED, DUPLICATE, UNSOLICITED, MISMATCHED = range(5)
 STATE_NAMES = ("none", "answered", "duplicate", "unsolicited", "mismatched")
 LEG_CLIENT, LEG_UPSTREAM = 0, 1
 LEG_NAMES = ("client", "upstream")
+
+# Messages whose question could not be read are not tracked: their key is noise,
+# and a broken query that gets no answer says nothing about loss.
+UNTRACKABLE = sum(1 << ANOMALY_BIT[name] for name in (
+    "header_too_short", "truncated", "bad_pointer", "label_too_long", "name_too_long", "pointer_limit"))
 
 PENDING_DTYPE = np.dtype([("key", "<u8"), ("loose", "<u8"), ("ts", "<f8"),
                           ("resolver", "V16"), ("leg", "u1")])
@@ -68,7 +74,7 @@ class TrackResult:
     leg: np.ndarray              # uint8 per message
     resolver: np.ndarray         # V16 per message: the resolver the message is counted for
     client: np.ndarray           # V16 per message: the querying side
-    tracked: np.ndarray          # bool per message: took part (not multicast)
+    tracked: np.ndarray          # bool per message: took part (not multicast, question readable)
     unanswered: np.ndarray       # UNANSWERED_DTYPE: queries that timed out in this step
     evicted: np.ndarray          # float64 ts of queries evicted from a full pending table
 
@@ -114,7 +120,8 @@ class Tracker:
         upstream = self._is_resolver(client_w)
         leg = upstream.astype(np.uint8)
         resolver = np.where(upstream, client, np.where(isq, dst, src))
-        tracked = ~is_multicast(dw) & ~is_multicast(sw)
+        tracked = (~is_multicast(dw) & ~is_multicast(sw)
+                   & ((msgs["anomalies"] & np.uint64(UNTRACKABLE)) == 0))
         ts = msgs["ts"]
         if now is None:
             now = float(ts.max()) if n else 0.0
