@@ -1719,3 +1719,66 @@ def span_hashes(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
             h = fnv_step(h, arena[k])
         o[i] = h
     return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
+    """Group equal 64-bit keys in one pass (open addressing), in order of first appearance.
+
+    Returns (first row of each group, group of each row, rows per group) and, with
+    `ts`, the smallest and largest ts per group: what np.unique plus reductions give,
+    without sorting.
+    """
+    cdef Py_ssize_t n = keys.shape[0], i
+    cdef Py_ssize_t cap = 16
+    while cap < 2 * n:
+        cap *= 2
+    cdef uint64_t mask = <uint64_t>(cap - 1)
+    slot_keys_arr = np.empty(cap, dtype=np.uint64)
+    slot_group_arr = np.full(cap, -1, dtype=np.int64)
+    inverse_arr = np.empty(n, dtype=np.int64)
+    first_arr = np.empty(n, dtype=np.int64)
+    counts_arr = np.zeros(n, dtype=np.int64)
+    tmin_arr = np.empty(n if ts is not None else 0, dtype=np.float64)
+    tmax_arr = np.empty(n if ts is not None else 0, dtype=np.float64)
+    cdef uint64_t[::1] slot_keys = slot_keys_arr
+    cdef int64_t[::1] slot_group = slot_group_arr
+    cdef int64_t[::1] inverse = inverse_arr
+    cdef int64_t[::1] first = first_arr
+    cdef int64_t[::1] counts = counts_arr
+    cdef double[::1] tmin = tmin_arr
+    cdef double[::1] tmax = tmax_arr
+    cdef bint with_ts = ts is not None
+    cdef int64_t g, ngroups = 0
+    cdef uint64_t k, slot
+    cdef double t
+    if with_ts and ts.shape[0] != n:
+        raise ValueError("keys and ts differ in length")
+    for i in range(n):
+        k = keys[i]
+        slot = ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
+        while slot_group[slot] != -1 and slot_keys[slot] != k:
+            slot = (slot + 1) & mask
+        g = slot_group[slot]
+        if g == -1:
+            g = ngroups
+            ngroups += 1
+            slot_keys[slot] = k
+            slot_group[slot] = g
+            first[g] = i
+            if with_ts:
+                tmin[g] = ts[i]
+                tmax[g] = ts[i]
+        elif with_ts:
+            t = ts[i]
+            if t < tmin[g]:
+                tmin[g] = t
+            if t > tmax[g]:
+                tmax[g] = t
+        inverse[i] = g
+        counts[g] += 1
+    if with_ts:
+        return (first_arr[:ngroups], inverse_arr, counts_arr[:ngroups], tmin_arr[:ngroups],
+                tmax_arr[:ngroups])
+    return first_arr[:ngroups], inverse_arr, counts_arr[:ngroups]

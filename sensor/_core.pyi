@@ -26,3 +26,7 @@ class Core:
 
 def span_hashes(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """FNV-1a 64 of each arena slice, so names and rdata group as integers, not strings."""
+
+def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Group equal 64-bit keys in one pass, in order of first appearance: (first row per group,
+    group per row, rows per group[, min ts, max ts])."""

@@ -44,13 +44,107 @@ def new_stats_row() -> dict[str, Any]:
     return row
 
 
+CLIENT_COLUMNS = ("queries", "responses", "nxdomain", "servfail", "bytes_queries", "bytes_responses")
+
+
+class ClientCounts:
+    """Per (minute, client) counters as numpy columns: batches fold in with one sort,
+    and addresses become text only when the writer stores the rows."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, dtype=np.uint64)
+        self.minute = np.empty(0, dtype=np.int64)
+        self.client = np.empty(0, dtype="V16")
+        self.counts = np.empty((0, len(CLIENT_COLUMNS)), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, keys: np.ndarray, minute: np.ndarray, client: np.ndarray, counts: np.ndarray) -> None:
+        keys = np.concatenate([self.keys, keys])
+        first, inv = _groups(keys)
+        summed = np.stack([np.bincount(inv, weights=c, minlength=len(first))
+                           for c in np.concatenate([self.counts, counts]).T], axis=1).astype(np.int64)
+        self.minute = np.concatenate([self.minute, minute])[first]
+        self.client = np.concatenate([self.client, client])[first]
+        self.keys, self.counts = keys[first], summed
+
+    def merge(self, other: "ClientCounts") -> None:
+        if len(other):
+            self.add(other.keys, other.minute, other.client, other.counts)
+
+    def rows(self, limit_per_minute: int) -> list[tuple]:
+        """(minute, client, *counts); per minute the busiest `limit_per_minute` clients by
+        queries keep their own row, the rest are summed into the client 'other'."""
+        out = []
+        for m in np.unique(self.minute).tolist():
+            idx = np.flatnonzero(self.minute == m)
+            order = idx[np.argsort(-self.counts[idx, 0], kind="stable")]
+            for i in order[:limit_per_minute].tolist():
+                out.append((m, address_text(bytes(self.client[i])), *self.counts[i].tolist()))
+            if len(order) > limit_per_minute:
+                out.append((m, OTHER_RESOLVER, *self.counts[order[limit_per_minute:]].sum(axis=0).tolist()))
+        return out
+
+
+class SeenCounts:
+    """Rows keyed by a 64-bit hash of their identity (passive DNS: name, type, data) with
+    first seen, last seen and count as numpy columns, so a batch folds in with one sort.
+    `text` maps each key to its identity; the Accumulator fills it when it hands over."""
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, dtype=np.uint64)
+        self.first = np.empty(0, dtype=np.float64)
+        self.last = np.empty(0, dtype=np.float64)
+        self.count = np.empty(0, dtype=np.int64)
+        self.text: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, keys: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray,
+            limit: int) -> int:
+        """Fold rows in (keys may repeat); returns the count of rows dropped at the limit."""
+        dropped = 0
+        fresh = ~np.isin(keys, self.keys)
+        room = limit - len(self.keys)
+        if np.count_nonzero(fresh) > room:
+            # only distinct new keys take room; repeats of a kept key stay
+            new_keys = np.unique(keys[fresh])[:max(room, 0)]
+            keep = ~fresh | np.isin(keys, new_keys)
+            dropped = int(count[~keep].sum())
+            keys, first, last, count = keys[keep], first[keep], last[keep], count[keep]
+        all_keys = np.concatenate([self.keys, keys])
+        if not len(all_keys):
+            return dropped
+        all_first = np.concatenate([self.first, first])
+        all_last = np.concatenate([self.last, last])
+        idx, inverse, _ = _core.group_u64(all_keys)
+        g = len(idx)
+        self.keys = all_keys[idx]
+        self.first = np.full(g, np.inf)
+        np.minimum.at(self.first, inverse, all_first)
+        self.last = np.full(g, -np.inf)
+        np.maximum.at(self.last, inverse, all_last)
+        self.count = np.bincount(inverse, weights=np.concatenate([self.count, count]),
+                                 minlength=g).astype(np.int64)
+        return dropped
+
+    def merge(self, other: "SeenCounts", limit: int) -> int:
+        self.text.update(other.text)
+        return self.add(other.keys, other.first, other.last, other.count, limit)
+
+    def rows(self) -> list[tuple]:
+        return [(*self.text[k], f, l, c) for k, f, l, c in zip(
+            self.keys.tolist(), self.first.tolist(), self.last.tolist(), self.count.tolist())]
+
+
 @dataclass
 class Aggregate:
     stats: dict[tuple[int, str, str], dict[str, Any]] = field(default_factory=dict)
-    # Keyed by a 64-bit hash of the row's identity; values [*identity, first, last, count].
-    pdns: dict[int, list] = field(default_factory=dict)
-    nxdomain: dict[int, list] = field(default_factory=dict)
-    clients: dict[tuple[int, str], list] = field(default_factory=dict)   # (minute, client) -> counts
+    pdns: SeenCounts = field(default_factory=SeenCounts)
+    nxdomain: SeenCounts = field(default_factory=SeenCounts)
+    clients: "ClientCounts" = field(default_factory=lambda: ClientCounts())
     anomalies: Counter = field(default_factory=Counter)            # (minute, name) -> count
     malformed: dict[tuple[int, str, str], dict[str, Any]] = field(default_factory=dict)
     sensor: dict[int, dict[str, Any]] = field(default_factory=dict)  # minute -> counters
@@ -65,15 +159,11 @@ class Aggregate:
                 self.stats[key] = row
             else:
                 merge_stats_row(mine, row, limits)
-        _merge_seen(self.pdns, other.pdns, limits.max_pdns_rows, self.dropped, "pdns_overflow")
-        _merge_seen(self.nxdomain, other.nxdomain, limits.max_pdns_rows, self.dropped, "pdns_overflow")
-        for key, counts in other.clients.items():
-            mine = self.clients.get(key)
-            if mine is None:
-                self.clients[key] = list(counts)
-            else:
-                for i, n in enumerate(counts):
-                    mine[i] += n
+        for mine, theirs in ((self.pdns, other.pdns), (self.nxdomain, other.nxdomain)):
+            lost = mine.merge(theirs, limits.max_pdns_rows)
+            if lost:
+                self.dropped["pdns_overflow"] += lost
+        self.clients.merge(other.clients)
         self.anomalies.update(other.anomalies)
         for key, m in other.malformed.items():
             mine = self.malformed.get(key)
@@ -88,7 +178,7 @@ class Aggregate:
         self.messages += other.messages
 
     def is_empty(self) -> bool:
-        return not (self.stats or self.pdns or self.nxdomain or self.clients or self.anomalies or self.malformed
+        return not (self.stats or len(self.pdns) or len(self.nxdomain) or len(self.clients) or self.anomalies or self.malformed
                     or self.sensor or self.workers or self.dropped)
 
 
@@ -123,36 +213,17 @@ def merge_malformed(mine: dict[str, Any], other: dict[str, Any]) -> None:
     mine["samples"] = (mine["samples"] + [s for s in other["samples"] if s not in mine["samples"]])[:5]
 
 
-def _merge_seen(mine: dict, other: dict, limit: int, dropped: Counter, stage: str) -> None:
-    for key, row in other.items():
-        have = mine.get(key)
-        if have is not None:
-            if row[-3] < have[-3]:
-                have[-3] = row[-3]
-            if row[-2] > have[-2]:
-                have[-2] = row[-2]
-            have[-1] += row[-1]
-        elif len(mine) < limit:
-            mine[key] = list(row)
-        else:
-            dropped[stage] += row[-1]
-
-
 def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(index of one member per group, group of each row) for 64-bit keys."""
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    return first, inverse.reshape(-1)
+    first, inverse, _ = _core.group_u64(np.ascontiguousarray(keys, dtype=np.uint64))
+    return first, inverse
 
 
 def _group_times(keys: np.ndarray, ts: np.ndarray):
-    """One sort: (distinct keys, index of a member of each, count, first ts, last ts)."""
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    starts = np.flatnonzero(np.concatenate(([True], sk[1:] != sk[:-1]))) if len(sk) else np.empty(0, np.int64)
-    st = ts[order]
-    counts = np.diff(np.append(starts, len(sk)))
-    return (sk[starts], order[starts], counts.tolist(),
-            np.minimum.reduceat(st, starts).tolist(), np.maximum.reduceat(st, starts).tolist())
+    """One pass: (distinct keys, index of a member of each, count, first ts, last ts)."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    first, _, counts, tmin, tmax = _core.group_u64(keys, np.ascontiguousarray(ts, dtype=np.float64))
+    return keys[first], first, counts, tmin, tmax
 
 
 _TYPE_NAMES: dict[int, str] = {}
@@ -173,11 +244,21 @@ class Accumulator:
         self.malformed_mask = malformed_mask
         self.window_s = window_s
         self.agg = Aggregate()
+        # Identity text by key, built once from the batch a row first appears in; the
+        # sorted arrays say which keys have text without a Python loop.
         self._pdns_text: dict[int, tuple[str, str, str]] = {}
         self._nx_text: dict[int, tuple[str, str]] = {}
+        self._pdns_known = np.empty(0, dtype=np.uint64)
+        self._nx_known = np.empty(0, dtype=np.uint64)
 
     def take(self) -> Aggregate:
         agg, self.agg = self.agg, Aggregate()
+        for table, cache in ((agg.pdns, self._pdns_text), (agg.nxdomain, self._nx_text)):
+            table.text = {k: cache[k] for k in table.keys.tolist()}
+            if len(cache) > self.limits.max_pdns_rows:       # bounded: rebuilt from later batches
+                cache.clear()
+        self._pdns_known = np.empty(0, dtype=np.uint64)
+        self._nx_known = np.empty(0, dtype=np.uint64)
         return agg
 
     def add(self, batch: Batch, track: TrackResult) -> None:
@@ -274,30 +355,17 @@ class Accumulator:
     def _clients(self, msgs: np.ndarray, track: TrackResult) -> None:
         minute = (msgs["ts"] // 60).astype(np.int64) * 60
         cw = address_words(track.client)
-        first, inv = _groups(_hash(minute.astype(np.uint64), cw[:, 0], cw[:, 1]))
+        keys = _hash(minute.astype(np.uint64), cw[:, 0], cw[:, 1])
+        first, inv = _groups(keys)
         g = len(first)
         isq = msgs["qr"] == 0
         isr = ~isq
         rcode, size = msgs["rcode"], msgs["size"].astype(np.float64)
-        cols = [np.bincount(inv, weights=w, minlength=g).tolist() for w in (
+        counts = np.stack([np.bincount(inv, weights=w, minlength=g) for w in (
             isq.astype(np.float64), isr.astype(np.float64), (isr & (rcode == 3)).astype(np.float64),
-            (isr & (rcode == 2)).astype(np.float64), np.where(isq, size, 0.0), np.where(isr, size, 0.0))]
-        table = self.agg.clients
-        limit = self.limits.max_clients_per_minute
-        per_minute = Counter(m for m, _ in table)
-        for gi, i in enumerate(first.tolist()):
-            m = int(minute[i])
-            key = (m, address_text(bytes(track.client[i])))
-            row = table.get(key)
-            if row is None:
-                if per_minute[m] >= limit:
-                    key = (m, OTHER_RESOLVER)
-                    row = table.get(key)
-                if row is None:
-                    row = table[key] = [0, 0, 0, 0, 0, 0]
-                    per_minute[m] += 1
-            for k in range(6):
-                row[k] += int(cols[k][gi])
+            (isr & (rcode == 2)).astype(np.float64), np.where(isq, size, 0.0), np.where(isr, size, 0.0))],
+            axis=1).astype(np.int64)
+        self.agg.clients.add(keys[first], minute[first], track.client[first], counts)
 
     def add_unanswered(self, rows: np.ndarray) -> None:
         """Queries that timed out, counted in the minute and resolver they were sent to."""
@@ -325,39 +393,32 @@ class Accumulator:
             ts = msgs["ts"][owner[ok]]
             nh = _core.span_hashes(arena, name_off, name_len)
             rh = _core.span_hashes(arena, rdata_off, rdata_len)
-            self._add_seen(agg.pdns, self._pdns_text, _hash(nh, rh, rtype), ts,
-                           lambda i: (arena[name_off[i]:name_off[i] + name_len[i]].decode("ascii"),
-                                      _type_name(int(rtype[i])),
-                                      arena[rdata_off[i]:rdata_off[i] + rdata_len[i]].decode("ascii")))
+            self._pdns_known = self._add_seen(
+                agg.pdns, self._pdns_text, self._pdns_known, _hash(nh, rh, rtype), ts,
+                lambda i: (arena[name_off[i]:name_off[i] + name_len[i]].decode("ascii"), _type_name(int(rtype[i])),
+                           arena[rdata_off[i]:rdata_off[i] + rdata_len[i]].decode("ascii")))
         nx = (msgs["qr"] == 1) & (msgs["rcode"] == 3) & (msgs["qdcount"] > 0) & (track.state != MISMATCHED)
         if nx.any():
             qoff, qlen, qtype = msgs["qname_off"][nx], msgs["qname_len"][nx], msgs["qtype"][nx]
-            self._add_seen(agg.nxdomain, self._nx_text, _hash(msgs["name_hash"][nx], qtype), msgs["ts"][nx],
-                           lambda i: (arena[qoff[i]:qoff[i] + qlen[i]].decode("ascii"), _type_name(int(qtype[i]))))
+            self._nx_known = self._add_seen(
+                agg.nxdomain, self._nx_text, self._nx_known, _hash(msgs["name_hash"][nx], qtype), msgs["ts"][nx],
+                lambda i: (arena[qoff[i]:qoff[i] + qlen[i]].decode("ascii"), _type_name(int(qtype[i]))))
 
-    def _add_seen(self, table: dict, texts: dict, row_keys: np.ndarray, ts: np.ndarray, identity) -> None:
-        """Fold one batch's rows into `table` by key; text is built once per distinct
-        row and remembered (`texts`, bounded) for the batches that repeat it."""
+    def _add_seen(self, table: SeenCounts, texts: dict, known: np.ndarray, row_keys: np.ndarray,
+                  ts: np.ndarray, identity) -> np.ndarray:
+        """Fold one batch's rows into `table`; text is built only for keys never seen
+        before (`known`, sorted, is returned updated)."""
         keys, first_idx, counts, first, last = _group_times(row_keys, ts)
-        limit = self.limits.max_pdns_rows
-        for gi, key in enumerate(keys.tolist()):
-            row = table.get(key)
-            if row is not None:
-                if first[gi] < row[-3]:
-                    row[-3] = first[gi]
-                if last[gi] > row[-2]:
-                    row[-2] = last[gi]
-                row[-1] += counts[gi]
-                continue
-            if len(table) >= limit:
-                self.agg.dropped["pdns_overflow"] += counts[gi]
-                continue
-            text = texts.get(key)
-            if text is None:
-                if len(texts) >= limit:
-                    texts.clear()
-                text = texts[key] = identity(int(first_idx[gi]))
-            table[key] = [*text, first[gi], last[gi], counts[gi]]
+        new = ~np.isin(keys, known, assume_unique=True)
+        if new.any():
+            for k, i in zip(keys[new].tolist(), first_idx[new].tolist()):
+                if k not in texts:
+                    texts[k] = identity(i)
+            known = np.union1d(known, keys[new])
+        lost = table.add(keys, first, last, counts, self.limits.max_pdns_rows)
+        if lost:
+            self.agg.dropped["pdns_overflow"] += lost
+        return known
 
     def _anomalies(self, batch: Batch) -> None:
         msgs = batch.messages

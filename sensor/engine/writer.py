@@ -64,9 +64,9 @@ class Writer:
         try:
             with self.store.transaction() as conn:
                 self.store.put_stats(conn, stats_rows)
-                self.store.add_pdns(conn, list(agg.pdns.values()))
-                self.store.add_nxdomain(conn, list(agg.nxdomain.values()))
-                self.store.add_clients(conn, [(m, c, *counts) for (m, c), counts in agg.clients.items()])
+                self.store.add_pdns(conn, agg.pdns.rows())
+                self.store.add_nxdomain(conn, agg.nxdomain.rows())
+                self.store.add_clients(conn, agg.clients.rows(self.config.limits.max_clients_per_minute))
                 self.store.add_anomalies(conn, [(m, n, c) for (m, n), c in agg.anomalies.items()])
                 created = []
                 for key, v in verdicts:
