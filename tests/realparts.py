@@ -27,6 +27,34 @@ template(name="raw" type="string" string="%rawmsg%\\n")
 """
 
 
+RSYSLOG_TLS_CONF = """\
+global(workDirectory="{work}" DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{ca}"
+       DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}")
+module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")
+input(type="imtcp" address="127.0.0.1" port="{port}")
+template(name="raw" type="string" string="%rawmsg%\\n")
+*.* action(type="omfile" file="{out}" template="raw")
+"""
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI): (ca, cert, key)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed (make test installs it)")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=dnssensor test CA")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=localhost")
+    (folder / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "san.cnf")
+    return folder / "ca.pem", folder / "server.pem", folder / "server.key"
+
+
 def free_port() -> int:
     """A port free for both UDP and TCP on loopback."""
     for _ in range(50):
@@ -43,9 +71,13 @@ def free_port() -> int:
 
 
 class Rsyslog:
-    def __init__(self, folder: Path, port: int | None = None, netns: str | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, netns: str | None = None,
+                 tls: bool = False) -> None:
         if not shutil.which("rsyslogd"):
             pytest.skip("rsyslogd is not installed (make test installs it)")
+        if tls and not Path("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so").exists() and not list(
+                Path("/usr/lib").glob("**/rsyslog/lmnsd_gtls.so")):
+            pytest.skip("rsyslog-gnutls is not installed (make test installs it)")
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -53,7 +85,12 @@ class Rsyslog:
         self.conf = folder / "rsyslog.conf"
         self.pidfile = folder / "rsyslog.pid"
         self.netns = netns
-        self.conf.write_text(RSYSLOG_CONF.format(work=folder, port=self.port, out=self.out))
+        if tls:
+            self.ca, cert, key = make_certificates(folder / "pki")
+            self.conf.write_text(RSYSLOG_TLS_CONF.format(work=folder, port=self.port, out=self.out,
+                                                         ca=self.ca, cert=cert, key=key))
+        else:
+            self.conf.write_text(RSYSLOG_CONF.format(work=folder, port=self.port, out=self.out))
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Rsyslog":

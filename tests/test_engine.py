@@ -9,6 +9,8 @@ from pathlib import Path
 import dnslib
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import DATA, REPO
 from pcapgen import Conversation, query, write_pcap, udp_frame
@@ -337,3 +339,19 @@ def test_demo_capture_is_rebuilt_byte_identical(tmp_path):
     subprocess.run([sys.executable, str(REPO / "tools" / "demo_capture.py"), str(out)], check=True,
                    capture_output=True)
     assert out.read_bytes() == (DATA / "demo-office-resolver.pcap").read_bytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=300))
+def test_group_u64_agrees_with_numpy(values):
+    from sensor import _core
+    keys = np.array(values, dtype=np.uint64)
+    ts = np.arange(len(keys), dtype=np.float64)[::-1].copy()
+    first, inverse, counts, tmin, tmax = _core.group_u64(keys, ts)
+    uniq, ucounts = np.unique(keys, return_counts=True)
+    assert sorted(keys[first].tolist()) == uniq.tolist()
+    assert np.array_equal(keys[first][inverse], keys)
+    assert dict(zip(keys[first].tolist(), counts.tolist())) == dict(zip(uniq.tolist(), ucounts.tolist()))
+    for g, k in enumerate(keys[first].tolist()):
+        assert tmin[g] == ts[keys == k].min() and tmax[g] == ts[keys == k].max()
+    assert first.tolist() == sorted(first.tolist())          # order of first appearance

@@ -114,3 +114,27 @@ def test_message_has_no_newline_and_escapes_structured_data():
                           SyslogTarget("h", 1, "udp", "kv"), "host")
     assert b"\n" not in line
     assert b'client="a\\"b\\]c\\\\"' in line
+
+
+def test_tls_delivery_checks_the_receivers_certificate(tmp_path):
+    r = Rsyslog(tmp_path / "rsyslog-tls", tls=True).start()
+    try:
+        good = SyslogSender(SyslogTarget("127.0.0.1", r.port, "tls", "json", ca_file=str(r.ca)),
+                            str(tmp_path / "spool-good"), "sensor-a")
+        for i in range(3):
+            good.submit(verdict(i))
+        good.close(10)
+        lines = r.wait_for(lambda ls: len(ls) >= 3)
+        assert [json.loads(RFC5424.match(line).group(7))["id"] for line in lines] == [0, 1, 2]
+        # A receiver whose certificate the configured CA did not sign gets nothing.
+        from realparts import make_certificates
+        other_ca, _, _ = make_certificates(tmp_path / "other-pki")
+        bad = SyslogSender(SyslogTarget("127.0.0.1", r.port, "tls", "json", ca_file=str(other_ca)),
+                           str(tmp_path / "spool-bad"), "sensor-a")
+        bad.submit(verdict(99))
+        bad.close(2)
+        assert bad.counters["sent"] == 0 and "certificate" in bad.last_error.lower()
+        assert len(r.lines()) == 3
+        assert list((tmp_path / "spool-bad").glob("*.spool"))     # kept for when the PKI is fixed
+    finally:
+        r.stop()
