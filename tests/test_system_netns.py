@@ -12,11 +12,15 @@ Only the namespaces made here are addressed; every loop is bounded.
 from __future__ import annotations
 
 import json
+import re
 import os
+import pwd
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,10 +74,32 @@ def world(tmp_path):
         top.close()
 
 
-def test_live_capture_on_a_resolver(world, tmp_path):
+@pytest.fixture
+def service_dir():
+    """Configuration, rules and state where the unprivileged service user can reach them
+    (pytest's own tmp folders are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="dnssensor-netns-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def service_user_can_run_python() -> bool:
+    """The service user must be able to read this Python installation (it cannot when the
+    interpreter lives in root's home, as pyenv installs do)."""
+    probe = subprocess.run(["runuser", "-u", "nobody", "--", sys.executable, "-c", "import numpy, sqlite_utils"],
+                           cwd=REPO, capture_output=True)
+    return probe.returncode == 0
+
+
+def test_live_capture_on_a_resolver(world, service_dir):
     top, c, r, syslog = world
+    tmp_path = service_dir
+    nobody = pwd.getpwnam("nobody")
+    user = "nobody" if service_user_can_run_python() else ""
     db = tmp_path / "state" / "sensor.db"
     db.parent.mkdir()
+    os.chown(db.parent, nobody.pw_uid, nobody.pw_gid)
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "anomaly_burst.toml").write_text(
@@ -82,6 +108,7 @@ def test_live_capture_on_a_resolver(world, tmp_path):
     conf.write_text(f"""
 [sensor]
 name = "netns-test"
+user = "{user}"
 [capture]
 interfaces = ["vr0", "vr1"]
 ports = [53]
@@ -115,6 +142,13 @@ format = "cef"
         except sqlite3.OperationalError:      # created, migrations not yet committed
             return 0
     assert wait_until(lambda: workers_reporting() == 4, 30), (tmp_path / "sensor.log").read_text()
+
+    # Workers run as the service user (where it can read this Python) with no capabilities left.
+    for (pid,) in rows(db, "SELECT pid FROM workers"):
+        status = Path(f"/proc/{pid}/status").read_text()
+        if user:
+            assert re.search(rf"^Uid:\s+{nobody.pw_uid}\s", status, re.M), status
+        assert re.search(r"^CapEff:\s+0+$", status, re.M), status
 
     names = [["www.test", "A"]] * 10 + [["mail.test", "A"]] * 5 + [[f"nx{i}.test", "A"] for i in range(12)]
     sent = query(top, c, {"queries": names, "malformed": 15})

@@ -117,6 +117,21 @@ def drop_privileges(user: str) -> None:
     _clear_capabilities()
 
 
+def give_to_user(user: str, paths: list[str]) -> None:
+    """chown the files made before dropping privileges (the database, its WAL, the spool)."""
+    if not user or os.geteuid() != 0:
+        return
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise CaptureError(f"service user {user!r} does not exist") from None
+    for path in paths:
+        if os.path.exists(path):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
 class _CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 

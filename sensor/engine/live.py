@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from sensor import config as cfg
-from sensor.capture.live import LiveCapture, drop_privileges
+from sensor.capture.live import LiveCapture, drop_privileges, give_to_user
 from sensor.detectors import anomaly_burst
 from sensor.engine.aggregate import Aggregate
 from sensor.engine.pipeline import Pipeline
@@ -74,9 +74,9 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ou
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
     cap = LiveCapture(interface, config.ports, config.ring_mib << 20, config.snaplen, fanout_group)
-    drop_privileges(config.user)
     rule = anomaly_burst.load(config.rules_dir)
-    pipeline = Pipeline(config, rule)
+    pipeline = Pipeline(config, rule)         # loads everything it needs while it still can
+    drop_privileges(config.user)
     started = time.time()
     carry = Aggregate()
     next_flush = time.monotonic() + config.flush_interval_s
@@ -139,11 +139,14 @@ def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)     # the supervisor decides when we stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
-    drop_privileges(config.user)
     store = Store(config.db_path)
     spool_dir = os.path.join(os.path.dirname(os.path.abspath(config.db_path)), "spool")
     senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
     writer = Writer(config, store, anomaly_burst.load(config.rules_dir), senders)
+    # Files made while privileged belong to the service user from here on.
+    give_to_user(config.user, [config.db_path, config.db_path + "-wal", config.db_path + "-shm", spool_dir]
+                 + [s.spool_path for s in senders])
+    drop_privileges(config.user)
     next_flush = time.monotonic() + config.flush_interval_s
     next_retention = time.monotonic()
     while True:
