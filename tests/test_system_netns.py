@@ -28,6 +28,7 @@ import pytest
 
 from conftest import REPO
 from netns import Topology, require_root_tools, unbound
+from pyroute2 import NetNS
 from realparts import Rsyslog, wait_until
 
 CLIENT, RES_DOWN, RES_UP, AUTH = "10.77.0.2", "10.77.0.1", "10.78.0.1", "10.78.0.2"
@@ -183,6 +184,20 @@ format = "cef"
     for vid, _, _ in verdicts:
         assert any(line.endswith("}") and f'"id": {vid}' in line for line in lines)          # JSON over UDP
         assert any("CEF:0|dnssensor|" in line and f"cn1={vid} " in line for line in lines)   # CEF over TCP
+
+    # The receiver goes away; a verdict made meanwhile reaches it over TCP once it is back.
+    syslog.stop()
+    second_client = "10.77.0.3"
+    with NetNS(c) as ns:
+        ns.addr("add", index=ns.link_lookup(ifname="vc0")[0], address=second_client, prefixlen=24)
+    query(top, c, {"queries": [], "malformed": 25, "source": second_client})
+    assert wait_until(lambda: rows(db, f"SELECT count(*) FROM verdicts WHERE client = '{second_client}'")[0][0]
+                      >= 1, 10)
+    (late_id,) = rows(db, f"SELECT min(id) FROM verdicts WHERE client = '{second_client}'")[0]
+    time.sleep(1.0)
+    syslog.start()
+    lines = syslog.wait_for(lambda ls: any(f"cn1={late_id} " in line for line in ls), 20)
+    assert any("CEF:0|dnssensor|" in line and f"cn1={late_id} " in line for line in lines)
 
     # SIGKILL a worker: the supervisor restarts it and records that it did.
     (pid,) = rows(db, "SELECT pid FROM workers WHERE worker = 'vr0/0'")[0]

@@ -43,6 +43,7 @@ class Writer:
         self.latest = 0.0
         self.counters = Counter()
         self.last_retention = 0.0
+        self._sink_dropped: dict[str, int] = {}
 
     def apply(self, agg: Aggregate) -> None:
         self.backlog.merge(agg, self.config.limits)
@@ -54,6 +55,7 @@ class Writer:
         """Write the backlog; returns the verdicts created. On a database error the
         backlog stays for the next flush (counted as store_errors)."""
         agg = self.backlog
+        self._count_sink_losses(agg)
         if agg.is_empty() and not final:
             return 0
         for minute in list(agg.stats) + [(m,) for m in agg.sensor]:
@@ -97,6 +99,15 @@ class Writer:
         self.counters["verdicts_created"] += len(created)
         self._close_old(final)
         return len(created)
+
+    def _count_sink_losses(self, agg: Aggregate) -> None:
+        """Verdicts the syslog spools had to drop, and failed store writes, are stage drops too."""
+        for s in self.senders:
+            now = s.counters["dropped"]
+            seen = self._sink_dropped.get(s.target.label, 0)
+            if now > seen:
+                agg.dropped["syslog_dropped"] += now - seen
+                self._sink_dropped[s.target.label] = now
 
     def _merge_stats(self, agg: Aggregate) -> tuple[list[dict[str, Any]], list]:
         limits = self.config.limits
