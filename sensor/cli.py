@@ -102,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--minutes", type=int, default=15, help="window (default 15)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _config_args(status)
+    rules = sub.add_parser(
+        "rules", help="validate rule files, or run them over their sample captures",
+        description="check: load every rule file of DIR and report the first error with its file "
+                    "and line. test: also replay each rule's positive and negative samples and "
+                    "report any positive that gives no verdict or negative that gives one.",
+        epilog="Example: dnssensor rules check rules/")
+    rules.add_argument("action", choices=("check", "test"))
+    rules.add_argument("directory", metavar="DIR")
     return top
 
 
@@ -209,7 +217,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"dump": cmd_dump, "replay": cmd_replay, "run": cmd_run, "query": cmd_query,
+def cmd_rules(args: argparse.Namespace) -> int:
+    from sensor import rules
+
+    for line in rules.check(args.directory):
+        print(line)
+    if args.action == "test":
+        from sensor.detectors.samples import check_samples
+
+        problems = [p for r in rules.load_dir(args.directory) for p in check_samples(r)]
+        for p in problems:
+            print(f"FAIL {p}")
+        if problems:
+            return 1
+        print("samples: every positive fires, no negative does")
+    return 0
+
+
+COMMANDS = {"dump": cmd_dump, "rules": cmd_rules, "replay": cmd_replay, "run": cmd_run, "query": cmd_query,
             "verdicts": cmd_verdicts, "pdns": cmd_pdns, "status": cmd_status}
 
 

@@ -148,6 +148,7 @@ class Aggregate:
     anomalies: Counter = field(default_factory=Counter)            # (minute, name) -> count
     malformed: dict[tuple[int, str, str], dict[str, Any]] = field(default_factory=dict)
     sensor: dict[int, dict[str, Any]] = field(default_factory=dict)  # minute -> counters
+    rules: dict[str, dict] = field(default_factory=dict)            # rule -> {(window, *keys): GroupState}
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     dropped: Counter = field(default_factory=Counter)              # stage -> records lost
     messages: int = 0
@@ -171,6 +172,9 @@ class Aggregate:
                 self.malformed[key] = m
             else:
                 merge_malformed(mine, m)
+        if other.rules:
+            from sensor.detectors.rules_engine import merge_partials
+            merge_partials(self.rules, other.rules)
         for minute, s in other.sensor.items():
             merge_sensor_row(self.sensor.setdefault(minute, new_sensor_row()), s)
         self.workers.update(other.workers)
@@ -179,7 +183,7 @@ class Aggregate:
 
     def is_empty(self) -> bool:
         return not (self.stats or len(self.pdns) or len(self.nxdomain) or len(self.clients) or self.anomalies or self.malformed
-                    or self.sensor or self.workers or self.dropped)
+                    or self.rules or self.sensor or self.workers or self.dropped)
 
 
 def new_sensor_row() -> dict[str, Any]:
@@ -239,10 +243,15 @@ def _type_name(code: int) -> str:
 class Accumulator:
     """Folds batches into an Aggregate; `take()` hands it over and starts a new one."""
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS, malformed_mask: int = 0, window_s: int = 60):
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, malformed_mask: int = 0, window_s: int = 60,
+                 rules: list | None = None, client_networks: tuple[str, ...] = ()):
+        from sensor.features import NetworkSet
+
         self.limits = limits
         self.malformed_mask = malformed_mask
         self.window_s = window_s
+        self.rules = list(rules or [])
+        self.networks = NetworkSet(client_networks)
         self.agg = Aggregate()
         # Identity text by key, built once from the batch a row first appears in; the
         # sorted arrays say which keys have text without a Python loop.
@@ -270,6 +279,11 @@ class Accumulator:
             self._clients(msgs, track)
             self._pdns(batch, track)
             self._anomalies(batch)
+            if self.rules:
+                from sensor import features
+                from sensor.detectors.rules_engine import fold
+                fold(self.rules, features.build(batch, track, self.networks), agg.rules,
+                     self.limits.max_rule_groups, agg.dropped)
         if len(track.unanswered):
             self.add_unanswered(track.unanswered)
         if len(track.evicted):

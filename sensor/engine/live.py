@@ -30,6 +30,7 @@ from sensor.detectors import anomaly_burst
 from sensor.engine.aggregate import Aggregate
 from sensor.engine.pipeline import Pipeline
 from sensor.errors import ConfigError, SensorError
+from sensor.rules import load_rules_dir
 
 SUPERVISOR_TICK_S = 0.5
 WORKER_STOP_TIMEOUT_S = 10.0
@@ -50,7 +51,7 @@ def _reload(config: cfg.Config) -> tuple[cfg.Config, Any] | None:
         new = replace(new, interfaces=config.interfaces, workers=config.workers,
                       resolver_addresses=new.resolver_addresses or config.resolver_addresses,
                       client_networks=new.client_networks or config.client_networks)
-        return new, anomaly_burst.load(new.rules_dir)
+        return new, (anomaly_burst.load(new.rules_dir), load_rules_dir(new.rules_dir))
     except SensorError as e:
         print(f"dnssensor: reload refused, keeping the running configuration: {e}", file=sys.stderr)
         return None
@@ -75,7 +76,7 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ou
     signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
     cap = LiveCapture(interface, config.ports, config.ring_mib << 20, config.snaplen, fanout_group)
     rule = anomaly_burst.load(config.rules_dir)
-    pipeline = Pipeline(config, rule)         # loads everything it needs while it still can
+    pipeline = Pipeline(config, rule, load_rules_dir(config.rules_dir))   # everything loaded while it can
     drop_privileges(config.user)
     started = time.time()
     carry = Aggregate()
@@ -110,8 +111,8 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ou
             flags["reload"] = False
             loaded = _reload(config)
             if loaded is not None:
-                config, rule = loaded
-                pipeline.reconfigure(config, rule)
+                config, (rule, rules) = loaded
+                pipeline.reconfigure(config, rule, rules)
                 cap.set_ports(config.ports)
         if time.monotonic() >= next_flush:
             ship("running")
@@ -142,7 +143,7 @@ def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any) -> None:
     store = Store(config.db_path)
     spool_dir = os.path.join(os.path.dirname(os.path.abspath(config.db_path)), "spool")
     senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
-    writer = Writer(config, store, anomaly_burst.load(config.rules_dir), senders)
+    writer = Writer(config, store, anomaly_burst.load(config.rules_dir), senders, load_rules_dir(config.rules_dir))
     # Files made while privileged belong to the service user from here on.
     give_to_user(config.user, [config.db_path, config.db_path + "-wal", config.db_path + "-shm", spool_dir]
                  + [s.spool_path for s in senders])
@@ -160,8 +161,8 @@ def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any) -> None:
             flags["reload"] = False
             loaded = _reload(config)
             if loaded is not None:
-                writer.config, rule = loaded
-                writer.set_rule(rule)
+                writer.config, (rule, rules) = loaded
+                writer.set_rule(rule, rules)
         if time.monotonic() >= next_flush:
             writer.flush()
             next_flush = time.monotonic() + config.flush_interval_s

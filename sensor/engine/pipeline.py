@@ -10,6 +10,7 @@ from sensor.config import Config
 from sensor.detectors.anomaly_burst import AnomalyBurstRule
 from sensor.engine.aggregate import Accumulator, Aggregate
 from sensor.parse import Parser
+from sensor.rules import Rule
 from sensor.schema import MESSAGE_DTYPE
 from sensor.track import Tracker
 
@@ -18,21 +19,25 @@ PARSER_DROP_COUNTERS = ("frag_limit", "frag_timeout", "tcp_limit")
 
 
 class Pipeline:
-    def __init__(self, config: Config, rule: AnomalyBurstRule) -> None:
+    def __init__(self, config: Config, rule: AnomalyBurstRule, rules: list[Rule] | None = None) -> None:
         self.config = config
         self.parser = Parser(ports=config.ports, limits=config.limits)
         self.tracker = Tracker(config.limits, config.resolver_set())
-        self.acc = Accumulator(config.limits, rule.mask, rule.window_s)
+        self.acc = Accumulator(config.limits, rule.mask, rule.window_s, rules, config.client_networks)
         self.messages = 0
         self.packets = 0
         self.latest_ts = 0.0
 
-    def reconfigure(self, config: Config, rule: AnomalyBurstRule) -> None:
-        """Reload: new ports, resolvers and rule; pending queries and open aggregates stay."""
+    def reconfigure(self, config: Config, rule: AnomalyBurstRule, rules: list[Rule]) -> None:
+        """Reload: new ports, resolvers and rules; pending queries and open aggregates stay."""
+        from sensor.features import NetworkSet
+
         self.config = config
         self.parser.set_ports(config.ports)
         self.tracker.set_resolvers(config.resolver_set())
         self.acc.malformed_mask, self.acc.window_s = rule.mask, rule.window_s
+        self.acc.rules = list(rules)
+        self.acc.networks = NetworkSet(config.client_networks)
 
     def feed(self, frames: FrameBatch, now: float | None = None) -> int:
         self.parser.feed(frames)

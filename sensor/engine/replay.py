@@ -11,6 +11,7 @@ from sensor.config import Config
 from sensor.detectors import anomaly_burst
 from sensor.engine.pipeline import Pipeline, merged_frames
 from sensor.engine.writer import Writer
+from sensor.rules import load_rules_dir
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store
 
@@ -57,11 +58,12 @@ class Progress:
 
 def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.stderr) -> ReplayResult:
     rule = anomaly_burst.load(config.rules_dir)
+    rules = load_rules_dir(config.rules_dir)
     store = Store(config.db_path)
     spool_dir = os.path.join(os.path.dirname(os.path.abspath(config.db_path)), "spool")
     senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
-    writer = Writer(config, store, rule, senders)
-    pipeline = Pipeline(config, rule)
+    writer = Writer(config, store, rule, senders, rules)
+    pipeline = Pipeline(config, rule, rules)
     result = ReplayResult(files=len(files))
     total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
     progress = Progress(total, progress_to)

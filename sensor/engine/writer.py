@@ -18,6 +18,8 @@ from typing import Any
 
 from sensor.config import Config
 from sensor.detectors.anomaly_burst import AnomalyBurstRule
+from sensor.detectors.rules_engine import GroupState, verdict
+from sensor.rules import Rule
 from sensor.engine.aggregate import (Aggregate, merge_malformed, merge_sensor_row, merge_stats_row,
                                      new_stats_row)
 from sensor.sinks.syslog import SyslogSender
@@ -31,10 +33,12 @@ SENSOR_RESOLVER, SENSOR_LEG = "*", "sensor"
 
 class Writer:
     def __init__(self, config: Config, store: Store, rule: AnomalyBurstRule,
-                 senders: list[SyslogSender] | None = None) -> None:
+                 senders: list[SyslogSender] | None = None, rules: list[Rule] | None = None) -> None:
         self.config = config
         self.store = store
         self.rule = rule
+        self.rules: dict[str, Rule] = {r.name: r for r in rules or []}
+        self.rule_windows: dict[str, dict[tuple, GroupState]] = {}
         self.senders = senders or []
         self.backlog = Aggregate()
         self.open_stats: dict[tuple[int, str, str], dict[str, Any]] = {}
@@ -48,8 +52,10 @@ class Writer:
     def apply(self, agg: Aggregate) -> None:
         self.backlog.merge(agg, self.config.limits)
 
-    def set_rule(self, rule: AnomalyBurstRule) -> None:
+    def set_rule(self, rule: AnomalyBurstRule, rules: list[Rule] | None = None) -> None:
         self.rule = rule
+        if rules is not None:
+            self.rules = {r.name: r for r in rules}
 
     def flush(self, final: bool = False) -> int:
         """Write the backlog; returns the verdicts created. On a database error the
@@ -61,8 +67,10 @@ class Writer:
         for minute in list(agg.stats) + [(m,) for m in agg.sensor]:
             self.latest = max(self.latest, float(minute[0]))
         saved_windows = {k: copy.deepcopy(self.windows.get(k)) for k in agg.malformed}
+        saved_rule_windows = {(name, k): copy.deepcopy(self.rule_windows.get(name, {}).get(k))
+                              for name, groups in agg.rules.items() for k in groups}
         stats_rows, touched = self._merge_stats(agg)
-        verdicts = self._verdicts(agg)
+        verdicts = self._verdicts(agg) + self._rule_verdicts(agg)
         try:
             with self.store.transaction() as conn:
                 self.store.put_stats(conn, stats_rows)
@@ -91,6 +99,11 @@ class Writer:
                     self.windows.pop(key, None)
                 else:
                     self.windows[key] = before
+            for (name, key), before in saved_rule_windows.items():
+                if before is None:
+                    self.rule_windows.get(name, {}).pop(key, None)
+                else:
+                    self.rule_windows[name][key] = before
             return 0
         self.backlog = Aggregate()
         for v in created:
@@ -172,6 +185,28 @@ class Writer:
                 out.append((key, v))
         return out
 
+    def _rule_verdicts(self, agg: Aggregate) -> list[tuple[tuple, dict[str, Any]]]:
+        out = []
+        limit = self.config.limits.max_rule_groups
+        for name, groups in agg.rules.items():
+            rule = self.rules.get(name)
+            if rule is None:                   # removed by a reload
+                continue
+            open_groups = self.rule_windows.setdefault(name, {})
+            for key, state in groups.items():
+                mine = open_groups.get(key)
+                if mine is None:
+                    if len(open_groups) >= limit:
+                        agg.dropped["rule_groups_overflow"] += state.count
+                        continue
+                    open_groups[key] = mine = copy.deepcopy(state)
+                else:
+                    mine.merge(state)
+                v = verdict(rule, key, mine, self.config.sensor_name)
+                if v is not None:
+                    out.append(((name, key), v))
+        return out
+
     def _close_old(self, final: bool) -> None:
         horizon = self.latest - OPEN_MINUTES_GRACE_S
         for key in [k for k in self.open_stats if final or k[0] < horizon]:
@@ -179,6 +214,11 @@ class Writer:
         for key in [k for k in self.windows if final or k[0] + self.rule.window_s < horizon]:
             del self.windows[key]
             self.verdict_ids.pop(key, None)
+        for name, groups in self.rule_windows.items():
+            window = self.rules[name].window_s if name in self.rules else 0
+            for key in [k for k in groups if final or k[0] + window < horizon]:
+                del groups[key]
+                self.verdict_ids.pop((name, key), None)
 
     def enforce_retention(self, now: float | None = None) -> dict[str, int]:
         """Retention against the data's clock (a replayed week-old capture keeps its rows)."""

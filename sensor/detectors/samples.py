@@ -1,0 +1,70 @@
+"""Running rules over sample captures: the rule files' own positive and negative samples
+(`dnssensor rules test`, and the meta-test that every rule has samples that pass)."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sensor.config import Config
+from sensor.detectors import anomaly_burst
+from sensor.detectors.rules_engine import verdict
+from sensor.engine.pipeline import Pipeline, merged_frames
+from sensor.rules import Rule
+
+REPO = Path(__file__).resolve().parent.parent.parent
+DATA_DIR = REPO / "tests" / "data"
+SHARED_DIR = Path(os.environ.get("DNSSENSOR_SHARED_PCAPS", REPO.parent / "shared" / "pcaps"))
+SAMPLE_PORTS = (53, 5353, 8053, 1053)
+
+
+def sample_path(spec: str, data_dir: Path = DATA_DIR, shared_dir: Path = SHARED_DIR) -> Path | None:
+    """data:FILE or shared:FILE -> a path, or None when the shared corpus is absent."""
+    prefix, name = spec.split(":", 1)
+    folder = data_dir if prefix == "data" else shared_dir
+    path = folder / name
+    if prefix == "shared" and not path.exists():
+        return None
+    return path
+
+
+def run_rules(rules: list[Rule], captures: list[str], config: Config | None = None) -> list[dict[str, Any]]:
+    """Every verdict the rules give on the captures, replayed as one stream."""
+    config = config or replace(Config(), ports=SAMPLE_PORTS)
+    pipeline = Pipeline(config, anomaly_burst.AnomalyBurstRule(), rules)
+    for frames in merged_frames(list(captures), config.limits.frames_per_read):
+        pipeline.feed(frames)
+    pipeline.drain()
+    agg = pipeline.take()
+    by_name = {r.name: r for r in rules}
+    out = []
+    for name, groups in agg.rules.items():
+        for key, state in groups.items():
+            v = verdict(by_name[name], key, state, config.sensor_name)
+            if v is not None:
+                out.append(v)
+    return out
+
+
+def check_samples(rule: Rule, data_dir: Path = DATA_DIR, shared_dir: Path = SHARED_DIR) -> list[str]:
+    """Problems with one rule's samples (empty when every positive fires and no negative does).
+    Each sample is replayed on its own. Shared samples are skipped when the corpus is absent."""
+    problems = []
+    if not rule.positive or not rule.negative:
+        problems.append(f"{rule.path}: needs positive and negative samples")
+    for expected, specs in ((True, rule.positive), (False, rule.negative)):
+        for spec in specs:
+            path = sample_path(spec, data_dir, shared_dir)
+            if path is None:
+                continue
+            if not path.exists():
+                problems.append(f"{rule.path}: sample {spec}: no such file {path}")
+                continue
+            fired = run_rules([rule], [str(path)])
+            if expected and not fired:
+                problems.append(f"{rule.path}: positive sample {spec} gave no verdict")
+            if not expected and fired:
+                problems.append(f"{rule.path}: negative sample {spec} gave {len(fired)} verdict(s), "
+                                f"first: {fired[0]['summary']}")
+    return problems

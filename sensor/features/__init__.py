@@ -1,0 +1,174 @@
+"""Per-message feature columns: what rules in rules/ can filter, group and aggregate on.
+
+Built per batch from the parser's rows and the tracker's result, as numpy
+arrays (no object per message). FEATURES documents each column once; the
+README's rule reference is generated from it. Addresses and names appear as
+64-bit hashes (group keys); their text is looked up only for the groups that
+become verdicts.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import numpy as np
+
+from sensor import _core
+from sensor.parse.batch import Batch
+from sensor.track import ANSWERED, DUPLICATE, MISMATCHED, UNSOLICITED, TrackResult, _hash, address_words
+
+FEATURES: dict[str, str] = {
+    "ts": "capture time (epoch seconds)",
+    "qr": "1 for a response, 0 for a query",
+    "is_query": "the message is a query",
+    "is_response": "the message is a response",
+    "opcode": "header opcode",
+    "rcode": "response code (extended); compare with NOERROR, NXDOMAIN, SERVFAIL, REFUSED, ...",
+    "nxdomain": "a response with rcode NXDOMAIN",
+    "servfail": "a response with rcode SERVFAIL",
+    "qtype": "question type; compare with A, AAAA, TXT, NULL, ANY, ...",
+    "size": "DNS message bytes",
+    "ancount": "answer records",
+    "nscount": "authority records",
+    "arcount": "additional records",
+    "aa": "authoritative answer flag",
+    "tc": "truncated flag",
+    "rd": "recursion desired flag",
+    "ra": "recursion available flag",
+    "edns_udp_size": "EDNS UDP payload size (0 without EDNS)",
+    "qname_len": "question name length in characters",
+    "labels": "labels in the question name",
+    "longest_label": "longest label's length",
+    "entropy": "Shannon entropy (bits per character) of the labels left of the registered domain",
+    "digits": "digits in the question name",
+    "hexchars": "hex characters in the question name",
+    "uppers": "upper-case letters in the question name (0x20 randomisation shows here)",
+    "left_len": "characters left of the registered domain: the part a tunnel can encode data in",
+    "client": "group key: the querying side's address",
+    "server": "group key: the answering side's address",
+    "regdom": "group key: registered domain of the question (eTLD+1, Public Suffix List)",
+    "qname": "group key: the question name",
+    "answered": "a response matched to its outstanding query",
+    "unsolicited": "a response matching no outstanding query",
+    "mismatched": "a response for an outstanding question with the wrong id or port (spoofing)",
+    "duplicate": "a further response to a query already answered",
+    "upstream": "on the resolver's upstream leg (the resolver is the client)",
+    "client_internal": "the client is inside the configured client networks",
+    "anomalous": "the message carries any anomaly",
+    "first_label_len": "length of the leftmost label (computed only when a rule uses it)",
+    "first_label_digits": "digits in the leftmost label: reversed addresses (DNSBL, PTR) are all digits",
+    "first_label_hex": "hex characters in the leftmost label: file-hash lookups are all hex",
+}
+LAZY = ("first_label_len", "first_label_digits", "first_label_hex")
+FIRST_LABEL_SCAN = 64
+"""Bytes of each question name looked at for the leftmost label (a label is at most 63)."""
+GROUP_KEYS = ("client", "server", "regdom", "qname", "qtype")
+"""Columns a rule may group by (hashes or small integers)."""
+
+
+class Columns(dict):
+    """Feature columns; the costlier ones are computed the first time a rule asks."""
+
+    def __init__(self, values: dict[str, np.ndarray], batch: Batch) -> None:
+        super().__init__(values)
+        self._batch = batch
+
+    def __missing__(self, name: str) -> np.ndarray:
+        if name not in LAZY:
+            raise KeyError(name)
+        self.update(_first_label_columns(self._batch))
+        return self[name]
+
+
+def _first_label_columns(batch: Batch) -> dict[str, np.ndarray]:
+    m = batch.messages
+    n = len(m)
+    if not n:
+        return {name: np.zeros(0, dtype=np.int64) for name in LAZY}
+    arena = np.frombuffer(batch.arena, dtype=np.uint8) if batch.arena else np.zeros(1, dtype=np.uint8)
+    offsets = m["qname_off"].astype(np.int64)[:, None] + np.arange(FIRST_LABEL_SCAN)
+    within = np.arange(FIRST_LABEL_SCAN) < m["qname_len"].astype(np.int64)[:, None]
+    chars = np.where(within, arena[np.minimum(offsets, len(arena) - 1)], 46)   # '.' past the end
+    is_dot = chars == 46
+    length = np.where(is_dot.any(axis=1), is_dot.argmax(axis=1), FIRST_LABEL_SCAN)
+    in_label = np.arange(FIRST_LABEL_SCAN) < length[:, None]
+    digit = (chars >= 48) & (chars <= 57)
+    hexchar = digit | ((chars >= 97) & (chars <= 102))
+    root = m["labels"] == 0
+    return {"first_label_len": np.where(root, 0, length),
+            "first_label_digits": np.where(root, 0, (digit & in_label).sum(axis=1)),
+            "first_label_hex": np.where(root, 0, (hexchar & in_label).sum(axis=1))}
+
+
+@dataclass
+class FeatureTable:
+    columns: dict[str, np.ndarray]
+    batch: Batch
+    client_addr: np.ndarray
+    server_addr: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def regdom_text(self, i: int) -> str:
+        m = self.batch.messages[i]
+        off, n, reg = int(m["qname_off"]), int(m["qname_len"]), int(m["regdom_off"])
+        return self.batch.arena[off + reg:off + n].decode("ascii")
+
+    def qname_text(self, i: int) -> str:
+        return self.batch.qname(i)
+
+
+class NetworkSet:
+    """Membership of addresses (16-byte keys) in a list of networks, cached per address."""
+
+    def __init__(self, networks: tuple[str, ...] | list[str]) -> None:
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self._cache: dict[bytes, bool] = {}
+
+    def contains(self, raw: bytes) -> bool:
+        hit = self._cache.get(raw)
+        if hit is None:
+            ip = ipaddress.ip_address(raw[12:] if raw[:12] == b"\0" * 10 + b"\xff\xff" else raw)
+            hit = any(ip in n for n in self.networks if n.version == ip.version)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[raw] = hit
+        return hit
+
+    def mask(self, addrs: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        if not self.networks or not len(addrs):
+            return np.zeros(len(addrs), dtype=bool)
+        first, inverse, _ = _core.group_u64(np.ascontiguousarray(keys))
+        member = np.array([self.contains(bytes(addrs[i])) for i in first.tolist()], dtype=bool)
+        return member[inverse]
+
+
+def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> FeatureTable:
+    m = batch.messages
+    isq = m["qr"] == 0
+    isr = ~isq
+    flags = m["flags"]
+    server = np.where(isq, m["dst"], m["src"])
+    cw, sw = address_words(track.client), address_words(server)
+    client_key = _hash(cw[:, 0], cw[:, 1])
+    reg_len = (m["qname_len"].astype(np.int64) - m["regdom_off"]).clip(0).astype(np.uint32)
+    regdom = _core.span_hashes(batch.arena, np.ascontiguousarray(m["qname_off"] + m["regdom_off"]),
+                               np.ascontiguousarray(reg_len))
+    cols = {
+        "ts": m["ts"], "qr": m["qr"], "is_query": isq, "is_response": isr, "opcode": m["opcode"],
+        "rcode": m["rcode"], "nxdomain": isr & (m["rcode"] == 3), "servfail": isr & (m["rcode"] == 2),
+        "qtype": m["qtype"], "size": m["size"], "ancount": m["ancount"], "nscount": m["nscount"],
+        "arcount": m["arcount"], "aa": (flags & 0x0400) != 0, "tc": (flags & 0x0200) != 0,
+        "rd": (flags & 0x0100) != 0, "ra": (flags & 0x0080) != 0, "edns_udp_size": m["edns_udp_size"],
+        "qname_len": m["qname_len"], "labels": m["labels"], "longest_label": m["longest_label"],
+        "entropy": m["entropy"].astype(np.float64), "digits": m["digits"], "hexchars": m["hexchars"],
+        "uppers": m["uppers"], "left_len": np.maximum(m["regdom_off"].astype(np.int64) - 1, 0),
+        "client": client_key, "server": _hash(sw[:, 0], sw[:, 1]), "regdom": regdom,
+        "qname": m["name_hash"], "answered": track.state == ANSWERED,
+        "unsolicited": track.state == UNSOLICITED, "mismatched": track.state == MISMATCHED,
+        "duplicate": track.state == DUPLICATE, "upstream": track.leg == 1,
+        "client_internal": client_networks.mask(track.client, client_key),
+        "anomalous": m["anomalies"] != 0,
+    }
+    return FeatureTable(Columns(cols, batch), batch, track.client, server)

@@ -1,0 +1,233 @@
+"""Detection rules as files: filter, group, window, aggregate, threshold.
+
+One TOML file per rule in rules/ (anomaly_burst.toml, the engine's own
+malformed-traffic rule, has its own format). Example:
+
+    kind = "random_subdomain"
+    severity = "high"
+    description = "Water torture: many unique NXDOMAIN names under one domain"
+    where = "nxdomain and labels >= 3"
+    group_by = ["regdom"]
+    window_s = 60
+    summary = "{unique_names} unique NXDOMAIN names under {domain} in {window_s} s"
+
+    [aggregate]
+    responses = "count()"
+    unique_names = "nunique(qname)"
+
+    [threshold]
+    when = "unique_names >= 100"
+
+    [samples]
+    positive = ["data:some-capture.pcap"]
+    negative = ["data:dnscap-baseline-udp-82-msgs.pcap"]
+
+Aggregates: count(), sum(expr), min(expr), max(expr), mean(expr), nunique(column).
+Expressions: sensor.rules.expr. A broken file is a RuleError naming the file
+and line; a directory loads whole or not at all, so a reload with a broken
+file keeps the old rules in force.
+"""
+from __future__ import annotations
+
+import ast
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sensor.errors import ConfigError
+from sensor.features import FEATURES, GROUP_KEYS
+from sensor.rules.expr import Evaluator, ExprError, compile_expr
+from sensor.store.schema import SEVERITIES
+
+KINDS = ("tunnel", "exfil", "cache_poisoning", "open_resolver", "amplification", "random_subdomain",
+         "dga", "malware_domain", "policy_violation", "anomaly")
+AGGREGATE_FUNCTIONS = ("count", "sum", "min", "max", "mean", "nunique")
+SPECIAL_FILES = ("anomaly_burst.toml",)
+"""Rule files with a format of their own, read by their detector module."""
+MAX_WINDOW_S = 7 * 86400
+SAMPLE_PREFIXES = ("data:", "shared:")
+
+
+class RuleError(ConfigError):
+    pass
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    name: str
+    function: str
+    argument: str                      # expression text, or the column for nunique
+    evaluate: Evaluator | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    path: str
+    kind: str
+    severity: str
+    description: str
+    where_text: str
+    where: Evaluator = field(compare=False)
+    group_by: tuple[str, ...]
+    window_s: int
+    aggregations: tuple[Aggregation, ...]
+    threshold_text: str
+    threshold: Evaluator = field(compare=False)
+    summary: str
+    positive: tuple[str, ...]
+    negative: tuple[str, ...]
+
+
+def _line_of(text: str, key: str) -> int | None:
+    m = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.M)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def load_rule(path: str | Path) -> Rule:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RuleError(f"{path}: {e}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RuleError(f"{path}: not valid TOML: {e}") from None
+
+    def fail(key: str, why: str) -> RuleError:
+        line = _line_of(text, key.split(".")[-1])
+        return RuleError(f"{path}:{line}: {key}: {why}" if line else f"{path}: {key}: {why}")
+
+    known = {"kind", "severity", "description", "where", "group_by", "window_s", "summary",
+             "aggregate", "threshold", "samples"}
+    for key in doc:
+        if key not in known:
+            raise fail(key, "unknown key")
+    for key in ("kind", "where", "group_by", "window_s", "aggregate", "threshold"):
+        if key not in doc:
+            raise RuleError(f"{path}: {key}: missing")
+    kind = doc["kind"]
+    if kind not in KINDS:
+        raise fail("kind", f"expected one of {', '.join(KINDS)}")
+    severity = doc.get("severity", "medium")
+    if severity not in SEVERITIES:
+        raise fail("severity", f"expected one of {', '.join(SEVERITIES)}")
+    window = doc["window_s"]
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= MAX_WINDOW_S:
+        raise fail("window_s", f"expected an integer 1..{MAX_WINDOW_S}")
+    group_by = doc["group_by"]
+    if not isinstance(group_by, list) or not group_by or any(g not in GROUP_KEYS for g in group_by):
+        raise fail("group_by", f"expected a list of {', '.join(GROUP_KEYS)}")
+    try:
+        where, _ = compile_expr(_string(doc["where"], fail, "where"), FEATURES.keys())
+    except ExprError as e:
+        raise fail("where", _expr_message(e)) from None
+    if not isinstance(doc["aggregate"], dict) or not doc["aggregate"]:
+        raise fail("aggregate", "expected a table of name = \"function(argument)\"")
+    aggregations = []
+    for name, spec in doc["aggregate"].items():
+        if name in FEATURES or name in ("window_s", "client", "server", "domain"):
+            raise fail(f"aggregate.{name}", "name taken by a feature column")
+        aggregations.append(_aggregation(name, _string(spec, fail, f"aggregate.{name}"), fail))
+    threshold_doc = doc["threshold"]
+    if not isinstance(threshold_doc, dict) or set(threshold_doc) != {"when"}:
+        raise fail("threshold", 'expected a table with one key: when = "..."')
+    threshold_text = _string(threshold_doc["when"], fail, "threshold.when")
+    try:
+        threshold, _ = compile_expr(threshold_text, {a.name for a in aggregations} | {"window_s"})
+    except ExprError as e:
+        raise fail("threshold.when", _expr_message(e)) from None
+    summary = _string(doc.get("summary", "{kind}: {count} in {window_s} s"), fail, "summary")
+    try:
+        summary.format(**{a.name: 0 for a in aggregations}, kind=kind, client="c", server="s", domain="d",
+                       window_s=window, count=0)
+    except (KeyError, IndexError, ValueError) as e:
+        raise fail("summary", f"unknown field {e}") from None
+    samples = doc.get("samples", {})
+    if not isinstance(samples, dict) or set(samples) - {"positive", "negative"}:
+        raise fail("samples", "expected a table with positive and negative lists")
+    for key in ("positive", "negative"):
+        for item in samples.get(key, []):
+            if not isinstance(item, str) or not item.startswith(SAMPLE_PREFIXES):
+                raise fail(f"samples.{key}", f"entries are data:FILE (tests/data) or shared:FILE (../shared/pcaps), "
+                                             f"got {item!r}")
+    return Rule(name=path.stem, path=str(path), kind=kind, severity=severity,
+                description=str(doc.get("description", "")), where_text=doc["where"], where=where,
+                group_by=tuple(group_by), window_s=window, aggregations=tuple(aggregations),
+                threshold_text=threshold_text, threshold=threshold, summary=summary,
+                positive=tuple(samples.get("positive", ())), negative=tuple(samples.get("negative", ())))
+
+
+def _string(value: Any, fail, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(key, "expected a non-empty string")
+    return value
+
+
+def _expr_message(e: ExprError) -> str:
+    return f"{e} (at column {e.col + 1})" if e.col is not None else str(e)
+
+
+def _aggregation(name: str, spec: str, fail) -> Aggregation:
+    key = f"aggregate.{name}"
+    try:
+        call = ast.parse(spec.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise fail(key, f"syntax error: {e.msg}") from None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and not call.keywords):
+        raise fail(key, f"expected one of {', '.join(f + '(...)' for f in AGGREGATE_FUNCTIONS)}")
+    function = call.func.id
+    if function not in AGGREGATE_FUNCTIONS:
+        raise fail(key, f"unknown function {function!r} (one of {', '.join(AGGREGATE_FUNCTIONS)})")
+    if function == "count":
+        if call.args:
+            raise fail(key, "count() takes no argument")
+        return Aggregation(name, function, "")
+    if len(call.args) != 1:
+        raise fail(key, f"{function}() takes one argument")
+    argument = ast.get_source_segment(spec.strip(), call.args[0]) or ""
+    if function == "nunique":
+        if not isinstance(call.args[0], ast.Name) or call.args[0].id not in FEATURES:
+            raise fail(key, "nunique() takes one feature column, e.g. nunique(qname)")
+        return Aggregation(name, function, call.args[0].id)
+    try:
+        evaluate, _ = compile_expr(argument, FEATURES.keys())
+    except ExprError as e:
+        raise fail(key, _expr_message(e)) from None
+    return Aggregation(name, function, argument, evaluate)
+
+
+def load_dir(directory: str | Path) -> list[Rule]:
+    """Every rule file of a directory; the first broken one raises (nothing half-loaded)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RuleError(f"{directory}: not a directory")
+    rules = [load_rule(p) for p in sorted(directory.glob("*.toml")) if p.name not in SPECIAL_FILES]
+    seen: dict[str, str] = {}
+    for r in rules:
+        if r.name in seen:
+            raise RuleError(f"{r.path}: rule name {r.name!r} also used by {seen[r.name]}")
+        seen[r.name] = r.path
+    return rules
+
+
+def load_rules_dir(directory: str | Path) -> list[Rule]:
+    """The engine's view: no rules directory means no rules (the anomaly rule has defaults)."""
+    return load_dir(directory) if Path(directory).is_dir() else []
+
+
+def check(directory: str | Path) -> list[str]:
+    """What `dnssensor rules check` prints: one line per rule, or raises RuleError."""
+    from sensor.detectors import anomaly_burst
+
+    out = []
+    burst = anomaly_burst.load(directory)
+    out.append(f"ok  {Path(burst.path).name:<28} anomaly          window {burst.window_s} s, "
+               f"threshold {burst.threshold}")
+    for r in load_dir(directory):
+        out.append(f"ok  {Path(r.path).name:<28} {r.kind:<16} by {'+'.join(r.group_by)} per {r.window_s} s, "
+                   f"when {r.threshold_text}")
+    return out

@@ -1,0 +1,201 @@
+"""Rules as files: the language, errors with file and line, samples, verdicts in the store."""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import shutil
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA, REPO
+from sensor import cli
+from sensor.config import Config
+from sensor.detectors.rules_engine import EXACT_UNIQUE_LIMIT, UniqueCounter
+from sensor.detectors.samples import check_samples, run_rules
+from sensor.engine.replay import replay
+from sensor.rules import RuleError, load_dir, load_rule
+from sensor.rules.expr import ExprError, compile_expr
+
+RULES = REPO / "rules"
+TUNNEL_CAPTURE = DATA / "suricata-tunnel-dns2tcp-txt-bug1158.pcap"
+
+
+# ------------------------------------------------------------------ the expression language
+
+def test_expressions_evaluate_on_arrays_and_scalars():
+    fn, used = compile_expr("qtype in (TXT, NULL) and size > 100 or not rd", {"qtype", "size", "rd"})
+    cols = {"qtype": np.array([16, 1, 10]), "size": np.array([200, 500, 50]), "rd": np.array([True, True, False])}
+    assert fn(cols).tolist() == [True, False, True]
+    assert used == {"qtype", "size", "rd"}
+    ratio, _ = compile_expr("a / b >= 0.5 and 1 < a <= 10", {"a", "b"})
+    assert not bool(ratio({"a": 5, "b": 0}))                  # x / 0 is 0, not an error
+    assert bool(ratio({"a": 5, "b": 8})) is True
+
+
+@pytest.mark.parametrize("text, message", [
+    ("__import__('os')", "not allowed"),
+    ("size.real > 1", "not allowed"),
+    ("qtype in size", "parenthesised list"),
+    ("nosuch > 1", "unknown name 'nosuch'"),
+    ("size >", "syntax error"),
+    ("size ** 2 > 1", "only + - * /"),
+    ("qtype in (size,)", "numbers and constants"),
+])
+def test_expressions_outside_the_language_are_rejected(text, message):
+    with pytest.raises(ExprError, match=re.escape(message)):
+        compile_expr(text, {"size", "qtype"})
+
+
+# ------------------------------------------------------------------ rule files
+
+GOOD = """\
+kind = "tunnel"
+severity = "high"
+where = "is_query"
+group_by = ["client", "regdom"]
+window_s = 60
+summary = "{n} from {client}"
+
+[aggregate]
+n = "count()"
+
+[threshold]
+when = "n >= 3"
+
+[samples]
+positive = ["data:x.pcap"]
+negative = ["data:y.pcap"]
+"""
+
+
+@pytest.mark.parametrize("old, new, where", [
+    ('where = "is_query"', 'where = "is_query and nosuch"', ":3: where: unknown name 'nosuch'"),
+    ('kind = "tunnel"', 'kind = "tunel"', ":1: kind: expected one of"),
+    ('window_s = 60', 'window_s = 0', ":5: window_s: expected an integer"),
+    ('group_by = ["client", "regdom"]', 'group_by = ["clients"]', ":4: group_by: expected a list of"),
+    ('n = "count()"', 'n = "median(size)"', ":9: aggregate.n: unknown function 'median'"),
+    ('when = "n >= 3"', 'when = "m >= 3"', ":12: threshold.when: unknown name 'm'"),
+    ('summary = "{n} from {client}"', 'summary = "{nope}"', ":6: summary: unknown field"),
+    ('positive = ["data:x.pcap"]', 'positive = ["x.pcap"]', ":15: samples.positive: entries are"),
+    ('severity = "high"', 'severity = "high"\nmystery = 1', ":3: mystery: unknown key"),
+    ('window_s = 60', 'window_s = 60\n[[oops', "not valid TOML"),
+])
+def test_broken_rule_names_file_and_line(tmp_path, old, new, where):
+    path = tmp_path / "r.toml"
+    path.write_text(GOOD.replace(old, new))
+    with pytest.raises(RuleError) as e:
+        load_rule(path)
+    assert str(e.value).startswith(str(path))
+    assert where in str(e.value)
+
+
+def test_a_broken_file_fails_the_whole_directory_so_a_reload_keeps_the_old_rules(tmp_path):
+    folder = tmp_path / "rules"
+    shutil.copytree(RULES, folder)
+    before = load_dir(folder)
+    (folder / "tunnel.toml").write_text((RULES / "tunnel.toml").read_text().replace("nunique(qname)", "nunique(x)"))
+    with pytest.raises(RuleError, match="tunnel.toml:.*aggregate.unique_names"):
+        load_dir(folder)
+    assert [r.name for r in before] == [r.name for r in load_dir(RULES)]
+
+
+def test_rules_check_and_test_commands(tmp_path, capsys):
+    assert cli.main(["rules", "check", str(RULES)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"ok  {p.name}" in out for p in RULES.glob("*.toml"))
+    bad = tmp_path / "rules"
+    shutil.copytree(RULES, bad)
+    (bad / "amplification.toml").write_text("kind = \n")
+    assert cli.main(["rules", "check", str(bad)]) == 2
+    assert "amplification.toml" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ samples (the meta-test)
+
+@pytest.mark.parametrize("rule", load_dir(RULES), ids=lambda r: r.name)
+def test_every_rule_has_samples_and_they_hold(rule):
+    assert rule.positive and rule.negative, f"{rule.path} needs positive and negative samples"
+    assert any(s.startswith("data:") for s in rule.positive + rule.negative), \
+        f"{rule.path}: at least one sample must ship in tests/data (the shared corpus may be absent)"
+    assert check_samples(rule) == []
+
+
+def test_a_rule_that_stops_firing_fails_its_samples(tmp_path):
+    text = (RULES / "tunnel.toml").read_text().replace("unique_names >= 10", "unique_names >= 100000")
+    (tmp_path / "tunnel.toml").write_text(text)
+    problems = check_samples(load_rule(tmp_path / "tunnel.toml"))
+    assert any("positive sample data:suricata-tunnel-dns2tcp-txt-bug1158.pcap gave no verdict" in p for p in problems)
+
+
+def test_a_rule_that_fires_on_legitimate_traffic_fails_its_samples(tmp_path):
+    # per-name entropy alone (what naive detectors do) trips on hash lookups
+    text = (RULES / "tunnel.toml").read_text().replace(
+        "unique_names >= 10 and mean_entropy >= 2.8 and max_label >= 30 and data_types / queries >= 0.5",
+        "unique_names >= 10 and mean_entropy >= 2.8")
+    (tmp_path / "tunnel.toml").write_text(text)
+    problems = check_samples(load_rule(tmp_path / "tunnel.toml"))
+    assert any("negative sample data:generated-av-reputation-lookups.pcap" in p for p in problems)
+
+
+# ------------------------------------------------------------------ verdicts with evidence
+
+def test_tunnel_verdict_in_the_store_with_its_evidence(tmp_path):
+    conf = replace(Config(), db_path=str(tmp_path / "s.db"), rules_dir=str(RULES))
+    result = replay([str(TUNNEL_CAPTURE)], conf, progress_to=None)
+    assert result.verdicts >= 1
+    with sqlite3.connect(conf.db_path) as conn:
+        rows = conn.execute("SELECT kind, detector, domain, client, evidence, summary FROM verdicts "
+                            "WHERE kind = 'tunnel'").fetchall()
+    assert rows and len({r[3] for r in rows}) == 1          # one client; a row per 300 s window
+    kind, detector, domain, client, evidence, summary = rows[0]
+    assert (kind, detector, domain) == ("tunnel", "tunnel", "tunnel.com") and client
+    ev = json.loads(evidence)
+    assert ev["values"]["unique_names"] >= 10 and ev["values"]["data_types"] == ev["values"]["queries"]
+    assert ev["threshold"].startswith("unique_names >= 10") and ev["window_s"] == 300
+    assert all(name.endswith("tunnel.com") for name in ev["sample_qnames"]) and ev["sample_qnames"]
+    assert "under tunnel.com" in summary
+
+
+def test_one_verdict_per_entity_and_window_updated_while_it_lasts(tmp_path):
+    conf = replace(Config(), db_path=str(tmp_path / "s.db"), rules_dir=str(RULES))
+    replay([str(DATA / "generated-water-torture.pcap")], conf, progress_to=None)
+    replay([str(DATA / "generated-water-torture.pcap")], conf, progress_to=None)   # same window again
+    with sqlite3.connect(conf.db_path) as conn:
+        rows = conn.execute("SELECT domain, count, window_start FROM verdicts WHERE kind = 'random_subdomain'"
+                            ).fetchall()
+    assert len(rows) == 1 and rows[0][0] == "victim.example"
+
+
+def test_verdicts_come_from_the_rule_only_above_its_threshold():
+    verdicts = run_rules(load_dir(RULES), [str(DATA / "demo-office-resolver.pcap")])
+    assert [v["kind"] for v in verdicts] == ["cache_poisoning"]
+    v = verdicts[0]
+    assert v["domain"] == "bank.example.com" and v["evidence"]["values"]["spoofed"] == 30
+
+
+# ------------------------------------------------------------------ bounded unique counts
+
+def test_unique_counts_switch_to_a_sketch_and_stay_close():
+    exact, big = UniqueCounter(), UniqueCounter()
+    exact.update(range(100))
+    big.update(range(EXACT_UNIQUE_LIMIT * 10))
+    assert exact.count() == 100 and exact.values is not None
+    assert big.values is None and abs(big.count() - EXACT_UNIQUE_LIMIT * 10) < EXACT_UNIQUE_LIMIT * 10 * 0.05
+    other = UniqueCounter()
+    other.update(range(EXACT_UNIQUE_LIMIT * 5, EXACT_UNIQUE_LIMIT * 15))
+    big.merge(pickle.loads(pickle.dumps(other)))            # crosses a process boundary like this
+    assert abs(big.count() - EXACT_UNIQUE_LIMIT * 15) < EXACT_UNIQUE_LIMIT * 15 * 0.05
+
+
+def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, str(REPO / "tools" / "rule_samples.py"), str(tmp_path)], check=True,
+                   capture_output=True)
+    for name in ("generated-water-torture.pcap", "generated-av-reputation-lookups.pcap"):
+        assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name

@@ -1,0 +1,107 @@
+"""Write the generated rule samples in tests/data (deterministic, byte for byte).
+
+- generated-water-torture.pcap: thirty clients of a resolver (10.3.0.53) send
+  random-label queries under victim.example within a minute; every answer is
+  NXDOMAIN, on the client leg and on the resolver's upstream leg (198.51.100.53).
+- generated-av-reputation-lookups.pcap: what must stay quiet: a mail server's
+  DNSBL lookups (reversed IPv4 addresses, mostly NXDOMAIN) and an anti-virus
+  engine's file-hash reputation lookups (32-hex-digit labels, A queries) through
+  the same resolver, at a busy mail server's pace.
+
+Addresses are private or documentation ranges; names are under .example.
+
+    python tools/rule_samples.py [OUTPUT_DIR]
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+import sys
+from pathlib import Path
+
+import dnslib
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+RESOLVER, RESOLVER_UP, AUTH = "10.3.0.53", "198.51.100.53", "192.0.2.53"
+START = 1_767_344_400.0            # 2026-01-02 09:00 UTC
+
+
+def frame(payload: bytes, src: str, dst: str, sport: int, dport: int) -> bytes:
+    s, d = bytes(map(int, src.split("."))), bytes(map(int, dst.split(".")))
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, s, d)
+    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + udp
+
+
+def write(path: Path, frames: list[tuple[float, bytes]]) -> None:
+    frames.sort(key=lambda f: f[0])
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        for t, data in frames:
+            f.write(struct.pack("<IIII", int(t), int(round(t % 1 * 1e6)) % 1_000_000, len(data), len(data)))
+            f.write(data)
+    print(f"wrote {path}: {len(frames)} frames")
+
+
+def exchange(frames, rng, ts: float, client: str, name: str, qtype: str, answer: str | None,
+             upstream: bool) -> None:
+    """A client query, optionally the resolver's upstream round trip, and the answer."""
+    q = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1),
+                         q=dnslib.DNSQuestion(name, getattr(dnslib.QTYPE, qtype)))
+    sport = rng.randint(20000, 60000)
+    frames.append((ts, frame(q.pack(), client, RESOLVER, sport, 53)))
+    delay = 0.0005
+    r = q.reply()
+    if answer is None:
+        r.header.rcode = dnslib.RCODE.NXDOMAIN
+    else:
+        r.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(answer), ttl=300))
+    if upstream:
+        uq = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535)),
+                              q=dnslib.DNSQuestion(name, getattr(dnslib.QTYPE, qtype)))
+        usport = rng.randint(1024, 65535)
+        frames.append((ts + 0.0002, frame(uq.pack(), RESOLVER_UP, AUTH, usport, 53)))
+        ur = uq.reply()
+        ur.header.rcode = r.header.rcode
+        for rr in r.rr:
+            ur.add_answer(rr)
+        delay = rng.uniform(0.01, 0.04)
+        frames.append((ts + 0.0002 + delay, frame(ur.pack(), AUTH, RESOLVER_UP, 53, usport)))
+        delay += 0.0005
+    frames.append((ts + delay, frame(r.pack(), RESOLVER, client, 53, sport)))
+
+
+def water_torture(out: Path) -> None:
+    rng = random.Random(7)
+    frames: list[tuple[float, bytes]] = []
+    bots = [f"10.3.{1 + i // 200}.{10 + i % 200}" for i in range(30)]
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    for i in range(400):
+        label = "".join(rng.choice(letters) for _ in range(rng.randint(10, 16)))
+        exchange(frames, rng, START + i * 0.14, rng.choice(bots), f"{label}.victim.example", "A", None, True)
+    write(out / "generated-water-torture.pcap", frames)
+
+
+def av_reputation(out: Path) -> None:
+    rng = random.Random(11)
+    frames: list[tuple[float, bytes]] = []
+    mail = "10.3.0.25"
+    for i in range(600):
+        ts = START + i * 0.09
+        if i % 2:
+            ip = ".".join(str(rng.randint(1, 254)) for _ in range(4))
+            listed = rng.random() < 0.05
+            exchange(frames, rng, ts, mail, f"{ip}.dnsbl.example", "A", "127.0.0.2" if listed else None, True)
+        else:
+            digest = hashlib.md5(f"attachment-{i}".encode()).hexdigest()
+            known = rng.random() < 0.3
+            exchange(frames, rng, ts, mail, f"{digest}.files.av-reputation.example", "A",
+                     "127.0.0.1" if known else None, True)
+    write(out / "generated-av-reputation-lookups.pcap", frames)
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA
+    water_torture(target)
+    av_reputation(target)
