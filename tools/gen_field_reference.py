@@ -5,9 +5,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sensor.schema import field_reference_markdown  # noqa: E402
+from sensor.features import FEATURES  # noqa: E402
 from sensor.store.schema import reference_markdown  # noqa: E402
 
-SECTIONS = (("field-reference", field_reference_markdown), ("store-reference", reference_markdown))
+
+def features_markdown() -> str:
+    rows = "\n".join(f"| `{name}` | {doc} |" for name, doc in FEATURES.items())
+    return f"| feature column | meaning |\n|---|---|\n{rows}\n"
+
+
+SECTIONS = (("field-reference", field_reference_markdown), ("store-reference", reference_markdown),
+            ("rule-features", features_markdown))
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
