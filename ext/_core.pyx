@@ -1782,3 +1782,46 @@ def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
         return (first_arr[:ngroups], inverse_arr, counts_arr[:ngroups], tmin_arr[:ngroups],
                 tmax_arr[:ngroups])
     return first_arr[:ngroups], inverse_arr, counts_arr[:ngroups]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def first_label_stats(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths):
+    """Per name in presentation form: (length, digits, hex characters) of its leftmost label."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef uint32_t k, end
+    cdef uint8_t ch
+    cdef int64_t length, digits, hexes
+    if lengths.shape[0] != n:
+        raise ValueError("offsets and lengths differ in length")
+    out = np.zeros((3, n), dtype=np.int64)
+    cdef int64_t[:, ::1] o = out
+    for i in range(n):
+        end = offsets[i] + lengths[i]
+        if end > <uint32_t>arena.shape[0]:
+            raise ValueError("span outside the arena")
+        length = digits = hexes = 0
+        k = offsets[i]
+        if lengths[i] == 1 and arena[k] == 46:       # the root
+            continue
+        while k < end:
+            ch = arena[k]
+            if ch == 46:
+                break
+            if ch == 92 and k + 1 < end:             # an escaped character counts as one
+                k += 1
+                ch = arena[k]
+                if 48 <= ch <= 57 and k + 2 < end:   # \DDD
+                    k += 2
+                    ch = 0
+            length += 1
+            if 48 <= ch <= 57:
+                digits += 1
+                hexes += 1
+            elif 97 <= ch <= 102:
+                hexes += 1
+            k += 1
+        o[0, i] = length
+        o[1, i] = digits
+        o[2, i] = hexes
+    return out

@@ -30,3 +30,6 @@ def span_hashes(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.nd
 def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Group equal 64-bit keys in one pass, in order of first appearance: (first row per group,
     group per row, rows per group[, min ts, max ts])."""
+
+def first_label_stats(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per name in presentation form: rows (length, digits, hex characters) of its leftmost label."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from sensor.config import Config
 from sensor.detectors import anomaly_burst
-from sensor.detectors.rules_engine import verdict
+from sensor.detectors.rules_engine import verdicts
 from sensor.engine.pipeline import Pipeline, merged_frames
 from sensor.rules import Rule
 
@@ -40,10 +40,7 @@ def run_rules(rules: list[Rule], captures: list[str], config: Config | None = No
     by_name = {r.name: r for r in rules}
     out = []
     for name, groups in agg.rules.items():
-        for key, state in groups.items():
-            v = verdict(by_name[name], key, state, config.sensor_name)
-            if v is not None:
-                out.append(v)
+        out += verdicts(by_name[name], groups, config.sensor_name)
     return out
 
 

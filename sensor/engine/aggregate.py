@@ -148,7 +148,7 @@ class Aggregate:
     anomalies: Counter = field(default_factory=Counter)            # (minute, name) -> count
     malformed: dict[tuple[int, str, str], dict[str, Any]] = field(default_factory=dict)
     sensor: dict[int, dict[str, Any]] = field(default_factory=dict)  # minute -> counters
-    rules: dict[str, dict] = field(default_factory=dict)            # rule -> {(window, *keys): GroupState}
+    rules: dict[str, Any] = field(default_factory=dict)             # rule name -> RuleTable
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     dropped: Counter = field(default_factory=Counter)              # stage -> records lost
     messages: int = 0
@@ -174,7 +174,7 @@ class Aggregate:
                 merge_malformed(mine, m)
         if other.rules:
             from sensor.detectors.rules_engine import merge_partials
-            merge_partials(self.rules, other.rules)
+            merge_partials(self.rules, other.rules, limits.max_rule_groups, self.dropped)
         for minute, s in other.sensor.items():
             merge_sensor_row(self.sensor.setdefault(minute, new_sensor_row()), s)
         self.workers.update(other.workers)

@@ -16,9 +16,12 @@ import time
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from sensor.config import Config
 from sensor.detectors.anomaly_burst import AnomalyBurstRule
-from sensor.detectors.rules_engine import GroupState, verdict
+from sensor.detectors.rule_table import RuleTable
+from sensor.detectors.rules_engine import new_table, verdicts
 from sensor.rules import Rule
 from sensor.engine.aggregate import (Aggregate, merge_malformed, merge_sensor_row, merge_stats_row,
                                      new_stats_row)
@@ -38,7 +41,7 @@ class Writer:
         self.store = store
         self.rule = rule
         self.rules: dict[str, Rule] = {r.name: r for r in rules or []}
-        self.rule_windows: dict[str, dict[tuple, GroupState]] = {}
+        self.rule_windows: dict[str, RuleTable] = {}
         self.senders = senders or []
         self.backlog = Aggregate()
         self.open_stats: dict[tuple[int, str, str], dict[str, Any]] = {}
@@ -67,8 +70,7 @@ class Writer:
         for minute in list(agg.stats) + [(m,) for m in agg.sensor]:
             self.latest = max(self.latest, float(minute[0]))
         saved_windows = {k: copy.deepcopy(self.windows.get(k)) for k in agg.malformed}
-        saved_rule_windows = {(name, k): copy.deepcopy(self.rule_windows.get(name, {}).get(k))
-                              for name, groups in agg.rules.items() for k in groups}
+        saved_rule_windows = {name: copy.deepcopy(self.rule_windows.get(name)) for name in agg.rules}
         stats_rows, touched = self._merge_stats(agg)
         verdicts = self._verdicts(agg) + self._rule_verdicts(agg)
         try:
@@ -99,11 +101,11 @@ class Writer:
                     self.windows.pop(key, None)
                 else:
                     self.windows[key] = before
-            for (name, key), before in saved_rule_windows.items():
+            for name, before in saved_rule_windows.items():
                 if before is None:
-                    self.rule_windows.get(name, {}).pop(key, None)
+                    self.rule_windows.pop(name, None)
                 else:
-                    self.rule_windows[name][key] = before
+                    self.rule_windows[name] = before
             return 0
         self.backlog = Aggregate()
         for v in created:
@@ -187,24 +189,19 @@ class Writer:
 
     def _rule_verdicts(self, agg: Aggregate) -> list[tuple[tuple, dict[str, Any]]]:
         out = []
-        limit = self.config.limits.max_rule_groups
-        for name, groups in agg.rules.items():
+        for name, part in agg.rules.items():
             rule = self.rules.get(name)
             if rule is None:                   # removed by a reload
                 continue
-            open_groups = self.rule_windows.setdefault(name, {})
-            for key, state in groups.items():
-                mine = open_groups.get(key)
-                if mine is None:
-                    if len(open_groups) >= limit:
-                        agg.dropped["rule_groups_overflow"] += state.count
-                        continue
-                    open_groups[key] = mine = copy.deepcopy(state)
-                else:
-                    mine.merge(state)
-                v = verdict(rule, key, mine, self.config.sensor_name)
-                if v is not None:
-                    out.append(((name, key), v))
+            open_groups = self.rule_windows.get(name)
+            if open_groups is None:
+                open_groups = self.rule_windows[name] = new_table(rule)
+            lost = open_groups.add(part, self.config.limits.max_rule_groups)
+            if lost:
+                agg.dropped["rule_groups_overflow"] += lost
+            touched = np.isin(open_groups.keys, part.keys)
+            for v in verdicts(rule, open_groups, self.config.sensor_name, touched):
+                out.append(((name, v["window_start"], v["client"], v["server"], v["domain"]), v))
         return out
 
     def _close_old(self, final: bool) -> None:
@@ -214,11 +211,14 @@ class Writer:
         for key in [k for k in self.windows if final or k[0] + self.rule.window_s < horizon]:
             del self.windows[key]
             self.verdict_ids.pop(key, None)
-        for name, groups in self.rule_windows.items():
+        for name, groups in list(self.rule_windows.items()):
             window = self.rules[name].window_s if name in self.rules else 0
-            for key in [k for k in groups if final or k[0] + window < horizon]:
-                del groups[key]
-                self.verdict_ids.pop((name, key), None)
+            if final:
+                del self.rule_windows[name]
+                continue
+            keep = groups.window + window >= horizon
+            if not keep.all():
+                self.rule_windows[name] = groups.select(keep)
 
     def enforce_retention(self, now: float | None = None) -> dict[str, int]:
         """Retention against the data's clock (a replayed week-old capture keeps its rows)."""

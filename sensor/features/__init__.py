@@ -60,8 +60,7 @@ FEATURES: dict[str, str] = {
     "first_label_hex": "hex characters in the leftmost label: file-hash lookups are all hex",
 }
 LAZY = ("first_label_len", "first_label_digits", "first_label_hex")
-FIRST_LABEL_SCAN = 64
-"""Bytes of each question name looked at for the leftmost label (a label is at most 63)."""
+
 GROUP_KEYS = ("client", "server", "regdom", "qname", "qtype")
 """Columns a rule may group by (hashes or small integers)."""
 
@@ -82,22 +81,9 @@ class Columns(dict):
 
 def _first_label_columns(batch: Batch) -> dict[str, np.ndarray]:
     m = batch.messages
-    n = len(m)
-    if not n:
-        return {name: np.zeros(0, dtype=np.int64) for name in LAZY}
-    arena = np.frombuffer(batch.arena, dtype=np.uint8) if batch.arena else np.zeros(1, dtype=np.uint8)
-    offsets = m["qname_off"].astype(np.int64)[:, None] + np.arange(FIRST_LABEL_SCAN)
-    within = np.arange(FIRST_LABEL_SCAN) < m["qname_len"].astype(np.int64)[:, None]
-    chars = np.where(within, arena[np.minimum(offsets, len(arena) - 1)], 46)   # '.' past the end
-    is_dot = chars == 46
-    length = np.where(is_dot.any(axis=1), is_dot.argmax(axis=1), FIRST_LABEL_SCAN)
-    in_label = np.arange(FIRST_LABEL_SCAN) < length[:, None]
-    digit = (chars >= 48) & (chars <= 57)
-    hexchar = digit | ((chars >= 97) & (chars <= 102))
-    root = m["labels"] == 0
-    return {"first_label_len": np.where(root, 0, length),
-            "first_label_digits": np.where(root, 0, (digit & in_label).sum(axis=1)),
-            "first_label_hex": np.where(root, 0, (hexchar & in_label).sum(axis=1))}
+    stats = _core.first_label_stats(batch.arena, np.ascontiguousarray(m["qname_off"]),
+                                    np.ascontiguousarray(m["qname_len"]))
+    return dict(zip(LAZY, stats))
 
 
 @dataclass

@@ -1,0 +1,230 @@
+"""One rule's groups as numpy columns, so a batch folds in without a Python object per group.
+
+A group is one entity (the rule's group_by columns) in one window, keyed by a
+64-bit hash. Columns: window, client and server addresses, the domain text
+and two sample names (fixed width, from the batch the group first appeared
+in), row count, first and last ts, one column per sum/mean/min/max aggregate.
+Unique counts keep their distinct (group, value) pairs exactly, up to
+EXACT_UNIQUE_LIMIT per group; a group past that moves to a HyperLogLog sketch
+(Apache DataSketches), the only per-value Python work, and only for such groups.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sensor import _core
+from sensor.track import _hash
+
+EXACT_UNIQUE_LIMIT = 4096
+"""Distinct values kept exactly per group and unique-count aggregate before a sketch takes over."""
+HLL_LG_K = 12
+"""HyperLogLog size: 2^12 buckets, about 1.6 % relative error, 4 KB per sketch."""
+DOMAIN_WIDTH = 253
+SAMPLE_WIDTH = 128
+SAMPLES = 2
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+class HllCounter:
+    """A HyperLogLog sketch that pickles (workers hand tables to the writer)."""
+
+    def __init__(self) -> None:
+        import datasketches
+        self.sketch = datasketches.hll_sketch(HLL_LG_K)
+
+    def update(self, values) -> None:
+        for v in values:
+            self.sketch.update(int(v))
+
+    def merge(self, other: "HllCounter") -> None:
+        import datasketches
+        union = datasketches.hll_union(HLL_LG_K)
+        union.update(self.sketch)
+        union.update(other.sketch)
+        self.sketch = union.get_result()
+
+    def count(self) -> int:
+        return int(round(self.sketch.get_estimate()))
+
+    def __getstate__(self):
+        return self.sketch.serialize_compact()
+
+    def __setstate__(self, blob) -> None:
+        import datasketches
+        self.sketch = datasketches.hll_sketch.deserialize(blob)
+
+
+def _reduce(keys: np.ndarray):
+    """(first row of each distinct key, group of each row), in order of first appearance."""
+    first, inverse, _ = _core.group_u64(np.ascontiguousarray(keys, dtype=np.uint64))
+    return first, inverse
+
+
+class RuleTable:
+    def __init__(self, numeric: tuple[tuple[str, str], ...], uniques: tuple[str, ...]) -> None:
+        self.numeric = numeric              # (aggregate name, function) for sum/mean/min/max
+        self.uniques = uniques              # names of nunique aggregates
+        self.keys = np.empty(0, dtype=np.uint64)
+        self.window = np.empty(0, dtype=np.int64)
+        self.client = np.empty(0, dtype="V16")
+        self.server = np.empty(0, dtype="V16")
+        self.domain = np.empty(0, dtype=f"S{DOMAIN_WIDTH}")
+        self.samples = np.empty((0, SAMPLES), dtype=f"S{SAMPLE_WIDTH}")
+        self.count = np.empty(0, dtype=np.int64)
+        self.first = np.empty(0, dtype=np.float64)
+        self.last = np.empty(0, dtype=np.float64)
+        self.values = np.empty((0, len(numeric)), dtype=np.float64)
+        # per unique aggregate: distinct (group key, value) pairs, and sketches of big groups
+        self.pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {
+            name: (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)) for name in uniques}
+        self.sketches: dict[str, dict[int, HllCounter]] = {name: {} for name in uniques}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def empty_like(self) -> "RuleTable":
+        return RuleTable(self.numeric, self.uniques)
+
+    # ------------------------------------------------------------- folding
+
+    def add(self, other: "RuleTable", limit: int) -> int:
+        """Merge another table's groups in; returns rows dropped at the group limit."""
+        dropped = 0
+        if not len(other):
+            return 0
+        fresh = ~np.isin(other.keys, self.keys)
+        room = max(limit - len(self.keys), 0)
+        if np.count_nonzero(fresh) > room:
+            keep = ~fresh
+            keep[np.flatnonzero(fresh)[:room]] = True
+            dropped = int(other.count[~keep].sum())
+            other = other.select(keep)
+        keys = np.concatenate([self.keys, other.keys])
+        first, inverse = _reduce(keys)
+        g = len(first)
+
+        def cat(a, b):
+            return np.concatenate([a, b])
+        self.window = cat(self.window, other.window)[first]
+        self.client = cat(self.client, other.client)[first]
+        self.server = cat(self.server, other.server)[first]
+        self.domain = cat(self.domain, other.domain)[first]
+        self.samples = cat(self.samples, other.samples)[first]
+        self.count = np.bincount(inverse, weights=cat(self.count, other.count), minlength=g).astype(np.int64)
+        lo, hi = np.full(g, np.inf), np.full(g, -np.inf)
+        np.minimum.at(lo, inverse, cat(self.first, other.first))
+        np.maximum.at(hi, inverse, cat(self.last, other.last))
+        self.first, self.last = lo, hi
+        values = np.concatenate([self.values, other.values])
+        out = np.empty((g, len(self.numeric)))
+        for j, (_, function) in enumerate(self.numeric):
+            if function in ("sum", "mean"):
+                out[:, j] = np.bincount(inverse, weights=values[:, j], minlength=g)
+            elif function == "max":
+                out[:, j] = -np.inf
+                np.maximum.at(out[:, j], inverse, values[:, j])
+            else:
+                out[:, j] = np.inf
+                np.minimum.at(out[:, j], inverse, values[:, j])
+        self.values = out
+        self.keys = keys[first]
+        for name in self.uniques:
+            self._merge_pairs(name, *other.pairs[name])
+            for gk, sketch in other.sketches[name].items():
+                have = self.sketches[name].get(gk)
+                if have is None:
+                    self.sketches[name][gk] = sketch
+                else:
+                    have.merge(sketch)
+        return dropped
+
+    def _merge_pairs(self, name: str, groups: np.ndarray, values: np.ndarray) -> None:
+        if not len(groups):
+            return
+        sketches = self.sketches[name]
+        if sketches:                                  # values of sketched groups go to their sketch
+            sk = np.fromiter(sketches.keys(), dtype=np.uint64, count=len(sketches))
+            big = np.isin(groups, sk)
+            for gk in np.unique(groups[big]).tolist():
+                sketches[gk].update(values[big & (groups == gk)].tolist())
+            groups, values = groups[~big], values[~big]
+        old_g, old_v = self.pairs[name]
+        all_g, all_v = np.concatenate([old_g, groups]), np.concatenate([old_v, values])
+        first, _ = _reduce(_hash(all_g, all_v))
+        all_g, all_v = all_g[first], all_v[first]
+        gfirst, ginv = _reduce(all_g)
+        sizes = np.bincount(ginv, minlength=len(gfirst))
+        over = np.flatnonzero(sizes > EXACT_UNIQUE_LIMIT)
+        if len(over):
+            moving = np.isin(ginv, over)
+            for gi in over.tolist():
+                counter = HllCounter()
+                counter.update(all_v[ginv == gi].tolist())
+                sketches[int(all_g[gfirst[gi]])] = counter
+            all_g, all_v = all_g[~moving], all_v[~moving]
+        self.pairs[name] = (all_g, all_v)
+
+    def select(self, mask: np.ndarray) -> "RuleTable":
+        out = self.empty_like()
+        for attr in ("keys", "window", "client", "server", "domain", "samples", "count", "first", "last", "values"):
+            setattr(out, attr, getattr(self, attr)[mask])
+        kept = set(out.keys.tolist())
+        for name in self.uniques:
+            g, v = self.pairs[name]
+            inside = np.isin(g, out.keys)
+            out.pairs[name] = (g[inside], v[inside])
+            out.sketches[name] = {k: s for k, s in self.sketches[name].items() if k in kept}
+        return out
+
+    # ------------------------------------------------------------- results
+
+    def unique_counts(self, name: str) -> np.ndarray:
+        """Distinct values per group: exact pairs, or the group's sketch once it has one."""
+        groups, _ = self.pairs[name]
+        counts = np.zeros(len(self.keys), dtype=np.int64)
+        if len(groups):
+            order = np.argsort(self.keys)
+            counts = np.bincount(order[np.searchsorted(self.keys[order], groups)], minlength=len(self.keys))
+        sketches = self.sketches[name]
+        if sketches:
+            index = {k: i for i, k in enumerate(self.keys.tolist())}
+            for k, sketch in sketches.items():
+                if k in index:
+                    counts[index[k]] = sketch.count()
+        return counts
+
+    def results(self, aggregations) -> dict[str, np.ndarray]:
+        """Every aggregate's value for every group."""
+        out: dict[str, np.ndarray] = {}
+        col = {name: j for j, (name, _) in enumerate(self.numeric)}
+        for a in aggregations:
+            if a.function == "count":
+                out[a.name] = self.count.astype(np.float64)
+            elif a.function == "nunique":
+                out[a.name] = self.unique_counts(a.name).astype(np.float64)
+            elif a.function == "mean":
+                out[a.name] = np.where(self.count > 0, self.values[:, col[a.name]] / np.maximum(self.count, 1), 0.0)
+            else:
+                out[a.name] = self.values[:, col[a.name]]
+        return out
+
+    def texts(self, i: int) -> dict[str, Any]:
+        return {"domain": self.domain[i].decode("ascii", "replace"),
+                "samples": [s.decode("ascii", "replace") for s in self.samples[i] if s]}
+
+
+def gather_text(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """Arena slices as a fixed-width bytes column (cut at `width`), without a loop."""
+    n = len(offsets)
+    out = np.zeros(n, dtype=f"S{width}")
+    if not n or not arena:
+        return out
+    span = int(min(max(int(lengths.max()), 1), width))
+    data = np.frombuffer(arena, dtype=np.uint8)
+    pos = offsets.astype(np.int64)[:, None] + np.arange(span)
+    inside = np.arange(span) < np.minimum(lengths.astype(np.int64), width)[:, None]
+    chars = np.where(inside, data[np.minimum(pos, len(data) - 1)], 0).astype(np.uint8)
+    out.view(np.uint8).reshape(n, width)[:, :span] = chars
+    return out
