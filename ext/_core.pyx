@@ -1825,3 +1825,56 @@ def first_label_stats(const uint8_t[::1] arena, const uint32_t[::1] offsets, con
         o[1, i] = digits
         o[2, i] = hexes
     return out
+
+
+cdef inline bint table_has(const uint64_t[::1] table, uint64_t h) noexcept nogil:
+    cdef uint64_t mask = table.shape[0] - 1
+    cdef uint64_t slot
+    if h == 0:
+        h = 1
+    slot = h & mask
+    while table[slot] != 0:
+        if table[slot] == h:
+            return 1
+        slot = (slot + 1) & mask
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths,
+                 const uint64_t[::1] exact, const uint64_t[::1] with_subdomains,
+                 const uint64_t[::1] below_only):
+    """Per name: 1 when its FNV-1a hash is in `exact` or `with_subdomains`, or the hash of a
+    parent domain (the text after a label boundary) is in `with_subdomains` or `below_only`
+    (RPZ "*.name"). Tables are open-addressing sets of hashes (power-of-two sizes, 0 = empty,
+    hash 0 stored as 1)."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef uint32_t k, start, end
+    cdef uint64_t h
+    if lengths.shape[0] != n:
+        raise ValueError("offsets and lengths differ in length")
+    for size in (exact.shape[0], with_subdomains.shape[0], below_only.shape[0]):
+        if size == 0 or size & (size - 1):
+            raise ValueError("table sizes must be powers of two")
+    out = np.zeros(n, dtype=np.uint8)
+    cdef uint8_t[::1] o = out
+    for i in range(n):
+        start = offsets[i]
+        end = start + lengths[i]
+        if end > <uint32_t>arena.shape[0]:
+            raise ValueError("span outside the arena")
+        while start < end:
+            h = <uint64_t>FNV_OFFSET
+            for k in range(start, end):
+                h = fnv_step(h, arena[k])
+            if table_has(with_subdomains, h) or (
+                    table_has(exact, h) if start == offsets[i] else table_has(below_only, h)):
+                o[i] = 1
+                break
+            # next label: past the next unescaped dot
+            k = start
+            while k < end and arena[k] != 46:
+                k += 2 if arena[k] == 92 else 1
+            start = k + 1
+    return out

@@ -33,3 +33,8 @@ def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarra
 
 def first_label_stats(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Per name in presentation form: rows (length, digits, hex characters) of its leftmost label."""
+
+def names_listed(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, exact: np.ndarray,
+                 with_subdomains: np.ndarray, below_only: np.ndarray) -> np.ndarray:
+    """Per name: 1 when it is in `exact` or `with_subdomains`, or a parent domain is in
+    `with_subdomains` or `below_only`."""

@@ -208,5 +208,45 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
     import sys
     subprocess.run([sys.executable, str(REPO / "tools" / "rule_samples.py"), str(tmp_path)], check=True,
                    capture_output=True)
-    for name in ("generated-water-torture.pcap", "generated-av-reputation-lookups.pcap"):
+    for name in ("generated-water-torture.pcap", "generated-av-reputation-lookups.pcap",
+                 "generated-malware-lookups.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
+
+
+# ------------------------------------------------------------------ name lists
+
+def test_list_formats_and_what_they_match(tmp_path):
+    from sensor.features.lists import load_list
+    from sensor.parse import Parser
+    (tmp_path / "zone.rpz").write_text("$TTL 30\n@ IN SOA localhost. root.localhost. 1 2 3 4 5\n NS localhost.\n"
+                                       "bad.example CNAME .\n*.wild.example CNAME .\nother.example A 192.0.2.1\n")
+    (tmp_path / "x.hosts").write_text("# comment\n0.0.0.0 host.example\n127.0.0.1 Second.Example.\n")
+    (tmp_path / "d.txt").write_text("domain.example\nnot a name at all\n")
+    names = ["bad.example", "a.bad.example", "x.wild.example", "wild.example", "host.example",
+             "sub.host.example", "second.example", "domain.example", "deep.sub.domain.example", "other.example"]
+    batch = Parser().parse_payloads([__import__("dnslib").DNSRecord.question(n).pack() for n in names])
+    m = batch.messages
+    hit = {}
+    for f in ("zone.rpz", "x.hosts", "d.txt"):
+        lst = load_list(tmp_path / f)
+        hit[f] = [n for n, h in zip(names, lst.mask(batch.arena, m["qname_off"], m["qname_len"])) if h]
+    assert hit["zone.rpz"] == ["bad.example", "x.wild.example"]       # exact, and below a wildcard
+    assert hit["x.hosts"] == ["host.example", "second.example"]        # hosts: exact names only
+    assert hit["d.txt"] == ["domain.example", "deep.sub.domain.example"]   # domains: and below
+    assert load_list(tmp_path / "d.txt").skipped == 1
+    assert load_list(tmp_path / "zone.rpz").skipped == 2               # SOA and the A record
+
+
+def test_malware_verdicts_follow_the_list_on_reload(tmp_path):
+    folder = tmp_path / "rules"
+    shutil.copytree(RULES, folder)
+    capture = str(DATA / "generated-malware-lookups.pcap")
+    fired = run_rules([r for r in load_dir(folder) if r.kind == "malware_domain"], [capture])
+    listed = [line.split()[1] for line in (RULES / "lists" / "urlhaus.hosts").read_text().splitlines()
+              if line and not line.startswith("#")][:3]
+    assert sorted(v["domain"] for v in fired) == sorted(listed)
+    assert all(v["client"] == "10.3.0.77" and v["evidence"]["values"]["lookups"] == 1 for v in fired)
+    hosts = folder / "lists" / "urlhaus.hosts"
+    hosts.write_text("\n".join(line for line in hosts.read_text().splitlines() if listed[0] not in line))
+    fired = run_rules([r for r in load_dir(folder) if r.kind == "malware_domain"], [capture])
+    assert sorted(v["domain"] for v in fired) == sorted(listed[1:])

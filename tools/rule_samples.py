@@ -3,6 +3,8 @@
 - generated-water-torture.pcap: thirty clients of a resolver (10.3.0.53) send
   random-label queries under victim.example within a minute; every answer is
   NXDOMAIN, on the client leg and on the resolver's upstream leg (198.51.100.53).
+- generated-malware-lookups.pcap: an office client looking up three hosts of
+  rules/lists/urlhaus.hosts (the first three) among ordinary names.
 - generated-av-reputation-lookups.pcap: what must stay quiet: a mail server's
   DNSBL lookups (reversed IPv4 addresses, mostly NXDOMAIN) and an anti-virus
   engine's file-hash reputation lookups (32-hex-digit labels, A queries) through
@@ -101,7 +103,21 @@ def av_reputation(out: Path) -> None:
     write(out / "generated-av-reputation-lookups.pcap", frames)
 
 
+def malware_lookups(out: Path) -> None:
+    rng = random.Random(13)
+    frames: list[tuple[float, bytes]] = []
+    listed = [line.split()[1] for line in (Path(__file__).resolve().parent.parent / "rules" / "lists" /
+                                           "urlhaus.hosts").read_text().splitlines()
+              if line and not line.startswith("#")][:3]
+    ordinary = ["www.example.com", "mail.example.org", "intranet.example.net"]
+    for i in range(60):
+        name = listed[i // 20] if i % 20 == 7 else ordinary[i % 3]
+        exchange(frames, rng, START + i * 1.5, "10.3.0.77", name, "A", f"203.0.113.{i + 1}", i % 4 == 0)
+    write(out / "generated-malware-lookups.pcap", frames)
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA
     water_torture(target)
     av_reputation(target)
+    malware_lookups(target)

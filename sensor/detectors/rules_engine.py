@@ -89,6 +89,7 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
          dropped: dict[str, int]) -> None:
     """Fold one batch into `partials` (rule name -> RuleTable)."""
     for rule in rules:
+        table.columns.lists.update(rule.lists)
         mask = np.broadcast_to(np.asarray(rule.where(table.columns), dtype=bool), (len(table),))
         idx = np.flatnonzero(mask)
         if not len(idx):

@@ -71,8 +71,13 @@ class Columns(dict):
     def __init__(self, values: dict[str, np.ndarray], batch: Batch) -> None:
         super().__init__(values)
         self._batch = batch
+        self.lists: dict = {}             # list_<name> -> NameList, filled by the rules that use them
 
     def __missing__(self, name: str) -> np.ndarray:
+        if name in self.lists:
+            m = self._batch.messages
+            self[name] = self.lists[name].mask(self._batch.arena, m["qname_off"], m["qname_len"])
+            return self[name]
         if name not in LAZY:
             raise KeyError(name)
         self.update(_first_label_columns(self._batch))

@@ -28,6 +28,23 @@ def _to_ascii(rule: str) -> str:
         ).lower()
 
 
+def hash_set_table(hashes) -> np.ndarray:
+    """64-bit hashes as the compiled core's set: open addressing, linear probing, a power-of-two
+    size at least twice the count, 0 meaning empty (a hash of 0 is stored as 1)."""
+    keys = [h or 1 for h in hashes]
+    size = 1
+    while size < 2 * len(keys) + 2:
+        size *= 2
+    table = np.zeros(size, dtype=np.uint64)
+    mask = size - 1
+    for key in keys:
+        slot = key & mask
+        while table[slot] and table[slot] != key:
+            slot = (slot + 1) & mask
+        table[slot] = key
+    return table
+
+
 @dataclass(frozen=True)
 class SuffixRules:
     rules: frozenset[str]
@@ -37,21 +54,10 @@ class SuffixRules:
     def table(self) -> np.ndarray:
         from sensor._core import fnv1a64
 
-        keys = [fnv1a64(s.encode(), ord(kind)) or 1
-                for kind, group in ((KIND_RULE, self.rules), (KIND_WILDCARD, self.wildcards),
-                                    (KIND_EXCEPTION, self.exceptions))
-                for s in group]
-        size = 1
-        while size < 2 * len(keys) + 2:
-            size *= 2
-        table = np.zeros(size, dtype=np.uint64)
-        mask = size - 1
-        for key in keys:
-            slot = key & mask
-            while table[slot] and table[slot] != key:
-                slot = (slot + 1) & mask
-            table[slot] = key
-        return table
+        return hash_set_table(fnv1a64(s.encode(), ord(kind))
+                              for kind, group in ((KIND_RULE, self.rules), (KIND_WILDCARD, self.wildcards),
+                                                  (KIND_EXCEPTION, self.exceptions))
+                              for s in group)
 
     def registered_label(self, labels: list[str]) -> int:
         """Index of the first label of the registered domain; mirrors Core.registered_label."""

@@ -38,6 +38,7 @@ from typing import Any
 
 from sensor.errors import ConfigError
 from sensor.features import FEATURES, GROUP_KEYS
+from sensor.features.lists import load_lists
 from sensor.rules.expr import Evaluator, ExprError, compile_expr
 from sensor.store.schema import SEVERITIES
 
@@ -48,6 +49,8 @@ SPECIAL_FILES = ("anomaly_burst.toml",)
 """Rule files with a format of their own, read by their detector module."""
 MAX_WINDOW_S = 7 * 86400
 SAMPLE_PREFIXES = ("data:", "shared:")
+LISTS_DIR = "lists"
+"""Name lists beside the rule files: rules/lists/<name>.txt|.hosts|.rpz gives feature list_<name>."""
 
 
 class RuleError(ConfigError):
@@ -79,6 +82,8 @@ class Rule:
     summary: str
     positive: tuple[str, ...]
     negative: tuple[str, ...]
+    lists: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Name lists (rules/lists/) the rule reads, by feature name."""
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -86,8 +91,12 @@ def _line_of(text: str, key: str) -> int | None:
     return text.count("\n", 0, m.start()) + 1 if m else None
 
 
-def load_rule(path: str | Path) -> Rule:
+def load_rule(path: str | Path, lists: dict[str, Any] | None = None) -> Rule:
+    """One rule file; `lists` are the name lists it may use (list_<name> features)."""
     path = Path(path)
+    lists = lists if lists is not None else load_lists(path.parent / LISTS_DIR)
+    features = set(FEATURES) | set(lists)
+    used: set[str] = set()
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -122,7 +131,8 @@ def load_rule(path: str | Path) -> Rule:
     if not isinstance(group_by, list) or not group_by or any(g not in GROUP_KEYS for g in group_by):
         raise fail("group_by", f"expected a list of {', '.join(GROUP_KEYS)}")
     try:
-        where, _ = compile_expr(_string(doc["where"], fail, "where"), FEATURES.keys())
+        where, names = compile_expr(_string(doc["where"], fail, "where"), features)
+        used |= names
     except ExprError as e:
         raise fail("where", _expr_message(e)) from None
     if not isinstance(doc["aggregate"], dict) or not doc["aggregate"]:
@@ -131,7 +141,7 @@ def load_rule(path: str | Path) -> Rule:
     for name, spec in doc["aggregate"].items():
         if name in FEATURES or name in ("window_s", "client", "server", "domain"):
             raise fail(f"aggregate.{name}", "name taken by a feature column")
-        aggregations.append(_aggregation(name, _string(spec, fail, f"aggregate.{name}"), fail))
+        aggregations.append(_aggregation(name, _string(spec, fail, f"aggregate.{name}"), fail, features, used))
     threshold_doc = doc["threshold"]
     if not isinstance(threshold_doc, dict) or set(threshold_doc) != {"when"}:
         raise fail("threshold", 'expected a table with one key: when = "..."')
@@ -158,7 +168,8 @@ def load_rule(path: str | Path) -> Rule:
                 description=str(doc.get("description", "")), where_text=doc["where"], where=where,
                 group_by=tuple(group_by), window_s=window, aggregations=tuple(aggregations),
                 threshold_text=threshold_text, threshold=threshold, summary=summary,
-                positive=tuple(samples.get("positive", ())), negative=tuple(samples.get("negative", ())))
+                positive=tuple(samples.get("positive", ())), negative=tuple(samples.get("negative", ())),
+                lists={name: lists[name] for name in used if name in lists})
 
 
 def _string(value: Any, fail, key: str) -> str:
@@ -171,7 +182,7 @@ def _expr_message(e: ExprError) -> str:
     return f"{e} (at column {e.col + 1})" if e.col is not None else str(e)
 
 
-def _aggregation(name: str, spec: str, fail) -> Aggregation:
+def _aggregation(name: str, spec: str, fail, features: set[str], used: set[str]) -> Aggregation:
     key = f"aggregate.{name}"
     try:
         call = ast.parse(spec.strip(), mode="eval").body
@@ -190,11 +201,13 @@ def _aggregation(name: str, spec: str, fail) -> Aggregation:
         raise fail(key, f"{function}() takes one argument")
     argument = ast.get_source_segment(spec.strip(), call.args[0]) or ""
     if function == "nunique":
-        if not isinstance(call.args[0], ast.Name) or call.args[0].id not in FEATURES:
+        if not isinstance(call.args[0], ast.Name) or call.args[0].id not in features:
             raise fail(key, "nunique() takes one feature column, e.g. nunique(qname)")
+        used.add(call.args[0].id)
         return Aggregation(name, function, call.args[0].id)
     try:
-        evaluate, _ = compile_expr(argument, FEATURES.keys())
+        evaluate, names = compile_expr(argument, features)
+        used |= names
     except ExprError as e:
         raise fail(key, _expr_message(e)) from None
     return Aggregation(name, function, argument, evaluate)
@@ -205,7 +218,8 @@ def load_dir(directory: str | Path) -> list[Rule]:
     directory = Path(directory)
     if not directory.is_dir():
         raise RuleError(f"{directory}: not a directory")
-    rules = [load_rule(p) for p in sorted(directory.glob("*.toml")) if p.name not in SPECIAL_FILES]
+    lists = load_lists(directory / LISTS_DIR)
+    rules = [load_rule(p, lists) for p in sorted(directory.glob("*.toml")) if p.name not in SPECIAL_FILES]
     seen: dict[str, str] = {}
     for r in rules:
         if r.name in seen:
@@ -227,7 +241,10 @@ def check(directory: str | Path) -> list[str]:
     burst = anomaly_burst.load(directory)
     out.append(f"ok  {Path(burst.path).name:<28} anomaly          window {burst.window_s} s, "
                f"threshold {burst.threshold}")
+    for name, lst in load_lists(Path(directory) / LISTS_DIR).items():
+        out.append(f"ok  lists/{Path(lst.path).name:<22} {name:<16} {lst.entries} names"
+                   + (f", {lst.skipped} lines skipped" if lst.skipped else ""))
     for r in load_dir(directory):
         out.append(f"ok  {Path(r.path).name:<28} {r.kind:<16} by {'+'.join(r.group_by)} per {r.window_s} s, "
-                   f"when {r.threshold_text}")
+                   f"when {' '.join(r.threshold_text.split())}")
     return out
