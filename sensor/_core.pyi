@@ -38,3 +38,7 @@ def names_listed(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, exact: 
                  with_subdomains: np.ndarray, below_only: np.ndarray) -> np.ndarray:
     """Per name: 1 when it is in `exact` or `with_subdomains`, or a parent domain is in
     `with_subdomains` or `below_only`."""
+
+def dga_scores(arena: bytes, qname_off: np.ndarray, regdom_off: np.ndarray, qname_len: np.ndarray,
+               table: np.ndarray) -> np.ndarray:
+    """Per message: mean trigram score of the registered label (see sensor.features.dga)."""

@@ -209,7 +209,7 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
     subprocess.run([sys.executable, str(REPO / "tools" / "rule_samples.py"), str(tmp_path)], check=True,
                    capture_output=True)
     for name in ("generated-water-torture.pcap", "generated-av-reputation-lookups.pcap",
-                 "generated-malware-lookups.pcap"):
+                 "generated-malware-lookups.pcap", "generated-dga-client.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
@@ -250,3 +250,37 @@ def test_malware_verdicts_follow_the_list_on_reload(tmp_path):
     hosts.write_text("\n".join(line for line in hosts.read_text().splitlines() if listed[0] not in line))
     fired = run_rules([r for r in load_dir(folder) if r.kind == "malware_domain"], [capture])
     assert sorted(v["domain"] for v in fired) == sorted(listed[1:])
+
+
+# ------------------------------------------------------------------ the DGA model
+
+def test_compiled_dga_score_matches_the_reference_scorer():
+    import dnslib
+
+    from sensor.features.dga import load_model, score_label
+    from sensor.parse import Parser
+    model = load_model(RULES / "models")
+    names = ["www.google.com", "qwhxkzpvbnrt.com", "mail.example.co.uk", "k8a7-d6f5g4.net", "a.b",
+             "x" * 63 + ".org", "bbc.co.uk", "."]
+    batch = Parser().parse_payloads([dnslib.DNSRecord.question(n).pack() for n in names])
+    got = model.scores(batch.arena, batch.messages)
+    labels = ["google", "qwhxkzpvbnrt", "example", "k8a7-d6f5g4", "a", "x" * 63, "bbc", None]
+    for g, label in zip(got.tolist(), labels):
+        assert g == pytest.approx(score_label(label, model.table) if label else 0.0, abs=1e-9)
+    assert got[1] > model.threshold > got[0]
+
+
+def test_dga_model_figures_hold_on_the_held_out_split():
+    from conftest import SHARED_PCAPS
+    datasets = SHARED_PCAPS.parent / "datasets"
+    if not (datasets / "dga_labeled_multifamily.csv").exists():
+        pytest.skip("the shared datasets are absent")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "train_dga.py"), "--check"], check=True,
+                         capture_output=True, text=True).stdout
+    measured = json.loads(out)
+    claimed = json.loads((RULES / "models" / "dga.json").read_text())["held_out"]
+    for key in ("false_positive_rate", "recall", "precision"):
+        assert measured[key] == pytest.approx(claimed[key], abs=1e-4), key
+    assert measured["false_positive_rate"] <= 0.02 and measured["precision"] >= 0.9

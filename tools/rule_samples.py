@@ -5,6 +5,9 @@
   NXDOMAIN, on the client leg and on the resolver's upstream leg (198.51.100.53).
 - generated-malware-lookups.pcap: an office client looking up three hosts of
   rules/lists/urlhaus.hosts (the first three) among ordinary names.
+- generated-dga-client.pcap: an infected client cycling through names from a
+  seeded random-letter generator written here (in the style of tinba or ramdo, not
+  taken from any dataset): NXDOMAIN for all but the one that is registered.
 - generated-av-reputation-lookups.pcap: what must stay quiet: a mail server's
   DNSBL lookups (reversed IPv4 addresses, mostly NXDOMAIN) and an anti-virus
   engine's file-hash reputation lookups (32-hex-digit labels, A queries) through
@@ -116,8 +119,21 @@ def malware_lookups(out: Path) -> None:
     write(out / "generated-malware-lookups.pcap", frames)
 
 
+def dga_client(out: Path) -> None:
+    rng = random.Random(17)
+    frames: list[tuple[float, bytes]] = []
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for i in range(40):
+        name = "".join(rng.choice(letters) for _ in range(12)) + rng.choice([".com", ".net", ".org"])
+        answer = "198.51.100.66" if i == 37 else None
+        exchange(frames, rng, START + i * 7.0, "10.3.0.99", name, "A", answer, True)
+        exchange(frames, rng, START + i * 7.0 + 3.0, "10.3.0.99", "www.example.com", "A", "203.0.113.10", False)
+    write(out / "generated-dga-client.pcap", frames)
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA
     water_torture(target)
     av_reputation(target)
     malware_lookups(target)
+    dga_client(target)

@@ -90,6 +90,8 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
     """Fold one batch into `partials` (rule name -> RuleTable)."""
     for rule in rules:
         table.columns.lists.update(rule.lists)
+        if rule.dga_model is not None:
+            table.columns.dga_model = rule.dga_model
         mask = np.broadcast_to(np.asarray(rule.where(table.columns), dtype=bool), (len(table),))
         idx = np.flatnonzero(mask)
         if not len(idx):

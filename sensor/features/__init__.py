@@ -58,6 +58,8 @@ FEATURES: dict[str, str] = {
     "first_label_len": "length of the leftmost label (computed only when a rule uses it)",
     "first_label_digits": "digits in the leftmost label: reversed addresses (DNSBL, PTR) are all digits",
     "first_label_hex": "hex characters in the leftmost label: file-hash lookups are all hex",
+    "dga_score": "lexical DGA score of the registered label (rules/models/, tools/train_dga.py); "
+                 "dga_threshold is the model's own cut-off",
 }
 LAZY = ("first_label_len", "first_label_digits", "first_label_hex")
 
@@ -72,8 +74,12 @@ class Columns(dict):
         super().__init__(values)
         self._batch = batch
         self.lists: dict = {}             # list_<name> -> NameList, filled by the rules that use them
+        self.dga_model = None             # set by a rule that uses dga_score
 
     def __missing__(self, name: str) -> np.ndarray:
+        if name == "dga_score" and self.dga_model is not None:
+            self[name] = self.dga_model.scores(self._batch.arena, self._batch.messages)
+            return self[name]
         if name in self.lists:
             m = self._batch.messages
             self[name] = self.lists[name].mask(self._batch.arena, m["qname_off"], m["qname_len"])

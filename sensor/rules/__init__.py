@@ -38,6 +38,7 @@ from typing import Any
 
 from sensor.errors import ConfigError
 from sensor.features import FEATURES, GROUP_KEYS
+from sensor.features.dga import load_model
 from sensor.features.lists import load_lists
 from sensor.rules.expr import Evaluator, ExprError, compile_expr
 from sensor.store.schema import SEVERITIES
@@ -49,6 +50,8 @@ SPECIAL_FILES = ("anomaly_burst.toml",)
 """Rule files with a format of their own, read by their detector module."""
 MAX_WINDOW_S = 7 * 86400
 SAMPLE_PREFIXES = ("data:", "shared:")
+MODELS_DIR = "models"
+"""Models trained offline (tools/train_dga.py) beside the rule files."""
 LISTS_DIR = "lists"
 """Name lists beside the rule files: rules/lists/<name>.txt|.hosts|.rpz gives feature list_<name>."""
 
@@ -84,6 +87,8 @@ class Rule:
     negative: tuple[str, ...]
     lists: dict[str, Any] = field(default_factory=dict, compare=False)
     """Name lists (rules/lists/) the rule reads, by feature name."""
+    dga_model: Any = field(default=None, compare=False)
+    """The DGA model (rules/models/) when the rule reads dga_score."""
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -91,11 +96,15 @@ def _line_of(text: str, key: str) -> int | None:
     return text.count("\n", 0, m.start()) + 1 if m else None
 
 
-def load_rule(path: str | Path, lists: dict[str, Any] | None = None) -> Rule:
-    """One rule file; `lists` are the name lists it may use (list_<name> features)."""
+def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: Any = False) -> Rule:
+    """One rule file; `lists` are the name lists it may use (list_<name> features), `dga_model`
+    the DGA model (both read from beside the rule when not given)."""
     path = Path(path)
     lists = lists if lists is not None else load_lists(path.parent / LISTS_DIR)
-    features = set(FEATURES) | set(lists)
+    if dga_model is False:
+        dga_model = load_model(path.parent / MODELS_DIR)
+    features = (set(FEATURES) | set(lists)) - ({"dga_score"} if dga_model is None else set())
+    constants = {"dga_threshold": dga_model.threshold} if dga_model is not None else {}
     used: set[str] = set()
     try:
         text = path.read_text()
@@ -131,7 +140,7 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None) -> Rule:
     if not isinstance(group_by, list) or not group_by or any(g not in GROUP_KEYS for g in group_by):
         raise fail("group_by", f"expected a list of {', '.join(GROUP_KEYS)}")
     try:
-        where, names = compile_expr(_string(doc["where"], fail, "where"), features)
+        where, names = compile_expr(_string(doc["where"], fail, "where"), features, constants)
         used |= names
     except ExprError as e:
         raise fail("where", _expr_message(e)) from None
@@ -141,7 +150,8 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None) -> Rule:
     for name, spec in doc["aggregate"].items():
         if name in FEATURES or name in ("window_s", "client", "server", "domain"):
             raise fail(f"aggregate.{name}", "name taken by a feature column")
-        aggregations.append(_aggregation(name, _string(spec, fail, f"aggregate.{name}"), fail, features, used))
+        aggregations.append(_aggregation(name, _string(spec, fail, f"aggregate.{name}"), fail, features, used,
+                                         constants))
     threshold_doc = doc["threshold"]
     if not isinstance(threshold_doc, dict) or set(threshold_doc) != {"when"}:
         raise fail("threshold", 'expected a table with one key: when = "..."')
@@ -169,7 +179,8 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None) -> Rule:
                 group_by=tuple(group_by), window_s=window, aggregations=tuple(aggregations),
                 threshold_text=threshold_text, threshold=threshold, summary=summary,
                 positive=tuple(samples.get("positive", ())), negative=tuple(samples.get("negative", ())),
-                lists={name: lists[name] for name in used if name in lists})
+                lists={name: lists[name] for name in used if name in lists},
+                dga_model=dga_model if "dga_score" in used else None)
 
 
 def _string(value: Any, fail, key: str) -> str:
@@ -182,7 +193,8 @@ def _expr_message(e: ExprError) -> str:
     return f"{e} (at column {e.col + 1})" if e.col is not None else str(e)
 
 
-def _aggregation(name: str, spec: str, fail, features: set[str], used: set[str]) -> Aggregation:
+def _aggregation(name: str, spec: str, fail, features: set[str], used: set[str],
+                 constants: dict[str, float]) -> Aggregation:
     key = f"aggregate.{name}"
     try:
         call = ast.parse(spec.strip(), mode="eval").body
@@ -206,7 +218,7 @@ def _aggregation(name: str, spec: str, fail, features: set[str], used: set[str])
         used.add(call.args[0].id)
         return Aggregation(name, function, call.args[0].id)
     try:
-        evaluate, names = compile_expr(argument, features)
+        evaluate, names = compile_expr(argument, features, constants)
         used |= names
     except ExprError as e:
         raise fail(key, _expr_message(e)) from None
@@ -219,7 +231,8 @@ def load_dir(directory: str | Path) -> list[Rule]:
     if not directory.is_dir():
         raise RuleError(f"{directory}: not a directory")
     lists = load_lists(directory / LISTS_DIR)
-    rules = [load_rule(p, lists) for p in sorted(directory.glob("*.toml")) if p.name not in SPECIAL_FILES]
+    model = load_model(directory / MODELS_DIR)
+    rules = [load_rule(p, lists, model) for p in sorted(directory.glob("*.toml")) if p.name not in SPECIAL_FILES]
     seen: dict[str, str] = {}
     for r in rules:
         if r.name in seen:

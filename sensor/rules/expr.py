@@ -39,15 +39,17 @@ _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 Evaluator = Callable[[Mapping[str, Any]], Any]
 
 
-def compile_expr(text: str, names: Mapping[str, str] | set[str]) -> tuple[Evaluator, set[str]]:
-    """Compile `text`; (function of a column mapping, the column names it reads)."""
+def compile_expr(text: str, names: Mapping[str, str] | set[str],
+                 constants: Mapping[str, float] | None = None) -> tuple[Evaluator, set[str]]:
+    """Compile `text`; (function of a column mapping, the column names it reads). `constants`
+    adds named values (a model's threshold) to the built-in ones."""
     try:
         # parenthesised so an expression may span lines in the rule file
         tree = ast.parse("(" + text.strip() + "\n)", mode="eval")
     except SyntaxError as e:
         raise ExprError(f"syntax error: {e.msg}", max((e.offset or 1) - 2, 0)) from None
     used: set[str] = set()
-    fn = _compile(tree.body, set(names), used)
+    fn = _compile(tree.body, set(names), used, {**CONSTANTS, **(constants or {})})
     return fn, used
 
 
@@ -56,9 +58,9 @@ def _fail(node: ast.AST, why: str) -> ExprError:
     return ExprError(why, max(col - 1, 0) if col is not None and getattr(node, "lineno", 1) == 1 else col)
 
 
-def _compile(node: ast.AST, names: set[str], used: set[str]) -> Evaluator:
+def _compile(node: ast.AST, names: set[str], used: set[str], consts: Mapping[str, float]) -> Evaluator:
     if isinstance(node, ast.BoolOp):
-        parts = [_compile(v, names, used) for v in node.values]
+        parts = [_compile(v, names, used, consts) for v in node.values]
         op = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
 
         def boolop(env, parts=parts, op=op):
@@ -68,14 +70,14 @@ def _compile(node: ast.AST, names: set[str], used: set[str]) -> Evaluator:
             return out
         return boolop
     if isinstance(node, ast.UnaryOp):
-        inner = _compile(node.operand, names, used)
+        inner = _compile(node.operand, names, used, consts)
         if isinstance(node.op, ast.Not):
             return lambda env: np.logical_not(inner(env))
         if isinstance(node.op, ast.USub):
             return lambda env: -inner(env)
         raise _fail(node, "only 'not' and '-' are allowed as unary operators")
     if isinstance(node, ast.Compare):
-        left = _compile(node.left, names, used)
+        left = _compile(node.left, names, used, consts)
         steps = []
         for op, comp in zip(node.ops, node.comparators):
             if isinstance(op, (ast.In, ast.NotIn)):
@@ -84,7 +86,7 @@ def _compile(node: ast.AST, names: set[str], used: set[str]) -> Evaluator:
                 values = np.array([_constant(e) for e in comp.elts])
                 steps.append(("in", isinstance(op, ast.NotIn), values))
             elif type(op) in _COMPARE:
-                steps.append(("cmp", _COMPARE[type(op)], _compile(comp, names, used)))
+                steps.append(("cmp", _COMPARE[type(op)], _compile(comp, names, used, consts)))
             else:
                 raise _fail(node, "unsupported comparison")
 
@@ -104,7 +106,7 @@ def _compile(node: ast.AST, names: set[str], used: set[str]) -> Evaluator:
             return result
         return compare
     if isinstance(node, ast.BinOp):
-        left, right = _compile(node.left, names, used), _compile(node.right, names, used)
+        left, right = _compile(node.left, names, used, consts), _compile(node.right, names, used, consts)
         if isinstance(node.op, ast.Div):
             def divide(env, left=left, right=right):
                 a, b = np.asarray(left(env), dtype=np.float64), np.asarray(right(env), dtype=np.float64)
@@ -117,8 +119,8 @@ def _compile(node: ast.AST, names: set[str], used: set[str]) -> Evaluator:
         op = _BINARY[type(node.op)]
         return lambda env, left=left, right=right, op=op: op(left(env), right(env))
     if isinstance(node, ast.Name):
-        if node.id in CONSTANTS:
-            value = CONSTANTS[node.id]
+        if node.id in consts:
+            value = consts[node.id]
             return lambda env, value=value: value
         if node.id in ("True", "False"):
             value = node.id == "True"
