@@ -3,8 +3,10 @@
 Builds the same realistic capture as bench/parse.py (or takes --capture),
 replays it through `sensor.engine.replay` into a fresh SQLite file, and runs
 tshark on the same file (its first --tshark-frames frames; rates are rates).
-Also reports the parse-only rate in the same run, so the cost of tracking and
-storing shows as a ratio. The last line is one JSON object.
+Replays twice over: with every rule of rules/ on and with no rules (an empty rules
+directory), and reports the parse-only rate in the same run, so the costs of
+tracking and storing and of the detectors show as ratios. The last line is one JSON
+object.
 
     python bench/replay.py [--messages 1000000] [--capture FILE] [--repeat 2]
 """
@@ -44,13 +46,19 @@ def main() -> int:
         path = args.capture or os.path.join(tmp, "bench.pcap")
         if not args.capture:
             build_capture(path, args.messages)
-        best = None
-        for i in range(args.repeat):
-            db = os.path.join(tmp, f"replay{i}.db")
-            conf = replace(Config(), db_path=db, rules_dir=str(Path(__file__).resolve().parent.parent / "rules"))
-            r = replay([path], conf, progress_to=None)
-            if best is None or r.seconds < best.seconds:
-                best = r
+        no_rules = os.path.join(tmp, "no-rules")
+        os.mkdir(no_rules)
+
+        def best_replay(rules_dir: str):
+            best = None
+            for i in range(args.repeat):
+                db = os.path.join(tmp, f"replay-{os.path.basename(rules_dir)}-{i}.db")
+                r = replay([path], replace(Config(), db_path=db, rules_dir=rules_dir), progress_to=None)
+                if best is None or r.seconds < best.seconds:
+                    best = r
+            return best
+        best = best_replay(str(Path(__file__).resolve().parent.parent / "rules"))
+        bare = best_replay(no_rules)
         t0 = time.perf_counter()
         parsed = sum(len(b) for b in Parser().parse_file(path))
         parse_s = time.perf_counter() - t0
@@ -65,11 +73,12 @@ def main() -> int:
             tshark_rate = out.count(b"\n") / (time.perf_counter() - t0)
 
         replay_rate = best.messages / best.seconds
+        bare_rate = bare.messages / bare.seconds
         parse_rate = parsed / parse_s
         print(f"\n{best.messages} messages; one core; best of {args.repeat} replays")
         print(f"{'contender':<36} {'msgs/s':>14} {'vs tshark':>10}")
-        for label, rate in (("replay: parse+track+store", replay_rate), ("parse only (same run)", parse_rate),
-                            ("tshark -T fields", tshark_rate)):
+        for label, rate in (("replay, all detectors", replay_rate), ("replay, no detectors", bare_rate),
+                            ("parse only (same run)", parse_rate), ("tshark -T fields", tshark_rate)):
             if rate is None:
                 continue
             ratio = f"{rate / tshark_rate:9.1f}x" if tshark_rate else "        -"
@@ -78,6 +87,8 @@ def main() -> int:
         result = {
             "messages": best.messages,
             "replay_msgs_per_s": round(replay_rate),
+            "replay_no_detectors_msgs_per_s": round(bare_rate),
+            "detectors_cost_ratio": round(bare_rate / replay_rate, 2),
             "parse_msgs_per_s": round(parse_rate),
             "replay_vs_parse": round(replay_rate / parse_rate, 3),
             "tshark_msgs_per_s": round(tshark_rate) if tshark_rate else None,
