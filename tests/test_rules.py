@@ -120,7 +120,7 @@ def test_rules_check_and_test_commands(tmp_path, capsys):
 @pytest.mark.parametrize("rule", load_dir(RULES), ids=lambda r: r.name)
 def test_every_rule_has_samples_and_they_hold(rule):
     assert rule.positive and rule.negative, f"{rule.path} needs positive and negative samples"
-    assert any(s.startswith("data:") for s in rule.positive + rule.negative), \
+    assert any(s.capture.startswith("data:") for s in rule.positive + rule.negative), \
         f"{rule.path}: at least one sample must ship in tests/data (the shared corpus may be absent)"
     assert check_samples(rule) == []
 
@@ -209,7 +209,7 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
     subprocess.run([sys.executable, str(REPO / "tools" / "rule_samples.py"), str(tmp_path)], check=True,
                    capture_output=True)
     for name in ("generated-water-torture.pcap", "generated-av-reputation-lookups.pcap",
-                 "generated-malware-lookups.pcap", "generated-dga-client.pcap"):
+                 "generated-malware-lookups.pcap", "generated-dga-client.pcap", "generated-slow-exfil.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 

@@ -8,6 +8,9 @@
 - generated-dga-client.pcap: an infected client cycling through names from a
   seeded random-letter generator written here (in the style of tinba or ramdo, not
   taken from any dataset): NXDOMAIN for all but the one that is registered.
+- generated-slow-exfil.pcap: low and slow: one client sends a file in base32 labels
+  under drop.example, one query every five seconds for an hour (A queries, so the
+  data-carrying-type test of the tunnel rule does not help).
 - generated-av-reputation-lookups.pcap: what must stay quiet: a mail server's
   DNSBL lookups (reversed IPv4 addresses, mostly NXDOMAIN) and an anti-virus
   engine's file-hash reputation lookups (32-hex-digit labels, A queries) through
@@ -131,8 +134,22 @@ def dga_client(out: Path) -> None:
     write(out / "generated-dga-client.pcap", frames)
 
 
+def slow_exfil(out: Path) -> None:
+    import base64
+
+    rng = random.Random(19)
+    frames: list[tuple[float, bytes]] = []
+    secret = bytes(rng.randrange(256) for _ in range(720 * 25))
+    for i in range(720):
+        chunk = base64.b32encode(secret[i * 25:(i + 1) * 25]).decode().lower().rstrip("=")
+        name = f"{chunk}.{i:x}.drop.example"
+        exchange(frames, rng, START + i * 5.0, "10.3.0.42", name, "A", "192.0.2.1", True)
+    write(out / "generated-slow-exfil.pcap", frames)
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA
+    slow_exfil(target)
     water_torture(target)
     av_reputation(target)
     malware_lookups(target)

@@ -11,7 +11,7 @@ from sensor.config import Config
 from sensor.detectors import anomaly_burst
 from sensor.detectors.rules_engine import verdicts
 from sensor.engine.pipeline import Pipeline, merged_frames
-from sensor.rules import Rule
+from sensor.rules import Rule, Sample
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = REPO / "tests" / "data"
@@ -44,6 +44,11 @@ def run_rules(rules: list[Rule], captures: list[str], config: Config | None = No
     return out
 
 
+def sample_config(sample: Sample) -> Config:
+    return replace(Config(), ports=SAMPLE_PORTS, client_networks=sample.client_networks,
+                   resolver_addresses=sample.resolver_addresses)
+
+
 def check_samples(rule: Rule, data_dir: Path = DATA_DIR, shared_dir: Path = SHARED_DIR) -> list[str]:
     """Problems with one rule's samples (empty when every positive fires and no negative does).
     Each sample is replayed on its own. Shared samples are skipped when the corpus is absent."""
@@ -51,14 +56,15 @@ def check_samples(rule: Rule, data_dir: Path = DATA_DIR, shared_dir: Path = SHAR
     if not rule.positive or not rule.negative:
         problems.append(f"{rule.path}: needs positive and negative samples")
     for expected, specs in ((True, rule.positive), (False, rule.negative)):
-        for spec in specs:
+        for sample in specs:
+            spec = sample.capture
             path = sample_path(spec, data_dir, shared_dir)
             if path is None:
                 continue
             if not path.exists():
                 problems.append(f"{rule.path}: sample {spec}: no such file {path}")
                 continue
-            fired = run_rules([rule], [str(path)])
+            fired = run_rules([rule], [str(path)], sample_config(sample))
             if expected and not fired:
                 problems.append(f"{rule.path}: positive sample {spec} gave no verdict")
             if not expected and fired:

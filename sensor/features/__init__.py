@@ -54,6 +54,7 @@ FEATURES: dict[str, str] = {
     "duplicate": "a further response to a query already answered",
     "upstream": "on the resolver's upstream leg (the resolver is the client)",
     "client_internal": "the client is inside the configured client networks",
+    "client_external": "client networks are configured and the client is outside them",
     "anomalous": "the message carries any anomaly",
     "first_label_len": "length of the leftmost label (computed only when a rule uses it)",
     "first_label_digits": "digits in the leftmost label: reversed addresses (DNSBL, PTR) are all digits",
@@ -165,7 +166,8 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
         "qname": m["name_hash"], "answered": track.state == ANSWERED,
         "unsolicited": track.state == UNSOLICITED, "mismatched": track.state == MISMATCHED,
         "duplicate": track.state == DUPLICATE, "upstream": track.leg == 1,
-        "client_internal": client_networks.mask(track.client, client_key),
+        "client_internal": (internal := client_networks.mask(track.client, client_key)),
+        "client_external": ~internal if client_networks.networks else np.zeros(len(m), dtype=bool),
         "anomalous": m["anomalies"] != 0,
     }
     return FeatureTable(Columns(cols, batch), batch, track.client, server)

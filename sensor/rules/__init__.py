@@ -83,8 +83,8 @@ class Rule:
     threshold_text: str
     threshold: Evaluator = field(compare=False)
     summary: str
-    positive: tuple[str, ...]
-    negative: tuple[str, ...]
+    positive: tuple["Sample", ...]
+    negative: tuple["Sample", ...]
     lists: dict[str, Any] = field(default_factory=dict, compare=False)
     """Name lists (rules/lists/) the rule reads, by feature name."""
     dga_model: Any = field(default=None, compare=False)
@@ -169,18 +169,47 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: 
     samples = doc.get("samples", {})
     if not isinstance(samples, dict) or set(samples) - {"positive", "negative"}:
         raise fail("samples", "expected a table with positive and negative lists")
+    parsed: dict[str, list[Sample]] = {"positive": [], "negative": []}
     for key in ("positive", "negative"):
         for item in samples.get(key, []):
-            if not isinstance(item, str) or not item.startswith(SAMPLE_PREFIXES):
-                raise fail(f"samples.{key}", f"entries are data:FILE (tests/data) or shared:FILE (../shared/pcaps), "
-                                             f"got {item!r}")
+            try:
+                parsed[key].append(_sample(item))
+            except ValueError as e:
+                raise fail(f"samples.{key}", str(e)) from None
     return Rule(name=path.stem, path=str(path), kind=kind, severity=severity,
                 description=str(doc.get("description", "")), where_text=doc["where"], where=where,
                 group_by=tuple(group_by), window_s=window, aggregations=tuple(aggregations),
                 threshold_text=threshold_text, threshold=threshold, summary=summary,
-                positive=tuple(samples.get("positive", ())), negative=tuple(samples.get("negative", ())),
+                positive=tuple(parsed["positive"]), negative=tuple(parsed["negative"]),
                 lists={name: lists[name] for name in used if name in lists},
                 dga_model=dga_model if "dga_score" in used else None)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A capture a rule must (positive) or must not (negative) fire on, and the site
+    settings to replay it with (which networks are the resolver's clients, ...)."""
+    capture: str
+    client_networks: tuple[str, ...] = ()
+    resolver_addresses: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.capture
+
+
+def _sample(item: Any) -> Sample:
+    """"data:FILE" or "shared:FILE", or a table with capture = ... and site settings."""
+    if isinstance(item, dict):
+        extra = set(item) - {"capture", "client_networks", "resolver_addresses"}
+        if extra or "capture" not in item:
+            raise ValueError("a sample table has capture and optionally client_networks, resolver_addresses")
+        sample = Sample(item["capture"], tuple(item.get("client_networks", ())),
+                        tuple(item.get("resolver_addresses", ())))
+    else:
+        sample = Sample(item)
+    if not isinstance(sample.capture, str) or not sample.capture.startswith(SAMPLE_PREFIXES):
+        raise ValueError(f"entries are data:FILE (tests/data) or shared:FILE (../shared/pcaps), got {item!r}")
+    return sample
 
 
 def _string(value: Any, fail, key: str) -> str:
