@@ -284,3 +284,18 @@ def test_dga_model_figures_hold_on_the_held_out_split():
     for key in ("false_positive_rate", "recall", "precision"):
         assert measured[key] == pytest.approx(claimed[key], abs=1e-4), key
     assert measured["false_positive_rate"] <= 0.02 and measured["precision"] >= 0.9
+
+
+def test_address_tags_drive_policy_rules(tmp_path):
+    folder = tmp_path / "rules"
+    shutil.copytree(RULES, folder)
+    policy = [r for r in load_dir(folder) if r.kind == "policy_violation"]
+    fired = run_rules(policy, [str(DATA / "dnscap-baseline-udp-82-msgs.pcap")])
+    assert {(v["client"], v["server"]) for v in fired} == {("172.17.0.10", "8.8.8.8")}
+    tags = folder / "tags.toml"
+    tags.write_text(tags.read_text().replace('"198.51.100.53/32"]', '"198.51.100.53/32", "8.8.8.8/32"]'))
+    policy = [r for r in load_dir(folder) if r.kind == "policy_violation"]
+    assert run_rules(policy, [str(DATA / "dnscap-baseline-udp-82-msgs.pcap")]) == []
+    tags.write_text('[tags]\nresolvers = ["10.0.0.300/32"]\n')
+    with pytest.raises(RuleError, match=r"tags.toml:2: tags.resolvers: .*10.0.0.300"):
+        load_dir(folder)

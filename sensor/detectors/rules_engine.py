@@ -89,7 +89,7 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
          dropped: dict[str, int]) -> None:
     """Fold one batch into `partials` (rule name -> RuleTable)."""
     for rule in rules:
-        table.columns.lists.update(rule.lists)
+        table.columns.sources.update(rule.sources)
         if rule.dga_model is not None:
             table.columns.dga_model = rule.dga_model
         mask = np.broadcast_to(np.asarray(rule.where(table.columns), dtype=bool), (len(table),))

@@ -71,19 +71,27 @@ GROUP_KEYS = ("client", "server", "regdom", "qname", "qtype")
 class Columns(dict):
     """Feature columns; the costlier ones are computed the first time a rule asks."""
 
-    def __init__(self, values: dict[str, np.ndarray], batch: Batch) -> None:
+    def __init__(self, values: dict[str, np.ndarray], batch: Batch, track: TrackResult,
+                 server: np.ndarray) -> None:
         super().__init__(values)
         self._batch = batch
-        self.lists: dict = {}             # list_<name> -> NameList, filled by the rules that use them
+        self._track = track
+        self._server = server
+        # Site data behind some features, filled by the rules that read them: list_<name> ->
+        # NameList (rules/lists/), client_in_<tag> / server_in_<tag> -> AddressTag (rules/tags.toml).
+        self.sources: dict = {}
         self.dga_model = None             # set by a rule that uses dga_score
 
     def __missing__(self, name: str) -> np.ndarray:
         if name == "dga_score" and self.dga_model is not None:
             self[name] = self.dga_model.scores(self._batch.arena, self._batch.messages)
             return self[name]
-        if name in self.lists:
+        if name in self.sources and isinstance(self.sources[name], AddressTag):
+            self[name] = self.sources[name].column(name, self)
+            return self[name]
+        if name in self.sources:
             m = self._batch.messages
-            self[name] = self.lists[name].mask(self._batch.arena, m["qname_off"], m["qname_len"])
+            self[name] = self.sources[name].mask(self._batch.arena, m["qname_off"], m["qname_len"])
             return self[name]
         if name not in LAZY:
             raise KeyError(name)
@@ -117,11 +125,25 @@ class FeatureTable:
         return self.batch.qname(i)
 
 
+class AddressTag:
+    """A named set of networks (rules/tags.toml): features client_in_<name>, server_in_<name>."""
+
+    def __init__(self, name: str, networks: tuple[str, ...]) -> None:
+        self.name = name
+        self.networks = networks
+        self.members = NetworkSet(networks)
+
+    def column(self, feature: str, table_columns: "Columns") -> np.ndarray:
+        side = table_columns._track.client if feature.startswith("client_in_") else table_columns._server
+        keys = table_columns["client"] if feature.startswith("client_in_") else table_columns["server"]
+        return self.members.mask(side, keys)
+
+
 class NetworkSet:
     """Membership of addresses (16-byte keys) in a list of networks, cached per address."""
 
     def __init__(self, networks: tuple[str, ...] | list[str]) -> None:
-        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]   # ValueError names the bad one
         self._cache: dict[bytes, bool] = {}
 
     def contains(self, raw: bytes) -> bool:
@@ -170,4 +192,4 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
         "client_external": ~internal if client_networks.networks else np.zeros(len(m), dtype=bool),
         "anomalous": m["anomalies"] != 0,
     }
-    return FeatureTable(Columns(cols, batch), batch, track.client, server)
+    return FeatureTable(Columns(cols, batch, track, server), batch, track.client, server)

@@ -46,10 +46,13 @@ from sensor.store.schema import SEVERITIES
 KINDS = ("tunnel", "exfil", "cache_poisoning", "open_resolver", "amplification", "random_subdomain",
          "dga", "malware_domain", "policy_violation", "anomaly")
 AGGREGATE_FUNCTIONS = ("count", "sum", "min", "max", "mean", "nunique")
-SPECIAL_FILES = ("anomaly_burst.toml",)
+SPECIAL_FILES = ("anomaly_burst.toml", "tags.toml")
 """Rule files with a format of their own, read by their detector module."""
 MAX_WINDOW_S = 7 * 86400
 SAMPLE_PREFIXES = ("data:", "shared:")
+TAGS_FILE = "tags.toml"
+"""Named address ranges beside the rule files: [tags] NAME = ["10.0.0.0/8", ...] gives the
+features client_in_NAME and server_in_NAME."""
 MODELS_DIR = "models"
 """Models trained offline (tools/train_dga.py) beside the rule files."""
 LISTS_DIR = "lists"
@@ -85,8 +88,9 @@ class Rule:
     summary: str
     positive: tuple["Sample", ...]
     negative: tuple["Sample", ...]
-    lists: dict[str, Any] = field(default_factory=dict, compare=False)
-    """Name lists (rules/lists/) the rule reads, by feature name."""
+    sources: dict[str, Any] = field(default_factory=dict, compare=False)
+    """Site data the rule reads, by feature name: name lists (rules/lists/), address tags
+    (rules/tags.toml)."""
     dga_model: Any = field(default=None, compare=False)
     """The DGA model (rules/models/) when the rule reads dga_score."""
 
@@ -96,14 +100,17 @@ def _line_of(text: str, key: str) -> int | None:
     return text.count("\n", 0, m.start()) + 1 if m else None
 
 
-def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: Any = False) -> Rule:
+def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: Any = False,
+              tags: dict[str, Any] | None = None) -> Rule:
     """One rule file; `lists` are the name lists it may use (list_<name> features), `dga_model`
-    the DGA model (both read from beside the rule when not given)."""
+    the DGA model, `tags` the named address ranges (all read from beside the rule when not given)."""
     path = Path(path)
     lists = lists if lists is not None else load_lists(path.parent / LISTS_DIR)
+    tags = tags if tags is not None else load_tags(path.parent / TAGS_FILE)
+    sources = {**lists, **tags}
     if dga_model is False:
         dga_model = load_model(path.parent / MODELS_DIR)
-    features = (set(FEATURES) | set(lists)) - ({"dga_score"} if dga_model is None else set())
+    features = (set(FEATURES) | set(sources)) - ({"dga_score"} if dga_model is None else set())
     constants = {"dga_threshold": dga_model.threshold} if dga_model is not None else {}
     used: set[str] = set()
     try:
@@ -181,7 +188,7 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: 
                 group_by=tuple(group_by), window_s=window, aggregations=tuple(aggregations),
                 threshold_text=threshold_text, threshold=threshold, summary=summary,
                 positive=tuple(parsed["positive"]), negative=tuple(parsed["negative"]),
-                lists={name: lists[name] for name in used if name in lists},
+                sources={name: sources[name] for name in used if name in sources},
                 dga_model=dga_model if "dga_score" in used else None)
 
 
@@ -261,13 +268,47 @@ def load_dir(directory: str | Path) -> list[Rule]:
         raise RuleError(f"{directory}: not a directory")
     lists = load_lists(directory / LISTS_DIR)
     model = load_model(directory / MODELS_DIR)
-    rules = [load_rule(p, lists, model) for p in sorted(directory.glob("*.toml")) if p.name not in SPECIAL_FILES]
+    tags = load_tags(directory / TAGS_FILE)
+    rules = [load_rule(p, lists, model, tags) for p in sorted(directory.glob("*.toml"))
+             if p.name not in SPECIAL_FILES]
     seen: dict[str, str] = {}
     for r in rules:
         if r.name in seen:
             raise RuleError(f"{r.path}: rule name {r.name!r} also used by {seen[r.name]}")
         seen[r.name] = r.path
     return rules
+
+
+def load_tags(path: str | Path) -> dict[str, Any]:
+    """tags.toml: feature name (client_in_X, server_in_X) -> AddressTag."""
+    from sensor.features import AddressTag
+
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise RuleError(f"{path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise RuleError(f"{path}: not valid TOML: {e}") from None
+    text = path.read_text()
+    if set(doc) - {"tags"} or not isinstance(doc.get("tags", {}), dict):
+        raise RuleError(f"{path}: expected one table, [tags], of NAME = [networks]")
+    out: dict[str, Any] = {}
+    for name, networks in doc.get("tags", {}).items():
+        line = _line_of(text, name)
+        where = f"{path}:{line}" if line else str(path)
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise RuleError(f"{where}: tags.{name}: names are lower-case letters, digits and _")
+        if not isinstance(networks, list) or not networks:
+            raise RuleError(f"{where}: tags.{name}: expected a list of networks")
+        try:
+            tag = AddressTag(name, tuple(networks))
+        except ValueError as e:
+            raise RuleError(f"{where}: tags.{name}: {e}") from None
+        out[f"client_in_{name}"] = out[f"server_in_{name}"] = tag
+    return out
 
 
 def load_rules_dir(directory: str | Path) -> list[Rule]:
@@ -283,6 +324,9 @@ def check(directory: str | Path) -> list[str]:
     burst = anomaly_burst.load(directory)
     out.append(f"ok  {Path(burst.path).name:<28} anomaly          window {burst.window_s} s, "
                f"threshold {burst.threshold}")
+    tags = load_tags(Path(directory) / TAGS_FILE)
+    for tag in {t.name: t for t in tags.values()}.values():
+        out.append(f"ok  {TAGS_FILE:<28} tag {tag.name:<12} {', '.join(tag.networks)}")
     for name, lst in load_lists(Path(directory) / LISTS_DIR).items():
         out.append(f"ok  lists/{Path(lst.path).name:<22} {name:<16} {lst.entries} names"
                    + (f", {lst.skipped} lines skipped" if lst.skipped else ""))
