@@ -36,8 +36,13 @@ def parsed(conv: Conversation, tmp_path: Path):
 
 
 def config(tmp_path: Path, **kw) -> Config:
+    """The engine on its own: only the engine's anomaly rule (detectors have test_rules.py)."""
+    rules = tmp_path / "engine-rules"
+    if not rules.exists():
+        rules.mkdir()
+        (rules / "anomaly_burst.toml").write_text((REPO / "rules" / "anomaly_burst.toml").read_text())
     kw.setdefault("db_path", str(tmp_path / "sensor.db"))
-    kw.setdefault("rules_dir", str(REPO / "rules"))
+    kw.setdefault("rules_dir", str(rules))
     return replace(Config(), **kw)
 
 
