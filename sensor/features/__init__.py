@@ -55,6 +55,7 @@ FEATURES: dict[str, str] = {
     "upstream": "on the resolver's upstream leg (the resolver is the client)",
     "client_internal": "the client is inside the configured client networks",
     "client_external": "client networks are configured and the client is outside them",
+    "server_is_resolver": "the answering side is one of the resolver's own addresses (configured or discovered)",
     "anomalous": "the message carries any anomaly",
     "first_label_len": "length of the leftmost label (computed only when a rule uses it)",
     "first_label_digits": "digits in the leftmost label: reversed addresses (DNSBL, PTR) are all digits",
@@ -191,5 +192,6 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
         "client_internal": (internal := client_networks.mask(track.client, client_key)),
         "client_external": ~internal if client_networks.networks else np.zeros(len(m), dtype=bool),
         "anomalous": m["anomalies"] != 0,
+        "server_is_resolver": track.server_is_resolver,
     }
     return FeatureTable(Columns(cols, batch, track, server), batch, track.client, server)

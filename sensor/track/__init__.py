@@ -75,6 +75,7 @@ class TrackResult:
     resolver: np.ndarray         # V16 per message: the resolver the message is counted for
     client: np.ndarray           # V16 per message: the querying side
     tracked: np.ndarray          # bool per message: took part (not multicast, question readable)
+    server_is_resolver: np.ndarray  # bool per message: the answering side is one of the resolver's addresses
     unanswered: np.ndarray       # UNANSWERED_DTYPE: queries that timed out in this step
     evicted: np.ndarray          # float64 ts of queries evicted from a full pending table
 
@@ -195,7 +196,9 @@ class Tracker:
             t[name] += int(np.count_nonzero(state == code))
         t["unanswered"] += len(unanswered)
         t["pending_evicted"] += len(evicted)
-        return TrackResult(state, rtt, leg, resolver, client, tracked, unanswered, evicted)
+        return TrackResult(state=state, rtt=rtt, leg=leg, resolver=resolver, client=client, tracked=tracked,
+                           server_is_resolver=self._is_resolver(server_w), unanswered=unanswered,
+                           evicted=evicted)
 
     def drain(self) -> np.ndarray:
         """End of input: every query still pending is unanswered."""
