@@ -58,9 +58,13 @@ class Limits:
     max_clients_per_minute: int = 50000
     """Clients with a row of their own in the `clients` table per minute and worker; the rest
     are added to the client 'other'."""
-    max_rule_groups: int = 100000
+    max_rule_groups: int = 50000
     """Groups (entity and window) per rule held between two flushes, and open in the writer;
     beyond it new groups are counted (drop stage rule_groups_overflow) instead of kept."""
+    max_verdicts_per_rule: int = 1000
+    """Verdicts one rule may write (create or update) in one flush; a rule firing for more
+    entities than that at once is misconfigured or facing a storm, and the excess is counted
+    (drop stage verdicts_capped) rather than flooding the store and the SIEM."""
     max_anomaly_sources: int = 10000
     """Clients whose malformed traffic is counted per window for anomaly verdicts."""
     writer_queue_batches: int = 64

@@ -21,8 +21,9 @@ EXACT_UNIQUE_LIMIT = 4096
 """Distinct values kept exactly per group and unique-count aggregate before a sketch takes over."""
 HLL_LG_K = 12
 """HyperLogLog size: 2^12 buckets, about 1.6 % relative error, 4 KB per sketch."""
-DOMAIN_WIDTH = 253
-SAMPLE_WIDTH = 128
+DOMAIN_WIDTH = 128
+"""Domain text kept per group (longer names are cut: evidence, not identity)."""
+SAMPLE_WIDTH = 96
 SAMPLES = 2
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 

@@ -117,18 +117,28 @@ def merge_partials(mine: dict[str, RuleTable], other: dict[str, RuleTable], max_
             dropped["rule_groups_overflow"] = dropped.get("rule_groups_overflow", 0) + lost
 
 
-def verdicts(rule: Rule, groups: RuleTable, sensor: str, only: np.ndarray | None = None) -> list[dict[str, Any]]:
+class Verdicts(list):
+    """Verdict rows, and how many more groups were over the threshold than `limit` allowed."""
+    capped: int = 0
+
+
+def verdicts(rule: Rule, groups: RuleTable, sensor: str, only: np.ndarray | None = None,
+             limit: int | None = None) -> Verdicts:
     """A verdict, with its evidence, for every group over the rule's threshold (among
-    `only`, a mask of the groups to look at)."""
+    `only`, a mask of the groups to look at), the busiest first, at most `limit`."""
+    out = Verdicts()
     if not len(groups):
-        return []
+        return out
     values = groups.results(rule.aggregations)
     fires = np.broadcast_to(np.asarray(rule.threshold({**values, "window_s": rule.window_s}), dtype=bool),
                             (len(groups),))
     if only is not None:
         fires = fires & only
-    out = []
-    for i in np.flatnonzero(fires).tolist():
+    chosen = np.flatnonzero(fires)
+    if limit is not None and len(chosen) > limit:
+        out.capped = len(chosen) - limit
+        chosen = chosen[np.argsort(-groups.count[chosen], kind="stable")[:limit]]
+    for i in chosen.tolist():
         texts = groups.texts(i)
         client = address_text(bytes(groups.client[i])) if "client" in rule.group_by else ""
         server = address_text(bytes(groups.server[i])) if "server" in rule.group_by else ""

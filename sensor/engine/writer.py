@@ -200,7 +200,11 @@ class Writer:
             if lost:
                 agg.dropped["rule_groups_overflow"] += lost
             touched = np.isin(open_groups.keys, part.keys)
-            for v in verdicts(rule, open_groups, self.config.sensor_name, touched):
+            found = verdicts(rule, open_groups, self.config.sensor_name, touched,
+                             limit=self.config.limits.max_verdicts_per_rule)
+            if found.capped:
+                agg.dropped["verdicts_capped"] += found.capped
+            for v in found:
                 out.append(((name, v["window_start"], v["client"], v["server"], v["domain"]), v))
         return out
 

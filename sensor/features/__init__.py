@@ -141,28 +141,33 @@ class AddressTag:
 
 
 class NetworkSet:
-    """Membership of addresses (16-byte keys) in a list of networks, cached per address."""
+    """Membership of 16-byte addresses (IPv4 mapped) in a list of networks, vectorised: each
+    network is a (mask, prefix) pair over the two 64-bit words of the address."""
 
     def __init__(self, networks: tuple[str, ...] | list[str]) -> None:
         self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]   # ValueError names the bad one
-        self._cache: dict[bytes, bool] = {}
+        masks, prefixes = [], []
+        for n in self.networks:
+            if n.version == 4:
+                net = ipaddress.ip_network(f"::ffff:{n.network_address}/{96 + n.prefixlen}")
+            else:
+                net = n
+            masks.append(net.netmask.packed)
+            prefixes.append(net.network_address.packed)
+        self._masks = np.frombuffer(b"".join(masks), dtype="<u8").reshape(-1, 2)
+        self._prefixes = np.frombuffer(b"".join(prefixes), dtype="<u8").reshape(-1, 2)
+
+    def mask(self, addrs: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+        out = np.zeros(len(addrs), dtype=bool)
+        if not self.networks or not len(addrs):
+            return out
+        words = address_words(addrs)
+        for (m0, m1), (p0, p1) in zip(self._masks, self._prefixes):
+            out |= ((words[:, 0] & m0) == p0) & ((words[:, 1] & m1) == p1)
+        return out
 
     def contains(self, raw: bytes) -> bool:
-        hit = self._cache.get(raw)
-        if hit is None:
-            ip = ipaddress.ip_address(raw[12:] if raw[:12] == b"\0" * 10 + b"\xff\xff" else raw)
-            hit = any(ip in n for n in self.networks if n.version == ip.version)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[raw] = hit
-        return hit
-
-    def mask(self, addrs: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        if not self.networks or not len(addrs):
-            return np.zeros(len(addrs), dtype=bool)
-        first, inverse, _ = _core.group_u64(np.ascontiguousarray(keys))
-        member = np.array([self.contains(bytes(addrs[i])) for i in first.tolist()], dtype=bool)
-        return member[inverse]
+        return bool(self.mask(np.frombuffer(raw, dtype="V16"))[0])
 
 
 def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> FeatureTable:
