@@ -209,7 +209,8 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
     subprocess.run([sys.executable, str(REPO / "tools" / "rule_samples.py"), str(tmp_path)], check=True,
                    capture_output=True)
     for name in ("generated-water-torture.pcap", "generated-av-reputation-lookups.pcap",
-                 "generated-malware-lookups.pcap", "generated-dga-client.pcap", "generated-slow-exfil.pcap"):
+                 "generated-malware-lookups.pcap", "generated-dga-client.pcap", "generated-slow-exfil.pcap",
+                 "generated-poisoned-race.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 

@@ -11,6 +11,9 @@
 - generated-slow-exfil.pcap: low and slow: one client sends a file in base32 labels
   under drop.example, one query every five seconds for an hour (A queries, so the
   data-carrying-type test of the tunnel rule does not help).
+- generated-poisoned-race.pcap: the resolver's upstream query for bank.example is
+  answered twice with its own id and port: first by a forged response (another
+  address, long TTL), then by the real one.
 - generated-av-reputation-lookups.pcap: what must stay quiet: a mail server's
   DNSBL lookups (reversed IPv4 addresses, mostly NXDOMAIN) and an anti-virus
   engine's file-hash reputation lookups (32-hex-digit labels, A queries) through
@@ -147,9 +150,23 @@ def slow_exfil(out: Path) -> None:
     write(out / "generated-slow-exfil.pcap", frames)
 
 
+def poisoned_race(out: Path) -> None:
+    frames: list[tuple[float, bytes]] = []
+    q = dnslib.DNSRecord(dnslib.DNSHeader(id=4711), q=dnslib.DNSQuestion("bank.example"))
+    frames.append((START, frame(q.pack(), RESOLVER_UP, AUTH, 40404, 53)))
+    forged = q.reply()
+    forged.add_answer(dnslib.RR("bank.example", rdata=dnslib.A("198.18.0.66"), ttl=604800))
+    frames.append((START + 0.004, frame(forged.pack(), AUTH, RESOLVER_UP, 53, 40404)))
+    real = q.reply()
+    real.add_answer(dnslib.RR("bank.example", rdata=dnslib.A("192.0.2.80"), ttl=300))
+    frames.append((START + 0.021, frame(real.pack(), AUTH, RESOLVER_UP, 53, 40404)))
+    write(out / "generated-poisoned-race.pcap", frames)
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA
     slow_exfil(target)
+    poisoned_race(target)
     water_torture(target)
     av_reputation(target)
     malware_lookups(target)

@@ -56,6 +56,8 @@ FEATURES: dict[str, str] = {
     "client_internal": "the client is inside the configured client networks",
     "client_external": "client networks are configured and the client is outside them",
     "server_is_resolver": "the answering side is one of the resolver's own addresses (configured or discovered)",
+    "txid": "group key: the message id (with client and qname: one query and its responses)",
+    "answer_hash": "a hash of the set of answer records (order-free): differing answers to one query differ",
     "anomalous": "the message carries any anomaly",
     "first_label_len": "length of the leftmost label (computed only when a rule uses it)",
     "first_label_digits": "digits in the leftmost label: reversed addresses (DNSBL, PTR) are all digits",
@@ -64,8 +66,9 @@ FEATURES: dict[str, str] = {
                  "dga_threshold is the model's own cut-off",
 }
 LAZY = ("first_label_len", "first_label_digits", "first_label_hex")
+LAZY_ANSWERS = "answer_hash"
 
-GROUP_KEYS = ("client", "server", "regdom", "qname", "qtype")
+GROUP_KEYS = ("client", "server", "regdom", "qname", "qtype", "txid")
 """Columns a rule may group by (hashes or small integers)."""
 
 
@@ -94,6 +97,9 @@ class Columns(dict):
             m = self._batch.messages
             self[name] = self.sources[name].mask(self._batch.arena, m["qname_off"], m["qname_len"])
             return self[name]
+        if name == LAZY_ANSWERS:
+            self[name] = _answer_hashes(self._batch)
+            return self[name]
         if name not in LAZY:
             raise KeyError(name)
         self.update(_first_label_columns(self._batch))
@@ -105,6 +111,18 @@ def _first_label_columns(batch: Batch) -> dict[str, np.ndarray]:
     stats = _core.first_label_stats(batch.arena, np.ascontiguousarray(m["qname_off"]),
                                     np.ascontiguousarray(m["qname_len"]))
     return dict(zip(LAZY, stats))
+
+
+def _answer_hashes(batch: Batch) -> np.ndarray:
+    """Per message: XOR of (type, data) hashes of its answer records; 0 without answers."""
+    out = np.zeros(len(batch), dtype=np.uint64)
+    rrs = batch.rrs
+    answers = rrs[rrs["section"] == 1]
+    if len(answers):
+        data = _core.span_hashes(batch.arena, np.ascontiguousarray(answers["rdata_off"]),
+                                 np.ascontiguousarray(answers["rdata_len"]))
+        np.bitwise_xor.at(out, answers["msg"].astype(np.int64), _hash(data, answers["type"]))
+    return out
 
 
 @dataclass
@@ -198,5 +216,6 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
         "client_external": ~internal if client_networks.networks else np.zeros(len(m), dtype=bool),
         "anomalous": m["anomalies"] != 0,
         "server_is_resolver": track.server_is_resolver,
+        "txid": m["id"],
     }
     return FeatureTable(Columns(cols, batch, track, server), batch, track.client, server)
