@@ -173,17 +173,22 @@ SYSLOG_SPEC: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def read_toml(path: str | os.PathLike, error: type[ConfigError] = ConfigError) -> tuple[dict[str, Any], str]:
+    """(document, text) of a TOML file; `error` naming the file when it cannot be read or parsed."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as e:
+        raise error(f"{path}: not valid TOML: {e}") from None
+
+
 def load(path: str | os.PathLike) -> Config:
     """Read and validate one configuration file."""
-    path = str(path)
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return from_dict(doc, path)
+    doc, _ = read_toml(path)
+    return from_dict(doc, str(path))
 
 
 def from_dict(doc: dict[str, Any], path: str = "<config>") -> Config:

@@ -11,13 +11,13 @@ from private and documentation ranges; names are under example domains.
 """
 from __future__ import annotations
 
-import ipaddress
 import random
-import struct
 import sys
 from pathlib import Path
 
 import dnslib
+
+from pcapwrite import frame, write
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "demo-office-resolver.pcap"
 RESOLVER, RESOLVER_UP = "10.1.0.53", "198.51.100.53"
@@ -27,13 +27,6 @@ NAMES = ["www.example.com", "mail.example.com", "intranet.example.org", "cdn.exa
          "api.example.com", "login.example.org", "static.example.net", "updates.example.com",
          "chat.example.org", "files.example.net"]
 START = 1_767_254_400.0           # 2026-01-01 08:00 UTC
-
-
-def frame(payload: bytes, src: str, dst: str, sport: int, dport: int) -> bytes:
-    s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, s, d)
-    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + udp
 
 
 def main(out: Path) -> None:
@@ -110,13 +103,7 @@ def main(out: Path) -> None:
         send(race + 0.001 + k * 0.0005, spoof, AUTHS[0], RESOLVER_UP, 53, 53001)
     send(race + 0.03, answer(uq, "bank.example.com", "A", aa=True), AUTHS[0], RESOLVER_UP, 53, 53001)
 
-    frames.sort(key=lambda f: f[0])
-    with open(out, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for t, data in frames:
-            f.write(struct.pack("<IIII", int(t), int(round(t % 1 * 1e6)) % 1_000_000, len(data), len(data)))
-            f.write(data)
-    print(f"wrote {out}: {len(frames)} frames")
+    write(out, frames)
 
 
 if __name__ == "__main__":

@@ -27,32 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-import struct
 import sys
 from pathlib import Path
 
 import dnslib
 
+from pcapwrite import frame, write
+
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 RESOLVER, RESOLVER_UP, AUTH = "10.3.0.53", "198.51.100.53", "192.0.2.53"
 START = 1_767_344_400.0            # 2026-01-02 09:00 UTC
-
-
-def frame(payload: bytes, src: str, dst: str, sport: int, dport: int) -> bytes:
-    s, d = bytes(map(int, src.split("."))), bytes(map(int, dst.split(".")))
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, s, d)
-    return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00" + ip + udp
-
-
-def write(path: Path, frames: list[tuple[float, bytes]]) -> None:
-    frames.sort(key=lambda f: f[0])
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        for t, data in frames:
-            f.write(struct.pack("<IIII", int(t), int(round(t % 1 * 1e6)) % 1_000_000, len(data), len(data)))
-            f.write(data)
-    print(f"wrote {path}: {len(frames)} frames")
 
 
 def exchange(frames, rng, ts: float, client: str, name: str, qtype: str, answer: str | None,

@@ -3,12 +3,12 @@ rules/anomaly_burst.toml. Counting happens in the workers (Accumulator); the
 writer sees every worker's counts and decides here."""
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sensor import schema
+from sensor.config import read_toml
 from sensor.errors import ConfigError
 from sensor.store.schema import SEVERITIES
 
@@ -56,12 +56,7 @@ def load(rules_dir: str | Path) -> AnomalyBurstRule:
     path = Path(rules_dir) / RULE_FILE
     if not path.exists():
         return AnomalyBurstRule()
-    try:
-        doc = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    doc, _ = read_toml(path)
     known = {"kind", "severity", "window_s", "threshold", "anomalies"}
     for key in doc:
         if key not in known:

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import ast
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sensor.config import read_toml
 from sensor.errors import ConfigError
 from sensor.features import FEATURES, GROUP_KEYS
 from sensor.features.dga import load_model
@@ -113,14 +113,7 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: 
     features = (set(FEATURES) | set(sources)) - ({"dga_score"} if dga_model is None else set())
     constants = {"dga_threshold": dga_model.threshold} if dga_model is not None else {}
     used: set[str] = set()
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise RuleError(f"{path}: {e}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise RuleError(f"{path}: not valid TOML: {e}") from None
+    doc, text = read_toml(path, RuleError)
 
     def fail(key: str, why: str) -> RuleError:
         line = _line_of(text, key.split(".")[-1])
@@ -286,13 +279,7 @@ def load_tags(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         return {}
-    try:
-        doc = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise RuleError(f"{path}: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise RuleError(f"{path}: not valid TOML: {e}") from None
-    text = path.read_text()
+    doc, text = read_toml(path, RuleError)
     if set(doc) - {"tags"} or not isinstance(doc.get("tags", {}), dict):
         raise RuleError(f"{path}: expected one table, [tags], of NAME = [networks]")
     out: dict[str, Any] = {}
