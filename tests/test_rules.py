@@ -300,3 +300,30 @@ def test_address_tags_drive_policy_rules(tmp_path):
     tags.write_text('[tags]\nresolvers = ["10.0.0.300/32"]\n')
     with pytest.raises(RuleError, match=r"tags.toml:2: tags.resolvers: .*10.0.0.300"):
         load_dir(folder)
+
+
+def test_answer_hash_is_the_xor_of_each_messages_answers():
+    from conftest import capture
+    from sensor.parse import parse_file
+    with_answers = sum(_check_answer_hashes(parse_file(str(capture(name)), ports=(53, 5353, 8053, 1053)))
+                       for name in ("dnscap-baseline-udp-82-msgs.pcap",
+                                    "suricata-tcp-pipelined-20-query-response-pairs.pcap"))
+    assert with_answers > 0
+
+
+def _check_answer_hashes(batch):
+    from sensor import _core, features
+    from sensor.track import Tracker, _hash
+    table = features.build(batch, Tracker().process(batch.messages), features.NetworkSet(()))
+    got = table.columns["answer_hash"]
+    for i in range(len(batch)):
+        m = batch.messages[i]
+        rows = batch.rrs[int(m["rr_start"]):int(m["rr_start"]) + int(m["rr_count"])]
+        rows = rows[rows["section"] == 1]
+        want = np.uint64(0)
+        if len(rows):
+            data = _core.span_hashes(batch.arena, np.ascontiguousarray(rows["rdata_off"]),
+                                     np.ascontiguousarray(rows["rdata_len"]))
+            want = np.bitwise_xor.reduce(_hash(data, rows["type"]))
+        assert got[i] == want, i
+    return int((got != 0).sum())

@@ -15,7 +15,7 @@ from sensor.rules import load_rules_dir
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store
 
-FLUSH_EVERY_MESSAGES = 1_000_000
+FLUSH_EVERY_MESSAGES = 250_000
 """Replay writes to the store after this many messages (live flushes on a timer)."""
 PCAP_RECORD_HEADER = 16
 

@@ -52,6 +52,7 @@ FEATURES: dict[str, str] = {
     "unsolicited": "a response matching no outstanding query",
     "mismatched": "a response for an outstanding question with the wrong id or port (spoofing)",
     "duplicate": "a further response to a query already answered",
+    "multi_response": "a response to a query that was answered more than once (the first one too)",
     "upstream": "on the resolver's upstream leg (the resolver is the client)",
     "client_internal": "the client is inside the configured client networks",
     "client_external": "client networks are configured and the client is outside them",
@@ -114,14 +115,23 @@ def _first_label_columns(batch: Batch) -> dict[str, np.ndarray]:
 
 
 def _answer_hashes(batch: Batch) -> np.ndarray:
-    """Per message: XOR of (type, data) hashes of its answer records; 0 without answers."""
-    out = np.zeros(len(batch), dtype=np.uint64)
-    rrs = batch.rrs
-    answers = rrs[rrs["section"] == 1]
-    if len(answers):
-        data = _core.span_hashes(batch.arena, np.ascontiguousarray(answers["rdata_off"]),
-                                 np.ascontiguousarray(answers["rdata_len"]))
-        np.bitwise_xor.at(out, answers["msg"].astype(np.int64), _hash(data, answers["type"]))
+    """Per message: XOR of (type, data) hashes of its answer records; 0 without answers.
+    A message's records are contiguous (rr_start, rr_count), so one reduceat does it."""
+    m, rrs = batch.messages, batch.rrs
+    out = np.zeros(len(m), dtype=np.uint64)
+    has = m["rr_count"] > 0
+    if not len(rrs) or not has.any():
+        return out
+    data = _core.span_hashes(batch.arena, np.ascontiguousarray(rrs["rdata_off"]),
+                             np.ascontiguousarray(rrs["rdata_len"]))
+    values = np.where(rrs["section"] == 1, _hash(data, rrs["type"]), np.uint64(0))
+    starts = m["rr_start"][has].astype(np.int64)
+    order = np.argsort(starts, kind="stable")
+    # Each message's records are one block and the blocks tile the table, so the records
+    # between one start and the next are exactly that message's.
+    reduced = np.bitwise_xor.reduceat(values, starts[order])
+    out_idx = np.flatnonzero(has)[order]
+    out[out_idx] = reduced
     return out
 
 
@@ -211,7 +221,7 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
         "client": client_key, "server": _hash(sw[:, 0], sw[:, 1]), "regdom": regdom,
         "qname": m["name_hash"], "answered": track.state == ANSWERED,
         "unsolicited": track.state == UNSOLICITED, "mismatched": track.state == MISMATCHED,
-        "duplicate": track.state == DUPLICATE, "upstream": track.leg == 1,
+        "duplicate": track.state == DUPLICATE, "multi_response": track.multi, "upstream": track.leg == 1,
         "client_internal": (internal := client_networks.mask(track.client, client_key)),
         "client_external": ~internal if client_networks.networks else np.zeros(len(m), dtype=bool),
         "anomalous": m["anomalies"] != 0,

@@ -76,6 +76,7 @@ class TrackResult:
     client: np.ndarray           # V16 per message: the querying side
     tracked: np.ndarray          # bool per message: took part (not multicast, question readable)
     server_is_resolver: np.ndarray  # bool per message: the answering side is one of the resolver's addresses
+    multi: np.ndarray            # bool per message: a response to a query answered more than once
     unanswered: np.ndarray       # UNANSWERED_DTYPE: queries that timed out in this step
     evicted: np.ndarray          # float64 ts of queries evicted from a full pending table
 
@@ -155,6 +156,12 @@ class Tracker:
         state[mresp[first]] = ANSWERED
         rtt[mresp[first]] = sts[rpos[matched][first]] - sts[jm[first]]
         state[mresp[~first]] = DUPLICATE
+        # every response to a query that got more than one, the first included
+        multi = np.zeros(n, dtype=bool)
+        if len(jm):
+            shared = ~first
+            shared[:-1] |= ~first[1:]
+            multi[mresp[shared]] = True
         unmatched = resp_msg[~matched]
         query_loose = np.concatenate([p["loose"], loose[qi]])
         mismatch = np.isin(loose[unmatched], query_loose)
@@ -197,7 +204,7 @@ class Tracker:
         t["unanswered"] += len(unanswered)
         t["pending_evicted"] += len(evicted)
         return TrackResult(state=state, rtt=rtt, leg=leg, resolver=resolver, client=client, tracked=tracked,
-                           server_is_resolver=self._is_resolver(server_w), unanswered=unanswered,
+                           server_is_resolver=self._is_resolver(server_w), multi=multi, unanswered=unanswered,
                            evicted=evicted)
 
     def drain(self) -> np.ndarray:
