@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUNTIME := libpcap0.8 gcc python3-dev
-APT_TEST := tshark unbound rsyslog rsyslog-gnutls openssl iproute2
+APT_TEST := tshark unbound rsyslog rsyslog-gnutls openssl iproute2 iodine dns2tcp
 DEMO_CAPTURES := tests/data/demo-office-resolver.pcap tests/data/dnscap-baseline-udp-82-msgs.pcap
 DNSSENSOR := $(VENV)/bin/dnssensor
 
