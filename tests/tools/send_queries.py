@@ -1,7 +1,8 @@
 """Sends DNS queries (then malformed ones) from inside a test namespace and prints a JSON
 summary. Bounded: one pass over the list, 2 s timeout per query.
 
-    send_queries.py SERVER '{"queries": [["www.test", "A"]], "malformed": 10, "source": "10.77.0.3"}'
+    send_queries.py SERVER '{"queries": [["www.test", "A"]], "malformed": 10, "source": "10.77.0.3",
+                             "interval_s": 0.2}'
 """
 import json
 import socket
@@ -28,6 +29,7 @@ for name, qtype in spec["queries"]:
         out["rcodes"][rc] = out["rcodes"].get(rc, 0) + 1
     except socket.timeout:
         pass
+    time.sleep(spec.get("interval_s", 0))
 for i in range(spec.get("malformed", 0)):
     # the question name is a compression pointer to itself
     payload = bytes([0x12, i & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1])
