@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_RUNTIME := libpcap0.8 gcc python3-dev
 APT_TEST := tshark unbound rsyslog rsyslog-gnutls openssl iproute2 iodine dns2tcp
-DEMO_CAPTURES := tests/data/demo-office-resolver.pcap tests/data/dnscap-baseline-udp-82-msgs.pcap
+DEMO_CAPTURES := tests/data/lab-resolver.pcap tests/data/demo-office-resolver.pcap
 DNSSENSOR := $(VENV)/bin/dnssensor
 
 .PHONY: demo test install system-deps system-deps-test build bench fuzz readme clean
@@ -55,11 +55,14 @@ demo: install
 	@$(DNSSENSOR) query --db demo.db "SELECT rrname, rrtype, rdata, count FROM pdns ORDER BY count DESC LIMIT 5"
 	@$(DNSSENSOR) query --db demo.db "SELECT qname, count FROM pdns_nxdomain ORDER BY count DESC LIMIT 3"
 	@echo
-	@echo "== dnssensor pdns --db demo.db '*.cdn.example.net'"
-	@$(DNSSENSOR) pdns --db demo.db '*.cdn.example.net' --limit 5
+	@echo "== dnssensor pdns --db demo.db '*.corp.test'"
+	@$(DNSSENSOR) pdns --db demo.db '*.corp.test' --limit 5
+	@echo
+	@echo "== the evidence of one verdict (dnssensor query)"
+	@$(DNSSENSOR) query --db demo.db --format json "SELECT kind, client, domain, evidence FROM verdicts WHERE kind = 'tunnel' ORDER BY first_ts LIMIT 1"
 	@echo
 	@echo "Go further:"
-	@echo "  $(DNSSENSOR) pdns --db demo.db 203.0.113.15        # which names pointed at an address"
+	@echo "  $(DNSSENSOR) pdns --db demo.db 10.77.0.80          # which names pointed at an address"
 	@echo "  $(DNSSENSOR) verdicts --db demo.db --since 1h --format json"
 	@echo "  $(DNSSENSOR) query --db demo.db \"SELECT minute, resolver, leg, queries, nxdomain, unanswered, mismatched FROM stats ORDER BY minute\""
 	@echo "  $(DNSSENSOR) dump $(word 1,$(DEMO_CAPTURES)) --format table | head"

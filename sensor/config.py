@@ -307,5 +307,5 @@ def resolve_paths(config: Config) -> Config:
     if not os.path.isabs(rules) and config.path not in ("<defaults>", "<config>"):
         candidate = Path(config.path).parent / rules
         if candidate.is_dir():
-            rules = str(candidate)
+            rules = os.path.normpath(candidate)
     return replace(config, db_path=db, rules_dir=rules)

@@ -327,3 +327,18 @@ def _check_answer_hashes(batch):
             want = np.bitwise_xor.reduce(_hash(data, rows["type"]))
         assert got[i] == want, i
     return int((got != 0).sum())
+
+
+def test_the_recorded_lab_capture_gives_its_verdicts_and_spares_the_benign(tmp_path):
+    """tests/data/lab-resolver.pcap is real tool traffic (tools/record_lab.py): the regression
+    twin of the root lab test, for machines without root."""
+    from sensor import config as cfg
+    conf = replace(cfg.resolve_paths(cfg.load(REPO / "deploy" / "demo.toml")), db_path=str(tmp_path / "d.db"))
+    replay([str(DATA / "lab-resolver.pcap")], conf, progress_to=None)
+    with sqlite3.connect(conf.db_path) as conn:
+        found = set(conn.execute("SELECT kind, client, domain FROM verdicts"))
+    assert {("tunnel", "10.77.0.2", d) for d in ("t1.test", "t2.test", "t3.test")} <= found
+    assert ("exfil", "", "exfil.test") in found
+    assert ("cache_poisoning", "10.78.0.1", "www.slow.test") in found
+    assert ("open_resolver", "10.77.1.9", "") in found
+    assert not [v for v in found if v[1] == "10.77.0.5" or v[2].endswith("corp.test")]
