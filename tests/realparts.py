@@ -5,8 +5,10 @@ rsyslogd runs in the foreground with its own configuration, listening on
 """
 from __future__ import annotations
 
+import json
 import shutil
 import signal
+import sqlite3
 import socket
 import subprocess
 import time
@@ -147,4 +149,45 @@ def wait_until(predicate, timeout_s: float, step_s: float = 0.1) -> bool:
     return False
 
 
-__all__ = ["Rsyslog", "free_port", "wait_until"]
+__all__ = ["Rsyslog", "free_port", "wait_until", "live_config", "db_rows", "workers_reporting"]
+
+
+def live_config(path: Path, *, name: str, db: Path, rules: Path, resolvers: list[str],
+                client_networks: list[str], extra: str = "", user: str = "") -> Path:
+    """A `dnssensor run` configuration for the test resolvers: both interfaces, two workers
+    each, small rings, a fast flush."""
+    path.write_text(f"""
+[sensor]
+name = "{name}"
+user = "{user}"
+[capture]
+interfaces = ["vr0", "vr1"]
+ports = [53]
+workers = 2
+ring_mib = 8
+[network]
+resolver_addresses = {json.dumps(resolvers)}
+client_networks = {json.dumps(client_networks)}
+[store]
+path = "{db}"
+flush_interval_s = 0.3
+[rules]
+dir = "{rules}"
+{extra}""")
+    return path
+
+
+def db_rows(db: Path, sql: str) -> list[tuple]:
+    """Read the sensor's database the way analysts do: read-only."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def workers_reporting(db: Path) -> int:
+    try:
+        return db_rows(db, "SELECT count(*) FROM workers")[0][0] if db.exists() else 0
+    except sqlite3.OperationalError:       # created, migrations not yet committed
+        return 0

@@ -17,7 +17,6 @@ import os
 import pwd
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import pytest
 from conftest import REPO
 from netns import Topology, require_root_tools, unbound
 from pyroute2 import NetNS
-from realparts import Rsyslog, wait_until
+from realparts import Rsyslog, db_rows as rows, live_config, wait_until, workers_reporting
 
 CLIENT, RES_DOWN, RES_UP, AUTH = "10.77.0.2", "10.77.0.1", "10.78.0.1", "10.78.0.2"
 AUTH_ZONE = ('server:\n    local-zone: "test." static\n'
@@ -39,14 +38,6 @@ RESOLVER_EXTRA = (f'server:\n    outgoing-interface: {RES_UP}\n    domain-insecu
                   '    local-zone: "test." transparent\n'
                   f'stub-zone:\n    name: "test."\n    stub-addr: {AUTH}\n')
 SENDER = REPO / "tests" / "tools" / "send_queries.py"
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def query(top: Topology, ns: str, spec: dict) -> dict:
@@ -105,44 +96,16 @@ def test_live_capture_on_a_resolver(world, service_dir):
     rules.mkdir()
     (rules / "anomaly_burst.toml").write_text(
         (REPO / "rules" / "anomaly_burst.toml").read_text().replace("threshold = 20", "threshold = 10"))
-    conf = tmp_path / "sensor.toml"
-    conf.write_text(f"""
-[sensor]
-name = "netns-test"
-user = "{user}"
-[capture]
-interfaces = ["vr0", "vr1"]
-ports = [53]
-workers = 2
-ring_mib = 8
-[network]
-resolver_addresses = ["{RES_DOWN}", "{RES_UP}"]
-client_networks = ["10.77.0.0/24"]
-[store]
-path = "{db}"
-flush_interval_s = 0.3
-[rules]
-dir = "{rules}"
-[[syslog]]
-host = "127.0.0.1"
-port = {syslog.port}
-protocol = "udp"
-format = "json"
-[[syslog]]
-host = "127.0.0.1"
-port = {syslog.port}
-protocol = "tcp"
-format = "cef"
-""")
+    syslog_targets = "".join(f'[[syslog]]\nhost = "127.0.0.1"\nport = {syslog.port}\nprotocol = "{proto}"\n'
+                             f'format = "{fmt}"\n' for proto, fmt in (("udp", "json"), ("tcp", "cef")))
+    conf = live_config(tmp_path / "sensor.toml", name="netns-test", db=db, rules=rules,
+                       resolvers=[RES_DOWN, RES_UP], client_networks=["10.77.0.0/24"],
+                       extra=syslog_targets, user=user)
+
     log = open(tmp_path / "sensor.log", "w")
     sensor = top.spawn(r, [sys.executable, "-m", "sensor", "run", "--config", str(conf)],
                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    def workers_reporting() -> int:
-        try:
-            return rows(db, "SELECT count(*) FROM workers")[0][0] if db.exists() else 0
-        except sqlite3.OperationalError:      # created, migrations not yet committed
-            return 0
-    assert wait_until(lambda: workers_reporting() == 4, 30), (tmp_path / "sensor.log").read_text()
+    assert wait_until(lambda: workers_reporting(db) == 4, 30), (tmp_path / "sensor.log").read_text()
 
     # Workers run as the service user (where it can read this Python) with no capabilities left.
     for (pid,) in rows(db, "SELECT pid FROM workers"):

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -25,15 +24,7 @@ import pytest
 from conftest import REPO
 from lab import BENIGN, CLIENT, OFFNET, RES_DOWN, RES_OFFNET, RES_UP, Lab
 from netns import require_root_tools
-from realparts import wait_until
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+from realparts import db_rows as rows, live_config, wait_until, workers_reporting
 
 
 @pytest.fixture
@@ -55,34 +46,14 @@ def test_detectors_on_real_tunnels_floods_and_off_net_use(lab):
     rules = folder / "rules"
     shutil.copytree(REPO / "rules", rules)
     db = folder / "sensor.db"
-    conf = folder / "sensor.toml"
-    conf.write_text(f"""
-[sensor]
-name = "lab"
-[capture]
-interfaces = ["vr0", "vr1"]
-ports = [53]
-workers = 2
-ring_mib = 8
-[network]
-resolver_addresses = ["{RES_DOWN}", "{RES_OFFNET}", "{RES_UP}"]
-client_networks = ["10.77.0.0/24"]
-[store]
-path = "{db}"
-flush_interval_s = 0.3
-[rules]
-dir = "{rules}"
-""")
+    conf = live_config(folder / "sensor.toml", name="lab", db=db, rules=rules,
+                       resolvers=[RES_DOWN, RES_OFFNET, RES_UP], client_networks=["10.77.0.0/24"])
+
     log = open(folder / "sensor.log", "w")
     sensor = top.spawn(r, [sys.executable, "-m", "sensor", "run", "--config", str(conf)],
                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
-    def started() -> bool:
-        try:
-            return db.exists() and rows(db, "SELECT count(*) FROM workers")[0][0] == 4
-        except sqlite3.OperationalError:
-            return False
-    assert wait_until(started, 30), (folder / "sensor.log").read_text()
+    assert wait_until(lambda: workers_reporting(db) == 4, 30), (folder / "sensor.log").read_text()
 
     assert lab.benign()["answered"] == 33
     lab.iodine("t1.test", "NULL", "10.99.0.1")
