@@ -731,7 +731,7 @@ cdef class Core:
 
     def add_message(self, const uint8_t[::1] payload, double ts, uint64_t frame,
                     int ip_version, const uint8_t[::1] src, const uint8_t[::1] dst,
-                    int sport, int dport, int transport, uint64_t extra_anomalies=0):
+                    int sport, int dport, int transport, uint64_t extra_anomalies=0, int ip_ttl=0):
         """Parse one reassembled DNS message (no TCP length prefix) into the batch."""
         cdef PacketInfo pi
         if src.shape[0] != 16 or dst.shape[0] != 16:
@@ -741,6 +741,7 @@ cdef class Core:
         pi.sport = sport
         pi.dport = dport
         pi.ip_version = ip_version
+        pi.ip_ttl = <uint8_t>ip_ttl
         pi.transport = transport
         pi.anomalies = extra_anomalies
         if self.nmsg + 1 > self.msg_cap:
@@ -858,6 +859,7 @@ cdef class Core:
         pi.dst[11] = 0xFF
         memcpy(pi.dst + 12, pkt + off + 16, 4)
         pi.ip_version = 4
+        pi.ip_ttl = pkt[off + 8]
         frag = be16(pkt + off + 6)
         if frag & 0x3FFF:
             if pkt[off + 9] == 17 or pkt[off + 9] == 6:
@@ -881,6 +883,7 @@ cdef class Core:
         memcpy(pi.src, pkt + off + 8, 16)
         memcpy(pi.dst, pkt + off + 24, 16)
         pi.ip_version = 6
+        pi.ip_ttl = pkt[off + 7]
         p = off + 40
         if plen == 0 or plen > caplen - p:
             if plen != 0:
@@ -1484,6 +1487,7 @@ cdef class Core:
         row.sport = pi.sport
         row.dport = pi.dport
         row.ip_version = pi.ip_version
+        row.ip_ttl = pi.ip_ttl
         row.transport = pi.transport
         row.anomalies = pi.anomalies
         row.size = n

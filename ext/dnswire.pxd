@@ -46,7 +46,8 @@ cdef struct MessageRow:
     uint8_t labels
     uint8_t longest_label
     uint8_t ecs_prefix
-    uint8_t pad[9]
+    uint8_t ip_ttl
+    uint8_t pad[8]
 
 cdef struct RRRow:
     uint32_t msg
@@ -80,5 +81,6 @@ cdef struct PacketInfo:
     uint16_t sport
     uint16_t dport
     uint8_t ip_version
+    uint8_t ip_ttl
     uint8_t transport
     uint8_t slow            # fragment or TCP: handled by the reassembly path

@@ -64,7 +64,8 @@ MESSAGE_FIELDS: tuple[Field, ...] = (
     Field("labels", "u1", "number of labels in the qname"),
     Field("longest_label", "u1", "length of the longest qname label"),
     Field("ecs_prefix", "u1", "EDNS client-subnet source prefix length, 0 when absent"),
-    Field("pad", "V9", "padding to an 8-byte boundary"),
+    Field("ip_ttl", "u1", "IPv4 TTL or IPv6 hop limit as captured (a responder's habit; 0 when unknown)"),
+    Field("pad", "V8", "padding to an 8-byte boundary"),
 )
 
 # One row per resource record of the answer, authority and additional sections.
@@ -188,6 +189,7 @@ RECORD_FIELDS: tuple[tuple[str, str], ...] = (
     ("dst", "destination address"),
     ("dport", "destination port"),
     ("transport", "\"udp\" or \"tcp\""),
+    ("ip_ttl", "IPv4 TTL or IPv6 hop limit of the packet (the last one of a reassembled message)"),
     ("id", "DNS transaction id"),
     ("qr", "true for a response"),
     ("opcode", "opcode number"),

@@ -9,10 +9,10 @@ PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
 ETHERNET = b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00"
 
 
-def frame(payload: bytes, src: str, dst: str, sport: int, dport: int) -> bytes:
+def frame(payload: bytes, src: str, dst: str, sport: int, dport: int, ttl: int = 64) -> bytes:
     s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, s, d)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, ttl, 17, 0, s, d)
     return ETHERNET + ip + udp
 
 

@@ -13,7 +13,7 @@
   data-carrying-type test of the tunnel rule does not help).
 - generated-poisoned-race.pcap: the resolver's upstream query for bank.example is
   answered twice with its own id and port: first by a forged response (another
-  address, long TTL), then by the real one.
+  address, long TTL, and an IP TTL the real server never shows), then by the real one.
 - generated-av-reputation-lookups.pcap: what must stay quiet: a mail server's
   DNSBL lookups (reversed IPv4 addresses, mostly NXDOMAIN) and an anti-virus
   engine's file-hash reputation lookups (32-hex-digit labels, A queries) through
@@ -140,7 +140,7 @@ def poisoned_race(out: Path) -> None:
     frames.append((START, frame(q.pack(), RESOLVER_UP, AUTH, 40404, 53)))
     forged = q.reply()
     forged.add_answer(dnslib.RR("bank.example", rdata=dnslib.A("198.18.0.66"), ttl=604800))
-    frames.append((START + 0.004, frame(forged.pack(), AUTH, RESOLVER_UP, 53, 40404)))
+    frames.append((START + 0.004, frame(forged.pack(), AUTH, RESOLVER_UP, 53, 40404, ttl=47)))
     real = q.reply()
     real.add_answer(dnslib.RR("bank.example", rdata=dnslib.A("192.0.2.80"), ttl=300))
     frames.append((START + 0.021, frame(real.pack(), AUTH, RESOLVER_UP, 53, 40404)))

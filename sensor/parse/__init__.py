@@ -86,7 +86,7 @@ class Parser:
             if done is None:
                 return
             l4, anomalies = done
-            whole = twin.Decoded("dns", d.ip_version, d.src, d.dst, d.anomalies | anomalies)
+            whole = twin.Decoded("dns", d.ip_version, d.src, d.dst, d.anomalies | anomalies, ip_ttl=d.ip_ttl)
             d = twin.decode_l4(whole, l4, 0, len(l4), d.proto, self.ports)
             if d.status == "dns":
                 self._message(d.payload, ts, frame, d, 17, d.anomalies)
@@ -102,7 +102,7 @@ class Parser:
                  transport: int, anomalies: int) -> None:
         self._slow_messages += 1
         self.core.add_message(payload, ts, frame, d.ip_version, d.src, d.dst, d.sport,
-                              d.dport, transport, anomalies)
+                              d.dport, transport, anomalies, d.ip_ttl)
 
     def add_payloads(self, payloads: Iterable[bytes], ts: float = 0.0) -> None:
         """Parse bare DNS messages (tests, fuzzing), as UDP 127.0.0.1:53000 -> 127.0.0.1:53."""

@@ -91,6 +91,7 @@ class Batch:
             "src": format_address(bytes(m["src"]), ipv), "sport": int(m["sport"]),
             "dst": format_address(bytes(m["dst"]), ipv), "dport": int(m["dport"]),
             "transport": "tcp" if m["transport"] == 6 else "udp",
+            "ip_ttl": int(m["ip_ttl"]),
             "id": int(m["id"]), "qr": bool(m["qr"]),
             "opcode": int(m["opcode"]), "opcode_name": schema.opcode_name(int(m["opcode"])),
             "rcode": rcode, "rcode_name": schema.rcode_name(rcode),

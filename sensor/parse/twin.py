@@ -515,6 +515,7 @@ class Decoded:
     src: bytes = b""
     dst: bytes = b""
     anomalies: int = 0
+    ip_ttl: int = 0
     proto: int = 0
     sport: int = 0
     dport: int = 0
@@ -614,7 +615,8 @@ def _ipv4(pkt: bytes, n: int, off: int, ports: frozenset[int], depth: int) -> De
     if total > avail:
         anomalies |= _bit("ip_truncated")
         total = avail
-    d = Decoded("dns", 4, _mapped(pkt[off + 12:off + 16]), _mapped(pkt[off + 16:off + 20]), anomalies)
+    d = Decoded("dns", 4, _mapped(pkt[off + 12:off + 16]), _mapped(pkt[off + 16:off + 20]), anomalies,
+                ip_ttl=pkt[off + 8])
     frag = int.from_bytes(pkt[off + 6:off + 8], "big")
     proto = pkt[off + 9]
     if frag & 0x3FFF:
@@ -634,7 +636,7 @@ def _ipv6(pkt: bytes, n: int, off: int, ports: frozenset[int], depth: int) -> De
         return Decoded("link_truncated" if off + 40 > n else "not_ip")
     plen = int.from_bytes(pkt[off + 4:off + 6], "big")
     nh = pkt[off + 6]
-    d = Decoded("dns", 6, pkt[off + 8:off + 24], pkt[off + 24:off + 40])
+    d = Decoded("dns", 6, pkt[off + 8:off + 24], pkt[off + 24:off + 40], ip_ttl=pkt[off + 7])
     p = off + 40
     if plen == 0 or plen > n - p:
         if plen:
@@ -779,19 +781,20 @@ class TwinCore:
                 self.counters["empty_payload"] += 1
                 continue
             self.parse(d.payload, sec + usec * 1e-6, first_frame + i, d.ip_version, d.src, d.dst,
-                       d.sport, d.dport, 17, d.anomalies)
+                       d.sport, d.dport, 17, d.anomalies, d.ip_ttl)
         return slow
 
     def add_message(self, payload: bytes, ts: float, frame: int, ip_version: int, src: bytes,
-                    dst: bytes, sport: int, dport: int, transport: int, extra_anomalies: int = 0) -> None:
+                    dst: bytes, sport: int, dport: int, transport: int, extra_anomalies: int = 0,
+                    ip_ttl: int = 0) -> None:
         if not payload:
             self.counters["empty_payload"] += 1
             return
         self.parse(bytes(payload), ts, frame, ip_version, bytes(src), bytes(dst), sport, dport,
-                   transport, extra_anomalies)
+                   transport, extra_anomalies, ip_ttl)
 
     def parse(self, msg: bytes, ts: float, frame: int, ip_version: int, src: bytes, dst: bytes,
-              sport: int, dport: int, transport: int, anomalies: int) -> None:
+              sport: int, dport: int, transport: int, anomalies: int, ip_ttl: int = 0) -> None:
         self.counters["messages"] += 1
         n = len(msg)
         row = dict(ts=ts, frame=frame, src=src, dst=dst, sport=sport, dport=dport,
@@ -801,7 +804,7 @@ class TwinCore:
                    flags=0, rcode=0, qtype=0, qclass=0, qdcount=0, ancount=0, nscount=0,
                    arcount=0, edns_udp_size=0, edns_options=0, digits=0, hexchars=0,
                    uppers=0, regdom_off=0, qr=0, opcode=0, edns=0, edns_version=0, edns_do=0,
-                   case_differs=0, labels=0, longest_label=0, ecs_prefix=0)
+                   case_differs=0, labels=0, longest_label=0, ecs_prefix=0, ip_ttl=ip_ttl)
         c = Cursor(msg)
         if n < 12:
             row["anomalies"] |= _bit("header_too_short") | _bit("truncated")
@@ -935,7 +938,7 @@ class TwinCore:
         row["entropy"] = entropy
 
     def _store(self, row: dict) -> None:
-        self.rows.append(tuple(row[f.name] if f.name != "pad" else bytes(9)
+        self.rows.append(tuple(row[f.name] if f.name != "pad" else bytes(8)
                                for f in schema.MESSAGE_FIELDS))
 
 
