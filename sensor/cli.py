@@ -102,6 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--minutes", type=int, default=15, help="window (default 15)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _config_args(status)
+    series = sub.add_parser(
+        "series", help="a per-minute series with its seasonal baseline and its anomalies",
+        description="Fits the baseline (level x time-of-day / day-of-week profile) on all the "
+                    "history in the store and prints the last --since of it, minute by minute, "
+                    "with the expected value, the band and a mark where it departs; then the "
+                    "episodes found in that window.",
+        epilog="Example: dnssensor series nxdomain --since 2h")
+    series.add_argument("name", metavar="NAME", help="queries, responses, nxdomain, servfail, refused, "
+                                                     "bytes_queries, bytes_responses, unanswered, ...")
+    series.add_argument("--since", default="1h", metavar="DURATION", help="window to print (default 1h)")
+    series.add_argument("--resolver", metavar="IP", help="one resolver (default: all)")
+    series.add_argument("--method", choices=("mad", "moving_average"), default="mad",
+                        help="deviation test (default mad: robust distance from the seasonal baseline)")
+    _config_args(series)
+
     rules = sub.add_parser(
         "rules", help="validate rule files, or run them over their sample captures",
         description="check: load every rule file of DIR and report the first error with its file "
@@ -217,6 +232,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_series(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    import numpy as np
+
+    from sensor import series
+    from sensor.query import parse_duration
+
+    minutes, values = series.load(_open(args), args.name, args.resolver)
+    if not len(minutes):
+        print(f"no {args.name} data in the store")
+        return 0
+    base = series.fit(minutes, values)
+    flags = (series.flags_mad(values, base) if args.method == "mad"
+             else series.flags_moving_average(values))
+    first = int(np.searchsorted(minutes, minutes[-1] - parse_duration(args.since), side="left"))
+    print(f"{args.name}{' for ' + args.resolver if args.resolver else ''}: baseline seasonality "
+          f"{base.seasonality}, method {args.method}")
+    print(f"{'minute (UTC)':<17} {'value':>10} {'expected':>10} {'band':>21}  ")
+    for i in range(first, len(minutes)):
+        t = dt.datetime.fromtimestamp(int(minutes[i]), tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        lo, hi = max(base.expected[i] - 5 * base.scale[i], 0), base.expected[i] + 5 * base.scale[i]
+        mark = {1: "  ^ above", -1: "  v below"}.get(int(flags[i]), "")
+        print(f"{t:<17} {values[i]:>10.0f} {base.expected[i]:>10.1f} {lo:>10.1f}-{hi:<10.1f}{mark}")
+    found = [e for e in series.episodes(flags, values, base.expected) if e.end > first]
+    for e in found:
+        t = dt.datetime.fromtimestamp(int(minutes[e.start]), tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+        print(f"episode: {'spike' if e.direction > 0 else 'drop'} from {t} for {e.end - e.start} min, "
+              f"peak {values[e.peak]:.0f} against {base.expected[e.peak]:.1f} expected")
+    return 0
+
+
 def cmd_rules(args: argparse.Namespace) -> int:
     from sensor import rules
 
@@ -234,7 +281,7 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"dump": cmd_dump, "rules": cmd_rules, "replay": cmd_replay, "run": cmd_run, "query": cmd_query,
+COMMANDS = {"dump": cmd_dump, "rules": cmd_rules, "series": cmd_series, "replay": cmd_replay, "run": cmd_run, "query": cmd_query,
             "verdicts": cmd_verdicts, "pdns": cmd_pdns, "status": cmd_status}
 
 

@@ -1,0 +1,173 @@
+"""Per-minute series from the store, a seasonal baseline, and deviations from it.
+
+A series is one counter of the `stats` table (queries, nxdomain, servfail, ...) per minute,
+for one resolver or all of them, with missing minutes as zeros (a silent resolver or a dead
+tap is news). The baseline models it as level x seasonal index:
+
+- the seasonal index of a minute is the median, over the history, of the series divided by
+  its one-day rolling median, in the same (day of week, hour) bucket; when fewer than
+  MIN_WEEKS of history exist, the (hour) bucket over all days stands in, and with less than
+  MIN_DAYS no seasonality is assumed (the verdict says which);
+- the level is the rolling median over the past LEVEL_WINDOW_MIN minutes of the
+  de-seasonalised series, so a slow trend moves the baseline and a spike does not.
+
+Methods turn observed against expected into flags; `episodes` groups consecutive flagged
+minutes into one event with its peak, for one verdict per episode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MINUTES_PER_DAY = 1440
+MIN_DAYS = 2
+"""Days of history before a daily profile is used."""
+MIN_WEEKS = 2
+"""Weeks of history before a day-of-week x hour profile is used."""
+LEVEL_WINDOW_MIN = 180
+"""Rolling-median window (minutes) for the level: long enough to ignore a spike of an hour."""
+SERIES = ("queries", "responses", "nxdomain", "servfail", "refused", "bytes_queries", "bytes_responses",
+          "unanswered", "unsolicited", "mismatched")
+
+
+@dataclass
+class Baseline:
+    expected: np.ndarray        # per minute
+    scale: np.ndarray           # robust spread of the residual, per minute
+    seasonality: str            # "weekly", "daily" or "none (N days of history)"
+
+
+def _rolling_median(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing median over `window` samples (shorter at the start), strided blocks."""
+    n = len(x)
+    out = np.empty(n)
+    if n == 0:
+        return out
+    # medians of non-overlapping blocks, then the median of the last few blocks: a cheap,
+    # robust stand-in for a full rolling median that keeps the cost linear
+    block = max(window // 6, 1)
+    nblocks = (n + block - 1) // block
+    padded = np.full(nblocks * block, np.nan)
+    padded[:n] = x
+    medians = np.nanmedian(padded.reshape(nblocks, block), axis=1)
+    for b in range(nblocks):
+        lo = max(0, b - 6)
+        level = np.nanmedian(medians[lo:b]) if b > lo else medians[b]
+        out[b * block:(b + 1) * block] = level
+    return out[:n]
+
+
+def fit(minutes: np.ndarray, values: np.ndarray) -> Baseline:
+    """Baseline for a series of per-minute values (minutes: epoch seconds of minute starts)."""
+    values = values.astype(np.float64)
+    n = len(values)
+    # history that counts: days on which the series saw anything at all
+    days = float(len(np.unique((minutes[values > 0] // 86400)))) if n else 0.0
+    dow = ((minutes // 86400) + 4) % 7            # 1970-01-01 was a Thursday: 0 = Monday
+    hour = (minutes // 3600) % 24
+    daily_level = _rolling_median(values, MINUTES_PER_DAY) if days >= MIN_DAYS else None
+    if days >= 7 * MIN_WEEKS:
+        buckets, seasonality = dow * 24 + hour, "weekly"
+    elif days >= MIN_DAYS:
+        buckets, seasonality = hour, "daily"
+    else:
+        buckets, seasonality = np.zeros(n, dtype=np.int64), f"none ({days:.0f} day(s) of history)"
+    index = np.ones(n)
+    if daily_level is not None:
+        ratio = np.where(daily_level > 0, values / np.maximum(daily_level, 1e-9), 1.0)
+        for b in np.unique(buckets):
+            sel = buckets == b
+            index[sel] = np.median(ratio[sel])
+    index = np.where(index > 0, index, 1.0)
+    deseasoned = values / index
+    level = _rolling_median(deseasoned, LEVEL_WINDOW_MIN)
+    expected = level * index
+    residual = values - expected
+    # robust spread per bucket, relative to the expected level (Poisson-like counts spread
+    # with their size), with a floor so quiet series do not flag every blip
+    rel = residual / np.maximum(np.sqrt(np.maximum(expected, 1.0)), 1.0)
+    scale = np.empty(n)
+    for b in np.unique(buckets):
+        sel = buckets == b
+        mad = np.median(np.abs(rel[sel] - np.median(rel[sel]))) * 1.4826
+        scale[sel] = max(mad, 1.0)
+    scale = scale * np.maximum(np.sqrt(np.maximum(expected, 1.0)), 1.0)
+    return Baseline(expected, scale, seasonality)
+
+
+def flags_mad(values: np.ndarray, base: Baseline, k: float = 5.0) -> np.ndarray:
+    """+1 above, -1 below expected by more than k robust spreads, else 0."""
+    z = (values - base.expected) / base.scale
+    return np.where(z > k, 1, np.where(z < -k, -1, 0))
+
+
+def flags_moving_average(values: np.ndarray, window: int = 60, k: float = 4.0) -> np.ndarray:
+    """Deviation from the trailing moving average, in trailing standard deviations."""
+    v = values.astype(np.float64)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    c2 = np.concatenate([[0.0], np.cumsum(v * v)])
+    idx = np.arange(len(v))
+    lo = np.maximum(idx - window, 0)
+    count = np.maximum(idx - lo, 1)
+    mean = (c[idx] - c[lo]) / count
+    var = np.maximum((c2[idx] - c2[lo]) / count - mean * mean, 0.0)
+    std = np.maximum(np.sqrt(var), np.sqrt(np.maximum(mean, 1.0)))
+    z = (v - mean) / std
+    z[:window] = 0.0                                   # no judgement before a full window
+    return np.where(z > k, 1, np.where(z < -k, -1, 0))
+
+
+@dataclass
+class Episode:
+    start: int                  # index of the first flagged minute
+    end: int                    # index after the last
+    direction: int              # +1 spike, -1 drop
+    peak: int                   # index of the largest deviation
+
+
+def episodes(flags: np.ndarray, values: np.ndarray, base_expected: np.ndarray, min_minutes: int = 2,
+             gap: int = 2) -> list[Episode]:
+    """Runs of same-direction flags at least `min_minutes` long, merging gaps up to `gap`."""
+    out: list[Episode] = []
+    i, n = 0, len(flags)
+    while i < n:
+        if flags[i] == 0:
+            i += 1
+            continue
+        d, start, last = flags[i], i, i
+        j = i + 1
+        while j < n and (flags[j] == d or (flags[j] == 0 and j - last <= gap)):
+            if flags[j] == d:
+                last = j
+            j += 1
+        if last - start + 1 >= min_minutes:
+            seg = slice(start, last + 1)
+            peak = start + int(np.argmax(np.abs(values[seg] - base_expected[seg])))
+            out.append(Episode(start, last + 1, int(d), peak))
+        i = last + 1
+    return out
+
+
+def load(conn, name: str, resolver: str | None = None, since_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(minute starts, values) of one counter from `stats`, zeros where a minute is missing."""
+    if name not in SERIES:
+        from sensor.errors import SensorError
+        raise SensorError(f"unknown series {name!r} (one of {', '.join(SERIES)})")
+    where, params = ["leg != 'sensor'"], []
+    if resolver:
+        where.append("resolver = ?")
+        params.append(resolver)
+    rows = conn.execute(f"SELECT minute, sum({name}) FROM stats WHERE {' AND '.join(where)} "
+                        "GROUP BY minute ORDER BY minute", params).fetchall()
+    if not rows:
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    minutes = np.array([r[0] for r in rows], dtype=np.int64)
+    values = np.array([r[1] or 0 for r in rows], dtype=np.float64)
+    if since_s is not None:
+        keep = minutes >= minutes[-1] - since_s
+        minutes, values = minutes[keep], values[keep]
+    full = np.arange(minutes[0], minutes[-1] + 60, 60, dtype=np.int64)
+    filled = np.zeros(len(full))
+    filled[(minutes - full[0]) // 60] = values
+    return full, filled

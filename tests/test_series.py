@@ -1,0 +1,76 @@
+"""Per-minute series and their seasonal baseline: generated weeks with known events."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seriesgen import START, generate, score
+from sensor import cli, series
+
+HISTORY = 14 * 1440          # events are scored after two weeks of history
+
+
+@pytest.fixture(scope="module")
+def weeks():
+    return generate()
+
+
+@pytest.mark.parametrize("method, precision_floor, recall_floor", [
+    ("mad", 0.8, 1.0),
+    ("moving_average", 0.6, 0.85),
+])
+def test_methods_find_the_injected_events(weeks, method, precision_floor, recall_floor):
+    minutes, values, events = weeks
+    base = series.fit(minutes, values)
+    assert base.seasonality == "weekly"
+    flags = series.flags_mad(values, base) if method == "mad" else series.flags_moving_average(values)
+    precision, recall = score(series.episodes(flags, values, base.expected), events, HISTORY)
+    assert precision >= precision_floor and recall >= recall_floor, (precision, recall)
+
+
+def test_drops_are_found_as_drops_and_quiet_nights_are_not(weeks):
+    minutes, values, events = weeks
+    base = series.fit(minutes, values)
+    found = series.episodes(series.flags_mad(values, base), values, base.expected)
+    for e in events:
+        if e.kind == "drop":
+            assert any(f.direction == -1 and f.start < e.end and f.end > e.start for f in found)
+    nights = ((minutes // 3600) % 24 < 5)[HISTORY:]
+    flagged_nights = sum(1 for f in found if f.start >= HISTORY and nights[f.start - HISTORY])
+    assert flagged_nights == 0
+
+
+def test_a_slow_trend_moves_the_baseline_instead_of_flagging():
+    rng = np.random.default_rng(3)
+    n = 14 * 1440
+    minutes = START + 60 * np.arange(n, dtype=np.int64)
+    values = rng.poisson(100 * (1 + np.arange(n) / n)).astype(float)       # doubles over two weeks
+    base = series.fit(minutes, values)
+    assert series.episodes(series.flags_mad(values, base), values, base.expected) == []
+    assert base.expected[-60:].mean() == pytest.approx(values[-1440:].mean(), rel=0.1)
+
+
+def test_short_history_says_so():
+    minutes = START + 60 * np.arange(600, dtype=np.int64)
+    base = series.fit(minutes, np.full(600, 50.0))
+    assert base.seasonality.startswith("none (1 day(s) of history)")
+
+
+def test_series_command_prints_the_baseline_and_marks(tmp_path, capsys):
+    import sqlite3
+    from sensor.store import Store
+    minutes, values, events = generate(weeks=3)
+    db = tmp_path / "s.db"
+    store = Store(str(db))
+    with store.transaction() as conn:
+        conn.executemany("INSERT INTO stats (minute, resolver, leg, queries) VALUES (?, '10.0.0.53', 'client', ?)",
+                         list(zip(minutes.tolist(), values.tolist())))
+    store.close()
+    spike = next(e for e in events if e.kind == "spike")
+    with sqlite3.connect(db) as conn:                  # end the series just after the first spike
+        conn.execute("DELETE FROM stats WHERE minute > ?", (int(minutes[spike.end + 5]),))
+    assert cli.main(["series", "queries", "--db", str(db), "--since", "1h"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline seasonality weekly" in out
+    assert out.count("^ above") >= (spike.end - spike.start) // 2
+    assert "episode: spike" in out
