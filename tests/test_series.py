@@ -74,3 +74,53 @@ def test_series_command_prints_the_baseline_and_marks(tmp_path, capsys):
     assert "baseline seasonality weekly" in out
     assert out.count("^ above") >= (spike.end - spike.start) // 2
     assert "episode: spike" in out
+
+
+def test_an_outage_upstream_gives_one_servfail_spike_verdict_and_quiet_weeks_none(tmp_path):
+    """Three weeks of stored history, then SERVFAIL jumps for a quarter of an hour (the
+    authoritative server is down): one servfail_spike verdict with its evidence, updated
+    while it lasts; the same history without the outage gives nothing."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from conftest import REPO
+    from sensor.config import Config
+    from sensor.detectors.anomaly_burst import AnomalyBurstRule
+    from sensor.engine.writer import Writer
+    from sensor.store import Store
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(REPO / "rules" / "series.toml", rules)
+    rng = np.random.default_rng(11)
+    n = 21 * 1440 + 120
+    minutes = START + 60 * np.arange(n, dtype=np.int64)
+    hour = (minutes // 3600) % 24
+    queries = rng.poisson(300 * np.where((hour > 7) & (hour < 20), 1.0, 0.3)).astype(int)
+    servfail = rng.poisson(queries * 0.002).astype(int)
+
+    def run(with_outage: bool) -> list[tuple]:
+        sf = servfail.copy()
+        if with_outage:
+            sf[-40:-25] = (queries[-40:-25] * 0.6).astype(int)
+        db = tmp_path / f"outage-{with_outage}.db"
+        conf = replace(Config(), db_path=str(db), rules_dir=str(rules))
+        store = Store(str(db))
+        with store.transaction() as conn:
+            conn.executemany("INSERT INTO stats (minute, resolver, leg, queries, responses, servfail) "
+                             "VALUES (?, '10.0.0.53', 'client', ?, ?, ?)",
+                             list(zip(minutes.tolist(), queries.tolist(), queries.tolist(), sf.tolist())))
+        writer = Writer(conf, store, AnomalyBurstRule())
+        writer.latest = float(minutes[-1])
+        writer.flush(final=True)
+        found = store.conn.execute("SELECT kind, detector, evidence, summary FROM verdicts").fetchall()
+        store.close()
+        return found
+
+    assert run(False) == []
+    (kind, detector, evidence, summary), = run(True)
+    assert (kind, detector) == ("servfail_spike", "series:servfail")
+    ev = json.loads(evidence)
+    assert ev["observed"] > ev["band"][1] and ev["seasonality"] == "weekly" and ev["minutes"] >= 10
+    assert "expected" in summary and "seasonality weekly" in summary

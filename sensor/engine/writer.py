@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sensor.config import Config
+from sensor.detectors import series_anomalies
 from sensor.detectors.anomaly_burst import AnomalyBurstRule
 from sensor.detectors.rule_table import RuleTable
 from sensor.detectors.rules_engine import new_table, verdicts
@@ -28,6 +29,8 @@ from sensor.engine.aggregate import (Aggregate, merge_malformed, merge_sensor_ro
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store
 
+SERIES_EVERY_S = 60
+"""Data time between two evaluations of the series against their baselines."""
 OPEN_MINUTES_GRACE_S = 180
 """Minutes (stats) and windows (verdicts) stay in memory this long after the newest data,
 for batches that arrive late from a busy worker."""
@@ -42,6 +45,8 @@ class Writer:
         self.rule = rule
         self.rules: dict[str, Rule] = {r.name: r for r in rules or []}
         self.rule_windows: dict[str, RuleTable] = {}
+        self.series_rule = series_anomalies.load(config.rules_dir)
+        self.series_evaluated = 0.0
         self.senders = senders or []
         self.backlog = Aggregate()
         self.open_stats: dict[tuple[int, str, str], dict[str, Any]] = {}
@@ -59,6 +64,7 @@ class Writer:
         self.rule = rule
         if rules is not None:
             self.rules = {r.name: r for r in rules}
+        self.series_rule = series_anomalies.load(self.config.rules_dir)
 
     def flush(self, final: bool = False) -> int:
         """Write the backlog; returns the verdicts created. On a database error the
@@ -113,6 +119,31 @@ class Writer:
                 s.submit(v)
         self.counters["verdicts_created"] += len(created)
         self._close_old(final)
+        return len(created) + self._series_verdicts(final)
+
+    def _series_verdicts(self, final: bool) -> int:
+        """Counters against their seasonal baseline, once a minute of data time (and at the end)."""
+        if self.series_rule is None or not (final or self.latest - self.series_evaluated >= SERIES_EVERY_S):
+            return 0
+        self.series_evaluated = self.latest
+        found = self.series_rule.verdicts(self.store.conn, self.config.sensor_name)
+        if not found:
+            return 0
+        created = []
+        try:
+            with self.store.transaction() as conn:
+                for v in found:
+                    vid, new = self.store.put_verdict(conn, v)
+                    if new:
+                        created.append({**v, "id": vid})
+        except sqlite3.Error as e:
+            self.counters["store_errors"] += 1
+            print(f"dnssensor: store: {e}; series verdicts retried next minute", file=sys.stderr)
+            self.series_evaluated = 0.0
+            return 0
+        for v in created:
+            for s in self.senders:
+                s.submit(v)
         return len(created)
 
     def _count_sink_losses(self, agg: Aggregate) -> None:

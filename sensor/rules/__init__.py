@@ -45,8 +45,9 @@ from sensor.store.schema import SEVERITIES
 
 KINDS = ("tunnel", "exfil", "cache_poisoning", "open_resolver", "amplification", "random_subdomain",
          "dga", "malware_domain", "policy_violation", "anomaly")
+"""Kinds of the rule files; the series kinds (volume_spike, ...) live in series.toml."""
 AGGREGATE_FUNCTIONS = ("count", "sum", "min", "max", "mean", "nunique")
-SPECIAL_FILES = ("anomaly_burst.toml", "tags.toml")
+SPECIAL_FILES = ("anomaly_burst.toml", "tags.toml", "series.toml")
 """Rule files with a format of their own, read by their detector module."""
 MAX_WINDOW_S = 7 * 86400
 SAMPLE_PREFIXES = ("data:", "shared:")
@@ -311,6 +312,11 @@ def check(directory: str | Path) -> list[str]:
     burst = anomaly_burst.load(directory)
     out.append(f"ok  {Path(burst.path).name:<28} anomaly          window {burst.window_s} s, "
                f"threshold {burst.threshold}")
+    from sensor.detectors import series_anomalies
+    watched = series_anomalies.load(directory)
+    if watched is not None:
+        out.append(f"ok  {Path(watched.path).name:<28} series           {watched.method}, k {watched.k}: "
+                   + ", ".join(w.name for w in watched.watched))
     tags = load_tags(Path(directory) / TAGS_FILE)
     for tag in {t.name: t for t in tags.values()}.values():
         out.append(f"ok  {TAGS_FILE:<28} tag {tag.name:<12} {', '.join(tag.networks)}")
