@@ -124,3 +124,49 @@ def test_an_outage_upstream_gives_one_servfail_spike_verdict_and_quiet_weeks_non
     ev = json.loads(evidence)
     assert ev["observed"] > ev["band"][1] and ev["seasonality"] == "weekly" and ev["minutes"] >= 10
     assert "expected" in summary and "seasonality weekly" in summary
+
+
+def test_query_type_shift_fires_on_an_outbreak_not_on_noise(tmp_path):
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from conftest import REPO
+    from sensor.config import Config
+    from sensor.detectors.anomaly_burst import AnomalyBurstRule
+    from sensor.engine.writer import Writer
+    from sensor.store import Store
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(REPO / "rules" / "series.toml", rules)
+    rng = np.random.default_rng(5)
+    n = 1440 + 10
+    minutes = START + 60 * np.arange(n, dtype=np.int64)
+
+    def run(outbreak: bool) -> list[tuple]:
+        rows = []
+        for i, m in enumerate(minutes.tolist()):
+            mix = {"A": 0.6, "AAAA": 0.3, "PTR": 0.1}
+            if outbreak and i >= n - 10:
+                mix = {"A": 0.3, "AAAA": 0.15, "PTR": 0.05, "TXT": 0.5}
+            counts = {k: int(v) for k, v in zip(mix, rng.multinomial(100, list(mix.values())))}
+            rows.append((m, 100, json.dumps(counts)))
+        db = tmp_path / f"q-{outbreak}.db"
+        store = Store(str(db))
+        with store.transaction() as conn:
+            conn.executemany("INSERT INTO stats (minute, resolver, leg, queries, qtypes) "
+                             "VALUES (?, '10.0.0.53', 'client', ?, ?)", rows)
+        writer = Writer(replace(Config(), db_path=str(db), rules_dir=str(rules)), store, AnomalyBurstRule())
+        writer.latest = float(minutes[-1])
+        writer.flush(final=True)
+        found = store.conn.execute("SELECT kind, evidence, summary FROM verdicts").fetchall()
+        store.close()
+        return found
+
+    assert run(False) == []
+    (kind, evidence, summary), = run(True)
+    ev = json.loads(evidence)
+    assert kind == "qtype_shift" and ev["chi2"] > ev["critical"] and ev["cramers_v"] >= 0.15
+    assert ev["recent_shares"]["TXT"] == pytest.approx(0.5, abs=0.1) and "TXT" not in ev["reference_shares"]
+    assert "TXT 0% -> 5" in summary

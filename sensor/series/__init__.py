@@ -171,3 +171,66 @@ def load(conn, name: str, resolver: str | None = None, since_s: float | None = N
     filled = np.zeros(len(full))
     filled[(minutes - full[0]) // 60] = values
     return full, filled
+
+
+QTYPE_CATEGORIES = ("A", "AAAA", "PTR", "MX", "TXT", "HTTPS", "SRV", "NS", "SOA", "CNAME", "ANY", "NULL")
+"""Query types compared one by one by the qtype-shift test; the rest count as "other"."""
+
+
+def load_qtypes(conn, since_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(minute starts, counts[minute, category]) of queries by type from `stats`."""
+    import json
+
+    rows = conn.execute("SELECT minute, qtypes FROM stats WHERE leg != 'sensor' AND qtypes IS NOT NULL "
+                        "ORDER BY minute").fetchall()
+    index = {name: i for i, name in enumerate(QTYPE_CATEGORIES)}
+    per_minute: dict[int, np.ndarray] = {}
+    for minute, text in rows:
+        counts = per_minute.setdefault(minute, np.zeros(len(QTYPE_CATEGORIES) + 1))
+        for name, n in json.loads(text).items():
+            counts[index.get(name, len(QTYPE_CATEGORIES))] += n
+    if not per_minute:
+        return np.empty(0, dtype=np.int64), np.empty((0, len(QTYPE_CATEGORIES) + 1))
+    minutes = np.array(sorted(per_minute), dtype=np.int64)
+    if since_s is not None:
+        minutes = minutes[minutes >= minutes[-1] - since_s]
+    return minutes, np.array([per_minute[m] for m in minutes.tolist()])
+
+
+def chi2_critical(df: int, z: float) -> float:
+    """Upper quantile of chi-squared with `df` degrees of freedom at standard-normal `z`
+    (Wilson-Hilferty): no statistics library needed for a threshold."""
+    a = 2.0 / (9.0 * df)
+    return df * (1.0 - a + z * np.sqrt(a)) ** 3
+
+
+@dataclass
+class Shift:
+    chi2: float
+    critical: float
+    effect: float               # Cramer's V of the recent window against the reference
+    recent: dict[str, float]    # shares
+    reference: dict[str, float]
+
+
+def qtype_shift(minutes: np.ndarray, counts: np.ndarray, recent_minutes: int, reference_minutes: int,
+                min_queries: int, z: float = 4.75) -> Shift | None:
+    """Chi-squared test of the query-type mix of the last `recent_minutes` against the
+    `reference_minutes` before them; None when either has too few queries."""
+    if not len(minutes):
+        return None
+    end = minutes[-1] + 60
+    recent = counts[minutes >= end - recent_minutes * 60].sum(axis=0)
+    ref_mask = (minutes < end - recent_minutes * 60) & (minutes >= end - (recent_minutes + reference_minutes) * 60)
+    reference = counts[ref_mask].sum(axis=0)
+    if recent.sum() < min_queries or reference.sum() < min_queries:
+        return None
+    ref_share = (reference + 0.5) / (reference.sum() + 0.5 * len(reference))
+    expected = ref_share * recent.sum()
+    chi2 = float(((recent - expected) ** 2 / expected).sum())
+    df = len(recent) - 1
+    effect = float(np.sqrt(chi2 / (recent.sum() * df)))
+    names = QTYPE_CATEGORIES + ("other",)
+    return Shift(chi2, chi2_critical(df, z), effect,
+                 {n: round(float(v / recent.sum()), 4) for n, v in zip(names, recent) if v},
+                 {n: round(float(v / reference.sum()), 4) for n, v in zip(names, reference) if v})
