@@ -29,13 +29,13 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=5, help="generated series per method")
     args = ap.parse_args()
     result: dict = {}
-    for method in ("mad", "moving_average"):
+    for method in series.METHODS:
         precisions, recalls, seconds, minutes_total = [], [], 0.0, 0
         for seed in range(args.seeds):
             minutes, values, events = generate(weeks=args.weeks, seed=seed + 1)
             t = time.perf_counter()
             base = series.fit(minutes, values)
-            flags = series.flags_mad(values, base) if method == "mad" else series.flags_moving_average(values)
+            flags = series.flags(method, values, base)
             found = series.episodes(flags, values, base.expected)
             seconds += time.perf_counter() - t
             minutes_total += len(values)

@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "bytes_queries, bytes_responses, unanswered, ...")
     series.add_argument("--since", default="1h", metavar="DURATION", help="window to print (default 1h)")
     series.add_argument("--resolver", metavar="IP", help="one resolver (default: all)")
-    series.add_argument("--method", choices=("mad", "moving_average"), default="mad",
-                        help="deviation test (default mad: robust distance from the seasonal baseline)")
+    series.add_argument("--method", choices=("mad", "moving_average", "ks"), default="mad",
+                        help="deviation test (default mad: robust distance from the seasonal baseline; "
+                             "ks: Kolmogorov-Smirnov, last 10 minutes against the hour before)")
     _config_args(series)
 
     rules = sub.add_parser(
@@ -245,8 +246,7 @@ def cmd_series(args: argparse.Namespace) -> int:
         print(f"no {args.name} data in the store")
         return 0
     base = series.fit(minutes, values)
-    flags = (series.flags_mad(values, base) if args.method == "mad"
-             else series.flags_moving_average(values))
+    flags = series.flags(args.method, values, base)
     first = int(np.searchsorted(minutes, minutes[-1] - parse_duration(args.since), side="left"))
     print(f"{args.name}{' for ' + args.resolver if args.resolver else ''}: baseline seasonality "
           f"{base.seasonality}, method {args.method}")

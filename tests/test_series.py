@@ -18,13 +18,15 @@ def weeks():
 @pytest.mark.parametrize("method, precision_floor, recall_floor", [
     ("mad", 0.8, 1.0),
     ("moving_average", 0.6, 0.85),
+    ("ks", 0.75, 0.85),
 ])
 def test_methods_find_the_injected_events(weeks, method, precision_floor, recall_floor):
     minutes, values, events = weeks
     base = series.fit(minutes, values)
     assert base.seasonality == "weekly"
-    flags = series.flags_mad(values, base) if method == "mad" else series.flags_moving_average(values)
-    precision, recall = score(series.episodes(flags, values, base.expected), events, HISTORY)
+    flags = series.flags(method, values, base)
+    precision, recall = score(series.episodes(flags, values, base.expected, min_minutes=3 if method == "ks" else 2),
+                              events, HISTORY)
     assert precision >= precision_floor and recall >= recall_floor, (precision, recall)
 
 

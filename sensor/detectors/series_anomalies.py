@@ -15,7 +15,7 @@ from sensor.errors import ConfigError
 
 RULE_FILE = "series.toml"
 KINDS = ("volume_spike", "volume_drop", "nxdomain_spike", "servfail_spike", "qtype_shift")
-METHODS = ("mad", "moving_average")
+METHODS = ts.METHODS
 RECENT_MIN = 30
 """Only episodes ending in the last RECENT_MIN minutes become (or update) verdicts."""
 
@@ -48,8 +48,7 @@ class SeriesRule:
             if len(minutes) < self.min_minutes:
                 continue
             base = ts.fit(minutes, values)
-            flags = (ts.flags_mad(values, base, self.k) if self.method == "mad"
-                     else ts.flags_moving_average(values, k=self.k))
+            flags = ts.flags(self.method, values, base, self.k)
             for e in ts.episodes(flags, values, base.expected, self.min_minutes):
                 if e.end < len(values) - RECENT_MIN:
                     continue

@@ -11,7 +11,8 @@ tap is news). The baseline models it as level x seasonal index:
 - the level is the rolling median over the past LEVEL_WINDOW_MIN minutes of the
   de-seasonalised series, so a slow trend moves the baseline and a spike does not.
 
-Methods turn observed against expected into flags; `episodes` groups consecutive flagged
+Methods turn observed against expected (for Kolmogorov-Smirnov, the last minutes' residuals
+against the hour before) into flags; `episodes` groups consecutive flagged
 minutes into one event with its peak, for one verdict per episode.
 """
 from __future__ import annotations
@@ -116,6 +117,35 @@ def flags_moving_average(values: np.ndarray, window: int = 60, k: float = 4.0) -
     z = (v - mean) / std
     z[:window] = 0.0                                   # no judgement before a full window
     return np.where(z > k, 1, np.where(z < -k, -1, 0))
+
+
+KS_C_ALPHA = 2.69
+"""Kolmogorov-Smirnov critical constant c(alpha) = sqrt(-ln(alpha / 2) / 2) for alpha = 1e-6:
+a month holds 43,200 minutes to test, so a looser alpha would flag every day by chance."""
+
+
+def flags_ks(values: np.ndarray, base: Baseline, recent: int = 10, reference: int = 60,
+             min_shift: float = 3.0) -> np.ndarray:
+    """Kolmogorov-Smirnov: the distribution of the last `recent` minutes' residuals (observed
+    minus expected, in robust spreads) against the `reference` minutes before them; flagged
+    (+1 up, -1 down by the medians) when D exceeds the KS_C_ALPHA critical value and the
+    medians moved by at least `min_shift` spreads. Residuals, not raw counts, so the morning
+    rise of a daily rhythm is not an event."""
+    v = (values.astype(np.float64) - base.expected) / base.scale
+    n = len(v)
+    out = np.zeros(n, dtype=np.int64)
+    critical = KS_C_ALPHA * np.sqrt((recent + reference) / (recent * reference))
+    for i in range(recent + reference - 1, n):
+        new = np.sort(v[i - recent + 1:i + 1])
+        old = np.sort(v[i - recent - reference + 1:i - recent + 1])
+        both = np.concatenate([new, old])
+        f_new = np.searchsorted(new, both, side="right") / recent
+        f_old = np.searchsorted(old, both, side="right") / reference
+        if np.max(np.abs(f_new - f_old)) > critical:
+            shift = np.median(new) - np.median(old)
+            if abs(shift) >= min_shift:
+                out[i] = 1 if shift > 0 else -1
+    return out
 
 
 @dataclass
@@ -234,3 +264,17 @@ def qtype_shift(minutes: np.ndarray, counts: np.ndarray, recent_minutes: int, re
     return Shift(chi2, chi2_critical(df, z), effect,
                  {n: round(float(v / recent.sum()), 4) for n, v in zip(names, recent) if v},
                  {n: round(float(v / reference.sum()), 4) for n, v in zip(names, reference) if v})
+
+
+def flags(method: str, values: np.ndarray, base: Baseline, k: float = 5.0) -> np.ndarray:
+    """Flags of the named method: mad, moving_average or ks."""
+    if method == "mad":
+        return flags_mad(values, base, k)
+    if method == "moving_average":
+        return flags_moving_average(values, k=k)
+    if method == "ks":
+        return flags_ks(values, base)
+    raise ValueError(f"unknown method {method!r}")
+
+
+METHODS = ("mad", "moving_average", "ks")
