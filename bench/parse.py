@@ -118,6 +118,30 @@ def build_capture(path: str, messages: int, seed: int = 1) -> None:
                 f.write(frame)
 
 
+def tshark_rate(path: str, frames: int | None = None) -> float | None:
+    """Messages/s tshark decodes from `path` (its first `frames` frames), printing the DNS
+    fields we compare on; None when tshark is not installed."""
+    if not shutil.which("tshark"):
+        return None
+    limit = ["-c", str(frames)] if frames else []
+    t0 = time.perf_counter()
+    out = subprocess.run(["tshark", "-n", "-r", path, *limit, "-T", "fields", "-e", "dns.id",
+                          "-e", "dns.qry.name", "-e", "dns.qry.type", "-e", "dns.flags.rcode",
+                          "-e", "dns.a", "-e", "dns.aaaa", "-e", "dns.cname"],
+                         capture_output=True, check=True).stdout
+    return out.count(b"\n") / (time.perf_counter() - t0)
+
+
+def print_rates(rows: list[tuple[str, float | None]], tshark: float | None, width: int = 28) -> None:
+    """A table of msgs/s with each contender's ratio to tshark (rows without a rate are left out)."""
+    print(f"{'contender':<{width}} {'msgs/s':>14} {'vs tshark':>10}")
+    for label, rate in rows:
+        if rate is None:
+            continue
+        ratio = f"{rate / tshark:9.1f}x" if tshark else "        -"
+        print(f"{label:<{width}} {rate:>14,.0f} {ratio}")
+
+
 def best_of(repeat: int, fn) -> float:
     times = []
     for _ in range(repeat):
@@ -190,39 +214,26 @@ def main() -> int:
                 break
         dnslib_rate = dnslib_msgs / (time.perf_counter() - t0)
 
-        tshark_rate = None
-        if shutil.which("tshark"):
+        sub = path
+        if shutil.which("tshark") and not args.capture:
             sub = os.path.join(tmp, "tshark.pcap")
-            if args.capture:
-                sub = path
-            else:
-                build_capture(sub, args.tshark_messages, seed=3)
-            t0 = time.perf_counter()
-            out = subprocess.run(["tshark", "-n", "-r", sub, "-T", "fields", "-e", "dns.id",
-                                  "-e", "dns.qry.name", "-e", "dns.qry.type", "-e", "dns.flags.rcode",
-                                  "-e", "dns.a", "-e", "dns.aaaa", "-e", "dns.cname"],
-                                 capture_output=True, check=True).stdout
-            tshark_rate = out.count(b"\n") / (time.perf_counter() - t0)
+            build_capture(sub, args.tshark_messages, seed=3)
+        tshark = tshark_rate(sub)
 
-        rows = [("ours, from the pcap file", messages / file_s),
-                ("ours, frames in memory", messages / memory_s),
-                ("pure-Python twin", twin_rate),
-                ("dnslib per packet", dnslib_rate)]
-        if tshark_rate:
-            rows.append(("tshark -T fields", tshark_rate))
         print(f"\n{messages} messages; one core; best of {args.repeat} for our parser")
-        print(f"{'contender':<28} {'msgs/s':>14} {'vs tshark':>10}")
-        for label, rate in rows:
-            ratio = f"{rate / tshark_rate:9.1f}x" if tshark_rate else "        -"
-            print(f"{label:<28} {rate:>14,.0f} {ratio}")
+        print_rates([("ours, from the pcap file", messages / file_s),
+                     ("ours, frames in memory", messages / memory_s),
+                     ("pure-Python twin", twin_rate),
+                     ("dnslib per packet", dnslib_rate),
+                     ("tshark -T fields", tshark)], tshark)
         result = {
             "messages": messages,
             "ours_file_msgs_per_s": round(messages / file_s),
             "ours_memory_msgs_per_s": round(messages / memory_s),
             "twin_msgs_per_s": round(twin_rate),
             "dnslib_msgs_per_s": round(dnslib_rate),
-            "tshark_msgs_per_s": round(tshark_rate) if tshark_rate else None,
-            "ratio_vs_tshark": round(messages / file_s / tshark_rate, 1) if tshark_rate else None,
+            "tshark_msgs_per_s": round(tshark) if tshark else None,
+            "ratio_vs_tshark": round(messages / file_s / tshark, 1) if tshark else None,
         }
         print(json.dumps(result))
         return 0

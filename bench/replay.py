@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from parse import build_capture  # noqa: E402
+from parse import build_capture, print_rates, tshark_rate  # noqa: E402
 
 from sensor.config import Config  # noqa: E402
 from sensor.engine.replay import replay  # noqa: E402
@@ -63,26 +62,14 @@ def main() -> int:
         parsed = sum(len(b) for b in Parser().parse_file(path))
         parse_s = time.perf_counter() - t0
 
-        tshark_rate = None
-        if shutil.which("tshark"):
-            t0 = time.perf_counter()
-            out = subprocess.run(["tshark", "-n", "-r", path, "-c", str(args.tshark_frames), "-T", "fields",
-                                  "-e", "dns.id", "-e", "dns.qry.name", "-e", "dns.qry.type",
-                                  "-e", "dns.flags.rcode", "-e", "dns.a", "-e", "dns.aaaa", "-e", "dns.cname"],
-                                 capture_output=True, check=True).stdout
-            tshark_rate = out.count(b"\n") / (time.perf_counter() - t0)
+        tshark = tshark_rate(path, args.tshark_frames)
 
         replay_rate = best.messages / best.seconds
         bare_rate = bare.messages / bare.seconds
         parse_rate = parsed / parse_s
         print(f"\n{best.messages} messages; one core; best of {args.repeat} replays")
-        print(f"{'contender':<36} {'msgs/s':>14} {'vs tshark':>10}")
-        for label, rate in (("replay, all detectors", replay_rate), ("replay, no detectors", bare_rate),
-                            ("parse only (same run)", parse_rate), ("tshark -T fields", tshark_rate)):
-            if rate is None:
-                continue
-            ratio = f"{rate / tshark_rate:9.1f}x" if tshark_rate else "        -"
-            print(f"{label:<36} {rate:>14,.0f} {ratio}")
+        print_rates([("replay, all detectors", replay_rate), ("replay, no detectors", bare_rate),
+                     ("parse only (same run)", parse_rate), ("tshark -T fields", tshark)], tshark, width=36)
         print(f"tracking: {best.tracking}")
         result = {
             "messages": best.messages,
@@ -91,8 +78,8 @@ def main() -> int:
             "detectors_cost_ratio": round(bare_rate / replay_rate, 2),
             "parse_msgs_per_s": round(parse_rate),
             "replay_vs_parse": round(replay_rate / parse_rate, 3),
-            "tshark_msgs_per_s": round(tshark_rate) if tshark_rate else None,
-            "ratio_vs_tshark": round(replay_rate / tshark_rate, 1) if tshark_rate else None,
+            "tshark_msgs_per_s": round(tshark) if tshark else None,
+            "ratio_vs_tshark": round(replay_rate / tshark, 1) if tshark else None,
         }
         print(json.dumps(result))
         return 0

@@ -313,7 +313,7 @@ def test_answer_hash_is_the_xor_of_each_messages_answers():
 
 def _check_answer_hashes(batch):
     from sensor import _core, features
-    from sensor.track import Tracker, _hash
+    from sensor.track import Tracker, hash_columns
     table = features.build(batch, Tracker().process(batch.messages), features.NetworkSet(()))
     got = table.columns["answer_hash"]
     for i in range(len(batch)):
@@ -324,7 +324,7 @@ def _check_answer_hashes(batch):
         if len(rows):
             data = _core.span_hashes(batch.arena, np.ascontiguousarray(rows["rdata_off"]),
                                      np.ascontiguousarray(rows["rdata_len"]))
-            want = np.bitwise_xor.reduce(_hash(data, rows["type"]))
+            want = np.bitwise_xor.reduce(hash_columns(data, rows["type"]))
         assert got[i] == want, i
     return int((got != 0).sum())
 

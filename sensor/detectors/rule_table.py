@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sensor import _core
-from sensor.track import _hash
+from sensor.track import hash_columns
 
 EXACT_UNIQUE_LIMIT = 4096
 """Distinct values kept exactly per group and unique-count aggregate before a sketch takes over."""
@@ -153,7 +153,7 @@ class RuleTable:
             groups, values = groups[~big], values[~big]
         old_g, old_v = self.pairs[name]
         all_g, all_v = np.concatenate([old_g, groups]), np.concatenate([old_v, values])
-        first, _ = _reduce(_hash(all_g, all_v))
+        first, _ = _reduce(hash_columns(all_g, all_v))
         all_g, all_v = all_g[first], all_v[first]
         gfirst, ginv = _reduce(all_g)
         sizes = np.bincount(ginv, minlength=len(gfirst))

@@ -16,10 +16,10 @@ import numpy as np
 
 from sensor import _core
 from sensor.detectors.rule_table import DOMAIN_WIDTH, SAMPLE_WIDTH, SAMPLES, RuleTable, gather_text
-from sensor.engine.aggregate import address_text
+from sensor.parse.batch import address_text
 from sensor.features import FeatureTable
 from sensor.rules import Rule
-from sensor.track import _hash
+from sensor.track import hash_columns
 
 _NO_ADDRESS = bytes(16)
 
@@ -35,7 +35,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     cols = table.columns
     out = new_table(rule)
     window = (cols["ts"][idx] // rule.window_s).astype(np.int64) * rule.window_s
-    row_keys = _hash(window.astype(np.uint64), *[cols[g][idx].astype(np.uint64) for g in rule.group_by])
+    row_keys = hash_columns(window.astype(np.uint64), *[cols[g][idx].astype(np.uint64) for g in rule.group_by])
     first, inverse, counts = _core.group_u64(np.ascontiguousarray(row_keys))
     g = len(first)
     rows = idx[first]
@@ -80,7 +80,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
             np.minimum.at(out.values[:, j], inverse, v)
     for name in out.uniques:
         values = cols[by_name[name].argument][idx].astype(np.uint64)
-        distinct, _ = _core.group_u64(_hash(row_keys, values))[:2]
+        distinct, _ = _core.group_u64(hash_columns(row_keys, values))[:2]
         out._merge_pairs(name, row_keys[distinct], values[distinct])
     return out
 

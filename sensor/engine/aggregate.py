@@ -8,7 +8,6 @@ of dropping them.
 """
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,11 +16,10 @@ import numpy as np
 
 from sensor import _core, schema
 from sensor.limits import DEFAULT_LIMITS, Limits
-from sensor.parse.batch import Batch
+from sensor.parse.batch import Batch, address_text
 from sensor.track import (ANSWERED, DUPLICATE, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
-                          _hash, address_words)
+                          hash_columns, address_words)
 
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 OPT = 41
 OTHER_RESOLVER = "other"
 GROUP_SHIFT = 40
@@ -30,12 +28,6 @@ CLIENT_HASH_MASK = (1 << GROUP_SHIFT) - 1
 STATS_COUNTER_NAMES = ("queries", "responses", "noerror", "nxdomain", "servfail", "refused",
                        "bytes_queries", "bytes_responses", "answered", "unanswered", "unsolicited",
                        "mismatched", "duplicate", "rtt_count")
-
-
-def address_text(raw: bytes) -> str:
-    if raw[:12] == _V4_MAPPED:
-        return socket.inet_ntop(socket.AF_INET, raw[12:])
-    return socket.inet_ntop(socket.AF_INET6, raw)
 
 
 def new_stats_row() -> dict[str, Any]:
@@ -315,7 +307,7 @@ class Accumulator:
     def _group_keys(self, ts: np.ndarray, resolver: np.ndarray, leg: np.ndarray):
         minute = (ts // 60).astype(np.int64) * 60
         rw = address_words(resolver)
-        keys = _hash(minute.astype(np.uint64), rw[:, 0], rw[:, 1], leg)
+        keys = hash_columns(minute.astype(np.uint64), rw[:, 0], rw[:, 1], leg)
         first, inverse = _groups(keys)
         group_keys = [(int(minute[i]), address_text(bytes(resolver[i])), LEG_NAMES[leg[i]])
                       for i in first.tolist()]
@@ -347,7 +339,7 @@ class Accumulator:
         # (group, value) pairs packed into one uint64 so np.unique sorts plain integers.
         inv64 = inv.astype(np.uint64) << np.uint64(GROUP_SHIFT)
         cw = address_words(track.client)
-        pairs = np.unique(inv64 | (_hash(cw[:, 0], cw[:, 1]) & np.uint64(CLIENT_HASH_MASK)))
+        pairs = np.unique(inv64 | (hash_columns(cw[:, 0], cw[:, 1]) & np.uint64(CLIENT_HASH_MASK)))
         pair_group = (pairs >> np.uint64(GROUP_SHIFT)).astype(np.int64)
         bounds = np.searchsorted(pair_group, np.arange(g + 1))
         client_ids = (pairs & np.uint64(CLIENT_HASH_MASK)).tolist()
@@ -369,7 +361,7 @@ class Accumulator:
     def _clients(self, msgs: np.ndarray, track: TrackResult) -> None:
         minute = (msgs["ts"] // 60).astype(np.int64) * 60
         cw = address_words(track.client)
-        keys = _hash(minute.astype(np.uint64), cw[:, 0], cw[:, 1])
+        keys = hash_columns(minute.astype(np.uint64), cw[:, 0], cw[:, 1])
         first, inv = _groups(keys)
         g = len(first)
         isq = msgs["qr"] == 0
@@ -408,14 +400,14 @@ class Accumulator:
             nh = _core.span_hashes(arena, name_off, name_len)
             rh = _core.span_hashes(arena, rdata_off, rdata_len)
             self._pdns_known = self._add_seen(
-                agg.pdns, self._pdns_text, self._pdns_known, _hash(nh, rh, rtype), ts,
+                agg.pdns, self._pdns_text, self._pdns_known, hash_columns(nh, rh, rtype), ts,
                 lambda i: (arena[name_off[i]:name_off[i] + name_len[i]].decode("ascii"), _type_name(int(rtype[i])),
                            arena[rdata_off[i]:rdata_off[i] + rdata_len[i]].decode("ascii")))
         nx = (msgs["qr"] == 1) & (msgs["rcode"] == 3) & (msgs["qdcount"] > 0) & (track.state != MISMATCHED)
         if nx.any():
             qoff, qlen, qtype = msgs["qname_off"][nx], msgs["qname_len"][nx], msgs["qtype"][nx]
             self._nx_known = self._add_seen(
-                agg.nxdomain, self._nx_text, self._nx_known, _hash(msgs["name_hash"][nx], qtype), msgs["ts"][nx],
+                agg.nxdomain, self._nx_text, self._nx_known, hash_columns(msgs["name_hash"][nx], qtype), msgs["ts"][nx],
                 lambda i: (arena[qoff[i]:qoff[i] + qlen[i]].decode("ascii"), _type_name(int(qtype[i]))))
 
     def _add_seen(self, table: SeenCounts, texts: dict, known: np.ndarray, row_keys: np.ndarray,
@@ -462,7 +454,7 @@ class Accumulator:
         server = np.where(isq, msgs["dst"], msgs["src"])
         window = (msgs["ts"] // self.window_s).astype(np.int64) * self.window_s
         cw, sw = address_words(client), address_words(server)
-        first_idx, inv = _groups(_hash(window.astype(np.uint64), cw[:, 0], cw[:, 1], sw[:, 0], sw[:, 1]))
+        first_idx, inv = _groups(hash_columns(window.astype(np.uint64), cw[:, 0], cw[:, 1], sw[:, 0], sw[:, 1]))
         table = self.agg.malformed
         for gi, i in enumerate(first_idx.tolist()):
             members = np.flatnonzero(inv == gi)

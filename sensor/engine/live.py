@@ -27,7 +27,7 @@ from typing import Any
 from sensor import config as cfg
 from sensor.capture.live import LiveCapture, drop_privileges, give_to_user
 from sensor.detectors import anomaly_burst
-from sensor.engine.aggregate import Aggregate
+from sensor.engine.aggregate import Aggregate, new_sensor_row
 from sensor.engine.pipeline import Pipeline
 from sensor.errors import ConfigError, SensorError
 from sensor.rules import load_rules_dir
@@ -88,9 +88,7 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ou
         d_recv, d_drop = cap.update_stats()
         pipeline.tick(now)                            # time out queries on a quiet link too
         agg = pipeline.take()
-        agg.sensor.setdefault(int(now // 60 * 60), {"packets": 0, "kernel_received": 0,
-                                                     "kernel_dropped": 0, "drops": {}})
-        srow = agg.sensor[int(now // 60 * 60)]
+        srow = agg.sensor.setdefault(int(now // 60 * 60), new_sensor_row())
         srow["kernel_received"] += d_recv
         srow["kernel_dropped"] += d_drop
         agg.workers[name] = {"pid": os.getpid(), "started": started, "restarts": restarts,
@@ -235,8 +233,8 @@ class Supervisor:
         agg = Aggregate()
         agg.workers[name] = {"pid": p.pid, "started": None, "restarts": restarts, "last_seen": time.time(),
                              "packets": None, "kernel_received": None, "kernel_dropped": None, "state": state}
-        agg.sensor[int(time.time() // 60 * 60)] = {"packets": 0, "kernel_received": 0, "kernel_dropped": 0,
-                                                   "drops": {"worker_restarts": 1}}
+        srow = agg.sensor[int(time.time() // 60 * 60)] = new_sensor_row()
+        srow["drops"]["worker_restarts"] = 1
         try:
             self.queue.put(agg, timeout=1.0)
         except queue_mod.Full:

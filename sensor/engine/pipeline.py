@@ -70,6 +70,10 @@ class Pipeline:
         return self.acc.take()
 
 
+def _frame_times(meta: np.ndarray) -> np.ndarray:
+    return meta[:, 0].astype(np.float64) + meta[:, 1] / 1e6
+
+
 def _first_ts(path: str) -> float:
     for fb in read_frames(path, 1):
         return float(fb.meta[0, 0]) + fb.meta[0, 1] / 1e6
@@ -102,13 +106,11 @@ def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch
 
     active = [r for r in readers if refill(r)]
     while active:
-        def ts_of(meta: np.ndarray) -> np.ndarray:
-            return meta[:, 0].astype(np.float64) + meta[:, 1] / 1e6
-        cutoff = min(ts_of(r["buf"].meta[-1:])[0] for r in active)
+        cutoff = min(_frame_times(r["buf"].meta[-1:])[0] for r in active)
         pieces: dict[int, list] = {}
         for r in active:
             fb, pos = r["buf"], r["pos"]
-            ts = ts_of(fb.meta[pos:])
+            ts = _frame_times(fb.meta[pos:])
             # Up to the last frame at or before the cut (a file's own clock may step back).
             below = np.flatnonzero(ts <= cutoff)
             if not len(below):

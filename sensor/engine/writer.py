@@ -25,7 +25,7 @@ from sensor.detectors.rule_table import RuleTable
 from sensor.detectors.rules_engine import new_table, verdicts
 from sensor.rules import Rule
 from sensor.engine.aggregate import (Aggregate, merge_malformed, merge_sensor_row, merge_stats_row,
-                                     new_stats_row)
+                                     new_sensor_row, new_stats_row)
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store
 
@@ -51,10 +51,8 @@ class Writer:
         self.backlog = Aggregate()
         self.open_stats: dict[tuple[int, str, str], dict[str, Any]] = {}
         self.windows: dict[tuple[int, str, str], dict[str, Any]] = {}
-        self.verdict_ids: dict[tuple[int, str, str], int] = {}
         self.latest = 0.0
         self.counters = Counter()
-        self.last_retention = 0.0
         self._sink_dropped: dict[str, int] = {}
 
     def apply(self, agg: Aggregate) -> None:
@@ -87,9 +85,8 @@ class Writer:
                 self.store.add_clients(conn, agg.clients.rows(self.config.limits.max_clients_per_minute))
                 self.store.add_anomalies(conn, [(m, n, c) for (m, n), c in agg.anomalies.items()])
                 created = []
-                for key, v in verdicts:
+                for v in verdicts:
                     vid, new = self.store.put_verdict(conn, v)
-                    self.verdict_ids[key] = vid
                     if new:
                         created.append({**v, "id": vid})
                 for worker, row in agg.workers.items():
@@ -159,33 +156,27 @@ class Writer:
         limits = self.config.limits
         touched = []
         for key, row in agg.stats.items():
-            mine = self.open_stats.get(key)
-            if mine is None:
-                mine = self._reopen(key)
-                self.open_stats[key] = mine
-            merge_stats_row(mine, _copy_stats(row), limits)
+            merge_stats_row(self._open_row(key), _copy_stats(row), limits)
             touched.append(key)
         for minute, srow in agg.sensor.items():
             key = (minute, SENSOR_RESOLVER, SENSOR_LEG)
-            mine = self.open_stats.get(key)
-            if mine is None:
-                mine = self._reopen(key)
-                self.open_stats[key] = mine
-            merge_sensor_row(mine.setdefault("sensor", {"packets": 0, "kernel_received": 0,
-                                                        "kernel_dropped": 0, "drops": Counter()}), srow)
+            merge_sensor_row(self._open_row(key).setdefault("sensor", new_sensor_row()), srow)
             touched.append(key)
         if agg.dropped:
             # Losses found at aggregation time belong to the newest minute.
             key = (int(self.latest // 60 * 60), SENSOR_RESOLVER, SENSOR_LEG)
-            mine = self.open_stats.setdefault(key, self._reopen(key))
-            s = mine.setdefault("sensor", {"packets": 0, "kernel_received": 0,
-                                           "kernel_dropped": 0, "drops": Counter()})
-            s["drops"].update(agg.dropped)
+            self._open_row(key).setdefault("sensor", new_sensor_row())["drops"].update(agg.dropped)
             touched.append(key)
         rows = []
         for key in dict.fromkeys(touched):
             rows.append(_stats_record(key, self.open_stats[key]))
         return rows, touched
+
+    def _open_row(self, key: tuple[int, str, str]) -> dict[str, Any]:
+        row = self.open_stats.get(key)
+        if row is None:
+            row = self.open_stats[key] = self._reopen(key)
+        return row
 
     def _reopen(self, key: tuple[int, str, str]) -> dict[str, Any]:
         """A minute already closed and written: continue from the stored row."""
@@ -205,7 +196,7 @@ class Writer:
                                  "drops": Counter(stored["drops"])}
         return row
 
-    def _verdicts(self, agg: Aggregate) -> list[tuple[tuple, dict[str, Any]]]:
+    def _verdicts(self, agg: Aggregate) -> list[dict[str, Any]]:
         out = []
         for key, entry in agg.malformed.items():
             mine = self.windows.get(key)
@@ -215,10 +206,10 @@ class Writer:
             merge_malformed(mine, entry)
             v = self.rule.verdict(key, mine, self.config.sensor_name)
             if v is not None:
-                out.append((key, v))
+                out.append(v)
         return out
 
-    def _rule_verdicts(self, agg: Aggregate) -> list[tuple[tuple, dict[str, Any]]]:
+    def _rule_verdicts(self, agg: Aggregate) -> list[dict[str, Any]]:
         out = []
         for name, part in agg.rules.items():
             rule = self.rules.get(name)
@@ -235,8 +226,7 @@ class Writer:
                              limit=self.config.limits.max_verdicts_per_rule)
             if found.capped:
                 agg.dropped["verdicts_capped"] += found.capped
-            for v in found:
-                out.append(((name, v["window_start"], v["client"], v["server"], v["domain"]), v))
+            out += found
         return out
 
     def _close_old(self, final: bool) -> None:
@@ -245,7 +235,6 @@ class Writer:
             del self.open_stats[key]
         for key in [k for k in self.windows if final or k[0] + self.rule.window_s < horizon]:
             del self.windows[key]
-            self.verdict_ids.pop(key, None)
         for name, groups in list(self.rule_windows.items()):
             window = self.rules[name].window_s if name in self.rules else 0
             if final:
@@ -258,7 +247,6 @@ class Writer:
     def enforce_retention(self, now: float | None = None) -> dict[str, int]:
         """Retention against the data's clock (a replayed week-old capture keeps its rows)."""
         now = now if now is not None else max(self.latest, 0.0) or time.time()
-        self.last_retention = time.monotonic()
         return self.store.enforce_retention(now, self.config.retention_days)
 
 

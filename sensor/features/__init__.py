@@ -15,7 +15,7 @@ import numpy as np
 
 from sensor import _core
 from sensor.parse.batch import Batch
-from sensor.track import ANSWERED, DUPLICATE, MISMATCHED, UNSOLICITED, TrackResult, _hash, address_words
+from sensor.track import ANSWERED, DUPLICATE, MISMATCHED, UNSOLICITED, TrackResult, hash_columns, address_words
 
 FEATURES: dict[str, str] = {
     "ts": "capture time (epoch seconds)",
@@ -125,7 +125,7 @@ def _answer_hashes(batch: Batch) -> np.ndarray:
         return out
     data = _core.span_hashes(batch.arena, np.ascontiguousarray(rrs["rdata_off"]),
                              np.ascontiguousarray(rrs["rdata_len"]))
-    values = np.where(rrs["section"] == 1, _hash(data, rrs["type"]), np.uint64(0))
+    values = np.where(rrs["section"] == 1, hash_columns(data, rrs["type"]), np.uint64(0))
     starts = m["rr_start"][has].astype(np.int64)
     order = np.argsort(starts, kind="stable")
     # Each message's records are one block and the blocks tile the table, so the records
@@ -165,8 +165,7 @@ class AddressTag:
 
     def column(self, feature: str, table_columns: "Columns") -> np.ndarray:
         side = table_columns._track.client if feature.startswith("client_in_") else table_columns._server
-        keys = table_columns["client"] if feature.startswith("client_in_") else table_columns["server"]
-        return self.members.mask(side, keys)
+        return self.members.mask(side)
 
 
 class NetworkSet:
@@ -186,7 +185,7 @@ class NetworkSet:
         self._masks = np.frombuffer(b"".join(masks), dtype="<u8").reshape(-1, 2)
         self._prefixes = np.frombuffer(b"".join(prefixes), dtype="<u8").reshape(-1, 2)
 
-    def mask(self, addrs: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+    def mask(self, addrs: np.ndarray) -> np.ndarray:
         out = np.zeros(len(addrs), dtype=bool)
         if not self.networks or not len(addrs):
             return out
@@ -206,7 +205,7 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
     flags = m["flags"]
     server = np.where(isq, m["dst"], m["src"])
     cw, sw = address_words(track.client), address_words(server)
-    client_key = _hash(cw[:, 0], cw[:, 1])
+    client_key = hash_columns(cw[:, 0], cw[:, 1])
     reg_len = (m["qname_len"].astype(np.int64) - m["regdom_off"]).clip(0).astype(np.uint32)
     regdom = _core.span_hashes(batch.arena, np.ascontiguousarray(m["qname_off"] + m["regdom_off"]),
                                np.ascontiguousarray(reg_len))
@@ -219,11 +218,11 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
         "qname_len": m["qname_len"], "labels": m["labels"], "longest_label": m["longest_label"],
         "entropy": m["entropy"].astype(np.float64), "digits": m["digits"], "hexchars": m["hexchars"],
         "uppers": m["uppers"], "left_len": np.maximum(m["regdom_off"].astype(np.int64) - 1, 0),
-        "client": client_key, "server": _hash(sw[:, 0], sw[:, 1]), "regdom": regdom,
+        "client": client_key, "server": hash_columns(sw[:, 0], sw[:, 1]), "regdom": regdom,
         "qname": m["name_hash"], "answered": track.state == ANSWERED,
         "unsolicited": track.state == UNSOLICITED, "mismatched": track.state == MISMATCHED,
         "duplicate": track.state == DUPLICATE, "multi_response": track.multi, "upstream": track.leg == 1,
-        "client_internal": (internal := client_networks.mask(track.client, client_key)),
+        "client_internal": (internal := client_networks.mask(track.client)),
         "client_external": ~internal if client_networks.networks else np.zeros(len(m), dtype=bool),
         "anomalous": m["anomalies"] != 0,
         "server_is_resolver": track.server_is_resolver,

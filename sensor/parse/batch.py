@@ -11,6 +11,17 @@ import numpy as np
 from sensor import schema
 
 
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def address_text(raw: bytes) -> str:
+    """A 16-byte address key as text, IPv4-mapped ones in dotted form (where the IP version
+    is not at hand: group keys, verdicts)."""
+    if raw[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, raw[12:])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
 def format_address(raw: bytes, ip_version: int) -> str:
     if ip_version == 4:
         return socket.inet_ntop(socket.AF_INET, raw[12:16])

@@ -47,7 +47,8 @@ def _mix(h: np.ndarray, x: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
-def _hash(*columns: np.ndarray) -> np.ndarray:
+def hash_columns(*columns: np.ndarray) -> np.ndarray:
+    """One 64-bit key per row from several integer columns: the engine's group keys."""
     h = np.full(len(columns[0]), 0x243F6A8885A308D3, dtype=np.uint64)
     for c in columns:
         h = _mix(h, c)
@@ -114,10 +115,10 @@ class Tracker:
         cport = np.where(isq, msgs["sport"], msgs["dport"]).astype(np.uint64)
         sport = np.where(isq, msgs["dport"], msgs["sport"]).astype(np.uint64)
         question = (msgs["qtype"].astype(np.uint64) << np.uint64(16)) | msgs["qclass"].astype(np.uint64)
-        key = _hash(client_w[:, 0], client_w[:, 1], server_w[:, 0], server_w[:, 1],
+        key = hash_columns(client_w[:, 0], client_w[:, 1], server_w[:, 0], server_w[:, 1],
                     (cport << np.uint64(16)) | sport,
                     (msgs["id"].astype(np.uint64) << np.uint64(32)) | question, msgs["name_hash"])
-        loose = _hash(client_w[:, 0], client_w[:, 1], server_w[:, 0], server_w[:, 1],
+        loose = hash_columns(client_w[:, 0], client_w[:, 1], server_w[:, 0], server_w[:, 1],
                       question, msgs["name_hash"])
         upstream = self._is_resolver(client_w)
         leg = upstream.astype(np.uint8)
