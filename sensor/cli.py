@@ -108,14 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "history in the store and prints the last --since of it, minute by minute, "
                     "with the expected value, the band and a mark where it departs; then the "
                     "episodes found in that window.",
-        epilog="Example: dnssensor series nxdomain --since 2h")
+        epilog="Example: dnssensor series nxdomain --since 2d --png nxdomain.png")
     series.add_argument("name", metavar="NAME", help="queries, responses, nxdomain, servfail, refused, "
                                                      "bytes_queries, bytes_responses, unanswered, ...")
     series.add_argument("--since", default="1h", metavar="DURATION", help="window to print (default 1h)")
     series.add_argument("--resolver", metavar="IP", help="one resolver (default: all)")
-    series.add_argument("--method", choices=("mad", "moving_average", "ks"), default="mad",
+    scope = series.add_mutually_exclusive_group()
+    scope.add_argument("--network", metavar="CIDR", help="one client network's series (breakdown table)")
+    scope.add_argument("--domain", metavar="DOMAIN", help="one registered domain's series (breakdown table)")
+    series.add_argument("--method", choices=METHOD_NAMES, default="mad",
                         help="deviation test (default mad: robust distance from the seasonal baseline; "
-                             "ks: Kolmogorov-Smirnov, last 10 minutes against the hour before)")
+                             "hst: Half-Space Trees over queries, nxdomain, servfail and this series)")
+    series.add_argument("--k", type=float, metavar="K", help="the method's threshold (default: its own)")
+    series.add_argument("--png", metavar="FILE", help="also draw the window, baseline, band and anomalies")
     _config_args(series)
 
     rules = sub.add_parser(
@@ -233,6 +238,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+METHOD_NAMES = ("mad", "average", "moving_average", "least_squares", "cusum", "histogram", "grubbs", "ks", "hst")
+"""sensor.series.methods.METHODS and Half-Space Trees (kept here so --help needs no numpy)."""
+
+
 def cmd_series(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -240,27 +249,47 @@ def cmd_series(args: argparse.Namespace) -> int:
 
     from sensor import series
     from sensor.query import parse_duration
+    from sensor.series import hst, methods
 
-    minutes, values = series.load(_open(args), args.name, args.resolver)
+    conn = _open(args)
+    scope, key = ("network", args.network) if args.network else ("domain", args.domain) if args.domain else (None, None)
+    minutes, values = series.load(conn, args.name, args.resolver, scope=scope, key=key)
+    title = series.series_id(args.name, scope, key) + (f" for {args.resolver}" if args.resolver else "")
     if not len(minutes):
-        print(f"no {args.name} data in the store")
+        print(f"no {title} data in the store")
         return 0
-    base = series.fit(minutes, values)
-    flags = series.flags(args.method, values, base)
+    scores = None
+    if args.method == "hst":
+        columns = {n: series.load(conn, n, args.resolver, until=int(minutes[-1]))[1][-len(minutes):]
+                   for n in ("queries", "nxdomain", "servfail") if n != args.name or scope}
+        # companions that never move add nothing but dilute the trees' splits
+        columns = {n: np.concatenate([np.zeros(len(values) - len(v)), v]) for n, v in columns.items() if np.ptp(v)}
+        columns[title] = values
+        flags, which, scores, bases = hst.flags_over(minutes, columns, args.k or hst.DEFAULT_THRESHOLD)
+        flags = np.where(which == list(columns).index(title), flags, 0)
+        base = bases[title]
+    else:
+        base = series.fit(minutes, values)
+        flags = methods.flags(args.method, values, base, args.k)
+    band_k = methods.METHODS["mad"].k
+    lo, hi = np.maximum(base.expected - band_k * base.scale, 0), base.expected + band_k * base.scale
     first = int(np.searchsorted(minutes, minutes[-1] - parse_duration(args.since), side="left"))
-    print(f"{args.name}{' for ' + args.resolver if args.resolver else ''}: baseline seasonality "
-          f"{base.seasonality}, method {args.method}")
+    print(f"{title}: baseline seasonality {base.seasonality}, method {args.method}")
     print(f"{'minute (UTC)':<17} {'value':>10} {'expected':>10} {'band':>21}  ")
     for i in range(first, len(minutes)):
         t = dt.datetime.fromtimestamp(int(minutes[i]), tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-        lo, hi = max(base.expected[i] - 5 * base.scale[i], 0), base.expected[i] + 5 * base.scale[i]
         mark = {1: "  ^ above", -1: "  v below"}.get(int(flags[i]), "")
-        print(f"{t:<17} {values[i]:>10.0f} {base.expected[i]:>10.1f} {lo:>10.1f}-{hi:<10.1f}{mark}")
+        print(f"{t:<17} {values[i]:>10.0f} {base.expected[i]:>10.1f} {lo[i]:>10.1f}-{hi[i]:<10.1f}{mark}")
     found = [e for e in series.episodes(flags, values, base.expected) if e.end > first]
     for e in found:
         t = dt.datetime.fromtimestamp(int(minutes[e.start]), tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
         print(f"episode: {'spike' if e.direction > 0 else 'drop'} from {t} for {e.end - e.start} min, "
               f"peak {values[e.peak]:.0f} against {base.expected[e.peak]:.1f} expected")
+    if args.png:
+        from sensor.series.plot import plot
+        plot(args.png, title, minutes[first:], values[first:], base.expected[first:], lo[first:], hi[first:],
+             flags[first:], args.method, base.seasonality)
+        print(f"plot written to {args.png}")
     return 0
 
 

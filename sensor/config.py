@@ -61,7 +61,8 @@ class Config:
     db_path: str = "dnssensor.db"
     flush_interval_s: float = 1.0
     retention_days: dict[str, int] = field(default_factory=lambda: {
-        "verdicts": 90, "pdns": 365, "pdns_nxdomain": 30, "stats": 30, "clients": 30, "anomalies": 30})
+        "verdicts": 90, "pdns": 365, "pdns_nxdomain": 30, "stats": 30, "clients": 30, "breakdown": 30,
+        "anomalies": 30})
     resolver_addresses: tuple[str, ...] = ()
     client_networks: tuple[str, ...] = ()
     discover_networks: bool = True

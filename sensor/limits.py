@@ -58,6 +58,11 @@ class Limits:
     max_clients_per_minute: int = 50000
     """Clients with a row of their own in the `clients` table per minute and worker; the rest
     are added to the client 'other'."""
+    max_networks_per_minute: int = 1000
+    """Client networks with a `breakdown` row of their own per minute and worker; the rest go to 'other'."""
+    max_domains_per_minute: int = 200
+    """Registered domains (the busiest by queries) with a `breakdown` row of their own per minute
+    and worker; the rest go to 'other'. Series per domain are kept for the busiest ones only."""
     max_rule_groups: int = 50000
     """Groups (entity and window) per rule held between two flushes, and open in the writer;
     beyond it new groups are counted (drop stage rule_groups_overflow) instead of kept."""

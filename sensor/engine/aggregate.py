@@ -17,7 +17,7 @@ import numpy as np
 from sensor import _core, schema
 from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.parse.batch import Batch, address_text
-from sensor.track import (ANSWERED, DUPLICATE, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
+from sensor.track import (ANSWERED, DUPLICATE, LEG_CLIENT, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
                           hash_columns, address_words)
 
 OPT = 41
@@ -39,41 +39,43 @@ def new_stats_row() -> dict[str, Any]:
 CLIENT_COLUMNS = ("queries", "responses", "nxdomain", "servfail", "bytes_queries", "bytes_responses")
 
 
-class ClientCounts:
-    """Per (minute, client) counters as numpy columns: batches fold in with one sort,
-    and addresses become text only when the writer stores the rows."""
+class KeyedCounts:
+    """Per (minute, label) counters as numpy columns: batches fold in with one sort, and a
+    label (a client address, a network, a registered domain) becomes text only when the
+    writer stores the rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, label_dtype: Any = "V16") -> None:
         self.keys = np.empty(0, dtype=np.uint64)
         self.minute = np.empty(0, dtype=np.int64)
-        self.client = np.empty(0, dtype="V16")
+        self.label = np.empty(0, dtype=label_dtype)
         self.counts = np.empty((0, len(CLIENT_COLUMNS)), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def add(self, keys: np.ndarray, minute: np.ndarray, client: np.ndarray, counts: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, minute: np.ndarray, label: np.ndarray, counts: np.ndarray) -> None:
         keys = np.concatenate([self.keys, keys])
         first, inv = _groups(keys)
         summed = np.stack([np.bincount(inv, weights=c, minlength=len(first))
                            for c in np.concatenate([self.counts, counts]).T], axis=1).astype(np.int64)
         self.minute = np.concatenate([self.minute, minute])[first]
-        self.client = np.concatenate([self.client, client])[first]
+        self.label = np.concatenate([self.label, label])[first]
         self.keys, self.counts = keys[first], summed
 
-    def merge(self, other: "ClientCounts") -> None:
+    def merge(self, other: "KeyedCounts") -> None:
         if len(other):
-            self.add(other.keys, other.minute, other.client, other.counts)
+            self.add(other.keys, other.minute, other.label, other.counts)
 
-    def rows(self, limit_per_minute: int) -> list[tuple]:
-        """(minute, client, *counts); per minute the busiest `limit_per_minute` clients by
-        queries keep their own row, the rest are summed into the client 'other'."""
+    def rows(self, limit_per_minute: int, text: Any = None) -> list[tuple]:
+        """(minute, label text, *counts); per minute the busiest `limit_per_minute` labels by
+        queries keep their own row, the rest are summed into the label 'other'."""
+        text = text or (lambda label: address_text(bytes(label)))
         out = []
         for m in np.unique(self.minute).tolist():
             idx = np.flatnonzero(self.minute == m)
             order = idx[np.argsort(-self.counts[idx, 0], kind="stable")]
             for i in order[:limit_per_minute].tolist():
-                out.append((m, address_text(bytes(self.client[i])), *self.counts[i].tolist()))
+                out.append((m, text(self.label[i]), *self.counts[i].tolist()))
             if len(order) > limit_per_minute:
                 out.append((m, OTHER_RESOLVER, *self.counts[order[limit_per_minute:]].sum(axis=0).tolist()))
         return out
@@ -136,7 +138,9 @@ class Aggregate:
     stats: dict[tuple[int, str, str], dict[str, Any]] = field(default_factory=dict)
     pdns: SeenCounts = field(default_factory=SeenCounts)
     nxdomain: SeenCounts = field(default_factory=SeenCounts)
-    clients: "ClientCounts" = field(default_factory=lambda: ClientCounts())
+    clients: KeyedCounts = field(default_factory=KeyedCounts)
+    networks: KeyedCounts = field(default_factory=lambda: KeyedCounts(object))   # client leg, by client network
+    domains: KeyedCounts = field(default_factory=lambda: KeyedCounts(object))    # client leg, by registered domain
     anomalies: Counter = field(default_factory=Counter)            # (minute, name) -> count
     malformed: dict[tuple[int, str, str], dict[str, Any]] = field(default_factory=dict)
     sensor: dict[int, dict[str, Any]] = field(default_factory=dict)  # minute -> counters
@@ -157,6 +161,8 @@ class Aggregate:
             if lost:
                 self.dropped["pdns_overflow"] += lost
         self.clients.merge(other.clients)
+        self.networks.merge(other.networks)
+        self.domains.merge(other.domains)
         self.anomalies.update(other.anomalies)
         for key, m in other.malformed.items():
             mine = self.malformed.get(key)
@@ -174,7 +180,8 @@ class Aggregate:
         self.messages += other.messages
 
     def is_empty(self) -> bool:
-        return not (self.stats or len(self.pdns) or len(self.nxdomain) or len(self.clients) or self.anomalies or self.malformed
+        return not (self.stats or len(self.pdns) or len(self.nxdomain) or len(self.clients) or len(self.networks)
+                    or len(self.domains) or self.anomalies or self.malformed
                     or self.rules or self.sensor or self.workers or self.dropped)
 
 
@@ -269,6 +276,7 @@ class Accumulator:
         if len(msgs):
             self._stats(msgs, track)
             self._clients(msgs, track)
+            self._breakdown(batch, track)
             self._pdns(batch, track)
             self._anomalies(batch)
             if self.rules:
@@ -358,10 +366,9 @@ class Accumulator:
         for packed, n in zip(qq.tolist(), qn.tolist()):
             rows[packed >> GROUP_SHIFT]["qtypes"][schema.type_name(packed & 0xFFFF)] += n
 
-    def _clients(self, msgs: np.ndarray, track: TrackResult) -> None:
+    def _client_counts(self, msgs: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first row of each key, minute of it, CLIENT_COLUMNS counts per key)."""
         minute = (msgs["ts"] // 60).astype(np.int64) * 60
-        cw = address_words(track.client)
-        keys = hash_columns(minute.astype(np.uint64), cw[:, 0], cw[:, 1])
         first, inv = _groups(keys)
         g = len(first)
         isq = msgs["qr"] == 0
@@ -371,7 +378,51 @@ class Accumulator:
             isq.astype(np.float64), isr.astype(np.float64), (isr & (rcode == 3)).astype(np.float64),
             (isr & (rcode == 2)).astype(np.float64), np.where(isq, size, 0.0), np.where(isr, size, 0.0))],
             axis=1).astype(np.int64)
-        self.agg.clients.add(keys[first], minute[first], track.client[first], counts)
+        return first, minute[first], counts
+
+    def _clients(self, msgs: np.ndarray, track: TrackResult) -> None:
+        minute = (msgs["ts"] // 60).astype(np.int64) * 60
+        cw = address_words(track.client)
+        keys = hash_columns(minute.astype(np.uint64), cw[:, 0], cw[:, 1])
+        first, first_minute, counts = self._client_counts(msgs, keys)
+        self.agg.clients.add(keys[first], first_minute, track.client[first], counts)
+
+    def _breakdown(self, batch: Batch, track: TrackResult) -> None:
+        """Client-leg counters per client network and per registered domain, for the scoped
+        series (sensor.series): a network is the configured one the client is in ('other'
+        outside them all), or its /24 (IPv6: /48) when none is configured."""
+        on_client_leg = track.leg == LEG_CLIENT
+        if not on_client_leg.any():
+            return
+        msgs = batch.messages[on_client_leg]
+        client = track.client[on_client_leg]
+        minute = (msgs["ts"] // 60).astype(np.uint64) * np.uint64(60)
+        network, words = self.networks.index(client), address_words(client)
+        if self.networks.networks:
+            keys = hash_columns(minute, (network + 1).astype(np.uint64))
+        else:
+            v4 = (words[:, 0] == 0) & ((words[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
+            prefix = np.where(v4[:, None], words & np.array([0xFFFFFFFFFFFFFFFF, 0x00FFFFFFFFFFFFFF], dtype=np.uint64),
+                              words & np.array([0x0000FFFFFFFFFFFF, 0], dtype=np.uint64))
+            keys = hash_columns(minute, prefix[:, 0], prefix[:, 1])
+        first, first_minute, counts = self._client_counts(msgs, keys)
+        if self.networks.networks:
+            labels = [str(self.networks.networks[i]) if i >= 0 else OTHER_RESOLVER for i in network[first].tolist()]
+        else:
+            labels = []
+            for p0, p1, is4 in zip(prefix[first, 0].tolist(), prefix[first, 1].tolist(), v4[first].tolist()):
+                raw = int(p0).to_bytes(8, "little") + int(p1).to_bytes(8, "little")
+                labels.append(f"{address_text(raw)}/{24 if is4 else 48}")
+        self.agg.networks.add(keys[first], first_minute, np.array(labels, dtype=object), counts)
+        reg_len = (msgs["qname_len"].astype(np.int64) - msgs["regdom_off"]).clip(0).astype(np.uint32)
+        reg_off = np.ascontiguousarray(msgs["qname_off"] + msgs["regdom_off"])
+        regdom = _core.span_hashes(batch.arena, reg_off, np.ascontiguousarray(reg_len))
+        keys = hash_columns(minute, regdom)
+        first, first_minute, counts = self._client_counts(msgs, keys)
+        arena = batch.arena
+        names = [bytes(arena[o:o + n]).decode("ascii", "replace") or "."
+                 for o, n in zip(reg_off[first].tolist(), reg_len[first].tolist())]
+        self.agg.domains.add(keys[first], first_minute, np.array(names, dtype=object), counts)
 
     def add_unanswered(self, rows: np.ndarray) -> None:
         """Queries that timed out, counted in the minute and resolver they were sent to."""

@@ -83,6 +83,8 @@ class Writer:
                 self.store.add_pdns(conn, agg.pdns.rows())
                 self.store.add_nxdomain(conn, agg.nxdomain.rows())
                 self.store.add_clients(conn, agg.clients.rows(self.config.limits.max_clients_per_minute))
+                self.store.add_breakdown(conn, "network", agg.networks.rows(self.config.limits.max_networks_per_minute, str))
+                self.store.add_breakdown(conn, "domain", agg.domains.rows(self.config.limits.max_domains_per_minute, str))
                 self.store.add_anomalies(conn, [(m, n, c) for (m, n), c in agg.anomalies.items()])
                 created = []
                 for v in verdicts:
@@ -123,16 +125,15 @@ class Writer:
         if self.series_rule is None or not (final or self.latest - self.series_evaluated >= SERIES_EVERY_S):
             return 0
         self.series_evaluated = self.latest
-        found = self.series_rule.verdicts(self.store.conn, self.config.sensor_name)
-        if not found:
-            return 0
         created = []
         try:
-            with self.store.transaction() as conn:
-                for v in found:
-                    vid, new = self.store.put_verdict(conn, v)
-                    if new:
-                        created.append({**v, "id": vid})
+            found = self.series_rule.verdicts(self.store, self.config.sensor_name, final)
+            if found:
+                with self.store.transaction() as conn:
+                    for v in found:
+                        vid, new = self.store.put_verdict(conn, v)
+                        if new:
+                            created.append({**v, "id": vid})
         except sqlite3.Error as e:
             self.counters["store_errors"] += 1
             print(f"dnssensor: store: {e}; series verdicts retried next minute", file=sys.stderr)

@@ -32,11 +32,57 @@ SERIES = ("queries", "responses", "nxdomain", "servfail", "refused", "bytes_quer
           "unanswered", "unsolicited", "mismatched")
 
 
+BUCKETS = 7 * 24
+"""Seasonal buckets: (day of week, hour)."""
+HIST_EDGES = np.linspace(-40.0, 40.0, 81)
+"""Bins of the residual (in robust spreads) for the histogram method; two more bins take
+whatever falls outside."""
+
+
+@dataclass
+class Profile:
+    """What the history taught about a series, persisted in the `baselines` table so a
+    restart (or pruned `stats`) does not forget weeks of history."""
+    seasonality: str            # "weekly", "daily" or "none (N day(s) of history)"
+    days: float                 # days with traffic in the history
+    index: np.ndarray           # BUCKETS seasonal factors
+    spread: np.ndarray          # BUCKETS robust spreads of the residual, in sqrt(expected) units
+    mean: np.ndarray            # BUCKETS raw means (the "average" method)
+    std: np.ndarray             # BUCKETS raw standard deviations
+    histogram: np.ndarray       # residual counts over HIST_EDGES (+ the two outer bins)
+    fitted_to: int = 0          # start of the last minute of history it learnt from
+
+    def to_json(self) -> str:
+        import json
+        return json.dumps({"seasonality": self.seasonality, "days": self.days, "fitted_to": self.fitted_to,
+                           **{k: np.round(getattr(self, k), 5).tolist()
+                              for k in ("index", "spread", "mean", "std", "histogram")}})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Profile":
+        import json
+        d = json.loads(text)
+        return cls(d["seasonality"], d["days"], *(np.array(d[k], dtype=np.float64)
+                                                  for k in ("index", "spread", "mean", "std", "histogram")),
+                   fitted_to=d["fitted_to"])
+
+
 @dataclass
 class Baseline:
     expected: np.ndarray        # per minute
     scale: np.ndarray           # robust spread of the residual, per minute
     seasonality: str            # "weekly", "daily" or "none (N days of history)"
+    profile: Profile | None = None
+    buckets: np.ndarray | None = None
+
+    def z(self, values: np.ndarray) -> np.ndarray:
+        """Residuals in robust spreads."""
+        return (values - self.expected) / self.scale
+
+
+def bucket_of(minutes: np.ndarray) -> np.ndarray:
+    dow = ((minutes // 86400) + 4) % 7            # 1970-01-01 was a Thursday: 0 = Monday
+    return dow * 24 + (minutes // 3600) % 24
 
 
 def _rolling_median(x: np.ndarray, window: int) -> np.ndarray:
@@ -60,92 +106,60 @@ def _rolling_median(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def fit(minutes: np.ndarray, values: np.ndarray) -> Baseline:
-    """Baseline for a series of per-minute values (minutes: epoch seconds of minute starts)."""
+    """Baseline for a series of per-minute values (minutes: epoch seconds of minute starts),
+    learnt from the series itself; its `profile` can be stored and applied to later minutes."""
     values = values.astype(np.float64)
     n = len(values)
     # history that counts: days on which the series saw anything at all
     days = float(len(np.unique((minutes[values > 0] // 86400)))) if n else 0.0
-    dow = ((minutes // 86400) + 4) % 7            # 1970-01-01 was a Thursday: 0 = Monday
-    hour = (minutes // 3600) % 24
+    week_bucket = bucket_of(minutes)
     daily_level = _rolling_median(values, MINUTES_PER_DAY) if days >= MIN_DAYS else None
     if days >= 7 * MIN_WEEKS:
-        buckets, seasonality = dow * 24 + hour, "weekly"
+        buckets, seasonality, of = week_bucket, "weekly", np.arange(BUCKETS)
     elif days >= MIN_DAYS:
-        buckets, seasonality = hour, "daily"
+        buckets, seasonality, of = week_bucket % 24, "daily", np.arange(BUCKETS) % 24
     else:
-        buckets, seasonality = np.zeros(n, dtype=np.int64), f"none ({days:.0f} day(s) of history)"
-    index = np.ones(n)
+        buckets, seasonality, of = np.zeros(n, dtype=np.int64), f"none ({days:.0f} day(s) of history)", \
+            np.zeros(BUCKETS, dtype=np.int64)
+    nb = int(buckets.max()) + 1 if n else 1
+    by_bucket = [buckets == b for b in range(nb)]
+    index_b = np.ones(nb)
     if daily_level is not None:
         ratio = np.where(daily_level > 0, values / np.maximum(daily_level, 1e-9), 1.0)
-        for b in np.unique(buckets):
-            sel = buckets == b
-            index[sel] = np.median(ratio[sel])
-    index = np.where(index > 0, index, 1.0)
-    deseasoned = values / index
-    level = _rolling_median(deseasoned, LEVEL_WINDOW_MIN)
-    expected = level * index
-    residual = values - expected
+        for b, sel in enumerate(by_bucket):
+            if sel.any():
+                index_b[b] = np.median(ratio[sel])
+    index_b = np.where(index_b > 0, index_b, 1.0)
+    index = index_b[buckets] if n else np.ones(0)
+    expected = _rolling_median(values / index, LEVEL_WINDOW_MIN) * index
     # robust spread per bucket, relative to the expected level (Poisson-like counts spread
     # with their size), with a floor so quiet series do not flag every blip
-    rel = residual / np.maximum(np.sqrt(np.maximum(expected, 1.0)), 1.0)
-    scale = np.empty(n)
-    for b in np.unique(buckets):
-        sel = buckets == b
-        mad = np.median(np.abs(rel[sel] - np.median(rel[sel]))) * 1.4826
-        scale[sel] = max(mad, 1.0)
-    scale = scale * np.maximum(np.sqrt(np.maximum(expected, 1.0)), 1.0)
-    return Baseline(expected, scale, seasonality)
+    root = np.maximum(np.sqrt(np.maximum(expected, 1.0)), 1.0)
+    rel = (values - expected) / root
+    spread_b, mean_b, std_b = np.ones(nb), np.zeros(nb), np.ones(nb)
+    for b, sel in enumerate(by_bucket):
+        if sel.any():
+            r = rel[sel]
+            spread_b[b] = max(np.median(np.abs(r - np.median(r))) * 1.4826, 1.0)
+            mean_b[b] = values[sel].mean()
+            std_b[b] = max(values[sel].std(), np.sqrt(max(mean_b[b], 1.0)))
+    scale = spread_b[buckets] * root if n else np.ones(0)
+    z = (values - expected) / scale
+    histogram = np.bincount(np.searchsorted(HIST_EDGES, z), minlength=len(HIST_EDGES) + 1).astype(np.float64)
+    profile = Profile(seasonality, days, index_b[of], spread_b[of], mean_b[of], std_b[of], histogram,
+                      int(minutes[-1]) if n else 0)
+    return Baseline(expected, scale, seasonality, profile, week_bucket)
 
 
-def flags_mad(values: np.ndarray, base: Baseline, k: float = 5.0) -> np.ndarray:
-    """+1 above, -1 below expected by more than k robust spreads, else 0."""
-    z = (values - base.expected) / base.scale
-    return np.where(z > k, 1, np.where(z < -k, -1, 0))
-
-
-def flags_moving_average(values: np.ndarray, window: int = 60, k: float = 4.0) -> np.ndarray:
-    """Deviation from the trailing moving average, in trailing standard deviations."""
-    v = values.astype(np.float64)
-    c = np.concatenate([[0.0], np.cumsum(v)])
-    c2 = np.concatenate([[0.0], np.cumsum(v * v)])
-    idx = np.arange(len(v))
-    lo = np.maximum(idx - window, 0)
-    count = np.maximum(idx - lo, 1)
-    mean = (c[idx] - c[lo]) / count
-    var = np.maximum((c2[idx] - c2[lo]) / count - mean * mean, 0.0)
-    std = np.maximum(np.sqrt(var), np.sqrt(np.maximum(mean, 1.0)))
-    z = (v - mean) / std
-    z[:window] = 0.0                                   # no judgement before a full window
-    return np.where(z > k, 1, np.where(z < -k, -1, 0))
-
-
-KS_C_ALPHA = 2.69
-"""Kolmogorov-Smirnov critical constant c(alpha) = sqrt(-ln(alpha / 2) / 2) for alpha = 1e-6:
-a month holds 43,200 minutes to test, so a looser alpha would flag every day by chance."""
-
-
-def flags_ks(values: np.ndarray, base: Baseline, recent: int = 10, reference: int = 60,
-             min_shift: float = 3.0) -> np.ndarray:
-    """Kolmogorov-Smirnov: the distribution of the last `recent` minutes' residuals (observed
-    minus expected, in robust spreads) against the `reference` minutes before them; flagged
-    (+1 up, -1 down by the medians) when D exceeds the KS_C_ALPHA critical value and the
-    medians moved by at least `min_shift` spreads. Residuals, not raw counts, so the morning
-    rise of a daily rhythm is not an event."""
-    v = (values.astype(np.float64) - base.expected) / base.scale
-    n = len(v)
-    out = np.zeros(n, dtype=np.int64)
-    critical = KS_C_ALPHA * np.sqrt((recent + reference) / (recent * reference))
-    for i in range(recent + reference - 1, n):
-        new = np.sort(v[i - recent + 1:i + 1])
-        old = np.sort(v[i - recent - reference + 1:i - recent + 1])
-        both = np.concatenate([new, old])
-        f_new = np.searchsorted(new, both, side="right") / recent
-        f_old = np.searchsorted(old, both, side="right") / reference
-        if np.max(np.abs(f_new - f_old)) > critical:
-            shift = np.median(new) - np.median(old)
-            if abs(shift) >= min_shift:
-                out[i] = 1 if shift > 0 else -1
-    return out
+def apply(profile: Profile, minutes: np.ndarray, values: np.ndarray) -> Baseline:
+    """Baseline of recent minutes from a stored profile: the level is the rolling median of
+    the de-seasonalised values given (pass LEVEL_WINDOW_MIN minutes before the ones judged)."""
+    values = values.astype(np.float64)
+    buckets = bucket_of(minutes)
+    index = profile.index[buckets]
+    expected = _rolling_median(values / index, LEVEL_WINDOW_MIN) * index
+    scale = profile.spread[buckets] * np.maximum(np.sqrt(np.maximum(expected, 1.0)), 1.0)
+    return Baseline(expected, scale, profile.seasonality, profile, buckets)
 
 
 @dataclass
@@ -179,51 +193,98 @@ def episodes(flags: np.ndarray, values: np.ndarray, base_expected: np.ndarray, m
     return out
 
 
-def load(conn, name: str, resolver: str | None = None, since_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(minute starts, values) of one counter from `stats`, zeros where a minute is missing."""
-    if name not in SERIES:
-        from sensor.errors import SensorError
-        raise SensorError(f"unknown series {name!r} (one of {', '.join(SERIES)})")
-    where, params = ["leg != 'sensor'"], []
-    if resolver:
-        where.append("resolver = ?")
-        params.append(resolver)
-    rows = conn.execute(f"SELECT minute, sum({name}) FROM stats WHERE {' AND '.join(where)} "
+SCOPES = ("network", "domain")
+SCOPED_SERIES = ("queries", "responses", "nxdomain", "servfail", "bytes_queries", "bytes_responses")
+"""Counters the `breakdown` table keeps per client network and per registered domain."""
+
+
+def series_id(name: str, scope: str | None = None, key: str | None = None) -> str:
+    """How a series is named in the `baselines` table and in verdicts: nxdomain@domain=example.com."""
+    return f"{name}@{scope}={key}" if scope else name
+
+
+def last_minute(conn) -> int | None:
+    """The newest minute of data in the store (the sensor's own row counts: a silent resolver
+    still has a clock)."""
+    row = conn.execute("SELECT max(minute) FROM stats").fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+def load(conn, name: str, resolver: str | None = None, since_s: float | None = None, scope: str | None = None,
+         key: str | None = None, until: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(minute starts, values) of one counter, zeros where a minute is missing, from `stats`
+    (all resolvers or one) or from `breakdown` (scope network or domain, and its key), over
+    `since_s` seconds up to minute `until` (default: the newest in the store)."""
+    from sensor.errors import SensorError
+    if scope:
+        if scope not in SCOPES:
+            raise SensorError(f"unknown scope {scope!r} (one of {', '.join(SCOPES)})")
+        if name not in SCOPED_SERIES:
+            raise SensorError(f"series {name!r} is not kept per {scope} (one of {', '.join(SCOPED_SERIES)})")
+        table, where, params = "breakdown", ["scope = ?", "key = ?"], [scope, key]
+    else:
+        if name not in SERIES:
+            raise SensorError(f"unknown series {name!r} (one of {', '.join(SERIES)})")
+        table, where, params = "stats", ["leg != 'sensor'"], []
+        if resolver:
+            where.append("resolver = ?")
+            params.append(resolver)
+    if until is None:
+        until = last_minute(conn)
+        if until is None:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+    where.append("minute <= ?")
+    params.append(until)
+    if since_s is not None:
+        where.append("minute > ?")
+        params.append(until - since_s)
+    rows = conn.execute(f"SELECT minute, sum({name}) FROM {table} WHERE {' AND '.join(where)} "
                         "GROUP BY minute ORDER BY minute", params).fetchall()
     if not rows:
         return np.empty(0, dtype=np.int64), np.empty(0)
     minutes = np.array([r[0] for r in rows], dtype=np.int64)
     values = np.array([r[1] or 0 for r in rows], dtype=np.float64)
-    if since_s is not None:
-        keep = minutes >= minutes[-1] - since_s
-        minutes, values = minutes[keep], values[keep]
-    full = np.arange(minutes[0], minutes[-1] + 60, 60, dtype=np.int64)
+    full = np.arange(minutes[0], until + 60, 60, dtype=np.int64)
     filled = np.zeros(len(full))
     filled[(minutes - full[0]) // 60] = values
     return full, filled
 
 
+def busiest(conn, scope: str, since_minute: int, limit: int) -> list[str]:
+    """The keys of a scope with the most queries since a minute ('other' left out)."""
+    rows = conn.execute("SELECT key FROM breakdown WHERE scope = ? AND minute >= ? AND key != 'other' "
+                        "GROUP BY key ORDER BY sum(queries) DESC, key LIMIT ?", (scope, since_minute, limit))
+    return [r[0] for r in rows]
+
+
 QTYPE_CATEGORIES = ("A", "AAAA", "PTR", "MX", "TXT", "HTTPS", "SRV", "NS", "SOA", "CNAME", "ANY", "NULL")
 """Query types compared one by one by the qtype-shift test; the rest count as "other"."""
+RCODE_CATEGORIES = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "FORMERR", "NOTIMP")
+"""Response codes compared one by one by the rcode-shift test; the rest count as "other"."""
+MIXES = {"qtypes": QTYPE_CATEGORIES, "rcodes": RCODE_CATEGORIES}
 
 
-def load_qtypes(conn, since_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(minute starts, counts[minute, category]) of queries by type from `stats`."""
+def load_mix(conn, column: str, since_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(minute starts, counts[minute, category]) of queries by type (column qtypes) or
+    responses by rcode (column rcodes) from `stats`, the categories of MIXES plus "other"."""
     import json
 
-    rows = conn.execute("SELECT minute, qtypes FROM stats WHERE leg != 'sensor' AND qtypes IS NOT NULL "
-                        "ORDER BY minute").fetchall()
-    index = {name: i for i, name in enumerate(QTYPE_CATEGORIES)}
+    categories = MIXES[column]
+    where, params = f"leg != 'sensor' AND {column} IS NOT NULL", []
+    end = last_minute(conn)
+    if since_s is not None and end is not None:
+        where += " AND minute > ?"
+        params.append(end - since_s)
+    rows = conn.execute(f"SELECT minute, {column} FROM stats WHERE {where} ORDER BY minute", params).fetchall()
+    index = {name: i for i, name in enumerate(categories)}
     per_minute: dict[int, np.ndarray] = {}
     for minute, text in rows:
-        counts = per_minute.setdefault(minute, np.zeros(len(QTYPE_CATEGORIES) + 1))
+        counts = per_minute.setdefault(minute, np.zeros(len(categories) + 1))
         for name, n in json.loads(text).items():
-            counts[index.get(name, len(QTYPE_CATEGORIES))] += n
+            counts[index.get(name, len(categories))] += n
     if not per_minute:
-        return np.empty(0, dtype=np.int64), np.empty((0, len(QTYPE_CATEGORIES) + 1))
+        return np.empty(0, dtype=np.int64), np.empty((0, len(categories) + 1))
     minutes = np.array(sorted(per_minute), dtype=np.int64)
-    if since_s is not None:
-        minutes = minutes[minutes >= minutes[-1] - since_s]
     return minutes, np.array([per_minute[m] for m in minutes.tolist()])
 
 
@@ -243,38 +304,25 @@ class Shift:
     reference: dict[str, float]
 
 
-def qtype_shift(minutes: np.ndarray, counts: np.ndarray, recent_minutes: int, reference_minutes: int,
-                min_queries: int, z: float = 4.75) -> Shift | None:
-    """Chi-squared test of the query-type mix of the last `recent_minutes` against the
-    `reference_minutes` before them; None when either has too few queries."""
+def mix_shift(minutes: np.ndarray, counts: np.ndarray, categories: tuple[str, ...], recent_minutes: int,
+              reference_minutes: int, min_count: int, z: float = 4.75) -> Shift | None:
+    """Chi-squared test of a mix (query types, rcodes: `categories` plus "other") in the last
+    `recent_minutes` against the `reference_minutes` before them; None when either holds
+    fewer than `min_count`."""
     if not len(minutes):
         return None
     end = minutes[-1] + 60
     recent = counts[minutes >= end - recent_minutes * 60].sum(axis=0)
     ref_mask = (minutes < end - recent_minutes * 60) & (minutes >= end - (recent_minutes + reference_minutes) * 60)
     reference = counts[ref_mask].sum(axis=0)
-    if recent.sum() < min_queries or reference.sum() < min_queries:
+    if recent.sum() < min_count or reference.sum() < min_count:
         return None
     ref_share = (reference + 0.5) / (reference.sum() + 0.5 * len(reference))
     expected = ref_share * recent.sum()
     chi2 = float(((recent - expected) ** 2 / expected).sum())
     df = len(recent) - 1
     effect = float(np.sqrt(chi2 / (recent.sum() * df)))
-    names = QTYPE_CATEGORIES + ("other",)
+    names = categories + ("other",)
     return Shift(chi2, chi2_critical(df, z), effect,
                  {n: round(float(v / recent.sum()), 4) for n, v in zip(names, recent) if v},
                  {n: round(float(v / reference.sum()), 4) for n, v in zip(names, reference) if v})
-
-
-def flags(method: str, values: np.ndarray, base: Baseline, k: float = 5.0) -> np.ndarray:
-    """Flags of the named method: mad, moving_average or ks."""
-    if method == "mad":
-        return flags_mad(values, base, k)
-    if method == "moving_average":
-        return flags_moving_average(values, k=k)
-    if method == "ks":
-        return flags_ks(values, base)
-    raise ValueError(f"unknown method {method!r}")
-
-
-METHODS = ("mad", "moving_average", "ks")

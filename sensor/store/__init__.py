@@ -17,9 +17,10 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from sensor.errors import SensorError
-from sensor.store.schema import ANOMALIES, BY_NAME, PDNS, PDNS_NXDOMAIN, STATS, TABLES, VERDICTS, WORKERS
+from sensor.store.schema import (ANOMALIES, BASELINES, BREAKDOWN, BY_NAME, PDNS, PDNS_NXDOMAIN, STATS, TABLES,
+                                 VERDICTS, WORKERS)
 
-SQL_TYPES = {"INTEGER": int, "REAL": float, "TEXT": str}
+SQL_TYPES = {"INTEGER": int, "REAL": float, "TEXT": str, "BLOB": bytes}
 RETENTION_CHUNK_ROWS = 5000
 """Rows deleted per transaction while enforcing retention, so the writer never holds
 the database for long."""
@@ -29,9 +30,8 @@ BUSY_TIMEOUT_MS = 5000
 MIGRATIONS = Migrations("dnssensor")
 
 
-@MIGRATIONS()
-def m001_tables(db: sqlite_utils.Database) -> None:
-    for table in TABLES:
+def _create(db: sqlite_utils.Database, tables: Iterable[Any]) -> None:
+    for table in tables:
         columns = {c.name: SQL_TYPES[c.type] for c in table.columns}
         if "id" in columns:
             db[table.name].create(columns, pk="id")
@@ -40,6 +40,17 @@ def m001_tables(db: sqlite_utils.Database) -> None:
             db[table.name].create(columns, pk=table.key if len(table.key) > 1 else table.key[0])
         for cols in table.indexes:
             db[table.name].create_index(list(cols))
+
+
+@MIGRATIONS()
+def m001_tables(db: sqlite_utils.Database) -> None:
+    _create(db, [t for t in TABLES if t not in (BREAKDOWN, BASELINES)])
+
+
+@MIGRATIONS()
+def m002_series(db: sqlite_utils.Database) -> None:
+    """Scoped per-minute counters and the series detectors' persisted baselines."""
+    _create(db, [BREAKDOWN, BASELINES])
 
 
 class StoreError(SensorError):
@@ -99,6 +110,21 @@ class Store:
             "nxdomain = nxdomain + excluded.nxdomain, servfail = servfail + excluded.servfail, "
             "bytes_queries = bytes_queries + excluded.bytes_queries, "
             "bytes_responses = bytes_responses + excluded.bytes_responses", rows)
+
+    def add_breakdown(self, conn: sqlite3.Connection, scope: str, rows: Sequence[tuple]) -> None:
+        """rows: (minute, key, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added."""
+        conn.executemany(
+            "INSERT INTO breakdown VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(minute, scope, key) DO UPDATE SET "
+            "queries = queries + excluded.queries, responses = responses + excluded.responses, "
+            "nxdomain = nxdomain + excluded.nxdomain, servfail = servfail + excluded.servfail, "
+            "bytes_queries = bytes_queries + excluded.bytes_queries, "
+            "bytes_responses = bytes_responses + excluded.bytes_responses",
+            [(r[0], scope, *r[1:]) for r in rows])
+
+    def put_baseline(self, conn: sqlite3.Connection, series: str, fitted_to: int, seasonality: str,
+                     profile: str | None, model: bytes | None) -> None:
+        conn.execute("INSERT OR REPLACE INTO baselines VALUES (?, ?, ?, ?, ?)",
+                     (series, fitted_to, seasonality, profile, model))
 
     def add_anomalies(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """rows: (minute, name, count), counts added."""

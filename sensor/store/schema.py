@@ -12,7 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: str          # SQLite type affinity: INTEGER, REAL, TEXT
+    type: str          # SQLite type affinity: INTEGER, REAL, TEXT, BLOB
     doc: str
 
 
@@ -130,6 +130,34 @@ CLIENTS = Table(
     indexes=(("client", "minute"),),
     time_column="minute")
 
+BREAKDOWN = Table(
+    "breakdown", "Per minute counters on the client leg by client network and by registered "
+    "domain (the busiest per minute): the scoped series of `dnssensor series --network/--domain`.",
+    (C("minute", "INTEGER", "start of the minute"),
+     C("scope", "TEXT", "network or domain"),
+     C("key", "TEXT", "a configured client network (its /24 or /48 when none is configured) or a "
+                      "registered domain; 'other' collects the rest beyond the per-minute limit"),
+     C("queries", "INTEGER", "queries"),
+     C("responses", "INTEGER", "responses"),
+     C("nxdomain", "INTEGER", "NXDOMAIN responses"),
+     C("servfail", "INTEGER", "SERVFAIL responses"),
+     C("bytes_queries", "INTEGER", "DNS payload bytes of queries"),
+     C("bytes_responses", "INTEGER", "DNS payload bytes of responses")),
+    key=("minute", "scope", "key"),
+    indexes=(("scope", "key", "minute"),),
+    time_column="minute")
+
+BASELINES = Table(
+    "baselines", "What the series detectors learnt from the history, so a restart (or pruned "
+    "per-minute rows) does not forget weeks of it: one row per series.",
+    (C("series", "TEXT", "series name: counter, and @scope=key for a network or domain"),
+     C("fitted_to", "INTEGER", "last minute of history the profile was learnt from"),
+     C("seasonality", "TEXT", "weekly, daily or none (with the days of history)"),
+     C("profile", "TEXT", "JSON: seasonal index, spreads, averages and residual histogram per "
+                          "hour of the week"),
+     C("model", "BLOB", "pickled streaming model (Half-Space Trees) with its recent scores, or null")),
+    key=("series",))
+
 ANOMALIES = Table(
     "anomalies", "Per minute counts of each named anomaly (sensor.schema.ANOMALIES, tracking).",
     (C("minute", "INTEGER", "start of the minute"),
@@ -151,7 +179,8 @@ WORKERS = Table(
      C("state", "TEXT", "running, restarting, stopped or died (exit status)")),
     key=("worker",))
 
-TABLES: tuple[Table, ...] = (VERDICTS, PDNS, PDNS_NXDOMAIN, STATS, CLIENTS, ANOMALIES, WORKERS)
+TABLES: tuple[Table, ...] = (VERDICTS, PDNS, PDNS_NXDOMAIN, STATS, CLIENTS, BREAKDOWN, ANOMALIES, WORKERS,
+                             BASELINES)
 BY_NAME = {t.name: t for t in TABLES}
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 
