@@ -115,7 +115,7 @@ def test_a_slow_trend_moves_the_baseline_instead_of_flagging():
 def test_short_history_says_so():
     minutes = START + 60 * np.arange(600, dtype=np.int64)
     base = series.fit(minutes, np.full(600, 50.0))
-    assert base.seasonality.startswith("none (1 day(s) of history)")
+    assert base.seasonality == "none (10 hour(s) of history)"
 
 
 def test_series_command_prints_the_baseline_and_marks(tmp_path, capsys):
@@ -175,6 +175,7 @@ def test_an_outage_upstream_gives_one_servfail_spike_verdict_and_quiet_weeks_non
                              list(zip(minutes.tolist(), queries.tolist(), queries.tolist(), sf.tolist())))
         writer = Writer(conf, store, AnomalyBurstRule())
         writer.latest = float(minutes[-1])
+        writer.first_minute = int(minutes[-1])
         writer.flush(final=True)
         found = store.conn.execute("SELECT kind, detector, evidence, summary FROM verdicts").fetchall()
         store.close()
@@ -221,6 +222,7 @@ def test_query_type_shift_fires_on_an_outbreak_not_on_noise(tmp_path):
                              "VALUES (?, '10.0.0.53', 'client', ?, ?)", rows)
         writer = Writer(replace(Config(), db_path=str(db), rules_dir=str(rules)), store, AnomalyBurstRule())
         writer.latest = float(minutes[-1])
+        writer.first_minute = int(minutes[-1])
         writer.flush(final=True)
         found = store.conn.execute("SELECT kind, evidence, summary FROM verdicts").fetchall()
         store.close()
@@ -248,7 +250,7 @@ def _series_rules(tmp_path, text: str | None = None):
     return rules
 
 
-def _writer(db, rules):
+def _writer(db, rules, series_every_s: float = 60):
     from dataclasses import replace
 
     from sensor.config import Config
@@ -257,11 +259,14 @@ def _writer(db, rules):
     from sensor.store import Store
 
     store = Store(str(db))
-    return store, Writer(replace(Config(), db_path=str(db), rules_dir=str(rules)), store, AnomalyBurstRule())
+    return store, Writer(replace(Config(), db_path=str(db), rules_dir=str(rules)), store, AnomalyBurstRule(),
+                         series_every_s=series_every_s)
 
 
 def _evaluate(store, writer, final: bool = True) -> list[tuple]:
+    """The writer's evaluation as if it had been running since the newest minute it first saw."""
     writer.latest = float(store.conn.execute("SELECT max(minute) FROM stats").fetchone()[0])
+    writer.first_minute = writer.first_minute or int(writer.latest)
     writer.flush(final=final)
     return store.conn.execute("SELECT kind, detector, client, domain, evidence, summary FROM verdicts "
                               "ORDER BY id").fetchall()
@@ -331,7 +336,7 @@ spike = "servfail_spike"
     minutes, queries = _office(n, 21)
     servfail = np.random.default_rng(22).poisson(queries * 0.002)
     servfail[-40:-25] = (queries[-40:-25] * 0.6).astype(int)
-    store, writer = _writer(tmp_path / "hst.db", rules)
+    store, writer = _writer(tmp_path / "hst.db", rules, series_every_s=900)
     found = []
     for stop in range(240, n + 1, 240):                 # the writer evaluates as the data arrive
         with store.transaction() as conn:

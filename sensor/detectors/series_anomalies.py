@@ -32,6 +32,10 @@ REFIT_EVERY_S = 6 * 3600
 """Data time between two fits of a series' profile from its history."""
 MAX_TOP = 100
 """Most keys (networks or domains) a rule may ask a series for."""
+MIN_HISTORY_DAYS = 2.0
+"""History a series needs before its episodes become verdicts: a baseline must have seen
+mornings rise more than once to tell them from an event. Until then profiles are refitted
+every hour."""
 HST_ID = "hst"
 """The `baselines` row holding the Half-Space Trees model."""
 
@@ -69,15 +73,11 @@ class SeriesRule:
     profiles: dict[str, ts.Profile] = field(default_factory=dict)
     """Cache of the `baselines` rows this rule has read or written."""
 
-    def verdicts(self, store: Any, sensor: str, final: bool = False) -> list[dict[str, Any]]:
-        """Verdicts for episodes that end in the last RECENT_MIN minutes; profiles (and the
-        streaming model) are saved to the store on the way."""
+    def verdicts(self, store: Any, sensor: str, end: int) -> list[dict[str, Any]]:
+        """Verdicts for episodes that end in the RECENT_MIN minutes up to minute `end` (the
+        last complete one; a replay walks `end` through the past); profiles and the streaming
+        model are saved to the store on the way."""
         conn = store.conn
-        end = ts.last_minute(conn)
-        if end is None:
-            return []
-        if not final:
-            end -= 60                               # the newest minute is still filling up
         out: list[dict[str, Any]] = []
         judged: dict[str, tuple[np.ndarray, np.ndarray, ts.Baseline]] = {}
         for w in self.watched:
@@ -96,7 +96,7 @@ class SeriesRule:
         if self.method == "hst":
             out += self._hst(store, judged, sensor)
         for mix in self.mixes:
-            out += self._mix_shift(conn, mix, sensor)
+            out += self._mix_shift(conn, mix, sensor, end)
         return out
 
     def _profile(self, store: Any, sid: str, name: str, scope: str | None, key: str | None,
@@ -106,7 +106,8 @@ class SeriesRule:
             row = store.conn.execute("SELECT profile FROM baselines WHERE series = ?", (sid,)).fetchone()
             if row and row[0]:
                 profile = self.profiles[sid] = ts.Profile.from_json(row[0])
-        if profile is None or end - profile.fitted_to >= REFIT_EVERY_S:
+        refit_every = REFIT_EVERY_S if profile is not None and profile.days >= MIN_HISTORY_DAYS else 3600
+        if profile is None or end - profile.fitted_to >= refit_every:
             minutes, values = ts.load(store.conn, name, since_s=self.history_days * 86400, scope=scope, key=key,
                                       until=end)
             profile = self.profiles[sid] = ts.fit(minutes, values).profile
@@ -120,6 +121,8 @@ class SeriesRule:
         if len(minutes) < self.min_minutes:
             return None
         profile = self._profile(store, ts.series_id(w.name, scope, key), w.name, scope, key, end)
+        if profile.days < MIN_HISTORY_DAYS:
+            return None
         return minutes, values, ts.apply(profile, minutes, values)
 
     def _band(self, base: ts.Baseline, i: int) -> tuple[float, float]:
@@ -201,10 +204,11 @@ class SeriesRule:
             out += self._episodes(w, None, None, m_w, values, base, flags, sensor, scores)
         return out
 
-    def _mix_shift(self, conn: sqlite3.Connection, mix: MixRule, sensor: str) -> list[dict[str, Any]]:
+    def _mix_shift(self, conn: sqlite3.Connection, mix: MixRule, sensor: str, end: int) -> list[dict[str, Any]]:
         if not mix.recent_minutes:
             return []
-        minutes, counts = ts.load_mix(conn, mix.column, since_s=(mix.recent_minutes + mix.reference_minutes) * 60)
+        minutes, counts = ts.load_mix(conn, mix.column, since_s=(mix.recent_minutes + mix.reference_minutes) * 60,
+                                      until=end)
         categories = ts.MIXES[mix.column]
         shift = ts.mix_shift(minutes, counts, categories, mix.recent_minutes, mix.reference_minutes, mix.min_count)
         if shift is None or shift.chi2 <= shift.critical or shift.effect < mix.min_effect:

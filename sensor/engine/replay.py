@@ -10,7 +10,7 @@ from typing import TextIO
 from sensor.config import Config
 from sensor.detectors import anomaly_burst
 from sensor.engine.pipeline import Pipeline, merged_frames
-from sensor.engine.writer import Writer
+from sensor.engine.writer import REPLAY_SERIES_EVERY_S, Writer
 from sensor.rules import load_rules_dir
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store
@@ -62,7 +62,7 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     store = Store(config.db_path)
     spool_dir = os.path.join(os.path.dirname(os.path.abspath(config.db_path)), "spool")
     senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
-    writer = Writer(config, store, rule, senders, rules)
+    writer = Writer(config, store, rule, senders, rules, series_every_s=REPLAY_SERIES_EVERY_S)
     pipeline = Pipeline(config, rule, rules)
     result = ReplayResult(files=len(files))
     total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))

@@ -30,7 +30,10 @@ from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store
 
 SERIES_EVERY_S = 60
-"""Data time between two evaluations of the series against their baselines."""
+"""Data time between two evaluations of the series against their baselines, live."""
+REPLAY_SERIES_EVERY_S = 900
+"""...and in a replay, which reads days of history in seconds: a quarter of an hour still sees
+every episode (verdicts look back series_anomalies.RECENT_MIN = 30 minutes)."""
 OPEN_MINUTES_GRACE_S = 180
 """Minutes (stats) and windows (verdicts) stay in memory this long after the newest data,
 for batches that arrive late from a busy worker."""
@@ -39,7 +42,8 @@ SENSOR_RESOLVER, SENSOR_LEG = "*", "sensor"
 
 class Writer:
     def __init__(self, config: Config, store: Store, rule: AnomalyBurstRule,
-                 senders: list[SyslogSender] | None = None, rules: list[Rule] | None = None) -> None:
+                 senders: list[SyslogSender] | None = None, rules: list[Rule] | None = None,
+                 series_every_s: float = SERIES_EVERY_S) -> None:
         self.config = config
         self.store = store
         self.rule = rule
@@ -47,11 +51,14 @@ class Writer:
         self.rule_windows: dict[str, RuleTable] = {}
         self.series_rule = series_anomalies.load(config.rules_dir)
         self.series_evaluated = 0.0
+        self.series_every_s = series_every_s
         self.senders = senders or []
         self.backlog = Aggregate()
         self.open_stats: dict[tuple[int, str, str], dict[str, Any]] = {}
         self.windows: dict[tuple[int, str, str], dict[str, Any]] = {}
         self.latest = 0.0
+        self.first_minute = 0
+        """Earliest minute of data this writer has seen: a replay judges its series from there."""
         self.counters = Counter()
         self._sink_dropped: dict[str, int] = {}
 
@@ -73,6 +80,7 @@ class Writer:
             return 0
         for minute in list(agg.stats) + [(m,) for m in agg.sensor]:
             self.latest = max(self.latest, float(minute[0]))
+            self.first_minute = min(self.first_minute or minute[0], minute[0])
         saved_windows = {k: copy.deepcopy(self.windows.get(k)) for k in agg.malformed}
         saved_rule_windows = {name: copy.deepcopy(self.rule_windows.get(name)) for name in agg.rules}
         stats_rows, touched = self._merge_stats(agg)
@@ -121,13 +129,22 @@ class Writer:
         return len(created) + self._series_verdicts(final)
 
     def _series_verdicts(self, final: bool) -> int:
-        """Counters against their seasonal baseline, once a minute of data time (and at the end)."""
-        if self.series_rule is None or not (final or self.latest - self.series_evaluated >= SERIES_EVERY_S):
+        """Counters against their seasonal baseline, every series_every_s of data time (and
+        at the end): each step in between is judged as it was then, so a replay that flushes
+        hours at once still sees every episode."""
+        if self.series_rule is None or not self.first_minute:
             return 0
-        self.series_evaluated = self.latest
+        last = int(self.latest // 60 * 60)
+        every = int(self.series_every_s)
+        start = self.series_evaluated + every if self.series_evaluated else self.first_minute + every
+        if last < start and not final:
+            return 0
+        ends = list(range(start, last, every))
+        ends.append(last if final else last - 60)       # the newest minute is still filling up
+        self.series_evaluated = last
         created = []
         try:
-            found = self.series_rule.verdicts(self.store, self.config.sensor_name, final)
+            found = [v for end in ends for v in self.series_rule.verdicts(self.store, self.config.sensor_name, end)]
             if found:
                 with self.store.transaction() as conn:
                     for v in found:
@@ -137,7 +154,7 @@ class Writer:
         except sqlite3.Error as e:
             self.counters["store_errors"] += 1
             print(f"dnssensor: store: {e}; series verdicts retried next minute", file=sys.stderr)
-            self.series_evaluated = 0.0
+            self.series_evaluated = ends[0] - every
             return 0
         for v in created:
             for s in self.senders:

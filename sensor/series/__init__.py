@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MINUTES_PER_DAY = 1440
-MIN_DAYS = 2
+MIN_DAYS = 1
 """Days of history before a daily profile is used."""
 MIN_WEEKS = 2
 """Weeks of history before a day-of-week x hour profile is used."""
@@ -43,8 +43,8 @@ whatever falls outside."""
 class Profile:
     """What the history taught about a series, persisted in the `baselines` table so a
     restart (or pruned `stats`) does not forget weeks of history."""
-    seasonality: str            # "weekly", "daily" or "none (N day(s) of history)"
-    days: float                 # days with traffic in the history
+    seasonality: str            # "weekly", "daily" or "none (N hour(s) of history)"
+    days: float                 # days of history
     index: np.ndarray           # BUCKETS seasonal factors
     spread: np.ndarray          # BUCKETS robust spreads of the residual, in sqrt(expected) units
     mean: np.ndarray            # BUCKETS raw means (the "average" method)
@@ -110,8 +110,9 @@ def fit(minutes: np.ndarray, values: np.ndarray) -> Baseline:
     learnt from the series itself; its `profile` can be stored and applied to later minutes."""
     values = values.astype(np.float64)
     n = len(values)
-    # history that counts: days on which the series saw anything at all
-    days = float(len(np.unique((minutes[values > 0] // 86400)))) if n else 0.0
+    # history: the minutes given (`load` starts at the first minute the store has for the
+    # series, so a counter that stayed zero all along still has a history)
+    days = float(minutes[-1] + 60 - minutes[0]) / 86400 if n else 0.0
     week_bucket = bucket_of(minutes)
     daily_level = _rolling_median(values, MINUTES_PER_DAY) if days >= MIN_DAYS else None
     if days >= 7 * MIN_WEEKS:
@@ -119,14 +120,18 @@ def fit(minutes: np.ndarray, values: np.ndarray) -> Baseline:
     elif days >= MIN_DAYS:
         buckets, seasonality, of = week_bucket % 24, "daily", np.arange(BUCKETS) % 24
     else:
-        buckets, seasonality, of = np.zeros(n, dtype=np.int64), f"none ({days:.0f} day(s) of history)", \
+        buckets, seasonality, of = np.zeros(n, dtype=np.int64), f"none ({days * 24:.0f} hour(s) of history)", \
             np.zeros(BUCKETS, dtype=np.int64)
     nb = int(buckets.max()) + 1 if n else 1
     by_bucket = [buckets == b for b in range(nb)]
     index_b = np.ones(nb)
     if daily_level is not None:
         ratio = np.where(daily_level > 0, values / np.maximum(daily_level, 1e-9), 1.0)
+        # the first day's daily level has less than a day behind it (a night alone makes the
+        # morning look huge): leave it out once there is a full day after it
+        settled = np.arange(n) >= MINUTES_PER_DAY if n >= 2 * MINUTES_PER_DAY else np.ones(n, dtype=bool)
         for b, sel in enumerate(by_bucket):
+            sel = sel & settled
             if sel.any():
                 index_b[b] = np.median(ratio[sel])
     index_b = np.where(index_b > 0, index_b, 1.0)
@@ -264,14 +269,18 @@ RCODE_CATEGORIES = ("NOERROR", "NXDOMAIN", "SERVFAIL", "REFUSED", "FORMERR", "NO
 MIXES = {"qtypes": QTYPE_CATEGORIES, "rcodes": RCODE_CATEGORIES}
 
 
-def load_mix(conn, column: str, since_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_mix(conn, column: str, since_s: float | None = None, until: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(minute starts, counts[minute, category]) of queries by type (column qtypes) or
-    responses by rcode (column rcodes) from `stats`, the categories of MIXES plus "other"."""
+    responses by rcode (column rcodes) from `stats`, the categories of MIXES plus "other",
+    over `since_s` seconds up to minute `until` (default: the newest in the store)."""
     import json
 
     categories = MIXES[column]
     where, params = f"leg != 'sensor' AND {column} IS NOT NULL", []
-    end = last_minute(conn)
+    end = last_minute(conn) if until is None else until
+    if end is not None:
+        where += " AND minute <= ?"
+        params.append(end)
     if since_s is not None and end is not None:
         where += " AND minute > ?"
         params.append(end - since_s)

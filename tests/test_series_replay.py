@@ -1,0 +1,77 @@
+"""The series detectors through a whole replay: a real capture's frames shifted minute after
+minute to build two and a half days of history (quiet days and nights, no events), then the
+authoritative side failing for twenty minutes. One kind of verdict must come out: a
+servfail_spike during the outage; nothing before it."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import replace
+
+import dnslib
+import numpy as np
+
+from conftest import DATA, REPO
+from timeshift import as_servfail, dns_payload, is_udp_dns, read_pcap, write_pcap
+
+BASE = DATA / "dnscap-baseline-udp-82-msgs.pcap"      # 41 real query/response pairs (BSD-3, dnscap)
+START = 1_767_225_600                                   # 2026-01-01 00:00 UTC
+MINUTES = 2 * 1440 + 14 * 60                            # to 14:00 on the third day
+OUTAGE = range(2 * 1440 + 12 * 60, 2 * 1440 + 12 * 60 + 20)
+
+
+def _build(tmp_path):
+    frames = [f for f in read_pcap(BASE) if is_udp_dns(f[1])]
+    assert len(frames) == 82
+    t0 = frames[0][0]
+    squeeze = 50.0 / (frames[-1][0] - t0)               # one copy of the capture fits in a minute
+    ids = [dnslib.DNSRecord.parse(dns_payload(raw)[0]).header.id for _, raw in frames]
+    servfail = {i: as_servfail(raw) for i, (_, raw) in enumerate(frames)}
+    rng = np.random.default_rng(5)
+    history, outage = [], []
+    for m in range(MINUTES):
+        hour = (m % 1440) / 60
+        share = 0.55 + 0.4 * max(math.sin((hour - 6) / 24 * 2 * math.pi), 0.0)   # busier by day
+        keep = {i for i in set(ids) if rng.random() < share}
+        for i, ((t, raw), txid) in enumerate(zip(frames, ids)):
+            if txid not in keep:
+                continue
+            ts = START + 60 * m + (t - t0) * squeeze
+            if m in OUTAGE:
+                outage.append((ts, servfail[i]))
+            else:
+                history.append((ts, raw))
+    return write_pcap(tmp_path / "history.pcap", history), write_pcap(tmp_path / "outage.pcap", outage)
+
+
+def test_replayed_history_then_an_outage_gives_one_servfail_spike_and_no_other_series_verdict(tmp_path):
+    from sensor.config import Config
+    from sensor.engine.replay import replay
+    from sensor.store import open_readonly
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    shutil.copy(REPO / "rules" / "series.toml", rules)
+    history, outage = _build(tmp_path)
+    db = tmp_path / "replay.db"
+    config = replace(Config(), db_path=str(db), rules_dir=str(rules))
+    result = replay([str(outage), str(history)], config, progress_to=None)
+    assert result.messages > 150_000
+
+    conn = open_readonly(str(db))
+    minutes = conn.execute("SELECT count(DISTINCT minute) FROM stats WHERE leg = 'client'").fetchone()[0]
+    assert minutes == MINUTES
+    rows = conn.execute("SELECT kind, detector, first_ts, last_ts, evidence, summary FROM verdicts "
+                        "WHERE detector LIKE 'series:%' ORDER BY first_ts").fetchall()
+    outage_start, outage_end = START + 60 * OUTAGE[0], START + 60 * (OUTAGE[-1] + 1)
+    before = [r for r in rows if r[3] <= outage_start]
+    assert before == [], before                          # two and a half quiet days: nothing
+    assert {r[0] for r in rows} == {"servfail_spike"}, rows
+    (kind, detector, first_ts, last_ts, evidence, summary), = [r for r in rows if r[1] == "series:servfail"]
+    ev = json.loads(evidence)
+    assert outage_start <= first_ts < outage_start + 300 and last_ts <= outage_end + 60
+    assert ev["minutes"] >= 15 and ev["observed"] > ev["band"][1]
+    assert ev["seasonality"] == "daily" and "seasonality daily" in summary
+    baselines = dict(conn.execute("SELECT series, seasonality FROM baselines").fetchall())
+    assert baselines["servfail"] == "daily" and "queries@network=172.17.0.0/24" in baselines
