@@ -133,6 +133,30 @@ def test_replay_stats_and_pdns_agree_with_the_parsed_messages(tmp_path):
     assert packets == batch.counters["packets"]
 
 
+def test_breakdown_by_network_and_domain_adds_up_to_the_client_leg(tmp_path):
+    """The scoped series' counters: per configured client network ('other' outside them),
+    per registered domain with only the busiest of each minute kept apart; every message of
+    the client leg is counted once in each scope."""
+    from sensor.limits import DEFAULT_LIMITS
+
+    path = DATA / "demo-office-resolver.pcap"
+    conf = replace(config(tmp_path), client_networks=("10.1.0.0/25",),
+                   limits=replace(DEFAULT_LIMITS, max_domains_per_minute=2))
+    replay([str(path)], conf, progress_to=None)
+    client_leg = db_rows(conf.db_path, "SELECT sum(queries), sum(responses), sum(nxdomain) FROM stats "
+                                       "WHERE leg = 'client'")[0]
+    for scope in ("network", "domain"):
+        assert db_rows(conf.db_path, "SELECT sum(queries), sum(responses), sum(nxdomain) FROM breakdown "
+                                     "WHERE scope = ?", (scope,))[0] == client_leg
+    networks = dict(db_rows(conf.db_path, "SELECT key, sum(queries) FROM breakdown WHERE scope = 'network' "
+                                          "GROUP BY key"))
+    assert set(networks) == {"10.1.0.0/25", "other"}       # the off-net clients of the demo
+    rows = db_rows(conf.db_path, "SELECT minute, count(*) FROM breakdown WHERE scope = 'domain' AND key != 'other' "
+                                 "GROUP BY minute")
+    assert rows and all(n <= 2 for _, n in rows)             # bounded per minute
+    assert db_rows(conf.db_path, "SELECT count(*) FROM breakdown WHERE scope = 'domain' AND key = 'other'")[0][0] > 0
+
+
 def test_replay_twice_adds_counts_and_keeps_first_and_last_seen(tmp_path):
     path = DATA / "dnscap-baseline-udp-82-msgs.pcap"
     conf = config(tmp_path)

@@ -25,6 +25,8 @@ OTHER_RESOLVER = "other"
 GROUP_SHIFT = 40
 """Packed (group, value) keys: the group above bit 40, a value (rcode, qtype, client hash) below."""
 CLIENT_HASH_MASK = (1 << GROUP_SHIFT) - 1
+OTHER_KEY = 0x6F74686572
+"""Hash input of the per-minute 'other' row of the domain breakdown."""
 STATS_COUNTER_NAMES = ("queries", "responses", "noerror", "nxdomain", "servfail", "refused",
                        "bytes_queries", "bytes_responses", "answered", "unanswered", "unsolicited",
                        "mismatched", "duplicate", "rtt_count")
@@ -366,17 +368,15 @@ class Accumulator:
         for packed, n in zip(qq.tolist(), qn.tolist()):
             rows[packed >> GROUP_SHIFT]["qtypes"][schema.type_name(packed & 0xFFFF)] += n
 
-    def _client_counts(self, msgs: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(first row of each key, minute of it, CLIENT_COLUMNS counts per key)."""
-        minute = (msgs["ts"] // 60).astype(np.int64) * 60
+    @staticmethod
+    def _keyed_counts(keys: np.ndarray, minute: np.ndarray, isq: np.ndarray, rcode: np.ndarray,
+                      size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first row of each key, its minute, CLIENT_COLUMNS counts per key)."""
         first, inv = _groups(keys)
         g = len(first)
-        isq = msgs["qr"] == 0
         isr = ~isq
-        rcode, size = msgs["rcode"], msgs["size"].astype(np.float64)
         counts = np.stack([np.bincount(inv, weights=w, minlength=g) for w in (
-            isq.astype(np.float64), isr.astype(np.float64), (isr & (rcode == 3)).astype(np.float64),
-            (isr & (rcode == 2)).astype(np.float64), np.where(isq, size, 0.0), np.where(isr, size, 0.0))],
+            isq, isr, isr & (rcode == 3), isr & (rcode == 2), np.where(isq, size, 0.0), np.where(isr, size, 0.0))],
             axis=1).astype(np.int64)
         return first, minute[first], counts
 
@@ -384,7 +384,8 @@ class Accumulator:
         minute = (msgs["ts"] // 60).astype(np.int64) * 60
         cw = address_words(track.client)
         keys = hash_columns(minute.astype(np.uint64), cw[:, 0], cw[:, 1])
-        first, first_minute, counts = self._client_counts(msgs, keys)
+        first, first_minute, counts = self._keyed_counts(keys, minute, msgs["qr"] == 0, msgs["rcode"],
+                                                         msgs["size"].astype(np.float64))
         self.agg.clients.add(keys[first], first_minute, track.client[first], counts)
 
     def _breakdown(self, batch: Batch, track: TrackResult) -> None:
@@ -394,18 +395,26 @@ class Accumulator:
         on_client_leg = track.leg == LEG_CLIENT
         if not on_client_leg.any():
             return
-        msgs = batch.messages[on_client_leg]
-        client = track.client[on_client_leg]
-        minute = (msgs["ts"] // 60).astype(np.uint64) * np.uint64(60)
-        network, words = self.networks.index(client), address_words(client)
+        everything = bool(on_client_leg.all())
+        msgs = batch.messages
+
+        def column(name: str) -> np.ndarray:            # a column, not the whole row: rows are wide
+            return msgs[name] if everything else msgs[name][on_client_leg]
+
+        client = track.client if everything else track.client[on_client_leg]
+        minute = (column("ts") // 60).astype(np.int64) * 60
+        minute64 = minute.astype(np.uint64)
+        isq, rcode, size = column("qr") == 0, column("rcode"), column("size").astype(np.float64)
         if self.networks.networks:
-            keys = hash_columns(minute, (network + 1).astype(np.uint64))
+            network = self.networks.index(client)
+            keys = hash_columns(minute64, (network + 1).astype(np.uint64))
         else:
+            words = address_words(client)
             v4 = (words[:, 0] == 0) & ((words[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
             prefix = np.where(v4[:, None], words & np.array([0xFFFFFFFFFFFFFFFF, 0x00FFFFFFFFFFFFFF], dtype=np.uint64),
                               words & np.array([0x0000FFFFFFFFFFFF, 0], dtype=np.uint64))
-            keys = hash_columns(minute, prefix[:, 0], prefix[:, 1])
-        first, first_minute, counts = self._client_counts(msgs, keys)
+            keys = hash_columns(minute64, prefix[:, 0], prefix[:, 1])
+        first, first_minute, counts = self._keyed_counts(keys, minute, isq, rcode, size)
         if self.networks.networks:
             labels = [str(self.networks.networks[i]) if i >= 0 else OTHER_RESOLVER for i in network[first].tolist()]
         else:
@@ -414,15 +423,38 @@ class Accumulator:
                 raw = int(p0).to_bytes(8, "little") + int(p1).to_bytes(8, "little")
                 labels.append(f"{address_text(raw)}/{24 if is4 else 48}")
         self.agg.networks.add(keys[first], first_minute, np.array(labels, dtype=object), counts)
-        reg_len = (msgs["qname_len"].astype(np.int64) - msgs["regdom_off"]).clip(0).astype(np.uint32)
-        reg_off = np.ascontiguousarray(msgs["qname_off"] + msgs["regdom_off"])
-        regdom = _core.span_hashes(batch.arena, reg_off, np.ascontiguousarray(reg_len))
-        keys = hash_columns(minute, regdom)
-        first, first_minute, counts = self._client_counts(msgs, keys)
+        qname_len, regdom_off = column("qname_len").astype(np.int64), column("regdom_off")
+        reg_len = (qname_len - regdom_off).clip(0).astype(np.uint32)
+        reg_off = np.ascontiguousarray(column("qname_off") + regdom_off)
+        keys = hash_columns(minute64, _core.span_hashes(batch.arena, reg_off, np.ascontiguousarray(reg_len)))
+        first, first_minute, counts = self._keyed_counts(keys, minute, isq, rcode, size)
+        # only the busiest domains of each minute get a row of their own (the writer keeps
+        # max_domains_per_minute): text for those, the rest summed per minute under 'other'
+        busiest = self._busiest(first_minute, counts, self.limits.max_domains_per_minute)
         arena = batch.arena
         names = [bytes(arena[o:o + n]).decode("ascii", "replace") or "."
-                 for o, n in zip(reg_off[first].tolist(), reg_len[first].tolist())]
-        self.agg.domains.add(keys[first], first_minute, np.array(names, dtype=object), counts)
+                 for o, n in zip(reg_off[first[busiest]].tolist(), reg_len[first[busiest]].tolist())]
+        self.agg.domains.add(keys[first[busiest]], first_minute[busiest], np.array(names, dtype=object),
+                             counts[busiest])
+        rest = np.ones(len(first), dtype=bool)
+        rest[busiest] = False
+        if rest.any():
+            other_minutes, inv = np.unique(first_minute[rest], return_inverse=True)
+            summed = np.stack([np.bincount(inv, weights=c, minlength=len(other_minutes)) for c in counts[rest].T],
+                              axis=1).astype(np.int64)
+            self.agg.domains.add(hash_columns(other_minutes.astype(np.uint64), np.full(len(other_minutes), OTHER_KEY,
+                                                                                       dtype=np.uint64)),
+                                 other_minutes, np.full(len(other_minutes), OTHER_RESOLVER, dtype=object), summed)
+
+    @staticmethod
+    def _busiest(minute: np.ndarray, counts: np.ndarray, per_minute: int) -> np.ndarray:
+        """Indexes of the `per_minute` groups with the most messages in each minute."""
+        if len(minute) <= per_minute:
+            return np.arange(len(minute))
+        order = np.lexsort((-(counts[:, 0] + counts[:, 1]), minute))
+        sorted_minutes = minute[order]
+        starts = np.searchsorted(sorted_minutes, sorted_minutes, side="left")
+        return np.sort(order[np.arange(len(order)) - starts < per_minute])
 
     def add_unanswered(self, rows: np.ndarray) -> None:
         """Queries that timed out, counted in the minute and resolver they were sent to."""
