@@ -342,3 +342,29 @@ def test_the_recorded_lab_capture_gives_its_verdicts_and_spares_the_benign(tmp_p
     assert ("cache_poisoning", "10.78.0.1", "www.slow.test") in found
     assert ("open_resolver", "10.77.1.9", "") in found
     assert not [v for v in found if v[1] == "10.77.0.5" or v[2].endswith("corp.test")]
+
+
+def test_name_patterns_and_encoded_names_flag_one_query_exfiltration(tmp_path):
+    """patterns.toml gives pattern_<name>; encoding_chars counts base64 and escaped bytes.
+    One Browsertunnel-shaped name, one base64 name: their clients, and no one else."""
+    from pcapgen import Conversation
+
+    conv = Conversation()
+    conv.exchange("10.0.0.5", "10.0.0.53", "k3x9qa.12.0.a8f3b2c1d4e5.tunnel.example.com", rcode=3, txid=1)
+    conv.exchange("10.0.0.6", "10.0.0.53", "h4sicn03*2qaa3rlc3qudhh0aavjycxwakjehelu5=-.4s2fgaaaa==-.drop.example.net",
+                  txid=2)
+    for i, name in enumerate(["node01.10.0.cluster.local", "www.example.com", "_dmarc.example.org",
+                              "k3x9qa.example.com", "a8f3b2c1d4e5a8f3b2c1d4e5a8f3b2c1d4e5.av.example.com"]):
+        conv.exchange("10.0.0.7", "10.0.0.53", name, txid=10 + i)
+    pcap = conv.write(tmp_path / "one-query-exfil.pcap")
+    rules = [r for r in load_dir(RULES) if r.name in ("browsertunnel", "exfil_encoded")]
+    fired = {(v["detector"], v["client"]) for v in run_rules(rules, [str(pcap)])}
+    assert fired == {("browsertunnel", "10.0.0.5"), ("exfil_encoded", "10.0.0.6")}
+
+
+def test_a_broken_pattern_names_file_and_line(tmp_path):
+    folder = tmp_path / "rules"
+    shutil.copytree(RULES, folder)
+    (folder / "patterns.toml").write_text('[patterns]\nok = "^a"\nbroken = "(unclosed"\n')
+    with pytest.raises(RuleError, match=r"patterns.toml:3: patterns.broken: missing \)"):
+        load_dir(folder)

@@ -62,6 +62,8 @@ FEATURES: dict[str, str] = {
     "answer_hash": "a hash of the set of answer records (order-free): differing answers to one query differ",
     "anomalous": "the message carries any anomaly",
     "first_label_len": "length of the leftmost label (computed only when a rule uses it)",
+    "encoding_chars": "characters of encoded data in the question name (= + / * and escaped bytes), "
+                      "never seen in host names (computed only when a rule uses it)",
     "first_label_digits": "digits in the leftmost label: reversed addresses (DNSBL, PTR) are all digits",
     "first_label_hex": "hex characters in the leftmost label: file-hash lookups are all hex",
     "dga_score": "lexical DGA score of the registered label (rules/models/, tools/train_dga.py); "
@@ -69,6 +71,10 @@ FEATURES: dict[str, str] = {
 }
 LAZY = ("first_label_len", "first_label_digits", "first_label_hex")
 LAZY_ANSWERS = "answer_hash"
+LAZY_ENCODING = "encoding_chars"
+ENCODING_BYTES = b"=+/*\\"
+"""Characters of base64 (= + /), of globs, and the backslash of an escaped byte: data, never
+a host name (mDNS instance names may hold spaces and punctuation, not these)."""
 
 GROUP_KEYS = ("client", "server", "regdom", "qname", "qtype", "txid")
 """Columns a rule may group by (hashes or small integers)."""
@@ -102,6 +108,9 @@ class Columns(dict):
         if name == LAZY_ANSWERS:
             self[name] = _answer_hashes(self._batch)
             return self[name]
+        if name == LAZY_ENCODING:
+            self[name] = _encoding_chars(self._batch)
+            return self[name]
         if name not in LAZY:
             raise KeyError(name)
         self.update(_first_label_columns(self._batch))
@@ -113,6 +122,19 @@ def _first_label_columns(batch: Batch) -> dict[str, np.ndarray]:
     stats = _core.first_label_stats(batch.arena, np.ascontiguousarray(m["qname_off"]),
                                     np.ascontiguousarray(m["qname_len"]))
     return dict(zip(LAZY, stats))
+
+
+_ENCODING_TABLE = np.zeros(256, dtype=np.int64)
+_ENCODING_TABLE[list(ENCODING_BYTES)] = 1
+
+
+def _encoding_chars(batch: Batch) -> np.ndarray:
+    """Per message: ENCODING_BYTES in its question name, by one running sum over the arena."""
+    m = batch.messages
+    arena = np.frombuffer(batch.arena, dtype=np.uint8)
+    running = np.concatenate([[0], np.cumsum(_ENCODING_TABLE[arena])])
+    start = m["qname_off"].astype(np.int64)
+    return (running[start + m["qname_len"].astype(np.int64)] - running[start]).astype(np.float64)
 
 
 def _answer_hashes(batch: Batch) -> np.ndarray:

@@ -105,3 +105,26 @@ def load_lists(directory: str | Path) -> dict[str, NameList]:
                 raise ConfigError(f"{p}: list name {feature!r} also used by {out[feature].path}")
             out[feature] = load_list(p)
     return out
+
+
+@dataclass
+class NamePattern:
+    """A regular expression over question names (rules/patterns.toml): feature pattern_<name>,
+    true where it matches. For tool signatures that no aggregate shows (a one-query exfil)."""
+    name: str
+    regex: str
+    compiled: re.Pattern = field(repr=False)
+
+    def mask(self, arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Each distinct name of the batch is decoded and searched once."""
+        if not len(offsets):
+            return np.zeros(0, dtype=bool)
+        offsets = np.ascontiguousarray(offsets, dtype=np.uint32)
+        lengths = np.ascontiguousarray(lengths, dtype=np.uint32)
+        keys = _core.span_hashes(arena, offsets, lengths)
+        distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        search = self.compiled.search
+        hits = np.fromiter((search(arena[o:o + n].decode("ascii", "replace")) is not None
+                            for o, n in zip(offsets[first].tolist(), lengths[first].tolist())),
+                           dtype=bool, count=len(first))
+        return hits[inverse]

@@ -47,7 +47,7 @@ KINDS = ("tunnel", "exfil", "cache_poisoning", "open_resolver", "amplification",
          "dga", "malware_domain", "policy_violation", "anomaly")
 """Kinds of the rule files; the series kinds (volume_spike, ...) live in series.toml."""
 AGGREGATE_FUNCTIONS = ("count", "sum", "min", "max", "mean", "nunique")
-SPECIAL_FILES = ("anomaly_burst.toml", "tags.toml", "series.toml")
+SPECIAL_FILES = ("anomaly_burst.toml", "tags.toml", "series.toml", "patterns.toml")
 """Rule files with a format of their own, read by their detector module."""
 MAX_WINDOW_S = 7 * 86400
 SAMPLE_PREFIXES = ("data:", "shared:")
@@ -56,6 +56,8 @@ TAGS_FILE = "tags.toml"
 features client_in_NAME and server_in_NAME."""
 MODELS_DIR = "models"
 """Models trained offline (tools/train_dga.py) beside the rule files."""
+PATTERNS_FILE = "patterns.toml"
+"""Name patterns beside the rule files: [patterns] NAME = "regex" gives feature pattern_<name>."""
 LISTS_DIR = "lists"
 """Name lists beside the rule files: rules/lists/<name>.txt|.hosts|.rpz gives feature list_<name>."""
 
@@ -106,7 +108,8 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: 
     """One rule file; `lists` are the name lists it may use (list_<name> features), `dga_model`
     the DGA model, `tags` the named address ranges (all read from beside the rule when not given)."""
     path = Path(path)
-    lists = lists if lists is not None else load_lists(path.parent / LISTS_DIR)
+    lists = lists if lists is not None else {**load_lists(path.parent / LISTS_DIR),
+                                             **load_patterns(path.parent / PATTERNS_FILE)}
     tags = tags if tags is not None else load_tags(path.parent / TAGS_FILE)
     sources = {**lists, **tags}
     if dga_model is False:
@@ -260,7 +263,7 @@ def load_dir(directory: str | Path) -> list[Rule]:
     directory = Path(directory)
     if not directory.is_dir():
         raise RuleError(f"{directory}: not a directory")
-    lists = load_lists(directory / LISTS_DIR)
+    lists = {**load_lists(directory / LISTS_DIR), **load_patterns(directory / PATTERNS_FILE)}
     model = load_model(directory / MODELS_DIR)
     tags = load_tags(directory / TAGS_FILE)
     rules = [load_rule(p, lists, model, tags) for p in sorted(directory.glob("*.toml"))
@@ -271,6 +274,31 @@ def load_dir(directory: str | Path) -> list[Rule]:
             raise RuleError(f"{r.path}: rule name {r.name!r} also used by {seen[r.name]}")
         seen[r.name] = r.path
     return rules
+
+
+def load_patterns(path: str | Path) -> dict[str, Any]:
+    """patterns.toml: feature name (pattern_X) -> NamePattern."""
+    from sensor.features.lists import NamePattern
+
+    path = Path(path)
+    if not path.exists():
+        return {}
+    doc, text = read_toml(path, RuleError)
+    if set(doc) - {"patterns"} or not isinstance(doc.get("patterns", {}), dict):
+        raise RuleError(f"{path}: expected one table, [patterns], of NAME = \"regular expression\"")
+    out: dict[str, Any] = {}
+    for name, regex in doc.get("patterns", {}).items():
+        line = _line_of(text, name)
+        where = f"{path}:{line}" if line else str(path)
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise RuleError(f"{where}: patterns.{name}: names are lower-case letters, digits and _")
+        if not isinstance(regex, str):
+            raise RuleError(f"{where}: patterns.{name}: expected a regular expression in a string")
+        try:
+            out[f"pattern_{name}"] = NamePattern(name, regex, re.compile(regex))
+        except re.error as e:
+            raise RuleError(f"{where}: patterns.{name}: {e}") from None
+    return out
 
 
 def load_tags(path: str | Path) -> dict[str, Any]:
@@ -320,6 +348,8 @@ def check(directory: str | Path) -> list[str]:
     tags = load_tags(Path(directory) / TAGS_FILE)
     for tag in {t.name: t for t in tags.values()}.values():
         out.append(f"ok  {TAGS_FILE:<28} tag {tag.name:<12} {', '.join(tag.networks)}")
+    for name, pattern in load_patterns(Path(directory) / PATTERNS_FILE).items():
+        out.append(f"ok  {PATTERNS_FILE:<28} {name:<16} {pattern.regex}")
     for name, lst in load_lists(Path(directory) / LISTS_DIR).items():
         out.append(f"ok  lists/{Path(lst.path).name:<22} {name:<16} {lst.entries} names"
                    + (f", {lst.skipped} lines skipped" if lst.skipped else ""))
