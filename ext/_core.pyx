@@ -1934,3 +1934,131 @@ def dga_scores(const uint8_t[::1] arena, const uint32_t[::1] qname_off, const ui
             b = x
         o[i] = total / count if count else 0.0
     return out
+
+
+cdef inline bint at_or_below(const uint8_t[::1] a, uint32_t child, uint32_t child_len,
+                             uint32_t parent, uint32_t parent_len) noexcept nogil:
+    """The name at `child` equals the name at `parent` or lies below it (text form, lower case)."""
+    cdef uint32_t j, start
+    if parent_len == 0 or (parent_len == 1 and a[parent] == 46):   # the root is above everything
+        return True
+    if parent_len > child_len:
+        return False
+    start = child + child_len - parent_len
+    for j in range(parent_len):
+        if a[start + j] != a[parent + j]:
+            return False
+    return parent_len == child_len or a[start - 1] == 46
+
+
+cdef inline void rdata_target(const uint8_t[::1] a, uint32_t off, uint32_t length,
+                              uint32_t *t_off, uint32_t *t_len) noexcept nogil:
+    """The name an NS, CNAME, DNAME, PTR, MX or SRV record points at: its last field."""
+    cdef uint32_t k = off + length
+    while k > off and a[k - 1] != 32:
+        k -= 1
+    t_off[0] = k
+    t_len[0] = off + length - k
+
+
+cdef inline bint names_a_target(uint16_t rtype) noexcept nogil:
+    return rtype == 2 or rtype == 5 or rtype == 39 or rtype == 12 or rtype == 15 or rtype == 33
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef bint authority_explained(const uint8_t[::1] a, uint32_t r, uint32_t first, uint32_t last,
+                              uint32_t qo, uint32_t ql, uint32_t ro, uint32_t rl,
+                              const uint32_t[::1] name_off, const uint16_t[::1] name_len,
+                              const uint32_t[::1] rdata_off, const uint32_t[::1] rdata_len,
+                              const uint16_t[::1] rtype, const uint8_t[::1] section) noexcept nogil:
+    """An authority record owned by the question name, an answer's owner or target, or a
+    parent of one of them, or under the question's registered domain; NSEC, NSEC3 and RRSIG
+    by any name of a zone above the question (denial proofs)."""
+    cdef uint32_t no = name_off[r], nl = name_len[r], s, to, tl
+    if at_or_below(a, no, nl, ro, rl) or at_or_below(a, qo, ql, no, nl):
+        return True
+    if rtype[r] == 47 or rtype[r] == 50 or rtype[r] == 46:
+        s = no
+        while s < no + nl and a[s] != 46:
+            s += 1
+        if s < no + nl and at_or_below(a, qo, ql, s + 1, no + nl - s - 1):
+            return True
+    s = first
+    while s < last and section[s] == 1:
+        if at_or_below(a, name_off[s], name_len[s], no, nl):
+            return True
+        if names_a_target(rtype[s]):
+            rdata_target(a, rdata_off[s], rdata_len[s], &to, &tl)
+            if at_or_below(a, to, tl, no, nl):
+                return True
+        s += 1
+    return False
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def out_of_bailiwick(const uint8_t[::1] arena, const uint32_t[::1] q_off, const uint16_t[::1] q_len,
+                     const uint16_t[::1] reg_off, const uint32_t[::1] rr_start, const uint32_t[::1] rr_count,
+                     const uint32_t[::1] name_off, const uint16_t[::1] name_len,
+                     const uint32_t[::1] rdata_off, const uint32_t[::1] rdata_len,
+                     const uint16_t[::1] rtype, const uint8_t[::1] section):
+    """Per message: authority and additional records that nothing asked or answered explains.
+
+    An authority record must own the question name, an answer's owner or target, or one of
+    their parents, or sit under the question's registered domain (NSEC3 proofs). An
+    additional record must sit under the registered domain or an authority owner (glue), or
+    be the target of an NS, MX, SRV, CNAME, DNAME or PTR record. NSEC, NSEC3 and RRSIG in
+    the authority section may be owned by any name of a zone above the question (denial
+    proofs). OPT, TSIG and SIG(0) are transport, not data. Escaped dots inside labels are
+    taken as separators."""
+    cdef Py_ssize_t n = q_off.shape[0], nr = name_off.shape[0], i
+    cdef uint32_t r, s, first, last, qo, ql, ro, rl, to, tl, no, nl
+    cdef bint ok
+    cdef int64_t strays
+    for arr_len in (q_len.shape[0], reg_off.shape[0], rr_start.shape[0], rr_count.shape[0]):
+        if arr_len != n:
+            raise ValueError("message columns differ in length")
+    for arr_len in (name_len.shape[0], rdata_off.shape[0], rdata_len.shape[0], rtype.shape[0], section.shape[0]):
+        if arr_len != nr:
+            raise ValueError("record columns differ in length")
+    for i in range(n):
+        if rr_start[i] + rr_count[i] > nr or q_off[i] + q_len[i] > <uint32_t>arena.shape[0]:
+            raise ValueError("message outside the record table or the arena")
+    for r in range(nr):
+        if name_off[r] + name_len[r] > <uint32_t>arena.shape[0] or rdata_off[r] + rdata_len[r] > <uint32_t>arena.shape[0]:
+            raise ValueError("record outside the arena")
+    out = np.zeros(n, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    with nogil:
+        for i in range(n):
+            first = rr_start[i]
+            last = first + rr_count[i]
+            qo, ql = q_off[i], q_len[i]
+            ro = qo + reg_off[i] if reg_off[i] < ql else qo
+            rl = ql - reg_off[i] if reg_off[i] < ql else ql
+            strays = 0
+            for r in range(first, last):
+                if section[r] == 1 or rtype[r] == 41 or rtype[r] == 250 or rtype[r] == 24:
+                    continue
+                no, nl = name_off[r], name_len[r]
+                if section[r] == 2:
+                    ok = authority_explained(arena, r, first, last, qo, ql, ro, rl, name_off, name_len,
+                                             rdata_off, rdata_len, rtype, section)
+                else:
+                    # glue: under the registered domain, under an authority owner that is
+                    # itself explained, or the target of a record that names a host
+                    ok = at_or_below(arena, no, nl, ro, rl)
+                    s = first
+                    while not ok and s < last:
+                        if section[s] == 2 and at_or_below(arena, no, nl, name_off[s], name_len[s]):
+                            ok = authority_explained(arena, s, first, last, qo, ql, ro, rl, name_off, name_len,
+                                                     rdata_off, rdata_len, rtype, section)
+                        if not ok and section[s] < 3 and names_a_target(rtype[s]):
+                            rdata_target(arena, rdata_off[s], rdata_len[s], &to, &tl)
+                            ok = tl == nl and at_or_below(arena, no, nl, to, tl)
+                        s += 1
+                if not ok:
+                    strays += 1
+            o[i] = strays
+    return out

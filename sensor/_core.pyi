@@ -42,3 +42,9 @@ def names_listed(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, exact: 
 def dga_scores(arena: bytes, qname_off: np.ndarray, regdom_off: np.ndarray, qname_len: np.ndarray,
                table: np.ndarray) -> np.ndarray:
     """Per message: mean trigram score of the registered label (see sensor.features.dga)."""
+def out_of_bailiwick(arena: bytes, q_off: np.ndarray, q_len: np.ndarray, reg_off: np.ndarray,
+                     rr_start: np.ndarray, rr_count: np.ndarray, name_off: np.ndarray, name_len: np.ndarray,
+                     rdata_off: np.ndarray, rdata_len: np.ndarray, rtype: np.ndarray,
+                     section: np.ndarray) -> np.ndarray:
+    """Per message: authority and additional records that nothing asked or answered explains."""
+    ...

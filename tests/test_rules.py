@@ -9,6 +9,7 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import dnslib
 import numpy as np
 import pytest
 
@@ -125,6 +126,20 @@ def test_every_rule_has_samples_and_they_hold(rule):
     assert check_samples(rule) == []
 
 
+def test_every_tunnel_and_exfiltration_capture_is_a_positive_sample():
+    """Each tunnel or exfiltration capture of the shared corpus (by its name) is held as a
+    positive sample by a tunnel or exfil rule, so the samples test proves it is flagged."""
+    from conftest import SHARED_PCAPS
+
+    if not SHARED_PCAPS.is_dir():
+        pytest.skip("the shared corpus is absent")
+    captures = {p.name for p in SHARED_PCAPS.iterdir() if re.search(r"-(tunnel|exfil)-", p.name)}
+    assert len(captures) >= 10
+    held = {s.capture.split(":", 1)[1] for r in load_dir(RULES) if r.kind in ("tunnel", "exfil")
+            for s in r.positive}
+    assert captures - held == set()
+
+
 def test_a_rule_that_stops_firing_fails_its_samples(tmp_path):
     text = (RULES / "tunnel.toml").read_text().replace("unique_names >= 5", "unique_names >= 100000")
     (tmp_path / "tunnel.toml").write_text(text)
@@ -210,7 +225,7 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
                    capture_output=True)
     for name in ("generated-water-torture.pcap", "generated-av-reputation-lookups.pcap",
                  "generated-malware-lookups.pcap", "generated-dga-client.pcap", "generated-slow-exfil.pcap",
-                 "generated-poisoned-race.pcap"):
+                 "generated-poisoned-race.pcap", "generated-out-of-bailiwick.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
@@ -368,3 +383,49 @@ def test_a_broken_pattern_names_file_and_line(tmp_path):
     (folder / "patterns.toml").write_text('[patterns]\nok = "^a"\nbroken = "(unclosed"\n')
     with pytest.raises(RuleError, match=r"patterns.toml:3: patterns.broken: missing \)"):
         load_dir(folder)
+
+
+def test_out_of_bailiwick_records_and_what_explains_the_others(tmp_path):
+    """Records for another domain are counted; glue of a referral, the NS set of a CNAME
+    target's zone and an NSEC3 proof from the zone above are explained."""
+    from pcapgen import Conversation, query
+    from sensor.features import _out_of_bailiwick
+    from sensor.parse import parse_file
+
+    fired = run_rules([r for r in load_dir(RULES) if r.name == "cache_poisoning_bailiwick"],
+                      [str(DATA / "generated-out-of-bailiwick.pcap")])
+    assert [(v["server"], v["domain"], v["evidence"]["values"]["strays"]) for v in fired] == \
+        [("198.18.0.53", "attacker.example", 2)]
+
+    conv = Conversation()
+
+    def respond(name: str, build) -> None:
+        q = query(name, txid=len(conv.frames) + 1)
+        conv.send(q.pack(), "10.0.0.53", "192.0.2.53", 40000, 53)
+        r = q.reply()
+        build(r)
+        conv.send(r.pack(), "192.0.2.53", "10.0.0.53", 53, 40000)
+
+    def cname_chain(r) -> None:
+        r.add_answer(dnslib.RR("www.shop.example", dnslib.QTYPE.CNAME, rdata=dnslib.CNAME("shop.cdn.example")))
+        r.add_answer(dnslib.RR("shop.cdn.example", rdata=dnslib.A("192.0.2.80")))
+        r.add_auth(dnslib.RR("cdn.example", dnslib.QTYPE.NS, rdata=dnslib.NS("ns.cdn.example")))
+        r.add_ar(dnslib.RR("ns.cdn.example", rdata=dnslib.A("192.0.2.81")))
+
+    def tld_referral(r) -> None:
+        r.add_auth(dnslib.RR("shop.example", dnslib.QTYPE.NS, rdata=dnslib.NS("ns.hoster.test")))
+        r.add_auth(dnslib.RR("ck0pojmg874ljref7efn8430qvit8bsm.example", dnslib.QTYPE.TXT,
+                             rdata=dnslib.TXT("stands in for an NSEC3 owner: not a proof type")))
+        r.add_ar(dnslib.RR("ns.hoster.test", rdata=dnslib.A("192.0.2.82")))
+
+    def mx_glue_and_a_stray(r) -> None:
+        r.add_answer(dnslib.RR("shop.example", dnslib.QTYPE.MX, rdata=dnslib.MX("mail.hoster.test")))
+        r.add_ar(dnslib.RR("mail.hoster.test", rdata=dnslib.A("192.0.2.83")))
+        r.add_ar(dnslib.RR("www.bank.test", rdata=dnslib.A("198.18.0.66")))
+
+    respond("www.shop.example", cname_chain)
+    respond("www.shop.example", tld_referral)
+    respond("shop.example", mx_glue_and_a_stray)
+    batch = parse_file(str(conv.write(tmp_path / "bailiwick.pcap")))
+    strays = _out_of_bailiwick(batch)[batch.messages["qr"] == 1].tolist()
+    assert strays == [0.0, 1.0, 1.0]       # the TXT under the TLD zone, the address of www.bank.test

@@ -14,6 +14,11 @@
 - generated-poisoned-race.pcap: the resolver's upstream query for bank.example is
   answered twice with its own id and port: first by a forged response (another
   address, long TTL, and an IP TTL the real server never shows), then by the real one.
+- generated-out-of-bailiwick.pcap: the resolver asks an attacker's server about its own
+  name (www.attacker.example) and the answer carries records for another domain: an NS
+  set for bank.example and an address for www.bank.example (the pre-Kaminsky
+  out-of-bailiwick poisoning), beside an ordinary referral with in-zone glue from a
+  well-behaved server, which must stay quiet.
 - generated-av-reputation-lookups.pcap: what must stay quiet: a mail server's
   DNSBL lookups (reversed IPv4 addresses, mostly NXDOMAIN) and an anti-virus
   engine's file-hash reputation lookups (32-hex-digit labels, A queries) through
@@ -147,10 +152,34 @@ def poisoned_race(out: Path) -> None:
     write(out / "generated-poisoned-race.pcap", frames)
 
 
+def out_of_bailiwick(out: Path) -> None:
+    frames: list[tuple[float, bytes]] = []
+    attacker, honest = "198.18.0.53", AUTH
+    q = dnslib.DNSRecord(dnslib.DNSHeader(id=3131), q=dnslib.DNSQuestion("www.attacker.example"))
+    frames.append((START, frame(q.pack(), RESOLVER_UP, attacker, 41414, 53)))
+    r = q.reply()
+    r.add_answer(dnslib.RR("www.attacker.example", rdata=dnslib.A("198.18.0.80"), ttl=300))
+    r.add_auth(dnslib.RR("bank.example", dnslib.QTYPE.NS, rdata=dnslib.NS("ns.attacker.example"), ttl=604800))
+    r.add_ar(dnslib.RR("ns.attacker.example", rdata=dnslib.A("198.18.0.53"), ttl=604800))
+    r.add_ar(dnslib.RR("www.bank.example", rdata=dnslib.A("198.18.0.66"), ttl=604800))
+    frames.append((START + 0.012, frame(r.pack(), attacker, RESOLVER_UP, 53, 41414)))
+    q = dnslib.DNSRecord(dnslib.DNSHeader(id=3132), q=dnslib.DNSQuestion("www.shop.example"))
+    frames.append((START + 0.1, frame(q.pack(), RESOLVER_UP, honest, 41415, 53)))
+    r = q.reply()
+    r.header.aa = 0
+    r.add_auth(dnslib.RR("shop.example", dnslib.QTYPE.NS, rdata=dnslib.NS("ns1.shop.example"), ttl=86400))
+    r.add_auth(dnslib.RR("shop.example", dnslib.QTYPE.NS, rdata=dnslib.NS("ns.dns-host.example"), ttl=86400))
+    r.add_ar(dnslib.RR("ns1.shop.example", rdata=dnslib.A("192.0.2.54"), ttl=86400))
+    r.add_ar(dnslib.RR("ns.dns-host.example", rdata=dnslib.A("192.0.2.55"), ttl=86400))
+    frames.append((START + 0.13, frame(r.pack(), honest, RESOLVER_UP, 53, 41415)))
+    write(out / "generated-out-of-bailiwick.pcap", frames)
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA
     slow_exfil(target)
     poisoned_race(target)
+    out_of_bailiwick(target)
     water_torture(target)
     av_reputation(target)
     malware_lookups(target)

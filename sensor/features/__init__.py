@@ -62,6 +62,9 @@ FEATURES: dict[str, str] = {
     "answer_hash": "a hash of the set of answer records (order-free): differing answers to one query differ",
     "anomalous": "the message carries any anomaly",
     "first_label_len": "length of the leftmost label (computed only when a rule uses it)",
+    "out_of_bailiwick": "authority or additional records of a response that nothing asked or answered "
+                        "explains (not above the names answered, not under the question's registered "
+                        "domain, no NS/MX/SRV target): cache-poisoning payloads (computed only when a rule uses it)",
     "encoding_chars": "characters of encoded data in the question name (= + / * and escaped bytes), "
                       "never seen in host names (computed only when a rule uses it)",
     "first_label_digits": "digits in the leftmost label: reversed addresses (DNSBL, PTR) are all digits",
@@ -72,6 +75,8 @@ FEATURES: dict[str, str] = {
 LAZY = ("first_label_len", "first_label_digits", "first_label_hex")
 LAZY_ANSWERS = "answer_hash"
 LAZY_ENCODING = "encoding_chars"
+LAZY_BAILIWICK = "out_of_bailiwick"
+MDNS_PORT = 5353
 ENCODING_BYTES = b"=+/*\\"
 """Characters of base64 (= + /), of globs, and the backslash of an escaped byte: data, never
 a host name (mDNS instance names may hold spaces and punctuation, not these)."""
@@ -108,6 +113,9 @@ class Columns(dict):
         if name == LAZY_ANSWERS:
             self[name] = _answer_hashes(self._batch)
             return self[name]
+        if name == LAZY_BAILIWICK:
+            self[name] = _out_of_bailiwick(self._batch)
+            return self[name]
         if name == LAZY_ENCODING:
             self[name] = _encoding_chars(self._batch)
             return self[name]
@@ -135,6 +143,20 @@ def _encoding_chars(batch: Batch) -> np.ndarray:
     running = np.concatenate([[0], np.cumsum(_ENCODING_TABLE[arena])])
     start = m["qname_off"].astype(np.int64)
     return (running[start + m["qname_len"].astype(np.int64)] - running[start]).astype(np.float64)
+
+
+def _out_of_bailiwick(batch: Batch) -> np.ndarray:
+    m, r = batch.messages, batch.rrs
+
+    def c(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a)
+
+    strays = _core.out_of_bailiwick(batch.arena, c(m["qname_off"]), c(m["qname_len"]), c(m["regdom_off"]),
+                                    c(m["rr_start"]), c(m["rr_count"]), c(r["name_off"]), c(r["name_len"]),
+                                    c(r["rdata_off"]), c(r["rdata_len"]), c(r["type"]), c(r["section"]))
+    # multicast DNS responders announce whatever they hold: bailiwick does not apply
+    mdns = (m["sport"] == MDNS_PORT) | (m["dport"] == MDNS_PORT)
+    return np.where(mdns, 0, strays).astype(np.float64)
 
 
 def _answer_hashes(batch: Batch) -> np.ndarray:
