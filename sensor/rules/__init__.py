@@ -343,8 +343,9 @@ def check(directory: str | Path) -> list[str]:
     from sensor.detectors import series_anomalies
     watched = series_anomalies.load(directory)
     if watched is not None:
-        out.append(f"ok  {Path(watched.path).name:<28} series           {watched.method}, k {watched.k}: "
-                   + ", ".join(w.name for w in watched.watched))
+        k = "the method's default" if watched.k is None else watched.k
+        out.append(f"ok  {Path(watched.path).name:<28} series           {watched.method}, k {k}: "
+                   + ", ".join(w.name + "".join(f" (per {p})" for p in w.per) for w in watched.watched))
     tags = load_tags(Path(directory) / TAGS_FILE)
     for tag in {t.name: t for t in tags.values()}.values():
         out.append(f"ok  {TAGS_FILE:<28} tag {tag.name:<12} {', '.join(tag.networks)}")
