@@ -65,6 +65,7 @@ demo: install
 	@echo "  $(DNSSENSOR) pdns --db demo.db 10.77.0.80          # which names pointed at an address"
 	@echo "  $(DNSSENSOR) verdicts --db demo.db --since 1h --format json"
 	@echo "  $(DNSSENSOR) query --db demo.db \"SELECT minute, resolver, leg, queries, nxdomain, unanswered, mismatched FROM stats ORDER BY minute\""
+	@echo "  $(DNSSENSOR) series queries --db demo.db --since 1h --png queries.png   # a counter against its baseline, drawn"
 	@echo "  $(DNSSENSOR) dump $(word 1,$(DEMO_CAPTURES)) --format table | head"
 
 test: system-deps-test install
