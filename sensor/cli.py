@@ -275,6 +275,10 @@ def cmd_series(args: argparse.Namespace) -> int:
     lo, hi = np.maximum(base.expected - band_k * base.scale, 0), base.expected + band_k * base.scale
     first = int(np.searchsorted(minutes, minutes[-1] - parse_duration(args.since), side="left"))
     print(f"{title}: baseline seasonality {base.seasonality}, method {args.method}")
+    from sensor.detectors.series_anomalies import MIN_HISTORY_DAYS
+    if base.profile is not None and base.profile.days < MIN_HISTORY_DAYS:
+        print(f"note: {base.profile.days * 24:.1f} hours of history; the sensor writes series verdicts "
+              f"after {MIN_HISTORY_DAYS:.0f} days, so the marks below are only indicative")
     print(f"{'minute (UTC)':<17} {'value':>10} {'expected':>10} {'band':>21}  ")
     for i in range(first, len(minutes)):
         t = dt.datetime.fromtimestamp(int(minutes[i]), tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")

@@ -72,6 +72,6 @@ def test_replayed_history_then_an_outage_gives_one_servfail_spike_and_no_other_s
     ev = json.loads(evidence)
     assert outage_start <= first_ts < outage_start + 300 and last_ts <= outage_end + 60
     assert ev["minutes"] >= 15 and ev["observed"] > ev["band"][1]
-    assert ev["seasonality"] == "daily" and "seasonality daily" in summary
+    assert ev["seasonality"] == "daily" and "seasonality daily from 2." in summary and 2 <= ev["history_days"] < 3
     baselines = dict(conn.execute("SELECT series, seasonality FROM baselines").fetchall())
     assert baselines["servfail"] == "daily" and "queries@network=172.17.0.0/24" in baselines

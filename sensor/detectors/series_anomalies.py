@@ -141,6 +141,7 @@ class SeriesRule:
                 continue
             i = e.peak
             band = self._band(base, i)
+            history = base.profile.days if base.profile is not None else 0.0
             observed, expected = float(values[i]), float(base.expected[i])
             where = f" for {scope} {key}" if scope else ""
             evidence = {"series": ts.series_id(w.name, scope, key), "observed": observed,
@@ -148,6 +149,7 @@ class SeriesRule:
                         "method": self.method, "k": self.k if self.k is not None else mt.METHODS.get(
                             self.method, mt.METHODS["mad"]).k,
                         "minutes": int(e.end - e.start), "seasonality": base.seasonality,
+                        "history_days": round(history, 1),
                         "window": [int(minutes[e.start]), int(minutes[e.end - 1]) + 60]}
             if scores is not None:
                 evidence.update(k=self.hst_threshold, score=round(float(scores[e.start:e.end].max()), 3))
@@ -157,7 +159,8 @@ class SeriesRule:
                 "domain": key if scope == "domain" else "", "detector": f"series:{w.name}",
                 "summary": (f"{w.name}{where} {'rose' if e.direction > 0 else 'fell'} to {observed:.0f}/min against "
                             f"{expected:.1f} expected (band {band[0]:.1f}-{band[1]:.1f}) for "
-                            f"{e.end - e.start} min ({self.method}); baseline seasonality {base.seasonality}"),
+                            f"{e.end - e.start} min ({self.method}); baseline seasonality {base.seasonality} "
+                            f"from {history:.1f} days of history"),
                 "evidence": evidence,
                 "count": int(e.end - e.start), "first_ts": float(minutes[e.start]),
                 "last_ts": float(minutes[e.end - 1]) + 60, "window_start": int(minutes[e.start]),
