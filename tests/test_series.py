@@ -439,3 +439,32 @@ def test_series_command_draws_a_png_and_reads_scoped_series(tmp_path, capsys):
     assert cli.main(["series", "queries", "--db", str(db), "--method", "hst", "--since", "3d"]) == 0
     out = capsys.readouterr().out
     assert "method hst" in out and "episode: spike" in out
+
+
+def test_a_replay_backfills_every_step_and_a_live_writer_only_what_can_still_report(tmp_path):
+    """An outage two days before the newest minute: a replay (backfill) judges each quarter
+    hour as it was and reports it; a live writer catching up after a quiet spell judges only
+    the last RECENT_MIN minutes, where nothing happened."""
+    rules = _series_rules(tmp_path)
+    n = 5 * 1440
+    minutes, queries = _office(n, 51)
+    servfail = np.random.default_rng(52).poisson(queries * 0.002)
+    servfail[3 * 1440 + 600:3 * 1440 + 620] = (queries[3 * 1440 + 600:3 * 1440 + 620] * 0.6).astype(int)
+
+    def run(backfill: bool) -> list[tuple]:
+        store, writer = _writer(tmp_path / f"backfill-{backfill}.db", rules, series_every_s=900 if backfill else 60)
+        writer.series_backfill = backfill
+        with store.transaction() as conn:
+            conn.executemany("INSERT INTO stats (minute, resolver, leg, queries, responses, servfail) "
+                             "VALUES (?, '10.0.0.53', 'client', ?, ?, ?)",
+                             list(zip(minutes.tolist(), queries.tolist(), queries.tolist(), servfail.tolist())))
+        writer.first_minute = int(minutes[0])
+        found = _evaluate(store, writer)
+        profiles = store.conn.execute("SELECT count(*) FROM baselines").fetchone()[0]
+        store.close()
+        return found, profiles
+
+    found, _ = run(True)
+    assert {(k, d) for k, d, *_ in found} == {("servfail_spike", "series:servfail")}
+    found, profiles = run(False)
+    assert found == [] and profiles > 0                  # judged, and quiet in the last minutes

@@ -62,7 +62,8 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     store = Store(config.db_path)
     spool_dir = os.path.join(os.path.dirname(os.path.abspath(config.db_path)), "spool")
     senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
-    writer = Writer(config, store, rule, senders, rules, series_every_s=REPLAY_SERIES_EVERY_S)
+    writer = Writer(config, store, rule, senders, rules, series_every_s=REPLAY_SERIES_EVERY_S,
+                    series_backfill=True)
     pipeline = Pipeline(config, rule, rules)
     result = ReplayResult(files=len(files))
     total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))

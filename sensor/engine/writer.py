@@ -43,7 +43,7 @@ SENSOR_RESOLVER, SENSOR_LEG = "*", "sensor"
 class Writer:
     def __init__(self, config: Config, store: Store, rule: AnomalyBurstRule,
                  senders: list[SyslogSender] | None = None, rules: list[Rule] | None = None,
-                 series_every_s: float = SERIES_EVERY_S) -> None:
+                 series_every_s: float = SERIES_EVERY_S, series_backfill: bool = False) -> None:
         self.config = config
         self.store = store
         self.rule = rule
@@ -52,6 +52,8 @@ class Writer:
         self.series_rule = series_anomalies.load(config.rules_dir)
         self.series_evaluated = 0.0
         self.series_every_s = series_every_s
+        self.series_backfill = series_backfill
+        """Judge every step since the first minute (replay), not only those that can still report (live)."""
         self.senders = senders or []
         self.backlog = Aggregate()
         self.open_stats: dict[tuple[int, str, str], dict[str, Any]] = {}
@@ -137,6 +139,10 @@ class Writer:
         last = int(self.latest // 60 * 60)
         every = int(self.series_every_s)
         start = self.series_evaluated + every if self.series_evaluated else self.first_minute + every
+        if not self.series_backfill:
+            # live: after a quiet spell only the steps that can still report matter (a
+            # verdict needs an episode ending in the last RECENT_MIN minutes)
+            start = max(start, last - series_anomalies.RECENT_MIN * 60)
         if last < start and not final:
             return 0
         ends = list(range(start, last, every))
