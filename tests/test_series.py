@@ -468,3 +468,20 @@ def test_a_replay_backfills_every_step_and_a_live_writer_only_what_can_still_rep
     assert {(k, d) for k, d, *_ in found} == {("servfail_spike", "series:servfail")}
     found, profiles = run(False)
     assert found == [] and profiles > 0                  # judged, and quiet in the last minutes
+
+
+def test_a_broken_series_file_is_refused_on_reload_and_names_the_key(tmp_path, capsys):
+    from dataclasses import replace
+
+    from sensor.config import Config
+    from sensor.engine.live import _reload
+
+    rules = _series_rules(tmp_path)
+    conf = replace(Config(), rules_dir=str(rules), db_path=str(tmp_path / "r.db"))
+    loaded = _reload(conf)
+    assert loaded is not None and loaded[1][2].method == "mad"
+    (rules / "series.toml").write_text((rules / "series.toml").read_text().replace('method = "mad"',
+                                                                                   'method = "median"'))
+    assert _reload(conf) is None
+    err = capsys.readouterr().err
+    assert "reload refused" in err and "series.toml:5: method: expected one of mad, average" in err

@@ -8,6 +8,7 @@ REFIT_EVERY_S of data time; each evaluation reads only the last EVAL_WINDOW_MIN 
 """
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,13 +260,19 @@ def load(rules_dir: str | Path) -> SeriesRule | None:
     path = Path(rules_dir) / RULE_FILE
     if not path.exists():
         return None
-    doc, _ = read_toml(path)
+    doc, text = read_toml(path)
+
+    def at(key: str) -> str:
+        """file:line of a top-level key, for the error."""
+        m = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.M)
+        return f"{path}:{text.count(chr(10), 0, m.start()) + 1}" if m else str(path)
+
     known = {"method", "k", "min_minutes", "history_days", "series", "qtype_shift", "rcode_shift", "hst"}
     for key in doc:
         if key not in known:
-            raise ConfigError(f"{path}: {key}: unknown key")
+            raise ConfigError(f"{at(key)}: {key}: unknown key")
     if doc.get("method", "mad") not in METHODS:
-        raise ConfigError(f"{path}: method: expected one of {', '.join(METHODS)}")
+        raise ConfigError(f"{at('method')}: method: expected one of {', '.join(METHODS)}")
     watched = []
     for i, item in enumerate(doc.get("series", [])):
         where = f"{path}: series[{i + 1}]"
@@ -296,6 +303,8 @@ def load(rules_dir: str | Path) -> SeriesRule | None:
     rule = SeriesRule(str(path), doc.get("method", "mad"), None if k is None else float(k),
                       int(doc.get("min_minutes", 3)), int(doc.get("history_days", 35)),
                       float(hst.get("threshold", hst_model.DEFAULT_THRESHOLD)), tuple(watched), mixes)
-    if (rule.k is not None and rule.k <= 0) or rule.min_minutes < 1 or rule.history_days < 1:
-        raise ConfigError(f"{path}: k, min_minutes and history_days must be positive")
+    for key in ("k", "min_minutes", "history_days"):
+        value = getattr(rule, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{at(key)}: {key}: must be positive")
     return rule

@@ -26,7 +26,7 @@ from typing import Any
 
 from sensor import config as cfg
 from sensor.capture.live import LiveCapture, drop_privileges, give_to_user
-from sensor.detectors import anomaly_burst
+from sensor.detectors import anomaly_burst, series_anomalies
 from sensor.engine.aggregate import Aggregate, new_sensor_row
 from sensor.engine.pipeline import Pipeline
 from sensor.errors import ConfigError, SensorError
@@ -51,7 +51,9 @@ def _reload(config: cfg.Config) -> tuple[cfg.Config, Any] | None:
         new = replace(new, interfaces=config.interfaces, workers=config.workers,
                       resolver_addresses=new.resolver_addresses or config.resolver_addresses,
                       client_networks=new.client_networks or config.client_networks)
-        return new, (anomaly_burst.load(new.rules_dir), load_rules_dir(new.rules_dir))
+        # series.toml is the writer's, but a broken one is refused here like any rule file
+        return new, (anomaly_burst.load(new.rules_dir), load_rules_dir(new.rules_dir),
+                     series_anomalies.load(new.rules_dir))
     except SensorError as e:
         print(f"dnssensor: reload refused, keeping the running configuration: {e}", file=sys.stderr)
         return None
@@ -109,7 +111,7 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ou
             flags["reload"] = False
             loaded = _reload(config)
             if loaded is not None:
-                config, (rule, rules) = loaded
+                config, (rule, rules, _) = loaded
                 pipeline.reconfigure(config, rule, rules)
                 cap.set_ports(config.ports)
         if time.monotonic() >= next_flush:
@@ -159,8 +161,8 @@ def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any) -> None:
             flags["reload"] = False
             loaded = _reload(config)
             if loaded is not None:
-                writer.config, (rule, rules) = loaded
-                writer.set_rule(rule, rules)
+                writer.config, (rule, rules, series_rule) = loaded
+                writer.set_rule(rule, rules, series_rule)
         if time.monotonic() >= next_flush:
             writer.flush()
             next_flush = time.monotonic() + config.flush_interval_s

@@ -67,11 +67,13 @@ class Writer:
     def apply(self, agg: Aggregate) -> None:
         self.backlog.merge(agg, self.config.limits)
 
-    def set_rule(self, rule: AnomalyBurstRule, rules: list[Rule] | None = None) -> None:
+    def set_rule(self, rule: AnomalyBurstRule, rules: list[Rule] | None = None,
+                 series_rule: series_anomalies.SeriesRule | None = None) -> None:
+        """New rules after a reload that validated them (the series rule included)."""
         self.rule = rule
         if rules is not None:
             self.rules = {r.name: r for r in rules}
-        self.series_rule = series_anomalies.load(self.config.rules_dir)
+        self.series_rule = series_rule
 
     def flush(self, final: bool = False) -> int:
         """Write the backlog; returns the verdicts created. On a database error the
