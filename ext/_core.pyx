@@ -2062,3 +2062,28 @@ def out_of_bailiwick(const uint8_t[::1] arena, const uint32_t[::1] q_off, const 
                     strays += 1
             o[i] = strays
     return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def count_in_spans(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint32_t[::1] lengths,
+                   const uint8_t[::1] table):
+    """Per arena slice: how many of its bytes have a non-zero entry in `table` (256 entries)."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef uint32_t k, end
+    cdef int64_t c
+    if lengths.shape[0] != n or table.shape[0] != 256:
+        raise ValueError("offsets and lengths differ in length, or the table is not 256 entries")
+    for i in range(n):
+        end = offsets[i] + lengths[i]
+        if end > <uint32_t>arena.shape[0] or end < offsets[i]:
+            raise ValueError("span outside the arena")
+    out = np.zeros(n, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    with nogil:
+        for i in range(n):
+            c = 0
+            for k in range(offsets[i], offsets[i] + lengths[i]):
+                c += table[arena[k]] != 0
+            o[i] = c
+    return out

@@ -48,3 +48,6 @@ def out_of_bailiwick(arena: bytes, q_off: np.ndarray, q_len: np.ndarray, reg_off
                      section: np.ndarray) -> np.ndarray:
     """Per message: authority and additional records that nothing asked or answered explains."""
     ...
+def count_in_spans(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per arena slice: how many of its bytes have a non-zero entry in `table` (256 entries)."""
+    ...

@@ -372,6 +372,14 @@ def test_name_patterns_and_encoded_names_flag_one_query_exfiltration(tmp_path):
                               "k3x9qa.example.com", "a8f3b2c1d4e5a8f3b2c1d4e5a8f3b2c1d4e5.av.example.com"]):
         conv.exchange("10.0.0.7", "10.0.0.53", name, txid=10 + i)
     pcap = conv.write(tmp_path / "one-query-exfil.pcap")
+    from sensor import features
+    from sensor.parse import parse_file
+    from sensor.track import Tracker
+    batch = parse_file(str(pcap))
+    table = features.build(batch, Tracker().process(batch.messages), features.NetworkSet(()))
+    assert table.columns["encoding_chars"].tolist() == [
+        float(sum(rec["qname"].count(ch) for ch in "=+/*\\")) for rec in batch.records()]
+    assert table.columns["encoding_chars"].max() == 4      # one *, three =
     rules = [r for r in load_dir(RULES) if r.name in ("browsertunnel", "exfil_encoded")]
     fired = {(v["detector"], v["client"]) for v in run_rules(rules, [str(pcap)])}
     assert fired == {("browsertunnel", "10.0.0.5"), ("exfil_encoded", "10.0.0.6")}
