@@ -46,7 +46,8 @@ def _build(tmp_path):
 
 
 def test_replayed_history_then_an_outage_gives_one_servfail_spike_and_no_other_series_verdict(tmp_path):
-    from sensor.config import Config
+    from realparts import Rsyslog
+    from sensor.config import Config, SyslogTarget
     from sensor.engine.replay import replay
     from sensor.store import open_readonly
 
@@ -55,9 +56,19 @@ def test_replayed_history_then_an_outage_gives_one_servfail_spike_and_no_other_s
     shutil.copy(REPO / "rules" / "series.toml", rules)
     history, outage = _build(tmp_path)
     db = tmp_path / "replay.db"
-    config = replace(Config(), db_path=str(db), rules_dir=str(rules))
-    result = replay([str(outage), str(history)], config, progress_to=None)
-    assert result.messages > 150_000
+    receiver = Rsyslog(tmp_path / "rsyslog").start()
+    try:
+        config = replace(Config(), db_path=str(db), rules_dir=str(rules),
+                         syslog=(SyslogTarget("127.0.0.1", receiver.port, "tcp", "json"),))
+        result = replay([str(outage), str(history)], config, progress_to=None)
+        assert result.messages > 150_000
+        # the verdicts reach the SIEM too, with their evidence
+        lines = receiver.wait_for(lambda got: any("servfail_spike" in line for line in got))
+    finally:
+        receiver.stop()
+    sent = [json.loads(line[line.index("{"):]) for line in lines if "{" in line]
+    assert "series:servfail" in {v["detector"] for v in sent}
+    assert {v["kind"] for v in sent} == {"servfail_spike"}       # and nothing else went out
 
     conn = open_readonly(str(db))
     minutes = conn.execute("SELECT count(DISTINCT minute) FROM stats WHERE leg = 'client'").fetchone()[0]
