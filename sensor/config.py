@@ -15,13 +15,15 @@ from typing import Any, Callable
 
 from sensor.errors import ConfigError
 from sensor.limits import DEFAULT_LIMITS, DEFAULT_PORTS, Limits
+from sensor.store.schema import TABLES as STORE_TABLES
 
 SYSLOG_PROTOCOLS = ("udp", "tcp", "tls")
 SYSLOG_FORMATS = ("kv", "cef", "json")
 SYSLOG_FACILITIES = {name: code for code, name in enumerate(
     ("kern user mail daemon auth syslog lpr news uucp cron authpriv ftp ntp audit alert clock "
      "local0 local1 local2 local3 local4 local5 local6 local7").split())}
-TABLES_WITH_RETENTION = ("verdicts", "pdns", "pdns_nxdomain", "stats", "clients", "anomalies")
+TABLES_WITH_RETENTION = tuple(t.name for t in STORE_TABLES if t.time_column)
+"""Tables with a time column (sensor/store/schema.py): their rows age out."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Config:
     flush_interval_s: float = 1.0
     retention_days: dict[str, int] = field(default_factory=lambda: {
         "verdicts": 90, "pdns": 365, "pdns_nxdomain": 30, "stats": 30, "clients": 30, "breakdown": 30,
-        "anomalies": 30})
+        "anomalies": 30, "baselines": 35})
     resolver_addresses: tuple[str, ...] = ()
     client_networks: tuple[str, ...] = ()
     discover_networks: bool = True

@@ -243,8 +243,12 @@ def test_retention_deletes_only_old_rows(tmp_path):
         store.add_pdns(conn, [("old.example", "A", "192.0.2.1", 1000.0, 1000.0, 1),
                               ("new.example", "A", "192.0.2.2", 100 * 86400.0, 100 * 86400.0, 1)])
         store.add_anomalies(conn, [(60, "truncated", 1), (100 * 86400, "truncated", 2)])
-    deleted = store.enforce_retention(100 * 86400.0, {"pdns": 30, "anomalies": 30})
-    assert deleted == {"pdns": 1, "anomalies": 1}
+        store.add_breakdown(conn, "domain", [(60, "old.example", 1, 1, 0, 0, 40, 60)])
+        store.put_baseline(conn, "nxdomain@domain=old.example", 60, "daily", "{}", None)
+        store.put_baseline(conn, "queries", 100 * 86400, "weekly", "{}", None)
+    deleted = store.enforce_retention(100 * 86400.0, {**Config().retention_days, "pdns": 30})
+    assert {k: v for k, v in deleted.items() if v} == {"pdns": 1, "anomalies": 1, "breakdown": 1, "baselines": 1}
+    assert [r[0] for r in store.conn.execute("SELECT series FROM baselines")] == ["queries"]
     assert [r[0] for r in store.conn.execute("SELECT rrname FROM pdns")] == ["new.example"]
     store.close()
 

@@ -156,7 +156,8 @@ BASELINES = Table(
      C("profile", "TEXT", "JSON: seasonal index, spreads, averages and residual histogram per "
                           "hour of the week"),
      C("model", "BLOB", "pickled streaming model (Half-Space Trees) with its recent scores, or null")),
-    key=("series",))
+    key=("series",),
+    time_column="fitted_to")
 
 ANOMALIES = Table(
     "anomalies", "Per minute counts of each named anomaly (sensor.schema.ANOMALIES, tracking).",
