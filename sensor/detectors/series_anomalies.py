@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ RECENT_MIN = 30
 EVAL_WINDOW_MIN = ts.LEVEL_WINDOW_MIN + mt.KS_RECENT_MIN + mt.KS_REFERENCE_MIN + RECENT_MIN
 """Minutes read per evaluation: the level's window, then the longest method's, then the minutes judged."""
 REFIT_EVERY_S = 6 * 3600
-"""Data time between two fits of a series' profile from its history."""
+"""Data time between two fits of a series' profile from its history (plus up to an hour, by series)."""
 MAX_TOP = 100
 """Most keys (networks or domains) a rule may ask a series for."""
 MIN_HISTORY_DAYS = 2.0
@@ -108,6 +109,8 @@ class SeriesRule:
             if row and row[0]:
                 profile = self.profiles[sid] = ts.Profile.from_json(row[0])
         refit_every = REFIT_EVERY_S if profile is not None and profile.days >= MIN_HISTORY_DAYS else 3600
+        # spread the refits over an hour, so dozens of series never stall the writer together
+        refit_every += (zlib.crc32(sid.encode()) % 60) * 60
         if profile is None or end - profile.fitted_to >= refit_every:
             minutes, values = ts.load(store.conn, name, since_s=self.history_days * 86400, scope=scope, key=key,
                                       until=end)
