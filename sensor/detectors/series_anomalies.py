@@ -74,6 +74,8 @@ class SeriesRule:
     mixes: tuple[MixRule, ...] = ()
     profiles: dict[str, ts.Profile] = field(default_factory=dict)
     """Cache of the `baselines` rows this rule has read or written."""
+    busiest: dict[tuple[str, int, int], list[str]] = field(default_factory=dict)
+    """Cache of the busiest networks and domains, by (scope, top, hour)."""
 
     def verdicts(self, store: Any, sensor: str, end: int) -> list[dict[str, Any]]:
         """Verdicts for episodes that end in the RECENT_MIN minutes up to minute `end` (the
@@ -83,8 +85,7 @@ class SeriesRule:
         out: list[dict[str, Any]] = []
         judged: dict[str, tuple[np.ndarray, np.ndarray, ts.Baseline]] = {}
         for w in self.watched:
-            for scope, key in [(None, None)] + [(s, k) for s in w.per
-                                                for k in ts.busiest(conn, s, end - 86400, w.top)]:
+            for scope, key in [(None, None)] + [(s, k) for s in w.per for k in self._busiest(conn, s, w.top, end)]:
                 got = self._judge(store, w, scope, key, end)
                 if got is None:
                     continue
@@ -100,6 +101,16 @@ class SeriesRule:
         for mix in self.mixes:
             out += self._mix_shift(conn, mix, sensor, end)
         return out
+
+    def _busiest(self, conn: sqlite3.Connection, scope: str, top: int, end: int) -> list[str]:
+        """The busiest keys of the last day, looked up once per hour of data time."""
+        key = (scope, top, end // 3600)
+        found = self.busiest.get(key)
+        if found is None:
+            if len(self.busiest) > 16:
+                self.busiest.clear()
+            found = self.busiest[key] = ts.busiest(conn, scope, end - 86400, top)
+        return found
 
     def _profile(self, store: Any, sid: str, name: str, scope: str | None, key: str | None,
                  end: int) -> ts.Profile:
