@@ -21,6 +21,7 @@ def _ports(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sensor.detectors.series_anomalies import METHODS as SERIES_METHODS
     from sensor.dump import FORMATS
     from sensor.limits import DEFAULT_PORTS
     from sensor.parse import BACKENDS
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     scope = series.add_mutually_exclusive_group()
     scope.add_argument("--network", metavar="CIDR", help="one client network's series (breakdown table)")
     scope.add_argument("--domain", metavar="DOMAIN", help="one registered domain's series (breakdown table)")
-    series.add_argument("--method", choices=METHOD_NAMES, default="mad",
+    series.add_argument("--method", choices=SERIES_METHODS, default="mad",
                         help="deviation test (default mad: robust distance from the seasonal baseline; "
                              "hst: Half-Space Trees over queries, nxdomain, servfail and this series)")
     series.add_argument("--k", type=float, metavar="K", help="the method's threshold (default: its own)")
@@ -236,10 +237,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     s = query.status(_open(args), args.minutes)
     sys.stdout.write(json.dumps(s, indent=2) + "\n" if args.json else query.render_status(s))
     return 0
-
-
-METHOD_NAMES = ("mad", "average", "moving_average", "least_squares", "cusum", "histogram", "grubbs", "ks", "hst")
-"""sensor.series.methods.METHODS and Half-Space Trees (kept here so --help needs no numpy)."""
 
 
 def cmd_series(args: argparse.Namespace) -> int:

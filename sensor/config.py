@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -174,6 +175,12 @@ SYSLOG_SPEC: dict[str, Callable[[Any], Any]] = {
     "ca_file": _str, "verify": _bool, "queue_size": _int(1, 10_000_000),
     "spool_max_mib": _int(1, 1_000_000),
 }
+
+
+def line_of(text: str, key: str) -> int | None:
+    """Line (1-based) where `key = ...` is set in a TOML text, for errors that name it."""
+    m = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.M)
+    return text.count("\n", 0, m.start()) + 1 if m else None
 
 
 def read_toml(path: str | os.PathLike, error: type[ConfigError] = ConfigError) -> tuple[dict[str, Any], str]:

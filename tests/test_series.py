@@ -143,18 +143,8 @@ def test_an_outage_upstream_gives_one_servfail_spike_verdict_and_quiet_weeks_non
     authoritative server is down): one servfail_spike verdict with its evidence, updated
     while it lasts; the same history without the outage gives nothing."""
     import json
-    import shutil
-    from dataclasses import replace
 
-    from conftest import REPO
-    from sensor.config import Config
-    from sensor.detectors.anomaly_burst import AnomalyBurstRule
-    from sensor.engine.writer import Writer
-    from sensor.store import Store
-
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    shutil.copy(REPO / "rules" / "series.toml", rules)
+    rules = _series_rules(tmp_path)
     rng = np.random.default_rng(11)
     n = 21 * 1440 + 120
     minutes = START + 60 * np.arange(n, dtype=np.int64)
@@ -166,18 +156,13 @@ def test_an_outage_upstream_gives_one_servfail_spike_verdict_and_quiet_weeks_non
         sf = servfail.copy()
         if with_outage:
             sf[-40:-25] = (queries[-40:-25] * 0.6).astype(int)
-        db = tmp_path / f"outage-{with_outage}.db"
-        conf = replace(Config(), db_path=str(db), rules_dir=str(rules))
-        store = Store(str(db))
+        store, writer = _writer(tmp_path / f"outage-{with_outage}.db", rules)
         with store.transaction() as conn:
             conn.executemany("INSERT INTO stats (minute, resolver, leg, queries, responses, servfail) "
                              "VALUES (?, '10.0.0.53', 'client', ?, ?, ?)",
                              list(zip(minutes.tolist(), queries.tolist(), queries.tolist(), sf.tolist())))
-        writer = Writer(conf, store, AnomalyBurstRule())
-        writer.latest = float(minutes[-1])
-        writer.first_minute = int(minutes[-1])
-        writer.flush(final=True)
-        found = store.conn.execute("SELECT kind, detector, evidence, summary FROM verdicts").fetchall()
+        found = [(kind, detector, evidence, summary) for kind, detector, _, _, evidence, summary
+                 in _evaluate(store, writer)]
         store.close()
         return found
 
@@ -191,18 +176,8 @@ def test_an_outage_upstream_gives_one_servfail_spike_verdict_and_quiet_weeks_non
 
 def test_query_type_shift_fires_on_an_outbreak_not_on_noise(tmp_path):
     import json
-    import shutil
-    from dataclasses import replace
 
-    from conftest import REPO
-    from sensor.config import Config
-    from sensor.detectors.anomaly_burst import AnomalyBurstRule
-    from sensor.engine.writer import Writer
-    from sensor.store import Store
-
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    shutil.copy(REPO / "rules" / "series.toml", rules)
+    rules = _series_rules(tmp_path)
     rng = np.random.default_rng(5)
     n = 1440 + 10
     minutes = START + 60 * np.arange(n, dtype=np.int64)
@@ -215,16 +190,11 @@ def test_query_type_shift_fires_on_an_outbreak_not_on_noise(tmp_path):
                 mix = {"A": 0.3, "AAAA": 0.15, "PTR": 0.05, "TXT": 0.5}
             counts = {k: int(v) for k, v in zip(mix, rng.multinomial(100, list(mix.values())))}
             rows.append((m, 100, json.dumps(counts)))
-        db = tmp_path / f"q-{outbreak}.db"
-        store = Store(str(db))
+        store, writer = _writer(tmp_path / f"q-{outbreak}.db", rules)
         with store.transaction() as conn:
             conn.executemany("INSERT INTO stats (minute, resolver, leg, queries, qtypes) "
                              "VALUES (?, '10.0.0.53', 'client', ?, ?)", rows)
-        writer = Writer(replace(Config(), db_path=str(db), rules_dir=str(rules)), store, AnomalyBurstRule())
-        writer.latest = float(minutes[-1])
-        writer.first_minute = int(minutes[-1])
-        writer.flush(final=True)
-        found = store.conn.execute("SELECT kind, evidence, summary FROM verdicts").fetchall()
+        found = [(kind, evidence, summary) for kind, _, _, _, evidence, summary in _evaluate(store, writer)]
         store.close()
         return found
 

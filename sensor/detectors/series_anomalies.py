@@ -8,7 +8,6 @@ REFIT_EVERY_S of data time; each evaluation reads only the last EVAL_WINDOW_MIN 
 """
 from __future__ import annotations
 
-import re
 import sqlite3
 import zlib
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sensor import series as ts
-from sensor.config import read_toml
+from sensor.config import line_of, read_toml
 from sensor.errors import ConfigError
 from sensor.series import hst as hst_model
 from sensor.series import methods as mt
@@ -191,8 +190,7 @@ class SeriesRule:
         names = [w.name for w in self.watched if w.name in judged]
         if not names:
             return []
-        ends = {int(judged[n][0][-1]) for n in names}
-        end = min(ends)
+        end = min(int(judged[n][0][-1]) for n in names)
         start = max(int(judged[n][0][0]) for n in names)
         minutes = np.arange(start, end + 60, 60, dtype=np.int64)
         z = np.stack([judged[n][2].z(judged[n][1])[np.searchsorted(judged[n][0], minutes)] for n in names], axis=1)
@@ -278,8 +276,8 @@ def load(rules_dir: str | Path) -> SeriesRule | None:
 
     def at(key: str) -> str:
         """file:line of a top-level key, for the error."""
-        m = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.M)
-        return f"{path}:{text.count(chr(10), 0, m.start()) + 1}" if m else str(path)
+        line = line_of(text, key)
+        return f"{path}:{line}" if line else str(path)
 
     known = {"method", "k", "min_minutes", "history_days", "series", "qtype_shift", "rcode_shift", "hst"}
     for key in doc:

@@ -431,20 +431,12 @@ class Accumulator:
         # only the busiest domains of each minute get a row of their own (the writer keeps
         # max_domains_per_minute): text for those, the rest summed per minute under 'other'
         busiest = self._busiest(first_minute, counts, self.limits.max_domains_per_minute)
-        arena = batch.arena
-        names = [bytes(arena[o:o + n]).decode("ascii", "replace") or "."
-                 for o, n in zip(reg_off[first[busiest]].tolist(), reg_len[first[busiest]].tolist())]
-        self.agg.domains.add(keys[first[busiest]], first_minute[busiest], np.array(names, dtype=object),
-                             counts[busiest])
-        rest = np.ones(len(first), dtype=bool)
-        rest[busiest] = False
-        if rest.any():
-            other_minutes, inv = np.unique(first_minute[rest], return_inverse=True)
-            summed = np.stack([np.bincount(inv, weights=c, minlength=len(other_minutes)) for c in counts[rest].T],
-                              axis=1).astype(np.int64)
-            self.agg.domains.add(hash_columns(other_minutes.astype(np.uint64), np.full(len(other_minutes), OTHER_KEY,
-                                                                                       dtype=np.uint64)),
-                                 other_minutes, np.full(len(other_minutes), OTHER_RESOLVER, dtype=object), summed)
+        labels = np.full(len(first), OTHER_RESOLVER, dtype=object)
+        labels[busiest] = [bytes(batch.arena[o:o + n]).decode("ascii", "replace") or "."
+                           for o, n in zip(reg_off[first[busiest]].tolist(), reg_len[first[busiest]].tolist())]
+        group_keys = hash_columns(first_minute.astype(np.uint64), np.full(len(first), OTHER_KEY, dtype=np.uint64))
+        group_keys[busiest] = keys[first[busiest]]           # the rest share their minute's 'other' key
+        self.agg.domains.add(group_keys, first_minute, labels, counts)
 
     @staticmethod
     def _busiest(minute: np.ndarray, counts: np.ndarray, per_minute: int) -> np.ndarray:

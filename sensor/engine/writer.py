@@ -98,11 +98,7 @@ class Writer:
                 self.store.add_breakdown(conn, "network", agg.networks.rows(self.config.limits.max_networks_per_minute, str))
                 self.store.add_breakdown(conn, "domain", agg.domains.rows(self.config.limits.max_domains_per_minute, str))
                 self.store.add_anomalies(conn, [(m, n, c) for (m, n), c in agg.anomalies.items()])
-                created = []
-                for v in verdicts:
-                    vid, new = self.store.put_verdict(conn, v)
-                    if new:
-                        created.append({**v, "id": vid})
+                created = self._put_verdicts(conn, verdicts)
                 for worker, row in agg.workers.items():
                     self.store.put_worker(conn, {"worker": worker, **row})
         except sqlite3.Error as e:
@@ -125,9 +121,7 @@ class Writer:
                     self.rule_windows[name] = before
             return 0
         self.backlog = Aggregate()
-        for v in created:
-            for s in self.senders:
-                s.submit(v)
+        self._send(created)
         self.counters["verdicts_created"] += len(created)
         self._close_old(final)
         return len(created) + self._series_verdicts(final)
@@ -155,19 +149,29 @@ class Writer:
             found = [v for end in ends for v in self.series_rule.verdicts(self.store, self.config.sensor_name, end)]
             if found:
                 with self.store.transaction() as conn:
-                    for v in found:
-                        vid, new = self.store.put_verdict(conn, v)
-                        if new:
-                            created.append({**v, "id": vid})
+                    created = self._put_verdicts(conn, found)
         except sqlite3.Error as e:
             self.counters["store_errors"] += 1
             print(f"dnssensor: store: {e}; series verdicts retried next minute", file=sys.stderr)
             self.series_evaluated = ends[0] - every
             return 0
+        self._send(created)
+        return len(created)
+
+    def _put_verdicts(self, conn: sqlite3.Connection, verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert or update each verdict's row; the ones that are new, with their row id."""
+        created = []
+        for v in verdicts:
+            vid, new = self.store.put_verdict(conn, v)
+            if new:
+                created.append({**v, "id": vid})
+        return created
+
+    def _send(self, created: list[dict[str, Any]]) -> None:
+        """New verdicts to every syslog target (queued, never blocking)."""
         for v in created:
             for s in self.senders:
                 s.submit(v)
-        return len(created)
 
     def _count_sink_losses(self, agg: Aggregate) -> None:
         """Verdicts the syslog spools had to drop, and failed store writes, are stage drops too."""

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sensor.config import read_toml
+from sensor.config import line_of, read_toml
 from sensor.errors import ConfigError
 from sensor.features import FEATURES, GROUP_KEYS
 from sensor.features.dga import load_model
@@ -98,11 +99,6 @@ class Rule:
     """The DGA model (rules/models/) when the rule reads dga_score."""
 
 
-def _line_of(text: str, key: str) -> int | None:
-    m = re.search(rf"^\s*{re.escape(key)}\s*=", text, re.M)
-    return text.count("\n", 0, m.start()) + 1 if m else None
-
-
 def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: Any = False,
               tags: dict[str, Any] | None = None) -> Rule:
     """One rule file; `lists` are the name lists it may use (list_<name> features), `dga_model`
@@ -120,7 +116,7 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: 
     doc, text = read_toml(path, RuleError)
 
     def fail(key: str, why: str) -> RuleError:
-        line = _line_of(text, key.split(".")[-1])
+        line = line_of(text, key.split(".")[-1])
         return RuleError(f"{path}:{line}: {key}: {why}" if line else f"{path}: {key}: {why}")
 
     known = {"kind", "severity", "description", "where", "group_by", "window_s", "summary",
@@ -276,6 +272,20 @@ def load_dir(directory: str | Path) -> list[Rule]:
     return rules
 
 
+def _named_entries(path: Path, table: str, expected: str) -> Iterator[tuple[str, Any, str]]:
+    """(name, value, "file:line") of each entry of the one table of a site file such as
+    tags.toml ([tags] NAME = ...); names are checked, values are the caller's to check."""
+    doc, text = read_toml(path, RuleError)
+    if set(doc) - {table} or not isinstance(doc.get(table, {}), dict):
+        raise RuleError(f"{path}: expected one table, [{table}], of NAME = {expected}")
+    for name, value in doc.get(table, {}).items():
+        line = line_of(text, name)
+        where = f"{path}:{line}" if line else str(path)
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise RuleError(f"{where}: {table}.{name}: names are lower-case letters, digits and _")
+        yield name, value, where
+
+
 def load_patterns(path: str | Path) -> dict[str, Any]:
     """patterns.toml: feature name (pattern_X) -> NamePattern."""
     from sensor.features.lists import NamePattern
@@ -283,15 +293,8 @@ def load_patterns(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         return {}
-    doc, text = read_toml(path, RuleError)
-    if set(doc) - {"patterns"} or not isinstance(doc.get("patterns", {}), dict):
-        raise RuleError(f"{path}: expected one table, [patterns], of NAME = \"regular expression\"")
     out: dict[str, Any] = {}
-    for name, regex in doc.get("patterns", {}).items():
-        line = _line_of(text, name)
-        where = f"{path}:{line}" if line else str(path)
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-            raise RuleError(f"{where}: patterns.{name}: names are lower-case letters, digits and _")
+    for name, regex, where in _named_entries(path, "patterns", '"regular expression"'):
         if not isinstance(regex, str):
             raise RuleError(f"{where}: patterns.{name}: expected a regular expression in a string")
         try:
@@ -308,15 +311,8 @@ def load_tags(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         return {}
-    doc, text = read_toml(path, RuleError)
-    if set(doc) - {"tags"} or not isinstance(doc.get("tags", {}), dict):
-        raise RuleError(f"{path}: expected one table, [tags], of NAME = [networks]")
     out: dict[str, Any] = {}
-    for name, networks in doc.get("tags", {}).items():
-        line = _line_of(text, name)
-        where = f"{path}:{line}" if line else str(path)
-        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-            raise RuleError(f"{where}: tags.{name}: names are lower-case letters, digits and _")
+    for name, networks, where in _named_entries(path, "tags", "[networks]"):
         if not isinstance(networks, list) or not networks:
             raise RuleError(f"{where}: tags.{name}: expected a list of networks")
         try:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sensor import series
+
 TREES = 25
 """Trees in the forest (river's default)."""
 HEIGHT = 8
@@ -74,8 +76,6 @@ class HalfSpaceForest:
 def flags_over(minutes: np.ndarray, columns: dict[str, np.ndarray], threshold: float = DEFAULT_THRESHOLD):
     """Half-Space Trees over whole series given at once (the benchmark, `dnssensor series`):
     (flags, index of the series each flag is about, scores, baselines by name)."""
-    from sensor import series
-
     bases = {name: series.fit(minutes, values) for name, values in columns.items()}
     z = np.stack([bases[name].z(values) for name, values in columns.items()], axis=1)
     flags, which, scores = HalfSpaceForest(list(columns)).flags(z, threshold)

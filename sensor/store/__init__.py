@@ -17,8 +17,8 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from sensor.errors import SensorError
-from sensor.store.schema import (ANOMALIES, BASELINES, BREAKDOWN, BY_NAME, PDNS, PDNS_NXDOMAIN, STATS, TABLES,
-                                 VERDICTS, WORKERS)
+from sensor.store.schema import (ANOMALIES, BASELINES, BREAKDOWN, BY_NAME, CLIENTS, PDNS, PDNS_NXDOMAIN, STATS,
+                                 TABLES, VERDICTS, WORKERS)
 
 SQL_TYPES = {"INTEGER": int, "REAL": float, "TEXT": str, "BLOB": bytes}
 RETENTION_CHUNK_ROWS = 5000
@@ -104,22 +104,11 @@ class Store:
 
     def add_clients(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """rows: (minute, client, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added."""
-        conn.executemany(
-            "INSERT INTO clients VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(minute, client) DO UPDATE SET "
-            "queries = queries + excluded.queries, responses = responses + excluded.responses, "
-            "nxdomain = nxdomain + excluded.nxdomain, servfail = servfail + excluded.servfail, "
-            "bytes_queries = bytes_queries + excluded.bytes_queries, "
-            "bytes_responses = bytes_responses + excluded.bytes_responses", rows)
+        conn.executemany(_adding_upsert(CLIENTS), rows)
 
     def add_breakdown(self, conn: sqlite3.Connection, scope: str, rows: Sequence[tuple]) -> None:
         """rows: (minute, key, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added."""
-        conn.executemany(
-            "INSERT INTO breakdown VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(minute, scope, key) DO UPDATE SET "
-            "queries = queries + excluded.queries, responses = responses + excluded.responses, "
-            "nxdomain = nxdomain + excluded.nxdomain, servfail = servfail + excluded.servfail, "
-            "bytes_queries = bytes_queries + excluded.bytes_queries, "
-            "bytes_responses = bytes_responses + excluded.bytes_responses",
-            [(r[0], scope, *r[1:]) for r in rows])
+        conn.executemany(_adding_upsert(BREAKDOWN), [(r[0], scope, *r[1:]) for r in rows])
 
     def put_baseline(self, conn: sqlite3.Connection, series: str, fitted_to: int, seasonality: str,
                      profile: str | None, model: bytes | None) -> None:
@@ -128,9 +117,7 @@ class Store:
 
     def add_anomalies(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """rows: (minute, name, count), counts added."""
-        conn.executemany(
-            "INSERT INTO anomalies VALUES (?, ?, ?) ON CONFLICT(minute, name) DO UPDATE SET "
-            "count = count + excluded.count", rows)
+        conn.executemany(_adding_upsert(ANOMALIES), rows)
 
     def put_stats(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Whole stats rows, replacing what is there (the writer merges before writing)."""
@@ -195,6 +182,14 @@ class Store:
         except sqlite3.DatabaseError:
             pass
         self.conn.close()
+
+
+def _adding_upsert(table: Any) -> str:
+    """INSERT of a whole row whose counters add to the stored row's on a key conflict."""
+    counters = [c for c in table.column_names() if c not in table.key]
+    return (f"INSERT INTO {table.name} VALUES ({', '.join('?' * len(table.columns))}) "
+            f"ON CONFLICT({', '.join(table.key)}) DO UPDATE SET "
+            + ", ".join(f"{c} = {c} + excluded.{c}" for c in counters))
 
 
 def _sql_value(v: Any) -> Any:
