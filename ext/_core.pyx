@@ -87,6 +87,12 @@ DEF MAX_VLAN_TAGS = 4            # QinQ is two; four covers stacked provider tag
 DEF MAX_IPV6_EXT_HEADERS = 8     # RFC 8200 defines six kinds that may repeat
 DEF MAX_ENCAP_DEPTH = 3          # VXLAN/Geneve in Geneve is the deepest seen in practice
 DEF PSL_MAX_LABELS = 8           # longest PSL rule is 4 labels, +1 for wildcards, with margin
+# Suffix flags in the low bits of each PSL table entry (sensor/parse/psl.py FLAG_*).
+DEF PSL_RULE = 1
+DEF PSL_WILDCARD = 2
+DEF PSL_EXCEPTION = 4
+DEF PSL_FLAG_BITS = 4
+DEF PSL_FLAG_MASK = 15
 # Names already rendered in the current message, by wire offset, so a pointer
 # to one (nearly every owner name) copies its text instead of decoding again.
 # A message with more distinct name suffixes simply decodes the rest.
@@ -975,45 +981,52 @@ cdef class Core:
 
     # ------------------------------------------------------------ DNS
 
-    cdef int psl_has(self, uint64_t text_hash, uint8_t kind) noexcept:
-        """Whether the suffix table holds the rule of this kind for a suffix (given by its hash)."""
-        cdef uint64_t h = fnv_step(text_hash, kind)
-        cdef uint64_t slot
-        if h == 0:
-            h = 1
-        slot = h & self.psl_mask
-        while self.psl_table[slot] != 0:
-            if self.psl_table[slot] == h:
-                return 1
+    cdef inline uint8_t psl_flags(self, uint64_t reversed_hash) noexcept:
+        """The PSL_* flags of one suffix (by the hash of its labels reversed), 0 when absent."""
+        cdef uint64_t key = reversed_hash >> PSL_FLAG_BITS
+        cdef uint64_t slot = key & self.psl_mask
+        cdef uint64_t entry = self.psl_table[slot]
+        while entry != 0:
+            if (entry >> PSL_FLAG_BITS) == key:
+                return <uint8_t>(entry & PSL_FLAG_MASK)
             slot = (slot + 1) & self.psl_mask
+            entry = self.psl_table[slot]
         return 0
 
     cdef int registered_label(self, NameOut *o) noexcept:
-        """Index of the first label of the registered domain (eTLD+1)."""
+        """Index of the first label of the registered domain (eTLD+1).
+
+        Walks from the last label leftwards, hashing each label once into the
+        reversed-suffix hash and probing once per label; the leftmost match
+        wins (an exception, else a rule, else a wildcard on the suffix to its
+        right), and the walk stops at the first suffix no rule ends with."""
         cdef int n = o.nlabels, i, ps, start
-        cdef uint32_t k
-        cdef uint64_t h
-        cdef uint64_t suffix_hash[PSL_MAX_LABELS + 1]
+        cdef uint32_t k, end
+        cdef uint64_t h = <uint64_t>FNV_OFFSET
+        cdef uint8_t f, right = 0
         if n == 0 or o.text_full:
             return 0
         start = n - PSL_MAX_LABELS if n > PSL_MAX_LABELS else 0
-        for i in range(start, n):      # each suffix's text hashed once
-            h = <uint64_t>FNV_OFFSET
-            for k in range(o.label_text_start[i], o.text_len):
-                h = fnv_step(h, <uint8_t>o.text[k])
-            suffix_hash[i - start] = h
         ps = n - 1
-        for i in range(start, n):
-            h = suffix_hash[i - start]
-            if self.psl_has(h, 33):                            # '!' exception rule
+        end = o.text_len
+        i = n - 1
+        while i >= start:
+            if i < n - 1:
+                h = fnv_step(h, 46)       # '.'
+            for k in range(o.label_text_start[i], end):
+                h = fnv_step(h, <uint8_t>o.text[k])
+            f = self.psl_flags(h)
+            if f & PSL_EXCEPTION:
                 ps = i + 1
-                break
-            if self.psl_has(h, 114):                           # 'r' plain rule
+            elif f & PSL_RULE:
                 ps = i
-                break
-            if i + 1 < n and self.psl_has(suffix_hash[i + 1 - start], 119):  # 'w': "*.<suffix>"
+            elif right & PSL_WILDCARD:
                 ps = i
+            if f == 0:
                 break
+            right = f
+            end = o.label_text_start[i] - 1     # the '.' before label i
+            i -= 1
         return ps - 1 if ps >= 1 else 0
 
     cdef void remember_name(self, uint32_t text_off) noexcept:
@@ -1694,14 +1707,12 @@ def bind_dtypes(message_dtype, rr_dtype):
     RR_DTYPE = rr_dtype
 
 
-def fnv1a64(bytes data, int kind=-1):
-    """The hash of names; with kind (a PSL rule kind byte) appended, the suffix table's key."""
+def fnv1a64(bytes data):
+    """The hash of names (and, over a suffix's labels reversed, the PSL table's key)."""
     cdef uint64_t h = <uint64_t>FNV_OFFSET
     cdef uint8_t b
     for b in data:
         h = fnv_step(h, b)
-    if kind >= 0:
-        h = fnv_step(h, <uint8_t>kind)
     return h
 
 

@@ -199,3 +199,22 @@ def test_registered_domain_agrees_with_tldextract(make_parser, name):
     expected = extract(name).top_domain_under_public_suffix or name
     _, r = one(make_parser, dnslib.DNSRecord(dnslib.DNSHeader(id=1), q=dnslib.DNSQuestion(name)).pack())
     assert r["features"]["registered_domain"] == expected
+
+
+def test_registered_domain_for_every_suffix_rule():
+    """Names under every rule, wildcard and exception of the list: the compiled walk over
+    the reversed-suffix table agrees with the rule sets themselves."""
+    from sensor.parse import Parser
+    from sensor.parse.psl import load_rules
+
+    rules = load_rules()
+    names = []
+    for suffix in sorted(rules.rules | rules.wildcards | rules.exceptions):
+        names += [suffix, "a." + suffix, "b.a." + suffix, "x.y.z." + suffix]
+    batch = Parser().parse_payloads(
+        dnslib.DNSRecord.question(name).pack() for name in names)
+    assert len(batch) == len(names)
+    for name, m in zip(names, batch.messages):
+        labels = name.split(".")
+        expected = ".".join(labels[rules.registered_label(labels):])
+        assert name[int(m["regdom_off"]):] == expected, name

@@ -2,9 +2,13 @@
 
 The rules come from the snapshot bundled with tldextract, so the sensor never
 downloads anything; an operator may point at a local public_suffix_list.dat
-instead. The compiled parser gets them as an open-addressing table of 64-bit
-FNV-1a hashes of ``suffix + kind`` (kind ``r`` plain rule, ``w`` wildcard
-``*.suffix``, ``!`` exception); the reference twin uses the same rule sets.
+instead. The compiled parser gets them as one open-addressing table keyed by the
+FNV-1a hash of each suffix with its labels reversed ("uk.co" for "co.uk"), so
+it walks a name from its last label leftwards hashing each label once and
+probing once per label, and stops at the first suffix no rule ends with. Each
+entry carries flags: a plain rule, the base of a wildcard ``*.suffix``, an
+exception, or an inner suffix of a longer rule (the walk goes on). The
+reference twin uses the rule sets themselves.
 """
 from __future__ import annotations
 
@@ -14,7 +18,10 @@ from functools import lru_cache
 
 import numpy as np
 
-KIND_RULE, KIND_WILDCARD, KIND_EXCEPTION = "r", "w", "!"
+# Flags of a suffix in the compiled table (the low bits of each entry); the
+# same values as PSL_RULE... in ext/_core.pyx.
+FLAG_RULE, FLAG_WILDCARD, FLAG_EXCEPTION, FLAG_INNER = 1, 2, 4, 8
+FLAG_BITS = 4
 PSL_MAX_LABELS = 8  # must equal PSL_MAX_LABELS in ext/_core.pyx
 
 
@@ -52,12 +59,32 @@ class SuffixRules:
     exceptions: frozenset[str]
 
     def table(self) -> np.ndarray:
+        """The compiled core's suffix table: entry = key << FLAG_BITS | flags, where key
+        is the reversed-label hash shifted right by FLAG_BITS; slot = key & mask, linear
+        probing, a power-of-two size at least twice the count, 0 meaning empty."""
         from sensor._core import fnv1a64
 
-        return hash_set_table(fnv1a64(s.encode(), ord(kind))
-                              for kind, group in ((KIND_RULE, self.rules), (KIND_WILDCARD, self.wildcards),
-                                                  (KIND_EXCEPTION, self.exceptions))
-                              for s in group)
+        flags: dict[str, int] = {}
+        for group, flag in ((self.rules, FLAG_RULE), (self.wildcards, FLAG_WILDCARD),
+                            (self.exceptions, FLAG_EXCEPTION)):
+            for suffix in group:
+                flags[suffix] = flags.get(suffix, 0) | flag
+                labels = suffix.split(".")
+                for k in range(1, len(labels)):
+                    inner = ".".join(labels[k:])
+                    flags[inner] = flags.get(inner, 0) | FLAG_INNER
+        size = 1
+        while size < 2 * len(flags) + 2:
+            size *= 2
+        table = np.zeros(size, dtype=np.uint64)
+        mask = size - 1
+        for suffix, flag in flags.items():
+            key = fnv1a64(".".join(reversed(suffix.split("."))).encode()) >> FLAG_BITS
+            slot = key & mask
+            while table[slot] and int(table[slot]) >> FLAG_BITS != key:
+                slot = (slot + 1) & mask
+            table[slot] = key << FLAG_BITS | flag
+        return table
 
     def registered_label(self, labels: list[str]) -> int:
         """Index of the first label of the registered domain; mirrors Core.registered_label."""

@@ -31,12 +31,10 @@ MASK64 = (1 << 64) - 1
 V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
 
-def fnv1a64(data: bytes, kind: int = -1) -> int:
+def fnv1a64(data: bytes) -> int:
     h = FNV_OFFSET
     for b in data:
         h = ((h ^ b) * FNV_PRIME) & MASK64
-    if kind >= 0:
-        h = ((h ^ kind) * FNV_PRIME) & MASK64
     return h
 
 
