@@ -24,6 +24,8 @@ from dnswire cimport MessageRow, RRRow, Cursor, PacketInfo
 
 cdef extern from "arpa/inet.h":
     const char *inet_ntop(int af, const void *src, char *dst, unsigned int size)
+cdef extern from *:
+    int ctz64 "__builtin_ctzll"(unsigned long long x) nogil
 cdef extern from "sys/socket.h":
     int AF_INET6
 
@@ -102,9 +104,10 @@ DEF FNV_OFFSET = 0xcbf29ce484222325
 DEF FNV_PRIME = 0x100000001b3
 
 cdef struct NameOut:
-    char text[NAME_TEXT_CAP + 8]
+    char *text                        # written in place: the arena's reserved free tail
     uint32_t text_len
     uint32_t wire_len
+    uint64_t hash                     # FNV-1a of the text (question names only)
     uint16_t label_text_start[MAX_LABELS]
     uint16_t label_raw_start[MAX_LABELS]
     uint16_t label_wire[MAX_LABELS]   # wire offset of each label read in place
@@ -124,17 +127,6 @@ cdef struct Arena:
     char *buf
     size_t len
     size_t cap
-
-cdef inline void sort_bytes(uint8_t *v, int n) noexcept nogil:
-    cdef int i, j
-    cdef uint8_t x
-    for i in range(1, n):
-        x = v[i]
-        j = i - 1
-        while j >= 0 and v[j] > x:
-            v[j + 1] = v[j]
-            j -= 1
-        v[j + 1] = x
 
 cdef inline void flag(uint64_t *a, int bit) noexcept nogil:
     a[0] |= (<uint64_t>1) << bit
@@ -194,14 +186,20 @@ cdef enum:
 
 cdef uint8_t CHAR_CLASS[256]
 cdef uint8_t LOWER[256]
+# A byte's digit, hex and upper-case counts packed in 16-bit fields, so a name's
+# three counts take one add per byte (a name has at most 255 bytes).
+cdef uint64_t CLASS_COUNTS[256]
 cdef double COUNT_LOG2[256]      # c * log2(c): a byte's share of a name's entropy
+cdef double LOG2_OF[256]         # log2(n) of a name's byte count
 
 
 cdef void init_char_tables() noexcept:
     cdef int ch
     COUNT_LOG2[0] = 0.0
+    LOG2_OF[0] = 0.0
     for ch in range(1, 256):
         COUNT_LOG2[ch] = <double>ch * log2(<double>ch)
+        LOG2_OF[ch] = log2(<double>ch)
     for ch in range(256):
         CHAR_CLASS[ch] = 0
         LOWER[ch] = <uint8_t>ch
@@ -216,61 +214,74 @@ cdef void init_char_tables() noexcept:
             CHAR_CLASS[ch] |= CL_ESCAPE
         elif ch <= 32 or ch >= 127:
             CHAR_CLASS[ch] |= CL_DECIMAL
+        CLASS_COUNTS[ch] = ((CHAR_CLASS[ch] & CL_DIGIT)
+                            | (<uint64_t>((CHAR_CLASS[ch] >> 1) & 1) << 16)
+                            | (<uint64_t>((CHAR_CLASS[ch] >> 2) & 1) << 32))
 
 
 init_char_tables()
 
-cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint features) noexcept nogil:
-    """Decode the name at the cursor into o; advance past its in-place part.
+cdef inline int put_escaped(char *t, uint8_t ch, uint8_t cls) noexcept nogil:
+    """Write a byte that needs escaping in presentation form; return its width."""
+    t[0] = 92
+    if cls & CL_ESCAPE:
+        t[1] = <char>ch
+        return 2
+    t[1] = <char>(48 + ch // 100)
+    t[2] = <char>(48 + (ch // 10) % 10)
+    t[3] = <char>(48 + ch % 10)
+    return 4
 
-    With `features`, also counts digits, hex and upper-case characters and
-    keeps the lower-cased bytes (the question name only).
+
+cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint features) noexcept nogil:
+    """Decode the name at the cursor into o (its text at o.text, which has room for
+    NAME_TEXT_CAP bytes); advance past its in-place part.
+
+    With `features`, also counts digits, hex and upper-case characters, keeps
+    the lower-cased bytes and hashes the text (the question name only).
 
     Returns 0 when the cursor could be placed after the name (the name may be
     cut short by a flagged anomaly), -1 when it could not: the message cannot
     be parsed further.
     """
+    # The loop works on locals and writes o once at the end: stores through the
+    # text pointer could alias o, which would force every counter through memory.
+    cdef const uint8_t *msg = c.msg
+    cdef char *t = o.text
+    cdef uint8_t *raw = o.raw
     cdef uint32_t p = c.pos
     cdef uint32_t limit = c.end
     cdef uint32_t biggest = c.pos      # pointers must go strictly below this
-    cdef bint jumped = 0
-    cdef int hops = 0
-    cdef uint8_t b, ch, cls
-    cdef uint32_t length, target, i
-    cdef char *t
-    o.text_len = 0
-    o.inplace_labels = 0
-    o.wire_len = 0
-    o.raw_len = 0
-    o.digits = 0
-    o.hexchars = 0
-    o.uppers = 0
-    o.nlabels = 0
-    o.longest = 0
-    o.nonprint = 0
-    o.text_full = 0
+    cdef bint jumped = 0, text_full = 0, nonprint = 0
+    cdef int hops = 0, w, j
+    cdef uint8_t b, ch, cls, nlabels = 0, longest = 0, inplace = 0
+    cdef uint32_t length, target, i, tl = 0, rl = 0, wire_len = 0
+    cdef uint64_t counts = 0, h = <uint64_t>FNV_OFFSET
+    cdef int result = 0
     while True:
         if p >= limit:
             if not jumped:
                 c.short = 1
                 c.pos = c.end
-                return -1
+                result = -1
+                break
             flag(anom, AN_TRUNCATED)
             break
-        b = c.msg[p]
+        b = msg[p]
         if b == 0:
             p += 1
-            o.wire_len += 1
+            wire_len += 1
             break
         if (b & 0xC0) == 0xC0:
             if p + 2 > limit:
                 if not jumped:
                     c.short = 1
                     c.pos = c.end
-                    return -1
+                    result = -1
+                    break
                 flag(anom, AN_TRUNCATED)
                 break
-            target = (<uint32_t>(b & 0x3F) << 8) | c.msg[p + 1]
+            target = (<uint32_t>(b & 0x3F) << 8) | msg[p + 1]
             if not jumped:
                 jumped = 1
                 c.pos = p + 2
@@ -288,68 +299,88 @@ cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint fea
         if (b & 0xC0) != 0:
             flag(anom, AN_LABEL_TOO_LONG)
             if not jumped:
-                return -1
+                result = -1
             break
         length = b
         if p + 1 + length > limit:
             if not jumped:
                 c.short = 1
                 c.pos = c.end
-                return -1
+                result = -1
+                break
             flag(anom, AN_TRUNCATED)
             break
-        o.wire_len += 1 + length
-        if o.wire_len + 1 > MAX_NAME_WIRE:
-            if not o.text_full:
+        wire_len += 1 + length
+        if wire_len + 1 > MAX_NAME_WIRE:
+            if not text_full:
                 flag(anom, AN_NAME_TOO_LONG)
-                o.text_full = 1
+                text_full = 1
             if jumped:
                 break
-        if not o.text_full:
-            if o.nlabels > 0:
-                o.text[o.text_len] = 46   # '.'
-                o.text_len += 1
-            o.label_text_start[o.nlabels] = <uint16_t>o.text_len
-            o.label_raw_start[o.nlabels] = o.raw_len
-            o.nlabels += 1
-            if length > o.longest:
-                o.longest = <uint8_t>length
+        if not text_full:
+            if nlabels > 0:
+                t[tl] = 46   # '.'
+                tl += 1
+                if features:
+                    h = fnv_step(h, 46)
+            o.label_text_start[nlabels] = <uint16_t>tl
+            o.label_raw_start[nlabels] = <uint16_t>rl
             if not jumped:
-                o.label_wire[o.nlabels - 1] = <uint16_t>p
-                o.inplace_labels = o.nlabels
-            t = o.text
-            for i in range(p + 1, p + 1 + length):
-                ch = c.msg[i]
-                cls = CHAR_CLASS[ch]
-                ch = LOWER[ch]
-                if features:        # the question name's counts and raw bytes
-                    o.digits += cls & CL_DIGIT
-                    o.hexchars += (cls >> 1) & 1
-                    o.uppers += (cls >> 2) & 1
-                    o.raw[o.raw_len] = ch
-                    o.raw_len += 1
-                if not (cls & (CL_ESCAPE | CL_DECIMAL)):
-                    t[o.text_len] = <char>ch
-                    o.text_len += 1
-                elif cls & CL_ESCAPE:
-                    t[o.text_len] = 92
-                    t[o.text_len + 1] = <char>ch
-                    o.text_len += 2
-                else:
-                    o.nonprint = 1
-                    t[o.text_len] = 92
-                    t[o.text_len + 1] = <char>(48 + ch // 100)
-                    t[o.text_len + 2] = <char>(48 + (ch // 10) % 10)
-                    t[o.text_len + 3] = <char>(48 + ch % 10)
-                    o.text_len += 4
+                o.label_wire[nlabels] = <uint16_t>p
+                inplace = nlabels + 1
+            nlabels += 1
+            if length > longest:
+                longest = <uint8_t>length
+            if features:        # the question name's counts, raw bytes and hash
+                for i in range(p + 1, p + 1 + length):
+                    ch = msg[i]
+                    cls = CHAR_CLASS[ch]
+                    counts += CLASS_COUNTS[ch]
+                    ch = LOWER[ch]
+                    raw[rl] = ch
+                    rl += 1
+                    if not (cls & (CL_ESCAPE | CL_DECIMAL)):
+                        t[tl] = <char>ch
+                        tl += 1
+                        h = fnv_step(h, ch)
+                    else:
+                        nonprint |= (cls & CL_DECIMAL) != 0
+                        w = put_escaped(t + tl, ch, cls)
+                        for j in range(w):
+                            h = fnv_step(h, <uint8_t>t[tl + j])
+                        tl += w
+            else:
+                for i in range(p + 1, p + 1 + length):
+                    ch = msg[i]
+                    cls = CHAR_CLASS[ch]
+                    ch = LOWER[ch]
+                    if not (cls & (CL_ESCAPE | CL_DECIMAL)):
+                        t[tl] = <char>ch
+                        tl += 1
+                    else:
+                        nonprint |= (cls & CL_DECIMAL) != 0
+                        tl += put_escaped(t + tl, ch, cls)
         p += 1 + length
-    if not jumped:
+    if result == 0 and not jumped:
         c.pos = p
+    if nlabels == 0:
+        t[0] = 46
+        tl = 1
+        h = fnv_step(<uint64_t>FNV_OFFSET, 46)
+    o.text_len = tl
+    o.wire_len = wire_len
+    o.hash = h
+    o.raw_len = <uint16_t>rl
+    o.digits = <uint16_t>(counts & 0xFFFF)
+    o.hexchars = <uint16_t>((counts >> 16) & 0xFFFF)
+    o.uppers = <uint16_t>((counts >> 32) & 0xFFFF)
+    o.nlabels = nlabels
+    o.longest = longest
+    o.inplace_labels = inplace
     o.hops = <uint8_t>hops
-    if o.nlabels == 0:
-        o.text[0] = 46
-        o.text_len = 1
-    return 0
+    o.nonprint = nonprint
+    o.text_full = text_full
+    return result
 
 # ---------------------------------------------------------------- arena
 
@@ -1067,11 +1098,13 @@ cdef class Core:
                         c.pos = p + 2
                         return 0
         off = <uint32_t>self.arena.len
+        ar_reserve(&self.arena, NAME_TEXT_CAP + 8)
+        self.name.text = self.arena.buf + off
         i = read_name(c, &self.name, &found, self.max_pointer_hops, 0)
         anom[0] |= found
         if i < 0:
             return -1
-        ar_put(&self.arena, self.name.text, self.name.text_len)
+        self.arena.len += self.name.text_len
         if found == 0:
             self.remember_name(off)
         return 0
@@ -1546,6 +1579,9 @@ cdef class Core:
                 stop = 1
                 break
             found = 0
+            # Read straight into the arena; only the first question's text is kept.
+            ar_reserve(&self.arena, NAME_TEXT_CAP + 8)
+            self.name.text = self.arena.buf + self.arena.len
             r = read_name(&c, &self.name, &found, self.max_pointer_hops, q == 0)
             row.anomalies |= found
             if r < 0:
@@ -1641,20 +1677,20 @@ cdef class Core:
         row.rr_count = <uint32_t>(self.nrr - row.rr_start)
         return 0
 
-    cdef int qname_features(self, MessageRow *row) except -1:
+    cdef int qname_features(self, MessageRow *row) noexcept:
+        """Keep the question name just read (its text at the arena's tail) and its features."""
         cdef NameOut *o = &self.name
         cdef uint32_t *hist = self.hist
-        cdef uint8_t distinct[256]
-        cdef int reg, i, ndistinct = 0
+        cdef uint64_t present[4]        # which byte values occur, as a 256-bit set
+        cdef uint64_t bits
+        cdef int reg, i, word, ndistinct = 0
         cdef uint32_t nraw
+        cdef uint8_t ch
         cdef double ent = 0.0, total
-        cdef uint64_t h = <uint64_t>FNV_OFFSET
         row.qname_off = <uint32_t>self.arena.len
         row.qname_len = <uint16_t>o.text_len
-        ar_put(&self.arena, o.text, o.text_len)
-        for i in range(<int>o.text_len):
-            h = fnv_step(h, <uint8_t>o.text[i])
-        row.name_hash = h
+        self.arena.len += o.text_len
+        row.name_hash = o.hash
         row.labels = o.nlabels
         row.longest_label = o.longest
         row.digits = o.digits
@@ -1667,23 +1703,25 @@ cdef class Core:
         row.regdom_off = o.label_text_start[reg] if o.nlabels else 0
         nraw = o.label_raw_start[reg] if o.nlabels else 0
         if nraw:
-            # Only the byte values present are visited, in ascending order as
-            # the twin does (the sum is order-sensitive in floating point).
+            present[0] = present[1] = present[2] = present[3] = 0
             for i in range(<int>nraw):
-                if hist[o.raw[i]] == 0:
-                    distinct[ndistinct] = o.raw[i]
-                    ndistinct += 1
-                hist[o.raw[i]] += 1
+                ch = o.raw[i]
+                ndistinct += hist[ch] == 0
+                hist[ch] += 1
+                present[ch >> 6] |= (<uint64_t>1) << (ch & 63)
+            # H = log2(n) - sum(c log2 c) / n, the terms added in ascending byte
+            # order as the twin does (float sums are order-sensitive); the set's
+            # bits come out in that order.
+            total = 0.0
+            for word in range(4):
+                bits = present[word]
+                while bits:
+                    ch = <uint8_t>(word * 64 + ctz64(bits))
+                    total += COUNT_LOG2[hist[ch]]
+                    hist[ch] = 0
+                    bits &= bits - 1
             if ndistinct > 1:
-                # H = log2(n) - sum(c log2 c) / n, the terms added in ascending
-                # byte order as the twin does (float sums are order-sensitive).
-                sort_bytes(distinct, ndistinct)
-                total = 0.0
-                for i in range(ndistinct):
-                    total += COUNT_LOG2[hist[distinct[i]]]
-                ent = log2(<double>nraw) - total / nraw
-            for i in range(ndistinct):
-                hist[distinct[i]] = 0
+                ent = LOG2_OF[nraw] - total / nraw
         row.entropy = <float>ent
         return 0
 
