@@ -128,6 +128,23 @@ cdef struct Arena:
     size_t len
     size_t cap
 
+cdef extern from *:
+    """
+    /* Clear a message row with straight-line word stores: a memset (or a loop,
+       which the compiler turns back into one) of this size became `rep stos`,
+       whose start-up cost was a sixth of the whole message parse. */
+    #define DNS_ZERO_WORDS_19(p) do { uint64_t *w_ = (uint64_t *)(p); \
+        w_[0] = 0; w_[1] = 0; w_[2] = 0; w_[3] = 0; w_[4] = 0; w_[5] = 0; w_[6] = 0; \
+        w_[7] = 0; w_[8] = 0; w_[9] = 0; w_[10] = 0; w_[11] = 0; w_[12] = 0; \
+        w_[13] = 0; w_[14] = 0; w_[15] = 0; w_[16] = 0; w_[17] = 0; w_[18] = 0; } while (0)
+    """
+    void DNS_ZERO_WORDS_19(void *p) nogil
+
+
+cdef inline void zero_row(MessageRow *row) noexcept nogil:
+    DNS_ZERO_WORDS_19(row)
+
+
 cdef inline void flag(uint64_t *a, int bit) noexcept nogil:
     a[0] |= (<uint64_t>1) << bit
 
@@ -1525,7 +1542,7 @@ cdef class Core:
         self.nmsg += 1
         self.ncache = 0
         self.counters[C_MESSAGES] += 1
-        memset(row, 0, sizeof(MessageRow))
+        zero_row(row)
         row.ts = ts
         row.frame = frame
         memcpy(row.src, pi.src, 16)
@@ -1727,6 +1744,8 @@ cdef class Core:
 
 
 MESSAGE_ROW_SIZE = sizeof(MessageRow)
+if MESSAGE_ROW_SIZE != 19 * 8:
+    raise ImportError("MessageRow is %d bytes; zero_row clears 19 words: update both" % MESSAGE_ROW_SIZE)
 RR_ROW_SIZE = sizeof(RRRow)
 
 # Set by sensor.parse at import, after the sizes above were checked against
