@@ -388,3 +388,12 @@ def test_group_u64_agrees_with_numpy(values):
     for g, k in enumerate(keys[first].tolist()):
         assert tmin[g] == ts[keys == k].min() and tmax[g] == ts[keys == k].max()
     assert first.tolist() == sorted(first.tolist())          # order of first appearance
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200),
+       st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200))
+def test_isin_keys_agrees_with_numpy(values, keys):
+    from sensor.track import isin_keys
+    v, k = np.array(values, dtype=np.uint64), np.array(keys, dtype=np.uint64)
+    assert np.array_equal(isin_keys(v, k), np.isin(v, k))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sensor import _core
-from sensor.track import hash_columns
+from sensor.track import hash_columns, isin_keys
 
 EXACT_UNIQUE_LIMIT = 4096
 """Distinct values kept exactly per group and unique-count aggregate before a sketch takes over."""
@@ -95,7 +95,7 @@ class RuleTable:
         dropped = 0
         if not len(other):
             return 0
-        fresh = ~np.isin(other.keys, self.keys)
+        fresh = ~isin_keys(other.keys, self.keys)
         room = max(limit - len(self.keys), 0)
         if np.count_nonzero(fresh) > room:
             keep = ~fresh
@@ -147,7 +147,7 @@ class RuleTable:
         sketches = self.sketches[name]
         if sketches:                                  # values of sketched groups go to their sketch
             sk = np.fromiter(sketches.keys(), dtype=np.uint64, count=len(sketches))
-            big = np.isin(groups, sk)
+            big = isin_keys(groups, sk)
             for gk in np.unique(groups[big]).tolist():
                 sketches[gk].update(values[big & (groups == gk)].tolist())
             groups, values = groups[~big], values[~big]
@@ -174,7 +174,7 @@ class RuleTable:
         kept = set(out.keys.tolist())
         for name in self.uniques:
             g, v = self.pairs[name]
-            inside = np.isin(g, out.keys)
+            inside = isin_keys(g, out.keys)
             out.pairs[name] = (g[inside], v[inside])
             out.sketches[name] = {k: s for k, s in self.sketches[name].items() if k in kept}
         return out

@@ -19,7 +19,7 @@ from sensor.detectors.rule_table import DOMAIN_WIDTH, SAMPLE_WIDTH, SAMPLES, Rul
 from sensor.parse.batch import address_text
 from sensor.features import FeatureTable
 from sensor.rules import Rule
-from sensor.track import hash_columns
+from sensor.track import hash_columns, isin_keys
 
 _NO_ADDRESS = bytes(16)
 
@@ -45,7 +45,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     out.server = table.server_addr[rows] if "server" in rule.group_by else empty
     m = table.batch.messages
     arena = table.batch.arena
-    new = ~np.isin(out.keys, known) if known is not None and len(known) else np.ones(g, dtype=bool)
+    new = ~isin_keys(out.keys, known) if known is not None and len(known) else np.ones(g, dtype=bool)
     rows_new = rows[new]
     out.domain = np.zeros(g, dtype=f"S{DOMAIN_WIDTH}")
     if "regdom" in rule.group_by:

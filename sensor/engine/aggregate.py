@@ -18,7 +18,7 @@ from sensor import _core, schema
 from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.parse.batch import Batch, address_text
 from sensor.track import (ANSWERED, DUPLICATE, LEG_CLIENT, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
-                          hash_columns, address_words)
+                          address_words, hash_columns, isin_keys)
 
 OPT = 41
 OTHER_RESOLVER = "other"
@@ -102,12 +102,12 @@ class SeenCounts:
             limit: int) -> int:
         """Fold rows in (keys may repeat); returns the count of rows dropped at the limit."""
         dropped = 0
-        fresh = ~np.isin(keys, self.keys)
+        fresh = ~isin_keys(keys, self.keys)
         room = limit - len(self.keys)
         if np.count_nonzero(fresh) > room:
             # only distinct new keys take room; repeats of a kept key stay
             new_keys = np.unique(keys[fresh])[:max(room, 0)]
-            keep = ~fresh | np.isin(keys, new_keys)
+            keep = ~fresh | isin_keys(keys, new_keys)
             dropped = int(count[~keep].sum())
             keys, first, last, count = keys[keep], first[keep], last[keep], count[keep]
         all_keys = np.concatenate([self.keys, keys])
@@ -488,14 +488,14 @@ class Accumulator:
     def _add_seen(self, table: SeenCounts, texts: dict, known: np.ndarray, row_keys: np.ndarray,
                   ts: np.ndarray, identity) -> np.ndarray:
         """Fold one batch's rows into `table`; text is built only for keys never seen
-        before (`known`, sorted, is returned updated)."""
+        before (`known` is returned updated)."""
         keys, first_idx, counts, first, last = _group_times(row_keys, ts)
-        new = ~np.isin(keys, known, assume_unique=True)
+        new = ~isin_keys(keys, known)
         if new.any():
             for k, i in zip(keys[new].tolist(), first_idx[new].tolist()):
                 if k not in texts:
                     texts[k] = identity(i)
-            known = np.union1d(known, keys[new])
+            known = np.concatenate([known, keys[new]])
         lost = table.add(keys, first, last, counts, self.limits.max_pdns_rows)
         if lost:
             self.agg.dropped["pdns_overflow"] += lost

@@ -28,6 +28,7 @@ from sensor.engine.aggregate import (Aggregate, merge_malformed, merge_sensor_ro
                                      new_sensor_row, new_stats_row)
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store
+from sensor.track import isin_keys
 
 SERIES_EVERY_S = 60
 """Data time between two evaluations of the series against their baselines, live."""
@@ -251,7 +252,7 @@ class Writer:
             lost = open_groups.add(part, self.config.limits.max_rule_groups)
             if lost:
                 agg.dropped["rule_groups_overflow"] += lost
-            touched = np.isin(open_groups.keys, part.keys)
+            touched = isin_keys(open_groups.keys, part.keys)
             found = verdicts(rule, open_groups, self.config.sensor_name, touched,
                              limit=self.config.limits.max_verdicts_per_rule)
             if found.capped:

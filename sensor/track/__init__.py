@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sensor import _core
 from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.schema import ANOMALY_BIT
 
@@ -53,6 +54,12 @@ def hash_columns(*columns: np.ndarray) -> np.ndarray:
     for c in columns:
         h = _mix(h, c)
     return (h ^ (h >> np.uint64(29))) * _M2
+
+
+def isin_keys(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """np.isin for 64-bit keys, through a hash table instead of sorting both sides."""
+    return _core.isin_u64(np.ascontiguousarray(values, dtype=np.uint64),
+                          np.ascontiguousarray(keys, dtype=np.uint64))
 
 
 def address_words(values: np.ndarray) -> np.ndarray:
@@ -165,7 +172,7 @@ class Tracker:
             multi[mresp[shared]] = True
         unmatched = resp_msg[~matched]
         query_loose = np.concatenate([p["loose"], loose[qi]])
-        mismatch = np.isin(loose[unmatched], query_loose)
+        mismatch = isin_keys(loose[unmatched], query_loose)
         state[unmatched[mismatch]] = MISMATCHED
         state[unmatched[~mismatch]] = UNSOLICITED
 
