@@ -1858,39 +1858,53 @@ def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def isin_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
-    """Whether each value is among `keys`: np.isin for 64-bit keys through one hash table
-    of the keys, without the sorts (and the two np.unique calls) np.isin makes."""
-    cdef Py_ssize_t n = values.shape[0], m = keys.shape[0], i
+cdef object _key_slots(const uint64_t[::1] keys):
+    """Open-addressing table of `keys` (slot -> row, -1 empty) and its mask."""
+    cdef Py_ssize_t m = keys.shape[0], i
     cdef Py_ssize_t cap = 16
-    out_arr = np.zeros(n, dtype=bool)
-    if n == 0 or m == 0:
-        return out_arr
     while cap < 2 * m:
         cap *= 2
+    slots_arr = np.full(cap, -1, dtype=np.int64)
+    cdef int64_t[::1] slots = slots_arr
     cdef uint64_t mask = <uint64_t>(cap - 1)
-    slot_keys_arr = np.empty(cap, dtype=np.uint64)
-    used_arr = np.zeros(cap, dtype=np.uint8)
-    cdef uint64_t[::1] slot_keys = slot_keys_arr
-    cdef uint8_t[::1] used = used_arr
-    cdef uint8_t[::1] out = out_arr.view(np.uint8)
     cdef uint64_t k, slot
     for i in range(m):
         k = keys[i]
         slot = ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
-        while used[slot] and slot_keys[slot] != k:
+        while slots[slot] != -1 and keys[slots[slot]] != k:
             slot = (slot + 1) & mask
-        used[slot] = 1
-        slot_keys[slot] = k
+        if slots[slot] == -1:
+            slots[slot] = i
+    return slots_arr
+
+
+def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
+    """Row of each value in `keys` (its first occurrence), -1 when absent: a lookup through
+    one hash table of the keys instead of sorting them for searchsorted."""
+    cdef Py_ssize_t n = values.shape[0], i
+    out_arr = np.full(n, -1, dtype=np.int64)
+    if n == 0 or keys.shape[0] == 0:
+        return out_arr
+    slots_arr = _key_slots(keys)
+    cdef int64_t[::1] slots = slots_arr
+    cdef int64_t[::1] out = out_arr
+    cdef uint64_t mask = <uint64_t>(slots.shape[0] - 1)
+    cdef uint64_t k, slot
     for i in range(n):
         k = values[i]
         slot = ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
-        while used[slot]:
-            if slot_keys[slot] == k:
-                out[i] = 1
+        while slots[slot] != -1:
+            if keys[slots[slot]] == k:
+                out[i] = slots[slot]
                 break
             slot = (slot + 1) & mask
     return out_arr
+
+
+def isin_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
+    """Whether each value is among `keys`: np.isin for 64-bit keys through one hash table
+    of the keys, without the sorts (and the two np.unique calls) np.isin makes."""
+    return index_u64(values, keys) >= 0
 
 
 def first_label_stats(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths):

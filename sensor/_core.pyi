@@ -29,6 +29,7 @@ def span_hashes(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.nd
 
 def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
 def isin_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
+def index_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
     """Group equal 64-bit keys in one pass, in order of first appearance: (first row per group,
     group per row, rows per group[, min ts, max ts])."""
 

@@ -397,3 +397,13 @@ def test_isin_keys_agrees_with_numpy(values, keys):
     from sensor.track import isin_keys
     v, k = np.array(values, dtype=np.uint64), np.array(keys, dtype=np.uint64)
     assert np.array_equal(isin_keys(v, k), np.isin(v, k))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200),
+       st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200))
+def test_index_keys_finds_first_occurrence(values, keys):
+    from sensor.track import index_keys
+    v, k = np.array(values, dtype=np.uint64), np.array(keys, dtype=np.uint64)
+    expected = [keys.index(x) if x in keys else -1 for x in values]
+    assert index_keys(v, k).tolist() == expected

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from sensor import _core
-from sensor.track import hash_columns, isin_keys
+from sensor.track import hash_columns, index_keys, isin_keys
 
 EXACT_UNIQUE_LIMIT = 4096
 """Distinct values kept exactly per group and unique-count aggregate before a sketch takes over."""
@@ -186,8 +186,8 @@ class RuleTable:
         groups, _ = self.pairs[name]
         counts = np.zeros(len(self.keys), dtype=np.int64)
         if len(groups):
-            order = np.argsort(self.keys)
-            counts = np.bincount(order[np.searchsorted(self.keys[order], groups)], minlength=len(self.keys))
+            at = index_keys(groups, self.keys)
+            counts = np.bincount(at[at >= 0], minlength=len(self.keys))
         sketches = self.sketches[name]
         if sketches:
             index = {k: i for i, k in enumerate(self.keys.tolist())}

@@ -62,6 +62,12 @@ def isin_keys(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
                           np.ascontiguousarray(keys, dtype=np.uint64))
 
 
+def index_keys(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row of each value among 64-bit `keys` (first occurrence), -1 when absent."""
+    return _core.index_u64(np.ascontiguousarray(values, dtype=np.uint64),
+                           np.ascontiguousarray(keys, dtype=np.uint64))
+
+
 def address_words(values: np.ndarray) -> np.ndarray:
     """16-byte addresses (V16) as two uint64 words per row."""
     return np.ascontiguousarray(values).view("<u8").reshape(-1, 2)
