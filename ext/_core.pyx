@@ -1858,6 +1858,18 @@ def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+def mix_u64(uint64_t[::1] h, const uint64_t[::1] x):
+    """h = (h ^ x) * 0x9E3779B97F4A7C15, then h ^= h >> 31, in place: one column into
+    sensor.track.hash_columns' row keys without numpy's temporaries."""
+    cdef Py_ssize_t n = h.shape[0], i
+    cdef uint64_t v
+    if x.shape[0] != n:
+        raise ValueError("columns differ in length")
+    for i in range(n):
+        v = (h[i] ^ x[i]) * <uint64_t>0x9E3779B97F4A7C15
+        h[i] = v ^ (v >> 31)
+
+
 cdef object _key_slots(const uint64_t[::1] keys):
     """Open-addressing table of `keys` (slot -> row, -1 empty) and its mask."""
     cdef Py_ssize_t m = keys.shape[0], i

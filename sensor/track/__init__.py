@@ -39,20 +39,19 @@ PENDING_DTYPE = np.dtype([("key", "<u8"), ("loose", "<u8"), ("ts", "<f8"),
                           ("resolver", "V16"), ("leg", "u1")])
 UNANSWERED_DTYPE = np.dtype([("ts", "<f8"), ("resolver", "V16"), ("leg", "u1")])
 
-_M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
 
 
-def _mix(h: np.ndarray, x: np.ndarray) -> np.ndarray:
-    h = (h ^ x.astype(np.uint64)) * _M1
-    return h ^ (h >> np.uint64(31))
-
-
 def hash_columns(*columns: np.ndarray) -> np.ndarray:
-    """One 64-bit key per row from several integer columns: the engine's group keys."""
+    """One 64-bit key per row from several integer columns: the engine's group keys.
+    Each column is mixed in with h = (h ^ x) * M1; h ^= h >> 31, the rows finished
+    with (h ^ h >> 29) * M2 (the mixing runs in the core, in place)."""
     h = np.full(len(columns[0]), 0x243F6A8885A308D3, dtype=np.uint64)
     for c in columns:
-        h = _mix(h, c)
+        x = np.asarray(c)
+        if x.shape != h.shape:
+            x = np.broadcast_to(x, h.shape)
+        _core.mix_u64(h, np.ascontiguousarray(x.astype(np.uint64, copy=False)))
     return (h ^ (h >> np.uint64(29))) * _M2
 
 
