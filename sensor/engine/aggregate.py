@@ -1,7 +1,7 @@
 """What a worker sends the writer: per-batch results folded into small tables.
 
 `accumulate` turns a parsed batch and its tracking result into group counts
-with numpy (np.unique / bincount on 64-bit keys); only the distinct groups
+with numpy and the core's one-pass grouping of 64-bit keys; only the distinct groups
 become Python values. An `Aggregate` merges with another, so a worker whose
 queue to the writer is full keeps folding batches into the next one instead
 of dropping them.
@@ -224,6 +224,14 @@ def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inverse
 
 
+def _distinct_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct keys in order of first appearance, rows of each): np.unique's counts
+    from one hash pass instead of a sort."""
+    keys = np.ascontiguousarray(keys, dtype=np.uint64)
+    first, _, counts = _core.group_u64(keys)
+    return keys[first], counts
+
+
 def _group_times(keys: np.ndarray, ts: np.ndarray):
     """One pass: (distinct keys, index of a member of each, count, first ts, last ts)."""
     keys = np.ascontiguousarray(keys, dtype=np.uint64)
@@ -332,29 +340,38 @@ class Accumulator:
         size = msgs["size"].astype(np.float64)
         state = track.state
 
-        def count(mask: np.ndarray, weights: np.ndarray | None = None) -> list:
-            w = mask.astype(np.float64) if weights is None else np.where(mask, weights, 0.0)
-            return np.bincount(inv, weights=w, minlength=g).tolist()
+        # One bincount per categorical column over (group, category) cells instead of a
+        # mask and a bincount per counter.
+        def per_group(category: np.ndarray, cells: int, weights: np.ndarray | None = None) -> np.ndarray:
+            return np.bincount(inv * cells + category, weights=weights, minlength=g * cells).reshape(g, cells)
 
+        direction = isr.astype(np.int64)
+        by_dir = per_group(direction, 2).astype(np.int64)
+        bytes_by_dir = per_group(direction, 2, size)
+        rcode_cell = np.select([rcode == 0, rcode == 3, rcode == 2, rcode == 5], [1, 2, 3, 4], 0)
+        by_rcode = per_group(np.where(isr, rcode_cell, 0), 5).astype(np.int64)
+        by_state = per_group(state.astype(np.int64), 5).astype(np.int64)
         columns = {
-            "queries": count(isq), "responses": count(isr),
-            "noerror": count(isr & (rcode == 0)), "nxdomain": count(isr & (rcode == 3)),
-            "servfail": count(isr & (rcode == 2)), "refused": count(isr & (rcode == 5)),
-            "bytes_queries": count(isq, size), "bytes_responses": count(isr, size),
-            "answered": count(state == ANSWERED), "unsolicited": count(state == UNSOLICITED),
-            "mismatched": count(state == MISMATCHED), "duplicate": count(state == DUPLICATE),
-            "rtt_count": count(state == ANSWERED),
+            "queries": by_dir[:, 0], "responses": by_dir[:, 1],
+            "noerror": by_rcode[:, 1], "nxdomain": by_rcode[:, 2],
+            "servfail": by_rcode[:, 3], "refused": by_rcode[:, 4],
+            "bytes_queries": bytes_by_dir[:, 0], "bytes_responses": bytes_by_dir[:, 1],
+            "answered": by_state[:, ANSWERED], "unsolicited": by_state[:, UNSOLICITED],
+            "mismatched": by_state[:, MISMATCHED], "duplicate": by_state[:, DUPLICATE],
+            "rtt_count": by_state[:, ANSWERED],
         }
-        rtt_ms = count(state == ANSWERED, np.nan_to_num(track.rtt) * 1000.0)
-        # (group, value) pairs packed into one uint64 so np.unique sorts plain integers.
+        columns = {name: values.tolist() for name, values in columns.items()}
+        rtt_ms = np.bincount(inv, weights=np.where(state == ANSWERED, np.nan_to_num(track.rtt) * 1000.0, 0.0),
+                             minlength=g).tolist()
+        # (group, value) pairs packed into one uint64: distinct pairs are plain integers.
         inv64 = inv.astype(np.uint64) << np.uint64(GROUP_SHIFT)
         cw = address_words(track.client)
-        pairs = np.unique(inv64 | (hash_columns(cw[:, 0], cw[:, 1]) & np.uint64(CLIENT_HASH_MASK)))
+        pairs = np.sort(_distinct_counts(inv64 | (hash_columns(cw[:, 0], cw[:, 1]) & np.uint64(CLIENT_HASH_MASK)))[0])
         pair_group = (pairs >> np.uint64(GROUP_SHIFT)).astype(np.int64)
         bounds = np.searchsorted(pair_group, np.arange(g + 1))
         client_ids = (pairs & np.uint64(CLIENT_HASH_MASK)).tolist()
-        rq, rn = np.unique(inv64[isr] | rcode[isr].astype(np.uint64), return_counts=True)
-        qq, qn = np.unique(inv64[isq] | msgs["qtype"][isq].astype(np.uint64), return_counts=True)
+        rq, rn = _distinct_counts(inv64[isr] | rcode[isr].astype(np.uint64))
+        qq, qn = _distinct_counts(inv64[isq] | msgs["qtype"][isq].astype(np.uint64))
         rows = [self._stats_row(k) for k in group_keys]
         for gi, row in enumerate(rows):
             for name, values in columns.items():

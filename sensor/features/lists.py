@@ -122,7 +122,7 @@ class NamePattern:
         offsets = np.ascontiguousarray(offsets, dtype=np.uint32)
         lengths = np.ascontiguousarray(lengths, dtype=np.uint32)
         keys = _core.span_hashes(arena, offsets, lengths)
-        distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        first, inverse, _ = _core.group_u64(keys)
         search = self.compiled.search
         hits = np.fromiter((search(arena[o:o + n].decode("ascii", "replace")) is not None
                             for o, n in zip(offsets[first].tolist(), lengths[first].tolist())),
