@@ -1856,8 +1856,29 @@ def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
     return first_arr[:ngroups], inverse_arr, counts_arr[:ngroups]
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
+def group_order_u64(const uint64_t[::1] keys):
+    """A permutation that brings equal keys together: groups in order of first
+    appearance, rows in their original order within a group (a counting sort over
+    group_u64's groups: linear, where a stable sort by key value is n log n)."""
+    cdef Py_ssize_t n = keys.shape[0], i
+    first_arr, inverse_arr, counts_arr = group_u64(keys)
+    cdef int64_t[::1] inverse = inverse_arr
+    cdef int64_t[::1] counts = counts_arr
+    cdef Py_ssize_t g = first_arr.shape[0]
+    next_arr = np.empty(g, dtype=np.int64)
+    cdef int64_t[::1] nxt = next_arr
+    cdef int64_t total = 0
+    for i in range(g):
+        nxt[i] = total
+        total += counts[i]
+    order_arr = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] order = order_arr
+    for i in range(n):
+        order[nxt[inverse[i]]] = i
+        nxt[inverse[i]] += 1
+    return order_arr
+
+
 def mix_u64(uint64_t[::1] h, const uint64_t[::1] x):
     """h = (h ^ x) * 0x9E3779B97F4A7C15, then h ^= h >> 31, in place: one column into
     sensor.track.hash_columns' row keys without numpy's temporaries."""
@@ -1919,6 +1940,8 @@ def isin_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
     return index_u64(values, keys) >= 0
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def first_label_stats(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths):
     """Per name in presentation form: (length, digits, hex characters) of its leftmost label."""
     cdef Py_ssize_t n = offsets.shape[0], i

@@ -407,3 +407,23 @@ def test_index_keys_finds_first_occurrence(values, keys):
     v, k = np.array(values, dtype=np.uint64), np.array(keys, dtype=np.uint64)
     expected = [keys.index(x) if x in keys else -1 for x in values]
     assert index_keys(v, k).tolist() == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 6), st.booleans()), max_size=60), st.booleans())
+def test_event_order_matches_lexsort(events, time_ordered):
+    """Tracking's shortcut (a linear grouping of equal keys when events come in time order)
+    orders each key's events exactly as the three-key lexsort does, in order or not."""
+    from sensor.track import _by_key_time_kind
+    if time_ordered:
+        events = sorted(events, key=lambda e: (e[1], e[2]))
+    key = np.array([e[0] for e in events], dtype=np.uint64)
+    ts = np.array([e[1] for e in events], dtype=np.float64)
+    kind = np.array([e[2] for e in events], dtype=np.uint8)
+    order = _by_key_time_kind(key, ts, kind)
+    assert sorted(order.tolist()) == list(range(len(events)))
+    runs = [k for i, k in enumerate(key[order].tolist()) if i == 0 or k != key[order][i - 1]]
+    assert len(runs) == len(set(runs))                       # each key's events together
+    expected = np.lexsort((kind, ts, key))
+    for k in set(runs):
+        assert [i for i in order.tolist() if key[i] == k] == [i for i in expected.tolist() if key[i] == k]

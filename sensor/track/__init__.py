@@ -80,6 +80,21 @@ def is_multicast(words: np.ndarray) -> np.ndarray:
     return v4 | v6
 
 
+def _by_key_time_kind(key: np.ndarray, ts: np.ndarray, is_response: np.ndarray) -> np.ndarray:
+    """An order of events with equal keys together, by time within a key, queries before
+    responses at the same time (what matching needs; keys need not be sorted). Events
+    already in (time, kind) order, as a capture nearly always is, need only a linear
+    grouping of equal keys; anything else takes the three-key lexsort."""
+    if len(ts) > 1:
+        later = ts[1:] > ts[:-1]
+        in_order = bool(np.all(later | ((ts[1:] == ts[:-1]) & (is_response[1:] >= is_response[:-1]))))
+    else:
+        in_order = True
+    if in_order:
+        return _core.group_order_u64(np.ascontiguousarray(key, dtype=np.uint64))
+    return np.lexsort((is_response, ts, key))
+
+
 @dataclass
 class TrackResult:
     state: np.ndarray            # uint8 per message (NONE for queries)
@@ -123,7 +138,7 @@ class Tracker:
         isq = msgs["qr"] == 0
         client_w = np.where(isq[:, None], sw, dw)
         server_w = np.where(isq[:, None], dw, sw)
-        client = np.where(isq, src, dst)
+        client = client_w.view("V16").reshape(-1)       # the same 16 bytes, chosen as words
         cport = np.where(isq, msgs["sport"], msgs["dport"]).astype(np.uint64)
         sport = np.where(isq, msgs["dport"], msgs["sport"]).astype(np.uint64)
         question = (msgs["qtype"].astype(np.uint64) << np.uint64(16)) | msgs["qclass"].astype(np.uint64)
@@ -134,7 +149,7 @@ class Tracker:
                       question, msgs["name_hash"])
         upstream = self._is_resolver(client_w)
         leg = upstream.astype(np.uint8)
-        resolver = np.where(upstream, client, np.where(isq, dst, src))
+        resolver = np.where(upstream[:, None], client_w, server_w).view("V16").reshape(-1)
         tracked = (~is_multicast(dw) & ~is_multicast(sw)
                    & ((msgs["anomalies"] & np.uint64(UNTRACKABLE)) == 0))
         ts = msgs["ts"]
@@ -144,16 +159,17 @@ class Tracker:
         state = np.zeros(n, dtype=np.uint8)
         rtt = np.full(n, np.nan)
         qi = np.flatnonzero(isq & tracked)
-        ri = np.flatnonzero(~isq & tracked)
         p = self.pending
         np_ = len(p)
-        # Events: pending queries, this batch's queries, its responses.
-        ev_key = np.concatenate([p["key"], key[qi], key[ri]])
-        ev_ts = np.concatenate([p["ts"], ts[qi], ts[ri]])
-        ev_resp = np.concatenate([np.zeros(np_ + len(qi), dtype=np.uint8), np.ones(len(ri), dtype=np.uint8)])
+        # Events: pending queries (kept in time order), then this batch's tracked
+        # messages in capture order.
+        ti = np.flatnonzero(tracked)
+        ev_key = np.concatenate([p["key"], key[ti]])
+        ev_ts = np.concatenate([p["ts"], ts[ti]])
+        ev_resp = np.concatenate([np.zeros(np_, dtype=np.uint8), (~isq[ti]).view(np.uint8)])
         # Where each event came from: pending row, or message index.
-        ev_from = np.concatenate([np.arange(np_), qi, ri])
-        order = np.lexsort((ev_resp, ev_ts, ev_key))
+        ev_from = np.concatenate([np.arange(np_), ti])
+        order = _by_key_time_kind(ev_key, ev_ts, ev_resp)
         sk, sts, sresp, sfrom = ev_key[order], ev_ts[order], ev_resp[order], ev_from[order]
         is_query_pos = sresp == 0
         pos = np.arange(len(order))
@@ -198,6 +214,8 @@ class Tracker:
         fill["resolver"], fill["leg"] = resolver[bp], leg[bp]
         new_pending[~from_pending] = fill
 
+        if len(new_pending) > 1 and np.any(new_pending["ts"][1:] < new_pending["ts"][:-1]):
+            new_pending = new_pending[np.argsort(new_pending["ts"], kind="stable")]
         expired = new_pending["ts"] < now - self.limits.query_timeout_s
         unanswered = self._unanswered(new_pending[expired])
         new_pending = new_pending[~expired]
