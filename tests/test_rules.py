@@ -218,6 +218,30 @@ def test_unique_counts_are_exact_then_a_sketch_and_merge_across_processes():
     assert big.count.tolist() == [n + n]
 
 
+def test_unique_counts_merge_batch_by_batch(monkeypatch):
+    """Pairs folded in over many batches (repeats within and across batches, several
+    groups, one growing past the exact limit part-way) count what a set of them counts."""
+    import sensor.detectors.rule_table as rule_table
+    monkeypatch.setattr(rule_table, "EXACT_UNIQUE_LIMIT", 40)
+    rng = np.random.default_rng(5)
+    t = _one_group([])
+    t.keys = np.array([1, 2, 3], dtype=np.uint64)
+    truth: dict[int, set] = {1: set(), 2: set(), 3: set()}
+    for _ in range(30):
+        groups = rng.choice([1, 2, 3], size=25, p=[0.6, 0.3, 0.1]).astype(np.uint64)
+        values = np.where(groups == 1, rng.integers(0, 100, 25), rng.integers(0, 20, 25)).astype(np.uint64)
+        t._merge_pairs("u", groups, values)
+        for g, v in zip(groups.tolist(), values.tolist()):
+            truth[g].add(v)
+    counts = dict(zip(t.keys.tolist(), t.unique_counts("u").tolist()))
+    assert len(truth[1]) > 40 and 1 in t.sketches["u"]                 # moved to a sketch
+    assert abs(counts[1] - len(truth[1])) <= 2
+    assert set(t.sketches["u"]) == {1}
+    assert counts[2] == len(truth[2]) and counts[3] == len(truth[3])  # still exact
+    assert 1 not in t.pairs["u"][0].tolist()
+    assert len(t.pair_keys["u"]) == len(t.pairs["u"][0])
+
+
 def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
     import subprocess
     import sys

@@ -77,9 +77,12 @@ class RuleTable:
         self.first = np.empty(0, dtype=np.float64)
         self.last = np.empty(0, dtype=np.float64)
         self.values = np.empty((0, len(numeric)), dtype=np.float64)
-        # per unique aggregate: distinct (group key, value) pairs, and sketches of big groups
+        # per unique aggregate: distinct (group key, value) pairs with the hash of each pair
+        # (so a batch's pairs are checked against them without rehashing), and sketches of
+        # big groups
         self.pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {
             name: (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)) for name in uniques}
+        self.pair_keys: dict[str, np.ndarray] = {name: np.empty(0, dtype=np.uint64) for name in uniques}
         self.sketches: dict[str, dict[int, HllCounter]] = {name: {} for name in uniques}
 
     def __len__(self) -> int:
@@ -151,21 +154,29 @@ class RuleTable:
             for gk in np.unique(groups[big]).tolist():
                 sketches[gk].update(values[big & (groups == gk)].tolist())
             groups, values = groups[~big], values[~big]
+        keys = hash_columns(groups, values)
+        first, _ = _reduce(keys)
+        fresh = first[~isin_keys(keys[first], self.pair_keys[name])]
+        if not len(fresh):
+            return
         old_g, old_v = self.pairs[name]
-        all_g, all_v = np.concatenate([old_g, groups]), np.concatenate([old_v, values])
-        first, _ = _reduce(hash_columns(all_g, all_v))
-        all_g, all_v = all_g[first], all_v[first]
-        gfirst, ginv = _reduce(all_g)
-        sizes = np.bincount(ginv, minlength=len(gfirst))
-        over = np.flatnonzero(sizes > EXACT_UNIQUE_LIMIT)
+        all_g = np.concatenate([old_g, groups[fresh]])
+        all_v = np.concatenate([old_v, values[fresh]])
+        all_k = np.concatenate([self.pair_keys[name], keys[fresh]])
+        # only groups that gained values can have grown past the exact limit
+        grown = np.unique(groups[fresh])
+        at = index_keys(all_g, grown)
+        sizes = np.bincount(at[at >= 0], minlength=len(grown))
+        over = grown[sizes > EXACT_UNIQUE_LIMIT]
         if len(over):
-            moving = np.isin(ginv, over)
-            for gi in over.tolist():
+            moving = isin_keys(all_g, over)
+            for gk in over.tolist():
                 counter = HllCounter()
-                counter.update(all_v[ginv == gi].tolist())
-                sketches[int(all_g[gfirst[gi]])] = counter
-            all_g, all_v = all_g[~moving], all_v[~moving]
+                counter.update(all_v[moving & (all_g == gk)].tolist())
+                sketches[int(gk)] = counter
+            all_g, all_v, all_k = all_g[~moving], all_v[~moving], all_k[~moving]
         self.pairs[name] = (all_g, all_v)
+        self.pair_keys[name] = all_k
 
     def select(self, mask: np.ndarray) -> "RuleTable":
         out = self.empty_like()
@@ -176,6 +187,7 @@ class RuleTable:
             g, v = self.pairs[name]
             inside = isin_keys(g, out.keys)
             out.pairs[name] = (g[inside], v[inside])
+            out.pair_keys[name] = self.pair_keys[name][inside]
             out.sketches[name] = {k: s for k, s in self.sketches[name].items() if k in kept}
         return out
 
