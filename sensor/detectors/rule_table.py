@@ -164,7 +164,8 @@ class RuleTable:
         all_v = np.concatenate([old_v, values[fresh]])
         all_k = np.concatenate([self.pair_keys[name], keys[fresh]])
         # only groups that gained values can have grown past the exact limit
-        grown = np.unique(groups[fresh])
+        gained = groups[fresh]
+        grown = gained[_reduce(gained)[0]]
         at = index_keys(all_g, grown)
         sizes = np.bincount(at[at >= 0], minlength=len(grown))
         over = grown[sizes > EXACT_UNIQUE_LIMIT]
