@@ -652,7 +652,7 @@ cdef class Core:
     cdef Arena arena
     cdef uint64_t counters[N_COUNTERS]
     cdef uint8_t[::1] port_map
-    cdef uint64_t[::1] psl_table
+    cdef const uint64_t[::1] psl_table
     cdef uint64_t psl_mask
     cdef int max_questions
     cdef int max_records

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -61,7 +61,12 @@ class SuffixRules:
     def table(self) -> np.ndarray:
         """The compiled core's suffix table: entry = key << FLAG_BITS | flags, where key
         is the reversed-label hash shifted right by FLAG_BITS; slot = key & mask, linear
-        probing, a power-of-two size at least twice the count, 0 meaning empty."""
+        probing, a power-of-two size at least twice the count, 0 meaning empty. Built
+        once per rule set and shared, read-only, by every parser."""
+        return self._table
+
+    @cached_property
+    def _table(self) -> np.ndarray:
         from sensor._core import fnv1a64
 
         flags: dict[str, int] = {}
@@ -84,6 +89,7 @@ class SuffixRules:
             while table[slot] and int(table[slot]) >> FLAG_BITS != key:
                 slot = (slot + 1) & mask
             table[slot] = key << FLAG_BITS | flag
+        table.flags.writeable = False
         return table
 
     def registered_label(self, labels: list[str]) -> int:
