@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sensor import _core
-from sensor.track import hash_columns, index_keys, isin_keys
+from sensor.track import hash_columns, index_keys, isin_keys, key_groups
 
 EXACT_UNIQUE_LIMIT = 4096
 """Distinct values kept exactly per group and unique-count aggregate before a sketch takes over."""
@@ -55,12 +54,6 @@ class HllCounter:
     def __setstate__(self, blob) -> None:
         import datasketches
         self.sketch = datasketches.hll_sketch.deserialize(blob)
-
-
-def _reduce(keys: np.ndarray):
-    """(first row of each distinct key, group of each row), in order of first appearance."""
-    first, inverse, _ = _core.group_u64(np.ascontiguousarray(keys, dtype=np.uint64))
-    return first, inverse
 
 
 class RuleTable:
@@ -106,7 +99,7 @@ class RuleTable:
             dropped = int(other.count[~keep].sum())
             other = other.select(keep)
         keys = np.concatenate([self.keys, other.keys])
-        first, inverse = _reduce(keys)
+        first, inverse, _ = key_groups(keys)
         g = len(first)
 
         def cat(a, b):
@@ -155,7 +148,7 @@ class RuleTable:
                 sketches[gk].update(values[big & (groups == gk)].tolist())
             groups, values = groups[~big], values[~big]
         keys = hash_columns(groups, values)
-        first, _ = _reduce(keys)
+        first, _, _ = key_groups(keys)
         fresh = first[~isin_keys(keys[first], self.pair_keys[name])]
         if not len(fresh):
             return
@@ -165,7 +158,7 @@ class RuleTable:
         all_k = np.concatenate([self.pair_keys[name], keys[fresh]])
         # only groups that gained values can have grown past the exact limit
         gained = groups[fresh]
-        grown = gained[_reduce(gained)[0]]
+        grown = gained[key_groups(gained)[0]]
         at = index_keys(all_g, grown)
         sizes = np.bincount(at[at >= 0], minlength=len(grown))
         over = grown[sizes > EXACT_UNIQUE_LIMIT]

@@ -17,8 +17,9 @@ import numpy as np
 from sensor import _core, schema
 from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.parse.batch import Batch, address_text
+from sensor.store.schema import MINUTE_COUNTERS, STATS_COUNTERS
 from sensor.track import (ANSWERED, DUPLICATE, LEG_CLIENT, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
-                          address_words, hash_columns, isin_keys)
+                          address_words, hash_columns, isin_keys, key_groups)
 
 OPT = 41
 OTHER_RESOLVER = "other"
@@ -27,9 +28,7 @@ GROUP_SHIFT = 40
 CLIENT_HASH_MASK = (1 << GROUP_SHIFT) - 1
 OTHER_KEY = 0x6F74686572
 """Hash input of the per-minute 'other' row of the domain breakdown."""
-STATS_COUNTER_NAMES = ("queries", "responses", "noerror", "nxdomain", "servfail", "refused",
-                       "bytes_queries", "bytes_responses", "answered", "unanswered", "unsolicited",
-                       "mismatched", "duplicate", "rtt_count")
+STATS_COUNTER_NAMES = tuple(name for name, _ in STATS_COUNTERS)
 
 
 def new_stats_row() -> dict[str, Any]:
@@ -38,7 +37,7 @@ def new_stats_row() -> dict[str, Any]:
     return row
 
 
-CLIENT_COLUMNS = ("queries", "responses", "nxdomain", "servfail", "bytes_queries", "bytes_responses")
+CLIENT_COLUMNS = tuple(name for name, _ in MINUTE_COUNTERS)
 
 
 class KeyedCounts:
@@ -57,7 +56,7 @@ class KeyedCounts:
 
     def add(self, keys: np.ndarray, minute: np.ndarray, label: np.ndarray, counts: np.ndarray) -> None:
         keys = np.concatenate([self.keys, keys])
-        first, inv = _groups(keys)
+        first, inv, _ = key_groups(keys)
         summed = np.stack([np.bincount(inv, weights=c, minlength=len(first))
                            for c in np.concatenate([self.counts, counts]).T], axis=1).astype(np.int64)
         self.minute = np.concatenate([self.minute, minute])[first]
@@ -115,7 +114,7 @@ class SeenCounts:
             return dropped
         all_first = np.concatenate([self.first, first])
         all_last = np.concatenate([self.last, last])
-        idx, inverse, _ = _core.group_u64(all_keys)
+        idx, inverse, _ = key_groups(all_keys)
         g = len(idx)
         self.keys = all_keys[idx]
         self.first = np.full(g, np.inf)
@@ -218,17 +217,10 @@ def merge_malformed(mine: dict[str, Any], other: dict[str, Any]) -> None:
     mine["samples"] = (mine["samples"] + [s for s in other["samples"] if s not in mine["samples"]])[:5]
 
 
-def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(index of one member per group, group of each row) for 64-bit keys."""
-    first, inverse, _ = _core.group_u64(np.ascontiguousarray(keys, dtype=np.uint64))
-    return first, inverse
-
-
 def _distinct_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct keys in order of first appearance, rows of each): np.unique's counts
     from one hash pass instead of a sort."""
-    keys = np.ascontiguousarray(keys, dtype=np.uint64)
-    first, _, counts = _core.group_u64(keys)
+    first, _, counts = key_groups(keys)
     return keys[first], counts
 
 
@@ -326,7 +318,7 @@ class Accumulator:
         minute = (ts // 60).astype(np.int64) * 60
         rw = address_words(resolver)
         keys = hash_columns(minute.astype(np.uint64), rw[:, 0], rw[:, 1], leg)
-        first, inverse = _groups(keys)
+        first, inverse, _ = key_groups(keys)
         group_keys = [(int(minute[i]), address_text(bytes(resolver[i])), LEG_NAMES[leg[i]])
                       for i in first.tolist()]
         return group_keys, inverse
@@ -389,7 +381,7 @@ class Accumulator:
     def _keyed_counts(keys: np.ndarray, minute: np.ndarray, isq: np.ndarray, rcode: np.ndarray,
                       size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first row of each key, its minute, CLIENT_COLUMNS counts per key)."""
-        first, inv = _groups(keys)
+        first, inv, _ = key_groups(keys)
         g = len(first)
         isr = ~isq
         counts = np.stack([np.bincount(inv, weights=w, minlength=g) for w in (
@@ -546,7 +538,7 @@ class Accumulator:
         server = np.where(isq, msgs["dst"], msgs["src"])
         window = (msgs["ts"] // self.window_s).astype(np.int64) * self.window_s
         cw, sw = address_words(client), address_words(server)
-        first_idx, inv = _groups(hash_columns(window.astype(np.uint64), cw[:, 0], cw[:, 1], sw[:, 0], sw[:, 1]))
+        first_idx, inv, _ = key_groups(hash_columns(window.astype(np.uint64), cw[:, 0], cw[:, 1], sw[:, 0], sw[:, 1]))
         table = self.agg.malformed
         for gi, i in enumerate(first_idx.tolist()):
             members = np.flatnonzero(inv == gi)

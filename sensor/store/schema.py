@@ -96,6 +96,16 @@ STATS_COUNTERS = (
     ("rtt_count", "matched responses with a round-trip time"),
 )
 
+MINUTE_COUNTERS = (
+    ("queries", "queries"),
+    ("responses", "responses"),
+    ("nxdomain", "NXDOMAIN responses"),
+    ("servfail", "SERVFAIL responses"),
+    ("bytes_queries", "DNS payload bytes of queries"),
+    ("bytes_responses", "DNS payload bytes of responses"),
+)
+"""Counters per minute of one client (clients) or one client network or domain (breakdown)."""
+
 STATS = Table(
     "stats", "Per minute and per resolver. The row with resolver '*' and leg 'sensor' holds the "
     "capture's own counters (kernel and every internal stage).",
@@ -120,12 +130,7 @@ CLIENTS = Table(
     "clients", "Per minute and per client (the querying side): the analysts' top talkers.",
     (C("minute", "INTEGER", "start of the minute"),
      C("client", "TEXT", "client address; 'other' collects clients beyond the per-minute limit"),
-     C("queries", "INTEGER", "queries sent"),
-     C("responses", "INTEGER", "responses received"),
-     C("nxdomain", "INTEGER", "NXDOMAIN responses received"),
-     C("servfail", "INTEGER", "SERVFAIL responses received"),
-     C("bytes_queries", "INTEGER", "DNS payload bytes sent"),
-     C("bytes_responses", "INTEGER", "DNS payload bytes received")),
+     *(C(name, "INTEGER", doc) for name, doc in MINUTE_COUNTERS)),
     key=("minute", "client"),
     indexes=(("client", "minute"),),
     time_column="minute")
@@ -137,12 +142,7 @@ BREAKDOWN = Table(
      C("scope", "TEXT", "network or domain"),
      C("key", "TEXT", "a configured client network (its /24 or /48 when none is configured) or a "
                       "registered domain; 'other' collects the rest beyond the per-minute limit"),
-     C("queries", "INTEGER", "queries"),
-     C("responses", "INTEGER", "responses"),
-     C("nxdomain", "INTEGER", "NXDOMAIN responses"),
-     C("servfail", "INTEGER", "SERVFAIL responses"),
-     C("bytes_queries", "INTEGER", "DNS payload bytes of queries"),
-     C("bytes_responses", "INTEGER", "DNS payload bytes of responses")),
+     *(C(name, "INTEGER", doc) for name, doc in MINUTE_COUNTERS)),
     key=("minute", "scope", "key"),
     indexes=(("scope", "key", "minute"),),
     time_column="minute")

@@ -55,6 +55,12 @@ def hash_columns(*columns: np.ndarray) -> np.ndarray:
     return (h ^ (h >> np.uint64(29))) * _M2
 
 
+def key_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal 64-bit keys grouped in one hash pass, groups in order of first appearance:
+    (first row of each group, group of each row, rows per group)."""
+    return _core.group_u64(np.ascontiguousarray(keys, dtype=np.uint64))
+
+
 def isin_keys(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """np.isin for 64-bit keys, through a hash table instead of sorting both sides."""
     return _core.isin_u64(np.ascontiguousarray(values, dtype=np.uint64),
@@ -221,10 +227,9 @@ class Tracker:
         new_pending = new_pending[~expired]
         evicted = np.empty(0)
         excess = len(new_pending) - self.limits.max_pending_queries
-        if excess > 0:
-            by_age = np.argsort(new_pending["ts"], kind="stable")
-            evicted = new_pending["ts"][by_age[:excess]]
-            new_pending = new_pending[np.sort(by_age[excess:])]
+        if excess > 0:                      # the oldest go: pending is in time order
+            evicted = new_pending["ts"][:excess]
+            new_pending = new_pending[excess:]
         self.pending = new_pending
 
         t = self.totals
