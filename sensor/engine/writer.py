@@ -99,7 +99,7 @@ class Writer:
                 self.store.add_breakdown(conn, "network", agg.networks.rows(self.config.limits.max_networks_per_minute, str))
                 self.store.add_breakdown(conn, "domain", agg.domains.rows(self.config.limits.max_domains_per_minute, str))
                 self.store.add_anomalies(conn, [(m, n, c) for (m, n), c in agg.anomalies.items()])
-                created = self._put_verdicts(conn, verdicts)
+                created = self.store.put_verdicts(conn, verdicts)
                 for worker, row in agg.workers.items():
                     self.store.put_worker(conn, {"worker": worker, **row})
         except sqlite3.Error as e:
@@ -150,7 +150,7 @@ class Writer:
             found = [v for end in ends for v in self.series_rule.verdicts(self.store, self.config.sensor_name, end)]
             if found:
                 with self.store.transaction() as conn:
-                    created = self._put_verdicts(conn, found)
+                    created = self.store.put_verdicts(conn, found)
         except sqlite3.Error as e:
             self.counters["store_errors"] += 1
             print(f"dnssensor: store: {e}; series verdicts retried next minute", file=sys.stderr)
@@ -158,15 +158,6 @@ class Writer:
             return 0
         self._send(created)
         return len(created)
-
-    def _put_verdicts(self, conn: sqlite3.Connection, verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Insert or update each verdict's row; the ones that are new, with their row id."""
-        created = []
-        for v in verdicts:
-            vid, new = self.store.put_verdict(conn, v)
-            if new:
-                created.append({**v, "id": vid})
-        return created
 
     def _send(self, created: list[dict[str, Any]]) -> None:
         """New verdicts to every syslog target (queued, never blocking)."""

@@ -137,21 +137,27 @@ class Store:
             out[name] = json.loads(out[name]) if out[name] else {}
         return out
 
-    def put_verdict(self, conn: sqlite3.Connection, v: dict[str, Any]) -> tuple[int, bool]:
-        """Insert or update the verdict row of v's entity and window; (row id, created)."""
-        key = [v[k] for k in VERDICTS.key]
-        found = conn.execute(
-            "SELECT id FROM verdicts WHERE " + " AND ".join(f"{k} = ?" for k in VERDICTS.key), key
-        ).fetchone()
+    def put_verdicts(self, conn: sqlite3.Connection, verdicts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert or update the row of each verdict's entity and window, in one statement
+        run over them all; the verdicts whose rows are new, with their row id (the last
+        values written when one row was written twice)."""
+        if not verdicts:
+            return []
         names = [c for c in VERDICTS.column_names() if c != "id"]
-        values = [_sql_value(v.get(n)) for n in names]
-        if found is None:
-            cur = conn.execute(f"INSERT INTO verdicts ({', '.join(names)}) VALUES "
-                               f"({', '.join('?' * len(names))})", values)
-            return int(cur.lastrowid), True
-        conn.execute(f"UPDATE verdicts SET {', '.join(f'{n} = ?' for n in names)} WHERE id = ?",
-                     values + [found[0]])
-        return int(found[0]), False
+        updated = [n for n in names if n not in VERDICTS.key]
+        # Row ids only grow, so the rows created here are those above the largest before.
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM verdicts").fetchone()[0]
+        conn.executemany(
+            f"INSERT INTO verdicts ({', '.join(names)}) VALUES ({', '.join('?' * len(names))}) "
+            f"ON CONFLICT({', '.join(VERDICTS.key)}) DO UPDATE SET "
+            + ", ".join(f"{n} = excluded.{n}" for n in updated),
+            [[_sql_value(v.get(n)) for n in names] for v in verdicts])
+        new_ids = {tuple(row[1:]): row[0] for row in conn.execute(
+            f"SELECT id, {', '.join(VERDICTS.key)} FROM verdicts WHERE id > ?", (before,))}
+        if not new_ids:
+            return []
+        latest = {tuple(v[k] for k in VERDICTS.key): v for v in verdicts}
+        return [{**v, "id": new_ids[key]} for key, v in latest.items() if key in new_ids]
 
     def put_worker(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
         names = WORKERS.column_names()
