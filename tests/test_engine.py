@@ -253,6 +253,36 @@ def test_retention_deletes_only_old_rows(tmp_path):
     store.close()
 
 
+def _verdict(domain: str, window_start: int, count: int) -> dict:
+    return {"ts": float(window_start), "kind": "tunnel", "severity": "high", "client": CLIENT,
+            "server": RESOLVER, "domain": domain, "detector": "test", "summary": f"{domain} {count}",
+            "evidence": {"count": count}, "count": count, "first_ts": float(window_start),
+            "last_ts": float(window_start + 1), "window_start": window_start, "sensor": "s"}
+
+
+def test_verdicts_are_upserted_per_entity_and_window(tmp_path):
+    store = Store(str(tmp_path / "v.db"))
+    with store.transaction() as conn:
+        created = store.put_verdicts(conn, [_verdict("a.example", 0, 1), _verdict("b.example", 0, 2),
+                                            _verdict("a.example", 0, 3)])
+    # One row per entity and window; a row written twice in one batch keeps the last values.
+    assert sorted((v["domain"], v["count"]) for v in created) == [("a.example", 3), ("b.example", 2)]
+    ids = {v["domain"]: v["id"] for v in created}
+    with store.transaction() as conn:
+        created = store.put_verdicts(conn, [_verdict("b.example", 0, 5), _verdict("a.example", 60, 6)])
+    # Only the new window is new; the update keeps its row id and takes the new values.
+    assert [(v["domain"], v["window_start"]) for v in created] == [("a.example", 60)]
+    assert created[0]["id"] not in ids.values()
+    rows = store.conn.execute("SELECT id, domain, window_start, count, evidence FROM verdicts "
+                              "ORDER BY id").fetchall()
+    assert rows == [(ids["a.example"], "a.example", 0, 3, '{"count": 3}'),
+                    (ids["b.example"], "b.example", 0, 5, '{"count": 5}'),
+                    (created[0]["id"], "a.example", 60, 6, '{"count": 6}')]
+    with store.transaction() as conn:
+        assert store.put_verdicts(conn, []) == []
+    store.close()
+
+
 def test_captures_are_merged_by_time_across_files(tmp_path):
     frames = [(1_700_000_000 + i * 0.5, udp_frame(query(f"q{i}.example", txid=i).pack(), CLIENT, RESOLVER,
                                                   40000 + i, 53)) for i in range(40)]
@@ -427,3 +457,57 @@ def test_event_order_matches_lexsort(events, time_ordered):
     expected = np.lexsort((kind, ts, key))
     for k in set(runs):
         assert [i for i in order.tolist() if key[i] == k] == [i for i in expected.tolist() if key[i] == k]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 5)), max_size=30), max_size=6))
+def test_keyed_counts_fold_batches_like_a_dict(batches):
+    """Per-(minute, label) counters fold batch after batch (keys repeating within a batch
+    and across batches) into what one dict of sums says."""
+    from sensor.engine.aggregate import CLIENT_COLUMNS, KeyedCounts
+    table, want = KeyedCounts(label_dtype=np.int64), {}
+    for rows in batches:
+        keys = np.array([k for k, _ in rows], dtype=np.uint64)
+        counts = np.array([[n * (c + 1) for c in range(len(CLIENT_COLUMNS))] for _, n in rows],
+                          dtype=np.int64).reshape(-1, len(CLIENT_COLUMNS))
+        table.add(keys, keys.astype(np.int64) * 60, keys.astype(np.int64) + 100, counts)
+        for k, n in rows:
+            want[k] = want.get(k, 0) + n
+    assert sorted(table.keys.tolist()) == sorted(want)
+    for k, minute, label, c in zip(table.keys.tolist(), table.minute.tolist(), table.label.tolist(),
+                                   table.counts.tolist()):
+        assert (minute, label) == (k * 60, k + 100)
+        assert c == [want[k] * (j + 1) for j in range(len(CLIENT_COLUMNS))]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 100), st.integers(1, 4)), max_size=20),
+                max_size=6),
+       st.integers(0, 14))
+def test_seen_counts_keep_first_last_and_count_up_to_the_limit(batches, limit):
+    """Passive-DNS rows: first and last seen are the extremes, counts add up, and once
+    `limit` rows are held new keys are dropped and counted while held keys go on counting."""
+    from sensor.engine.aggregate import SeenCounts
+    table, held, dropped = SeenCounts(), {}, 0
+    for rows in batches:
+        by_key: dict[int, list] = {}
+        for k, t, n in rows:                  # a batch arrives grouped: distinct keys
+            e = by_key.setdefault(k, [t, t, 0])
+            e[0], e[1], e[2] = min(e[0], t), max(e[1], t), e[2] + n
+        keys = np.array(list(by_key), dtype=np.uint64)
+        cols = np.array(list(by_key.values()), dtype=np.float64).reshape(-1, 3)
+        got = table.add(keys, cols[:, 0], cols[:, 1], cols[:, 2].astype(np.int64), limit)
+        lost = 0
+        for k, (first, last, n) in by_key.items():
+            if k in held:
+                h = held[k]
+                h[0], h[1], h[2] = min(h[0], first), max(h[1], last), h[2] + n
+            elif len(held) < limit:
+                held[k] = [first, last, n]
+            else:
+                lost += n
+        assert got == lost
+        dropped += got
+    assert {k: [f, l, c] for k, f, l, c in zip(table.keys.tolist(), table.first.tolist(),
+                                               table.last.tolist(), table.count.tolist())} == held
+    assert dropped + sum(h[2] for h in held.values()) == sum(n for rows in batches for _, _, n in rows)
