@@ -19,7 +19,7 @@ from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.parse.batch import Batch, address_text
 from sensor.store.schema import MINUTE_COUNTERS, STATS_COUNTERS
 from sensor.track import (ANSWERED, DUPLICATE, LEG_CLIENT, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
-                          address_words, hash_columns, isin_keys, key_groups)
+                          address_words, hash_columns, index_keys, isin_keys, key_groups)
 
 OPT = 41
 OTHER_RESOLVER = "other"
@@ -55,13 +55,22 @@ class KeyedCounts:
         return len(self.keys)
 
     def add(self, keys: np.ndarray, minute: np.ndarray, label: np.ndarray, counts: np.ndarray) -> None:
-        keys = np.concatenate([self.keys, keys])
+        """Fold rows in (keys may repeat): stored groups add up in place, new ones append."""
         first, inv, _ = key_groups(keys)
-        summed = np.stack([np.bincount(inv, weights=c, minlength=len(first))
-                           for c in np.concatenate([self.counts, counts]).T], axis=1).astype(np.int64)
-        self.minute = np.concatenate([self.minute, minute])[first]
-        self.label = np.concatenate([self.label, label])[first]
-        self.keys, self.counts = keys[first], summed
+        if len(first) < len(keys):
+            counts = np.stack([np.bincount(inv, weights=c, minlength=len(first)) for c in counts.T],
+                              axis=1).astype(np.int64)
+            keys, minute, label = keys[first], minute[first], label[first]
+        pos = index_keys(keys, self.keys)
+        known = pos >= 0
+        if known.any():
+            self.counts[pos[known]] += counts[known]
+        new = ~known
+        if new.any():
+            self.keys = np.concatenate([self.keys, keys[new]])
+            self.minute = np.concatenate([self.minute, minute[new]])
+            self.label = np.concatenate([self.label, label[new]])
+            self.counts = np.concatenate([self.counts, counts[new].astype(np.int64)])
 
     def merge(self, other: "KeyedCounts") -> None:
         if len(other):
@@ -99,30 +108,24 @@ class SeenCounts:
 
     def add(self, keys: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray,
             limit: int) -> int:
-        """Fold rows in (keys may repeat); returns the count of rows dropped at the limit."""
-        dropped = 0
-        fresh = ~isin_keys(keys, self.keys)
-        room = limit - len(self.keys)
-        if np.count_nonzero(fresh) > room:
-            # only distinct new keys take room; repeats of a kept key stay
-            new_keys = np.unique(keys[fresh])[:max(room, 0)]
-            keep = ~fresh | isin_keys(keys, new_keys)
-            dropped = int(count[~keep].sum())
-            keys, first, last, count = keys[keep], first[keep], last[keep], count[keep]
-        all_keys = np.concatenate([self.keys, keys])
-        if not len(all_keys):
-            return dropped
-        all_first = np.concatenate([self.first, first])
-        all_last = np.concatenate([self.last, last])
-        idx, inverse, _ = key_groups(all_keys)
-        g = len(idx)
-        self.keys = all_keys[idx]
-        self.first = np.full(g, np.inf)
-        np.minimum.at(self.first, inverse, all_first)
-        self.last = np.full(g, -np.inf)
-        np.maximum.at(self.last, inverse, all_last)
-        self.count = np.bincount(inverse, weights=np.concatenate([self.count, count]),
-                                 minlength=g).astype(np.int64)
+        """Fold rows with distinct keys in: stored rows are updated in place, new ones
+        appended while there is room; returns the count of messages dropped at the limit."""
+        pos = index_keys(keys, self.keys)
+        known = pos >= 0
+        if known.any():
+            at = pos[known]
+            self.first[at] = np.minimum(self.first[at], first[known])
+            self.last[at] = np.maximum(self.last[at], last[known])
+            self.count[at] += count[known].astype(np.int64)
+        new = np.flatnonzero(~known)
+        room = max(limit - len(self.keys), 0)
+        dropped = int(count[new[room:]].sum())
+        new = new[:room]
+        if len(new):
+            self.keys = np.concatenate([self.keys, keys[new]])
+            self.first = np.concatenate([self.first, first[new]])
+            self.last = np.concatenate([self.last, last[new]])
+            self.count = np.concatenate([self.count, count[new].astype(np.int64)])
         return dropped
 
     def merge(self, other: "SeenCounts", limit: int) -> int:
