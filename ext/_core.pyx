@@ -2001,13 +2001,17 @@ cdef inline bint table_has(const uint64_t[::1] table, uint64_t h) noexcept nogil
 def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths,
                  const uint64_t[::1] exact, const uint64_t[::1] with_subdomains,
                  const uint64_t[::1] below_only):
-    """Per name: 1 when its FNV-1a hash is in `exact` or `with_subdomains`, or the hash of a
-    parent domain (the text after a label boundary) is in `with_subdomains` or `below_only`
-    (RPZ "*.name"). Tables are open-addressing sets of hashes (power-of-two sizes, 0 = empty,
+    """Per name: 1 when the name is in `exact` or `with_subdomains`, or a parent domain of
+    it (the text after a label boundary) is in `with_subdomains` or `below_only` (RPZ
+    "*.name"). Names are keyed by the FNV-1a hash of their labels reversed ("com.example"
+    for "example.com"), so one pass from the last byte leftwards hashes every parent on
+    the way. The walk stops at an escape: list names have none, so no text left of one
+    can match. Tables are open-addressing sets of hashes (power-of-two sizes, 0 = empty,
     hash 0 stored as 1)."""
     cdef Py_ssize_t n = offsets.shape[0], i
-    cdef uint32_t k, start, end
+    cdef uint32_t start, end, k, j, label_end
     cdef uint64_t h
+    cdef uint8_t ch
     if lengths.shape[0] != n:
         raise ValueError("offsets and lengths differ in length")
     for size in (exact.shape[0], with_subdomains.shape[0], below_only.shape[0]):
@@ -2020,19 +2024,37 @@ def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const ui
         end = start + lengths[i]
         if end > <uint32_t>arena.shape[0]:
             raise ValueError("span outside the arena")
-        while start < end:
-            h = <uint64_t>FNV_OFFSET
-            for k in range(start, end):
-                h = fnv_step(h, arena[k])
-            if table_has(with_subdomains, h) or (
-                    table_has(exact, h) if start == offsets[i] else table_has(below_only, h)):
-                o[i] = 1
+        if end == start:
+            continue
+        h = <uint64_t>FNV_OFFSET
+        label_end = end
+        k = end
+        while k > start:
+            ch = arena[k - 1]
+            if ch == 92:                         # an escape: nothing further left can match
                 break
-            # next label: past the next unescaped dot
-            k = start
-            while k < end and arena[k] != 46:
-                k += 2 if arena[k] == 92 else 1
-            start = k + 1
+            if ch == 46:                         # the label [k, label_end) completes a parent
+                j = k - 1
+                while j > start and arena[j - 1] == 92:
+                    j -= 1
+                if (k - 1 - j) & 1:              # an escaped dot: part of a label
+                    break
+                if label_end < end:
+                    h = fnv_step(h, 46)
+                for j in range(k, label_end):
+                    h = fnv_step(h, arena[j])
+                if table_has(with_subdomains, h) or table_has(below_only, h):
+                    o[i] = 1
+                    break
+                label_end = k - 1
+            k -= 1
+        else:
+            if label_end < end:
+                h = fnv_step(h, 46)
+            for j in range(start, label_end):
+                h = fnv_step(h, arena[j])
+            if table_has(exact, h) or table_has(with_subdomains, h):
+                o[i] = 1
     return out
 
 

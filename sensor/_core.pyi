@@ -41,7 +41,8 @@ def first_label_stats(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) ->
 def names_listed(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, exact: np.ndarray,
                  with_subdomains: np.ndarray, below_only: np.ndarray) -> np.ndarray:
     """Per name: 1 when it is in `exact` or `with_subdomains`, or a parent domain is in
-    `with_subdomains` or `below_only`."""
+    `with_subdomains` or `below_only`; tables hold FNV-1a hashes of names with their labels
+    reversed (sensor.parse.psl.reversed_name_hash)."""
 
 def dga_scores(arena: bytes, qname_off: np.ndarray, regdom_off: np.ndarray, qname_len: np.ndarray,
                table: np.ndarray) -> np.ndarray:

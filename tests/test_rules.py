@@ -12,6 +12,8 @@ from pathlib import Path
 import dnslib
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import DATA, REPO
 from sensor import cli
@@ -275,6 +277,43 @@ def test_list_formats_and_what_they_match(tmp_path):
     assert hit["d.txt"] == ["domain.example", "deep.sub.domain.example"]   # domains: and below
     assert load_list(tmp_path / "d.txt").skipped == 1
     assert load_list(tmp_path / "zone.rpz").skipped == 2               # SOA and the A record
+
+
+_LABEL = st.sampled_from(["a", "b", "ex", "com", "x-1", "we\\.ird", "\\255z", "_t", "ird", "b\\\\"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(names=st.lists(st.lists(_LABEL, min_size=1, max_size=5).map(".".join), min_size=1, max_size=30),
+       entries=st.lists(st.tuples(st.lists(_LABEL.filter(lambda s: "\\" not in s), min_size=1,
+                                           max_size=3).map(".".join),
+                                  st.sampled_from(["exact", "and_below", "below"])), max_size=8))
+def test_listed_names_agree_with_sets(names, entries):
+    """The compiled one-pass walk against the definition: a name matches its exact entries
+    and domain entries, a parent of it (after an unescaped dot) domain and wildcard entries."""
+    from sensor import _core
+    from sensor.parse.psl import hash_set_table, reversed_name_hash
+    sets = {kind: {n for n, k in entries if k == kind} for kind in ("exact", "and_below", "below")}
+    arena = "".join(names).encode()
+    lengths = np.array([len(n) for n in names], dtype=np.uint16)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint32)
+    tables = [hash_set_table({reversed_name_hash(n) for n in sets[k]}) for k in ("exact", "and_below", "below")]
+    got = _core.names_listed(arena, offsets, lengths, *tables).astype(bool).tolist()
+
+    def parents(name: str) -> list[str]:
+        out, i = [], 0
+        while i < len(name):
+            if name[i] == "\\":
+                i += 2
+            elif name[i] == ".":
+                out.append(name[i + 1:])
+                i += 1
+            else:
+                i += 1
+        return out
+
+    want = [name in sets["exact"] or name in sets["and_below"]
+            or any(p in sets["and_below"] or p in sets["below"] for p in parents(name)) for name in names]
+    assert got == want
 
 
 def test_malware_verdicts_follow_the_list_on_reload(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 
 from sensor import _core
 from sensor.errors import ConfigError
-from sensor.parse.psl import hash_set_table
+from sensor.parse.psl import hash_set_table, reversed_name_hash
 
 LIST_SUFFIXES = (".txt", ".hosts", ".rpz", ".zone", ".conf", ".list")
 MAX_LIST_ENTRIES = 5_000_000
@@ -85,7 +85,7 @@ def load_list(path: str | Path) -> NameList:
         if clean is None or "*" in clean:
             skipped += 1
             continue
-        target.add(_core.fnv1a64(clean.encode()))
+        target.add(reversed_name_hash(clean))
         if len(exact) + len(and_below) + len(below) >= MAX_LIST_ENTRIES:
             raise ConfigError(f"{path}: more than {MAX_LIST_ENTRIES} names")
     return NameList(path.stem, str(path), hash_set_table(exact), hash_set_table(and_below),

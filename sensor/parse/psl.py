@@ -35,6 +35,14 @@ def _to_ascii(rule: str) -> str:
         ).lower()
 
 
+def reversed_name_hash(name: str) -> int:
+    """FNV-1a of a name with its labels reversed ("com.example" for "example.com"): the key
+    the compiled core computes for every parent of a name in one pass from its end."""
+    from sensor._core import fnv1a64
+
+    return fnv1a64(".".join(reversed(name.split("."))).encode())
+
+
 def hash_set_table(hashes) -> np.ndarray:
     """64-bit hashes as the compiled core's set: open addressing, linear probing, a power-of-two
     size at least twice the count, 0 meaning empty (a hash of 0 is stored as 1)."""
@@ -67,8 +75,6 @@ class SuffixRules:
 
     @cached_property
     def _table(self) -> np.ndarray:
-        from sensor._core import fnv1a64
-
         flags: dict[str, int] = {}
         for group, flag in ((self.rules, FLAG_RULE), (self.wildcards, FLAG_WILDCARD),
                             (self.exceptions, FLAG_EXCEPTION)):
@@ -84,7 +90,7 @@ class SuffixRules:
         table = np.zeros(size, dtype=np.uint64)
         mask = size - 1
         for suffix, flag in flags.items():
-            key = fnv1a64(".".join(reversed(suffix.split("."))).encode()) >> FLAG_BITS
+            key = reversed_name_hash(suffix) >> FLAG_BITS
             slot = key & mask
             while table[slot] and int(table[slot]) >> FLAG_BITS != key:
                 slot = (slot + 1) & mask
