@@ -220,6 +220,49 @@ def test_unique_counts_are_exact_then_a_sketch_and_merge_across_processes():
     assert big.count.tolist() == [n + n]
 
 
+@settings(max_examples=150, deadline=None)
+@given(batches=st.lists(st.dictionaries(st.integers(0, 10), st.tuples(st.integers(1, 5), st.integers(0, 50),
+                                                                      st.integers(-9, 9)), max_size=6),
+                        max_size=6),
+       limit=st.integers(0, 12))
+def test_rule_groups_fold_batch_by_batch(batches, limit):
+    """Groups folded in batch after batch: counts and sums add, first/min and last/max keep
+    their extremes, a group keeps the text of the batch it first came in, and past the
+    group limit new groups are dropped (their rows counted) while held ones go on."""
+    numeric = (("s", "sum"), ("hi", "max"), ("lo", "min"))
+    t, want, dropped = RuleTable(numeric, ()), {}, 0
+    for b, groups in enumerate(batches):
+        other = RuleTable(numeric, ())
+        keys = list(groups)
+        rows = [groups[k] for k in keys]
+        other.keys = np.array(keys, dtype=np.uint64)
+        other.window = np.array(keys, dtype=np.int64) * 60
+        other.client = other.server = np.zeros(len(keys), dtype="V16")
+        other.domain = np.array([f"{k}.b{b}".encode() for k in keys], dtype="S128")
+        other.samples = np.zeros((len(keys), 2), dtype="S96")
+        other.count = np.array([c for c, _, _ in rows], dtype=np.int64)
+        other.first = np.array([float(ts) for _, ts, _ in rows])
+        other.last = other.first + 1
+        other.values = np.array([[v, v, v] for _, _, v in rows], dtype=np.float64).reshape(-1, 3)
+        lost = 0
+        for k, (c, ts, v) in zip(keys, rows):
+            if k in want:
+                w = want[k]
+                w.update(count=w["count"] + c, first=min(w["first"], ts), last=max(w["last"], ts + 1),
+                         s=w["s"] + v, hi=max(w["hi"], v), lo=min(w["lo"], v))
+            elif len(want) < limit:
+                want[k] = dict(count=c, first=ts, last=ts + 1, s=v, hi=v, lo=v, domain=f"{k}.b{b}")
+            else:
+                lost += c
+        assert t.add(other, limit) == lost
+        dropped += lost
+    got = {k: dict(count=c, first=f, last=l, s=v[0], hi=v[1], lo=v[2], domain=d.decode())
+           for k, c, f, l, v, d in zip(t.keys.tolist(), t.count.tolist(), t.first.tolist(), t.last.tolist(),
+                                       t.values.tolist(), t.domain.tolist())}
+    assert got == want
+    assert t.window.tolist() == [k * 60 for k in t.keys.tolist()]
+
+
 def test_unique_counts_merge_batch_by_batch(monkeypatch):
     """Pairs folded in over many batches (repeats within and across batches, several
     groups, one growing past the exact limit part-way) count what a set of them counts."""

@@ -91,42 +91,34 @@ class RuleTable:
         dropped = 0
         if not len(other):
             return 0
-        fresh = ~isin_keys(other.keys, self.keys)
+        # other's groups are distinct: held ones add up in place, new ones are appended
+        pos = index_keys(other.keys, self.keys)
+        fresh = pos < 0
         room = max(limit - len(self.keys), 0)
         if np.count_nonzero(fresh) > room:
             keep = ~fresh
             keep[np.flatnonzero(fresh)[:room]] = True
             dropped = int(other.count[~keep].sum())
-            other = other.select(keep)
-        keys = np.concatenate([self.keys, other.keys])
-        first, inverse, _ = key_groups(keys)
-        g = len(first)
-
-        def cat(a, b):
-            return np.concatenate([a, b])
-        self.window = cat(self.window, other.window)[first]
-        self.client = cat(self.client, other.client)[first]
-        self.server = cat(self.server, other.server)[first]
-        self.domain = cat(self.domain, other.domain)[first]
-        self.samples = cat(self.samples, other.samples)[first]
-        self.count = np.bincount(inverse, weights=cat(self.count, other.count), minlength=g).astype(np.int64)
-        lo, hi = np.full(g, np.inf), np.full(g, -np.inf)
-        np.minimum.at(lo, inverse, cat(self.first, other.first))
-        np.maximum.at(hi, inverse, cat(self.last, other.last))
-        self.first, self.last = lo, hi
-        values = np.concatenate([self.values, other.values])
-        out = np.empty((g, len(self.numeric)))
-        for j, (_, function) in enumerate(self.numeric):
-            if function in ("sum", "mean"):
-                out[:, j] = np.bincount(inverse, weights=values[:, j], minlength=g)
-            elif function == "max":
-                out[:, j] = -np.inf
-                np.maximum.at(out[:, j], inverse, values[:, j])
-            else:
-                out[:, j] = np.inf
-                np.minimum.at(out[:, j], inverse, values[:, j])
-        self.values = out
-        self.keys = keys[first]
+            other, pos = other.select(keep), pos[keep]
+        held = pos >= 0
+        if held.any():
+            at = pos[held]
+            self.count[at] += other.count[held]
+            self.first[at] = np.minimum(self.first[at], other.first[held])
+            self.last[at] = np.maximum(self.last[at], other.last[held])
+            for j, (_, function) in enumerate(self.numeric):
+                mine, theirs = self.values[at, j], other.values[held, j]
+                if function in ("sum", "mean"):
+                    self.values[at, j] = mine + theirs
+                elif function == "max":
+                    self.values[at, j] = np.maximum(mine, theirs)
+                else:
+                    self.values[at, j] = np.minimum(mine, theirs)
+        new = np.flatnonzero(~held)
+        if len(new):
+            for attr in ("keys", "window", "client", "server", "domain", "samples", "count", "first", "last",
+                         "values"):
+                setattr(self, attr, np.concatenate([getattr(self, attr), getattr(other, attr)[new]]))
         for name in self.uniques:
             self._merge_pairs(name, *other.pairs[name])
             for gk, sketch in other.sketches[name].items():
