@@ -511,3 +511,21 @@ def test_seen_counts_keep_first_last_and_count_up_to_the_limit(batches, limit):
     assert {k: [f, l, c] for k, f, l, c in zip(table.keys.tolist(), table.first.tolist(),
                                                table.last.tolist(), table.count.tolist())} == held
     assert dropped + sum(h[2] for h in held.values()) == sum(n for rows in batches for _, _, n in rows)
+
+
+def test_keyed_count_rows_keep_the_busiest_labels_per_minute_and_sum_the_rest():
+    from sensor.engine.aggregate import CLIENT_COLUMNS, KeyedCounts
+    table = KeyedCounts()
+    addresses = [bytes(10) + b"\xff\xff" + bytes([192, 0, 2, i]) for i in range(5)]
+    queries = {(0, 0): 5, (0, 1): 9, (0, 2): 1, (0, 3): 7, (60, 4): 2, (60, 0): 3}
+    keys = np.arange(len(queries), dtype=np.uint64)
+    counts = np.zeros((len(queries), len(CLIENT_COLUMNS)), dtype=np.int64)
+    counts[:, 0] = list(queries.values())
+    counts[:, 1] = 1
+    table.add(keys, np.array([m for m, _ in queries], dtype=np.int64),
+              np.array([addresses[a] for _, a in queries], dtype="V16"), counts)
+    extra = [0] * (len(CLIENT_COLUMNS) - 2)
+    assert sorted(table.rows(2)) == sorted([
+        (0, "192.0.2.1", 9, 1, *extra), (0, "192.0.2.3", 7, 1, *extra),
+        (0, "other", 6, 2, *extra),                            # 192.0.2.0 and 192.0.2.2
+        (60, "192.0.2.0", 3, 1, *extra), (60, "192.0.2.4", 2, 1, *extra)])

@@ -79,16 +79,39 @@ class KeyedCounts:
     def rows(self, limit_per_minute: int, text: Any = None) -> list[tuple]:
         """(minute, label text, *counts); per minute the busiest `limit_per_minute` labels by
         queries keep their own row, the rest are summed into the label 'other'."""
-        text = text or (lambda label: address_text(bytes(label)))
-        out = []
-        for m in np.unique(self.minute).tolist():
-            idx = np.flatnonzero(self.minute == m)
-            order = idx[np.argsort(-self.counts[idx, 0], kind="stable")]
-            for i in order[:limit_per_minute].tolist():
-                out.append((m, text(self.label[i]), *self.counts[i].tolist()))
-            if len(order) > limit_per_minute:
-                out.append((m, OTHER_RESOLVER, *self.counts[order[limit_per_minute:]].sum(axis=0).tolist()))
+        if not len(self.keys):
+            return []
+        # by minute, the most queries first (lexsort is stable: ties keep their order)
+        order = np.lexsort((-self.counts[:, 0], self.minute))
+        minute = self.minute[order]
+        rank = np.arange(len(order)) - np.searchsorted(minute, minute, side="left")
+        own = order[rank < limit_per_minute]
+        if text is None:
+            labels = _address_texts(self.label[own])
+        else:
+            labels = [text(label) for label in self.label[own].tolist()]
+        out = list(zip(self.minute[own].tolist(), labels, *self.counts[own].T.tolist()))
+        rest = rank >= limit_per_minute
+        if rest.any():
+            rest_minute = minute[rest]
+            starts = np.flatnonzero(np.r_[True, rest_minute[1:] != rest_minute[:-1]])
+            sums = np.add.reduceat(self.counts[order[rest]], starts, axis=0)
+            out += zip(rest_minute[starts].tolist(), [OTHER_RESOLVER] * len(starts), *sums.T.tolist())
         return out
+
+
+def _address_texts(labels: np.ndarray) -> list[str]:
+    """16-byte address keys as text, each distinct address formatted once."""
+    raw = np.ascontiguousarray(labels).tobytes()
+    cache: dict[bytes, str] = {}
+    out = []
+    for i in range(0, len(raw), 16):
+        key = raw[i:i + 16]
+        t = cache.get(key)
+        if t is None:
+            t = cache[key] = address_text(key)
+        out.append(t)
+    return out
 
 
 class SeenCounts:
