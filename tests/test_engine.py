@@ -529,3 +529,21 @@ def test_keyed_count_rows_keep_the_busiest_labels_per_minute_and_sum_the_rest():
         (0, "192.0.2.1", 9, 1, *extra), (0, "192.0.2.3", 7, 1, *extra),
         (0, "other", 6, 2, *extra),                            # 192.0.2.0 and 192.0.2.2
         (60, "192.0.2.0", 3, 1, *extra), (60, "192.0.2.4", 2, 1, *extra)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1), st.sampled_from([0, 2, 3, 5, 3841]),
+                          st.integers(0, 70000)), max_size=80))
+def test_minute_counts_agree_with_masks(rows):
+    from sensor import _core
+    keys = np.array([r[0] for r in rows], dtype=np.uint64)
+    qr = np.array([r[1] for r in rows], dtype=np.uint8)
+    rcode = np.array([r[2] for r in rows], dtype=np.uint16)
+    size = np.array([r[3] for r in rows], dtype=np.uint32)
+    first, counts = _core.minute_counts(keys, qr, rcode, size)
+    assert keys[first].tolist() == list(dict.fromkeys(keys.tolist()))
+    for k, got in zip(keys[first].tolist(), counts.tolist()):
+        mine = keys == k
+        q, r = mine & (qr == 0), mine & (qr == 1)
+        assert got == [int(q.sum()), int(r.sum()), int((r & (rcode == 3)).sum()), int((r & (rcode == 2)).sum()),
+                       int(size[q].sum()), int(size[r].sum())]

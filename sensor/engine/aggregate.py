@@ -404,23 +404,17 @@ class Accumulator:
             rows[packed >> GROUP_SHIFT]["qtypes"][schema.type_name(packed & 0xFFFF)] += n
 
     @staticmethod
-    def _keyed_counts(keys: np.ndarray, minute: np.ndarray, isq: np.ndarray, rcode: np.ndarray,
+    def _keyed_counts(keys: np.ndarray, minute: np.ndarray, qr: np.ndarray, rcode: np.ndarray,
                       size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(first row of each key, its minute, CLIENT_COLUMNS counts per key)."""
-        first, inv, _ = key_groups(keys)
-        g = len(first)
-        isr = ~isq
-        counts = np.stack([np.bincount(inv, weights=w, minlength=g) for w in (
-            isq, isr, isr & (rcode == 3), isr & (rcode == 2), np.where(isq, size, 0.0), np.where(isr, size, 0.0))],
-            axis=1).astype(np.int64)
+        """(first row of each key, its minute, CLIENT_COLUMNS counts per key), one pass in the core."""
+        first, counts = _core.minute_counts(np.ascontiguousarray(keys, dtype=np.uint64), qr, rcode, size)
         return first, minute[first], counts
 
     def _clients(self, msgs: np.ndarray, track: TrackResult) -> None:
         minute = (msgs["ts"] // 60).astype(np.int64) * 60
         cw = address_words(track.client)
         keys = hash_columns(minute.astype(np.uint64), cw[:, 0], cw[:, 1])
-        first, first_minute, counts = self._keyed_counts(keys, minute, msgs["qr"] == 0, msgs["rcode"],
-                                                         msgs["size"].astype(np.float64))
+        first, first_minute, counts = self._keyed_counts(keys, minute, msgs["qr"], msgs["rcode"], msgs["size"])
         self.agg.clients.add(keys[first], first_minute, track.client[first], counts)
 
     def _breakdown(self, batch: Batch, track: TrackResult) -> None:
@@ -439,7 +433,7 @@ class Accumulator:
         client = track.client if everything else track.client[on_client_leg]
         minute = (column("ts") // 60).astype(np.int64) * 60
         minute64 = minute.astype(np.uint64)
-        isq, rcode, size = column("qr") == 0, column("rcode"), column("size").astype(np.float64)
+        qr, rcode, size = column("qr"), column("rcode"), column("size")
         if self.networks.networks:
             network = self.networks.index(client)
             keys = hash_columns(minute64, (network + 1).astype(np.uint64))
@@ -449,7 +443,7 @@ class Accumulator:
             prefix = np.where(v4[:, None], words & np.array([0xFFFFFFFFFFFFFFFF, 0x00FFFFFFFFFFFFFF], dtype=np.uint64),
                               words & np.array([0x0000FFFFFFFFFFFF, 0], dtype=np.uint64))
             keys = hash_columns(minute64, prefix[:, 0], prefix[:, 1])
-        first, first_minute, counts = self._keyed_counts(keys, minute, isq, rcode, size)
+        first, first_minute, counts = self._keyed_counts(keys, minute, qr, rcode, size)
         if self.networks.networks:
             labels = [str(self.networks.networks[i]) if i >= 0 else OTHER_RESOLVER for i in network[first].tolist()]
         else:
@@ -462,7 +456,7 @@ class Accumulator:
         reg_len = (qname_len - regdom_off).clip(0).astype(np.uint32)
         reg_off = np.ascontiguousarray(column("qname_off") + regdom_off)
         keys = hash_columns(minute64, _core.span_hashes(batch.arena, reg_off, np.ascontiguousarray(reg_len)))
-        first, first_minute, counts = self._keyed_counts(keys, minute, isq, rcode, size)
+        first, first_minute, counts = self._keyed_counts(keys, minute, qr, rcode, size)
         # only the busiest domains of each minute get a row of their own (the writer keeps
         # max_domains_per_minute): text for those, the rest summed per minute under 'other'
         busiest = self._busiest(first_minute, counts, self.limits.max_domains_per_minute)
