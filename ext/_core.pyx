@@ -1888,26 +1888,65 @@ def minute_counts(const uint64_t[::1] keys, const uint8_t[:] qr, const uint16_t[
     return first, counts_arr
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def gather_spans(const uint8_t[::1] arena, const int64_t[::1] offsets, const int64_t[::1] lengths,
+                 int width):
+    """Arena slices as a fixed-width bytes column (numpy S<width>), each cut at `width`
+    and zero-padded; a negative length counts as empty."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef int64_t off, length
+    if lengths.shape[0] != n:
+        raise ValueError("offsets and lengths differ in length")
+    if width <= 0:
+        raise ValueError("width must be positive")
+    out = np.zeros(n, dtype=f"S{width}")
+    if n == 0:
+        return out
+    cdef uint8_t[:, ::1] o = out.view(np.uint8).reshape(n, width)
+    for i in range(n):
+        off = offsets[i]
+        length = lengths[i]
+        if length <= 0:
+            continue
+        if length > width:
+            length = width
+        if off < 0 or off + length > arena.shape[0]:
+            raise ValueError("span outside the arena")
+        memcpy(&o[i, 0], &arena[off], <size_t>length)
+    return out
+
+
 def group_order_u64(const uint64_t[::1] keys):
     """A permutation that brings equal keys together: groups in order of first
     appearance, rows in their original order within a group (a counting sort over
     group_u64's groups: linear, where a stable sort by key value is n log n)."""
-    cdef Py_ssize_t n = keys.shape[0], i
-    first_arr, inverse_arr, counts_arr = group_u64(keys)
-    cdef int64_t[::1] inverse = inverse_arr
-    cdef int64_t[::1] counts = counts_arr
-    cdef Py_ssize_t g = first_arr.shape[0]
+    _, inverse, counts = group_u64(keys)
+    return group_order(inverse, counts)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def group_order(const int64_t[::1] inverse, const int64_t[::1] counts):
+    """The rows of each group together, groups in their numbering's order and rows in
+    their original order within one (np.argsort(inverse, kind="stable"), by counting)."""
+    cdef Py_ssize_t n = inverse.shape[0], g = counts.shape[0], i
     next_arr = np.empty(g, dtype=np.int64)
     cdef int64_t[::1] nxt = next_arr
-    cdef int64_t total = 0
+    cdef int64_t total = 0, k
     for i in range(g):
         nxt[i] = total
         total += counts[i]
+    if total != n:
+        raise ValueError("counts do not add up to the rows")
     order_arr = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] order = order_arr
     for i in range(n):
-        order[nxt[inverse[i]]] = i
-        nxt[inverse[i]] += 1
+        k = inverse[i]
+        if k < 0 or k >= g:
+            raise ValueError("group out of range")
+        order[nxt[k]] = i
+        nxt[k] += 1
     return order_arr
 
 

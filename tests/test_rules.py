@@ -543,3 +543,17 @@ def test_out_of_bailiwick_records_and_what_explains_the_others(tmp_path):
     batch = parse_file(str(conv.write(tmp_path / "bailiwick.pcap")))
     strays = _out_of_bailiwick(batch)[batch.messages["qr"] == 1].tolist()
     assert strays == [0.0, 1.0, 1.0]       # the TXT under the TLD zone, the address of www.bank.test
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=300), spans=st.lists(st.tuples(st.integers(0, 300), st.integers(-2, 300)), max_size=20),
+       width=st.integers(1, 40))
+def test_gathered_text_is_the_arena_slice_cut_at_the_width(data, spans, width):
+    from sensor.detectors.rule_table import gather_text
+    spans = [(o, n) for o, n in spans if o + max(n, 0) <= len(data)]
+    got = gather_text(data, np.array([o for o, _ in spans], dtype=np.int64),
+                      np.array([n for _, n in spans], dtype=np.int64), width)
+    assert got.dtype == np.dtype(f"S{width}")
+    assert got.tolist() == [data[o:o + min(max(n, 0), width)].rstrip(b"\0") for o, n in spans]
+    with pytest.raises(ValueError):
+        gather_text(data, np.array([len(data)], dtype=np.int64), np.array([1], dtype=np.int64), width)

@@ -55,8 +55,8 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     elif "qname" in rule.group_by:
         out.domain[new] = gather_text(arena, m["qname_off"][rows_new], m["qname_len"][rows_new], DOMAIN_WIDTH)
     # the first SAMPLES members of each new group, in batch order
-    order = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[order], np.arange(g))
+    order = _core.group_order(inverse, counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     out.samples = np.zeros((g, SAMPLES), dtype=f"S{SAMPLE_WIDTH}")
     for s in range(SAMPLES):
         has = (counts > s) & new
