@@ -28,17 +28,27 @@ def span_hashes(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.nd
     """FNV-1a 64 of each arena slice, so names and rdata group as integers, not strings."""
 
 def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Group equal 64-bit keys in one pass, in order of first appearance: (first row per group,
+    group per row, rows per group[, min ts, max ts])."""
+
+def group_order_u64(keys: np.ndarray) -> np.ndarray:
+    """A permutation that brings equal keys together: groups in order of first appearance,
+    rows in their original order within a group."""
+
+def group_order(inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """np.argsort(inverse, kind="stable") for group numbers with known counts, by counting."""
+
 def isin_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
 def index_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
 def mix_u64(h: np.ndarray, x: np.ndarray) -> None: ...
+
 def minute_counts(keys: np.ndarray, qr: np.ndarray, rcode: np.ndarray,
                   size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Groups of equal keys (first row of each) and per group: queries, responses, NXDOMAIN
     and SERVFAIL responses, query bytes, response bytes."""
 
-def group_order_u64(keys: np.ndarray) -> np.ndarray: ...
-    """Group equal 64-bit keys in one pass, in order of first appearance: (first row per group,
-    group per row, rows per group[, min ts, max ts])."""
+def gather_spans(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """Arena slices as a fixed-width bytes column (S<width>), each cut at `width`."""
 
 def first_label_stats(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Per name in presentation form: rows (length, digits, hex characters) of its leftmost label."""

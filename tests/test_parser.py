@@ -218,3 +218,15 @@ def test_registered_domain_for_every_suffix_rule():
         labels = name.split(".")
         expected = ".".join(labels[rules.registered_label(labels):])
         assert name[int(m["regdom_off"]):] == expected, name
+
+
+def test_the_compiled_module_stub_parses_and_declares_every_public_name():
+    import ast
+
+    from conftest import REPO
+    from sensor import _core
+    tree = ast.parse((REPO / "sensor" / "_core.pyi").read_text())
+    declared = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    declared |= {t.target.id for t in tree.body if isinstance(t, ast.AnnAssign)}
+    public = {name for name in dir(_core) if not name.startswith("_") and name not in ("np",)}
+    assert public - declared == set()
