@@ -455,7 +455,7 @@ class Accumulator:
         qname_len, regdom_off = column("qname_len").astype(np.int64), column("regdom_off")
         reg_len = (qname_len - regdom_off).clip(0).astype(np.uint32)
         reg_off = np.ascontiguousarray(column("qname_off") + regdom_off)
-        keys = hash_columns(minute64, _core.span_hashes(batch.arena, reg_off, np.ascontiguousarray(reg_len)))
+        keys = hash_columns(minute64, batch.regdom_hash if everything else batch.regdom_hash[on_client_leg])
         first, first_minute, counts = self._keyed_counts(keys, minute, qr, rcode, size)
         # only the busiest domains of each minute get a row of their own (the writer keeps
         # max_domains_per_minute): text for those, the rest summed per minute under 'other'
@@ -490,8 +490,8 @@ class Accumulator:
         # Spoofing attempts (right question, wrong id or port) are evidence, not facts:
         # they stay out of passive DNS. Unsolicited responses stay in (a one-way tap sees
         # only those).
-        ok = ((rrs["section"] == 1) & (rrs["type"] != OPT) & (msgs["qr"][owner] == 1)
-              & (msgs["rcode"][owner] == 0) & (track.state[owner] != MISMATCHED))
+        answered = (msgs["qr"] == 1) & (msgs["rcode"] == 0) & (track.state != MISMATCHED)
+        ok = (rrs["section"] == 1) & (rrs["type"] != OPT) & answered[owner]
         arena = batch.arena
         agg = self.agg
         if ok.any():

@@ -260,9 +260,7 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
     server = np.where(isq, m["dst"], m["src"])
     cw, sw = address_words(track.client), address_words(server)
     client_key = hash_columns(cw[:, 0], cw[:, 1])
-    reg_len = (m["qname_len"].astype(np.int64) - m["regdom_off"]).clip(0).astype(np.uint32)
-    regdom = _core.span_hashes(batch.arena, np.ascontiguousarray(m["qname_off"] + m["regdom_off"]),
-                               np.ascontiguousarray(reg_len))
+    regdom = batch.regdom_hash
     cols = {
         "ts": m["ts"], "qr": m["qr"], "is_query": isq, "is_response": isr, "opcode": m["opcode"],
         "rcode": m["rcode"], "nxdomain": isr & (m["rcode"] == 3), "servfail": isr & (m["rcode"] == 2),

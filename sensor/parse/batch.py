@@ -4,11 +4,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
-from sensor import schema
+from sensor import _core, schema
 
 
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
@@ -37,6 +38,14 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.messages.shape[0])
+
+    @cached_property
+    def regdom_hash(self) -> np.ndarray:
+        """Per message: a hash of its question's registered domain (span_hashes), made once
+        for the stages that group by it (breakdown, features)."""
+        m = self.messages
+        reg_len = (m["qname_len"].astype(np.int64) - m["regdom_off"]).clip(0).astype(np.uint32)
+        return _core.span_hashes(self.arena, np.ascontiguousarray(m["qname_off"] + m["regdom_off"]), reg_len)
 
     def text(self, off: int, length: int) -> str:
         return self.arena[off:off + length].decode("ascii")
