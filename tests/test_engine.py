@@ -133,6 +133,20 @@ def test_replay_stats_and_pdns_agree_with_the_parsed_messages(tmp_path):
     assert packets == batch.counters["packets"]
 
 
+def test_stats_rcode_counters_agree_with_the_responses(tmp_path):
+    path = DATA / "demo-office-resolver.pcap"
+    conf = config(tmp_path)
+    replay([str(path)], conf, progress_to=None)
+    m = parse_file(str(path)).messages
+    responses = m["qr"] == 1
+    want = tuple(int(np.count_nonzero(responses & (m["rcode"] == code))) for code in (0, 3, 2, 5))
+    got = db_rows(conf.db_path, "SELECT sum(noerror), sum(nxdomain), sum(servfail), sum(refused) FROM stats "
+                                "WHERE leg != 'sensor'")[0]
+    assert got == want and want[1] and want[0]
+    rcodes = [json.loads(r[0]) for r in db_rows(conf.db_path, "SELECT rcodes FROM stats WHERE leg != 'sensor'")]
+    assert sum(r.get("NXDOMAIN", 0) for r in rcodes) == want[1]
+
+
 def test_breakdown_by_network_and_domain_adds_up_to_the_client_leg(tmp_path):
     """The scoped series' counters: per configured client network ('other' outside them),
     per registered domain with only the busiest of each minute kept apart; every message of
