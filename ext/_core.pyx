@@ -2082,7 +2082,6 @@ def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const ui
     cdef Py_ssize_t n = offsets.shape[0], i
     cdef uint32_t start, end, k, j, label_end
     cdef uint64_t h
-    cdef uint8_t ch
     if lengths.shape[0] != n:
         raise ValueError("offsets and lengths differ in length")
     for size in (exact.shape[0], with_subdomains.shape[0], below_only.shape[0]):
@@ -2099,33 +2098,31 @@ def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const ui
             continue
         h = <uint64_t>FNV_OFFSET
         label_end = end
-        k = end
-        while k > start:
-            ch = arena[k - 1]
-            if ch == 92:                         # an escape: nothing further left can match
-                break
-            if ch == 46:                         # the label [k, label_end) completes a parent
+        while True:
+            # label [k, label_end): back to the dot before it, or to the name's start
+            k = label_end
+            while k > start and arena[k - 1] != 46 and arena[k - 1] != 92:
+                k -= 1
+            if k > start:
+                if arena[k - 1] == 92:           # an escape: nothing from here leftwards can match
+                    break
                 j = k - 1
                 while j > start and arena[j - 1] == 92:
                     j -= 1
                 if (k - 1 - j) & 1:              # an escaped dot: part of a label
                     break
-                if label_end < end:
-                    h = fnv_step(h, 46)
-                for j in range(k, label_end):
-                    h = fnv_step(h, arena[j])
-                if table_has(with_subdomains, h) or table_has(below_only, h):
-                    o[i] = 1
-                    break
-                label_end = k - 1
-            k -= 1
-        else:
             if label_end < end:
                 h = fnv_step(h, 46)
-            for j in range(start, label_end):
+            for j in range(k, label_end):
                 h = fnv_step(h, arena[j])
-            if table_has(exact, h) or table_has(with_subdomains, h):
+            if k == start:                       # the whole name
+                if table_has(exact, h) or table_has(with_subdomains, h):
+                    o[i] = 1
+                break
+            if table_has(with_subdomains, h) or table_has(below_only, h):    # a parent
                 o[i] = 1
+                break
+            label_end = k - 1
     return out
 
 

@@ -49,9 +49,8 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     rows_new = rows[new]
     out.domain = np.zeros(g, dtype=f"S{DOMAIN_WIDTH}")
     if "regdom" in rule.group_by:
-        reg = m["regdom_off"][rows_new].astype(np.int64)
-        out.domain[new] = gather_text(arena, m["qname_off"][rows_new].astype(np.int64) + reg,
-                                      m["qname_len"][rows_new].astype(np.int64) - reg, DOMAIN_WIDTH)
+        reg_off, reg_len = table.batch.regdom_spans
+        out.domain[new] = gather_text(arena, reg_off[rows_new], reg_len[rows_new], DOMAIN_WIDTH)
     elif "qname" in rule.group_by:
         out.domain[new] = gather_text(arena, m["qname_off"][rows_new], m["qname_len"][rows_new], DOMAIN_WIDTH)
     # the first SAMPLES members of each new group, in batch order

@@ -46,8 +46,8 @@ CLIENT_COLUMNS = tuple(name for name, _ in MINUTE_COUNTERS)
 
 
 class KeyedCounts:
-    """Per (minute, label) counters as numpy columns: batches fold in with one sort, and a
-    label (a client address, a network, a registered domain) becomes text only when the
+    """Per (minute, label) counters as numpy columns: a batch folds into the held rows in
+    place (new labels appended), and a label (a client address, a network, a registered domain) becomes text only when the
     writer stores the rows."""
 
     def __init__(self, label_dtype: Any = "V16") -> None:
@@ -121,7 +121,8 @@ def _address_texts(labels: np.ndarray) -> list[str]:
 
 class SeenCounts:
     """Rows keyed by a 64-bit hash of their identity (passive DNS: name, type, data) with
-    first seen, last seen and count as numpy columns, so a batch folds in with one sort.
+    first seen, last seen and count as numpy columns; a batch's distinct keys fold into the
+    held rows in place (new keys appended while there is room).
     `text` maps each key to its identity; the Accumulator fills it when it hands over."""
 
     def __init__(self) -> None:
@@ -456,10 +457,11 @@ class Accumulator:
                 raw = int(p0).to_bytes(8, "little") + int(p1).to_bytes(8, "little")
                 labels.append(f"{address_text(raw)}/{24 if is4 else 48}")
         self.agg.networks.add(keys[first], first_minute, np.array(labels, dtype=object), counts)
-        qname_len, regdom_off = column("qname_len").astype(np.int64), column("regdom_off")
-        reg_len = (qname_len - regdom_off).clip(0).astype(np.uint32)
-        reg_off = np.ascontiguousarray(column("qname_off") + regdom_off)
-        keys = hash_columns(minute64, batch.regdom_hash if everything else batch.regdom_hash[on_client_leg])
+        reg_off, reg_len = batch.regdom_spans
+        reg_hash = batch.regdom_hash
+        if not everything:
+            reg_off, reg_len, reg_hash = reg_off[on_client_leg], reg_len[on_client_leg], reg_hash[on_client_leg]
+        keys = hash_columns(minute64, reg_hash)
         first, first_minute, counts = self._keyed_counts(keys, minute, qr, rcode, size)
         # only the busiest domains of each minute get a row of their own (the writer keeps
         # max_domains_per_minute): text for those, the rest summed per minute under 'other'

@@ -40,12 +40,17 @@ class Batch:
         return int(self.messages.shape[0])
 
     @cached_property
+    def regdom_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per message: (arena offset, length) of its question's registered domain."""
+        m = self.messages
+        length = (m["qname_len"].astype(np.int64) - m["regdom_off"]).clip(0).astype(np.uint32)
+        return (m["qname_off"] + m["regdom_off"]).astype(np.uint32), length
+
+    @cached_property
     def regdom_hash(self) -> np.ndarray:
         """Per message: a hash of its question's registered domain (span_hashes), made once
         for the stages that group by it (breakdown, features)."""
-        m = self.messages
-        reg_len = (m["qname_len"].astype(np.int64) - m["regdom_off"]).clip(0).astype(np.uint32)
-        return _core.span_hashes(self.arena, np.ascontiguousarray(m["qname_off"] + m["regdom_off"]), reg_len)
+        return _core.span_hashes(self.arena, *self.regdom_spans)
 
     def text(self, off: int, length: int) -> str:
         return self.arena[off:off + length].decode("ascii")
