@@ -13,6 +13,7 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import random
@@ -95,10 +96,16 @@ def _frame(payload: bytes, v6: bool, client: bytes, server: bytes, sport: int, d
     return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02" + struct.pack("!H", ethertype) + ip + udp
 
 
+GENERATED_RESOLVERS = ("10.0.0.53", "2001:db8::35")
+"""The resolver of the generated capture (what its site would configure, or discover)."""
+GENERATED_CLIENT_NETWORKS = ("192.168.0.0/19", "2001:db8:1::/64")
+"""The clients of the generated capture."""
+
+
 def build_capture(path: str, messages: int, seed: int = 1) -> None:
     rng = random.Random(seed)
     pool = [_pair(rng) for _ in range(4000)]
-    server4, server6 = bytes([10, 0, 0, 53]), bytes.fromhex("20010db8000000000000000000000035")
+    server4, server6 = (ipaddress.ip_address(a).packed for a in GENERATED_RESOLVERS)
     ts = 1_700_000_000.0
     with open(path, "wb") as f:
         f.write(PCAP_HEADER)

@@ -3,12 +3,16 @@
 Builds the same realistic capture as bench/parse.py (or takes --capture),
 replays it through `sensor.engine.replay` into a fresh SQLite file, and runs
 tshark on the same file (its first --tshark-frames frames; rates are rates).
+The site is configured as a deployment would have it (on a resolver box it is
+discovered): the generated capture's resolver addresses and client networks, or
+--resolver/--client-network for a given capture.
 Replays twice over: with every rule of rules/ on and with no rules (an empty rules
 directory), and reports the parse-only rate in the same run, so the costs of
 tracking and storing and of the detectors show as ratios. The last line is one JSON
 object.
 
-    python bench/replay.py [--messages 1000000] [--capture FILE] [--repeat 2]
+    python bench/replay.py [--messages 1000000] [--capture FILE [--resolver A]... [--client-network N]...]
+                           [--repeat 2]
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from parse import build_capture, print_rates, tshark_rate  # noqa: E402
+from parse import (GENERATED_CLIENT_NETWORKS, GENERATED_RESOLVERS, build_capture, print_rates,  # noqa: E402
+                   tshark_rate)
 
 from sensor.config import Config  # noqa: E402
 from sensor.engine.replay import replay  # noqa: E402
@@ -36,9 +41,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--capture", help="use this capture instead of generating one")
+    ap.add_argument("--resolver", action="append", default=None,
+                    help="the site's resolver address (repeatable; default: the generated capture's)")
+    ap.add_argument("--client-network", action="append", default=None,
+                    help="a network the resolver serves (repeatable; default: the generated capture's)")
     ap.add_argument("--repeat", type=int, default=2, help="replays (the best is kept)")
     ap.add_argument("--tshark-frames", type=int, default=200_000)
     args = ap.parse_args()
+    if args.capture:
+        resolvers, networks = tuple(args.resolver or ()), tuple(args.client_network or ())
+    else:
+        resolvers = tuple(args.resolver or GENERATED_RESOLVERS)
+        networks = tuple(args.client_network or GENERATED_CLIENT_NETWORKS)
+    site = dict(resolver_addresses=resolvers, client_networks=networks, discover_networks=False)
 
     tmp = tempfile.mkdtemp(prefix="dnssensor-bench-replay-")
     try:
@@ -52,7 +67,7 @@ def main() -> int:
             best = None
             for i in range(args.repeat):
                 db = os.path.join(tmp, f"replay-{os.path.basename(rules_dir)}-{i}.db")
-                r = replay([path], replace(Config(), db_path=db, rules_dir=rules_dir), progress_to=None)
+                r = replay([path], replace(Config(), db_path=db, rules_dir=rules_dir, **site), progress_to=None)
                 if best is None or r.seconds < best.seconds:
                     best = r
             return best
@@ -70,9 +85,12 @@ def main() -> int:
         print(f"\n{best.messages} messages; one core; best of {args.repeat} replays")
         print_rates([("replay, all detectors", replay_rate), ("replay, no detectors", bare_rate),
                      ("parse only (same run)", parse_rate), ("tshark -T fields", tshark)], tshark, width=36)
+        print(f"site: resolvers {', '.join(resolvers) or 'none'}; client networks {', '.join(networks) or 'none'}")
         print(f"tracking: {best.tracking}")
         result = {
             "messages": best.messages,
+            "resolvers": list(resolvers),
+            "client_networks": list(networks),
             "replay_msgs_per_s": round(replay_rate),
             "replay_no_detectors_msgs_per_s": round(bare_rate),
             "detectors_cost_ratio": round(bare_rate / replay_rate, 2),

@@ -2329,3 +2329,179 @@ def count_in_spans(const uint8_t[::1] arena, const uint32_t[::1] offsets, const 
                 c += table[arena[k]] != 0
             o[i] = c
     return out
+
+
+# ---------------------------------------------------------------- fused row passes
+# Passes that read the batch's wide rows once, where numpy would pull each field
+# out into its own column first (a 152-byte stride per 2-byte field).
+
+DEF KEY_SEED = 0x243F6A8885A308D3
+DEF KEY_MIX = 0x9E3779B97F4A7C15
+DEF KEY_FINISH = 0xBF58476D1CE4E5B9
+
+
+cdef inline uint64_t key_mix(uint64_t h, uint64_t x) noexcept nogil:
+    """One column into a row key: sensor.track.hash_columns' step (mix_u64)."""
+    h = (h ^ x) * <uint64_t>KEY_MIX
+    return h ^ (h >> 31)
+
+
+cdef inline uint64_t key_finish(uint64_t h) noexcept nogil:
+    return (h ^ (h >> 29)) * <uint64_t>KEY_FINISH
+
+
+cdef inline uint64_t span_fnv(const uint8_t *p, uint32_t n) noexcept nogil:
+    cdef uint64_t h = <uint64_t>FNV_OFFSET
+    cdef uint32_t k
+    for k in range(n):
+        h = fnv_step(h, p[k])
+    return h
+
+
+cdef size_t _row_data(object rows, object dtype, str what) except 0:
+    """Address of a structured array's rows, checked to be the compiled row layout."""
+    if dtype is None:
+        raise RuntimeError("bind_dtypes() has not been called")
+    if rows.dtype != dtype or not rows.flags.c_contiguous:
+        raise ValueError("%s must be a C-contiguous array of the schema's %s rows" % (what, what))
+    return <size_t>rows.ctypes.data
+
+
+cdef inline void address_words_of(const uint8_t *a, uint64_t *w0, uint64_t *w1) noexcept nogil:
+    # The same two words as numpy's "<u8" view of the 16 bytes (hosts are little-endian).
+    memcpy(w0, a, 8)
+    memcpy(w1, a + 8, 8)
+
+
+cdef inline bint words_multicast(uint64_t w0, uint64_t w1) noexcept nogil:
+    """sensor.track.is_multicast for one address."""
+    cdef uint64_t octet
+    if w0 == 0 and (w1 & <uint64_t>0xFFFFFFFF) == <uint64_t>0xFFFF0000:
+        octet = (w1 >> 32) & 0xFF
+        return 224 <= octet <= 239
+    return (w0 & 0xFF) == 0xFF
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def answer_records(messages, rrs, const uint8_t[::1] arena, const uint8_t[::1] state,
+                   int excluded_state):
+    """A batch's passive-DNS records in one pass over its rows: answer-section records
+    (OPT aside) of NOERROR responses whose tracking state is not `excluded_state`.
+
+    Returns (record rows, keys, ts): each key is sensor.track.hash_columns(owner name
+    hash, rdata hash, type) over span_hashes' hashes of the arena text, ts the
+    response's timestamp.
+    """
+    cdef Py_ssize_t n = len(messages), m = len(rrs), j, out = 0
+    if state.shape[0] != n:
+        raise ValueError("state must have one entry per message")
+    cdef const MessageRow *msgs = NULL
+    cdef const RRRow *rr = NULL
+    if n:
+        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    if m:
+        rr = <const RRRow *>_row_data(rrs, RR_DTYPE, "record")
+    rows_arr = np.empty(m, dtype=np.int64)
+    keys_arr = np.empty(m, dtype=np.uint64)
+    ts_arr = np.empty(m, dtype=np.float64)
+    cdef int64_t[::1] rows = rows_arr
+    cdef uint64_t[::1] keys = keys_arr
+    cdef double[::1] ts = ts_arr
+    cdef const RRRow *r
+    cdef const MessageRow *mr
+    cdef size_t size = arena.shape[0]
+    cdef const uint8_t *base = &arena[0] if size else NULL
+    cdef uint64_t h
+    for j in range(m):
+        r = &rr[j]
+        if r.section != 1 or r.type == 41:
+            continue
+        if r.msg >= <uint64_t>n:
+            raise ValueError("record %d belongs to no message of the batch" % j)
+        mr = &msgs[r.msg]
+        if mr.qr != 1 or mr.rcode != 0 or state[r.msg] == excluded_state:
+            continue
+        if (<size_t>r.name_off + r.name_len > size or <size_t>r.rdata_off + r.rdata_len > size):
+            raise ValueError("record %d spans outside the arena" % j)
+        h = key_mix(<uint64_t>KEY_SEED, span_fnv(base + r.name_off, r.name_len))
+        h = key_mix(h, span_fnv(base + r.rdata_off, r.rdata_len))
+        keys[out] = key_finish(key_mix(h, r.type))
+        rows[out] = j
+        ts[out] = mr.ts
+        out += 1
+    return rows_arr[:out], keys_arr[:out], ts_arr[:out]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackable):
+    """What query/response matching needs of each message, in one pass over the rows.
+
+    The querying side (client) is the source of a query and the destination of a
+    response. Returns (key, loose, client, resolver, leg, tracked, server_is_resolver):
+    key = hash_columns(client words, server words, client port << 16 | server port,
+    id << 32 | qtype << 16 | qclass, name hash), loose the same without ports and id;
+    client and resolver as two address words per row (resolver: the client when it is
+    one of `resolvers`, the upstream leg (leg 1), else the server); tracked: neither
+    address multicast and no anomaly of `untrackable`.
+    """
+    cdef Py_ssize_t n = len(messages), i, k
+    cdef Py_ssize_t nres = resolvers.shape[0]
+    if nres and resolvers.shape[1] != 2:
+        raise ValueError("resolvers must be rows of two address words")
+    cdef const MessageRow *msgs = NULL
+    if n:
+        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    key_arr = np.empty(n, dtype=np.uint64)
+    loose_arr = np.empty(n, dtype=np.uint64)
+    client_arr = np.empty((n, 2), dtype=np.uint64)
+    resolver_arr = np.empty((n, 2), dtype=np.uint64)
+    leg_arr = np.empty(n, dtype=np.uint8)
+    tracked_arr = np.empty(n, dtype=np.bool_)
+    server_res_arr = np.empty(n, dtype=np.bool_)
+    cdef uint64_t[::1] key = key_arr
+    cdef uint64_t[::1] loose = loose_arr
+    cdef uint64_t[:, ::1] client = client_arr
+    cdef uint64_t[:, ::1] resolver = resolver_arr
+    cdef uint8_t[::1] leg = leg_arr
+    cdef uint8_t[::1] tracked = tracked_arr.view(np.uint8)
+    cdef uint8_t[::1] server_res = server_res_arr.view(np.uint8)
+    cdef const MessageRow *mr
+    cdef uint64_t s0, s1, d0, d1, c0, c1, v0, v1, h, question
+    cdef uint16_t cport, vport
+    cdef bint up, sres
+    for i in range(n):
+        mr = &msgs[i]
+        address_words_of(mr.src, &s0, &s1)
+        address_words_of(mr.dst, &d0, &d1)
+        if mr.qr == 0:
+            c0, c1, v0, v1, cport, vport = s0, s1, d0, d1, mr.sport, mr.dport
+        else:
+            c0, c1, v0, v1, cport, vport = d0, d1, s0, s1, mr.dport, mr.sport
+        question = (<uint64_t>mr.qtype << 16) | mr.qclass
+        h = key_mix(key_mix(key_mix(key_mix(<uint64_t>KEY_SEED, c0), c1), v0), v1)
+        loose[i] = key_finish(key_mix(key_mix(h, question), mr.name_hash))
+        h = key_mix(h, (<uint64_t>cport << 16) | vport)
+        h = key_mix(h, (<uint64_t>mr.id << 32) | question)
+        key[i] = key_finish(key_mix(h, mr.name_hash))
+        up = 0
+        sres = 0
+        for k in range(nres):
+            if resolvers[k, 0] == c0 and resolvers[k, 1] == c1:
+                up = 1
+            if resolvers[k, 0] == v0 and resolvers[k, 1] == v1:
+                sres = 1
+        client[i, 0] = c0
+        client[i, 1] = c1
+        if up:
+            resolver[i, 0] = c0
+            resolver[i, 1] = c1
+        else:
+            resolver[i, 0] = v0
+            resolver[i, 1] = v1
+        leg[i] = up
+        server_res[i] = sres
+        tracked[i] = (not words_multicast(s0, s1) and not words_multicast(d0, d1)
+                      and (mr.anomalies & untrackable) == 0)
+    return key_arr, loose_arr, client_arr, resolver_arr, leg_arr, tracked_arr, server_res_arr

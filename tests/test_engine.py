@@ -561,3 +561,84 @@ def test_minute_counts_agree_with_masks(rows):
         q, r = mine & (qr == 0), mine & (qr == 1)
         assert got == [int(q.sum()), int(r.sum()), int((r & (rcode == 3)).sum()), int((r & (rcode == 2)).sum()),
                        int(size[q].sum()), int(size[r].sum())]
+
+
+_ADDRESSES = [address_key(a) for a in ("192.0.2.10", "192.0.2.53", "224.0.0.251", "239.255.255.250",
+                                       "2001:db8::1", "ff02::fb", "0.0.0.0", "fe80::1")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7), st.integers(0, 1), st.integers(0, 65535),
+                          st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 300), st.integers(0, 255),
+                          st.integers(0, 2**64 - 1), st.integers(0, 2**20)), max_size=60),
+       st.sets(st.integers(0, 7), max_size=3))
+def test_track_columns_agree_with_column_arithmetic(rows, resolver_picks):
+    """The tracker's one pass over the rows gives what the column-by-column numpy
+    formulation gives: keys, the querying side, legs, multicast and untrackable rows."""
+    from sensor import _core, schema
+    from sensor.track import UNTRACKABLE, address_words, hash_columns
+    msgs = np.zeros(len(rows), dtype=schema.MESSAGE_DTYPE)
+    for i, (s, d, qr, sport, dport, mid, qtype, qclass, name_hash, anomalies) in enumerate(rows):
+        msgs[i]["src"], msgs[i]["dst"] = _ADDRESSES[s], _ADDRESSES[d]
+        msgs[i]["qr"], msgs[i]["sport"], msgs[i]["dport"], msgs[i]["id"] = qr, sport, dport, mid
+        msgs[i]["qtype"], msgs[i]["qclass"], msgs[i]["name_hash"], msgs[i]["anomalies"] = (
+            qtype, qclass, name_hash, anomalies)
+    resolvers = sorted(_ADDRESSES[k] for k in resolver_picks)
+    res_words = (np.frombuffer(b"".join(resolvers), dtype="<u8").reshape(-1, 2) if resolvers
+                 else np.empty((0, 2), dtype=np.uint64))
+    key, loose, client, resolver, leg, tracked, server_res = _core.track_columns(msgs, res_words, UNTRACKABLE)
+
+    def multicast(w):
+        mapped = (w[:, 0] == 0) & ((w[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
+        octet = (w[:, 1] >> np.uint64(32)) & np.uint64(0xFF)
+        return (mapped & (octet >= 224) & (octet <= 239)) | (~mapped & ((w[:, 0] & np.uint64(0xFF)) == 0xFF))
+
+    def is_resolver(w):
+        out = np.zeros(len(w), dtype=bool)
+        for w0, w1 in res_words:
+            out |= (w[:, 0] == w0) & (w[:, 1] == w1)
+        return out
+
+    sw, dw = address_words(msgs["src"]), address_words(msgs["dst"])
+    isq = msgs["qr"] == 0
+    cw, vw = np.where(isq[:, None], sw, dw), np.where(isq[:, None], dw, sw)
+    cport = np.where(isq, msgs["sport"], msgs["dport"]).astype(np.uint64)
+    vport = np.where(isq, msgs["dport"], msgs["sport"]).astype(np.uint64)
+    question = (msgs["qtype"].astype(np.uint64) << np.uint64(16)) | msgs["qclass"].astype(np.uint64)
+    assert key.tolist() == hash_columns(cw[:, 0], cw[:, 1], vw[:, 0], vw[:, 1], (cport << np.uint64(16)) | vport,
+                                        (msgs["id"].astype(np.uint64) << np.uint64(32)) | question,
+                                        msgs["name_hash"]).tolist()
+    assert loose.tolist() == hash_columns(cw[:, 0], cw[:, 1], vw[:, 0], vw[:, 1], question,
+                                          msgs["name_hash"]).tolist()
+    up = is_resolver(cw)
+    assert client.tolist() == cw.tolist()
+    assert resolver.tolist() == np.where(up[:, None], cw, vw).tolist()
+    assert leg.tolist() == up.astype(np.uint8).tolist()
+    assert server_res.tolist() == is_resolver(vw).tolist()
+    assert tracked.tolist() == (~multicast(sw) & ~multicast(dw)
+                                & ((msgs["anomalies"] & np.uint64(UNTRACKABLE)) == 0)).tolist()
+
+
+@pytest.mark.parametrize("capture", ["dnscap-baseline-udp-82-msgs.pcap", "gdc-baseline-udp-33-msgs.pcap",
+                                     "demo-office-resolver.pcap"])
+def test_answer_records_agree_with_column_masks(capture):
+    """Passive DNS's one pass over the records picks the rows and keys the column masks
+    pick: answers (OPT aside) of NOERROR responses, spoofed (mismatched) ones left out."""
+    from sensor import _core
+    from sensor.track import hash_columns
+    batch = parse_file(str(DATA / capture))
+    msgs, rrs = batch.messages, batch.rrs
+    state = np.random.default_rng(7).integers(0, 5, len(msgs)).astype(np.uint8)
+    rows, keys, ts = _core.answer_records(msgs, rrs, batch.arena, state, MISMATCHED)
+    owner = rrs["msg"]
+    answered = (msgs["qr"] == 1) & (msgs["rcode"] == 0) & (state != MISMATCHED)
+    ok = (rrs["section"] == 1) & (rrs["type"] != 41) & answered[owner]
+    assert ok.any() and (~ok).any()
+    assert rows.tolist() == np.flatnonzero(ok).tolist()
+    arena = batch.arena
+    nh = _core.span_hashes(arena, rrs["name_off"][ok].copy(), rrs["name_len"][ok].astype(np.uint32))
+    rh = _core.span_hashes(arena, rrs["rdata_off"][ok].copy(), rrs["rdata_len"][ok].copy())
+    assert keys.tolist() == hash_columns(nh, rh, rrs["type"][ok]).tolist()
+    assert ts.tolist() == msgs["ts"][owner[ok]].tolist()
+    with pytest.raises(ValueError):
+        _core.answer_records(msgs, rrs, arena[:10], state, MISMATCHED)

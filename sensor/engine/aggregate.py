@@ -492,27 +492,20 @@ class Accumulator:
 
     def _pdns(self, batch: Batch, track: TrackResult) -> None:
         msgs, rrs = batch.messages, batch.rrs
-        owner = rrs["msg"]
+        arena = batch.arena
+        agg = self.agg
         # Spoofing attempts (right question, wrong id or port) are evidence, not facts:
         # they stay out of passive DNS. Unsolicited responses stay in (a one-way tap sees
         # only those).
-        answered = (msgs["qr"] == 1) & (msgs["rcode"] == 0) & (track.state != MISMATCHED)
-        ok = (rrs["section"] == 1) & (rrs["type"] != OPT) & answered[owner]
-        arena = batch.arena
-        agg = self.agg
-        if ok.any():
-            name_off = np.ascontiguousarray(rrs["name_off"][ok])
-            name_len = rrs["name_len"][ok].astype(np.uint32)
-            rdata_off = np.ascontiguousarray(rrs["rdata_off"][ok])
-            rdata_len = np.ascontiguousarray(rrs["rdata_len"][ok])
-            rtype = rrs["type"][ok]
-            ts = msgs["ts"][owner[ok]]
-            nh = _core.span_hashes(arena, name_off, name_len)
-            rh = _core.span_hashes(arena, rdata_off, rdata_len)
-            self._pdns_known = self._add_seen(
-                agg.pdns, self._pdns_text, self._pdns_known, hash_columns(nh, rh, rtype), ts,
-                lambda i: (arena[name_off[i]:name_off[i] + name_len[i]].decode("ascii"), _type_name(int(rtype[i])),
-                           arena[rdata_off[i]:rdata_off[i] + rdata_len[i]].decode("ascii")))
+        rows, keys, ts = _core.answer_records(np.ascontiguousarray(msgs), np.ascontiguousarray(rrs), arena,
+                                              track.state, MISMATCHED)
+        if len(rows):
+            def identity(i: int) -> tuple[str, str, str]:   # only for keys not seen before
+                name_off, rdata_off, rdata_len, name_len, rtype = rrs[rows[i]][[
+                    "name_off", "rdata_off", "rdata_len", "name_len", "type"]].tolist()
+                return (arena[name_off:name_off + name_len].decode("ascii"), _type_name(rtype),
+                        arena[rdata_off:rdata_off + rdata_len].decode("ascii"))
+            self._pdns_known = self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identity)
         nx = (msgs["qr"] == 1) & (msgs["rcode"] == 3) & (msgs["qdcount"] > 0) & (track.state != MISMATCHED)
         if nx.any():
             qoff, qlen, qtype = msgs["qname_off"][nx], msgs["qname_len"][nx], msgs["qtype"][nx]

@@ -78,14 +78,6 @@ def address_words(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values).view("<u8").reshape(-1, 2)
 
 
-def is_multicast(words: np.ndarray) -> np.ndarray:
-    mapped_v4 = (words[:, 0] == 0) & ((words[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
-    octet = (words[:, 1] >> np.uint64(32)) & np.uint64(0xFF)
-    v4 = mapped_v4 & (octet >= 224) & (octet <= 239)
-    v6 = ~mapped_v4 & ((words[:, 0] & np.uint64(0xFF)) == 0xFF)
-    return v4 | v6
-
-
 def _by_key_time_kind(key: np.ndarray, ts: np.ndarray, is_response: np.ndarray) -> np.ndarray:
     """An order of events with equal keys together, by time within a key, queries before
     responses at the same time (what matching needs; keys need not be sorted). Events
@@ -129,35 +121,16 @@ class Tracker:
         self._resolvers = (np.frombuffer(b"".join(keys), dtype="<u8").reshape(-1, 2)
                            if keys else np.empty((0, 2), dtype=np.uint64))
 
-    def _is_resolver(self, words: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(words), dtype=bool)
-        for w0, w1 in self._resolvers:
-            out |= (words[:, 0] == w0) & (words[:, 1] == w1)
-        return out
-
     def process(self, msgs: np.ndarray, now: float | None = None) -> TrackResult:
         """Match one batch against itself and the pending table; `now` (data time,
         default the batch's latest timestamp) decides which queries timed out."""
         n = len(msgs)
-        src, dst = msgs["src"], msgs["dst"]
-        sw, dw = address_words(src), address_words(dst)
+        msgs = np.ascontiguousarray(msgs)
+        key, loose, client_w, resolver_w, leg, tracked, server_is_resolver = _core.track_columns(
+            msgs, self._resolvers, UNTRACKABLE)
         isq = msgs["qr"] == 0
-        client_w = np.where(isq[:, None], sw, dw)
-        server_w = np.where(isq[:, None], dw, sw)
-        client = client_w.view("V16").reshape(-1)       # the same 16 bytes, chosen as words
-        cport = np.where(isq, msgs["sport"], msgs["dport"]).astype(np.uint64)
-        sport = np.where(isq, msgs["dport"], msgs["sport"]).astype(np.uint64)
-        question = (msgs["qtype"].astype(np.uint64) << np.uint64(16)) | msgs["qclass"].astype(np.uint64)
-        key = hash_columns(client_w[:, 0], client_w[:, 1], server_w[:, 0], server_w[:, 1],
-                    (cport << np.uint64(16)) | sport,
-                    (msgs["id"].astype(np.uint64) << np.uint64(32)) | question, msgs["name_hash"])
-        loose = hash_columns(client_w[:, 0], client_w[:, 1], server_w[:, 0], server_w[:, 1],
-                      question, msgs["name_hash"])
-        upstream = self._is_resolver(client_w)
-        leg = upstream.astype(np.uint8)
-        resolver = np.where(upstream[:, None], client_w, server_w).view("V16").reshape(-1)
-        tracked = (~is_multicast(dw) & ~is_multicast(sw)
-                   & ((msgs["anomalies"] & np.uint64(UNTRACKABLE)) == 0))
+        client = client_w.view("V16").reshape(-1)
+        resolver = resolver_w.view("V16").reshape(-1)
         ts = msgs["ts"]
         if now is None:
             now = float(ts.max()) if n else 0.0
@@ -240,7 +213,7 @@ class Tracker:
         t["unanswered"] += len(unanswered)
         t["pending_evicted"] += len(evicted)
         return TrackResult(state=state, rtt=rtt, leg=leg, resolver=resolver, client=client, tracked=tracked,
-                           server_is_resolver=self._is_resolver(server_w), multi=multi, unanswered=unanswered,
+                           server_is_resolver=server_is_resolver, multi=multi, unanswered=unanswered,
                            evicted=evicted)
 
     def drain(self) -> np.ndarray:
