@@ -16,7 +16,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport realloc, free
-from libc.math cimport log2
+from libc.math cimport log2, fmod, floor
 
 import numpy as np
 
@@ -2505,3 +2505,115 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
         tracked[i] = (not words_multicast(s0, s1) and not words_multicast(d0, d1)
                       and (mr.anomalies & untrackable) == 0)
     return key_arr, loose_arr, client_arr, resolver_arr, leg_arr, tracked_arr, server_res_arr
+
+
+DEF STATS_RCODES = 32
+DEF STATS_QTYPES = 256
+DEF STATS_STATES = 8
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def stats_counts(messages, const int64_t[::1] group, Py_ssize_t ngroups, const uint8_t[::1] state,
+                 const double[::1] rtt):
+    """The per-minute stats counters of each group in one pass over the rows.
+
+    Returns (totals, rcodes, qtypes, states, rtt_ms, rare): totals[g] = queries,
+    responses, query bytes, response bytes; rcodes[g, r] responses with rcode r
+    (below 32), qtypes[g, t] queries of qtype t (below 256), states[g, s] messages
+    in tracking state s (below 8); rtt_ms[g] the sum of the round-trip times that
+    are not NaN, in milliseconds; rare marks the responses whose rcode and the
+    queries whose qtype fell outside those tables.
+    """
+    cdef Py_ssize_t n = len(messages), i
+    if group.shape[0] != n or state.shape[0] != n or rtt.shape[0] != n:
+        raise ValueError("group, state and rtt need one entry per message")
+    if ngroups < 0:
+        raise ValueError("ngroups must not be negative")
+    cdef const MessageRow *msgs = NULL
+    if n:
+        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    totals_arr = np.zeros((ngroups, 4), dtype=np.int64)
+    rcodes_arr = np.zeros((ngroups, STATS_RCODES), dtype=np.int64)
+    qtypes_arr = np.zeros((ngroups, STATS_QTYPES), dtype=np.int64)
+    states_arr = np.zeros((ngroups, STATS_STATES), dtype=np.int64)
+    rtt_arr = np.zeros(ngroups, dtype=np.float64)
+    rare_arr = np.zeros(n, dtype=np.bool_)
+    cdef int64_t[:, ::1] totals = totals_arr
+    cdef int64_t[:, ::1] rcodes = rcodes_arr
+    cdef int64_t[:, ::1] qtypes = qtypes_arr
+    cdef int64_t[:, ::1] states = states_arr
+    cdef double[::1] rtt_ms = rtt_arr
+    cdef uint8_t[::1] rare = rare_arr.view(np.uint8)
+    cdef const MessageRow *mr
+    cdef int64_t g
+    cdef double r
+    for i in range(n):
+        g = group[i]
+        if g < 0 or g >= ngroups:
+            raise ValueError("group %d of message %d out of range" % (g, i))
+        mr = &msgs[i]
+        if mr.qr == 0:
+            totals[g, 0] += 1
+            totals[g, 2] += mr.size
+            if mr.qtype < STATS_QTYPES:
+                qtypes[g, mr.qtype] += 1
+            else:
+                rare[i] = 1
+        else:
+            totals[g, 1] += 1
+            totals[g, 3] += mr.size
+            if mr.rcode < STATS_RCODES:
+                rcodes[g, mr.rcode] += 1
+            else:
+                rare[i] = 1
+        if state[i] < STATS_STATES:
+            states[g, state[i]] += 1
+        r = rtt[i]
+        if r == r:
+            rtt_ms[g] += r * 1000.0
+    return totals_arr, rcodes_arr, qtypes_arr, states_arr, rtt_arr, rare_arr
+
+
+cdef inline double floor_div(double x, double d) noexcept nogil:
+    """Python's float x // d for d > 0 (fmod first, so a time just below a minute's end
+    never rounds up into the next minute)."""
+    cdef double m = fmod(x, d)
+    cdef double q = (x - m) / d
+    cdef double f
+    if m != 0 and m < 0:
+        q -= 1.0
+    if q == 0:
+        return 0.0
+    f = floor(q)
+    if q - f > 0.5:
+        f += 1.0
+    return f
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def minute_keys(messages, const uint64_t[:, ::1] words, const uint8_t[::1] tag=None):
+    """Per message: the start of its minute (ts // 60 * 60) and a group key,
+    sensor.track.hash_columns(minute, words[:, 0], words[:, 1][, tag]), in one pass."""
+    cdef Py_ssize_t n = len(messages), i
+    if words.shape[0] != n or (n and words.shape[1] != 2) or (tag is not None and tag.shape[0] != n):
+        raise ValueError("words (two per message) and tag need one row per message")
+    cdef const MessageRow *msgs = NULL
+    if n:
+        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    keys_arr = np.empty(n, dtype=np.uint64)
+    minute_arr = np.empty(n, dtype=np.int64)
+    cdef uint64_t[::1] keys = keys_arr
+    cdef int64_t[::1] minute = minute_arr
+    cdef bint tagged = tag is not None
+    cdef int64_t m
+    cdef uint64_t h
+    for i in range(n):
+        m = <int64_t>floor_div(msgs[i].ts, 60.0) * 60
+        minute[i] = m
+        h = key_mix(key_mix(key_mix(<uint64_t>KEY_SEED, <uint64_t>m), words[i, 0]), words[i, 1])
+        if tagged:
+            h = key_mix(h, tag[i])
+        keys[i] = key_finish(h)
+    return keys_arr, minute_arr

@@ -642,3 +642,54 @@ def test_answer_records_agree_with_column_masks(capture):
     assert ts.tolist() == msgs["ts"][owner[ok]].tolist()
     with pytest.raises(ValueError):
         _core.answer_records(msgs, rrs, arena[:10], state, MISMATCHED)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.sampled_from([0, 2, 3, 5, 31, 32, 3841]),
+                          st.sampled_from([1, 28, 255, 256, 65535]), st.integers(0, 70000), st.integers(0, 3),
+                          st.integers(0, 6), st.floats(0, 5) | st.just(float("nan"))), max_size=80))
+def test_stats_counts_agree_with_masks(rows):
+    from sensor import _core, schema
+    n = len(rows)
+    msgs = np.zeros(n, dtype=schema.MESSAGE_DTYPE)
+    for i, (qr, rcode, qtype, size, _, _, _) in enumerate(rows):
+        msgs[i]["qr"], msgs[i]["rcode"], msgs[i]["qtype"], msgs[i]["size"] = qr, rcode, qtype, size
+    group = np.array([r[4] for r in rows], dtype=np.int64)
+    state = np.array([r[5] for r in rows], dtype=np.uint8)
+    rtt = np.array([r[6] for r in rows], dtype=np.float64)
+    totals, rcodes, qtypes, states, rtt_ms, rare = _core.stats_counts(msgs, group, 4, state, rtt)
+    isq, isr = msgs["qr"] == 0, msgs["qr"] == 1
+    for g in range(4):
+        mine = group == g
+        assert totals[g].tolist() == [int((mine & isq).sum()), int((mine & isr).sum()),
+                                      int(msgs["size"][mine & isq].sum()), int(msgs["size"][mine & isr].sum())]
+        for code in (0, 2, 3, 5, 31):
+            assert rcodes[g, code] == int((mine & isr & (msgs["rcode"] == code)).sum())
+        for code in (1, 28, 255):
+            assert qtypes[g, code] == int((mine & isq & (msgs["qtype"] == code)).sum())
+        for s in range(7):
+            assert states[g, s] == int((mine & (state == s)).sum())
+        assert rtt_ms[g] == pytest.approx(float(np.nansum(rtt[mine]) * 1000.0))
+    assert rcodes.sum() + qtypes.sum() + int(rare.sum()) == n
+    assert rare.tolist() == ((isr & (msgs["rcode"] >= 32)) | (isq & (msgs["qtype"] >= 256))).tolist()
+    with pytest.raises(ValueError):
+        _core.stats_counts(msgs, group, 3 if n and group.max() == 3 else -1, state, rtt)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 2e9) | st.sampled_from([59.99999999999999, 119.99999999999999, 1e9 - 1e-7,
+                                                                 60.0, 0.0]),
+                          st.integers(0, 7), st.integers(0, 1)), max_size=60), st.booleans())
+def test_minute_keys_agree_with_column_arithmetic(rows, tagged):
+    from sensor import _core, schema
+    from sensor.track import address_words, hash_columns
+    msgs = np.zeros(len(rows), dtype=schema.MESSAGE_DTYPE)
+    for i, (ts, a, _) in enumerate(rows):
+        msgs[i]["ts"], msgs[i]["src"] = ts, _ADDRESSES[a]
+    words = address_words(msgs["src"])
+    tag = np.array([r[2] for r in rows], dtype=np.uint8)
+    keys, minute = _core.minute_keys(msgs, words, tag if tagged else None)
+    expected = (msgs["ts"] // 60).astype(np.int64) * 60
+    assert minute.tolist() == expected.tolist()
+    columns = [expected.astype(np.uint64), words[:, 0], words[:, 1]] + ([tag] if tagged else [])
+    assert keys.tolist() == hash_columns(*columns).tolist()

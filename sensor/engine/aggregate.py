@@ -31,11 +31,6 @@ OTHER_KEY = 0x6F74686572
 STATS_COUNTER_NAMES = tuple(name for name, _ in STATS_COUNTERS)
 
 
-_RCODE_CELL = np.zeros(1 << 16, dtype=np.int64)
-"""The stats cell of a response's rcode: NOERROR 1, NXDOMAIN 2, SERVFAIL 3, REFUSED 4, others 0."""
-_RCODE_CELL[[0, 3, 2, 5]] = [1, 2, 3, 4]
-
-
 def new_stats_row() -> dict[str, Any]:
     row: dict[str, Any] = {name: 0 for name in STATS_COUNTER_NAMES}
     row.update(rtt_ms_sum=0.0, clients=set(), rcodes=Counter(), qtypes=Counter())
@@ -346,46 +341,31 @@ class Accumulator:
             row = stats[key] = new_stats_row()
         return row
 
-    def _group_keys(self, ts: np.ndarray, resolver: np.ndarray, leg: np.ndarray):
-        minute = (ts // 60).astype(np.int64) * 60
-        rw = address_words(resolver)
-        keys = hash_columns(minute.astype(np.uint64), rw[:, 0], rw[:, 1], leg)
+    @staticmethod
+    def _group_keys(keys: np.ndarray, minute: np.ndarray, resolver: np.ndarray, leg: np.ndarray):
+        """Rows keyed by (minute, resolver, leg): each row's group and the groups' text keys."""
         first, inverse, _ = key_groups(keys)
         group_keys = [(int(minute[i]), address_text(bytes(resolver[i])), LEG_NAMES[leg[i]])
                       for i in first.tolist()]
         return group_keys, inverse
 
     def _stats(self, msgs: np.ndarray, track: TrackResult) -> None:
-        group_keys, inv = self._group_keys(msgs["ts"], track.resolver, track.leg)
+        msgs = np.ascontiguousarray(msgs)
+        keys, minute = _core.minute_keys(msgs, address_words(track.resolver), track.leg)
+        group_keys, inv = self._group_keys(keys, minute, track.resolver, track.leg)
         g = len(group_keys)
-        isq = msgs["qr"] == 0
-        isr = ~isq
-        rcode = msgs["rcode"]
-        size = msgs["size"].astype(np.float64)
-        state = track.state
-
-        # One bincount per categorical column over (group, category) cells instead of a
-        # mask and a bincount per counter.
-        def per_group(category: np.ndarray, cells: int, weights: np.ndarray | None = None) -> np.ndarray:
-            return np.bincount(inv * cells + category, weights=weights, minlength=g * cells).reshape(g, cells)
-
-        direction = isr.astype(np.int64)
-        by_dir = per_group(direction, 2).astype(np.int64)
-        bytes_by_dir = per_group(direction, 2, size)
-        by_rcode = per_group(_RCODE_CELL[rcode] * isr, 5).astype(np.int64)
-        by_state = per_group(state.astype(np.int64), 5).astype(np.int64)
+        totals, by_rcode, by_qtype, by_state, rtt_ms, rare = _core.stats_counts(msgs, inv, g, track.state, track.rtt)
         columns = {
-            "queries": by_dir[:, 0], "responses": by_dir[:, 1],
-            "noerror": by_rcode[:, 1], "nxdomain": by_rcode[:, 2],
-            "servfail": by_rcode[:, 3], "refused": by_rcode[:, 4],
-            "bytes_queries": bytes_by_dir[:, 0], "bytes_responses": bytes_by_dir[:, 1],
+            "queries": totals[:, 0], "responses": totals[:, 1],
+            "noerror": by_rcode[:, 0], "nxdomain": by_rcode[:, 3],
+            "servfail": by_rcode[:, 2], "refused": by_rcode[:, 5],
+            "bytes_queries": totals[:, 2], "bytes_responses": totals[:, 3],
             "answered": by_state[:, ANSWERED], "unsolicited": by_state[:, UNSOLICITED],
             "mismatched": by_state[:, MISMATCHED], "duplicate": by_state[:, DUPLICATE],
             "rtt_count": by_state[:, ANSWERED],
         }
         columns = {name: values.tolist() for name, values in columns.items()}
-        rtt_ms = np.bincount(inv, weights=np.where(state == ANSWERED, np.nan_to_num(track.rtt) * 1000.0, 0.0),
-                             minlength=g).tolist()
+        rtt_ms = rtt_ms.tolist()
         # (group, value) pairs packed into one uint64: distinct pairs are plain integers.
         inv64 = inv.astype(np.uint64) << np.uint64(GROUP_SHIFT)
         cw = address_words(track.client)
@@ -393,8 +373,6 @@ class Accumulator:
         pair_group = (pairs >> np.uint64(GROUP_SHIFT)).astype(np.int64)
         bounds = np.searchsorted(pair_group, np.arange(g + 1))
         client_ids = (pairs & np.uint64(CLIENT_HASH_MASK)).tolist()
-        rq, rn = _distinct_counts(inv64[isr] | rcode[isr].astype(np.uint64))
-        qq, qn = _distinct_counts(inv64[isq] | msgs["qtype"][isq].astype(np.uint64))
         rows = [self._stats_row(k) for k in group_keys]
         for gi, row in enumerate(rows):
             for name, values in columns.items():
@@ -403,10 +381,18 @@ class Accumulator:
             clients = row["clients"]
             if len(clients) < self.limits.max_clients_per_group:
                 clients.update(client_ids[bounds[gi]:bounds[gi + 1]])
-        for packed, n in zip(rq.tolist(), rn.tolist()):
-            rows[packed >> GROUP_SHIFT]["rcodes"][schema.rcode_name(packed & 0xFFFF)] += n
-        for packed, n in zip(qq.tolist(), qn.tolist()):
-            rows[packed >> GROUP_SHIFT]["qtypes"][schema.type_name(packed & 0xFFFF)] += n
+        cells = [(by_rcode, schema.rcode_name, "rcodes"), (by_qtype, schema.type_name, "qtypes")]
+        for table, name_of, column in cells:
+            for gi, code in zip(*(x.tolist() for x in np.nonzero(table))):
+                rows[gi][column][name_of(code)] += int(table[gi, code])
+        if rare.any():            # extended rcodes and qtypes beyond the core's tables
+            isq = msgs["qr"][rare] == 0
+            codes = np.where(isq, msgs["qtype"][rare], msgs["rcode"][rare]).tolist()
+            for gi, q, code in zip(inv[rare].tolist(), isq.tolist(), codes):
+                if q:
+                    rows[gi]["qtypes"][schema.type_name(code)] += 1
+                else:
+                    rows[gi]["rcodes"][schema.rcode_name(code)] += 1
 
     @staticmethod
     def _keyed_counts(keys: np.ndarray, minute: np.ndarray, qr: np.ndarray, rcode: np.ndarray,
@@ -416,9 +402,7 @@ class Accumulator:
         return first, minute[first], counts
 
     def _clients(self, msgs: np.ndarray, track: TrackResult) -> None:
-        minute = (msgs["ts"] // 60).astype(np.int64) * 60
-        cw = address_words(track.client)
-        keys = hash_columns(minute.astype(np.uint64), cw[:, 0], cw[:, 1])
+        keys, minute = _core.minute_keys(np.ascontiguousarray(msgs), address_words(track.client))
         first, first_minute, counts = self._keyed_counts(keys, minute, msgs["qr"], msgs["rcode"], msgs["size"])
         self.agg.clients.add(keys[first], first_minute, track.client[first], counts)
 
@@ -485,7 +469,11 @@ class Accumulator:
 
     def add_unanswered(self, rows: np.ndarray) -> None:
         """Queries that timed out, counted in the minute and resolver they were sent to."""
-        group_keys, inv = self._group_keys(rows["ts"], rows["resolver"], rows["leg"])
+        minute = (rows["ts"] // 60).astype(np.int64) * 60
+        resolver, leg = rows["resolver"], rows["leg"]
+        rw = address_words(resolver)
+        keys = hash_columns(minute.astype(np.uint64), rw[:, 0], rw[:, 1], leg)
+        group_keys, inv = self._group_keys(keys, minute, resolver, leg)
         counts = np.bincount(inv, minlength=len(group_keys)).tolist()
         for key, n in zip(group_keys, counts):
             self._stats_row(key)["unanswered"] += n
