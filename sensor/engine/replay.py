@@ -15,8 +15,6 @@ from sensor.rules import load_rules_dir
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store
 
-FLUSH_EVERY_MESSAGES = 250_000
-"""Replay writes to the store after this many messages (live flushes on a timer)."""
 PCAP_RECORD_HEADER = 16
 
 
@@ -69,17 +67,19 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
     progress = Progress(total, progress_to)
     t0 = time.perf_counter()
-    done_bytes, since_flush = 0, 0
+    done_bytes = 0
+    # The store is written on the live sensor's timer (store.flush_interval_s), so a
+    # replay writes it as the live sensor would at the same message rate.
+    next_flush = time.monotonic() + config.flush_interval_s
     try:
         for frames in merged_frames(list(files), config.limits.frames_per_read):
-            n = pipeline.feed(frames)
-            since_flush += n
+            pipeline.feed(frames)
             done_bytes += len(frames.blob) + PCAP_RECORD_HEADER * frames.meta.shape[0]
             progress.update(done_bytes, pipeline.messages)
-            if since_flush >= FLUSH_EVERY_MESSAGES:
+            if time.monotonic() >= next_flush:
                 writer.apply(pipeline.take())
                 result.verdicts += writer.flush()
-                since_flush = 0
+                next_flush = time.monotonic() + config.flush_interval_s
         pipeline.drain()
         writer.apply(pipeline.take())
         result.verdicts += writer.flush(final=True)
