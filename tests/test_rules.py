@@ -392,6 +392,68 @@ def test_compiled_dga_score_matches_the_reference_scorer():
     assert got[1] > model.threshold > got[0]
 
 
+@pytest.mark.parametrize("capture", ["demo-office-resolver.pcap", "generated-malware-lookups.pcap",
+                                     "dnscap-baseline-udp-82-msgs.pcap"])
+def test_name_features_per_distinct_name_equal_those_per_message(capture):
+    """Features of the question name alone are worked out once per distinct name and
+    spread back: each message gets what its own name gives."""
+    from sensor import _core
+    from sensor.features import LAZY, _ENCODING_TABLE, build, NetworkSet
+    from sensor.features.dga import load_model
+    from sensor.features.lists import NamePattern, load_lists
+    from sensor.parse import parse_file
+    from sensor.track import Tracker
+    batch = parse_file(str(DATA / capture))
+    m, arena = batch.messages, batch.arena
+    first, inverse, _, _ = batch.distinct_names
+    assert len(first) < len(m)                 # names repeat: the sharing is exercised
+    texts = [batch.qname(i) for i in range(len(m))]
+    assert [texts[first[g]] for g in inverse.tolist()] == texts
+    table = build(batch, Tracker().process(m), NetworkSet(()))
+    cols = table.columns
+    offsets, lengths = np.ascontiguousarray(m["qname_off"]), np.ascontiguousarray(m["qname_len"])
+    for name, column in zip(LAZY, _core.first_label_stats(arena, offsets, lengths)):
+        assert cols[name].tolist() == column.tolist(), name
+    assert cols["encoding_chars"].tolist() == _core.count_in_spans(
+        arena, offsets, lengths.astype(np.uint32), _ENCODING_TABLE).astype(np.float64).tolist()
+    model = load_model(RULES / "models")
+    cols.dga_model = model
+    assert cols["dga_score"].tolist() == model.scores(arena, m).tolist()
+    lists = load_lists(RULES / "lists")
+    pattern = NamePattern("digit_or_w", r"[0-9]|^w", re.compile(r"[0-9]|^w"))
+    cols.sources.update(lists, pattern_digit_or_w=pattern)
+    for name, source in [*lists.items(), ("pattern_digit_or_w", pattern)]:
+        assert cols[name].tolist() == source.mask(arena, offsets, lengths).tolist(), name
+    assert any(cols["pattern_digit_or_w"]) and not all(cols["pattern_digit_or_w"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["a1.example", "www.example", "b.example", "c2.test", "x.y.z", "."]),
+                         max_size=12), max_size=6), st.integers(1, 5))
+def test_name_pattern_remembers_names_across_batches(batches, cache_names):
+    """A pattern's result is remembered per name across batches, starts over when its
+    cache is full, and always equals searching the name."""
+    import sensor.features.lists as lists_module
+    from sensor.features.lists import NamePattern
+    regex = r"[0-9]|^w"
+    pattern = NamePattern("p", regex, re.compile(regex))
+    old = lists_module.PATTERN_CACHE_NAMES
+    lists_module.PATTERN_CACHE_NAMES = cache_names
+    biggest = 0
+    try:
+        for names in batches:
+            biggest = max(biggest, len(set(names)))
+            texts = [n.encode() for n in names]
+            arena = b"".join(texts)
+            lengths = np.array([len(t) for t in texts], dtype=np.uint32)
+            offsets = (np.cumsum(lengths) - lengths).astype(np.uint32)
+            got = pattern.mask(arena, offsets, lengths)
+            assert got.tolist() == [re.search(regex, n) is not None for n in names]
+            assert len(pattern._known) <= max(cache_names, biggest)
+    finally:
+        lists_module.PATTERN_CACHE_NAMES = old
+
+
 def test_dga_model_figures_hold_on_the_held_out_split():
     from conftest import SHARED_PCAPS
     datasets = SHARED_PCAPS.parent / "datasets"

@@ -101,14 +101,15 @@ class Columns(dict):
 
     def __missing__(self, name: str) -> np.ndarray:
         if name == "dga_score" and self.dga_model is not None:
-            self[name] = self.dga_model.scores(self._batch.arena, self._batch.messages)
+            first, inverse, _, _ = self._batch.distinct_names
+            self[name] = self.dga_model.scores(self._batch.arena, self._batch.messages, first)[inverse]
             return self[name]
         if name in self.sources and isinstance(self.sources[name], AddressTag):
             self[name] = self.sources[name].column(name, self)
             return self[name]
-        if name in self.sources:
-            m = self._batch.messages
-            self[name] = self.sources[name].mask(self._batch.arena, m["qname_off"], m["qname_len"])
+        if name in self.sources:          # a name list or pattern: once per distinct name
+            _, inverse, offsets, lengths = self._batch.distinct_names
+            self[name] = self.sources[name].mask(self._batch.arena, offsets, lengths)[inverse]
             return self[name]
         if name == LAZY_ANSWERS:
             self[name] = _answer_hashes(self._batch)
@@ -126,10 +127,9 @@ class Columns(dict):
 
 
 def _first_label_columns(batch: Batch) -> dict[str, np.ndarray]:
-    m = batch.messages
-    stats = _core.first_label_stats(batch.arena, np.ascontiguousarray(m["qname_off"]),
-                                    np.ascontiguousarray(m["qname_len"]))
-    return dict(zip(LAZY, stats))
+    _, inverse, offsets, lengths = batch.distinct_names
+    stats = _core.first_label_stats(batch.arena, offsets, lengths)
+    return {name: column[inverse] for name, column in zip(LAZY, stats)}
 
 
 _ENCODING_TABLE = np.zeros(256, dtype=np.uint8)
@@ -138,10 +138,9 @@ _ENCODING_TABLE[list(ENCODING_BYTES)] = 1
 
 def _encoding_chars(batch: Batch) -> np.ndarray:
     """Per message: ENCODING_BYTES in its question name."""
-    m = batch.messages
-    return _core.count_in_spans(batch.arena, np.ascontiguousarray(m["qname_off"]),
-                                np.ascontiguousarray(m["qname_len"], dtype=np.uint32),
-                                _ENCODING_TABLE).astype(np.float64)
+    _, inverse, offsets, lengths = batch.distinct_names
+    return _core.count_in_spans(batch.arena, offsets, lengths.astype(np.uint32),
+                                _ENCODING_TABLE).astype(np.float64)[inverse]
 
 
 def _out_of_bailiwick(batch: Batch) -> np.ndarray:

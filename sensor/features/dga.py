@@ -37,10 +37,11 @@ class DgaModel:
     threshold: float
     path: str
 
-    def scores(self, arena: bytes, messages: np.ndarray) -> np.ndarray:
-        return _core.dga_scores(arena, np.ascontiguousarray(messages["qname_off"]),
-                                np.ascontiguousarray(messages["regdom_off"]),
-                                np.ascontiguousarray(messages["qname_len"]), self.table)
+    def scores(self, arena: bytes, messages: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """The score of each message's question name (of messages[rows] only, when given)."""
+        columns = [messages[name] if rows is None else messages[name][rows]
+                   for name in ("qname_off", "regdom_off", "qname_len")]
+        return _core.dga_scores(arena, *(np.ascontiguousarray(c) for c in columns), self.table)
 
 
 def load_model(directory: str | Path) -> DgaModel | None:

@@ -52,6 +52,16 @@ class Batch:
         for the stages that group by it (breakdown, features)."""
         return _core.span_hashes(self.arena, *self.regdom_spans)
 
+    @cached_property
+    def distinct_names(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(a message of each distinct question name, each message's name among them, and
+        those messages' qname_off and qname_len): what depends on the name alone is worked
+        out once per name. Names are told apart by name_hash (64-bit FNV-1a of the text)."""
+        m = self.messages
+        first, inverse, _ = _core.group_u64(np.ascontiguousarray(m["name_hash"]))
+        return (first, inverse, np.ascontiguousarray(m["qname_off"][first]),
+                np.ascontiguousarray(m["qname_len"][first]))
+
     def text(self, off: int, length: int) -> str:
         return self.arena[off:off + length].decode("ascii")
 
