@@ -16,7 +16,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
 from libc.string cimport memcpy, memset
 from libc.stdlib cimport realloc, free
-from libc.math cimport log2, fmod, floor
+from libc.math cimport log2, floor
 
 import numpy as np
 
@@ -2576,19 +2576,15 @@ def stats_counts(messages, const int64_t[::1] group, Py_ssize_t ngroups, const u
 
 
 cdef inline double floor_div(double x, double d) noexcept nogil:
-    """Python's float x // d for d > 0 (fmod first, so a time just below a minute's end
-    never rounds up into the next minute)."""
-    cdef double m = fmod(x, d)
-    cdef double q = (x - m) / d
-    cdef double f
-    if m != 0 and m < 0:
+    """Python's float x // d for d > 0: the exact floor of x / d. The quotient's rounding
+    can land on the next integer (a time just below a minute's end), so the candidate is
+    checked against x with exact products (exact below 2**53)."""
+    cdef double q = floor(x / d)
+    if q * d > x:
         q -= 1.0
-    if q == 0:
-        return 0.0
-    f = floor(q)
-    if q - f > 0.5:
-        f += 1.0
-    return f
+    elif (q + 1.0) * d <= x:
+        q += 1.0
+    return q
 
 
 @cython.boundscheck(False)
@@ -2617,3 +2613,49 @@ def minute_keys(messages, const uint64_t[:, ::1] words, const uint8_t[::1] tag=N
             h = key_mix(h, tag[i])
         keys[i] = key_finish(h)
     return keys_arr, minute_arr
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def message_minutes(messages):
+    """Per message: the start of its minute, ts // 60 * 60 (Python's float floor division)."""
+    cdef Py_ssize_t n = len(messages), i
+    cdef const MessageRow *msgs = NULL
+    if n:
+        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    out_arr = np.empty(n, dtype=np.int64)
+    cdef int64_t[::1] out = out_arr
+    for i in range(n):
+        out[i] = <int64_t>floor_div(msgs[i].ts, 60.0) * 60
+    return out_arr
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def regdom_columns(messages, const uint8_t[::1] arena):
+    """Per message, in one pass: the arena offset and length of its question's registered
+    domain (qname_off + regdom_off, qname_len - regdom_off or 0) and span_hashes' hash of it."""
+    cdef Py_ssize_t n = len(messages), i
+    cdef const MessageRow *msgs = NULL
+    if n:
+        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    off_arr = np.empty(n, dtype=np.uint32)
+    len_arr = np.empty(n, dtype=np.uint32)
+    hash_arr = np.empty(n, dtype=np.uint64)
+    cdef uint32_t[::1] offs = off_arr
+    cdef uint32_t[::1] lens = len_arr
+    cdef uint64_t[::1] hashes = hash_arr
+    cdef size_t size = arena.shape[0]
+    cdef const uint8_t *base = &arena[0] if size else NULL
+    cdef const MessageRow *mr
+    cdef uint32_t off, length
+    for i in range(n):
+        mr = &msgs[i]
+        off = mr.qname_off + mr.regdom_off
+        length = mr.qname_len - mr.regdom_off if mr.qname_len > mr.regdom_off else 0
+        if <size_t>off + length > size:
+            raise ValueError("message %d: registered domain outside the arena" % i)
+        offs[i] = off
+        lens[i] = length
+        hashes[i] = span_fnv(base + off, length)
+    return off_arr, len_arr, hash_arr

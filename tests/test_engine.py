@@ -691,5 +691,21 @@ def test_minute_keys_agree_with_column_arithmetic(rows, tagged):
     keys, minute = _core.minute_keys(msgs, words, tag if tagged else None)
     expected = (msgs["ts"] // 60).astype(np.int64) * 60
     assert minute.tolist() == expected.tolist()
+    assert _core.message_minutes(msgs).tolist() == expected.tolist()
     columns = [expected.astype(np.uint64), words[:, 0], words[:, 1]] + ([tag] if tagged else [])
     assert keys.tolist() == hash_columns(*columns).tolist()
+
+
+@pytest.mark.parametrize("capture", ["demo-office-resolver.pcap", "dnscap-linux-sll2-nxdomain-dnssec.pcap"])
+def test_registered_domain_columns_agree_with_column_arithmetic(capture):
+    from sensor import _core
+    batch = parse_file(str(DATA / capture))
+    m = batch.messages
+    off, length, hashes = _core.regdom_columns(m, batch.arena)
+    assert off.tolist() == (m["qname_off"] + m["regdom_off"]).tolist()
+    assert length.tolist() == (m["qname_len"].astype(np.int64) - m["regdom_off"]).clip(0).tolist()
+    assert hashes.tolist() == _core.span_hashes(batch.arena, off, length).tolist()
+    for i in range(len(m)):                  # the registered domain ends the question name
+        assert batch.qname(i).encode().endswith(batch.arena[off[i]:off[i] + length[i]])
+    with pytest.raises(ValueError):
+        _core.regdom_columns(m, batch.arena[:8])

@@ -420,7 +420,7 @@ class Accumulator:
             return msgs[name] if everything else msgs[name][on_client_leg]
 
         client = track.client if everything else track.client[on_client_leg]
-        minute = (column("ts") // 60).astype(np.int64) * 60
+        minute = batch.minute if everything else batch.minute[on_client_leg]
         minute64 = minute.astype(np.uint64)
         qr, rcode, size = column("qr"), column("rcode"), column("size")
         if self.networks.networks:

@@ -40,17 +40,24 @@ class Batch:
         return int(self.messages.shape[0])
 
     @cached_property
+    def _regdom(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _core.regdom_columns(np.ascontiguousarray(self.messages), self.arena)
+
+    @property
     def regdom_spans(self) -> tuple[np.ndarray, np.ndarray]:
         """Per message: (arena offset, length) of its question's registered domain."""
-        m = self.messages
-        length = (m["qname_len"].astype(np.int64) - m["regdom_off"]).clip(0).astype(np.uint32)
-        return (m["qname_off"] + m["regdom_off"]).astype(np.uint32), length
+        return self._regdom[:2]
 
-    @cached_property
+    @property
     def regdom_hash(self) -> np.ndarray:
         """Per message: a hash of its question's registered domain (span_hashes), made once
         for the stages that group by it (breakdown, features)."""
-        return _core.span_hashes(self.arena, *self.regdom_spans)
+        return self._regdom[2]
+
+    @cached_property
+    def minute(self) -> np.ndarray:
+        """Per message: the start of its minute (ts // 60 * 60), for the per-minute tables."""
+        return _core.message_minutes(np.ascontiguousarray(self.messages))
 
     @cached_property
     def distinct_names(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
