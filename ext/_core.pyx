@@ -2415,7 +2415,7 @@ def answer_records(messages, rrs, const uint8_t[::1] arena, const uint8_t[::1] s
     cdef uint64_t h
     for j in range(m):
         r = &rr[j]
-        if r.section != 1 or r.type == 41:
+        if r.section != 1 or r.type == 41:      # answers only; type 41 is OPT
             continue
         if r.msg >= <uint64_t>n:
             raise ValueError("record %d belongs to no message of the batch" % j)

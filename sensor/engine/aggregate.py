@@ -21,7 +21,6 @@ from sensor.store.schema import MINUTE_COUNTERS, STATS_COUNTERS
 from sensor.track import (ANSWERED, DUPLICATE, LEG_CLIENT, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
                           address_words, hash_columns, index_keys, isin_keys, key_groups)
 
-OPT = 41
 OTHER_RESOLVER = "other"
 GROUP_SHIFT = 40
 """Packed (group, value) keys: the group above bit 40, a value (rcode, qtype, client hash) below."""
@@ -354,7 +353,8 @@ class Accumulator:
         keys, minute = _core.minute_keys(msgs, address_words(track.resolver), track.leg)
         group_keys, inv = self._group_keys(keys, minute, track.resolver, track.leg)
         g = len(group_keys)
-        totals, by_rcode, by_qtype, by_state, rtt_ms, rare = _core.stats_counts(msgs, inv, g, track.state, track.rtt)
+        totals, by_rcode, by_qtype, by_state, rtt_ms, rare = _core.stats_counts(
+            msgs, inv, g, track.state, track.rtt)
         columns = {
             "queries": totals[:, 0], "responses": totals[:, 1],
             "noerror": by_rcode[:, 0], "nxdomain": by_rcode[:, 3],
