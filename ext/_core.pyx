@@ -1776,8 +1776,8 @@ def fnv1a64(bytes data):
 def span_hashes(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint32_t[::1] lengths):
     """FNV-1a 64 of each arena slice, so names and rdata group as integers, not strings."""
     cdef Py_ssize_t n = offsets.shape[0], i
-    cdef uint32_t k, end
-    cdef uint64_t h
+    cdef uint32_t end
+    cdef const uint8_t *base = &arena[0] if arena.shape[0] else NULL
     if lengths.shape[0] != n:
         raise ValueError("offsets and lengths differ in length")
     out = np.empty(n, dtype=np.uint64)
@@ -1786,10 +1786,7 @@ def span_hashes(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
         end = offsets[i] + lengths[i]
         if end > <uint32_t>arena.shape[0] or end < offsets[i]:
             raise ValueError("span outside the arena")
-        h = <uint64_t>FNV_OFFSET
-        for k in range(offsets[i], end):
-            h = fnv_step(h, arena[k])
-        o[i] = h
+        o[i] = span_fnv(base + offsets[i], lengths[i])
     return out
 
 
@@ -2358,13 +2355,18 @@ cdef inline uint64_t span_fnv(const uint8_t *p, uint32_t n) noexcept nogil:
     return h
 
 
-cdef size_t _row_data(object rows, object dtype, str what) except 0:
-    """Address of a structured array's rows, checked to be the compiled row layout."""
+cdef size_t _row_data(object rows, object dtype, str what) except? 0:
+    """Address of a structured array's rows, checked to be the compiled row layout
+    (0 for an empty array, whose rows are never read)."""
     if dtype is None:
         raise RuntimeError("bind_dtypes() has not been called")
     if rows.dtype != dtype or not rows.flags.c_contiguous:
         raise ValueError("%s must be a C-contiguous array of the schema's %s rows" % (what, what))
-    return <size_t>rows.ctypes.data
+    return <size_t>rows.ctypes.data if len(rows) else 0
+
+
+cdef inline const MessageRow *message_rows(object messages) except? NULL:
+    return <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
 
 
 cdef inline void address_words_of(const uint8_t *a, uint64_t *w0, uint64_t *w1) noexcept nogil:
@@ -2396,12 +2398,8 @@ def answer_records(messages, rrs, const uint8_t[::1] arena, const uint8_t[::1] s
     cdef Py_ssize_t n = len(messages), m = len(rrs), j, out = 0
     if state.shape[0] != n:
         raise ValueError("state must have one entry per message")
-    cdef const MessageRow *msgs = NULL
-    cdef const RRRow *rr = NULL
-    if n:
-        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
-    if m:
-        rr = <const RRRow *>_row_data(rrs, RR_DTYPE, "record")
+    cdef const MessageRow *msgs = message_rows(messages)
+    cdef const RRRow *rr = <const RRRow *>_row_data(rrs, RR_DTYPE, "record")
     rows_arr = np.empty(m, dtype=np.int64)
     keys_arr = np.empty(m, dtype=np.uint64)
     ts_arr = np.empty(m, dtype=np.float64)
@@ -2450,9 +2448,7 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
     cdef Py_ssize_t nres = resolvers.shape[0]
     if nres and resolvers.shape[1] != 2:
         raise ValueError("resolvers must be rows of two address words")
-    cdef const MessageRow *msgs = NULL
-    if n:
-        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    cdef const MessageRow *msgs = message_rows(messages)
     key_arr = np.empty(n, dtype=np.uint64)
     loose_arr = np.empty(n, dtype=np.uint64)
     client_arr = np.empty((n, 2), dtype=np.uint64)
@@ -2530,9 +2526,7 @@ def stats_counts(messages, const int64_t[::1] group, Py_ssize_t ngroups, const u
         raise ValueError("group, state and rtt need one entry per message")
     if ngroups < 0:
         raise ValueError("ngroups must not be negative")
-    cdef const MessageRow *msgs = NULL
-    if n:
-        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    cdef const MessageRow *msgs = message_rows(messages)
     totals_arr = np.zeros((ngroups, 4), dtype=np.int64)
     rcodes_arr = np.zeros((ngroups, STATS_RCODES), dtype=np.int64)
     qtypes_arr = np.zeros((ngroups, STATS_QTYPES), dtype=np.int64)
@@ -2595,9 +2589,7 @@ def minute_keys(messages, const uint64_t[:, ::1] words, const uint8_t[::1] tag=N
     cdef Py_ssize_t n = len(messages), i
     if words.shape[0] != n or (n and words.shape[1] != 2) or (tag is not None and tag.shape[0] != n):
         raise ValueError("words (two per message) and tag need one row per message")
-    cdef const MessageRow *msgs = NULL
-    if n:
-        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    cdef const MessageRow *msgs = message_rows(messages)
     keys_arr = np.empty(n, dtype=np.uint64)
     minute_arr = np.empty(n, dtype=np.int64)
     cdef uint64_t[::1] keys = keys_arr
@@ -2620,9 +2612,7 @@ def minute_keys(messages, const uint64_t[:, ::1] words, const uint8_t[::1] tag=N
 def message_minutes(messages):
     """Per message: the start of its minute, ts // 60 * 60 (Python's float floor division)."""
     cdef Py_ssize_t n = len(messages), i
-    cdef const MessageRow *msgs = NULL
-    if n:
-        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    cdef const MessageRow *msgs = message_rows(messages)
     out_arr = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] out = out_arr
     for i in range(n):
@@ -2636,9 +2626,7 @@ def regdom_columns(messages, const uint8_t[::1] arena):
     """Per message, in one pass: the arena offset and length of its question's registered
     domain (qname_off + regdom_off, qname_len - regdom_off or 0) and span_hashes' hash of it."""
     cdef Py_ssize_t n = len(messages), i
-    cdef const MessageRow *msgs = NULL
-    if n:
-        msgs = <const MessageRow *>_row_data(messages, MESSAGE_DTYPE, "message")
+    cdef const MessageRow *msgs = message_rows(messages)
     off_arr = np.empty(n, dtype=np.uint32)
     len_arr = np.empty(n, dtype=np.uint32)
     hash_arr = np.empty(n, dtype=np.uint64)
