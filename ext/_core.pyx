@@ -14,8 +14,8 @@ this file must agree with field for field.
 """
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
-from libc.string cimport memcpy, memset
-from libc.stdlib cimport realloc, free
+from libc.string cimport memcpy, memset, memcmp
+from libc.stdlib cimport realloc, free, calloc
 from libc.math cimport log2, floor
 
 import numpy as np
@@ -100,6 +100,16 @@ DEF PSL_FLAG_MASK = 15
 # A message with more distinct name suffixes simply decodes the rest.
 DEF NAME_CACHE = 48
 
+# Question names already decoded, by their exact wire bytes, with every feature
+# the question row carries: traffic repeats names (each response repeats its
+# query's, popular names recur), and a hit copies the text instead of decoding,
+# classifying, hashing and walking the suffix list again. Only clean in-place
+# names of at most QNAME_CACHE_WIRE wire bytes are kept (longer ones are mostly
+# tunnel payloads, seen once); a slot holds the last name that hashed to it.
+DEF QNAME_CACHE_SLOTS = 16384    # power of two; 184 bytes a slot
+DEF QNAME_CACHE_LABELS = 32      # 64 wire bytes hold at most 31 labels
+DEF QNAME_CACHE_WIRE = 64
+
 DEF FNV_OFFSET = 0xcbf29ce484222325
 DEF FNV_PRIME = 0x100000001b3
 
@@ -122,6 +132,20 @@ cdef struct NameOut:
     uint8_t longest
     bint nonprint
     bint text_full
+
+cdef struct QnameEntry:
+    uint64_t name_hash
+    float entropy
+    uint16_t digits
+    uint16_t hexchars
+    uint16_t uppers
+    uint16_t regdom_off
+    uint8_t wire_len                  # 0: empty slot
+    uint8_t nlabels
+    uint8_t longest
+    uint8_t label_start[QNAME_CACHE_LABELS]   # text offset of each label
+    uint8_t wire[QNAME_CACHE_WIRE]
+    char text[QNAME_CACHE_WIRE]
 
 cdef struct Arena:
     char *buf
@@ -237,6 +261,24 @@ cdef void init_char_tables() noexcept:
 
 
 init_char_tables()
+
+cdef inline uint64_t wire_key(const uint8_t *p, uint32_t n) noexcept nogil:
+    """A quick 64-bit hash of n wire bytes, a word at a time (slot choice only:
+    a hit is confirmed by comparing the bytes)."""
+    cdef uint64_t h = n * <uint64_t>0x9E3779B97F4A7C15, w
+    while n >= 8:
+        memcpy(&w, p, 8)
+        h = (h ^ w) * <uint64_t>0xFF51AFD7ED558CCD
+        h ^= h >> 32
+        p += 8
+        n -= 8
+    if n:
+        w = 0
+        memcpy(&w, p, n)
+        h = (h ^ w) * <uint64_t>0xFF51AFD7ED558CCD
+        h ^= h >> 32
+    return h
+
 
 cdef inline int put_escaped(char *t, uint8_t ch, uint8_t cls) noexcept nogil:
     """Write a byte that needs escaping in presentation form; return its width."""
@@ -665,6 +707,8 @@ cdef class Core:
     cdef uint8_t cache_labels[NAME_CACHE]
     cdef int ncache
     cdef uint32_t hist[256]         # byte histogram for entropy; all zero between uses
+    cdef QnameEntry *qcache
+    cdef readonly uint64_t qname_cache_hits
     cdef const char *type_mnemonic[300]
     cdef uint8_t type_mnemonic_len[300]
     cdef list _keep
@@ -674,9 +718,14 @@ cdef class Core:
         self.arena.len = 0
         self.arena.cap = 0
         memset(self.hist, 0, sizeof(self.hist))
+        self.qcache = <QnameEntry *>calloc(QNAME_CACHE_SLOTS, sizeof(QnameEntry))
+        if self.qcache == NULL:
+            raise MemoryError()
+        self.qname_cache_hits = 0
 
     def __dealloc__(self):
         free(self.arena.buf)
+        free(self.qcache)
 
     def __init__(self, port_map, psl_table, dict type_names, int max_questions,
                  int max_records, int max_pointer_hops, int capacity=4096):
@@ -1535,8 +1584,8 @@ cdef class Core:
         cdef uint16_t counts[3]
         cdef int section, k, q, total = 0
         cdef uint16_t rtype, rclass, rdlen
-        cdef uint32_t ttl, name_off, rd_start, mark
-        cdef int r
+        cdef uint32_t ttl, name_off, rd_start, mark, name_start = 0
+        cdef int r, slot = 0
         cdef uint64_t found
         cdef bint opt_seen = 0, stop = 0
         self.nmsg += 1
@@ -1596,6 +1645,19 @@ cdef class Core:
                 stop = 1
                 break
             found = 0
+            if q == 0:
+                slot = self.cached_qname(&c, row)
+                if slot < 0:
+                    rtype = rd16(&c)
+                    rclass = rd16(&c)
+                    if c.short:
+                        flag(&row.anomalies, AN_TRUNCATED)
+                        stop = 1
+                        break
+                    row.qtype = rtype
+                    row.qclass = rclass & 0x7FFF
+                    continue
+                name_start = c.pos
             # Read straight into the arena; only the first question's text is kept.
             ar_reserve(&self.arena, NAME_TEXT_CAP + 8)
             self.name.text = self.arena.buf + self.arena.len
@@ -1609,6 +1671,7 @@ cdef class Core:
                 self.qname_features(row)
                 if found == 0:
                     self.remember_name(row.qname_off)
+                    self.keep_qname(slot, c.msg + name_start, row)
             rtype = rd16(&c)
             rclass = rd16(&c)
             if c.short:
@@ -1693,6 +1756,87 @@ cdef class Core:
             flag(&row.anomalies, AN_TRAILING_BYTES)
         row.rr_count = <uint32_t>(self.nrr - row.rr_start)
         return 0
+
+    cdef int cached_qname(self, Cursor *c, MessageRow *row) noexcept:
+        """Fill the row's question name and its features from the cache when the
+        name at the cursor is there, and step past it: returns -1. Otherwise
+        returns the slot the name goes to (QNAME_CACHE_SLOTS when it cannot be
+        kept), leaving the cursor where it was."""
+        cdef const uint8_t *msg = c.msg
+        cdef uint32_t start = c.pos, p = c.pos, n, off
+        cdef uint8_t b
+        cdef int slot, i, k
+        cdef QnameEntry *e
+        while True:
+            if p >= c.end or p - start >= QNAME_CACHE_WIRE:
+                return QNAME_CACHE_SLOTS
+            b = msg[p]
+            if b == 0:
+                break
+            if b & 0xC0:
+                return QNAME_CACHE_SLOTS
+            p += 1 + b
+        n = p + 1 - start
+        if n > QNAME_CACHE_WIRE:
+            return QNAME_CACHE_SLOTS
+        slot = <int>(wire_key(msg + start, n) & (QNAME_CACHE_SLOTS - 1))
+        e = &self.qcache[slot]
+        if e.wire_len != n or memcmp(e.wire, msg + start, n) != 0:
+            return slot
+        self.qname_cache_hits += 1
+        off = <uint32_t>self.arena.len
+        ar_reserve(&self.arena, n)
+        memcpy(self.arena.buf + off, e.text, n - 2)
+        self.arena.len += n - 2
+        # The suffixes later pointers of this message may name (as remember_name).
+        for i in range(e.nlabels):
+            if self.ncache >= NAME_CACHE:
+                break
+            k = self.ncache
+            self.cache_wire[k] = <uint16_t>(start + e.label_start[i])
+            self.cache_off[k] = off + e.label_start[i]
+            self.cache_len[k] = <uint16_t>(n - 2 - e.label_start[i])
+            self.cache_hops[k] = 0
+            self.cache_labels[k] = <uint8_t>(e.nlabels - i)
+            self.ncache += 1
+        row.qname_off = off
+        row.qname_len = <uint16_t>(n - 2)
+        row.name_hash = e.name_hash
+        row.labels = e.nlabels
+        row.longest_label = e.longest
+        row.digits = e.digits
+        row.hexchars = e.hexchars
+        row.uppers = e.uppers
+        row.case_differs = e.uppers > 0
+        row.regdom_off = e.regdom_off
+        row.entropy = e.entropy
+        c.pos = start + n
+        return -1
+
+    cdef void keep_qname(self, int slot, const uint8_t *wire, MessageRow *row) noexcept:
+        """Put the clean question name just decoded into its cache slot when it
+        is in place and has no escaped characters (its text is then its wire
+        bytes lower-cased, less the first length byte and the terminator)."""
+        cdef NameOut *o = &self.name
+        cdef QnameEntry *e
+        cdef int i
+        if (slot >= QNAME_CACHE_SLOTS or o.nlabels == 0 or o.hops != 0
+                or o.text_len + 2 != o.wire_len or o.wire_len > QNAME_CACHE_WIRE):
+            return
+        e = &self.qcache[slot]
+        e.wire_len = <uint8_t>o.wire_len
+        memcpy(e.wire, wire, o.wire_len)
+        memcpy(e.text, self.arena.buf + row.qname_off, o.text_len)
+        e.nlabels = o.nlabels
+        for i in range(o.nlabels):
+            e.label_start[i] = <uint8_t>o.label_text_start[i]
+        e.name_hash = row.name_hash
+        e.entropy = row.entropy
+        e.digits = row.digits
+        e.hexchars = row.hexchars
+        e.uppers = row.uppers
+        e.regdom_off = row.regdom_off
+        e.longest = row.longest_label
 
     cdef int qname_features(self, MessageRow *row) noexcept:
         """Keep the question name just read (its text at the arena's tail) and its features."""

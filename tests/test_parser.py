@@ -230,3 +230,41 @@ def test_the_compiled_module_stub_parses_and_declares_every_public_name():
     declared |= {t.target.id for t in tree.body if isinstance(t, ast.AnnAssign)}
     public = {name for name in dir(_core) if not name.startswith("_") and name not in ("np",)}
     assert public - declared == set()
+
+
+def test_question_name_cache_gives_what_a_fresh_decode_gives():
+    """The compiled core reuses a question name it decoded before (by its exact
+    wire bytes); every field of every message must be what decoding it afresh gives."""
+    from sensor.parse import Parser
+    rng = np.random.default_rng(7)
+    names = [b"\x03www\x07example\x03com\x00", b"\x03WWW\x07Example\x03COM\x00",
+             b"\x01a\x01b\x01c\x01d\x01e\x01f\x01g\x01h\x07example\x02co\x02uk\x00",
+             b"\x3f" + b"q" * 63 + b"\x07example\x03com\x00",            # past the cached length
+             b"\x05a b\x01c\x07example\x03org\x00",                      # escaped in text
+             b"\x04ab\x01c\x07example\x03org\x00",                       # \001: non-printable
+             b"\x00"]
+    # Enough distinct names that slots are taken over by others and asked for again.
+    alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyzABC0123456789-", dtype=np.uint8)
+    for _ in range(6000):
+        label = rng.choice(alphabet, int(rng.integers(1, 20))).tobytes()
+        parent = b"\x07example\x03net\x00" if rng.random() < 0.5 else b"\x02co\x02uk\x00"
+        names.append(bytes([len(label)]) + label + b"\x03cdn" + parent)
+    payloads = []
+    for i, name in enumerate(names):
+        payloads.append(header(id_=i & 0xFFFF) + question(name))
+        answers = [rr(1, bytes([192, 0, 2, i & 0xFF]))]
+        if name[0] and name[name[0] + 1]:      # a CNAME owned by the name's parent, through a pointer
+            answers.append(rr(5, b"\xc0\x0c", name=bytes([0xC0, 12 + name[0] + 1])))
+        payloads.append(header(id_=i & 0xFFFF, flags=0x8180, an=len(answers))
+                        + question(name) + b"".join(answers))
+    order = rng.permutation(len(payloads))
+    payloads = [payloads[i] for i in order] * 2
+    parser = Parser(backend="compiled", ports=(53,))
+    batch = parser.parse_payloads(payloads)
+    assert parser.core.qname_cache_hits > len(payloads) // 4
+    compare = [f for f in batch.messages.dtype.names if f not in ("qname_off", "rr_start", "frame")]
+    for i in range(0, len(payloads), 7):
+        alone = Parser(backend="compiled", ports=(53,)).parse_payloads([payloads[i]])
+        assert {**batch.record(i), "frame": 0} == {**alone.record(0), "frame": 0}, i
+        for field in compare:
+            assert np.array_equal(batch.messages[field][i], alone.messages[field][0]), (i, field)
