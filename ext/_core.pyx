@@ -232,6 +232,24 @@ cdef uint8_t LOWER[256]
 cdef uint64_t CLASS_COUNTS[256]
 cdef double COUNT_LOG2[256]      # c * log2(c): a byte's share of a name's entropy
 cdef double LOG2_OF[256]         # log2(n) of a name's byte count
+# Each octet's decimal digits followed by a '.', and how many digits: a dotted quad
+# is four 4-byte stores instead of a division chain per octet.
+cdef char OCTET_DOT[256][4]
+cdef uint8_t OCTET_DIGITS[256]
+
+
+cdef inline int put_decimal8(char *t, uint8_t v) noexcept nogil:
+    if v >= 100:
+        t[0] = <char>(48 + v // 100)
+        t[1] = <char>(48 + (v // 10) % 10)
+        t[2] = <char>(48 + v % 10)
+        return 3
+    if v >= 10:
+        t[0] = <char>(48 + v // 10)
+        t[1] = <char>(48 + v % 10)
+        return 2
+    t[0] = <char>(48 + v)
+    return 1
 
 
 cdef void init_char_tables() noexcept:
@@ -242,6 +260,8 @@ cdef void init_char_tables() noexcept:
         COUNT_LOG2[ch] = <double>ch * log2(<double>ch)
         LOG2_OF[ch] = log2(<double>ch)
     for ch in range(256):
+        OCTET_DIGITS[ch] = <uint8_t>put_decimal8(OCTET_DOT[ch], <uint8_t>ch)
+        OCTET_DOT[ch][OCTET_DIGITS[ch]] = 46
         CHAR_CLASS[ch] = 0
         LOWER[ch] = <uint8_t>ch
         if 48 <= ch <= 57:
@@ -262,9 +282,10 @@ cdef void init_char_tables() noexcept:
 
 init_char_tables()
 
-cdef inline uint64_t wire_key(const uint8_t *p, uint32_t n) noexcept nogil:
-    """A quick 64-bit hash of n wire bytes, a word at a time (slot choice only:
-    a hit is confirmed by comparing the bytes)."""
+cdef inline uint64_t span_hash(const uint8_t *p, uint32_t n) noexcept nogil:
+    """A 64-bit hash of n bytes, a word at a time: how names, rdata and wire names
+    are keyed inside the sensor (never stored). Eight bytes cost one multiply, where
+    FNV-1a's byte-serial chain costs eight."""
     cdef uint64_t h = n * <uint64_t>0x9E3779B97F4A7C15, w
     while n >= 8:
         memcpy(&w, p, 8)
@@ -277,7 +298,8 @@ cdef inline uint64_t wire_key(const uint8_t *p, uint32_t n) noexcept nogil:
         memcpy(&w, p, n)
         h = (h ^ w) * <uint64_t>0xFF51AFD7ED558CCD
         h ^= h >> 32
-    return h
+    h = (h ^ (h >> 29)) * <uint64_t>0xC4CEB9FE1A85EC53
+    return h ^ (h >> 32)
 
 
 cdef inline int put_escaped(char *t, uint8_t ch, uint8_t cls) noexcept nogil:
@@ -575,20 +597,6 @@ cdef int ar_put_text_bytes(Arena *a, const uint8_t *p, size_t n, bint quoted) ex
 cdef const char *HEXL = b"0123456789abcdef"
 
 
-cdef inline int put_decimal8(char *t, uint8_t v) noexcept nogil:
-    if v >= 100:
-        t[0] = <char>(48 + v // 100)
-        t[1] = <char>(48 + (v // 10) % 10)
-        t[2] = <char>(48 + v % 10)
-        return 3
-    if v >= 10:
-        t[0] = <char>(48 + v // 10)
-        t[1] = <char>(48 + v % 10)
-        return 2
-    t[0] = <char>(48 + v)
-    return 1
-
-
 cdef int ar_put_ip(Arena *a, const uint8_t *p, int family) except -1:
     """An address as inet_ntop writes it (RFC 5952 for IPv6), without its printf."""
     cdef char tmp[64]
@@ -600,11 +608,9 @@ cdef int ar_put_ip(Arena *a, const uint8_t *p, int family) except -1:
     t = a.buf + a.len
     if family == 4:
         for i in range(4):
-            if i:
-                t[j] = 46
-                j += 1
-            j += put_decimal8(t + j, p[i])
-        a.len += j
+            memcpy(t + j, OCTET_DOT[p[i]], 4)
+            j += OCTET_DIGITS[p[i]] + 1
+        a.len += j - 1          # the last octet's '.' is not part of it
         return 0
     for i in range(10):
         if p[i]:
@@ -1779,7 +1785,7 @@ cdef class Core:
         n = p + 1 - start
         if n > QNAME_CACHE_WIRE:
             return QNAME_CACHE_SLOTS
-        slot = <int>(wire_key(msg + start, n) & (QNAME_CACHE_SLOTS - 1))
+        slot = <int>(span_hash(msg + start, n) & (QNAME_CACHE_SLOTS - 1))
         e = &self.qcache[slot]
         if e.wire_len != n or memcmp(e.wire, msg + start, n) != 0:
             return slot
@@ -1918,7 +1924,7 @@ def fnv1a64(bytes data):
 
 
 def span_hashes(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint32_t[::1] lengths):
-    """FNV-1a 64 of each arena slice, so names and rdata group as integers, not strings."""
+    """span_hash of each arena slice, so names and rdata group as integers, not strings."""
     cdef Py_ssize_t n = offsets.shape[0], i
     cdef uint32_t end
     cdef const uint8_t *base = &arena[0] if arena.shape[0] else NULL
@@ -1930,7 +1936,7 @@ def span_hashes(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
         end = offsets[i] + lengths[i]
         if end > <uint32_t>arena.shape[0] or end < offsets[i]:
             raise ValueError("span outside the arena")
-        o[i] = span_fnv(base + offsets[i], lengths[i])
+        o[i] = span_hash(base + offsets[i], lengths[i])
     return out
 
 
@@ -2491,14 +2497,6 @@ cdef inline uint64_t key_finish(uint64_t h) noexcept nogil:
     return (h ^ (h >> 29)) * <uint64_t>KEY_FINISH
 
 
-cdef inline uint64_t span_fnv(const uint8_t *p, uint32_t n) noexcept nogil:
-    cdef uint64_t h = <uint64_t>FNV_OFFSET
-    cdef uint32_t k
-    for k in range(n):
-        h = fnv_step(h, p[k])
-    return h
-
-
 cdef size_t _row_data(object rows, object dtype, str what) except? 0:
     """Address of a structured array's rows, checked to be the compiled row layout
     (0 for an empty array, whose rows are never read)."""
@@ -2566,10 +2564,41 @@ def answer_records(messages, rrs, const uint8_t[::1] arena, const uint8_t[::1] s
             continue
         if (<size_t>r.name_off + r.name_len > size or <size_t>r.rdata_off + r.rdata_len > size):
             raise ValueError("record %d spans outside the arena" % j)
-        h = key_mix(<uint64_t>KEY_SEED, span_fnv(base + r.name_off, r.name_len))
-        h = key_mix(h, span_fnv(base + r.rdata_off, r.rdata_len))
+        h = key_mix(<uint64_t>KEY_SEED, span_hash(base + r.name_off, r.name_len))
+        h = key_mix(h, span_hash(base + r.rdata_off, r.rdata_len))
         keys[out] = key_finish(key_mix(h, r.type))
         rows[out] = j
+        ts[out] = mr.ts
+        out += 1
+    return rows_arr[:out], keys_arr[:out], ts_arr[:out]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def nxdomain_records(messages, const uint8_t[::1] state, int excluded_state):
+    """A batch's NXDOMAIN names in one pass over its rows: responses with rcode 3 and
+    a question whose tracking state is not `excluded_state`.
+
+    Returns (message rows, keys, ts): each key is sensor.track.hash_columns(name hash,
+    qtype), ts the response's timestamp.
+    """
+    cdef Py_ssize_t n = len(messages), i, out = 0
+    if state.shape[0] != n:
+        raise ValueError("state must have one entry per message")
+    cdef const MessageRow *msgs = message_rows(messages)
+    rows_arr = np.empty(n, dtype=np.int64)
+    keys_arr = np.empty(n, dtype=np.uint64)
+    ts_arr = np.empty(n, dtype=np.float64)
+    cdef int64_t[::1] rows = rows_arr
+    cdef uint64_t[::1] keys = keys_arr
+    cdef double[::1] ts = ts_arr
+    cdef const MessageRow *mr
+    for i in range(n):
+        mr = &msgs[i]
+        if mr.qr != 1 or mr.rcode != 3 or mr.qdcount == 0 or state[i] == excluded_state:
+            continue
+        keys[out] = key_finish(key_mix(key_mix(<uint64_t>KEY_SEED, mr.name_hash), mr.qtype))
+        rows[out] = i
         ts[out] = mr.ts
         out += 1
     return rows_arr[:out], keys_arr[:out], ts_arr[:out]
@@ -2789,5 +2818,5 @@ def regdom_columns(messages, const uint8_t[::1] arena):
             raise ValueError("message %d: registered domain outside the arena" % i)
         offs[i] = off
         lens[i] = length
-        hashes[i] = span_fnv(base + off, length)
+        hashes[i] = span_hash(base + off, length)
     return off_arr, len_arr, hash_arr

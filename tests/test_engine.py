@@ -644,6 +644,26 @@ def test_answer_records_agree_with_column_masks(capture):
         _core.answer_records(msgs, rrs, arena[:10], state, MISMATCHED)
 
 
+@pytest.mark.parametrize("capture", ["dnscap-baseline-udp-82-msgs.pcap", "demo-office-resolver.pcap"])
+def test_nxdomain_records_agree_with_column_masks(capture):
+    """Passive DNS's NXDOMAIN pass picks the responses the column masks pick (rcode 3,
+    a question, not spoofed), keyed by name hash and qtype."""
+    from sensor import _core
+    from sensor.track import hash_columns
+    msgs = parse_file(str(DATA / capture)).messages
+    msgs["rcode"][::3] = 3          # enough NXDOMAIN among queries and responses alike
+    msgs["qdcount"][::7] = 0
+    state = np.random.default_rng(3).integers(0, 5, len(msgs)).astype(np.uint8)
+    rows, keys, ts = _core.nxdomain_records(msgs, state, MISMATCHED)
+    nx = (msgs["qr"] == 1) & (msgs["rcode"] == 3) & (msgs["qdcount"] > 0) & (state != MISMATCHED)
+    assert nx.any() and (~nx & (msgs["rcode"] == 3)).any()
+    assert rows.tolist() == np.flatnonzero(nx).tolist()
+    assert keys.tolist() == hash_columns(msgs["name_hash"][nx], msgs["qtype"][nx]).tolist()
+    assert ts.tolist() == msgs["ts"][nx].tolist()
+    with pytest.raises(ValueError):
+        _core.nxdomain_records(msgs, state[:-1], MISMATCHED)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.sampled_from([0, 2, 3, 5, 31, 32, 3841]),
                           st.sampled_from([1, 28, 255, 256, 65535]), st.integers(0, 70000), st.integers(0, 3),

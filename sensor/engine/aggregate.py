@@ -494,12 +494,12 @@ class Accumulator:
                 return (arena[name_off:name_off + name_len].decode("ascii"), _type_name(rtype),
                         arena[rdata_off:rdata_off + rdata_len].decode("ascii"))
             self._pdns_known = self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identity)
-        nx = (msgs["qr"] == 1) & (msgs["rcode"] == 3) & (msgs["qdcount"] > 0) & (track.state != MISMATCHED)
-        if nx.any():
-            qoff, qlen, qtype = msgs["qname_off"][nx], msgs["qname_len"][nx], msgs["qtype"][nx]
-            self._nx_known = self._add_seen(
-                agg.nxdomain, self._nx_text, self._nx_known, hash_columns(msgs["name_hash"][nx], qtype), msgs["ts"][nx],
-                lambda i: (arena[qoff[i]:qoff[i] + qlen[i]].decode("ascii"), _type_name(int(qtype[i]))))
+        nx, nx_keys, nx_ts = _core.nxdomain_records(np.ascontiguousarray(msgs), track.state, MISMATCHED)
+        if len(nx):
+            def nx_identity(i: int) -> tuple[str, str]:     # only for keys not seen before
+                qoff, qlen, qtype = msgs[nx[i]][["qname_off", "qname_len", "qtype"]].tolist()
+                return arena[qoff:qoff + qlen].decode("ascii"), _type_name(qtype)
+            self._nx_known = self._add_seen(agg.nxdomain, self._nx_text, self._nx_known, nx_keys, nx_ts, nx_identity)
 
     def _add_seen(self, table: SeenCounts, texts: dict, known: np.ndarray, row_keys: np.ndarray,
                   ts: np.ndarray, identity) -> np.ndarray:
