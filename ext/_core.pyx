@@ -696,7 +696,8 @@ cdef class Core:
     cdef readonly object rrs_array
     cdef MessageRow *msgs
     cdef RRRow *rrs
-    cdef size_t nmsg, msg_cap, nrr, rr_cap
+    cdef readonly size_t nmsg          # messages in the batch under construction
+    cdef size_t msg_cap, nrr, rr_cap
     cdef Arena arena
     cdef uint64_t counters[N_COUNTERS]
     cdef uint8_t[::1] port_map

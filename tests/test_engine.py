@@ -133,6 +133,48 @@ def test_replay_stats_and_pdns_agree_with_the_parsed_messages(tmp_path):
     assert packets == batch.counters["packets"]
 
 
+def test_small_reads_are_gathered_into_batches_before_tracking(tmp_path):
+    """libpcap is read a few frames at a time; tracking and rules run once a batch is
+    full, and the partial batch when the aggregate is taken. What the store gets is
+    what one big batch gives."""
+    from sensor.engine.pipeline import Pipeline
+    from sensor.limits import Limits
+    path = str(DATA / "demo-office-resolver.pcap")
+    small = replace(config(tmp_path), limits=Limits(frames_per_read=7, messages_per_batch=50))
+    pipeline = Pipeline(small, anomaly_burst.AnomalyBurstRule())
+    processed = []
+    for frames in merged_frames([path], small.limits.frames_per_read):
+        assert frames.meta.shape[0] <= 7
+        before = pipeline.parser.pending
+        processed.append(pipeline.feed(frames))
+        if processed[-1]:
+            assert before + frames.meta.shape[0] >= processed[-1] >= 50 and pipeline.parser.pending == 0
+        else:
+            assert 0 < pipeline.parser.pending < 50
+    assert sum(processed) == pipeline.messages < len(parse_file(path))      # a partial batch is left
+    agg = pipeline.take()
+    assert pipeline.messages == len(parse_file(path)) and pipeline.parser.pending == 0
+
+    whole = Pipeline(replace(config(tmp_path), limits=Limits(frames_per_read=100000)), anomaly_burst.AnomalyBurstRule())
+    for frames in merged_frames([path], 100000):
+        whole.feed(frames)
+    expected = whole.take()
+    assert whole.packets == pipeline.packets
+    assert agg.pdns.keys is not None and sorted(agg.pdns.keys.tolist()) == sorted(expected.pdns.keys.tolist())
+    assert {k: dict(v) for k, v in agg.stats.items()} == {k: dict(v) for k, v in expected.stats.items()}
+
+
+def test_parse_file_gathers_reads_into_batches():
+    from sensor.limits import Limits
+    path = str(DATA / "dnscap-baseline-udp-82-msgs.pcap")
+    batches = list(Parser(limits=Limits(frames_per_read=3, messages_per_batch=20)).parse_file(path))
+    sizes = [len(b) for b in batches]
+    assert all(20 <= n < 23 for n in sizes[:-1]) and sizes[-1] < 23 and len(sizes) > 2
+    whole = parse_file(path)
+    assert sum(b.counters["packets"] for b in batches) == whole.counters["packets"]
+    assert [r for b in batches for r in b.records()] == list(whole.records())
+
+
 def test_stats_rcode_counters_agree_with_the_responses(tmp_path):
     path = DATA / "demo-office-resolver.pcap"
     conf = config(tmp_path)

@@ -27,11 +27,14 @@ class Pipeline:
         self.messages = 0
         self.packets = 0
         self.latest_ts = 0.0
+        self._untaken = False       # frames parsed but not yet tracked and accumulated
+        self._now: float | None = None
 
     def reconfigure(self, config: Config, rule: AnomalyBurstRule, rules: list[Rule]) -> None:
         """Reload: new ports, resolvers and rules; pending queries and open aggregates stay."""
         from sensor.features import NetworkSet
 
+        self.process()              # what was parsed under the old configuration
         self.config = config
         self.parser.set_ports(config.ports)
         self.tracker.set_resolvers(config.resolver_set())
@@ -40,33 +43,52 @@ class Pipeline:
         self.acc.networks = NetworkSet(config.client_networks)
 
     def feed(self, frames: FrameBatch, now: float | None = None) -> int:
+        """Parse one read of frames; once limits.messages_per_batch messages are parsed,
+        run them through tracking and the accumulator. Returns the messages processed."""
         self.parser.feed(frames)
+        self._untaken = True
+        if now is not None:
+            self._now = now
+        if frames.meta.shape[0]:
+            self.latest_ts = max(self.latest_ts, float(frames.meta[-1, 0]))
+        if self.parser.pending >= self.config.limits.messages_per_batch:
+            return self.process()
+        return 0
+
+    def process(self) -> int:
+        """Track and accumulate the messages parsed so far (a partial batch too)."""
+        if not self._untaken:
+            return 0
+        self._untaken = False
         batch = self.parser.take()
-        track = self.tracker.process(batch.messages, now)
+        track = self.tracker.process(batch.messages, self._now)
         self.acc.add(batch, track)
         n = len(batch)
         self.messages += n
         packets = int(batch.counters.get("packets", 0))
         self.packets += packets
-        if frames.meta.shape[0]:
-            self.latest_ts = max(self.latest_ts, float(frames.meta[-1, 0]))
         drops = {k: int(batch.counters.get(k, 0)) for k in PARSER_DROP_COUNTERS}
         self.acc.add_sensor(int(self.latest_ts // 60 * 60), packets=packets, drops=drops)
         return n
 
     def tick(self, now: float) -> None:
         """Time passes with no traffic: queries older than the timeout become unanswered."""
+        self._now = now
+        self.process()
         track = self.tracker.process(np.empty(0, dtype=MESSAGE_DTYPE), now)
         if len(track.unanswered):
             self.acc.add_unanswered(track.unanswered)
 
     def drain(self) -> None:
         """End of input: queries still waiting are unanswered."""
+        self.process()
         unanswered = self.tracker.drain()
         if len(unanswered):
             self.acc.add_unanswered(unanswered)
 
     def take(self) -> Aggregate:
+        """What was accumulated, the messages parsed so far included."""
+        self.process()
         return self.acc.take()
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from sensor import _core, schema
 from sensor.capture.offline import FrameBatch, read_frames
 from sensor.decode.reassembly import FragmentReassembler, TcpReassembler
+from sensor.errors import CaptureError
 from sensor.limits import DEFAULT_LIMITS, DEFAULT_PORTS, Limits
 from sensor.parse import twin
 from sensor.parse.batch import Batch, concat
@@ -129,10 +130,27 @@ class Parser:
         self._slow_counters.clear()
         return Batch(msgs, rrs, arena, counters)
 
+    @property
+    def pending(self) -> int:
+        """Messages parsed into the batch under construction."""
+        return self.core.nmsg
+
     def parse_file(self, path: str) -> Iterator[Batch]:
-        """Batches of one capture file, one per libpcap read."""
-        for frames in read_frames(path, self.limits.frames_per_read):
-            self.feed(frames)
+        """Batches of one capture file of about limits.messages_per_batch messages each,
+        read from libpcap limits.frames_per_read frames at a time."""
+        untaken = False       # frames fed since the last batch: their counters go out too
+        try:
+            for frames in read_frames(path, self.limits.frames_per_read):
+                self.feed(frames)
+                untaken = True
+                if self.pending >= self.limits.messages_per_batch:
+                    yield self.take()
+                    untaken = False
+        except CaptureError:
+            if untaken:       # a file cut short: what came before the cut still counts
+                yield self.take()
+            raise
+        if untaken:
             yield self.take()
 
     def parse_payloads(self, payloads: Iterable[bytes]) -> Batch:

@@ -743,6 +743,11 @@ class TwinCore:
         self.arena_len = 0
         self.counters = {name: 0 for name in COUNTER_NAMES}
 
+    @property
+    def nmsg(self) -> int:
+        """Messages in the batch under construction."""
+        return len(self.rows)
+
     def _put(self, text: str) -> tuple[int, int]:
         raw = text.encode("ascii")
         off = self.arena_len
