@@ -2357,42 +2357,39 @@ cdef inline bint names_a_target(uint16_t rtype) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef bint authority_explained(const uint8_t[::1] a, uint32_t r, uint32_t first, uint32_t last,
-                              uint32_t qo, uint32_t ql, uint32_t ro, uint32_t rl,
-                              const uint32_t[::1] name_off, const uint16_t[::1] name_len,
-                              const uint32_t[::1] rdata_off, const uint32_t[::1] rdata_len,
-                              const uint16_t[::1] rtype, const uint8_t[::1] section) noexcept nogil:
+cdef bint authority_explained(const uint8_t[::1] a, const RRRow *rr, uint32_t r, uint32_t first,
+                              uint32_t last, uint32_t qo, uint32_t ql, uint32_t ro, uint32_t rl) noexcept nogil:
     """An authority record owned by the question name, an answer's owner or target, or a
     parent of one of them, or under the question's registered domain; NSEC, NSEC3 and RRSIG
     by any name of a zone above the question (denial proofs)."""
-    cdef uint32_t no = name_off[r], nl = name_len[r], s, to, tl
+    cdef uint32_t no = rr[r].name_off, nl = rr[r].name_len, s, to, tl
+    cdef uint16_t t = rr[r].type
     if at_or_below(a, no, nl, ro, rl) or at_or_below(a, qo, ql, no, nl):
         return True
-    if rtype[r] == 47 or rtype[r] == 50 or rtype[r] == 46:
+    if t == 47 or t == 50 or t == 46:
         s = no
         while s < no + nl and a[s] != 46:
             s += 1
         if s < no + nl and at_or_below(a, qo, ql, s + 1, no + nl - s - 1):
             return True
     s = first
-    while s < last and section[s] == 1:
-        if at_or_below(a, name_off[s], name_len[s], no, nl):
+    while s < last and rr[s].section == 1:
+        if at_or_below(a, rr[s].name_off, rr[s].name_len, no, nl):
             return True
-        if names_a_target(rtype[s]):
-            rdata_target(a, rdata_off[s], rdata_len[s], &to, &tl)
+        if names_a_target(rr[s].type):
+            rdata_target(a, rr[s].rdata_off, rr[s].rdata_len, &to, &tl)
             if at_or_below(a, to, tl, no, nl):
                 return True
         s += 1
     return False
 
 
+DEF MDNS_PORT = 5353
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def out_of_bailiwick(const uint8_t[::1] arena, const uint32_t[::1] q_off, const uint16_t[::1] q_len,
-                     const uint16_t[::1] reg_off, const uint32_t[::1] rr_start, const uint32_t[::1] rr_count,
-                     const uint32_t[::1] name_off, const uint16_t[::1] name_len,
-                     const uint32_t[::1] rdata_off, const uint32_t[::1] rdata_len,
-                     const uint16_t[::1] rtype, const uint8_t[::1] section):
+def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
     """Per message: authority and additional records that nothing asked or answered explains.
 
     An authority record must own the question name, an answer's owner or target, or one of
@@ -2401,51 +2398,53 @@ def out_of_bailiwick(const uint8_t[::1] arena, const uint32_t[::1] q_off, const 
     be the target of an NS, MX, SRV, CNAME, DNAME or PTR record. NSEC, NSEC3 and RRSIG in
     the authority section may be owned by any name of a zone above the question (denial
     proofs). OPT, TSIG and SIG(0) are transport, not data. Escaped dots inside labels are
-    taken as separators."""
-    cdef Py_ssize_t n = q_off.shape[0], nr = name_off.shape[0], i
+    taken as separators. Multicast DNS (port 5353) is left out: its responders announce
+    whatever they hold, so bailiwick does not apply. One pass over the rows."""
+    cdef Py_ssize_t n = len(messages), nr = len(rrs), i
+    cdef const MessageRow *msgs = message_rows(messages)
+    cdef const RRRow *rr = <const RRRow *>_row_data(rrs, RR_DTYPE, "record")
+    cdef const MessageRow *mr
+    cdef uint64_t size = arena.shape[0]
     cdef uint32_t r, s, first, last, qo, ql, ro, rl, to, tl, no, nl
     cdef bint ok
     cdef int64_t strays
-    for arr_len in (q_len.shape[0], reg_off.shape[0], rr_start.shape[0], rr_count.shape[0]):
-        if arr_len != n:
-            raise ValueError("message columns differ in length")
-    for arr_len in (name_len.shape[0], rdata_off.shape[0], rdata_len.shape[0], rtype.shape[0], section.shape[0]):
-        if arr_len != nr:
-            raise ValueError("record columns differ in length")
     for i in range(n):
-        if rr_start[i] + rr_count[i] > nr or q_off[i] + q_len[i] > <uint32_t>arena.shape[0]:
-            raise ValueError("message outside the record table or the arena")
+        mr = &msgs[i]
+        if <uint64_t>mr.rr_start + mr.rr_count > <uint64_t>nr or <uint64_t>mr.qname_off + mr.qname_len > size:
+            raise ValueError("message %d outside the record table or the arena" % i)
     for r in range(nr):
-        if name_off[r] + name_len[r] > <uint32_t>arena.shape[0] or rdata_off[r] + rdata_len[r] > <uint32_t>arena.shape[0]:
-            raise ValueError("record outside the arena")
-    out = np.zeros(n, dtype=np.int64)
-    cdef int64_t[::1] o = out
+        if (<uint64_t>rr[r].name_off + rr[r].name_len > size
+                or <uint64_t>rr[r].rdata_off + rr[r].rdata_len > size):
+            raise ValueError("record %d outside the arena" % r)
+    out = np.zeros(n, dtype=np.float64)
+    cdef double[::1] o = out
     with nogil:
         for i in range(n):
-            first = rr_start[i]
-            last = first + rr_count[i]
-            qo, ql = q_off[i], q_len[i]
-            ro = qo + reg_off[i] if reg_off[i] < ql else qo
-            rl = ql - reg_off[i] if reg_off[i] < ql else ql
+            mr = &msgs[i]
+            if mr.rr_count == 0 or mr.sport == MDNS_PORT or mr.dport == MDNS_PORT:
+                continue
+            first = mr.rr_start
+            last = first + mr.rr_count
+            qo, ql = mr.qname_off, mr.qname_len
+            ro = qo + mr.regdom_off if mr.regdom_off < ql else qo
+            rl = ql - mr.regdom_off if mr.regdom_off < ql else ql
             strays = 0
             for r in range(first, last):
-                if section[r] == 1 or rtype[r] == 41 or rtype[r] == 250 or rtype[r] == 24:
+                if rr[r].section == 1 or rr[r].type == 41 or rr[r].type == 250 or rr[r].type == 24:
                     continue
-                no, nl = name_off[r], name_len[r]
-                if section[r] == 2:
-                    ok = authority_explained(arena, r, first, last, qo, ql, ro, rl, name_off, name_len,
-                                             rdata_off, rdata_len, rtype, section)
+                no, nl = rr[r].name_off, rr[r].name_len
+                if rr[r].section == 2:
+                    ok = authority_explained(arena, rr, r, first, last, qo, ql, ro, rl)
                 else:
                     # glue: under the registered domain, under an authority owner that is
                     # itself explained, or the target of a record that names a host
                     ok = at_or_below(arena, no, nl, ro, rl)
                     s = first
                     while not ok and s < last:
-                        if section[s] == 2 and at_or_below(arena, no, nl, name_off[s], name_len[s]):
-                            ok = authority_explained(arena, s, first, last, qo, ql, ro, rl, name_off, name_len,
-                                                     rdata_off, rdata_len, rtype, section)
-                        if not ok and section[s] < 3 and names_a_target(rtype[s]):
-                            rdata_target(arena, rdata_off[s], rdata_len[s], &to, &tl)
+                        if rr[s].section == 2 and at_or_below(arena, no, nl, rr[s].name_off, rr[s].name_len):
+                            ok = authority_explained(arena, rr, s, first, last, qo, ql, ro, rl)
+                        if not ok and rr[s].section < 3 and names_a_target(rr[s].type):
+                            rdata_target(arena, rr[s].rdata_off, rr[s].rdata_len, &to, &tl)
                             ok = tl == nl and at_or_below(arena, no, nl, to, tl)
                         s += 1
                 if not ok:
@@ -2783,14 +2782,18 @@ def minute_keys(messages, const uint64_t[:, ::1] words, const uint8_t[::1] tag=N
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def message_minutes(messages):
-    """Per message: the start of its minute, ts // 60 * 60 (Python's float floor division)."""
+def message_windows(messages, int64_t window_s):
+    """Per message: the start of its window, ts // window_s * window_s (Python's float floor
+    division), for window_s > 0 seconds."""
     cdef Py_ssize_t n = len(messages), i
+    if window_s <= 0:
+        raise ValueError("window_s must be positive")
     cdef const MessageRow *msgs = message_rows(messages)
+    cdef double w = <double>window_s
     out_arr = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] out = out_arr
     for i in range(n):
-        out[i] = <int64_t>floor_div(msgs[i].ts, 60.0) * 60
+        out[i] = <int64_t>floor_div(msgs[i].ts, w) * window_s
     return out_arr
 
 

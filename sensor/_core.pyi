@@ -51,7 +51,7 @@ def stats_counts(messages: np.ndarray, group: np.ndarray, ngroups: int, state: n
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def minute_keys(messages: np.ndarray, words: np.ndarray, tag: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]: ...
-def message_minutes(messages: np.ndarray) -> np.ndarray: ...
+def message_windows(messages: np.ndarray, window_s: int) -> np.ndarray: ...
 def regdom_columns(messages: np.ndarray, arena: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def track_columns(messages: np.ndarray, resolvers: np.ndarray, untrackable: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
@@ -77,11 +77,9 @@ def names_listed(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, exact: 
 def dga_scores(arena: bytes, qname_off: np.ndarray, regdom_off: np.ndarray, qname_len: np.ndarray,
                table: np.ndarray) -> np.ndarray:
     """Per message: mean trigram score of the registered label (see sensor.features.dga)."""
-def out_of_bailiwick(arena: bytes, q_off: np.ndarray, q_len: np.ndarray, reg_off: np.ndarray,
-                     rr_start: np.ndarray, rr_count: np.ndarray, name_off: np.ndarray, name_len: np.ndarray,
-                     rdata_off: np.ndarray, rdata_len: np.ndarray, rtype: np.ndarray,
-                     section: np.ndarray) -> np.ndarray:
-    """Per message: authority and additional records that nothing asked or answered explains."""
+def out_of_bailiwick(messages: np.ndarray, rrs: np.ndarray, arena: bytes) -> np.ndarray:
+    """Per message: authority and additional records that nothing asked or answered explains
+    (0 for multicast DNS)."""
     ...
 def count_in_spans(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Per arena slice: how many of its bytes have a non-zero entry in `table` (256 entries)."""

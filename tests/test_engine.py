@@ -753,7 +753,8 @@ def test_minute_keys_agree_with_column_arithmetic(rows, tagged):
     keys, minute = _core.minute_keys(msgs, words, tag if tagged else None)
     expected = (msgs["ts"] // 60).astype(np.int64) * 60
     assert minute.tolist() == expected.tolist()
-    assert _core.message_minutes(msgs).tolist() == expected.tolist()
+    assert _core.message_windows(msgs, 60).tolist() == expected.tolist()
+    assert _core.message_windows(msgs, 300).tolist() == ((msgs["ts"] // 300).astype(np.int64) * 300).tolist()
     columns = [expected.astype(np.uint64), words[:, 0], words[:, 1]] + ([tag] if tagged else [])
     assert keys.tolist() == hash_columns(*columns).tolist()
 

@@ -602,9 +602,12 @@ def test_out_of_bailiwick_records_and_what_explains_the_others(tmp_path):
     respond("www.shop.example", cname_chain)
     respond("www.shop.example", tld_referral)
     respond("shop.example", mx_glue_and_a_stray)
+    announce = query("printer.local", txid=0).reply()     # mDNS: bailiwick does not apply
+    mx_glue_and_a_stray(announce)
+    conv.send(announce.pack(), "192.0.2.60", "224.0.0.251", 5353, 5353)
     batch = parse_file(str(conv.write(tmp_path / "bailiwick.pcap")))
     strays = _out_of_bailiwick(batch)[batch.messages["qr"] == 1].tolist()
-    assert strays == [0.0, 1.0, 1.0]       # the TXT under the TLD zone, the address of www.bank.test
+    assert strays == [0.0, 1.0, 1.0, 0.0]   # the TXT under the TLD zone, the address of www.bank.test
 
 
 @settings(max_examples=150, deadline=None)

@@ -34,7 +34,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     samples) is gathered only for groups not among `known` keys: the existing row keeps its own."""
     cols = table.columns
     out = new_table(rule)
-    window = (cols["ts"][idx] // rule.window_s).astype(np.int64) * rule.window_s
+    window = table.batch.window_start(rule.window_s)[idx]
     row_keys = hash_columns(window.astype(np.uint64), *[cols[g][idx].astype(np.uint64) for g in rule.group_by])
     first, inverse, counts = _core.group_u64(np.ascontiguousarray(row_keys))
     g = len(first)

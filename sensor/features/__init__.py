@@ -76,7 +76,6 @@ LAZY = ("first_label_len", "first_label_digits", "first_label_hex")
 LAZY_ANSWERS = "answer_hash"
 LAZY_ENCODING = "encoding_chars"
 LAZY_BAILIWICK = "out_of_bailiwick"
-MDNS_PORT = 5353
 ENCODING_BYTES = b"=+/*\\"
 """Characters of base64 (= + /), of globs, and the backslash of an escaped byte: data, never
 a host name (mDNS instance names may hold spaces and punctuation, not these)."""
@@ -144,17 +143,8 @@ def _encoding_chars(batch: Batch) -> np.ndarray:
 
 
 def _out_of_bailiwick(batch: Batch) -> np.ndarray:
-    m, r = batch.messages, batch.rrs
-
-    def c(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(a)
-
-    strays = _core.out_of_bailiwick(batch.arena, c(m["qname_off"]), c(m["qname_len"]), c(m["regdom_off"]),
-                                    c(m["rr_start"]), c(m["rr_count"]), c(r["name_off"]), c(r["name_len"]),
-                                    c(r["rdata_off"]), c(r["rdata_len"]), c(r["type"]), c(r["section"]))
-    # multicast DNS responders announce whatever they hold: bailiwick does not apply
-    mdns = (m["sport"] == MDNS_PORT) | (m["dport"] == MDNS_PORT)
-    return np.where(mdns, 0, strays).astype(np.float64)
+    return _core.out_of_bailiwick(np.ascontiguousarray(batch.messages), np.ascontiguousarray(batch.rrs),
+                                  batch.arena)
 
 
 def _answer_hashes(batch: Batch) -> np.ndarray:

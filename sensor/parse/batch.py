@@ -35,6 +35,7 @@ class Batch:
     rrs: np.ndarray               # schema.RR_DTYPE
     arena: bytes
     counters: dict[str, int] = field(default_factory=dict)
+    _windows: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.messages.shape[0])
@@ -57,7 +58,15 @@ class Batch:
     @cached_property
     def minute(self) -> np.ndarray:
         """Per message: the start of its minute (ts // 60 * 60), for the per-minute tables."""
-        return _core.message_minutes(np.ascontiguousarray(self.messages))
+        return self.window_start(60)
+
+    def window_start(self, window_s: int) -> np.ndarray:
+        """Per message: the start of its window (ts // window_s * window_s), made once per
+        window length for the rules that share it."""
+        made = self._windows.get(window_s)
+        if made is None:
+            made = self._windows[window_s] = _core.message_windows(np.ascontiguousarray(self.messages), window_s)
+        return made
 
     @cached_property
     def distinct_names(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
