@@ -488,30 +488,36 @@ class Accumulator:
         rows, keys, ts = _core.answer_records(np.ascontiguousarray(msgs), np.ascontiguousarray(rrs), arena,
                                               track.state, MISMATCHED)
         if len(rows):
-            def identity(i: int) -> tuple[str, str, str]:   # only for keys not seen before
-                name_off, rdata_off, rdata_len, name_len, rtype = rrs[rows[i]][[
-                    "name_off", "rdata_off", "rdata_len", "name_len", "type"]].tolist()
-                return (arena[name_off:name_off + name_len].decode("ascii"), _type_name(rtype),
-                        arena[rdata_off:rdata_off + rdata_len].decode("ascii"))
-            self._pdns_known = self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identity)
+            def identities(idx: np.ndarray) -> list[tuple[str, str, str]]:   # keys not seen before
+                new = rrs[rows[idx]]
+                return [(arena[no:no + nl].decode("ascii"), _type_name(t), arena[ro:ro + rl].decode("ascii"))
+                        for no, nl, t, ro, rl in zip(new["name_off"].tolist(), new["name_len"].tolist(),
+                                                     new["type"].tolist(), new["rdata_off"].tolist(),
+                                                     new["rdata_len"].tolist())]
+            self._pdns_known = self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identities)
         nx, nx_keys, nx_ts = _core.nxdomain_records(np.ascontiguousarray(msgs), track.state, MISMATCHED)
         if len(nx):
-            def nx_identity(i: int) -> tuple[str, str]:     # only for keys not seen before
-                qoff, qlen, qtype = msgs[nx[i]][["qname_off", "qname_len", "qtype"]].tolist()
-                return arena[qoff:qoff + qlen].decode("ascii"), _type_name(qtype)
-            self._nx_known = self._add_seen(agg.nxdomain, self._nx_text, self._nx_known, nx_keys, nx_ts, nx_identity)
+            def nx_identities(idx: np.ndarray) -> list[tuple[str, str]]:    # keys not seen before
+                new = msgs[nx[idx]]
+                return [(arena[o:o + n].decode("ascii"), _type_name(t))
+                        for o, n, t in zip(new["qname_off"].tolist(), new["qname_len"].tolist(),
+                                           new["qtype"].tolist())]
+            self._nx_known = self._add_seen(agg.nxdomain, self._nx_text, self._nx_known, nx_keys, nx_ts,
+                                            nx_identities)
 
     def _add_seen(self, table: SeenCounts, texts: dict, known: np.ndarray, row_keys: np.ndarray,
-                  ts: np.ndarray, identity) -> np.ndarray:
+                  ts: np.ndarray, identities) -> np.ndarray:
         """Fold one batch's rows into `table`; text is built only for keys never seen
-        before (`known` is returned updated)."""
+        before (`known` is returned updated), by `identities` over their first rows."""
         keys, first_idx, counts, first, last = _group_times(row_keys, ts)
         new = ~isin_keys(keys, known)
         if new.any():
-            for k, i in zip(keys[new].tolist(), first_idx[new].tolist()):
-                if k not in texts:
-                    texts[k] = identity(i)
-            known = np.concatenate([known, keys[new]])
+            new_keys = keys[new]
+            # keys met before the last take() still have their text
+            missing = np.fromiter((k not in texts for k in new_keys.tolist()), dtype=bool, count=len(new_keys))
+            if missing.any():
+                texts.update(zip(new_keys[missing].tolist(), identities(first_idx[new][missing])))
+            known = np.concatenate([known, new_keys])
         lost = table.add(keys, first, last, counts, self.limits.max_pdns_rows)
         if lost:
             self.agg.dropped["pdns_overflow"] += lost

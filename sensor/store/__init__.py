@@ -26,6 +26,10 @@ RETENTION_CHUNK_ROWS = 5000
 the database for long."""
 BUSY_TIMEOUT_MS = 5000
 """Readers (analysts) wait this long for a checkpoint instead of failing."""
+WRITER_CACHE_KIB = 65536
+"""The writer's SQLite page cache (SQLite's default is 2 MiB): new passive-DNS rows land at
+random places in three indexes, and with the default a million-row table makes each
+insert read pages back from disk (about twice the time per row, measured)."""
 
 MIGRATIONS = Migrations("dnssensor")
 
@@ -70,6 +74,7 @@ class Store:
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
             self.db = sqlite_utils.Database(self.conn)
             MIGRATIONS.apply(self.db)
         except sqlite3.DatabaseError as e:
