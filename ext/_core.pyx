@@ -1764,7 +1764,7 @@ cdef class Core:
         row.rr_count = <uint32_t>(self.nrr - row.rr_start)
         return 0
 
-    cdef int cached_qname(self, Cursor *c, MessageRow *row) noexcept:
+    cdef int cached_qname(self, Cursor *c, MessageRow *row) except -2:
         """Fill the row's question name and its features from the cache when the
         name at the cursor is there, and step past it: returns -1. Otherwise
         returns the slot the name goes to (QNAME_CACHE_SLOTS when it cannot be
