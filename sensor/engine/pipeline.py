@@ -27,7 +27,6 @@ class Pipeline:
         self.messages = 0
         self.packets = 0
         self.latest_ts = 0.0
-        self._untaken = False       # frames parsed but not yet tracked and accumulated
         self._now: float | None = None
 
     def reconfigure(self, config: Config, rule: AnomalyBurstRule, rules: list[Rule]) -> None:
@@ -46,7 +45,6 @@ class Pipeline:
         """Parse one read of frames; once limits.messages_per_batch messages are parsed,
         run them through tracking and the accumulator. Returns the messages processed."""
         self.parser.feed(frames)
-        self._untaken = True
         if now is not None:
             self._now = now
         if frames.meta.shape[0]:
@@ -57,9 +55,8 @@ class Pipeline:
 
     def process(self) -> int:
         """Track and accumulate the messages parsed so far (a partial batch too)."""
-        if not self._untaken:
+        if not self.parser.pending_frames:
             return 0
-        self._untaken = False
         batch = self.parser.take()
         track = self.tracker.process(batch.messages, self._now)
         self.acc.add(batch, track)

@@ -55,6 +55,7 @@ class Parser:
         self.backend = backend
         self._slow_counters: dict[str, int] = {}
         self._slow_messages = 0
+        self.pending_frames = 0       # frames fed since the last take(): their counters go out with it
         self.fragments = FragmentReassembler(limits, self._slow_counters)
         self.tcp = TcpReassembler(limits, self._slow_counters)
 
@@ -73,6 +74,7 @@ class Parser:
 
     def feed(self, frames: FrameBatch) -> None:
         """Decode and parse one batch of frames into the batch under construction."""
+        self.pending_frames += frames.meta.shape[0]
         slow = self.core.add_frames(frames.blob, frames.meta, frames.linktype, frames.first_frame)
         for i in slow:
             sec, usec, off, caplen = (int(x) for x in frames.meta[i])
@@ -125,6 +127,7 @@ class Parser:
                 rrs = rrs[np.argsort(rrs["msg"], kind="stable")]
                 msgs["rr_start"] = np.searchsorted(rrs["msg"], np.arange(len(msgs)))
         self._slow_messages = 0
+        self.pending_frames = 0
         for name, value in self._slow_counters.items():
             counters[name] = counters.get(name, 0) + value
         self._slow_counters.clear()
@@ -138,19 +141,16 @@ class Parser:
     def parse_file(self, path: str) -> Iterator[Batch]:
         """Batches of one capture file of about limits.messages_per_batch messages each,
         read from libpcap limits.frames_per_read frames at a time."""
-        untaken = False       # frames fed since the last batch: their counters go out too
         try:
             for frames in read_frames(path, self.limits.frames_per_read):
                 self.feed(frames)
-                untaken = True
                 if self.pending >= self.limits.messages_per_batch:
                     yield self.take()
-                    untaken = False
         except CaptureError:
-            if untaken:       # a file cut short: what came before the cut still counts
+            if self.pending_frames:       # a file cut short: what came before the cut still counts
                 yield self.take()
             raise
-        if untaken:
+        if self.pending_frames:
             yield self.take()
 
     def parse_payloads(self, payloads: Iterable[bytes]) -> Batch:
