@@ -492,20 +492,25 @@ cdef inline int ar_putc(Arena *a, char ch) except -1:
     a.len += 1
     return 0
 
-cdef int ar_put_uint(Arena *a, uint64_t v) except -1:
+cdef inline int put_uint(char *t, uint64_t v) noexcept nogil:
+    """Write v in decimal at t (room for 20 digits); returns the digit count."""
     cdef char tmp[24]
-    cdef int n = 0
-    if v == 0:
-        return ar_putc(a, 48)
+    cdef int n = 0, i
+    if v < 10:
+        t[0] = <char>(48 + v)
+        return 1
     while v:
         tmp[n] = <char>(48 + v % 10)
         v //= 10
         n += 1
-    ar_reserve(a, n)
-    while n:
-        n -= 1
-        a.buf[a.len] = tmp[n]
-        a.len += 1
+    for i in range(n):
+        t[i] = tmp[n - 1 - i]
+    return n
+
+
+cdef int ar_put_uint(Arena *a, uint64_t v) except -1:
+    ar_reserve(a, 20)
+    a.len += put_uint(a.buf + a.len, v)
     return 0
 
 cdef const char *HEXU = b"0123456789ABCDEF"
@@ -713,6 +718,8 @@ cdef class Core:
     cdef uint8_t cache_hops[NAME_CACHE]
     cdef uint8_t cache_labels[NAME_CACHE]
     cdef int ncache
+    cdef uint32_t shared_off        # put_name(share=1): the span of a name already in the arena
+    cdef uint16_t shared_len
     cdef uint32_t hist[256]         # byte histogram for entropy; all zero between uses
     cdef QnameEntry *qcache
     cdef readonly uint64_t qname_cache_hits
@@ -1149,8 +1156,11 @@ cdef class Core:
             self.cache_labels[k] = <uint8_t>(o.nlabels - i)
             self.ncache += 1
 
-    cdef int put_name(self, Cursor *c, uint64_t *anom) except -2:
-        """Append the name at the cursor to the arena; -1 when the cursor is lost."""
+    cdef int put_name(self, Cursor *c, uint64_t *anom, bint share=0) except -2:
+        """Append the name at the cursor to the arena; -1 when the cursor is lost.
+        With `share`, a name this message already decoded is not copied: returns 1
+        with its text's span in shared_off and shared_len (a record's owner name,
+        whose span need not follow the text before it)."""
         cdef uint32_t p = c.pos, target, off
         cdef uint64_t found = 0
         cdef int i
@@ -1163,12 +1173,16 @@ cdef class Core:
                     if self.cache_wire[i] == target:
                         if self.cache_hops[i] >= self.max_pointer_hops:
                             break
+                        self.name.nlabels = self.cache_labels[i]
+                        c.pos = p + 2
+                        if share:
+                            self.shared_off = self.cache_off[i]
+                            self.shared_len = self.cache_len[i]
+                            return 1
                         ar_reserve(&self.arena, self.cache_len[i])
                         memcpy(self.arena.buf + self.arena.len,
                                self.arena.buf + self.cache_off[i], self.cache_len[i])
                         self.arena.len += self.cache_len[i]
-                        self.name.nlabels = self.cache_labels[i]
-                        c.pos = p + 2
                         return 0
         off = <uint32_t>self.arena.len
         ar_reserve(&self.arena, NAME_TEXT_CAP + 8)
@@ -1308,19 +1322,25 @@ cdef class Core:
         cdef uint8_t addr[16]
         cdef uint32_t alen, vend
         cdef bint first = 1
+        cdef char *t
+        cdef int n
         row.edns = 1
         row.edns_udp_size = rclass
         row.edns_version = (ttl >> 16) & 0xFF
         row.edns_do = (ttl >> 15) & 1
         row.rcode = (row.rcode & 0xF) | (((ttl >> 24) & 0xFF) << 4)
-        ar_put(&self.arena, b"udp=", 4)
-        ar_put_uint(&self.arena, rclass)
-        ar_put(&self.arena, b" version=", 9)
-        ar_put_uint(&self.arena, row.edns_version)
-        ar_put(&self.arena, b" do=", 4)
-        ar_put_uint(&self.arena, row.edns_do)
-        ar_put(&self.arena, b" ext_rcode=", 11)
-        ar_put_uint(&self.arena, (ttl >> 24) & 0xFF)
+        # The fixed head in one reservation: every OPT record has it.
+        ar_reserve(&self.arena, 48)
+        t = self.arena.buf + self.arena.len
+        memcpy(t, b"udp=", 4)
+        n = 4 + put_uint(t + 4, rclass)
+        memcpy(t + n, b" version=", 9)
+        n += 9 + put_uint(t + n + 9, row.edns_version)
+        memcpy(t + n, b" do=", 4)
+        t[n + 4] = <char>(48 + row.edns_do)
+        memcpy(t + n + 5, b" ext_rcode=", 11)
+        n += 16 + put_uint(t + n + 16, (ttl >> 24) & 0xFF)
+        self.arena.len += n
         while c.pos < c.end:
             code = rd16(c)
             olen = rd16(c)
@@ -1700,7 +1720,8 @@ cdef class Core:
                     stop = 1
                     break
                 name_off = <uint32_t>self.arena.len
-                if self.put_name(&c, &row.anomalies) < 0:
+                r = self.put_name(&c, &row.anomalies, 1)
+                if r < 0:
                     flag(&row.anomalies, AN_TRUNCATED)
                     self.arena.len = name_off
                     stop = 1
@@ -1721,8 +1742,12 @@ cdef class Core:
                 rr = &self.rrs[self.nrr]
                 self.nrr += 1
                 rr.msg = <uint32_t>(self.nmsg - 1)
-                rr.name_off = name_off
-                rr.name_len = <uint16_t>(self.arena.len - name_off)
+                if r == 1:
+                    rr.name_off = self.shared_off
+                    rr.name_len = self.shared_len
+                else:
+                    rr.name_off = name_off
+                    rr.name_len = <uint16_t>(self.arena.len - name_off)
                 rr.type = rtype
                 rr.rclass = rclass
                 rr.ttl = ttl

@@ -232,6 +232,24 @@ def test_the_compiled_module_stub_parses_and_declares_every_public_name():
     assert public - declared == set()
 
 
+def test_compressed_owner_names_share_the_text_they_point_to():
+    """An owner name compressed to a name its message already decoded takes that
+    name's text span instead of a copy; its text is still the full name."""
+    from sensor.parse import Parser
+    name = b"\x03www\x07example\x03com\x00"
+    payload = (header(flags=0x8180, an=3) + question(name)
+               + rr(1, bytes([192, 0, 2, 1]))                     # owner: the question
+               + rr(1, bytes([192, 0, 2, 2]), name=b"\xc0\x10")   # owner: example.com inside it
+               + rr(1, bytes([192, 0, 2, 3]), name=b"\x03ftp\xc0\x10"))  # a new name: its own text
+    batch = Parser(backend="compiled", ports=(53,)).parse_payloads([payload])
+    m, r = batch.messages[0], batch.rrs
+    assert [a["name"] for a in batch.record(0)["answers"]] == ["www.example.com", "example.com",
+                                                              "ftp.example.com"]
+    assert (r["name_off"][0], r["name_len"][0]) == (m["qname_off"], m["qname_len"])
+    assert (r["name_off"][1], r["name_len"][1]) == (m["qname_off"] + 4, 11)
+    assert r["name_off"][2] > r["rdata_off"][1]
+
+
 def test_question_name_cache_gives_what_a_fresh_decode_gives():
     """The compiled core reuses a question name it decoded before (by its exact
     wire bytes); every field of every message must be what decoding it afresh gives."""
