@@ -309,6 +309,21 @@ def test_retention_deletes_only_old_rows(tmp_path):
     store.close()
 
 
+def test_a_new_database_gets_big_pages_and_an_existing_one_keeps_its_own(tmp_path):
+    from sensor.store import PAGE_BYTES
+    Store(str(tmp_path / "new.db")).close()
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("CREATE TABLE t (x)")
+    old.close()
+    store = Store(str(tmp_path / "old.db"))
+    with store.transaction() as conn:
+        store.add_pdns(conn, [("a.example", "A", "192.0.2.1", 1.0, 1.0, 1)])
+    store.close()
+    assert db_rows(tmp_path / "new.db", "PRAGMA page_size") == [(PAGE_BYTES,)]
+    assert db_rows(tmp_path / "old.db", "PRAGMA page_size") == [(4096,)]
+    assert db_rows(tmp_path / "old.db", "SELECT rrname FROM pdns") == [("a.example",)]
+
+
 def _verdict(domain: str, window_start: int, count: int) -> dict:
     return {"ts": float(window_start), "kind": "tunnel", "severity": "high", "client": CLIENT,
             "server": RESOLVER, "domain": domain, "detector": "test", "summary": f"{domain} {count}",

@@ -30,6 +30,11 @@ WRITER_CACHE_KIB = 65536
 """The writer's SQLite page cache (SQLite's default is 2 MiB): new passive-DNS rows land at
 random places in three indexes, and with the default a million-row table makes each
 insert read pages back from disk (about twice the time per row, measured)."""
+PAGE_BYTES = 16384
+"""Page size of a database the store creates (SQLite's default is 4096; an existing file
+keeps its own). New passive-DNS rows land at random places in their indexes: with bigger
+pages the b-trees are shallower and an insert touches fewer pages (a quarter less time per
+new row at a million rows, measured)."""
 
 MIGRATIONS = Migrations("dnssensor")
 
@@ -72,6 +77,7 @@ class Store:
         try:
             self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn.execute(f"PRAGMA page_size = {PAGE_BYTES}")      # before WAL, or it is ignored
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self.conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
