@@ -26,6 +26,9 @@ cdef extern from "arpa/inet.h":
     const char *inet_ntop(int af, const void *src, char *dst, unsigned int size)
 cdef extern from *:
     int ctz64 "__builtin_ctzll"(unsigned long long x) nogil
+cdef extern from "stdlib.h":
+    void *aligned_alloc(size_t alignment, size_t size) nogil
+
 cdef extern from "sys/socket.h":
     int AF_INET6
 
@@ -106,9 +109,10 @@ DEF NAME_CACHE = 48
 # classifying, hashing and walking the suffix list again. Only clean in-place
 # names of at most QNAME_CACHE_WIRE wire bytes are kept (longer ones are mostly
 # tunnel payloads, seen once); a slot holds the last name that hashed to it.
-DEF QNAME_CACHE_SLOTS = 16384    # power of two; 184 bytes a slot
+DEF QNAME_CACHE_SLOTS = 16384    # power of two; 128 bytes a slot
 DEF QNAME_CACHE_LABELS = 32      # 64 wire bytes hold at most 31 labels
 DEF QNAME_CACHE_WIRE = 64
+DEF QNAME_CACHE_PAD = 41         # 128 - 23 header bytes - 64 wire bytes
 
 DEF FNV_OFFSET = 0xcbf29ce484222325
 DEF FNV_PRIME = 0x100000001b3
@@ -134,6 +138,9 @@ cdef struct NameOut:
     bint text_full
 
 cdef struct QnameEntry:
+    # A hit reads the first line only for the usual name: the header, then the wire
+    # bytes. The text and label offsets are not kept: a cached name is clean and in
+    # place, so they come from the message's own bytes, already in cache.
     uint64_t name_hash
     float entropy
     uint16_t digits
@@ -143,9 +150,8 @@ cdef struct QnameEntry:
     uint8_t wire_len                  # 0: empty slot
     uint8_t nlabels
     uint8_t longest
-    uint8_t label_start[QNAME_CACHE_LABELS]   # text offset of each label
     uint8_t wire[QNAME_CACHE_WIRE]
-    char text[QNAME_CACHE_WIRE]
+    uint8_t pad[QNAME_CACHE_PAD]      # to a power-of-two stride: slots never straddle lines needlessly
 
 cdef struct Arena:
     char *buf
@@ -732,9 +738,10 @@ cdef class Core:
         self.arena.len = 0
         self.arena.cap = 0
         memset(self.hist, 0, sizeof(self.hist))
-        self.qcache = <QnameEntry *>calloc(QNAME_CACHE_SLOTS, sizeof(QnameEntry))
+        self.qcache = <QnameEntry *>aligned_alloc(64, QNAME_CACHE_SLOTS * sizeof(QnameEntry))
         if self.qcache == NULL:
             raise MemoryError()
+        memset(self.qcache, 0, QNAME_CACHE_SLOTS * sizeof(QnameEntry))
         self.qname_cache_hits = 0
 
     def __dealloc__(self):
@@ -1795,10 +1802,12 @@ cdef class Core:
         returns the slot the name goes to (QNAME_CACHE_SLOTS when it cannot be
         kept), leaving the cursor where it was."""
         cdef const uint8_t *msg = c.msg
-        cdef uint32_t start = c.pos, p = c.pos, n, off
-        cdef uint8_t b
-        cdef int slot, i, k
+        cdef uint32_t start = c.pos, p = c.pos, n, off, i
+        cdef uint8_t b, nlabels = 0
+        cdef uint8_t label_at[QNAME_CACHE_LABELS]   # wire offset of each label from the start
+        cdef int slot, k
         cdef QnameEntry *e
+        cdef char *t
         while True:
             if p >= c.end or p - start >= QNAME_CACHE_WIRE:
                 return QNAME_CACHE_SLOTS
@@ -1807,6 +1816,8 @@ cdef class Core:
                 break
             if b & 0xC0:
                 return QNAME_CACHE_SLOTS
+            label_at[nlabels] = <uint8_t>(p - start)
+            nlabels += 1
             p += 1 + b
         n = p + 1 - start
         if n > QNAME_CACHE_WIRE:
@@ -1816,20 +1827,25 @@ cdef class Core:
         if e.wire_len != n or memcmp(e.wire, msg + start, n) != 0:
             return slot
         self.qname_cache_hits += 1
+        # The text: the wire bytes lower-cased, each length byte after the first a dot.
         off = <uint32_t>self.arena.len
         ar_reserve(&self.arena, n)
-        memcpy(self.arena.buf + off, e.text, n - 2)
+        t = self.arena.buf + off
+        for i in range(n - 2):
+            t[i] = <char>LOWER[msg[start + 1 + i]]
+        for k in range(1, nlabels):
+            t[label_at[k] - 1] = 46
         self.arena.len += n - 2
         # The suffixes later pointers of this message may name (as remember_name).
-        for i in range(e.nlabels):
+        for k in range(nlabels):
             if self.ncache >= NAME_CACHE:
                 break
-            k = self.ncache
-            self.cache_wire[k] = <uint16_t>(start + e.label_start[i])
-            self.cache_off[k] = off + e.label_start[i]
-            self.cache_len[k] = <uint16_t>(n - 2 - e.label_start[i])
-            self.cache_hops[k] = 0
-            self.cache_labels[k] = <uint8_t>(e.nlabels - i)
+            i = self.ncache
+            self.cache_wire[i] = <uint16_t>(start + label_at[k])
+            self.cache_off[i] = off + label_at[k]
+            self.cache_len[i] = <uint16_t>(n - 2 - label_at[k])
+            self.cache_hops[i] = 0
+            self.cache_labels[i] = <uint8_t>(nlabels - k)
             self.ncache += 1
         row.qname_off = off
         row.qname_len = <uint16_t>(n - 2)
@@ -1851,17 +1867,13 @@ cdef class Core:
         bytes lower-cased, less the first length byte and the terminator)."""
         cdef NameOut *o = &self.name
         cdef QnameEntry *e
-        cdef int i
         if (slot >= QNAME_CACHE_SLOTS or o.nlabels == 0 or o.hops != 0
                 or o.text_len + 2 != o.wire_len or o.wire_len > QNAME_CACHE_WIRE):
             return
         e = &self.qcache[slot]
         e.wire_len = <uint8_t>o.wire_len
         memcpy(e.wire, wire, o.wire_len)
-        memcpy(e.text, self.arena.buf + row.qname_off, o.text_len)
         e.nlabels = o.nlabels
-        for i in range(o.nlabels):
-            e.label_start[i] = <uint8_t>o.label_text_start[i]
         e.name_hash = row.name_hash
         e.entropy = row.entropy
         e.digits = row.digits
@@ -1923,6 +1935,8 @@ MESSAGE_ROW_SIZE = sizeof(MessageRow)
 if MESSAGE_ROW_SIZE != 19 * 8:
     raise ImportError("MessageRow is %d bytes; zero_row clears 19 words: update both" % MESSAGE_ROW_SIZE)
 RR_ROW_SIZE = sizeof(RRRow)
+if sizeof(QnameEntry) != 128:
+    raise ImportError("QnameEntry is %d bytes, not 128: update QNAME_CACHE_PAD" % sizeof(QnameEntry))
 
 # Set by sensor.parse at import, after the sizes above were checked against
 # the numpy dtypes generated from sensor/schema.py.
