@@ -1820,7 +1820,7 @@ cdef class Core:
             nlabels += 1
             p += 1 + b
         n = p + 1 - start
-        if n > QNAME_CACHE_WIRE:
+        if n > QNAME_CACHE_WIRE or nlabels == 0:      # the root is never kept (keep_qname)
             return QNAME_CACHE_SLOTS
         slot = <int>(span_hash(msg + start, n) & (QNAME_CACHE_SLOTS - 1))
         e = &self.qcache[slot]

@@ -33,8 +33,8 @@ insert read pages back from disk (about twice the time per row, measured)."""
 PAGE_BYTES = 16384
 """Page size of a database the store creates (SQLite's default is 4096; an existing file
 keeps its own). New passive-DNS rows land at random places in their indexes: with bigger
-pages the b-trees are shallower and an insert touches fewer pages (a quarter less time per
-new row at a million rows, measured)."""
+pages the b-trees are shallower and an insert touches fewer pages (about 15 % less time per
+new row on a capture with 713 k distinct answer records, measured)."""
 
 MIGRATIONS = Migrations("dnssensor")
 
