@@ -8,7 +8,7 @@ dnslib-per-packet loop and tshark (when installed), each with its ratio to
 tshark. The slow contenders run on a prefix of the capture; rates are rates.
 The last line is one JSON object.
 
-    python bench/parse.py [--messages 1000000] [--capture FILE] [--repeat 3]
+    python bench/parse.py [--messages 1000000] [--distinct-pairs 4000] [--capture FILE] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -102,9 +102,15 @@ GENERATED_CLIENT_NETWORKS = ("192.168.0.0/19", "2001:db8:1::/64")
 """The clients of the generated capture."""
 
 
-def build_capture(path: str, messages: int, seed: int = 1) -> None:
+GENERATED_PAIRS = 4000
+"""Distinct query/response pairs the generated capture cycles through: names recur, as on a
+resolver. As many pairs as the capture has makes every name new (the passive-DNS worst case:
+every answer record is one the store has not seen)."""
+
+
+def build_capture(path: str, messages: int, seed: int = 1, distinct_pairs: int = GENERATED_PAIRS) -> None:
     rng = random.Random(seed)
-    pool = [_pair(rng) for _ in range(4000)]
+    pool = [_pair(rng) for _ in range(max(1, min(distinct_pairs, messages // 2)))]
     server4, server6 = (ipaddress.ip_address(a).packed for a in GENERATED_RESOLVERS)
     ts = 1_700_000_000.0
     with open(path, "wb") as f:
@@ -166,6 +172,8 @@ def main() -> int:
     ap.add_argument("--slow-messages", type=int, default=20_000,
                     help="messages for the twin and the dnslib loop")
     ap.add_argument("--tshark-messages", type=int, default=100_000)
+    ap.add_argument("--distinct-pairs", type=int, default=GENERATED_PAIRS,
+                    help="query/response pairs the generated capture cycles through")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="dnssensor-bench-")
@@ -173,8 +181,9 @@ def main() -> int:
         path = args.capture or os.path.join(tmp, "bench.pcap")
         if not args.capture:
             t0 = time.perf_counter()
-            build_capture(path, args.messages)
-            print(f"built {path}: {args.messages} messages in {time.perf_counter() - t0:.1f} s")
+            build_capture(path, args.messages, distinct_pairs=args.distinct_pairs)
+            print(f"built {path}: {args.messages} messages ({args.distinct_pairs} distinct pairs) "
+                  f"in {time.perf_counter() - t0:.1f} s")
         parser = Parser()
         messages = sum(len(b) for b in parser.parse_file(path))
 
@@ -237,6 +246,7 @@ def main() -> int:
                      ("tshark -T fields", tshark)], tshark)
         result = {
             "messages": messages,
+            "distinct_pairs": None if args.capture else args.distinct_pairs,
             "ours_file_msgs_per_s": round(messages / file_s),
             "ours_memory_msgs_per_s": round(messages / memory_s),
             "twin_msgs_per_s": round(twin_rate),

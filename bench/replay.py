@@ -11,8 +11,8 @@ directory), and reports the parse-only rate in the same run, so the costs of
 tracking and storing and of the detectors show as ratios. The last line is one JSON
 object.
 
-    python bench/replay.py [--messages 1000000] [--capture FILE [--resolver A]... [--client-network N]...]
-                           [--repeat 2]
+    python bench/replay.py [--messages 1000000] [--distinct-pairs 4000]
+                           [--capture FILE [--resolver A]... [--client-network N]...] [--repeat 2]
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -29,8 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from parse import (GENERATED_CLIENT_NETWORKS, GENERATED_RESOLVERS, build_capture, print_rates,  # noqa: E402
-                   tshark_rate)
+from parse import (GENERATED_CLIENT_NETWORKS, GENERATED_PAIRS, GENERATED_RESOLVERS, build_capture,  # noqa: E402
+                   print_rates, tshark_rate)
 
 from sensor.config import Config  # noqa: E402
 from sensor.engine.replay import replay  # noqa: E402
@@ -47,6 +48,9 @@ def main() -> int:
                     help="a network the resolver serves (repeatable; default: the generated capture's)")
     ap.add_argument("--repeat", type=int, default=2, help="replays (the best is kept)")
     ap.add_argument("--tshark-frames", type=int, default=200_000)
+    ap.add_argument("--distinct-pairs", type=int, default=GENERATED_PAIRS,
+                    help="query/response pairs the generated capture cycles through; as many as "
+                         "--messages / 2 makes every answer record new to the store")
     args = ap.parse_args()
     if args.capture:
         resolvers, networks = tuple(args.resolver or ()), tuple(args.client_network or ())
@@ -59,20 +63,22 @@ def main() -> int:
     try:
         path = args.capture or os.path.join(tmp, "bench.pcap")
         if not args.capture:
-            build_capture(path, args.messages)
+            build_capture(path, args.messages, distinct_pairs=args.distinct_pairs)
         no_rules = os.path.join(tmp, "no-rules")
         os.mkdir(no_rules)
 
         def best_replay(rules_dir: str):
-            best = None
+            best, best_db = None, ""
             for i in range(args.repeat):
                 db = os.path.join(tmp, f"replay-{os.path.basename(rules_dir)}-{i}.db")
                 r = replay([path], replace(Config(), db_path=db, rules_dir=rules_dir, **site), progress_to=None)
                 if best is None or r.seconds < best.seconds:
-                    best = r
-            return best
-        best = best_replay(str(Path(__file__).resolve().parent.parent / "rules"))
-        bare = best_replay(no_rules)
+                    best, best_db = r, db
+            return best, best_db
+        best, best_db = best_replay(str(Path(__file__).resolve().parent.parent / "rules"))
+        bare, _ = best_replay(no_rules)
+        with sqlite3.connect(best_db) as conn:
+            pdns_rows = conn.execute("SELECT count(*) FROM pdns").fetchone()[0]
         t0 = time.perf_counter()
         parsed = sum(len(b) for b in Parser().parse_file(path))
         parse_s = time.perf_counter() - t0
@@ -87,8 +93,11 @@ def main() -> int:
                      ("parse only (same run)", parse_rate), ("tshark -T fields", tshark)], tshark, width=36)
         print(f"site: resolvers {', '.join(resolvers) or 'none'}; client networks {', '.join(networks) or 'none'}")
         print(f"tracking: {best.tracking}")
+        print(f"passive DNS: {pdns_rows} distinct answer records stored")
         result = {
             "messages": best.messages,
+            "distinct_pairs": None if args.capture else args.distinct_pairs,
+            "pdns_rows": pdns_rows,
             "resolvers": list(resolvers),
             "client_networks": list(networks),
             "replay_msgs_per_s": round(replay_rate),
