@@ -17,6 +17,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport realloc, free, calloc
 from libc.math cimport log2, floor
+from cpython.unicode cimport PyUnicode_DecodeASCII
 
 import numpy as np
 
@@ -1977,6 +1978,23 @@ def span_hashes(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
         if end > <uint32_t>arena.shape[0] or end < offsets[i]:
             raise ValueError("span outside the arena")
         o[i] = span_hash(base + offsets[i], lengths[i])
+    return out
+
+
+def span_texts(const uint8_t[::1] arena, const int64_t[::1] offsets, const int64_t[::1] lengths):
+    """The text of each arena slice as a str, in one pass: no bytes object in between.
+    The arena's text is ASCII (odd bytes are escaped); anything else raises."""
+    cdef Py_ssize_t n = offsets.shape[0], i, size = arena.shape[0]
+    cdef const char *base = <const char *>&arena[0] if size else NULL
+    cdef list out
+    if lengths.shape[0] != n:
+        raise ValueError("offsets and lengths differ in length")
+    for i in range(n):
+        if offsets[i] < 0 or lengths[i] < 0 or offsets[i] + lengths[i] > size:
+            raise ValueError("span outside the arena")
+    out = [None] * n
+    for i in range(n):
+        out[i] = PyUnicode_DecodeASCII(base + offsets[i], lengths[i], NULL) if lengths[i] else ""
     return out
 
 

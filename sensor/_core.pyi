@@ -29,6 +29,9 @@ class Core:
 def span_hashes(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each arena slice, so names and rdata group as integers, not strings."""
 
+def span_texts(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> list[str]:
+    """The text of each arena slice (int64 offsets and lengths) as a str, in one pass."""
+
 def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Group equal 64-bit keys in one pass, in order of first appearance: (first row per group,
     group per row, rows per group[, min ts, max ts])."""

@@ -787,3 +787,19 @@ def test_registered_domain_columns_agree_with_column_arithmetic(capture):
         assert batch.qname(i).encode().endswith(batch.arena[off[i]:off[i] + length[i]])
     with pytest.raises(ValueError):
         _core.regdom_columns(m, batch.arena[:8])
+
+
+@pytest.mark.parametrize("capture", ["demo-office-resolver.pcap", "dnscap-linux-sll2-nxdomain-dnssec.pcap"])
+def test_span_texts_are_the_arena_slices(capture):
+    from sensor import _core
+    batch = parse_file(str(DATA / capture))
+    rrs, arena = batch.rrs, batch.arena
+    for off, length in (("name_off", "name_len"), ("rdata_off", "rdata_len")):
+        offsets, lengths = rrs[off].astype(np.int64), rrs[length].astype(np.int64)
+        assert _core.span_texts(arena, offsets, lengths) == [
+            arena[o:o + n].decode("ascii") for o, n in zip(offsets.tolist(), lengths.tolist())]
+    assert _core.span_texts(arena, np.zeros(1, np.int64), np.zeros(1, np.int64)) == [""]
+    with pytest.raises(ValueError):
+        _core.span_texts(arena, np.array([len(arena) - 1], np.int64), np.array([2], np.int64))
+    with pytest.raises(UnicodeDecodeError):
+        _core.span_texts(b"a\xffb", np.array([0], np.int64), np.array([3], np.int64))

@@ -267,6 +267,17 @@ def _type_name(code: int) -> str:
     return name
 
 
+def _type_names(codes: np.ndarray) -> list[str]:
+    """The mnemonic of each type code, looked up once per distinct code."""
+    distinct, inverse = np.unique(codes, return_inverse=True)
+    return np.array([_type_name(c) for c in distinct.tolist()], dtype=object)[inverse].tolist()
+
+
+def _texts(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> list[str]:
+    return _core.span_texts(arena, np.ascontiguousarray(offsets, dtype=np.int64),
+                            np.ascontiguousarray(lengths, dtype=np.int64))
+
+
 class Accumulator:
     """Folds batches into an Aggregate; `take()` hands it over and starts a new one."""
 
@@ -490,18 +501,14 @@ class Accumulator:
         if len(rows):
             def identities(idx: np.ndarray) -> list[tuple[str, str, str]]:   # keys not seen before
                 new = rrs[rows[idx]]
-                return [(arena[no:no + nl].decode("ascii"), _type_name(t), arena[ro:ro + rl].decode("ascii"))
-                        for no, nl, t, ro, rl in zip(new["name_off"].tolist(), new["name_len"].tolist(),
-                                                     new["type"].tolist(), new["rdata_off"].tolist(),
-                                                     new["rdata_len"].tolist())]
+                return list(zip(_texts(arena, new["name_off"], new["name_len"]), _type_names(new["type"]),
+                                _texts(arena, new["rdata_off"], new["rdata_len"])))
             self._pdns_known = self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identities)
         nx, nx_keys, nx_ts = _core.nxdomain_records(np.ascontiguousarray(msgs), track.state, MISMATCHED)
         if len(nx):
             def nx_identities(idx: np.ndarray) -> list[tuple[str, str]]:    # keys not seen before
                 new = msgs[nx[idx]]
-                return [(arena[o:o + n].decode("ascii"), _type_name(t))
-                        for o, n, t in zip(new["qname_off"].tolist(), new["qname_len"].tolist(),
-                                           new["qtype"].tolist())]
+                return list(zip(_texts(arena, new["qname_off"], new["qname_len"]), _type_names(new["qtype"])))
             self._nx_known = self._add_seen(agg.nxdomain, self._nx_text, self._nx_known, nx_keys, nx_ts,
                                             nx_identities)
 
