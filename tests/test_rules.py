@@ -622,3 +622,36 @@ def test_gathered_text_is_the_arena_slice_cut_at_the_width(data, spans, width):
     assert got.tolist() == [data[o:o + min(max(n, 0), width)].rstrip(b"\0") for o, n in spans]
     with pytest.raises(ValueError):
         gather_text(data, np.array([len(data)], dtype=np.int64), np.array([1], dtype=np.int64), width)
+
+
+def test_every_documented_feature_is_a_column_of_the_messages():
+    """Each feature a rule may name is there for every message, and the ones that are a
+    message field (or derive from one) equal that field."""
+    from sensor.features import FEATURES, LAZY_ANSWERS, build, NetworkSet
+    from sensor.features.dga import load_model
+    from sensor.parse import parse_file
+    from sensor.track import Tracker
+    batch = parse_file(str(DATA / "demo-office-resolver.pcap"))
+    m = batch.messages
+    table = build(batch, Tracker().process(m), NetworkSet(("10.77.0.0/16",)))
+    cols = table.columns
+    cols.dga_model = load_model(RULES / "models")
+    for name in FEATURES:
+        assert len(np.broadcast_to(cols[name], (len(m),))) == len(m), name
+    isr = m["qr"] == 1
+    expected = {
+        "ts": m["ts"], "qr": m["qr"], "is_query": ~isr, "is_response": isr, "opcode": m["opcode"],
+        "rcode": m["rcode"], "nxdomain": isr & (m["rcode"] == 3), "servfail": isr & (m["rcode"] == 2),
+        "qtype": m["qtype"], "size": m["size"], "ip_ttl": m["ip_ttl"], "ancount": m["ancount"],
+        "nscount": m["nscount"], "arcount": m["arcount"], "edns_udp_size": m["edns_udp_size"],
+        "aa": (m["flags"] & 0x0400) != 0, "tc": (m["flags"] & 0x0200) != 0,
+        "rd": (m["flags"] & 0x0100) != 0, "ra": (m["flags"] & 0x0080) != 0,
+        "qname_len": m["qname_len"], "labels": m["labels"], "longest_label": m["longest_label"],
+        "entropy": m["entropy"].astype(np.float64), "digits": m["digits"], "hexchars": m["hexchars"],
+        "uppers": m["uppers"], "left_len": np.maximum(m["regdom_off"].astype(np.int64) - 1, 0),
+        "qname": m["name_hash"], "txid": m["id"], "anomalous": m["anomalies"] != 0,
+    }
+    for name, column in expected.items():
+        assert cols[name].tolist() == column.tolist(), name
+    assert cols["rd"].any() and cols["ra"].any() and cols["nxdomain"].any()
+    assert cols[LAZY_ANSWERS].any()
