@@ -24,6 +24,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def main() -> int:
             return best, best_db
         best, best_db = best_replay(str(Path(__file__).resolve().parent.parent / "rules"))
         bare, _ = best_replay(no_rules)
-        with sqlite3.connect(best_db) as conn:
+        with closing(sqlite3.connect(best_db)) as conn:
             pdns_rows = conn.execute("SELECT count(*) FROM pdns").fetchone()[0]
         t0 = time.perf_counter()
         parsed = sum(len(b) for b in Parser().parse_file(path))

@@ -71,7 +71,8 @@ MESSAGE_FIELDS: tuple[Field, ...] = (
 # One row per resource record of the answer, authority and additional sections.
 RR_FIELDS: tuple[Field, ...] = (
     Field("msg", "u4", "row of the owning message in the batch"),
-    Field("name_off", "u4", "owner name: offset in the text arena (a compressed name may share the text of an earlier name of its message)"),
+    Field("name_off", "u4", "owner name: offset in the text arena (a compressed name may share "
+                            "the text of an earlier name of its message)"),
     Field("rdata_off", "u4", "rdata in presentation form: offset in the text arena"),
     Field("rdata_len", "u4", "rdata text length"),
     Field("ttl", "u4", "TTL as on the wire"),
