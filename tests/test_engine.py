@@ -803,3 +803,36 @@ def test_span_texts_are_the_arena_slices(capture):
         _core.span_texts(arena, np.array([len(arena) - 1], np.int64), np.array([2], np.int64))
     with pytest.raises(UnicodeDecodeError):
         _core.span_texts(b"a\xffb", np.array([0], np.int64), np.array([3], np.int64))
+
+
+def test_series_steps_with_no_traffic_in_their_lookback_are_skipped_and_would_judge_nothing(tmp_path):
+    """Captures weeks apart: the series steps in between read empty windows. The writer skips
+    exactly those, and judging one of them would have given nothing and stored nothing."""
+    rules = tmp_path / "series-rules"
+    rules.mkdir()
+    for name in ("anomaly_burst.toml", "series.toml"):
+        (rules / name).write_text((REPO / "rules" / name).read_text())
+    conf = config(tmp_path, rules_dir=str(rules))
+    paths = []
+    for day, start in ((0, 1_767_225_600.0), (20, 1_767_225_600.0 + 20 * 86400)):
+        conv = Conversation(start)
+        for i in range(300):                       # five minutes of traffic
+            conv.exchange(CLIENT, RESOLVER, f"h{i}.example.org", f"h{i}.example.org 60 A 192.0.2.{i % 250}",
+                          txid=i, sport=20000 + i, rtt=0.5)
+            conv.ts += 0.5
+        paths.append(str(conv.write(tmp_path / f"day{day}.pcap")))
+    replay(paths, conf, progress_to=None)
+    store = Store(conf.db_path)
+    writer = Writer(conf, store, anomaly_burst.load(conf.rules_dir))
+    data = [r[0] for r in store.conn.execute("SELECT DISTINCT minute FROM stats WHERE leg != 'sensor'")]
+    assert len(data) >= 8
+    span = writer.series_rule.lookback_min * 60
+    steps = list(range(min(data), max(data) + 2 * span, 900))
+    kept = writer._steps_with_data(steps)
+    assert kept == [s for s in steps if any(s - span < m <= s for m in data)]
+    assert 0 < len(kept) <= 2 * (span // 900 + 2) < len(steps) // 5     # the weeks between left out
+    baselines = db_rows(Path(conf.db_path), "SELECT * FROM baselines")
+    for end in [s for s in steps if s not in kept][::97]:
+        assert writer.series_rule.verdicts(store, "s", end) == []
+    assert db_rows(Path(conf.db_path), "SELECT * FROM baselines") == baselines
+    store.close()

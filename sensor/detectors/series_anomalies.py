@@ -76,6 +76,13 @@ class SeriesRule:
     busiest: dict[tuple[str, int, int], list[str]] = field(default_factory=dict)
     """Cache of the busiest networks and domains, by (scope, top, hour)."""
 
+    @property
+    def lookback_min(self) -> int:
+        """Minutes before a step's end that its evaluation reads (series and mixes): a step
+        with no data in them judges nothing."""
+        return max([EVAL_WINDOW_MIN] + [m.recent_minutes + m.reference_minutes for m in self.mixes
+                                        if m.recent_minutes])
+
     def verdicts(self, store: Any, sensor: str, end: int) -> list[dict[str, Any]]:
         """Verdicts for episodes that end in the RECENT_MIN minutes up to minute `end` (the
         last complete one; a replay walks `end` through the past); profiles and the streaming

@@ -127,6 +127,18 @@ class Writer:
         self._close_old(final)
         return len(created) + self._series_verdicts(final)
 
+    def _steps_with_data(self, ends: list[int]) -> list[int]:
+        """The steps whose look-back holds traffic. Every series and mix of the others reads
+        an empty window and judges nothing, and a replay of captures weeks apart would
+        otherwise walk each empty quarter-hour in between, a query per series each."""
+        span = self.series_rule.lookback_min * 60
+        rows = self.store.conn.execute(
+            "SELECT DISTINCT minute FROM stats WHERE leg != 'sensor' AND minute > ? AND minute <= ? "
+            "ORDER BY minute", (min(ends) - span, max(ends))).fetchall()
+        minutes = np.array([r[0] for r in rows], dtype=np.int64)
+        at = np.searchsorted(minutes, np.array(ends, dtype=np.int64), side="right")   # data minutes <= end
+        return [end for end, i in zip(ends, at.tolist()) if i and minutes[i - 1] > end - span]
+
     def _series_verdicts(self, final: bool) -> int:
         """Counters against their seasonal baseline, every series_every_s of data time (and
         at the end): each step in between is judged as it was then, so a replay that flushes
@@ -142,19 +154,20 @@ class Writer:
             start = max(start, last - series_anomalies.RECENT_MIN * 60)
         if last < start and not final:
             return 0
-        ends = list(range(start, last, every))
-        ends.append(last if final else last - 60)       # the newest minute is still filling up
+        steps = list(range(start, last, every))
+        steps.append(last if final else last - 60)      # the newest minute is still filling up
         self.series_evaluated = last
         created = []
         try:
-            found = [v for end in ends for v in self.series_rule.verdicts(self.store, self.config.sensor_name, end)]
+            found = [v for end in self._steps_with_data(steps)
+                     for v in self.series_rule.verdicts(self.store, self.config.sensor_name, end)]
             if found:
                 with self.store.transaction() as conn:
                     created = self.store.put_verdicts(conn, found)
         except sqlite3.Error as e:
             self.counters["store_errors"] += 1
             print(f"dnssensor: store: {e}; series verdicts retried next minute", file=sys.stderr)
-            self.series_evaluated = ends[0] - every
+            self.series_evaluated = steps[0] - every
             return 0
         self._send(created)
         return len(created)
