@@ -41,8 +41,8 @@ CLIENT_COLUMNS = tuple(name for name, _ in MINUTE_COUNTERS)
 
 class KeyedCounts:
     """Per (minute, label) counters as numpy columns: a batch folds into the held rows in
-    place (new labels appended), and a label (a client address, a network, a registered domain) becomes text only when the
-    writer stores the rows."""
+    place (new labels appended), and a label (a client address, a network, a registered
+    domain) becomes text only when the writer stores the rows."""
 
     def __init__(self, label_dtype: Any = "V16") -> None:
         self.keys = np.empty(0, dtype=np.uint64)
@@ -243,13 +243,6 @@ def merge_malformed(mine: dict[str, Any], other: dict[str, Any]) -> None:
     mine["samples"] = (mine["samples"] + [s for s in other["samples"] if s not in mine["samples"]])[:5]
 
 
-def _distinct_counts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct keys in order of first appearance, rows of each): np.unique's counts
-    from one hash pass instead of a sort."""
-    first, _, counts = key_groups(keys)
-    return keys[first], counts
-
-
 def _group_times(keys: np.ndarray, ts: np.ndarray):
     """One pass: (distinct keys, index of a member of each, count, first ts, last ts)."""
     keys = np.ascontiguousarray(keys, dtype=np.uint64)
@@ -380,7 +373,8 @@ class Accumulator:
         # (group, value) pairs packed into one uint64: distinct pairs are plain integers.
         inv64 = inv.astype(np.uint64) << np.uint64(GROUP_SHIFT)
         cw = address_words(track.client)
-        pairs = np.sort(_distinct_counts(inv64 | (hash_columns(cw[:, 0], cw[:, 1]) & np.uint64(CLIENT_HASH_MASK)))[0])
+        pairs = inv64 | (hash_columns(cw[:, 0], cw[:, 1]) & np.uint64(CLIENT_HASH_MASK))
+        pairs = np.sort(pairs[key_groups(pairs)[0]])
         pair_group = (pairs >> np.uint64(GROUP_SHIFT)).astype(np.int64)
         bounds = np.searchsorted(pair_group, np.arange(g + 1))
         client_ids = (pairs & np.uint64(CLIENT_HASH_MASK)).tolist()
