@@ -1620,6 +1620,7 @@ cdef class Core:
         cdef int section, k, q, total = 0
         cdef uint16_t rtype, rclass, rdlen
         cdef uint32_t ttl, name_off, rd_start, mark, name_start = 0
+        cdef int names_mark
         cdef int r, slot = 0
         cdef uint64_t found
         cdef bint opt_seen = 0, stop = 0
@@ -1781,10 +1782,14 @@ cdef class Core:
                     if ttl > 0x7FFFFFFF:
                         flag(&row.anomalies, AN_TTL_HIGH_BIT)
                     mark = <uint32_t>self.arena.len
+                    names_mark = self.ncache
                     r = self.put_rdata(&c, rtype, &row.anomalies)
                     if r != 0 or c.short or c.pos != c.end:
                         flag(&row.anomalies, AN_BAD_RDATA if (r == 1 and not c.short and c.pos == c.end) else AN_RDLENGTH_MISMATCH)
+                        # The rdata becomes hex over the same arena bytes: names read from
+                        # it are gone, and later pointers to them must decode afresh.
                         self.arena.len = mark
+                        self.ncache = names_mark
                         c.pos = rd_start
                         c.short = 0
                         self.put_generic(&c)

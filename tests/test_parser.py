@@ -250,6 +250,21 @@ def test_compressed_owner_names_share_the_text_they_point_to():
     assert r["name_off"][2] > r["rdata_off"][1]
 
 
+def test_pointer_into_rdata_that_became_hex_decodes_the_name_afresh(make_parser):
+    """A CNAME whose target name is followed by junk inside its rdlength is kept as
+    hex. A later owner name pointing at that target must still read the name there,
+    not the hex text written over it (found by the fuzz harness)."""
+    target = b"\x09teams-afd\x00"
+    payload = (header(flags=0x8180, an=2) + question()
+               + rr(5, target + b"\x00junk")                    # rdata at offset 45
+               + rr(1, bytes([192, 0, 2, 1]), name=b"\xc0\x2d"))
+    _, r = one(make_parser, payload)
+    first, second = r["answers"]
+    assert first["data"].startswith("\\# 16 ") and "rdlength_mismatch" in r["anomalies"]
+    assert second["name"] == "teams-afd"
+    assert second["data"] == "192.0.2.1"
+
+
 def test_question_name_cache_gives_what_a_fresh_decode_gives():
     """The compiled core reuses a question name it decoded before (by its exact
     wire bytes); every field of every message must be what decoding it afresh gives."""
