@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 
 import dnslib
 from hypothesis import HealthCheck, given, settings
@@ -62,8 +63,14 @@ def test_random_bytes_never_raise_and_backends_agree(payload):
 def test_mutated_messages_backends_agree(message, data):
     raw = bytearray(message)
     for _ in range(data.draw(st.integers(1, 8))):
-        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-        if op == "flip" and raw:
+        op = data.draw(st.sampled_from(["flip", "cut", "insert", "retarget"]))
+        pointers = [i for i in range(12, len(raw) - 1) if raw[i] >= 0xC0]
+        if op == "retarget" and pointers:
+            # a compression pointer aimed elsewhere before it: into names, rdata, the header
+            i = data.draw(st.sampled_from(pointers))
+            target = data.draw(st.integers(0, i - 1))
+            raw[i], raw[i + 1] = 0xC0 | (target >> 8), target & 0xFF
+        elif op == "flip" and raw:
             i = data.draw(st.integers(0, len(raw) - 1))
             raw[i] = data.draw(st.integers(0, 255))
         elif op == "cut" and raw:
@@ -72,6 +79,42 @@ def test_mutated_messages_backends_agree(message, data):
             i = data.draw(st.integers(0, len(raw)))
             raw[i:i] = data.draw(st.binary(min_size=1, max_size=4))
     both(bytes(raw))
+
+
+def wire_name(labels: list[str]) -> bytes:
+    return b"".join(bytes([len(x)]) + x.encode() for x in labels) + b"\0"
+
+
+@st.composite
+def pointers_into_records(draw) -> bytes:
+    """A response whose records hold names in their rdata (CNAME, NS, PTR, MX), some
+    followed by junk inside the rdlength (the rdata is then kept as hex), and whose
+    later owner names point at any earlier offset: the compiled core's name caches
+    must give what decoding through the pointer gives."""
+    records = draw(st.integers(1, 6))
+    out = bytearray(struct.pack("!6H", draw(st.integers(0, 65535)), 0x8180, 1, records, 0, 0))
+    out += wire_name(draw(st.lists(label, min_size=1, max_size=4))) + struct.pack("!HH", 1, 1)
+    for _ in range(records):
+        if draw(st.booleans()):
+            target = draw(st.integers(0, len(out) - 1))
+            owner = bytes([0xC0 | target >> 8, target & 0xFF])
+        else:
+            owner = wire_name(draw(st.lists(label, min_size=1, max_size=3)))
+        rtype = draw(st.sampled_from([5, 2, 12, 15, 1]))
+        if rtype == 1:
+            rdata = bytes(draw(st.binary(min_size=4, max_size=4)))
+        else:
+            rdata = (struct.pack("!H", draw(st.integers(0, 99))) if rtype == 15 else b"") \
+                + wire_name(draw(st.lists(label, min_size=1, max_size=3)))
+            rdata += draw(st.sampled_from([b"", b"", b"\0", b"\0junk", b"\xc0"]))
+        out += owner + struct.pack("!HHIH", rtype, 1, 300, len(rdata)) + rdata
+    return bytes(out)
+
+
+@SETTINGS
+@given(pointers_into_records())
+def test_pointers_into_earlier_records_backends_agree(message):
+    both(message)
 
 
 @SETTINGS
