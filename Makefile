@@ -22,6 +22,15 @@ define apt_install
 	fi
 endef
 
+# The parser core is built profile-guided: once instrumented, trained on the captures in
+# tests/data (tools/pgo_train.py), then again from that profile.
+define build_core
+	rm -rf build/pgo
+	DNSSENSOR_PGO=generate $(PY) setup.py -q build_ext --inplace --force
+	$(PY) tools/pgo_train.py
+	DNSSENSOR_PGO=use $(PY) setup.py -q build_ext --inplace --force
+endef
+
 system-deps:
 	$(call apt_install,$(APT_RUNTIME))
 
@@ -35,10 +44,10 @@ $(PY):
 install: system-deps $(PY)
 	$(PY) -m pip install -q setuptools wheel "Cython>=3.0" "numpy>=1.26"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
-	$(PY) setup.py -q build_ext --inplace
+	$(build_core)
 
 build: $(PY)
-	$(PY) setup.py -q build_ext --inplace
+	$(build_core)
 
 demo: install
 	@rm -f demo.db demo.db-wal demo.db-shm

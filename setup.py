@@ -1,7 +1,10 @@
 """Builds the Cython extensions in ext/ into the sensor package.
 
 Compiler directives live here, in one place. DNSSENSOR_DEBUG=1 builds with
--O0 -g and bounds checks on, for gdb and sanitizers.
+-O0 -g and bounds checks on, for gdb and sanitizers. DNSSENSOR_PGO=generate
+builds a core that records its branch profile into build/pgo, and
+DNSSENSOR_PGO=use builds the final core from that profile (`make build` runs
+both around tools/pgo_train.py).
 """
 import os
 
@@ -20,6 +23,17 @@ DIRECTIVES = {
     "embedsignature": True,
 }
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
+LDFLAGS: list[str] = []
+PGO = "" if DEBUG else os.environ.get("DNSSENSOR_PGO", "")
+PGO_DIR = os.path.abspath(os.path.join("build", "pgo"))
+if PGO == "generate":
+    CFLAGS += [f"-fprofile-generate={PGO_DIR}", "-fprofile-update=single"]
+    LDFLAGS += [f"-fprofile-generate={PGO_DIR}"]
+elif PGO == "use":
+    # Code the training did not run keeps its ordinary optimisation.
+    CFLAGS += [f"-fprofile-use={PGO_DIR}", "-fprofile-partial-training", "-Wno-missing-profile"]
+elif PGO:
+    raise SystemExit(f"DNSSENSOR_PGO must be generate or use, not {PGO!r}")
 
 extensions = [
     Extension(
@@ -27,6 +41,7 @@ extensions = [
         ["ext/_core.pyx"],
         include_dirs=[numpy.get_include(), "ext"],
         extra_compile_args=CFLAGS,
+        extra_link_args=LDFLAGS,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
 ]
