@@ -21,6 +21,16 @@ from sensor.errors import CaptureError
 
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 """Linux: reassemble IPv4 fragments before hashing (pcapy-ng has no name for it)."""
+PCAP_ACTIVATE_ERRORS = {
+    -1: "capture could not start",
+    -5: "no such device (the interface is gone)",
+    -6: "monitor mode not supported",
+    -8: "permission denied (capturing needs CAP_NET_RAW)",
+    -9: "the interface is not up",
+    -11: "permission denied for promiscuous mode",
+}
+"""libpcap's pcap_activate() errors: pcapy-ng returns them instead of raising, and without
+pcap_geterr() the next call would only complain that the handle is not activated."""
 READ_TIMEOUT_MS = 100
 """libpcap's buffer timeout: frames wait at most this long in the ring before a read sees them."""
 _WRAP = 1 << 32
@@ -44,7 +54,10 @@ class LiveCapture:
             h.set_promisc(1)
             h.set_timeout(READ_TIMEOUT_MS)
             h.set_buffer_size(ring_bytes)
-            h.activate()
+            status = h.activate()
+            if status < 0:
+                raise CaptureError(f"{interface}: " + PCAP_ACTIVATE_ERRORS.get(
+                    status, f"capture could not start (libpcap error {status})"))
             h.setfilter(bpf_filter(ports))
             h.setnonblock(1)
             if fanout_group is not None:
