@@ -1,11 +1,14 @@
-"""Root system test: the capture interface goes away under a running sensor and comes back.
+"""Capture interfaces: the capture filter for each link type a live handle can have, and
+root system tests on a veth pair between two namespaces.
 
-Two namespaces joined by a veth pair; `dnssensor run` captures on the sensor's end
-while the client end sends queries. Deleting the pair kills the worker's handle; the
-supervisor restarts it with backoff (each restart failing with a plain "no such
-device" while the link is gone), and once the link is made again the worker captures
-anew. Every query sent while the interface existed is counted. Only the two
-namespaces made here are addressed; the sender is bounded in count.
+- The capture interface goes away under a running sensor and comes back: deleting the
+  pair kills the worker's handle; the supervisor restarts it with backoff (each restart
+  failing with a plain "no such device" while the link is gone), and once the link is
+  made again the worker captures anew. Every query sent while the interface existed is
+  counted.
+- `any`, libpcap's every-interface pseudo-device (Linux cooked frames, no VLAN filter).
+
+Only the two namespaces made here are addressed; the sender is bounded in count.
 """
 from __future__ import annotations
 
@@ -15,9 +18,13 @@ import subprocess
 import sys
 import time
 
+import pcapy
+import pytest
+
 from conftest import REPO
 from netns import Topology, require_root_tools
 from realparts import db_rows as rows, wait_until
+from sensor.capture.live import COOKED_LINKTYPES, bpf_filter
 
 CLIENT, SENSOR = "10.98.0.1", "10.98.0.2"
 SEND = """
@@ -29,28 +36,66 @@ for i in range(int(sys.argv[1])):
 """
 
 
+def dns_frame(linktype: int, dport: int) -> bytes:
+    """A UDP datagram from 10.98.0.1 to 10.98.0.2 on dport, framed for the link type."""
+    import struct
+    udp = struct.pack("!HHHH", 40000, dport, 8 + 12, 0) + bytes(12)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     bytes([10, 98, 0, 1]), bytes([10, 98, 0, 2])) + udp
+    if linktype == 1:
+        return bytes(12) + b"\x08\x00" + ip
+    if linktype == 113:
+        return struct.pack("!HHH8sH", 0, 1, 6, bytes(8), 0x0800) + ip
+    return struct.pack("!HHIHBB8s", 0x0800, 0, 2, 1, 0, 6, bytes(8)) + ip      # SLL2
+
+
+@pytest.mark.parametrize("linktype", [1] + list(COOKED_LINKTYPES))
+def test_capture_filter_compiles_for_every_live_link_type(linktype):
+    """Ethernet gets the VLAN-tagged copy of the filter; cooked frames (where libpcap
+    refuses `vlan`) do not, and DNS on the ports still passes where nothing else does."""
+    program = pcapy.compile(linktype, 65535, bpf_filter([53, 5353], vlan=linktype not in COOKED_LINKTYPES), 1, 0)
+    assert program.filter(dns_frame(linktype, 53)) > 0
+    assert program.filter(dns_frame(linktype, 5353)) > 0
+    assert program.filter(dns_frame(linktype, 80)) == 0
+    if linktype in COOKED_LINKTYPES:
+        with pytest.raises(pcapy.PcapError):
+            pcapy.compile(linktype, 65535, bpf_filter([53]), 1, 0)
+
+
 def send(top: Topology, ns: str, count: int, tag: str) -> None:
     out = top.run(ns, [sys.executable, "-c", SEND, str(count), tag, SENSOR], capture_output=True,
                   text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 
 
-def test_worker_outlives_its_interface_going_away(tmp_path):
+@pytest.fixture
+def pair():
+    """Client and sensor namespaces joined by vi0 (client) -- vi1 (sensor)."""
     require_root_tools()
     top = Topology(f"dsi{os.getpid() % 10000}")
     try:
         c, s = top.add_namespace("c"), top.add_namespace("s")
         top.link(c, "vi0", CLIENT, s, "vi1", SENSOR)
-        db = tmp_path / "sensor.db"
-        rules = tmp_path / "rules"
-        rules.mkdir()
-        conf = tmp_path / "sensor.toml"
+        yield top, c, s
+    finally:
+        top.close()
+
+
+class Sensor:
+    """`dnssensor run` in the sensor namespace on one interface, one worker, no rules."""
+
+    def __init__(self, top: Topology, ns: str, folder, interface: str) -> None:
+        self.db = folder / "sensor.db"
+        self.log_path = folder / "sensor.log"
+        self.worker_name = f"{interface}/0"
+        (folder / "rules").mkdir()
+        conf = folder / "sensor.toml"
         conf.write_text(f"""
 [sensor]
 name = "iface-test"
 user = ""
 [capture]
-interfaces = ["vi1"]
+interfaces = ["{interface}"]
 ports = [53]
 workers = 1
 ring_mib = 8
@@ -58,47 +103,66 @@ ring_mib = 8
 resolver_addresses = ["{SENSOR}"]
 client_networks = ["10.98.0.0/24"]
 [store]
-path = "{db}"
+path = "{self.db}"
 flush_interval_s = 0.3
 [rules]
-dir = "{rules}"
+dir = "{folder / "rules"}"
 """)
-        log_path = tmp_path / "sensor.log"
-        log = open(log_path, "w")
-        sensor = top.spawn(s, [sys.executable, "-m", "sensor", "run", "--config", str(conf)],
-                           cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = top.spawn(ns, [sys.executable, "-m", "sensor", "run", "--config", str(conf)],
+                              cwd=REPO, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
 
-        def worker() -> tuple:
-            try:
-                found = rows(db, "SELECT state, started, restarts FROM workers WHERE worker = 'vi1/0'")
-            except Exception:        # not created yet
-                return (None, None, 0)
-            return found[0] if found else (None, None, 0)
+    def log(self) -> str:
+        return self.log_path.read_text()
 
-        def queries() -> int:
-            try:
-                return rows(db, "SELECT coalesce(sum(queries), 0) FROM stats")[0][0]
-            except Exception:
-                return 0
+    def worker(self) -> tuple:
+        """(state, started, restarts) of the worker, as the writer last stored them."""
+        try:
+            found = rows(self.db, f"SELECT state, started, restarts FROM workers WHERE worker = '{self.worker_name}'")
+        except Exception:        # the database is not there yet
+            return (None, None, 0)
+        return found[0] if found else (None, None, 0)
 
-        assert wait_until(lambda: worker()[0] == "running", 30), log_path.read_text()
-        send(top, c, 50, "before")
-        assert wait_until(lambda: queries() == 50, 20), (queries(), log_path.read_text())
+    def queries(self) -> int:
+        try:
+            return rows(self.db, "SELECT coalesce(sum(queries), 0) FROM stats")[0][0]
+        except Exception:
+            return 0
 
-        gone_at = time.time()
-        top.run(s, ["ip", "link", "del", "vi1"], check=True)
-        assert wait_until(lambda: worker()[2] >= 2, 30), log_path.read_text()
-        top.link(c, "vi0", CLIENT, s, "vi1", SENSOR)
-        assert wait_until(lambda: worker()[0] == "running" and (worker()[1] or 0) > gone_at, 60), \
-            (worker(), log_path.read_text())
-        send(top, c, 70, "after")
-        assert wait_until(lambda: queries() == 120, 20), (queries(), log_path.read_text())
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(30) == 0, self.log()
+        assert rows(self.db, "PRAGMA integrity_check") == [("ok",)]
+        return self.log()
 
-        sensor.send_signal(signal.SIGTERM)
-        assert sensor.wait(30) == 0
-        text = log_path.read_text()
-        assert "vi1: no such device (the interface is gone)" in text
-        assert "not-yet-activated" not in text
-        assert rows(db, "PRAGMA integrity_check") == [("ok",)]
-    finally:
-        top.close()
+
+def test_worker_outlives_its_interface_going_away(pair, tmp_path):
+    top, c, s = pair
+    sensor = Sensor(top, s, tmp_path, "vi1")
+    assert wait_until(lambda: sensor.worker()[0] == "running", 30), sensor.log()
+    send(top, c, 50, "before")
+    assert wait_until(lambda: sensor.queries() == 50, 20), (sensor.queries(), sensor.log())
+
+    gone_at = time.time()
+    top.run(s, ["ip", "link", "del", "vi1"], check=True)
+    assert wait_until(lambda: sensor.worker()[2] >= 2, 30), sensor.log()
+    top.link(c, "vi0", CLIENT, s, "vi1", SENSOR)
+    assert wait_until(lambda: sensor.worker()[0] == "running" and (sensor.worker()[1] or 0) > gone_at, 60), \
+        (sensor.worker(), sensor.log())
+    send(top, c, 70, "after")
+    assert wait_until(lambda: sensor.queries() == 120, 20), (sensor.queries(), sensor.log())
+
+    text = sensor.stop()
+    assert "vi1: no such device (the interface is gone)" in text
+    assert "not-yet-activated" not in text
+
+
+def test_capture_on_the_any_interface(pair, tmp_path):
+    """Every interface at once, as cooked frames: each query is counted once."""
+    top, c, s = pair
+    sensor = Sensor(top, s, tmp_path, "any")
+    assert wait_until(lambda: sensor.worker()[0] == "running", 30), sensor.log()
+    send(top, c, 40, "any")
+    assert wait_until(lambda: sensor.queries() == 40, 20), (sensor.queries(), sensor.log())
+    time.sleep(1.0)                 # a second copy of any frame would be counted by now
+    assert sensor.queries() == 40
+    assert "died" not in sensor.stop()

@@ -36,12 +36,17 @@ READ_TIMEOUT_MS = 100
 _WRAP = 1 << 32
 
 
-def bpf_filter(ports: Iterable[int]) -> str:
+COOKED_LINKTYPES = (113, 276)
+"""Linux cooked captures (SLL, SLL2: the `any` interface): the kernel has taken the VLAN tag
+off, and libpcap cannot filter on one there."""
+
+
+def bpf_filter(ports: Iterable[int], vlan: bool = True) -> str:
     """DNS on the given ports over UDP and TCP, and every IP fragment (the ports of a
     fragmented datagram are only in its first piece), with or without a VLAN tag."""
     port_expr = " or ".join(f"port {p}" for p in sorted(set(ports)))
     base = f"((udp or tcp) and ({port_expr})) or (ip and ip[6:2] & 0x3fff != 0) or (ip6 and ip6[6] == 44)"
-    return f"({base}) or (vlan and ({base}))"
+    return f"({base}) or (vlan and ({base}))" if vlan else base
 
 
 class LiveCapture:
@@ -58,7 +63,7 @@ class LiveCapture:
             if status < 0:
                 raise CaptureError(f"{interface}: " + PCAP_ACTIVATE_ERRORS.get(
                     status, f"capture could not start (libpcap error {status})"))
-            h.setfilter(bpf_filter(ports))
+            h.setfilter(bpf_filter(ports, vlan=h.datalink() not in COOKED_LINKTYPES))
             h.setnonblock(1)
             if fanout_group is not None:
                 h.set_fanout(fanout_group & 0xFFFF, PACKET_FANOUT_FLAG_DEFRAG | pcapy.PACKET_FANOUT_HASH)
@@ -74,7 +79,7 @@ class LiveCapture:
 
     def set_ports(self, ports: Iterable[int]) -> None:
         try:
-            self.handle.setfilter(bpf_filter(ports))
+            self.handle.setfilter(bpf_filter(ports, vlan=self.linktype not in COOKED_LINKTYPES))
         except pcapy.PcapError as e:
             raise CaptureError(f"{self.interface}: {e}") from None
 

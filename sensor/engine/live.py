@@ -35,6 +35,8 @@ from sensor.rules import load_rules_dir
 SUPERVISOR_TICK_S = 0.5
 WORKER_STOP_TIMEOUT_S = 10.0
 WRITER_STOP_TIMEOUT_S = 60.0
+ANY_INTERFACE = "any"
+"""libpcap's Linux pseudo-interface: every interface at once, frames in Linux cooked form."""
 RESTART_BACKOFF_S = 1.0
 """Wait before restarting a worker that died; doubled for each death soon after a start."""
 RESTART_BACKOFF_MAX_S = 30.0
@@ -301,6 +303,6 @@ def _check_interfaces(config: cfg.Config) -> None:
 
     with IPRoute() as ipr:
         known = {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
-    missing = [i for i in config.interfaces if i not in known]
+    missing = [i for i in config.interfaces if i not in known and i != ANY_INTERFACE]
     if missing:
         raise ConfigError(f"{config.path}: capture.interfaces: no such interface: {', '.join(missing)}")
