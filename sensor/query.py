@@ -184,8 +184,9 @@ def render_status(s: dict[str, Any]) -> str:
     if s["workers"]:
         out.append("workers:")
         out += [f"  {w['worker']:<16} pid {w['pid'] or '-':<8} {w['state']:<10} restarts {w['restarts'] or 0}"
-                f"  packets {w['packets'] or 0:,}  kernel dropped {w['kernel_dropped'] or 0:,}"
-                f"  last seen {w['last_seen']}" for w in s["workers"]]
+                + (f"  packets {w['packets'] or 0:,}  kernel dropped {w['kernel_dropped'] or 0:,}"
+                   if w["worker"] != "writer" else "")          # the writer captures nothing
+                + f"  last seen {w['last_seen']}" for w in s["workers"]]
     return "\n".join(out) + "\n"
 
 

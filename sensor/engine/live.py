@@ -133,7 +133,7 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ou
 
 # ----------------------------------------------------------------- writer
 
-def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any) -> None:
+def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any, restarts: int = 0) -> None:
     from sensor.engine.writer import Writer
     from sensor.sinks.syslog import SyslogSender
     from sensor.store import Store
@@ -150,6 +150,15 @@ def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any) -> None:
     give_to_user(config.user, [config.db_path, config.db_path + "-wal", config.db_path + "-shm", spool_dir]
                  + [s.spool_path for s in senders])
     drop_privileges(config.user)
+    started = time.time()
+
+    def report(state: str) -> None:           # the writer's own row in `workers`
+        agg = Aggregate()
+        agg.workers["writer"] = {"pid": os.getpid(), "started": started, "restarts": restarts,
+                                 "last_seen": time.time(), "packets": None, "kernel_received": None,
+                                 "kernel_dropped": None, "state": state}
+        writer.apply(agg)
+
     next_flush = time.monotonic() + config.flush_interval_s
     next_retention = time.monotonic()
     while True:
@@ -166,11 +175,13 @@ def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any) -> None:
                 writer.config, (rule, rules, series_rule) = loaded
                 writer.set_rule(rule, rules, series_rule)
         if time.monotonic() >= next_flush:
+            report("running")
             writer.flush()
             next_flush = time.monotonic() + config.flush_interval_s
         if time.monotonic() >= next_retention:
             writer.enforce_retention(time.time())
             next_retention = time.monotonic() + RETENTION_EVERY_S
+    report("stopped")
     writer.flush(final=True)
     for s in senders:
         s.close()
@@ -187,6 +198,7 @@ class Supervisor:
         self.stop_event = self.ctx.Event()
         self.workers: dict[str, dict[str, Any]] = {}
         self.writer: Any = None
+        self.writer_restarts = 0
         self.stopping = False
         self.reload_requested = False
 
@@ -198,9 +210,7 @@ class Supervisor:
         w["process"], w["started"] = p, time.monotonic()
 
     def start(self) -> None:
-        self.writer = self.ctx.Process(target=writer_main, name="dnssensor writer",
-                                       args=(self.config, self.queue, self.stop_event))
-        self.writer.start()
+        self._start_writer()
         per_interface = self.config.workers or os.cpu_count() or 1
         for i, interface in enumerate(self.config.interfaces):
             group = (os.getpid() * 16 + i) & 0xFFFF
@@ -228,17 +238,28 @@ class Supervisor:
             self._record(name, p, f"died ({p.exitcode})", w["restarts"])
             self._spawn(name)
         if not self.writer.is_alive() and not self.stopping:
-            print(f"dnssensor: writer died with status {self.writer.exitcode}; restarting", file=sys.stderr)
-            self.writer = self.ctx.Process(target=writer_main, name="dnssensor writer",
-                                           args=(self.config, self.queue, self.stop_event))
-            self.writer.start()
+            self.writer_restarts += 1
+            print(f"dnssensor: writer died with status {self.writer.exitcode}; restart {self.writer_restarts}",
+                  file=sys.stderr)
+            # A get() waits holding the queue's reader lock, and a lock held by a process
+            # that died is never released: the new writer (the only reader) gets its own,
+            # or it would wait forever while the workers' shipments pile up.
+            self.queue._rlock = self.ctx.Lock()
+            self._record("writer", self.writer, f"died ({self.writer.exitcode})", self.writer_restarts,
+                         stage="writer_restarts")
+            self._start_writer()
 
-    def _record(self, name: str, p: Any, state: str, restarts: int) -> None:
+    def _start_writer(self) -> None:
+        self.writer = self.ctx.Process(target=writer_main, name="dnssensor writer",
+                                       args=(self.config, self.queue, self.stop_event, self.writer_restarts))
+        self.writer.start()
+
+    def _record(self, name: str, p: Any, state: str, restarts: int, stage: str = "worker_restarts") -> None:
         agg = Aggregate()
         agg.workers[name] = {"pid": p.pid, "started": None, "restarts": restarts, "last_seen": time.time(),
                              "packets": None, "kernel_received": None, "kernel_dropped": None, "state": state}
         srow = agg.sensor[int(time.time() // 60 * 60)] = new_sensor_row()
-        srow["drops"]["worker_restarts"] = 1
+        srow["drops"][stage] = 1
         try:
             self.queue.put(agg, timeout=1.0)
         except queue_mod.Full:

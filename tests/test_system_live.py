@@ -1,5 +1,5 @@
-"""Capture interfaces: the capture filter for each link type a live handle can have, and
-root system tests on a veth pair between two namespaces.
+"""The live sensor's processes and interfaces: the capture filter for each link type a
+live handle can have, and root system tests on a veth pair between two namespaces.
 
 - The capture interface goes away under a running sensor and comes back: deleting the
   pair kills the worker's handle; the supervisor restarts it with backoff (each restart
@@ -7,6 +7,8 @@ root system tests on a veth pair between two namespaces.
   made again the worker captures anew. Every query sent while the interface existed is
   counted.
 - `any`, libpcap's every-interface pseudo-device (Linux cooked frames, no VLAN filter).
+- The writer killed: the supervisor starts another, which takes over the workers'
+  queue; what was sent after the kill is stored, and the restart is on record.
 
 Only the two namespaces made here are addressed; the sender is bounded in count.
 """
@@ -166,3 +168,25 @@ def test_capture_on_the_any_interface(pair, tmp_path):
     time.sleep(1.0)                 # a second copy of any frame would be counted by now
     assert sensor.queries() == 40
     assert "died" not in sensor.stop()
+
+
+def test_writer_killed_is_replaced_and_nothing_sent_after_is_lost(pair, tmp_path):
+    """A writer killed while waiting on the queue held its reader lock: the replacement
+    must not wait on that lock forever (it did, and every later shipment was lost)."""
+    top, c, s = pair
+    sensor = Sensor(top, s, tmp_path, "vi1")
+    assert wait_until(lambda: sensor.worker()[0] == "running", 30), sensor.log()
+    send(top, c, 40, "before")
+    assert wait_until(lambda: sensor.queries() == 40, 20), (sensor.queries(), sensor.log())
+    first = rows(sensor.db, "SELECT pid FROM workers WHERE worker = 'writer'")
+    assert first, sensor.log()
+    os.kill(first[0][0], signal.SIGKILL)
+    assert wait_until(lambda: rows(sensor.db, "SELECT pid, restarts, state FROM workers WHERE worker = 'writer'")
+                      [0][1:] == (1, "running"), 30), sensor.log()
+    send(top, c, 60, "after")
+    assert wait_until(lambda: sensor.queries() == 100, 20), (sensor.queries(), sensor.log())
+    text = sensor.stop()
+    assert "writer died with status -9; restart 1" in text
+    (pid, restarts, state), = rows(sensor.db, "SELECT pid, restarts, state FROM workers WHERE worker = 'writer'")
+    assert pid != first[0][0] and restarts == 1 and state == "stopped"
+    assert rows(sensor.db, "SELECT drops FROM stats WHERE drops LIKE '%writer_restarts%'"), "restart not in stats"
