@@ -187,7 +187,8 @@ def db_rows(db: Path, sql: str) -> list[tuple]:
 
 
 def workers_reporting(db: Path) -> int:
+    """Capture workers with a row in `workers` (the writer has one too, not counted)."""
     try:
-        return db_rows(db, "SELECT count(*) FROM workers")[0][0] if db.exists() else 0
+        return db_rows(db, "SELECT count(*) FROM workers WHERE worker != 'writer'")[0][0] if db.exists() else 0
     except sqlite3.OperationalError:       # created, migrations not yet committed
         return 0
