@@ -130,6 +130,14 @@ dir = "{folder / "rules"}"
         except Exception:
             return 0
 
+    def running(self) -> "Sensor":
+        """Once its worker has reported."""
+        assert wait_until(lambda: self.worker()[0] == "running", 30), self.log()
+        return self
+
+    def expect_queries(self, total: int) -> None:
+        assert wait_until(lambda: self.queries() == total, 20), (self.queries(), self.log())
+
     def stop(self) -> str:
         self.proc.send_signal(signal.SIGTERM)
         assert self.proc.wait(30) == 0, self.log()
@@ -139,10 +147,9 @@ dir = "{folder / "rules"}"
 
 def test_worker_outlives_its_interface_going_away(pair, tmp_path):
     top, c, s = pair
-    sensor = Sensor(top, s, tmp_path, "vi1")
-    assert wait_until(lambda: sensor.worker()[0] == "running", 30), sensor.log()
+    sensor = Sensor(top, s, tmp_path, "vi1").running()
     send(top, c, 50, "before")
-    assert wait_until(lambda: sensor.queries() == 50, 20), (sensor.queries(), sensor.log())
+    sensor.expect_queries(50)
 
     gone_at = time.time()
     top.run(s, ["ip", "link", "del", "vi1"], check=True)
@@ -151,7 +158,7 @@ def test_worker_outlives_its_interface_going_away(pair, tmp_path):
     assert wait_until(lambda: sensor.worker()[0] == "running" and (sensor.worker()[1] or 0) > gone_at, 60), \
         (sensor.worker(), sensor.log())
     send(top, c, 70, "after")
-    assert wait_until(lambda: sensor.queries() == 120, 20), (sensor.queries(), sensor.log())
+    sensor.expect_queries(120)
 
     text = sensor.stop()
     assert "vi1: no such device (the interface is gone)" in text
@@ -161,10 +168,9 @@ def test_worker_outlives_its_interface_going_away(pair, tmp_path):
 def test_capture_on_the_any_interface(pair, tmp_path):
     """Every interface at once, as cooked frames: each query is counted once."""
     top, c, s = pair
-    sensor = Sensor(top, s, tmp_path, "any")
-    assert wait_until(lambda: sensor.worker()[0] == "running", 30), sensor.log()
+    sensor = Sensor(top, s, tmp_path, "any").running()
     send(top, c, 40, "any")
-    assert wait_until(lambda: sensor.queries() == 40, 20), (sensor.queries(), sensor.log())
+    sensor.expect_queries(40)
     time.sleep(1.0)                 # a second copy of any frame would be counted by now
     assert sensor.queries() == 40
     assert "died" not in sensor.stop()
@@ -174,17 +180,16 @@ def test_writer_killed_is_replaced_and_nothing_sent_after_is_lost(pair, tmp_path
     """A writer killed while waiting on the queue held its reader lock: the replacement
     must not wait on that lock forever (it did, and every later shipment was lost)."""
     top, c, s = pair
-    sensor = Sensor(top, s, tmp_path, "vi1")
-    assert wait_until(lambda: sensor.worker()[0] == "running", 30), sensor.log()
+    sensor = Sensor(top, s, tmp_path, "vi1").running()
     send(top, c, 40, "before")
-    assert wait_until(lambda: sensor.queries() == 40, 20), (sensor.queries(), sensor.log())
+    sensor.expect_queries(40)
     first = rows(sensor.db, "SELECT pid FROM workers WHERE worker = 'writer'")
     assert first, sensor.log()
     os.kill(first[0][0], signal.SIGKILL)
     assert wait_until(lambda: rows(sensor.db, "SELECT pid, restarts, state FROM workers WHERE worker = 'writer'")
                       [0][1:] == (1, "running"), 30), sensor.log()
     send(top, c, 60, "after")
-    assert wait_until(lambda: sensor.queries() == 100, 20), (sensor.queries(), sensor.log())
+    sensor.expect_queries(100)
     text = sensor.stop()
     assert "writer died with status -9; restart 1" in text
     (pid, restarts, state), = rows(sensor.db, "SELECT pid, restarts, state FROM workers WHERE worker = 'writer'")
