@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -40,7 +41,6 @@ for i in range(int(sys.argv[1])):
 
 def dns_frame(linktype: int, dport: int) -> bytes:
     """A UDP datagram from 10.98.0.1 to 10.98.0.2 on dport, framed for the link type."""
-    import struct
     udp = struct.pack("!HHHH", 40000, dport, 8 + 12, 0) + bytes(12)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
                      bytes([10, 98, 0, 1]), bytes([10, 98, 0, 2])) + udp

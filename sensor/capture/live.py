@@ -60,7 +60,7 @@ class LiveCapture:
             h.set_timeout(READ_TIMEOUT_MS)
             h.set_buffer_size(ring_bytes)
             status = h.activate()
-            if status < 0:
+            if isinstance(status, int) and status < 0:
                 raise CaptureError(f"{interface}: " + PCAP_ACTIVATE_ERRORS.get(
                     status, f"capture could not start (libpcap error {status})"))
             h.setfilter(bpf_filter(ports, vlan=h.datalink() not in COOKED_LINKTYPES))
