@@ -73,8 +73,8 @@ class Limits:
     max_anomaly_sources: int = 10000
     """Clients whose malformed traffic is counted per window for anomaly verdicts."""
     writer_queue_batches: int = 64
-    """Aggregates waiting between the workers and the writer; a worker whose queue is
-    full keeps merging into its next aggregate instead of dropping."""
+    """Aggregates a worker keeps waiting for delivery to the writer; a worker whose backlog
+    is full keeps merging into its next aggregate instead of dropping."""
 
     # Capture reading.
     frames_per_read: int = 8192

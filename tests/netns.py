@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,9 @@ class Topology:
             ns.route("add", dst=dst, gateway=gateway)
 
     def spawn(self, ns_name: str, cmd: list[str], **kw) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns_name] + cmd, **kw)
+        """A process in the namespace, in a process group of its own: close() kills the group,
+        so the children of a sensor that a failing test left running go with it."""
+        proc = subprocess.Popen(["ip", "netns", "exec", ns_name] + cmd, start_new_session=True, **kw)
         self.processes.append(proc)
         return proc
 
@@ -97,9 +100,11 @@ class Topology:
         from pyroute2 import netns
 
         for proc in self.processes:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:      # the whole group is gone already
+                pass
+            proc.wait(10)
         for name in self.namespaces:
             try:
                 netns.remove(name)

@@ -7,8 +7,8 @@ live handle can have, and root system tests on a veth pair between two namespace
   made again the worker captures anew. Every query sent while the interface existed is
   counted.
 - `any`, libpcap's every-interface pseudo-device (Linux cooked frames, no VLAN filter).
-- The writer killed: the supervisor starts another, which takes over the workers'
-  queue; what was sent after the kill is stored, and the restart is on record.
+- The writer killed: the supervisor starts another at the same address, the workers
+  reconnect; what was sent after the kill is stored, and the restart is on record.
 
 Only the two namespaces made here are addressed; the sender is bounded in count.
 """
@@ -177,8 +177,9 @@ def test_capture_on_the_any_interface(pair, tmp_path):
 
 
 def test_writer_killed_is_replaced_and_nothing_sent_after_is_lost(pair, tmp_path):
-    """A writer killed while waiting on the queue held its reader lock: the replacement
-    must not wait on that lock forever (it did, and every later shipment was lost)."""
+    """A writer killed while waiting for shipments (on the shared queue this held the
+    queue's reader lock for good, and every later shipment was lost): the replacement
+    gets every worker's shipments again."""
     top, c, s = pair
     sensor = Sensor(top, s, tmp_path, "vi1").running()
     send(top, c, 40, "before")

@@ -1,14 +1,15 @@
 """`dnssensor run`: a supervisor, capture workers and one writer, as processes.
 
     supervisor ──starts/restarts──> worker (interface i, index k) ──Aggregate──┐
-        │                               ... one per core per interface         ├─> queue ─> writer ─> SQLite, syslog
-        └──starts──────────────────────────────────────────────────────────────┘
+        │                               ... one per core per interface         ├─> writer ─> SQLite, syslog
+        └──starts/restarts─────────────────────────────────────────────────────┘
 
 Workers parse, track and aggregate; every flush interval each ships one
-Aggregate. When the queue is full a worker keeps merging into the next
-Aggregate rather than dropping (bounded by the aggregation limits, whose
-overflow is counted). SIGTERM: workers ship what they hold and stop, the
-writer drains the queue, flushes and closes. SIGHUP: everyone re-reads the
+Aggregate over its own connection to the writer (sensor.engine.channel). When
+its backlog is full a worker keeps merging into the next Aggregate rather than
+dropping (bounded by the aggregation limits, whose overflow is counted).
+SIGTERM: workers ship what they hold and stop, the writer drains their
+connections, flushes and closes. SIGHUP: everyone re-reads the
 configuration file and the rules; a broken file is reported and the running
 configuration stays. A worker that dies is restarted and the restart is
 recorded in the `workers` table.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import signal
 import sys
 import time
@@ -28,6 +28,7 @@ from sensor import config as cfg
 from sensor.capture.live import LiveCapture, drop_privileges, give_to_user
 from sensor.detectors import anomaly_burst, series_anomalies
 from sensor.engine.aggregate import Aggregate, new_sensor_row
+from sensor.engine.channel import Inbox, Outbox, new_address
 from sensor.engine.pipeline import Pipeline
 from sensor.errors import ConfigError, SensorError
 from sensor.rules import load_rules_dir
@@ -35,6 +36,8 @@ from sensor.rules import load_rules_dir
 SUPERVISOR_TICK_S = 0.5
 WORKER_STOP_TIMEOUT_S = 10.0
 WRITER_STOP_TIMEOUT_S = 60.0
+SHIP_WAIT_S = 5.0
+"""How long a stopping worker waits to hand its last shipment over and see it delivered."""
 ANY_INTERFACE = "any"
 """libpcap's Linux pseudo-interface: every interface at once, frames in Linux cooked form."""
 RESTART_BACKOFF_S = 1.0
@@ -63,16 +66,16 @@ def _reload(config: cfg.Config) -> tuple[cfg.Config, Any] | None:
 
 # ----------------------------------------------------------------- worker
 
-def worker_main(name: str, interface: str, config: cfg.Config, fanout_group: int, out: mp.Queue,
+def worker_main(name: str, interface: str, config: cfg.Config, fanout_group: int, channel: str,
                 restarts: int) -> None:
     try:
-        _worker(name, interface, config, fanout_group, out, restarts)
+        _worker(name, interface, config, fanout_group, channel, restarts)
     except SensorError as e:          # the interface went away, a rule file broke, ...
         print(f"dnssensor: worker {name}: {e}", file=sys.stderr, flush=True)
         sys.exit(EXIT_WORKER_ERROR)
 
 
-def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, out: mp.Queue,
+def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, channel: str,
             restarts: int) -> None:
     flags = {"stop": False, "reload": False}
     signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
@@ -84,6 +87,7 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ou
     drop_privileges(config.user)
     started = time.time()
     carry = Aggregate()
+    out = Outbox(channel, config.limits.writer_queue_batches)
     next_flush = time.monotonic() + config.flush_interval_s
 
     def ship(state: str) -> None:
@@ -99,11 +103,9 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ou
                              "last_seen": now, "packets": pipeline.packets,
                              "kernel_received": cap.received, "kernel_dropped": cap.dropped, "state": state}
         carry.merge(agg, config.limits)
-        try:
-            out.put(carry, timeout=0 if state == "running" else 5.0)
+        if out.put(carry, wait_s=0 if state == "running" else SHIP_WAIT_S):
             carry = Aggregate()
-        except queue_mod.Full:
-            pass        # kept in `carry` and merged into the next shipment: nothing lost
+        # else kept in `carry` and merged into the next shipment: nothing lost
 
     while not flags["stop"]:
         frames = cap.read(config.limits.frames_per_read, SUPERVISOR_TICK_S / 2)
@@ -127,13 +129,14 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ou
         pipeline.feed(frames, now=time.time())
     ship("stopped")
     cap.close()
-    out.close()
-    out.join_thread()
+    left = out.close(SHIP_WAIT_S)
+    if left:
+        print(f"dnssensor: worker {name}: {left} shipment(s) not delivered at stop", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------- writer
 
-def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any, restarts: int = 0) -> None:
+def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int = 0) -> None:
     from sensor.engine.writer import Writer
     from sensor.sinks.syslog import SyslogSender
     from sensor.store import Store
@@ -142,6 +145,7 @@ def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any, restarts: 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)     # the supervisor decides when we stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
+    inbox = Inbox(channel)
     store = Store(config.db_path)
     spool_dir = os.path.join(os.path.dirname(os.path.abspath(config.db_path)), "spool")
     senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
@@ -151,23 +155,28 @@ def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any, restarts: 
                  + [s.spool_path for s in senders])
     drop_privileges(config.user)
     started = time.time()
+    torn_reported = 0
 
     def report(state: str) -> None:           # the writer's own row in `workers`
+        nonlocal torn_reported
         agg = Aggregate()
         agg.workers["writer"] = {"pid": os.getpid(), "started": started, "restarts": restarts,
                                  "last_seen": time.time(), "packets": None, "kernel_received": None,
                                  "kernel_dropped": None, "state": state}
+        if inbox.torn > torn_reported:
+            srow = agg.sensor[int(time.time() // 60 * 60)] = new_sensor_row()
+            srow["drops"]["shipments_torn"] = inbox.torn - torn_reported
+            torn_reported = inbox.torn
         writer.apply(agg)
 
     next_flush = time.monotonic() + config.flush_interval_s
     next_retention = time.monotonic()
     while True:
-        try:
-            agg = inbox.get(timeout=min(config.flush_interval_s, 0.5))
+        shipments = inbox.receive(min(config.flush_interval_s, 0.5))
+        for agg in shipments:
             writer.apply(agg)
-        except queue_mod.Empty:
-            if stop_event.is_set():
-                break
+        if not shipments and stop_event.is_set():     # the workers are gone and drained
+            break
         if flags["reload"]:
             flags["reload"] = False
             loaded = _reload(config)
@@ -183,6 +192,7 @@ def writer_main(config: cfg.Config, inbox: mp.Queue, stop_event: Any, restarts: 
             next_retention = time.monotonic() + RETENTION_EVERY_S
     report("stopped")
     writer.flush(final=True)
+    inbox.close()
     for s in senders:
         s.close()
     store.close()
@@ -194,7 +204,8 @@ class Supervisor:
     def __init__(self, config: cfg.Config) -> None:
         self.config = config
         self.ctx = mp.get_context("fork")
-        self.queue = self.ctx.Queue(maxsize=config.limits.writer_queue_batches)
+        self.channel = new_address()
+        self._records: Outbox | None = None       # the supervisor's own rows (restarts), made at first use
         self.stop_event = self.ctx.Event()
         self.workers: dict[str, dict[str, Any]] = {}
         self.writer: Any = None
@@ -205,7 +216,7 @@ class Supervisor:
     def _spawn(self, name: str) -> None:
         w = self.workers[name]
         p = self.ctx.Process(target=worker_main, name=f"dnssensor {name}", daemon=False,
-                             args=(name, w["interface"], self.config, w["group"], self.queue, w["restarts"]))
+                             args=(name, w["interface"], self.config, w["group"], self.channel, w["restarts"]))
         p.start()
         w["process"], w["started"] = p, time.monotonic()
 
@@ -241,17 +252,13 @@ class Supervisor:
             self.writer_restarts += 1
             print(f"dnssensor: writer died with status {self.writer.exitcode}; restart {self.writer_restarts}",
                   file=sys.stderr)
-            # A get() waits holding the queue's reader lock, and a lock held by a process
-            # that died is never released: the new writer (the only reader) gets its own,
-            # or it would wait forever while the workers' shipments pile up.
-            self.queue._rlock = self.ctx.Lock()
             self._record("writer", self.writer, f"died ({self.writer.exitcode})", self.writer_restarts,
                          stage="writer_restarts")
             self._start_writer()
 
     def _start_writer(self) -> None:
         self.writer = self.ctx.Process(target=writer_main, name="dnssensor writer",
-                                       args=(self.config, self.queue, self.stop_event, self.writer_restarts))
+                                       args=(self.config, self.channel, self.stop_event, self.writer_restarts))
         self.writer.start()
 
     def _record(self, name: str, p: Any, state: str, restarts: int, stage: str = "worker_restarts") -> None:
@@ -260,10 +267,9 @@ class Supervisor:
                              "packets": None, "kernel_received": None, "kernel_dropped": None, "state": state}
         srow = agg.sensor[int(time.time() // 60 * 60)] = new_sensor_row()
         srow["drops"][stage] = 1
-        try:
-            self.queue.put(agg, timeout=1.0)
-        except queue_mod.Full:
-            pass
+        if self._records is None:
+            self._records = Outbox(self.channel, self.config.limits.writer_queue_batches)
+        self._records.put(agg)
 
     def reload(self) -> None:
         loaded = _reload(self.config)
@@ -287,6 +293,8 @@ class Supervisor:
             w["process"].join(max(0.0, deadline - time.monotonic()))
             if w["process"].is_alive():
                 w["process"].kill()
+        if self._records is not None:
+            self._records.close(SHIP_WAIT_S)
         self.stop_event.set()
         self.writer.join(WRITER_STOP_TIMEOUT_S)
         if self.writer.is_alive():

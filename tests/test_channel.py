@@ -1,0 +1,115 @@
+"""Workers to writer (sensor.engine.channel): a dead sender tears only its own message,
+and a replaced writer gets every shipment its predecessor had not received whole."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import socket
+import struct
+import time
+
+import pytest
+
+from sensor.engine.channel import Inbox, Outbox, new_address
+
+
+def receive_until(inbox: Inbox, count: int, timeout_s: float = 10.0) -> list:
+    got: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and time.monotonic() < deadline:
+        got += inbox.receive(0.1)
+    return got
+
+
+def _dies_mid_message(address: str) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)
+    # a length header for 100 000 bytes, then ten of them, then the process is gone
+    sock.sendall(struct.pack("!I", 100_000) + b"x" * 10)
+    os._exit(0)
+
+
+def test_a_sender_dying_mid_message_tears_only_its_own():
+    address = new_address()
+    inbox = Inbox(address)
+    healthy = Outbox(address, max_backlog=8)
+    try:
+        assert healthy.put({"n": 1})
+        assert receive_until(inbox, 1) == [{"n": 1}]
+        dying = mp.get_context("fork").Process(target=_dies_mid_message, args=(address,))
+        dying.start()
+        dying.join(10)
+        for n in range(2, 6):
+            assert healthy.put({"n": n})
+        assert receive_until(inbox, 4) == [{"n": n} for n in range(2, 6)]
+        assert wait_for(lambda: (inbox.receive(0.1), inbox.torn)[1] == 1)
+    finally:
+        assert healthy.close(5) == 0
+        inbox.close()
+
+
+def test_a_replaced_writer_gets_everything_not_received_whole():
+    address = new_address()
+    first = Inbox(address)
+    out = Outbox(address, max_backlog=100)
+    try:
+        assert out.put("a")
+        assert receive_until(first, 1) == ["a"]
+        first.close()
+        for item in ("b", "c", "d"):                 # no writer listening now
+            assert out.put(item)
+        second = Inbox(address)
+        assert receive_until(second, 3) == ["b", "c", "d"]
+        assert out.close(5) == 0
+        second.close()
+    finally:
+        first.close()
+
+
+def test_a_full_backlog_refuses_instead_of_blocking():
+    address = new_address()                 # nobody listens: nothing is delivered
+    out = Outbox(address, max_backlog=2)
+    assert out.put(1) and out.put(2)
+    t0 = time.monotonic()
+    assert not out.put(3, wait_s=0.2)
+    assert 0.15 < time.monotonic() - t0 < 5
+    assert out.close(0.3) == 2
+
+
+def _connects_as_nobody(address: str) -> None:
+    os.setgid(65534)
+    os.setuid(65534)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)
+    data = pickle.dumps("forged")
+    sock.sendall(struct.pack("!I", len(data)) + data)
+    time.sleep(1.0)
+    os._exit(0)
+
+
+def test_a_peer_running_as_another_user_is_refused():
+    if os.getuid() != 0:
+        pytest.skip("needs root (to send as another user)")
+    address = new_address()
+    inbox = Inbox(address)
+    try:
+        stranger = mp.get_context("fork").Process(target=_connects_as_nobody, args=(address,))
+        stranger.start()
+        assert receive_until(inbox, 1, timeout_s=1.5) == []
+        stranger.join(10)
+        assert inbox.refused == 1
+        friend = Outbox(address, max_backlog=4)
+        friend.put("real")
+        assert receive_until(inbox, 1) == ["real"]
+        assert friend.close(5) == 0
+    finally:
+        inbox.close()
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+    return False
