@@ -62,10 +62,12 @@ class Inbox:
         self._conns: list[socket.socket] = []
         self.torn = 0             # shipments cut off by a sender's death, or not shipments at all
         self.refused = 0          # peers running as another user
+        self.idle = False         # the last receive() saw nothing at all: no data, peer or goodbye
 
     def receive(self, timeout_s: float) -> list[Any]:
         """What arrived within timeout_s (at least one shipment, or none at all)."""
         ready, _, _ = select.select([self._listener] + self._conns, [], [], timeout_s)
+        self.idle = not ready
         out = []
         for sock in ready:
             if sock is self._listener:

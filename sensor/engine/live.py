@@ -175,7 +175,7 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
         shipments = inbox.receive(min(config.flush_interval_s, 0.5))
         for agg in shipments:
             writer.apply(agg)
-        if not shipments and stop_event.is_set():     # the workers are gone and drained
+        if inbox.idle and stop_event.is_set():        # the workers are gone and drained
             break
         if flags["reload"]:
             flags["reload"] = False
