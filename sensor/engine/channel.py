@@ -8,8 +8,8 @@ each sender has its own connection to the writer's listening socket, an abstract
 user or root. A sender that dies tears at most its own last message, which the writer
 sees as end-of-file and counts; a writer that dies is replaced by one listening at the
 same address, and every sender reconnects and resends what it had not delivered whole
-(what the dead writer had read but not yet stored, about one flush interval, is lost
-with it).
+(what had reached the dead writer but was not yet stored, about one flush interval, is
+lost with it).
 
 Messages are pickles behind a 4-byte big-endian length.
 """
