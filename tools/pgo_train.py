@@ -16,6 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from sensor.detectors.samples import SAMPLE_PORTS  # noqa: E402
 from sensor.errors import CaptureError  # noqa: E402
 from sensor.parse import Parser  # noqa: E402
 
@@ -28,7 +29,7 @@ def main() -> int:
     messages = 0
     for _ in range(ROUNDS):
         for path in captures:
-            parser = Parser(ports=(53, 5353, 8053, 1053))
+            parser = Parser(ports=SAMPLE_PORTS)
             try:
                 for batch in parser.parse_file(str(path)):
                     messages += len(batch)

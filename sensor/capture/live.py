@@ -63,14 +63,15 @@ class LiveCapture:
             if isinstance(status, int) and status < 0:
                 raise CaptureError(f"{interface}: " + PCAP_ACTIVATE_ERRORS.get(
                     status, f"capture could not start (libpcap error {status})"))
-            h.setfilter(bpf_filter(ports, vlan=h.datalink() not in COOKED_LINKTYPES))
+            linktype = h.datalink()
+            h.setfilter(bpf_filter(ports, vlan=linktype not in COOKED_LINKTYPES))
             h.setnonblock(1)
             if fanout_group is not None:
                 h.set_fanout(fanout_group & 0xFFFF, PACKET_FANOUT_FLAG_DEFRAG | pcapy.PACKET_FANOUT_HASH)
         except (pcapy.PcapError, pcapy.BPFError, OSError) as e:
             raise CaptureError(f"{interface}: {e}") from None
         self.handle = h
-        self.linktype = h.datalink()
+        self.linktype = linktype
         self.fd = h.getfd()
         self.frames = 0
         self._last_stats = (0, 0)

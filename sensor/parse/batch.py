@@ -55,7 +55,7 @@ class Batch:
         for the stages that group by it (breakdown, features)."""
         return self._regdom[2]
 
-    @cached_property
+    @property
     def minute(self) -> np.ndarray:
         """Per message: the start of its minute (ts // 60 * 60), for the per-minute tables."""
         return self.window_start(60)
