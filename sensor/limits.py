@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 
+HEAP_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
+"""glibc's ceiling for the mmap threshold on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX)."""
+
+
 @dataclass(frozen=True)
 class Limits:
     # Per message (compiled parser).
@@ -86,11 +90,24 @@ class Limits:
     batch is processed whenever the aggregate is taken (every flush), so it never waits
     longer than that."""
 
+    # Process memory.
+    heap_mmap_threshold: int = HEAP_MMAP_THRESHOLD_MAX
+    """Allocations smaller than this come from the C heap, where a batch's memory is reused by
+    the next one. glibc starts at 128 KiB and climbs towards this, its 64-bit ceiling, only as
+    blocks are freed; until then frame blobs and batch columns (1-20 MB each) are fresh
+    mappings that the kernel zero-fills page by page, 8-10 % of a parse."""
+    heap_trim_threshold: int = 64 * 1024 * 1024
+    """Free memory kept at the top of the heap before it goes back to the kernel: twice the
+    mmap threshold, as glibc's own adjustment sets it, so about three batches' worth."""
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"limit {f.name} must be a positive number, got {value!r}")
+        if self.heap_mmap_threshold > HEAP_MMAP_THRESHOLD_MAX:
+            raise ValueError(f"limit heap_mmap_threshold must be at most {HEAP_MMAP_THRESHOLD_MAX} "
+                             f"(glibc's ceiling), got {self.heap_mmap_threshold}")
 
 
 DEFAULT_LIMITS = Limits()

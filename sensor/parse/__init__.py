@@ -15,6 +15,7 @@ from sensor import _core, schema
 from sensor.capture.offline import FrameBatch, read_frames
 from sensor.decode.reassembly import FragmentReassembler, TcpReassembler
 from sensor.errors import CaptureError
+from sensor.heap import keep_batches_on_heap
 from sensor.limits import DEFAULT_LIMITS, DEFAULT_PORTS, Limits
 from sensor.parse import twin
 from sensor.parse.batch import Batch, concat
@@ -43,6 +44,7 @@ class Parser:
         if bad:
             raise ValueError(f"ports out of range: {bad}")
         self.limits = limits
+        keep_batches_on_heap(limits)
         # Shared with the core, which reads it in place: set_ports() edits it.
         self._port_map = port_map = np.zeros(65536, dtype=np.uint8)
         port_map[sorted(self.ports)] = 1
