@@ -98,7 +98,7 @@ def test_a_peer_running_as_another_user_is_refused():
         stranger.start()
         assert receive_until(inbox, 1, timeout_s=1.5) == []
         stranger.join(10)
-        assert inbox.refused == 1
+        assert inbox.refused == 1 and inbox.last_refused == (stranger.pid, 65534)
         friend = Outbox(address, max_backlog=4)
         friend.put("real")
         assert receive_until(inbox, 1) == ["real"]

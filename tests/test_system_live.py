@@ -9,6 +9,9 @@ live handle can have, and root system tests on a veth pair between two namespace
 - `any`, libpcap's every-interface pseudo-device (Linux cooked frames, no VLAN filter).
 - The writer killed: the supervisor starts another at the same address, the workers
   reconnect; what was sent after the kill is stored, and the restart is on record.
+- A process of another user connects to the writer and ships a forged aggregate: it is
+  refused, said on stderr with its pid and uid, and counted as a drop stage; the
+  workers' own shipments go on.
 
 Only the two namespaces made here are addressed; the sender is bounded in count.
 """
@@ -36,6 +39,22 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(int(sys.argv[1])):
     s.sendto(dnslib.DNSRecord.question(f"q{i}.{sys.argv[2]}.test").pack(), (sys.argv[3], 53))
     time.sleep(0.002)
+"""
+
+STRANGER = """
+import os, pickle, socket, struct, sys
+# The writer's abstract socket, as this network namespace lists it.
+name = next(line.split()[-1] for line in open("/proc/net/unix") if line.split()[-1].startswith("@dnssensor-"))
+os.setgid(65534)
+os.setuid(65534)
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect("\\0" + name[1:])
+forged = pickle.dumps("forged")
+try:
+    sock.sendall(struct.pack("!I", len(forged)) + forged)
+except OSError:
+    pass              # refused and closed before the write: either way nothing got in
+print(os.getpid())
 """
 
 
@@ -196,3 +215,18 @@ def test_writer_killed_is_replaced_and_nothing_sent_after_is_lost(pair, tmp_path
     (pid, restarts, state), = rows(sensor.db, "SELECT pid, restarts, state FROM workers WHERE worker = 'writer'")
     assert pid != first[0][0] and restarts == 1 and state == "stopped"
     assert rows(sensor.db, "SELECT drops FROM stats WHERE drops LIKE '%writer_restarts%'"), "restart not in stats"
+
+
+def test_a_stranger_shipping_to_the_writer_is_refused_and_reported(pair, tmp_path):
+    top, c, s = pair
+    sensor = Sensor(top, s, tmp_path, "vi1").running()
+    out = top.run(s, [sys.executable, "-c", STRANGER], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    stranger_pid = int(out.stdout)
+    send(top, c, 30, "after-stranger")
+    sensor.expect_queries(30)
+    assert wait_until(lambda: rows(sensor.db, "SELECT drops FROM stats WHERE drops LIKE '%shipments_refused%'"),
+                      20), sensor.log()
+    text = sensor.stop()
+    assert f"writer refused 1 connection(s), the latest from pid {stranger_pid} running as uid 65534" in text
+    assert "died" not in text

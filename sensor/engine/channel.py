@@ -62,6 +62,7 @@ class Inbox:
         self._conns: list[socket.socket] = []
         self.torn = 0             # shipments cut off by a sender's death, or not shipments at all
         self.refused = 0          # peers running as another user
+        self.last_refused: tuple[int, int] | None = None    # (pid, uid) of the latest
         self.idle = False         # the last receive() saw nothing at all: no data, peer or goodbye
 
     def receive(self, timeout_s: float) -> list[Any]:
@@ -92,9 +93,10 @@ class Inbox:
             sock, _ = self._listener.accept()
         except OSError:
             return
-        _, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         if uid not in (0, os.getuid()):
             self.refused += 1
+            self.last_refused = (pid, uid)
             sock.close()
             return
         self._conns.append(sock)

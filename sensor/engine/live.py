@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -155,18 +156,27 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
                  + [s.spool_path for s in senders])
     drop_privileges(config.user)
     started = time.time()
-    torn_reported = 0
+    torn_reported = refused_reported = 0
 
     def report(state: str) -> None:           # the writer's own row in `workers`
-        nonlocal torn_reported
+        nonlocal torn_reported, refused_reported
         agg = Aggregate()
         agg.workers["writer"] = {"pid": os.getpid(), "started": started, "restarts": restarts,
                                  "last_seen": time.time(), "packets": None, "kernel_received": None,
                                  "kernel_dropped": None, "state": state}
-        if inbox.torn > torn_reported:
+        if inbox.torn > torn_reported or inbox.refused > refused_reported:
             srow = agg.sensor[int(time.time() // 60 * 60)] = new_sensor_row()
-            srow["drops"]["shipments_torn"] = inbox.torn - torn_reported
-            torn_reported = inbox.torn
+            srow["drops"] = +Counter(      # unary + keeps the nonzero ones only
+                shipments_torn=inbox.torn - torn_reported,
+                # a worker left running as another user (its shipments are lost),
+                # or a stranger on this host trying to forge some
+                shipments_refused=inbox.refused - refused_reported)
+            if inbox.refused > refused_reported and inbox.last_refused is not None:
+                pid, uid = inbox.last_refused
+                print(f"dnssensor: writer refused {inbox.refused - refused_reported} connection(s), the latest "
+                      f"from pid {pid} running as uid {uid}: only uid {os.getuid()} and root may ship",
+                      file=sys.stderr, flush=True)
+            torn_reported, refused_reported = inbox.torn, inbox.refused
         writer.apply(agg)
 
     next_flush = time.monotonic() + config.flush_interval_s
