@@ -91,6 +91,8 @@ DEF NAME_TEXT_CAP = 1024         # 255 bytes, each at most 4 chars ("\\DDD")
 # Decode bounds: headers we walk through before giving up on a frame.
 DEF MAX_VLAN_TAGS = 4            # QinQ is two; four covers stacked provider tags
 DEF MAX_IPV6_EXT_HEADERS = 8     # RFC 8200 defines six kinds that may repeat
+DEF TSIG_ERROR_CODES = 24        # TSIG/TKEY error mnemonics run to BADCOOKIE (23)
+DEF LOC_ALTITUDE_ORIGIN = 10000000   # RFC 1876: altitude 0 m is 100 000 m (in cm) on the wire
 DEF MAX_ENCAP_DEPTH = 3          # VXLAN/Geneve in Geneve is the deepest seen in practice
 DEF PSL_MAX_LABELS = 8           # longest PSL rule is 4 labels, +1 for wildcards, with margin
 # Suffix flags in the low bits of each PSL table entry (sensor/parse/psl.py FLAG_*).
@@ -699,6 +701,81 @@ cdef int ar_put_time(Arena *a, uint32_t secs) except -1:
         k += widths[i]
     return ar_put(a, tmp, 14)
 
+
+cdef int ar_put_decimal(Arena *a, uint64_t v, int frac_digits) except -1:
+    """v / 10**frac_digits with exactly frac_digits decimals (LOC's seconds and metres)."""
+    cdef uint64_t scale = 1
+    cdef int i
+    cdef char tmp[4]
+    for i in range(frac_digits):
+        scale *= 10
+    ar_put_uint(a, v // scale)
+    ar_putc(a, 46)
+    v %= scale
+    for i in range(frac_digits - 1, -1, -1):
+        tmp[i] = <char>(48 + v % 10)
+        v //= 10
+    return ar_put(a, tmp, frac_digits)
+
+
+cdef inline bint loc_precision_valid(uint8_t x) noexcept nogil:
+    return (x >> 4) <= 9 and (x & 15) <= 9
+
+
+cdef int ar_put_loc_precision(Arena *a, uint8_t x) except -1:
+    """RFC 1876 size/precision, mantissa x 10^exponent cm, in metres as BIND writes it."""
+    cdef uint64_t value = x >> 4
+    cdef int exponent = x & 15
+    cdef int i
+    if exponent >= 2:
+        for i in range(exponent - 2):
+            value *= 10
+        ar_put_uint(a, value)
+    else:
+        ar_put(a, b"0.", 2)
+        if exponent == 1:
+            value *= 10
+        ar_putc(a, <char>(48 + value // 10))
+        ar_putc(a, <char>(48 + value % 10))
+    return ar_putc(a, 109)
+
+
+cdef int ar_put_loc_angle(Arena *a, uint32_t raw, uint32_t max_degrees, char positive, char negative) except -2:
+    """RFC 1876 latitude/longitude (thousandths of an arc second off 2^31) as
+    'D M S.fff H'; 1 when beyond max_degrees."""
+    cdef uint64_t v
+    cdef char hemisphere
+    if raw >= 0x80000000:
+        v = raw - 0x80000000
+        hemisphere = positive
+    else:
+        v = 0x80000000 - raw
+        hemisphere = negative
+    if v > <uint64_t>max_degrees * 3600000:
+        return 1
+    ar_put_uint(a, v // 3600000)
+    ar_putc(a, 32)
+    ar_put_uint(a, (v // 60000) % 60)
+    ar_putc(a, 32)
+    ar_put_decimal(a, v % 60000, 3)
+    ar_putc(a, 32)
+    ar_putc(a, hemisphere)
+    return 0
+
+
+cdef int ar_put_eui(Arena *a, const uint8_t *p, size_t n) except -1:
+    """RFC 7043: hex pairs joined by '-'."""
+    cdef size_t i
+    ar_reserve(a, 3 * n)
+    for i in range(n):
+        if i:
+            a.buf[a.len] = 45
+            a.len += 1
+        a.buf[a.len] = HEXL[p[i] >> 4]
+        a.buf[a.len + 1] = HEXL[p[i] & 15]
+        a.len += 2
+    return 0
+
 # ---------------------------------------------------------------- core
 
 @cython.final
@@ -732,6 +809,8 @@ cdef class Core:
     cdef readonly uint64_t qname_cache_hits
     cdef const char *type_mnemonic[300]
     cdef uint8_t type_mnemonic_len[300]
+    cdef const char *tsig_error_mnemonic[TSIG_ERROR_CODES]
+    cdef uint8_t tsig_error_mnemonic_len[TSIG_ERROR_CODES]
     cdef list _keep
 
     def __cinit__(self):
@@ -749,7 +828,7 @@ cdef class Core:
         free(self.arena.buf)
         free(self.qcache)
 
-    def __init__(self, port_map, psl_table, dict type_names, int max_questions,
+    def __init__(self, port_map, psl_table, dict type_names, dict tsig_error_names, int max_questions,
                  int max_records, int max_pointer_hops, int capacity=4096):
         cdef int code
         self.port_map = np.ascontiguousarray(port_map, dtype=np.uint8)
@@ -772,6 +851,15 @@ cdef class Core:
                 self._keep.append(raw)
                 self.type_mnemonic[code] = raw
                 self.type_mnemonic_len[code] = len(raw)
+        for code in range(TSIG_ERROR_CODES):
+            self.tsig_error_mnemonic[code] = NULL
+            self.tsig_error_mnemonic_len[code] = 0
+        for code, mnemonic in tsig_error_names.items():
+            if 0 <= code < TSIG_ERROR_CODES:
+                raw = mnemonic.encode()
+                self._keep.append(raw)
+                self.tsig_error_mnemonic[code] = raw
+                self.tsig_error_mnemonic_len[code] = len(raw)
         self.begin(capacity)
 
     def begin(self, size_t capacity=4096):
@@ -1214,6 +1302,24 @@ cdef class Core:
         ar_put(&self.arena, b"TYPE", 4)
         return ar_put_uint(&self.arena, t)
 
+    cdef int put_tsig_error(self, uint16_t code) except -1:
+        if code < TSIG_ERROR_CODES and self.tsig_error_mnemonic[code] != NULL:
+            return ar_put(&self.arena, self.tsig_error_mnemonic[code], self.tsig_error_mnemonic_len[code])
+        return ar_put_uint(&self.arena, code)
+
+    cdef int put_sized_b64(self, Cursor *c) except -2:
+        """A 16-bit length, then that many bytes: 'length base64' (base64 left out when empty)."""
+        cdef uint16_t n = rd16(c)
+        if c.short or c.pos + n > c.end:
+            c.short = 1
+            return 1
+        ar_put_uint(&self.arena, n)
+        if n:
+            ar_putc(&self.arena, 32)
+            ar_put_b64(&self.arena, c.msg + c.pos, n)
+        c.pos += n
+        return 0
+
     cdef int put_type_bitmap(self, Cursor *c) except -2:
         cdef uint8_t window, blen, byte
         cdef int i, bit
@@ -1431,6 +1537,7 @@ cdef class Core:
         cdef uint32_t n = c.end - c.pos
         cdef uint32_t i
         cdef uint8_t l
+        cdef uint64_t signed_hi
         cdef Arena *a = &self.arena
         if rtype == 1:
             if n != 4:
@@ -1587,6 +1694,57 @@ cdef class Core:
                 return self.put_type_bitmap(c)
         elif rtype == 64 or rtype == 65:
             return self.put_svcb(c, anom)
+        elif rtype == 17:
+            if self.put_name(c, anom) < 0:
+                return 1
+            ar_putc(a, 32)
+            if self.put_name(c, anom) < 0:
+                return 1
+        elif rtype == 29:
+            return self.put_loc(c)
+        elif rtype == 108 or rtype == 109:
+            if n != (6 if rtype == 108 else 8):
+                c.short = 1
+                return 1
+            ar_put_eui(a, c.msg + c.pos, n)
+            c.pos = c.end
+        elif rtype == 250:
+            if self.put_name(c, anom) < 0:
+                return 1
+            # time signed (48 bits), fudge, MAC, original id, error, other data
+            ar_putc(a, 32)
+            signed_hi = rd16(c)
+            ar_put_uint(a, (signed_hi << 32) | rd32(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            if c.short or self.put_sized_b64(c):
+                return 1
+            ar_putc(a, 32)
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            self.put_tsig_error(rd16(c))
+            ar_putc(a, 32)
+            if c.short or self.put_sized_b64(c):
+                return 1
+        elif rtype == 249:
+            if self.put_name(c, anom) < 0:
+                return 1
+            # inception, expiration, mode, error, key data, other data
+            ar_putc(a, 32)
+            ar_put_time(a, rd32(c))
+            ar_putc(a, 32)
+            ar_put_time(a, rd32(c))
+            ar_putc(a, 32)
+            ar_put_uint(a, rd16(c))
+            ar_putc(a, 32)
+            self.put_tsig_error(rd16(c))
+            ar_putc(a, 32)
+            if c.short or self.put_sized_b64(c):
+                return 1
+            ar_putc(a, 32)
+            if self.put_sized_b64(c):
+                return 1
         elif rtype == 256:
             ar_put_uint(a, rd16(c))
             ar_putc(a, 32)
@@ -1598,6 +1756,47 @@ cdef class Core:
             c.pos = c.end
         else:
             self.put_generic(c)
+        return 0
+
+    cdef int put_loc(self, Cursor *c) except -2:
+        """RFC 1876 version 0, as BIND writes it: 'D M S.fff N D M S.fff E altm sizem hpm vpm'.
+        Other versions are unknown formats: RFC 3597 form, no anomaly."""
+        cdef Arena *a = &self.arena
+        cdef uint8_t size, hp, vp
+        cdef uint32_t lat, lon, alt
+        if c.pos < c.end and c.msg[c.pos] != 0:
+            return self.put_generic(c)
+        if c.end - c.pos != 16:
+            c.short = 1
+            return 1
+        c.pos += 1
+        size = rd8(c)
+        hp = rd8(c)
+        vp = rd8(c)
+        lat = rd32(c)
+        lon = rd32(c)
+        alt = rd32(c)
+        if not (loc_precision_valid(size) and loc_precision_valid(hp) and loc_precision_valid(vp)):
+            return 1
+        if ar_put_loc_angle(a, lat, 90, 78, 83):
+            return 1
+        ar_putc(a, 32)
+        if ar_put_loc_angle(a, lon, 180, 69, 87):
+            return 1
+        ar_putc(a, 32)
+        # altitude in cm above 100 000 m below the WGS 84 reference spheroid
+        if alt < LOC_ALTITUDE_ORIGIN:
+            ar_putc(a, 45)
+            ar_put_decimal(a, LOC_ALTITUDE_ORIGIN - alt, 2)
+        else:
+            ar_put_decimal(a, alt - LOC_ALTITUDE_ORIGIN, 2)
+        ar_putc(a, 109)
+        ar_putc(a, 32)
+        ar_put_loc_precision(a, size)
+        ar_putc(a, 32)
+        ar_put_loc_precision(a, hp)
+        ar_putc(a, 32)
+        ar_put_loc_precision(a, vp)
         return 0
 
     cdef int put_generic(self, Cursor *c) except -1:
@@ -1672,7 +1871,9 @@ cdef class Core:
             flag(&row.anomalies, AN_INVALID_OPCODE)
         if row.qdcount != 1:
             flag(&row.anomalies, AN_QDCOUNT_NOT_ONE)
-        if row.qr == 0 and row.ancount > 0:
+        # Only a standard query: an UPDATE's prerequisites, a NOTIFY's SOA and an
+        # inverse query's record all sit in the answer section of the request.
+        if row.qr == 0 and row.opcode == 0 and row.ancount > 0:
             flag(&row.anomalies, AN_ANSWER_IN_QUERY)
         # questions
         for q in range(row.qdcount):
@@ -1783,16 +1984,21 @@ cdef class Core:
                         flag(&row.anomalies, AN_TTL_HIGH_BIT)
                     mark = <uint32_t>self.arena.len
                     names_mark = self.ncache
-                    r = self.put_rdata(&c, rtype, &row.anomalies)
-                    if r != 0 or c.short or c.pos != c.end:
-                        flag(&row.anomalies, AN_BAD_RDATA if (r == 1 and not c.short and c.pos == c.end) else AN_RDLENGTH_MISMATCH)
-                        # The rdata becomes hex over the same arena bytes: names read from
-                        # it are gone, and later pointers to them must decode afresh.
-                        self.arena.len = mark
-                        self.ncache = names_mark
-                        c.pos = rd_start
-                        c.short = 0
+                    if rdlen == 0 and row.opcode == 5 and (rclass == 254 or rclass == 255):
+                        # An UPDATE's prerequisites ("RRset exists", "RRset does not exist")
+                        # and deletions of whole RRsets carry no rdata (RFC 2136 2.4, 2.5)
                         self.put_generic(&c)
+                    else:
+                        r = self.put_rdata(&c, rtype, &row.anomalies)
+                        if r != 0 or c.short or c.pos != c.end:
+                            flag(&row.anomalies, AN_BAD_RDATA if (r == 1 and not c.short and c.pos == c.end) else AN_RDLENGTH_MISMATCH)
+                            # The rdata becomes hex over the same arena bytes: names read from
+                            # it are gone, and later pointers to them must decode afresh.
+                            self.arena.len = mark
+                            self.ncache = names_mark
+                            c.pos = rd_start
+                            c.short = 0
+                            self.put_generic(&c)
                 rr.rdata_len = <uint32_t>(self.arena.len - rr.rdata_off)
                 c.pos = rd_start + rdlen
                 c.end = n

@@ -15,6 +15,7 @@ class Core:
     messages_array: np.ndarray
     rrs_array: np.ndarray
     def __init__(self, port_map: np.ndarray, psl_table: np.ndarray, type_names: dict[int, str],
+                 tsig_error_names: dict[int, str],
                  max_questions: int, max_records: int, max_pointer_hops: int,
                  capacity: int = 4096) -> None: ...
     qname_cache_hits: int

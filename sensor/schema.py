@@ -113,7 +113,7 @@ ANOMALIES: tuple[tuple[str, str], ...] = (
     ("edns_misplaced_opt", "an OPT record outside the additional section or not owned by the root"),
     ("bad_rdata", "rdata whose content is invalid for its type"),
     ("qname_non_printable", "control or non-ASCII bytes in the qname"),
-    ("answer_in_query", "a query (QR=0) carrying answer records"),
+    ("answer_in_query", "a standard query (QR=0, opcode QUERY) carrying answer records"),
     ("ttl_high_bit", "a TTL above 2^31-1 (RFC 2181 says treat as zero)"),
     ("udp_length_mismatch", "UDP length disagrees with the IP payload"),
     ("ip_truncated", "the capture holds fewer bytes than the IP header announces (snaplen)"),
@@ -155,6 +155,12 @@ RCODE_NAMES: dict[int, str] = {
     16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
     22: "BADTRUNC", 23: "BADCOOKIE",
 }
+TSIG_ERROR_NAMES: dict[int, str] = {
+    **{code: name for code, name in RCODE_NAMES.items() if code <= 10},
+    16: "BADSIG", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
+    22: "BADTRUNC", 23: "BADCOOKIE",
+}
+"""The error field of TSIG and TKEY rdata (RFC 8945, 2930): 16 is BADSIG there, not BADVERS."""
 FLAG_BITS: tuple[tuple[str, int], ...] = (
     ("aa", 0x0400), ("tc", 0x0200), ("rd", 0x0100), ("ra", 0x0080),
     ("z", 0x0040), ("ad", 0x0020), ("cd", 0x0010),
@@ -175,6 +181,10 @@ def class_name(code: int) -> str:
 
 def rcode_name(code: int) -> str:
     return RCODE_NAMES.get(code, f"RCODE{code}")
+
+
+def tsig_error_name(code: int) -> str:
+    return TSIG_ERROR_NAMES.get(code, str(code))
 
 
 def opcode_name(code: int) -> str:

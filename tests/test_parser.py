@@ -107,6 +107,102 @@ def test_dnssec_and_svcb_rdata(make_parser):
     assert data[2] == "1 . alpn=h2 ipv4hint=192.0.2.1"
 
 
+def loc(lat_mas: int, lon_mas: int, alt_cm: int, size=0x12, hp=0x16, vp=0x13, version=0) -> bytes:
+    """LOC rdata from signed thousandths of an arc second (north, east positive) and cm."""
+    return struct.pack("!BBBBIII", version, size, hp, vp, 2**31 + lat_mas, 2**31 + lon_mas, 10_000_000 + alt_cm)
+
+
+def dms(d: int, m: int, s_thousandths: int) -> int:
+    return (d * 3600 + m * 60) * 1000 + s_thousandths
+
+
+def test_location_rdata_as_bind_writes_it(make_parser):
+    es_net = bytes.fromhex("001215138805025065D2D40000989680")    # from a real response (tshark agrees)
+    sydney = loc(-dms(33, 51, 54123), dms(151, 12, 34567), -250, size=0x91, hp=0x16, vp=0x00)
+    msg = header(flags=0x8180, an=2) + question() + rr(29, es_net) + rr(29, sydney)
+    _, r = one(make_parser, msg)
+    assert [a["data"] for a in r["answers"]] == [
+        "37 22 26.000 N 121 59 28.000 W 0.00m 1m 1000m 10m",
+        "33 51 54.123 S 151 12 34.567 E -2.50m 0.90m 10000m 0.00m",
+    ]
+    assert r["anomalies"] == []
+
+
+@pytest.mark.parametrize("case, rdata, anomaly", [
+    pytest.param(*case, id=case[0]) for case in [
+        ("precision_mantissa_10", loc(0, 0, 0, size=0xA2), "bad_rdata"),
+        ("latitude_beyond_90", loc(dms(91, 0, 0), 0, 0), "bad_rdata"),
+        ("longitude_beyond_180", loc(0, -dms(180, 0, 1), 0), "bad_rdata"),
+        ("fifteen_bytes", loc(0, 0, 0)[:15], "rdlength_mismatch"),
+    ]
+])
+def test_invalid_location_falls_back_to_hex(make_parser, case, rdata, anomaly):
+    _, r = one(make_parser, header(flags=0x8180, an=1) + question() + rr(29, rdata))
+    assert r["answers"][0]["data"].startswith(f"\\# {len(rdata)} "), case
+    assert anomaly in r["anomalies"], case
+
+
+def test_location_of_an_unknown_version_is_generic_and_not_an_anomaly(make_parser):
+    rdata = loc(0, 0, 0, version=1) + b"\x07"
+    _, r = one(make_parser, header(flags=0x8180, an=1) + question() + rr(29, rdata))
+    assert r["answers"][0]["data"] == f"\\# 17 {rdata.hex().upper()}" and r["anomalies"] == []
+
+
+def test_tsig_tkey_rp_and_eui_rdata(make_parser):
+    import base64
+    mac, other, key = bytes(range(1, 17)), struct.pack("!HI", 0, 1700000400), b"\x60\x82\x0b"
+    tsig = (b"\x0bhmac-sha256\x00" + struct.pack("!HIH", 0, 1700000000, 300)
+            + struct.pack("!H", len(mac)) + mac + struct.pack("!HHH", 4660, 18, len(other)) + other)
+    tkey = (b"\x08gss-tsig\x00" + struct.pack("!IIHH", 1676938118, 1676938118 + 86400, 3, 0)
+            + struct.pack("!H", len(key)) + key + struct.pack("!H", 0))
+    rp = b"\x04mbox\x07example\x03com\x00\x03txt\xc0\x0c"
+    msg = (header(flags=0x8180, an=4, ar=1) + question() + rr(17, rp)
+           + rr(108, bytes.fromhex("00005e00532a")) + rr(109, bytes.fromhex("00005eef1000002a"))
+           + rr(249, tkey, rclass=255, ttl=0) + rr(250, tsig, name=b"\x03key\x00", rclass=255, ttl=0))
+    _, r = one(make_parser, msg)
+    b64 = lambda b: base64.b64encode(b).decode()     # noqa: E731
+    assert [a["data"] for a in r["answers"]] == [
+        "mbox.example.com txt.www.example.com",
+        "00-00-5e-00-53-2a",                         # RFC 7043 examples
+        "00-00-5e-ef-10-00-00-2a",
+        f"gss-tsig 20230221000838 20230222000838 3 NOERROR 3 {b64(key)} 0",
+    ]
+    assert r["additional"][0]["data"] == f"hmac-sha256 1700000000 300 16 {b64(mac)} 4660 BADTIME 6 {b64(other)}"
+    assert r["anomalies"] == []
+
+
+def test_tsig_whose_mac_runs_past_its_rdata_is_hex(make_parser):
+    tsig = b"\x0bhmac-sha256\x00" + struct.pack("!HIHH", 0, 1700000000, 300, 32) + bytes(8)
+    _, r = one(make_parser, header(flags=0x8180, ar=1) + question() + rr(250, tsig, rclass=255, ttl=0))
+    assert r["additional"][0]["data"].startswith(f"\\# {len(tsig)} ")
+    assert "rdlength_mismatch" in r["anomalies"]
+
+
+def test_update_records_without_rdata_are_not_anomalies(make_parser):
+    """RFC 2136: prerequisites and whole-RRset deletions carry class ANY or NONE and no rdata;
+    the prerequisite section is the answer section of the request."""
+    zone = b"\x07example\x03com\x00" + struct.pack("!HH", 6, 1)
+    host = b"\x04host\xc0\x0c"
+    update = (header(flags=0x2800, an=2, ns=2) + zone
+              + rr(5, b"", name=host, rclass=254, ttl=0)          # no CNAME may exist
+              + rr(1, b"", name=host, rclass=255, ttl=0)          # an A RRset must exist
+              + rr(28, b"", name=host, rclass=255, ttl=0)         # delete the AAAA RRset
+              + rr(1, b"\xc0\x00\x02\x01", name=host, ttl=1200))
+    _, r = one(make_parser, update)
+    assert r["opcode"] == 5 and r["anomalies"] == []
+    assert [a["data"] for a in r["answers"]] == ["\\# 0", "\\# 0"]
+    assert [a["data"] for a in r["authority"]] == ["\\# 0", "192.0.2.1"]
+    in_class = header(flags=0x2800, ns=1) + zone + rr(1, b"", name=host, ttl=0)
+    assert "rdlength_mismatch" in one(make_parser, in_class)[1]["anomalies"]
+
+
+def test_notify_with_its_soa_is_not_an_answer_in_a_query(make_parser):
+    soa = b"\x02ns\xc0\x0c\x05admin\xc0\x0c" + struct.pack("!5I", 2024010101, 7200, 900, 1209600, 300)
+    notify = header(flags=0x2400, an=1) + question(qtype=6) + rr(6, soa)
+    _, r = one(make_parser, notify)
+    assert r["opcode"] == 4 and r["anomalies"] == []
+
+
 def test_unknown_type_in_rfc3597_form(make_parser):
     msg = header(flags=0x8180, an=1) + question() + rr(65534, b"\x01\xab")
     _, r = one(make_parser, msg)

@@ -87,7 +87,7 @@ def wire_name(labels: list[str]) -> bytes:
 
 @st.composite
 def pointers_into_records(draw) -> bytes:
-    """A response whose records hold names in their rdata (CNAME, NS, PTR, MX), some
+    """A response whose records hold names in their rdata (CNAME, NS, PTR, MX, RP, TSIG), some
     followed by junk inside the rdlength (the rdata is then kept as hex), and whose
     later owner names point at any earlier offset: the compiled core's name caches
     must give what decoding through the pointer gives."""
@@ -100,12 +100,16 @@ def pointers_into_records(draw) -> bytes:
             owner = bytes([0xC0 | target >> 8, target & 0xFF])
         else:
             owner = wire_name(draw(st.lists(label, min_size=1, max_size=3)))
-        rtype = draw(st.sampled_from([5, 2, 12, 15, 1]))
+        rtype = draw(st.sampled_from([5, 2, 12, 15, 1, 17, 250]))
         if rtype == 1:
             rdata = bytes(draw(st.binary(min_size=4, max_size=4)))
         else:
             rdata = (struct.pack("!H", draw(st.integers(0, 99))) if rtype == 15 else b"") \
                 + wire_name(draw(st.lists(label, min_size=1, max_size=3)))
+            if rtype == 17:        # RP: a second name
+                rdata += wire_name(draw(st.lists(label, min_size=1, max_size=3)))
+            elif rtype == 250:     # TSIG: the fields after the algorithm name, no MAC, no other data
+                rdata += struct.pack("!HIHHHHH", 0, draw(st.integers(0, 2**32 - 1)), 300, 0, 1, 0, 0)
             rdata += draw(st.sampled_from([b"", b"", b"\0", b"\0junk", b"\xc0"]))
         out += owner + struct.pack("!HHIH", rtype, 1, 300, len(rdata)) + rdata
     return bytes(out)

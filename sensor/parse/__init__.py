@@ -51,7 +51,7 @@ class Parser:
         rules = load_rules(suffix_list, include_private_suffixes)
         args = (limits.max_questions, limits.max_records, limits.max_pointer_hops)
         if backend == "compiled":
-            self.core = _core.Core(port_map, rules.table(), schema.TYPE_NAMES, *args)
+            self.core = _core.Core(port_map, rules.table(), schema.TYPE_NAMES, schema.TSIG_ERROR_NAMES, *args)
         else:
             self.core = twin.TwinCore(port_map, rules, *args)
         self.backend = backend

@@ -372,12 +372,75 @@ class _Renderer:
             return text
         if rtype in (64, 65):
             return self.svcb()
+        if rtype == 17:
+            mailbox = self.name()
+            return f"{mailbox} {self.name()}"
+        if rtype == 29:
+            return self.loc()
+        if rtype in (108, 109):
+            size = 6 if rtype == 108 else 8
+            if n != size:
+                c.short = True
+                raise BadContent
+            return "-".join(f"{b:02x}" for b in self.need(size))
+        if rtype == 250:
+            algorithm = self.name()
+            signed_hi, signed_lo, fudge = u16(), u32(), u16()
+            if c.short:
+                raise BadContent
+            mac = self.sized_b64()
+            original_id, error = u16(), u16()
+            if c.short:
+                raise BadContent
+            other = self.sized_b64()
+            return (f"{algorithm} {(signed_hi << 32) | signed_lo} {fudge} {mac} {original_id} "
+                    f"{schema.tsig_error_name(error)} {other}")
+        if rtype == 249:
+            algorithm = self.name()
+            inception, expiration, mode, error = u32(), u32(), u16(), u16()
+            if c.short:
+                raise BadContent
+            key = self.sized_b64()
+            other = self.sized_b64()
+            return (f"{algorithm} {_time(inception)} {_time(expiration)} {mode} "
+                    f"{schema.tsig_error_name(error)} {key} {other}")
         if rtype == 256:
             head = f"{u16()} {u16()}"
             if c.short:
                 raise BadContent
             return f"{head} {_text(self.rest(), True)}"
         return generic(self.rest())
+
+    def sized_b64(self) -> str:
+        """A 16-bit length, then that many bytes: 'length base64' (base64 left out when empty)."""
+        c = self.c
+        length = c.u16()
+        if c.short or c.pos + length > c.end:
+            c.short = True
+            raise BadContent
+        data = self.need(length)
+        return f"{length} {_b64(data)}" if data else "0"
+
+    def loc(self) -> str:
+        """RFC 1876 version 0, as BIND writes it; other versions in RFC 3597 form."""
+        c = self.c
+        if c.pos < c.end and c.msg[c.pos] != 0:
+            return generic(self.rest())
+        if c.end - c.pos != 16:
+            c.short = True
+            raise BadContent
+        _, size, hp, vp = self.need(4)
+        lat, lon, alt = c.u32(), c.u32(), c.u32()
+        if any(x >> 4 > 9 or x & 15 > 9 for x in (size, hp, vp)):
+            raise BadContent
+        parts = [_loc_angle(lat, 90, "N", "S"), _loc_angle(lon, 180, "E", "W")]
+        if None in parts:
+            raise BadContent
+        below = alt < LOC_ALTITUDE_ORIGIN
+        metres = abs(alt - LOC_ALTITUDE_ORIGIN)
+        parts.append(f"{'-' if below else ''}{metres // 100}.{metres % 100:02d}m")
+        parts += [_loc_precision(x) for x in (size, hp, vp)]
+        return " ".join(parts)
 
     def svcb(self) -> str:
         c = self.c
@@ -432,6 +495,27 @@ class _Renderer:
                 text += "=" + _hex(value)
             out.append(text)
         return " ".join(out)
+
+
+LOC_ALTITUDE_ORIGIN = 10_000_000
+"""RFC 1876: altitude 0 m is 100 000 m (in cm) on the wire."""
+
+
+def _loc_angle(raw: int, max_degrees: int, positive: str, negative: str) -> str | None:
+    """Thousandths of an arc second off 2^31 as 'D M S.fff H'; None beyond max_degrees."""
+    value, hemisphere = (raw - 2**31, positive) if raw >= 2**31 else (2**31 - raw, negative)
+    if value > max_degrees * 3_600_000:
+        return None
+    return (f"{value // 3_600_000} {value // 60_000 % 60} {value % 60_000 // 1000}."
+            f"{value % 1000:03d} {hemisphere}")
+
+
+def _loc_precision(x: int) -> str:
+    """Mantissa x 10^exponent cm, in metres as BIND writes it."""
+    mantissa, exponent = x >> 4, x & 15
+    if exponent >= 2:
+        return f"{mantissa * 10 ** (exponent - 2)}m"
+    return f"0.{mantissa * 10 ** exponent:02d}m"
 
 
 def generic(data: bytes) -> str:
@@ -825,7 +909,9 @@ class TwinCore:
             row["anomalies"] |= _bit("invalid_opcode")
         if row["qdcount"] != 1:
             row["anomalies"] |= _bit("qdcount_not_one")
-        if row["qr"] == 0 and row["ancount"] > 0:
+        # Only a standard query: an UPDATE's prerequisites, a NOTIFY's SOA and an
+        # inverse query's record all sit in the answer section of the request.
+        if row["qr"] == 0 and row["opcode"] == 0 and row["ancount"] > 0:
             row["anomalies"] |= _bit("answer_in_query")
         stop = False
         for q in range(row["qdcount"]):
@@ -885,10 +971,15 @@ class TwinCore:
                     if ttl > 0x7FFFFFFF:
                         row["anomalies"] |= _bit("ttl_high_bit")
                     bad_content = False
-                    try:
-                        text = _Renderer(self, c, row).render(rtype)
-                    except BadContent:
-                        bad_content, text = True, ""
+                    if rdlen == 0 and row["opcode"] == 5 and rclass in (254, 255):
+                        # An UPDATE's prerequisites ("RRset exists", "RRset does not exist")
+                        # and deletions of whole RRsets carry no rdata (RFC 2136 2.4, 2.5)
+                        text = generic(b"")
+                    else:
+                        try:
+                            text = _Renderer(self, c, row).render(rtype)
+                        except BadContent:
+                            bad_content, text = True, ""
                     if bad_content or c.short or c.pos != c.end:
                         clean = bad_content and not c.short and c.pos == c.end
                         row["anomalies"] |= _bit("bad_rdata" if clean else "rdlength_mismatch")
