@@ -91,6 +91,7 @@ DEF NAME_TEXT_CAP = 1024         # 255 bytes, each at most 4 chars ("\\DDD")
 # Decode bounds: headers we walk through before giving up on a frame.
 DEF MAX_VLAN_TAGS = 4            # QinQ is two; four covers stacked provider tags
 DEF MAX_IPV6_EXT_HEADERS = 8     # RFC 8200 defines six kinds that may repeat
+DEF MDNS_PORT = 5353
 DEF TSIG_ERROR_CODES = 24        # TSIG/TKEY error mnemonics run to BADCOOKIE (23)
 DEF LOC_ALTITUDE_ORIGIN = 10000000   # RFC 1876: altitude 0 m is 100 000 m (in cm) on the wire
 DEF MAX_ENCAP_DEPTH = 3          # VXLAN/Geneve in Geneve is the deepest seen in practice
@@ -1869,7 +1870,9 @@ cdef class Core:
             flag(&row.anomalies, AN_Z_BIT_SET)
         if row.opcode == 3 or row.opcode > 6:
             flag(&row.anomalies, AN_INVALID_OPCODE)
-        if row.qdcount != 1:
+        # Multicast DNS responses carry no question and its queries may carry several
+        # (RFC 6762 sections 5.3 and 6); anywhere else one question is the norm (RFC 9619).
+        if row.qdcount != 1 and row.sport != MDNS_PORT and row.dport != MDNS_PORT:
             flag(&row.anomalies, AN_QDCOUNT_NOT_ONE)
         # Only a standard query: an UPDATE's prerequisites, a NOTIFY's SOA and an
         # inverse query's record all sit in the answer section of the request.

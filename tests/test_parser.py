@@ -203,6 +203,22 @@ def test_notify_with_its_soa_is_not_an_answer_in_a_query(make_parser):
     assert r["opcode"] == 4 and r["anomalies"] == []
 
 
+def test_multicast_dns_question_counts_are_not_anomalies(make_parser):
+    """mDNS responses carry no question and its queries may carry several (RFC 6762);
+    on port 53 either is an anomaly."""
+    announcement = header(flags=0x8400, qd=0, an=1) + rr(1, b"\xc0\xa8\x01\x07", name=b"\x07printer\x05local\x00")
+    two_questions = header(flags=0, qd=2) + question(b"\x05_ipps\x04_tcp\x05local\x00", 12) \
+        + question(b"\x04_ipp\x04_tcp\x05local\x00", 12)
+    parser = make_parser(ports=(53, 5353))
+    loopback = b"\x00" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
+    for i, (payload, sport, dport) in enumerate([(announcement, 5353, 5353), (two_questions, 5353, 5353),
+                                                  (two_questions, 40000, 5353), (announcement, 53, 40000),
+                                                  (two_questions, 40000, 53)]):
+        parser.core.add_message(payload, 0.0, i + 1, 4, loopback, loopback, sport, dport, 17)
+    anomalies = [r["anomalies"] for r in parser.take().records()]
+    assert anomalies == [[], [], [], ["qdcount_not_one"], ["qdcount_not_one"]]
+
+
 def test_unknown_type_in_rfc3597_form(make_parser):
     msg = header(flags=0x8180, an=1) + question() + rr(65534, b"\x01\xab")
     _, r = one(make_parser, msg)

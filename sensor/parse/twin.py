@@ -497,6 +497,7 @@ class _Renderer:
         return " ".join(out)
 
 
+MDNS_PORT = 5353
 LOC_ALTITUDE_ORIGIN = 10_000_000
 """RFC 1876: altitude 0 m is 100 000 m (in cm) on the wire."""
 
@@ -907,7 +908,9 @@ class TwinCore:
             row["anomalies"] |= _bit("z_bit_set")
         if row["opcode"] == 3 or row["opcode"] > 6:
             row["anomalies"] |= _bit("invalid_opcode")
-        if row["qdcount"] != 1:
+        # Multicast DNS responses carry no question and its queries may carry several
+        # (RFC 6762 sections 5.3 and 6); anywhere else one question is the norm (RFC 9619).
+        if row["qdcount"] != 1 and MDNS_PORT not in (sport, dport):
             row["anomalies"] |= _bit("qdcount_not_one")
         # Only a standard query: an UPDATE's prerequisites, a NOTIFY's SOA and an
         # inverse query's record all sit in the answer section of the request.
