@@ -27,7 +27,7 @@ def keep_batches_on_heap(limits: Limits = DEFAULT_LIMITS) -> bool:
     not glibc or refuses a value (glibc's mmap threshold cannot exceed 32 MiB on 64-bit),
     in which case its defaults stay and only speed is affected."""
     global _applied
-    wanted = (limits.heap_mmap_threshold, limits.heap_trim_threshold)
+    wanted = (int(limits.heap_mmap_threshold), int(limits.heap_trim_threshold))
     if _applied == wanted:
         return True
     libc = _glibc()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 
 HEAP_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 """glibc's ceiling for the mmap threshold on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX)."""
+HEAP_TRIM_THRESHOLD_MAX = 2**31 - 1
+"""mallopt() takes a C int."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ class Limits:
     """Allocations smaller than this come from the C heap, where a batch's memory is reused by
     the next one. glibc starts at 128 KiB and climbs towards this, its 64-bit ceiling, only as
     blocks are freed; until then frame blobs and batch columns (1-20 MB each) are fresh
-    mappings that the kernel zero-fills page by page, 8-10 % of a parse."""
+    mappings that the kernel zero-fills page by page (10 k page faults per million messages
+    parsed from a file instead of 2.7 k)."""
     heap_trim_threshold: int = 64 * 1024 * 1024
     """Free memory kept at the top of the heap before it goes back to the kernel: twice the
     mmap threshold, as glibc's own adjustment sets it, so about three batches' worth."""
@@ -105,9 +108,10 @@ class Limits:
             value = getattr(self, f.name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"limit {f.name} must be a positive number, got {value!r}")
-        if self.heap_mmap_threshold > HEAP_MMAP_THRESHOLD_MAX:
-            raise ValueError(f"limit heap_mmap_threshold must be at most {HEAP_MMAP_THRESHOLD_MAX} "
-                             f"(glibc's ceiling), got {self.heap_mmap_threshold}")
+        for name, ceiling, why in (("heap_mmap_threshold", HEAP_MMAP_THRESHOLD_MAX, "glibc's ceiling"),
+                                   ("heap_trim_threshold", HEAP_TRIM_THRESHOLD_MAX, "a C int")):
+            if getattr(self, name) > ceiling:
+                raise ValueError(f"limit {name} must be at most {ceiling} ({why}), got {getattr(self, name)}")
 
 
 DEFAULT_LIMITS = Limits()

@@ -25,6 +25,7 @@ def test_shipped_example_is_valid():
     ('[limits]\nmax_pending_queries = -1\n', "limits: limit max_pending_queries must be a positive number"),
     ('[limits]\nmax_pendng = 5\n', "limits.max_pendng: unknown limit"),
     ('[limits]\nheap_mmap_threshold = 1073741824\n', "heap_mmap_threshold must be at most 33554432"),
+    ('[limits]\nheap_trim_threshold = 4294967296\n', "heap_trim_threshold must be at most 2147483647"),
     ('[capture\nports = [53]\n', "not valid TOML"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, text, key):
