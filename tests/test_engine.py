@@ -85,6 +85,24 @@ def test_spoofed_responses_are_mismatched_and_extra_responses_duplicate(tmp_path
     assert set(r.leg.tolist()) == {1}               # the resolver's own upstream queries
 
 
+def test_responses_over_tcp_without_their_query_are_unsolicited_not_spoofed(tmp_path):
+    """A TCP stream whose capture lost some queries (a gap, a mid-stream start): the
+    answers to them are capture loss, not a spoofing race, even when the same question
+    is outstanding under another id."""
+    conv = Conversation()
+    q = query("1.2.0.192.in-addr.arpa", "PTR", txid=1)
+    conv.send(q.pack(), CLIENT, RESOLVER, 41000, 53)
+    for txid in range(2, 14):                  # their queries fell into the gap
+        lost = q.reply()
+        lost.header.id = txid
+        conv.send(lost.pack(), RESOLVER, CLIENT, 53, 41000)
+    msgs = parsed(conv, tmp_path).messages.copy()
+    assert np.count_nonzero(Tracker().process(msgs).state == MISMATCHED) == 12     # as UDP
+    msgs["transport"] = 6
+    r = Tracker().process(msgs)
+    assert np.count_nonzero(r.state == UNSOLICITED) == 12 and not np.any(r.state == MISMATCHED)
+
+
 def test_pending_queries_carry_over_time_out_and_are_bounded(tmp_path):
     conv = Conversation()
     q = query("slow.example", txid=9)

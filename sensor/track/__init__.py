@@ -9,7 +9,9 @@ the oldest are evicted (anomaly `pending_evicted`).
 Responses get a state: answered (the first response to an outstanding query),
 duplicate (a further response to it), unsolicited (no outstanding query) or
 mismatched (no query with this id and port, but one for the same client,
-server and question: what a spoofing flood looks like). Both legs are
+server and question: what a spoofing flood looks like; over UDP only, as a
+response over TCP cannot be spoofed blind and one without its query is capture
+loss, so it is unsolicited). Both legs are
 tracked: client to resolver, and resolver to authoritative servers (the
 upstream leg, where the querying client is one of the resolver's own
 addresses).
@@ -28,6 +30,7 @@ from sensor.schema import ANOMALY_BIT
 NONE, ANSWERED, DUPLICATE, UNSOLICITED, MISMATCHED = range(5)
 STATE_NAMES = ("none", "answered", "duplicate", "unsolicited", "mismatched")
 LEG_CLIENT, LEG_UPSTREAM = 0, 1
+UDP = 17
 LEG_NAMES = ("client", "upstream")
 
 # Messages whose question could not be read are not tracked: their key is noise,
@@ -172,7 +175,9 @@ class Tracker:
             multi[mresp[shared]] = True
         unmatched = resp_msg[~matched]
         query_loose = np.concatenate([p["loose"], loose[qi]])
-        mismatch = isin_keys(loose[unmatched], query_loose)
+        # A blind spoofer races the answer over UDP; over TCP it cannot get in, and a
+        # response whose query is missing is the capture's loss (a gap, a mid-stream start).
+        mismatch = isin_keys(loose[unmatched], query_loose) & (msgs["transport"][unmatched] == UDP)
         state[unmatched[mismatch]] = MISMATCHED
         state[unmatched[~mismatch]] = UNSOLICITED
 
