@@ -19,7 +19,7 @@ from conftest import DATA, REPO
 from sensor import cli
 from sensor.config import Config
 from sensor.detectors.rule_table import EXACT_UNIQUE_LIMIT, RuleTable
-from sensor.detectors.samples import check_samples, run_rules
+from sensor.detectors.samples import SAMPLE_PORTS, check_samples, run_rules
 from sensor.engine.replay import replay
 from sensor.rules import RuleError, load_dir, load_rule
 from sensor.rules.expr import ExprError, compile_expr
@@ -655,3 +655,19 @@ def test_every_documented_feature_is_a_column_of_the_messages():
         assert cols[name].tolist() == column.tolist(), name
     assert cols["rd"].any() and cols["ra"].any() and cols["nxdomain"].any()
     assert cols[LAZY_ANSWERS].any()
+
+
+def test_the_tcp_feature_tells_the_transport_apart(tmp_path):
+    """`tcp` is what amplification leaves out: a TCP capture's messages all have it,
+    a UDP capture's none."""
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "by_transport.toml").write_text(GOOD.replace('where = "is_query"', 'where = "tcp"')
+                                              .replace('group_by = ["client", "regdom"]', 'group_by = ["client"]')
+                                              .replace('when = "n >= 3"', 'when = "n >= 1"'))
+    from sensor.parse import parse_file
+    rule = load_dir(folder)
+    tcp = DATA / "dnscap-tcp-msgs-straddle-segments.pcap"
+    counted = sum(v["count"] for v in run_rules(rule, [str(tcp)]))
+    assert counted == len(parse_file(str(tcp), ports=SAMPLE_PORTS)) > 0
+    assert run_rules(rule, [str(DATA / "dnscap-baseline-udp-82-msgs.pcap")]) == []

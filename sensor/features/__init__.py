@@ -28,6 +28,7 @@ FEATURES: dict[str, str] = {
     "servfail": "a response with rcode SERVFAIL",
     "qtype": "question type; compare with A, AAAA, TXT, NULL, ANY, ...",
     "size": "DNS message bytes",
+    "tcp": "the message came over TCP (a spoofed source cannot complete a TCP handshake)",
     "ip_ttl": "IPv4 TTL or IPv6 hop limit: a responder's path length habit (spoofed packets often differ)",
     "ancount": "answer records",
     "nscount": "authority records",
@@ -253,7 +254,7 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
     cols = {
         "ts": m["ts"], "qr": m["qr"], "is_query": isq, "is_response": isr, "opcode": m["opcode"],
         "rcode": m["rcode"], "nxdomain": isr & (m["rcode"] == 3), "servfail": isr & (m["rcode"] == 2),
-        "qtype": m["qtype"], "size": m["size"], "ip_ttl": m["ip_ttl"], "ancount": m["ancount"], "nscount": m["nscount"],
+        "qtype": m["qtype"], "size": m["size"], "tcp": m["transport"] == 6, "ip_ttl": m["ip_ttl"], "ancount": m["ancount"], "nscount": m["nscount"],
         "arcount": m["arcount"], "aa": (flags & 0x0400) != 0, "tc": (flags & 0x0200) != 0,
         "rd": (flags & 0x0100) != 0, "ra": (flags & 0x0080) != 0, "edns_udp_size": m["edns_udp_size"],
         "qname_len": m["qname_len"], "labels": m["labels"], "longest_label": m["longest_label"],
