@@ -18,6 +18,7 @@ import re
 import pytest
 
 from conftest import TEST_PORTS, capture, shared_captures
+from sensor import schema
 from sensor.parse import parse_file
 from tshark_ref import TSHARK, tshark_messages
 
@@ -81,3 +82,16 @@ def test_capture_matches_tshark(name):
             ref_cnames = [_printable(_unescape(x)) if x != "<Root>" else "" for x in r.cname]
             our_cnames = [_printable(_unescape(x)) if x != "." else "" for x in _rdata(o, 5)]
             assert _compare_list(ref_cnames, our_cnames, r.malformed), (where, r.cname, _rdata(o, 5))
+        assert _compare_list(r.tsig, [_tsig_fields(x) for x in _rdata(o, 250)], r.malformed), \
+            (where, r.tsig, _rdata(o, 250))
+
+
+def _tsig_fields(data: str) -> tuple[str, int, int, int, int]:
+    """Our TSIG text 'algorithm time fudge macsize [mac] original-id error otherlen [other]'
+    reduced to what tshark shows."""
+    parts = data.split()
+    mac_size = int(parts[3])
+    rest = parts[5:] if mac_size else parts[4:]
+    errors = {name: code for code, name in schema.TSIG_ERROR_NAMES.items()}
+    error = errors[rest[1]] if rest[1] in errors else int(rest[1])
+    return (parts[0], int(parts[2]), mac_size, int(rest[0]), error)

@@ -22,9 +22,12 @@ class RefMessage:
     a: list[str] = field(default_factory=list)
     aaaa: list[str] = field(default_factory=list)
     cname: list[str] = field(default_factory=list)
+    tsig: list[tuple[str, int, int, int, int]] = field(default_factory=list)
+    """(algorithm, fudge, MAC size, original id, error) of each TSIG record."""
     malformed: bool = False
 
 
+TSIG_FIELDS = ("dns.tsig.fudge", "dns.tsig.mac_size", "dns.tsig.original_id", "dns.tsig.error")
 COUNT_FIELDS = ("dns.count.queries", "dns.count.answers", "dns.count.auth_rr", "dns.count.add_rr")
 
 
@@ -64,5 +67,9 @@ def tshark_messages(path: str) -> list[RefMessage]:
                     m.aaaa.append(show)
                 elif name == "dns.cname":
                     m.cname.append(show)
+                elif name == "dns.tsig.algorithm_name":
+                    m.tsig.append((show,))
+                elif name in TSIG_FIELDS and m.tsig and len(m.tsig[-1]) == TSIG_FIELDS.index(name) + 1:
+                    m.tsig[-1] += (int(show, 0),)
             messages.append(m)
     return messages
