@@ -473,13 +473,16 @@ def test_dga_model_figures_hold_on_the_held_out_split():
 def test_address_tags_drive_policy_rules(tmp_path):
     folder = tmp_path / "rules"
     shutil.copytree(RULES, folder)
+    site = replace(Config(), ports=SAMPLE_PORTS, client_networks=("172.17.0.0/16",))
+    capture = [str(DATA / "dnscap-baseline-udp-82-msgs.pcap")]
     policy = [r for r in load_dir(folder) if r.kind == "policy_violation"]
-    fired = run_rules(policy, [str(DATA / "dnscap-baseline-udp-82-msgs.pcap")])
+    fired = run_rules(policy, capture, site)
     assert {(v["client"], v["server"]) for v in fired} == {("172.17.0.10", "8.8.8.8")}
+    assert run_rules(policy, capture) == []          # whose clients these are is not known
     tags = folder / "tags.toml"
     tags.write_text(tags.read_text().replace('"198.51.100.53/32"]', '"198.51.100.53/32", "8.8.8.8/32"]'))
     policy = [r for r in load_dir(folder) if r.kind == "policy_violation"]
-    assert run_rules(policy, [str(DATA / "dnscap-baseline-udp-82-msgs.pcap")]) == []
+    assert run_rules(policy, capture, site) == []
     tags.write_text('[tags]\nresolvers = ["10.0.0.300/32"]\n')
     with pytest.raises(RuleError, match=r"tags.toml:2: tags.resolvers: .*10.0.0.300"):
         load_dir(folder)
