@@ -1321,6 +1321,16 @@ cdef class Core:
         c.pos += n
         return 0
 
+    cdef int put_code_error_data(self, Cursor *c) except -2:
+        """TSIG's original id or TKEY's mode, the error, then sized data: 'n ERROR length base64'."""
+        ar_put_uint(&self.arena, rd16(c))
+        ar_putc(&self.arena, 32)
+        self.put_tsig_error(rd16(c))
+        ar_putc(&self.arena, 32)
+        if c.short:
+            return 1
+        return self.put_sized_b64(c)
+
     cdef int put_type_bitmap(self, Cursor *c) except -2:
         cdef uint8_t window, blen, byte
         cdef int i, bit
@@ -1722,11 +1732,7 @@ cdef class Core:
             if c.short or self.put_sized_b64(c):
                 return 1
             ar_putc(a, 32)
-            ar_put_uint(a, rd16(c))
-            ar_putc(a, 32)
-            self.put_tsig_error(rd16(c))
-            ar_putc(a, 32)
-            if c.short or self.put_sized_b64(c):
+            if self.put_code_error_data(c):
                 return 1
         elif rtype == 249:
             if self.put_name(c, anom) < 0:
@@ -1737,11 +1743,7 @@ cdef class Core:
             ar_putc(a, 32)
             ar_put_time(a, rd32(c))
             ar_putc(a, 32)
-            ar_put_uint(a, rd16(c))
-            ar_putc(a, 32)
-            self.put_tsig_error(rd16(c))
-            ar_putc(a, 32)
-            if c.short or self.put_sized_b64(c):
+            if self.put_code_error_data(c):
                 return 1
             ar_putc(a, 32)
             if self.put_sized_b64(c):
