@@ -52,7 +52,7 @@ FEATURES: dict[str, str] = {
     "qname": "group key: the question name",
     "answered": "a response matched to its outstanding query",
     "unsolicited": "a response matching no outstanding query",
-    "mismatched": "a response for an outstanding question with the wrong id or port (spoofing)",
+    "mismatched": "a response over UDP for an outstanding question with the wrong id or port (spoofing)",
     "duplicate": "a further response to a query already answered",
     "multi_response": "a response to a query that was answered more than once (the first one too)",
     "upstream": "on the resolver's upstream leg (the resolver is the client)",

@@ -89,8 +89,8 @@ STATS_COUNTERS = (
     ("bytes_responses", "DNS payload bytes of responses"),
     ("answered", "responses matched to their query (first response only)"),
     ("unanswered", "queries with no response within the query timeout"),
-    ("unsolicited", "responses matching no outstanding query at all"),
-    ("mismatched", "responses whose question matches an outstanding query but whose id or "
+    ("unsolicited", "responses matching no outstanding query (over TCP: whenever the query is missing)"),
+    ("mismatched", "UDP responses whose question matches an outstanding query but whose id or "
                    "port does not (spoofing attempts)"),
     ("duplicate", "further responses to a query already answered"),
     ("rtt_count", "matched responses with a round-trip time"),
