@@ -16,6 +16,9 @@ FORMATS = ("table", "csv", "json")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_CELL = 80
+ONE_SIDED_MIN_MESSAGES = 100
+"""Messages one way with none the other, per resolver and leg over the status window, before
+status says so: a few unanswered queries are ordinary, a hundred with no answer at all are not."""
 """Table cells are cut to this width (csv and json carry everything)."""
 
 
@@ -138,6 +141,14 @@ def status(conn: sqlite3.Connection, minutes: int = 15) -> dict[str, Any]:
     talkers = conn.execute(
         "SELECT client, sum(queries) AS q, sum(nxdomain), sum(bytes_queries) FROM clients "
         "WHERE minute >= ? GROUP BY client ORDER BY q DESC LIMIT 10", (start,)).fetchall()
+    # A resolver that got queries and sent nothing back is down, or the capture sees one
+    # direction only (an asymmetric span port); responses and no queries are the latter
+    # (or reflected traffic). Either way its tracking, loss estimate and verdicts mislead.
+    one_sided = conn.execute(
+        "SELECT resolver, leg, sum(queries) AS q, sum(responses) AS r FROM stats "
+        "WHERE minute >= ? AND leg != 'sensor' GROUP BY resolver, leg "
+        "HAVING (q >= ? AND r = 0) OR (r >= ? AND q = 0) ORDER BY q + r DESC LIMIT 10",
+        (start, ONE_SIDED_MIN_MESSAGES, ONE_SIDED_MIN_MESSAGES)).fetchall()
     workers = conn.execute("SELECT worker, pid, state, restarts, packets, kernel_dropped, "
                            "datetime(last_seen, 'unixepoch') FROM workers ORDER BY worker").fetchall()
     tracked = ans + unans
@@ -155,6 +166,7 @@ def status(conn: sqlite3.Connection, minutes: int = 15) -> dict[str, Any]:
         "resolvers": [dict(zip(("resolver", "leg", "queries", "responses", "nxdomain", "servfail",
                                 "unanswered"), r)) for r in resolvers],
         "top_talkers": [dict(zip(("client", "queries", "nxdomain", "bytes_queries"), t)) for t in talkers],
+        "one_sided": [dict(zip(("resolver", "leg", "queries", "responses"), o)) for o in one_sided],
         "workers": [dict(zip(("worker", "pid", "state", "restarts", "packets", "kernel_dropped",
                               "last_seen"), w)) for w in workers],
     }
@@ -172,6 +184,13 @@ def render_status(s: dict[str, Any]) -> str:
            f"of {s['kernel_received']:,}   packets read {s['packets']:,}",
            "  drops by stage: " + (", ".join(f"{k} {v:,}" for k, v in sorted(s["drops"].items()) if v)
                                    or "none")]
+    for o in s["one_sided"]:
+        if o["responses"]:
+            out.append(f"  WARNING {o['resolver']} ({o['leg']}): {o['responses']:,} responses and no query: "
+                       "the capture sees one direction only, or this is reflected traffic")
+        else:
+            out.append(f"  WARNING {o['resolver']} ({o['leg']}): {o['queries']:,} queries and no response: "
+                       "the resolver is down, or the capture sees one direction only")
     if s["resolvers"]:
         out.append("busiest resolvers:")
         out += [f"  {r['resolver']:<40} {r['leg']:<8} {r['queries'] or 0:>10,} q  "

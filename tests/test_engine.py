@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import DATA, REPO
-from pcapgen import Conversation, query, write_pcap, udp_frame
+from pcapgen import Conversation, answer, query, udp_frame, write_pcap
 from sensor import cli
 from sensor.capture.offline import read_frames
 from sensor.config import Config, address_key
@@ -440,6 +440,29 @@ def test_verdicts_pdns_and_status_commands(filled_db, capsys):
     assert s["answered"] == 41 and s["unanswered"] == 0 and s["packets"] == frames + 30
     assert cli.main(["status", "--db", filled_db]) == 0
     assert "loss: DNS-estimated" in capsys.readouterr().out
+
+
+def test_status_warns_of_a_capture_that_sees_one_direction(tmp_path, capsys):
+    """An asymmetric span port: the resolver's answers to one network and the queries of
+    another, never both ways."""
+    conv = Conversation()
+    other_client, other_resolver = "192.0.2.11", "192.0.2.54"
+    for i in range(120):
+        q = query(f"host{i}.example", txid=i)
+        conv.send(answer(q, f"host{i}.example 60 A 192.0.2.{i}"), RESOLVER, CLIENT, 53, 40000 + i)
+        conv.send(q.pack(), other_client, other_resolver, 41000 + i, 53)
+    conv.send(query("seen.example", txid=999).pack(), CLIENT, AUTH, 42000, 53)    # a few: no warning
+    conf = config(tmp_path)
+    replay([str(conv.write(tmp_path / "one-way.pcap"))], conf, progress_to=None)
+    assert cli.main(["status", "--db", conf.db_path, "--json", "--minutes", "100000000"]) == 0
+    one_sided = json.loads(capsys.readouterr().out)["one_sided"]
+    assert [(o["resolver"], o["queries"], o["responses"]) for o in one_sided] == \
+        [(RESOLVER, 0, 120), (other_resolver, 120, 0)]
+    assert cli.main(["status", "--db", conf.db_path, "--minutes", "100000000"]) == 0
+    text = capsys.readouterr().out
+    assert f"WARNING {RESOLVER} (client): 120 responses and no query" in text
+    assert f"WARNING {other_resolver} (client): 120 queries and no response" in text
+    assert AUTH not in text.split("busiest resolvers:")[0]
 
 
 def test_missing_database_is_a_one_line_error(tmp_path, capsys):
