@@ -27,6 +27,7 @@ MAX_IPV6_EXT_HEADERS = 8
 MAX_ENCAP_DEPTH = 3
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
+MDNS_PORT = 5353
 MASK64 = (1 << 64) - 1
 V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
@@ -497,7 +498,6 @@ class _Renderer:
         return " ".join(out)
 
 
-MDNS_PORT = 5353
 LOC_ALTITUDE_ORIGIN = 10_000_000
 """RFC 1876: altitude 0 m is 100 000 m (in cm) on the wire."""
 
