@@ -88,12 +88,13 @@ COUNTER_NAMES = (
 DEF MAX_NAME_WIRE = 255          # a name's wire length, terminator included
 DEF MAX_LABELS = 128             # 255 wire bytes hold at most 127 labels
 DEF NAME_TEXT_CAP = 1024         # 255 bytes, each at most 4 chars ("\\DDD")
+# Protocol constants.
+DEF MDNS_PORT = 5353             # multicast DNS (RFC 6762): its own question-count rules
+DEF TSIG_ERROR_CODES = 24        # TSIG/TKEY error mnemonics run to BADCOOKIE (23)
+DEF LOC_ALTITUDE_ORIGIN = 10000000   # RFC 1876: altitude 0 m is 100 000 m (in cm) on the wire
 # Decode bounds: headers we walk through before giving up on a frame.
 DEF MAX_VLAN_TAGS = 4            # QinQ is two; four covers stacked provider tags
 DEF MAX_IPV6_EXT_HEADERS = 8     # RFC 8200 defines six kinds that may repeat
-DEF MDNS_PORT = 5353
-DEF TSIG_ERROR_CODES = 24        # TSIG/TKEY error mnemonics run to BADCOOKIE (23)
-DEF LOC_ALTITUDE_ORIGIN = 10000000   # RFC 1876: altitude 0 m is 100 000 m (in cm) on the wire
 DEF MAX_ENCAP_DEPTH = 3          # VXLAN/Geneve in Geneve is the deepest seen in practice
 DEF PSL_MAX_LABELS = 8           # longest PSL rule is 4 labels, +1 for wildcards, with margin
 # Suffix flags in the low bits of each PSL table entry (sensor/parse/psl.py FLAG_*).
