@@ -155,6 +155,10 @@ RCODE_NAMES: dict[int, str] = {
     16: "BADVERS", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
     22: "BADTRUNC", 23: "BADCOOKIE",
 }
+MDNS_PORT = 5353
+"""Multicast DNS (RFC 6762): its own question counts and class bits."""
+MDNS_CACHE_FLUSH = 0x8000
+"""The top bit of an mDNS record's class (RFC 6762 section 10.2)."""
 TSIG_ERROR_NAMES: dict[int, str] = {
     **{code: name for code, name in RCODE_NAMES.items() if code <= 10},
     16: "BADSIG", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
@@ -220,7 +224,8 @@ RECORD_FIELDS: tuple[tuple[str, str], ...] = (
     ("min_ttl", "smallest answer TTL, null without answers"),
     ("case_differs", "true when the qname was sent with upper-case letters"),
     ("features", "name features: length, labels, longest_label, entropy, digits, hexchars, uppers, registered_domain, hash"),
-    ("answers", "answer RRs: list of {name, type, type_name, class, ttl, data}"),
+    ("answers", "answer RRs: list of {name, type, type_name, class, ttl, data}; in multicast DNS "
+                "(port 5353) also cache_flush: true where the class carries RFC 6762's cache-flush bit"),
     ("authority", "authority RRs, same shape"),
     ("additional", "additional RRs (OPT excluded, see edns), same shape"),
     ("edns", "null, or {udp_size, version, do, ext_rcode, options, ede_code, ecs_prefix}"),

@@ -205,8 +205,10 @@ def test_notify_with_its_soa_is_not_an_answer_in_a_query(make_parser):
 
 def test_multicast_dns_question_counts_are_not_anomalies(make_parser):
     """mDNS responses carry no question and its queries may carry several (RFC 6762);
-    on port 53 either is an anomaly."""
-    announcement = header(flags=0x8400, qd=0, an=1) + rr(1, b"\xc0\xa8\x01\x07", name=b"\x07printer\x05local\x00")
+    on port 53 either is an anomaly. The top bit of an mDNS record's class is its
+    cache-flush flag; elsewhere it is part of the class."""
+    announcement = header(flags=0x8400, qd=0, an=1) + rr(1, b"\xc0\xa8\x01\x07", name=b"\x07printer\x05local\x00",
+                                                        rclass=0x8001)
     two_questions = header(flags=0, qd=2) + question(b"\x05_ipps\x04_tcp\x05local\x00", 12) \
         + question(b"\x04_ipp\x04_tcp\x05local\x00", 12)
     parser = make_parser(ports=(53, 5353))
@@ -215,8 +217,10 @@ def test_multicast_dns_question_counts_are_not_anomalies(make_parser):
                                                   (two_questions, 40000, 5353), (announcement, 53, 40000),
                                                   (two_questions, 40000, 53)]):
         parser.core.add_message(payload, 0.0, i + 1, 4, loopback, loopback, sport, dport, 17)
-    anomalies = [r["anomalies"] for r in parser.take().records()]
-    assert anomalies == [[], [], [], ["qdcount_not_one"], ["qdcount_not_one"]]
+    records = list(parser.take().records())
+    assert [r["anomalies"] for r in records] == [[], [], [], ["qdcount_not_one"], ["qdcount_not_one"]]
+    assert records[0]["answers"][0]["class"] == "IN" and records[0]["answers"][0]["cache_flush"] is True
+    assert records[3]["answers"][0]["class"] == "CLASS32769" and "cache_flush" not in records[3]["answers"][0]
 
 
 def test_unknown_type_in_rfc3597_form(make_parser):

@@ -117,13 +117,18 @@ class Batch:
         ipv = int(m["ip_version"])
         flags = int(m["flags"])
         rrs = self.rr_dicts(i)
+        mdns = schema.MDNS_PORT in (int(m["sport"]), int(m["dport"]))
         sections: dict[str, list] = {"answers": [], "authority": [], "additional": []}
         edns = None
         for rr in rrs:
             section = schema.SECTION_NAMES[rr.pop("section")]
             if rr["type"] == 41 and section == "additional" and edns is None:
                 continue
-            rr["class"] = schema.class_name(rr["class"]) if rr["type"] != 41 else rr["class"]
+            if rr["type"] != 41:
+                if mdns and rr["class"] & schema.MDNS_CACHE_FLUSH:
+                    rr["cache_flush"] = True
+                    rr["class"] &= ~schema.MDNS_CACHE_FLUSH
+                rr["class"] = schema.class_name(rr["class"])
             sections[section].append(rr)
         if m["edns"]:
             opt = next(r for r in rrs if r["type"] == 41)

@@ -27,7 +27,6 @@ MAX_IPV6_EXT_HEADERS = 8
 MAX_ENCAP_DEPTH = 3
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
-MDNS_PORT = 5353
 MASK64 = (1 << 64) - 1
 V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
@@ -910,7 +909,7 @@ class TwinCore:
             row["anomalies"] |= _bit("invalid_opcode")
         # Multicast DNS responses carry no question and its queries may carry several
         # (RFC 6762 sections 5.3 and 6); anywhere else one question is the norm (RFC 9619).
-        if row["qdcount"] != 1 and MDNS_PORT not in (sport, dport):
+        if row["qdcount"] != 1 and schema.MDNS_PORT not in (sport, dport):
             row["anomalies"] |= _bit("qdcount_not_one")
         # Only a standard query: an UPDATE's prerequisites, a NOTIFY's SOA and an
         # inverse query's record all sit in the answer section of the request.
