@@ -832,7 +832,6 @@ cdef class Core:
 
     def __init__(self, port_map, psl_table, dict type_names, dict tsig_error_names, int max_questions,
                  int max_records, int max_pointer_hops, int capacity=4096):
-        cdef int code
         self.port_map = np.ascontiguousarray(port_map, dtype=np.uint8)
         if self.port_map.shape[0] != 65536:
             raise ValueError("port_map must have 65536 entries")
@@ -844,25 +843,24 @@ cdef class Core:
         self.max_records = max_records
         self.max_pointer_hops = max_pointer_hops
         self._keep = []
-        for code in range(300):
-            self.type_mnemonic[code] = NULL
-            self.type_mnemonic_len[code] = 0
-        for code, mnemonic in type_names.items():
-            if 0 <= code < 300:
-                raw = mnemonic.encode()
-                self._keep.append(raw)
-                self.type_mnemonic[code] = raw
-                self.type_mnemonic_len[code] = len(raw)
-        for code in range(TSIG_ERROR_CODES):
-            self.tsig_error_mnemonic[code] = NULL
-            self.tsig_error_mnemonic_len[code] = 0
-        for code, mnemonic in tsig_error_names.items():
-            if 0 <= code < TSIG_ERROR_CODES:
-                raw = mnemonic.encode()
-                self._keep.append(raw)
-                self.tsig_error_mnemonic[code] = raw
-                self.tsig_error_mnemonic_len[code] = len(raw)
+        self.fill_mnemonics(self.type_mnemonic, self.type_mnemonic_len, 300, type_names)
+        self.fill_mnemonics(self.tsig_error_mnemonic, self.tsig_error_mnemonic_len, TSIG_ERROR_CODES,
+                            tsig_error_names)
         self.begin(capacity)
+
+    cdef int fill_mnemonics(self, const char **texts, uint8_t *lengths, int size, dict names) except -1:
+        """texts[code] for each code below size that names has (kept alive in _keep), NULL else."""
+        cdef int code
+        for code in range(size):
+            texts[code] = NULL
+            lengths[code] = 0
+        for code, mnemonic in names.items():
+            if 0 <= code < size:
+                raw = mnemonic.encode()
+                self._keep.append(raw)
+                texts[code] = raw
+                lengths[code] = len(raw)
+        return 0
 
     def begin(self, size_t capacity=4096):
         """Start a new, empty batch with room for `capacity` messages."""

@@ -16,10 +16,10 @@ FORMATS = ("table", "csv", "json")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_CELL = 80
+"""Table cells are cut to this width (csv and json carry everything)."""
 ONE_SIDED_MIN_MESSAGES = 100
 """Messages one way with none the other, per resolver and leg over the status window, before
 status says so: a few unanswered queries are ordinary, a hundred with no answer at all are not."""
-"""Table cells are cut to this width (csv and json carry everything)."""
 
 
 def parse_duration(text: str) -> float:

@@ -160,9 +160,7 @@ MDNS_PORT = 5353
 MDNS_CACHE_FLUSH = 0x8000
 """The top bit of an mDNS record's class (RFC 6762 section 10.2)."""
 TSIG_ERROR_NAMES: dict[int, str] = {
-    **{code: name for code, name in RCODE_NAMES.items() if code <= 10},
-    16: "BADSIG", 17: "BADKEY", 18: "BADTIME", 19: "BADMODE", 20: "BADNAME", 21: "BADALG",
-    22: "BADTRUNC", 23: "BADCOOKIE",
+    **{code: name for code, name in RCODE_NAMES.items() if code <= 10 or code >= 17}, 16: "BADSIG",
 }
 """The error field of TSIG and TKEY rdata (RFC 8945, 2930): 16 is BADSIG there, not BADVERS."""
 FLAG_BITS: tuple[tuple[str, int], ...] = (
