@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -287,20 +288,10 @@ def test_full_database_keeps_the_backlog_until_it_can_write(tmp_path):
     store = Store(conf.db_path)
     rule = anomaly_burst.load(conf.rules_dir)
     writer = Writer(conf, store, rule)
-    acc = Accumulator(conf.limits, rule.mask, rule.window_s)
-    parser, tracker = Parser(), Tracker()
-    many = Conversation()
-    for i in range(500):      # enough rows that the tables must grow
-        many.exchange(CLIENT, RESOLVER, f"host{i}.example.org", f"host{i}.example.org 60 A 192.0.2.{i % 250}",
-                      txid=i, sport=20000 + i)
-    for path in (many.write(tmp_path / "many.pcap"), _malformed_capture(tmp_path, 40)):
-        for fb in read_frames(str(path), 1000):
-            parser.feed(fb)
-            batch = parser.take()
-            acc.add(batch, tracker.process(batch.messages))
+    agg = _burst_aggregate(conf, rule, [_many_answers(tmp_path), _malformed_capture(tmp_path, 40)])
     pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
     store.conn.execute(f"PRAGMA max_page_count = {pages}")      # SQLITE_FULL from here on
-    writer.apply(acc.take())
+    writer.apply(agg)
     assert writer.flush() == 0
     assert writer.counters["store_errors"] == 1
     assert db_rows(conf.db_path, "SELECT count(*) FROM verdicts")[0][0] == 0
@@ -308,6 +299,86 @@ def test_full_database_keeps_the_backlog_until_it_can_write(tmp_path):
     assert writer.flush(final=True) == 1                      # the verdict was kept, not lost
     assert db_rows(conf.db_path, "SELECT count(*) FROM pdns")[0][0] == 500
     assert db_rows(conf.db_path, "SELECT sum(queries) FROM stats")[0][0] == 500 + 40
+    store.close()
+
+
+def _store_and_writer_with_syslog(tmp_path, receiver):
+    from sensor.config import SyslogTarget
+    from sensor.sinks.syslog import SyslogSender
+
+    conf = config(tmp_path)
+    store = Store(conf.db_path)
+    rule = anomaly_burst.load(conf.rules_dir)
+    sender = SyslogSender(SyslogTarget("127.0.0.1", receiver.port, "tcp", "json"), str(tmp_path / "spool"), "s1")
+    return conf, store, Writer(conf, store, rule, [sender]), sender, rule
+
+
+def _many_answers(tmp_path) -> Path:
+    many = Conversation()
+    for i in range(500):      # enough rows that the tables must grow
+        many.exchange(CLIENT, RESOLVER, f"host{i}.example.org", f"host{i}.example.org 60 A 192.0.2.{i % 250}",
+                      txid=i, sport=20000 + i)
+    return many.write(tmp_path / "many.pcap")
+
+
+def _burst_aggregate(conf, rule, captures):
+    acc = Accumulator(conf.limits, rule.mask, rule.window_s)
+    parser, tracker = Parser(), Tracker()
+    for path in captures:
+        for fb in read_frames(str(path), 1000):
+            parser.feed(fb)
+            batch = parser.take()
+            acc.add(batch, tracker.process(batch.messages))
+    return acc.take()
+
+
+def test_verdicts_reach_syslog_while_the_store_refuses_them_and_only_once(tmp_path, capsys):
+    from realparts import Rsyslog
+
+    receiver = Rsyslog(tmp_path / "rsyslog").start()
+    try:
+        conf, store, writer, sender, rule = _store_and_writer_with_syslog(tmp_path, receiver)
+        pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+        store.conn.execute(f"PRAGMA max_page_count = {pages}")      # SQLITE_FULL from here on
+        writer.apply(_burst_aggregate(conf, rule, [_many_answers(tmp_path), _malformed_capture(tmp_path, 40)]))
+        assert writer.flush() == 0 and writer.store_error is not None
+        writer.apply(_burst_aggregate(conf, rule, [_malformed_capture(tmp_path, 3)]))
+        assert writer.flush() == 0                          # still full: not sent a second time
+        assert writer.counters["store_errors"] == 2 and writer.counters["verdicts_sent_unstored"] == 1
+        err = capsys.readouterr().err
+        assert err.count("database or disk is full") == 1   # said once, not at every flush
+        lines = receiver.wait_for(lambda ls: len(ls) >= 1)
+        assert json.loads(lines[0].split("] ", 1)[1])["client"] == CLIENT
+        assert 'id="' not in lines[0]                       # no row id yet
+        store.conn.execute("PRAGMA max_page_count = 1073741823")
+        assert writer.flush(final=True) == 1                # stored now, with every message
+        assert "writing again after 2 failed write(s)" in capsys.readouterr().err
+        assert db_rows(conf.db_path, "SELECT count FROM verdicts")[0][0] == 43
+        sender.close(10)
+        time.sleep(0.5)
+        assert len(receiver.lines()) == 1                   # and syslog did not hear of it twice
+        assert writer.store_error is None and writer.unstored == [] and not writer.sent_unstored
+    finally:
+        receiver.stop()
+    store.close()
+
+
+def test_a_final_write_that_fails_prints_its_verdicts(tmp_path, capsys):
+    conf = config(tmp_path)
+    store = Store(conf.db_path)
+    rule = anomaly_burst.load(conf.rules_dir)
+    writer = Writer(conf, store, rule)
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")
+    writer.apply(_burst_aggregate(conf, rule, [_many_answers(tmp_path), _malformed_capture(tmp_path, 40)]))
+    assert writer.flush(final=True) == 0
+    (v,) = writer.unstored
+    assert v["client"] == CLIENT and v["count"] == 40
+    err = capsys.readouterr().err
+    assert "nothing more will be written" in err
+    printed = [json.loads(line.split(": ", 2)[2]) for line in err.splitlines()
+               if line.startswith("dnssensor: verdict not stored: ")]
+    assert [(p["kind"], p["client"], p["count"]) for p in printed] == [("anomaly", CLIENT, 40)]
     store.close()
 
 

@@ -12,11 +12,16 @@ live handle can have, and root system tests on a veth pair between two namespace
 - A process of another user connects to the writer and ships a forged aggregate: it is
   refused, said on stderr with its pid and uid, and counted as a drop stage; the
   workers' own shipments go on.
+- The database's filesystem (a small tmpfs) fills up under a running sensor: the verdict
+  of an attack seen meanwhile reaches a real rsyslog at once, the store catches up once
+  there is room, and syslog hears of the verdict once. A replay whose last write fails
+  exits non-zero and prints its verdicts; one whose database cannot even open says why.
 
 Only the two namespaces made here are addressed; the sender is bounded in count.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -38,6 +43,15 @@ import socket, sys, time, dnslib
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(int(sys.argv[1])):
     s.sendto(dnslib.DNSRecord.question(f"q{i}.{sys.argv[2]}.test").pack(), (sys.argv[3], 53))
+    time.sleep(0.002)
+"""
+
+MALFORMED = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[1])):
+    # a question name that points at itself: bad_pointer
+    s.sendto(bytes([0, i & 255, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1]), (sys.argv[2], 53))
     time.sleep(0.002)
 """
 
@@ -105,11 +119,14 @@ def pair():
 class Sensor:
     """`dnssensor run` in the sensor namespace on one interface, one worker, no rules."""
 
-    def __init__(self, top: Topology, ns: str, folder, interface: str) -> None:
-        self.db = folder / "sensor.db"
+    def __init__(self, top: Topology, ns: str, folder, interface: str, db=None, rules: tuple[str, ...] = (),
+                 extra: str = "") -> None:
+        self.db = db or folder / "sensor.db"
         self.log_path = folder / "sensor.log"
         self.worker_name = f"{interface}/0"
         (folder / "rules").mkdir()
+        for name in rules:
+            (folder / "rules" / name).write_text((REPO / "rules" / name).read_text())
         conf = folder / "sensor.toml"
         conf.write_text(f"""
 [sensor]
@@ -128,7 +145,7 @@ path = "{self.db}"
 flush_interval_s = 0.3
 [rules]
 dir = "{folder / "rules"}"
-""")
+{extra}""")
         self.proc = top.spawn(ns, [sys.executable, "-m", "sensor", "run", "--config", str(conf)],
                               cwd=REPO, stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
 
@@ -230,3 +247,95 @@ def test_a_stranger_shipping_to_the_writer_is_refused_and_reported(pair, tmp_pat
     text = sensor.stop()
     assert f"writer refused 1 connection(s), the latest from pid {stranger_pid} running as uid 65534" in text
     assert "died" not in text
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs: a real filesystem that a test can fill to the last byte."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk) -> None:
+    """Write a file until the filesystem has no byte left."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 1):
+            while True:
+                try:
+                    os.write(fd, bytes(size))
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_delays_the_store_but_not_the_siem(pair, small_disk, tmp_path):
+    """The database's filesystem fills up under a running sensor: the verdict of an attack
+    seen meanwhile reaches syslog at once, the sensor says once that the store is full and
+    keeps what it could not write; once there is room again the database gets the verdict
+    (without syslog hearing of it twice) and the counters of the whole outage."""
+    from realparts import Rsyslog
+
+    top, c, s = pair
+    receiver = Rsyslog(tmp_path / "rsyslog", netns=s).start()
+    try:
+        sensor = Sensor(top, s, tmp_path, "vi1", db=small_disk / "sensor.db", rules=("anomaly_burst.toml",),
+                        extra=f'[[syslog]]\nhost = "127.0.0.1"\nport = {receiver.port}\nprotocol = "tcp"\n'
+                              'format = "json"\n').running()
+        send(top, c, 30, "before")
+        sensor.expect_queries(30)
+        fill(small_disk)
+        out = top.run(c, [sys.executable, "-c", MALFORMED, "40", SENSOR], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        lines = receiver.wait_for(lambda ls: any('"anomaly"' in line for line in ls), 30)
+        assert any(f'"client": "{CLIENT}"' in line for line in lines), (lines, sensor.log())
+        assert wait_until(lambda: "database or disk is full" in sensor.log(), 10), sensor.log()
+        assert rows(sensor.db, "SELECT count(*) FROM verdicts") == [(0,)]
+        assert sensor.queries() == 30                  # nothing of the outage is stored yet
+
+        (small_disk / "filler").unlink()
+        assert wait_until(lambda: rows(sensor.db, "SELECT count(*) FROM verdicts") == [(1,)], 20), sensor.log()
+        sensor.expect_queries(70)
+        (client, count), = rows(sensor.db, "SELECT client, count FROM verdicts")
+        assert (client, count) == (CLIENT, 40)
+        text = sensor.stop()
+        assert text.count("database or disk is full") == 1 and "writing again after" in text, text
+        time.sleep(0.5)
+        assert sum('"anomaly"' in line for line in receiver.lines()) == 1
+    finally:
+        receiver.stop()
+
+
+def test_a_replay_onto_a_full_disk_fails_and_prints_its_verdicts(small_disk):
+    """Nothing will retry a replay's last write: it must fail loudly, with its verdicts."""
+    from sensor.store import Store
+
+    held = Store(str(small_disk / "sensor.db"))       # in use, so its journal files stay
+    fill(small_disk)
+    out = subprocess.run([sys.executable, "-m", "sensor", "replay", "--db", str(small_disk / "sensor.db"),
+                          str(REPO / "tests" / "data" / "demo-office-resolver.pcap")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    held.close()
+    assert out.returncode == 2, out.stderr
+    unstored = [json.loads(line.split(": ", 2)[2]) for line in out.stderr.splitlines()
+                if line.startswith("dnssensor: verdict not stored: ")]
+    assert sorted(v["kind"] for v in unstored) == ["anomaly", "cache_poisoning"], out.stderr
+    assert f"{small_disk / 'sensor.db'}: database or disk is full: the last write failed, so 2 verdict(s)" \
+        in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_database_that_cannot_open_on_a_full_disk_says_why(small_disk):
+    fill(small_disk)
+    out = subprocess.run([sys.executable, "-m", "sensor", "replay", "--db", str(small_disk / "new.db"),
+                          str(REPO / "tests" / "data" / "demo-office-resolver.pcap")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().endswith(f"(no space left on {small_disk})"), out.stderr

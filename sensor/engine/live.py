@@ -206,6 +206,9 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
     for s in senders:
         s.close()
     store.close()
+    if writer.store_error is not None:
+        # The last write failed (its verdicts are on stderr): the stop was not clean.
+        sys.exit(1)
 
 
 # ----------------------------------------------------------------- supervisor

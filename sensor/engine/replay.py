@@ -13,7 +13,7 @@ from sensor.engine.pipeline import Pipeline, merged_frames
 from sensor.engine.writer import REPLAY_SERIES_EVERY_S, Writer
 from sensor.rules import load_rules_dir
 from sensor.sinks.syslog import SyslogSender
-from sensor.store import Store
+from sensor.store import Store, StoreError
 
 PCAP_RECORD_HEADER = 16
 
@@ -27,6 +27,7 @@ class ReplayResult:
     seconds: float = 0.0
     tracking: dict[str, int] = field(default_factory=dict)
     syslog: dict[str, dict[str, int]] = field(default_factory=dict)
+    store_errors: int = 0
 
 
 class Progress:
@@ -95,4 +96,12 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     result.messages = pipeline.messages
     result.tracking = dict(pipeline.tracker.totals)
     result.syslog = {s.target.label: dict(s.counters) for s in senders}
+    result.store_errors = writer.counters["store_errors"]
+    if writer.store_error is not None:
+        # The replay's last write failed: what it held exists nowhere else.
+        sent = sum(c.get("sent", 0) for c in result.syslog.values())
+        raise StoreError(f"{config.db_path}: {writer.store_error}: the last write failed, so "
+                         f"{len(writer.unstored)} verdict(s) (printed above) and this replay's latest "
+                         f"counters and passive-DNS rows are not in the database"
+                         + (f"; syslog was sent {sent} verdict(s)" if senders else ""))
     return result

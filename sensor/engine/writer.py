@@ -4,7 +4,9 @@ It holds the minutes still open (a late batch adds to them instead of
 overwriting), the malformed-traffic windows that may still become verdicts,
 and a backlog when the database refuses a write (full disk): nothing is
 dropped until the backlog's own bounds are reached, and the next flush
-retries. Verdicts reach syslog only once they are committed.
+retries. Verdicts reach syslog once they are committed, or at once while the
+store refuses them (the SIEM should not go blind because the local disk is
+full); those the store cannot take by the final flush are printed to stderr.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from sensor.rules import Rule
 from sensor.engine.aggregate import (Aggregate, merge_malformed, merge_sensor_row, merge_stats_row,
                                      new_sensor_row, new_stats_row)
 from sensor.sinks.syslog import SyslogSender
-from sensor.store import Store
+from sensor.store import Store, verdict_key
 from sensor.track import isin_keys
 
 SERIES_EVERY_S = 60
@@ -39,6 +41,13 @@ OPEN_MINUTES_GRACE_S = 180
 """Minutes (stats) and windows (verdicts) stay in memory this long after the newest data,
 for batches that arrive late from a busy worker."""
 SENSOR_RESOLVER, SENSOR_LEG = "*", "sensor"
+STORE_ERROR_REPORT_EVERY_S = 60.0
+"""While the store keeps refusing writes, its error is printed again this often (not
+at every flush)."""
+MAX_SENT_UNSTORED = 100_000
+"""Verdicts sent to syslog while the store refused them, remembered by entity and window
+so that the write that finally stores one does not send it again; past this the oldest
+are forgotten (and could be sent twice, never lost)."""
 
 
 class Writer:
@@ -64,6 +73,15 @@ class Writer:
         """Earliest minute of data this writer has seen: a replay judges its series from there."""
         self.counters = Counter()
         self._sink_dropped: dict[str, int] = {}
+        self.store_error: str | None = None
+        """The store's error while it refuses writes; None once a write lands."""
+        self.store_failures = 0
+        """Failed writes in a row."""
+        self._store_error_printed = 0.0
+        self.sent_unstored: dict[tuple, None] = {}
+        """Keys of verdicts syslog has had while their rows could not be written (oldest first)."""
+        self.unstored: list[dict[str, Any]] = []
+        """Verdicts the final flush could not store (printed to stderr)."""
 
     def apply(self, agg: Aggregate) -> None:
         self.backlog.merge(agg, self.config.limits)
@@ -103,9 +121,8 @@ class Writer:
                 for worker, row in agg.workers.items():
                     self.store.put_worker(conn, {"worker": worker, **row})
         except sqlite3.Error as e:
-            self.counters["store_errors"] += 1
-            print(f"dnssensor: store: {e}; keeping {len(agg.pdns)} pdns rows and "
-                  f"{len(verdicts)} verdicts for the next flush", file=sys.stderr)
+            self._store_failed(e, f"keeping {len(agg.pdns)} pdns rows and {len(verdicts)} verdicts "
+                                  "for the next flush", verdicts, final)
             # Undo the merge: the backlog is merged again next time. Open minutes
             # are re-read from the store, windows restored as they were.
             for key in touched:
@@ -121,8 +138,9 @@ class Writer:
                 else:
                     self.rule_windows[name] = before
             return 0
+        self._store_recovered()
         self.backlog = Aggregate()
-        self._send(created)
+        self._send(self._not_yet_sent(created, verdicts))
         self.counters["verdicts_created"] += len(created)
         self._close_old(final)
         return len(created) + self._series_verdicts(final)
@@ -165,11 +183,11 @@ class Writer:
                 with self.store.transaction() as conn:
                     created = self.store.put_verdicts(conn, found)
         except sqlite3.Error as e:
-            self.counters["store_errors"] += 1
-            print(f"dnssensor: store: {e}; series verdicts retried next minute", file=sys.stderr)
+            self._store_failed(e, "series verdicts retried at the next flush", found, final)
             self.series_evaluated = steps[0] - every
             return 0
-        self._send(created)
+        self._store_recovered()
+        self._send(self._not_yet_sent(created, found))
         return len(created)
 
     def _send(self, created: list[dict[str, Any]]) -> None:
@@ -177,6 +195,62 @@ class Writer:
         for v in created:
             for s in self.senders:
                 s.submit(v)
+
+    def _store_failed(self, error: sqlite3.Error, kept: str, verdicts: list[dict[str, Any]],
+                      final: bool) -> None:
+        """A write the store refused: say so (not at every flush), tell syslog of the new
+        verdicts at once, and at the final flush print those that will never be stored."""
+        self.counters["store_errors"] += 1
+        self.store_failures += 1
+        now = time.monotonic()
+        if self.store_error is None or final or now - self._store_error_printed >= STORE_ERROR_REPORT_EVERY_S:
+            print(f"dnssensor: store: {error}; " + (kept if not final else "nothing more will be written")
+                  + (f" ({self.store_failures} failed writes in a row)" if self.store_failures > 1 else ""),
+                  file=sys.stderr, flush=True)
+            self._store_error_printed = now
+        self.store_error = str(error)
+        self._send_unstored(verdicts)
+        if final:
+            latest = list({verdict_key(v): v for v in verdicts}.values())
+            for v in latest:
+                print("dnssensor: verdict not stored: " + json.dumps(v, sort_keys=True, default=str),
+                      file=sys.stderr, flush=True)
+            self.unstored += latest
+
+    def _store_recovered(self) -> None:
+        if self.store_error is not None:
+            print(f"dnssensor: store: writing again after {self.store_failures} failed write(s)",
+                  file=sys.stderr, flush=True)
+        self.store_error, self.store_failures = None, 0
+
+    def _send_unstored(self, verdicts: list[dict[str, Any]]) -> None:
+        """The verdicts a refused write held that syslog has not had and the store has
+        no row for (it can still be read when full): sent now, each entity and window once."""
+        if not self.senders:
+            return
+        latest = {verdict_key(v): v for v in verdicts}
+        fresh = [k for k in latest if k not in self.sent_unstored]
+        try:
+            stored = self.store.stored_verdicts(fresh)
+        except sqlite3.Error:
+            stored = set()               # cannot tell: a repeat beats a loss
+        out = [k for k in fresh if k not in stored]
+        for k in out:
+            self.sent_unstored[k] = None
+        while len(self.sent_unstored) > MAX_SENT_UNSTORED:
+            del self.sent_unstored[next(iter(self.sent_unstored))]
+        self.counters["verdicts_sent_unstored"] += len(out)
+        self._send([latest[k] for k in out])
+
+    def _not_yet_sent(self, created: list[dict[str, Any]],
+                      written: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Of the verdicts a write created, those syslog did not get while the store was down."""
+        if not self.sent_unstored:
+            return created
+        out = [v for v in created if verdict_key(v) not in self.sent_unstored]
+        for v in written:
+            self.sent_unstored.pop(verdict_key(v), None)
+        return out
 
     def _count_sink_losses(self, agg: Aggregate) -> None:
         """Verdicts the syslog spools had to drop, and failed store writes, are stage drops too."""
@@ -282,7 +356,13 @@ class Writer:
     def enforce_retention(self, now: float | None = None) -> dict[str, int]:
         """Retention against the data's clock (a replayed week-old capture keeps its rows)."""
         now = now if now is not None else max(self.latest, 0.0) or time.time()
-        return self.store.enforce_retention(now, self.config.retention_days)
+        try:
+            return self.store.enforce_retention(now, self.config.retention_days)
+        except sqlite3.Error as e:
+            # Deleting needs room in the journal too; a full disk is retried at the next pass.
+            self.counters["store_errors"] += 1
+            print(f"dnssensor: store: retention: {e}; retried at the next pass", file=sys.stderr, flush=True)
+            return {}
 
 
 def _copy_stats(row: dict[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,7 @@ class Store:
             self.db = sqlite_utils.Database(self.conn)
             MIGRATIONS.apply(self.db)
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{path}: {e}") from None
+            raise StoreError(f"{path}: {e}{_full_disk_hint(parent)}") from None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -93,7 +93,10 @@ class Store:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite may already have rolled back itself (a full disk does that), and
+            # a second ROLLBACK would replace the real error with "no transaction".
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
 
@@ -170,6 +173,13 @@ class Store:
         latest = {tuple(v[k] for k in VERDICTS.key): v for v in verdicts}
         return [{**v, "id": new_ids[key]} for key, v in latest.items() if key in new_ids]
 
+    def stored_verdicts(self, keys: Iterable[tuple]) -> set[tuple]:
+        """Which of these verdict keys (VERDICTS.key values, as verdict_key() gives
+        them) have a row already; a read, so it works on a full disk too."""
+        match = " AND ".join(f"{k} IS ?" for k in VERDICTS.key)
+        return {key for key in keys
+                if self.conn.execute(f"SELECT 1 FROM verdicts WHERE {match} LIMIT 1", key).fetchone()}
+
     def put_worker(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
         names = WORKERS.column_names()
         conn.execute(f"INSERT OR REPLACE INTO workers ({', '.join(names)}) VALUES "
@@ -207,6 +217,21 @@ def _adding_upsert(table: Any) -> str:
     return (f"INSERT INTO {table.name} VALUES ({', '.join('?' * len(table.columns))}) "
             f"ON CONFLICT({', '.join(table.key)}) DO UPDATE SET "
             + ", ".join(f"{c} = {c} + excluded.{c}" for c in counters))
+
+
+def _full_disk_hint(folder: str) -> str:
+    """SQLite says "disk I/O error" when it cannot make its journal files on a full disk."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ""
+    full = st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)     # some report no inode count
+    return f" (no space left on {folder})" if full else ""
+
+
+def verdict_key(verdict: dict[str, Any]) -> tuple:
+    """The values that identify a verdict's row: its entity and window."""
+    return tuple(_sql_value(verdict.get(k)) for k in VERDICTS.key)
 
 
 def _sql_value(v: Any) -> Any:
