@@ -90,6 +90,11 @@ DEF MAX_LABELS = 128             # 255 wire bytes hold at most 127 labels
 DEF NAME_TEXT_CAP = 1024         # 255 bytes, each at most 4 chars ("\\DDD")
 # Protocol constants.
 DEF MDNS_PORT = 5353             # multicast DNS (RFC 6762): its own question-count rules
+DEF OPCODE_IQUERY = 1
+DEF OPCODE_DSO = 6
+DEF RCODE_FORMERR = 1
+DEF RCODE_NOTIMP = 4
+DEF EDNS_OPTION_COOKIE = 2       # schema.EDNS_OPTION_BITS
 DEF TSIG_ERROR_CODES = 24        # TSIG/TKEY error mnemonics run to BADCOOKIE (23)
 DEF LOC_ALTITUDE_ORIGIN = 10000000   # RFC 1876: altitude 0 m is 100 000 m (in cm) on the wire
 # Decode bounds: headers we walk through before giving up on a frame.
@@ -781,6 +786,17 @@ cdef int ar_put_eui(Arena *a, const uint8_t *p, size_t n) except -1:
 # ---------------------------------------------------------------- core
 
 @cython.final
+cdef inline bint question_count_allowed(const MessageRow *row) noexcept nogil:
+    """As the twin's question_count_allowed (read there why), once the OPT is read."""
+    if row.sport == MDNS_PORT or row.dport == MDNS_PORT:
+        return 1
+    if row.qdcount > 1:
+        return 0
+    return (row.opcode == OPCODE_IQUERY or row.opcode == OPCODE_DSO
+            or (row.qr == 1 and (row.rcode == RCODE_FORMERR or row.rcode == RCODE_NOTIMP))
+            or (row.edns_options & EDNS_OPTION_COOKIE) != 0)
+
+
 cdef class Core:
     """A batch under construction; see the module docstring."""
     cdef readonly object messages_array
@@ -1871,10 +1887,6 @@ cdef class Core:
             flag(&row.anomalies, AN_Z_BIT_SET)
         if row.opcode == 3 or row.opcode > 6:
             flag(&row.anomalies, AN_INVALID_OPCODE)
-        # Multicast DNS responses carry no question and its queries may carry several
-        # (RFC 6762 sections 5.3 and 6); anywhere else one question is the norm (RFC 9619).
-        if row.qdcount != 1 and row.sport != MDNS_PORT and row.dport != MDNS_PORT:
-            flag(&row.anomalies, AN_QDCOUNT_NOT_ONE)
         # Only a standard query: an UPDATE's prerequisites, a NOTIFY's SOA and an
         # inverse query's record all sit in the answer section of the request.
         if row.qr == 0 and row.opcode == 0 and row.ancount > 0:
@@ -2009,6 +2021,8 @@ cdef class Core:
                 c.short = 0
         if not stop and c.pos < n:
             flag(&row.anomalies, AN_TRAILING_BYTES)
+        if row.qdcount != 1 and not question_count_allowed(row):
+            flag(&row.anomalies, AN_QDCOUNT_NOT_ONE)
         row.rr_count = <uint32_t>(self.nrr - row.rr_start)
         return 0
 

@@ -105,7 +105,9 @@ ANOMALIES: tuple[tuple[str, str], ...] = (
     ("trailing_bytes", "bytes after the last record the header announced"),
     ("too_many_records", "more records than the per-message limit; the rest were skipped"),
     ("header_too_short", "fewer than 12 bytes: no complete DNS header"),
-    ("qdcount_not_one", "the question count is not 1 (multicast DNS, port 5353, excepted)"),
+    ("qdcount_not_one", "the question count is not 1 where one belongs (none is right in an inverse query, "
+                        "a DSO message, a server-cookie query and its answer, and may be in a FORMERR or "
+                        "NOTIMP response; multicast DNS, port 5353, has its own rules)"),
     ("invalid_opcode", "an opcode with no assigned meaning"),
     ("z_bit_set", "the reserved Z header bit is set"),
     ("edns_bad_option", "an EDNS option that runs past its OPT record or is malformed"),

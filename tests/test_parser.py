@@ -223,6 +223,29 @@ def test_multicast_dns_question_counts_are_not_anomalies(make_parser):
     assert records[3]["answers"][0]["class"] == "CLASS32769" and "cache_flush" not in records[3]["answers"][0]
 
 
+def test_messages_where_no_question_belongs_are_not_anomalies(make_parser):
+    """RFC 9619: one question, except where none belongs. A question-less standard query
+    or plain answer is still an anomaly, and so are two questions anywhere off mDNS."""
+    opt = b"\0\0\x29\x10\0\0\0\0\0"
+    cookie_opt = opt + b"\0\x0c" + struct.pack("!HH", 10, 8) + b"\x01" * 8     # client cookie only
+    cases = [
+        ("server cookie query (RFC 7873 5.4)", header(qd=0, ar=1) + cookie_opt, []),
+        ("its answer", header(flags=0x8180, qd=0, ar=1) + cookie_opt, []),
+        ("inverse query (RFC 1035 6.4)", header(flags=0x0800, qd=0, an=1) + rr(1, b"\xc0\x00\x02\x01", name=b"\0"),
+         []),
+        ("DSO keepalive (RFC 8490)", header(flags=0x3000, qd=0), []),
+        ("FORMERR without the question", header(flags=0x8181, qd=0), []),
+        ("NOTIMP without the question", header(flags=0x8184, qd=0), []),
+        ("query without a question", header(qd=0), ["qdcount_not_one"]),
+        ("EDNS query without cookie or question", header(qd=0, ar=1) + opt + b"\0\0", ["qdcount_not_one"]),
+        ("NOERROR answer without the question", header(flags=0x8180, qd=0), ["qdcount_not_one"]),
+        ("FORMERR with two questions", header(flags=0x8181, qd=2) + question() + question(), ["qdcount_not_one"]),
+    ]
+    for what, payload, expected in cases:
+        _, r = one(make_parser, payload)
+        assert r["anomalies"] == expected, (what, r["anomalies"])
+
+
 def test_unknown_type_in_rfc3597_form(make_parser):
     msg = header(flags=0x8180, an=1) + question() + rr(65534, b"\x01\xab")
     _, r = one(make_parser, msg)

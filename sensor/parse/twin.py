@@ -27,6 +27,9 @@ MAX_IPV6_EXT_HEADERS = 8
 MAX_ENCAP_DEPTH = 3
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
+OPCODE_IQUERY, OPCODE_DSO = 1, 6
+RCODE_FORMERR, RCODE_NOTIMP = 1, 4
+EDNS_OPTION_COOKIE = dict(schema.EDNS_OPTION_BITS)["cookie"]
 MASK64 = (1 << 64) - 1
 V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 
@@ -808,6 +811,21 @@ def decode_l4(d: Decoded, pkt: bytes, p: int, end: int, proto: int, ports: froze
 
 # ---------------------------------------------------------------- core
 
+def question_count_allowed(row: dict, sport: int, dport: int) -> bool:
+    """Whether a message may carry other than one question (after its OPT is read).
+    One question is the norm (RFC 9619); none belongs in an inverse query (RFC 1035
+    6.4) or a DSO message (RFC 8490), in a query for a server cookie and its answer
+    (RFC 7873 5.4), and may be left out of a FORMERR or NOTIMP response. Multicast DNS
+    responses carry no question and its queries may carry several (RFC 6762 5.3, 6)."""
+    if schema.MDNS_PORT in (sport, dport):
+        return True
+    if row["qdcount"] > 1:
+        return False
+    return (row["opcode"] in (OPCODE_IQUERY, OPCODE_DSO)
+            or (row["qr"] == 1 and row["rcode"] in (RCODE_FORMERR, RCODE_NOTIMP))
+            or bool(row["edns_options"] & EDNS_OPTION_COOKIE))
+
+
 class TwinCore:
     """Same interface and output as sensor._core.Core, in plain Python."""
 
@@ -907,10 +925,6 @@ class TwinCore:
             row["anomalies"] |= _bit("z_bit_set")
         if row["opcode"] == 3 or row["opcode"] > 6:
             row["anomalies"] |= _bit("invalid_opcode")
-        # Multicast DNS responses carry no question and its queries may carry several
-        # (RFC 6762 sections 5.3 and 6); anywhere else one question is the norm (RFC 9619).
-        if row["qdcount"] != 1 and schema.MDNS_PORT not in (sport, dport):
-            row["anomalies"] |= _bit("qdcount_not_one")
         # Only a standard query: an UPDATE's prerequisites, a NOTIFY's SOA and an
         # inverse query's record all sit in the answer section of the request.
         if row["qr"] == 0 and row["opcode"] == 0 and row["ancount"] > 0:
@@ -994,6 +1008,8 @@ class TwinCore:
                 c.short = False
         if not stop and c.pos < n:
             row["anomalies"] |= _bit("trailing_bytes")
+        if row["qdcount"] != 1 and not question_count_allowed(row, sport, dport):
+            row["anomalies"] |= _bit("qdcount_not_one")
         row["rr_count"] = len(self.rr_rows) - row["rr_start"]
         self._store(row)
 
