@@ -234,7 +234,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from sensor import query
 
-    s = query.status(_open(args), args.minutes)
+    s = query.status(_open(args), args.minutes, db_path=load_config(args).db_path)
     sys.stdout.write(json.dumps(s, indent=2) + "\n" if args.json else query.render_status(s))
     return 0
 

@@ -5,8 +5,10 @@ import csv
 import io
 import ipaddress
 import json
+import os
 import re
 import sqlite3
+import time
 from typing import Any
 
 from sensor.errors import SensorError
@@ -20,6 +22,12 @@ MAX_CELL = 80
 ONE_SIDED_MIN_MESSAGES = 100
 """Messages one way with none the other, per resolver and leg over the status window, before
 status says so: a few unanswered queries are ordinary, a hundred with no answer at all are not."""
+SILENT_AFTER_S = 120
+"""A process the store lists as running that has not reported for this long (each reports
+every flush interval) is stuck, died with no supervisor left to say so, or the store
+refuses its writes (a full disk): status says so."""
+LOW_DISK_SHARE = 0.05
+"""Status warns when the store's filesystem has less than this share of its space free."""
 
 
 def parse_duration(text: str) -> float:
@@ -114,8 +122,11 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def status(conn: sqlite3.Connection, minutes: int = 15) -> dict[str, Any]:
-    """Rates, losses per stage and worker health over the newest `minutes` of data."""
+def status(conn: sqlite3.Connection, minutes: int = 15, db_path: str | None = None,
+           now: float | None = None) -> dict[str, Any]:
+    """Rates, losses per stage and worker health over the newest `minutes` of data; with
+    db_path, the store's size and the room left on its filesystem."""
+    now = time.time() if now is None else now
     newest = _newest(conn, "stats", "minute")
     start = newest - (minutes - 1) * 60
     traffic = conn.execute(
@@ -150,7 +161,9 @@ def status(conn: sqlite3.Connection, minutes: int = 15) -> dict[str, Any]:
         "HAVING (q >= ? AND r = 0) OR (r >= ? AND q = 0) ORDER BY q + r DESC LIMIT 10",
         (start, ONE_SIDED_MIN_MESSAGES, ONE_SIDED_MIN_MESSAGES)).fetchall()
     workers = conn.execute("SELECT worker, pid, state, restarts, packets, kernel_dropped, "
-                           "datetime(last_seen, 'unixepoch') FROM workers ORDER BY worker").fetchall()
+                           "datetime(last_seen, 'unixepoch'), last_seen FROM workers ORDER BY worker").fetchall()
+    silent = [{"worker": w[0], "silent_s": now - w[7]} for w in workers
+              if w[2] == "running" and w[7] is not None and now - w[7] > SILENT_AFTER_S]
     tracked = ans + unans
     return {
         "window_minutes": mins, "newest_minute": newest,
@@ -169,7 +182,25 @@ def status(conn: sqlite3.Connection, minutes: int = 15) -> dict[str, Any]:
         "one_sided": [dict(zip(("resolver", "leg", "queries", "responses"), o)) for o in one_sided],
         "workers": [dict(zip(("worker", "pid", "state", "restarts", "packets", "kernel_dropped",
                               "last_seen"), w)) for w in workers],
+        "silent": silent,
+        "store": _store_space(db_path) if db_path else None,
     }
+
+
+def _store_space(db_path: str) -> dict[str, Any]:
+    """The database's size (its write-ahead log included) and its filesystem's room."""
+    size = sum(os.path.getsize(p) for p in (db_path, db_path + "-wal") if os.path.exists(p))
+    st = os.statvfs(os.path.dirname(os.path.abspath(db_path)))
+    return {"path": db_path, "bytes": size, "free_bytes": st.f_bavail * st.f_frsize,
+            "filesystem_bytes": st.f_blocks * st.f_frsize}
+
+
+def _size_text(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return ""
 
 
 def render_status(s: dict[str, Any]) -> str:
@@ -191,6 +222,18 @@ def render_status(s: dict[str, Any]) -> str:
         else:
             out.append(f"  WARNING {o['resolver']} ({o['leg']}): {o['queries']:,} queries and no response: "
                        "the resolver is down, or the capture sees one direction only")
+    for w in s["silent"]:
+        out.append(f"  WARNING {w['worker']} is listed as running but has not reported for "
+                   f"{w['silent_s'] / 60:,.0f} min: it is stuck or gone, or the store refuses writes "
+                   "(a full disk; see the sensor's log)")
+    store = s.get("store")
+    if store:
+        out.append(f"  store {store['path']}: {_size_text(store['bytes'])}, "
+                   f"{_size_text(store['free_bytes'])} free of {_size_text(store['filesystem_bytes'])}")
+        if store["filesystem_bytes"] and store["free_bytes"] < LOW_DISK_SHARE * store["filesystem_bytes"]:
+            out.append(f"  WARNING the store's filesystem is {1 - store['free_bytes'] / store['filesystem_bytes']:.0%} "
+                       "full: once it is, the database stops growing (verdicts still go to syslog); "
+                       "shorten retention or make room")
     if s["resolvers"]:
         out.append("busiest resolvers:")
         out += [f"  {r['resolver']:<40} {r['leg']:<8} {r['queries'] or 0:>10,} q  "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import replace
@@ -534,6 +535,30 @@ def test_status_warns_of_a_capture_that_sees_one_direction(tmp_path, capsys):
     assert f"WARNING {RESOLVER} (client): 120 responses and no query" in text
     assert f"WARNING {other_resolver} (client): 120 queries and no response" in text
     assert AUTH not in text.split("busiest resolvers:")[0]
+
+
+def test_status_warns_of_a_process_that_stopped_reporting_and_shows_the_stores_room(tmp_path, capsys):
+    conf = config(tmp_path)
+    replay([str(DATA / "dnscap-baseline-udp-82-msgs.pcap")], conf, progress_to=None)
+    now = time.time()
+    store = Store(conf.db_path)
+    with store.transaction() as conn:
+        for worker, state, ago in (("eth0/0", "running", 600), ("eth0/1", "running", 5),
+                                   ("eth1/0", "stopped", 3600), ("writer", "running", 900)):
+            store.put_worker(conn, {"worker": worker, "pid": 1, "started": now - 7200, "restarts": 0,
+                                    "last_seen": now - ago, "state": state})
+    store.close()
+    assert cli.main(["status", "--db", conf.db_path, "--json", "--minutes", "100000000"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert [w["worker"] for w in s["silent"]] == ["eth0/0", "writer"]
+    assert s["store"]["bytes"] >= os.path.getsize(conf.db_path) > 0
+    assert 0 < s["store"]["free_bytes"] <= s["store"]["filesystem_bytes"]
+    assert cli.main(["status", "--db", conf.db_path, "--minutes", "100000000"]) == 0
+    text = capsys.readouterr().out
+    assert "WARNING eth0/0 is listed as running but has not reported for 10 min" in text
+    assert "WARNING writer is listed as running but has not reported for 15 min" in text
+    assert "eth0/1 is listed" not in text and "eth1/0 is listed" not in text
+    assert f"store {conf.db_path}: " in text
 
 
 def test_missing_database_is_a_one_line_error(tmp_path, capsys):

@@ -299,6 +299,9 @@ def test_a_full_disk_delays_the_store_but_not_the_siem(pair, small_disk, tmp_pat
         assert wait_until(lambda: "database or disk is full" in sensor.log(), 10), sensor.log()
         assert rows(sensor.db, "SELECT count(*) FROM verdicts") == [(0,)]
         assert sensor.queries() == 30                  # nothing of the outage is stored yet
+        status = subprocess.run([sys.executable, "-m", "sensor", "status", "--db", str(sensor.db)], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert "WARNING the store's filesystem is 100% full" in status.stdout, status.stdout + status.stderr
 
         (small_disk / "filler").unlink()
         assert wait_until(lambda: rows(sensor.db, "SELECT count(*) FROM verdicts") == [(1,)], 20), sensor.log()
