@@ -280,7 +280,8 @@ def test_a_full_disk_delays_the_store_but_not_the_siem(pair, small_disk, tmp_pat
     """The database's filesystem fills up under a running sensor: the verdict of an attack
     seen meanwhile reaches syslog at once, the sensor says once that the store is full and
     keeps what it could not write; once there is room again the database gets the verdict
-    (without syslog hearing of it twice) and the counters of the whole outage."""
+    (without syslog hearing of it twice) and the counters of the whole outage. Stopped
+    while full, it prints what it could not store and exits non-zero."""
     from realparts import Rsyslog
 
     top, c, s = pair
@@ -308,10 +309,23 @@ def test_a_full_disk_delays_the_store_but_not_the_siem(pair, small_disk, tmp_pat
         sensor.expect_queries(70)
         (client, count), = rows(sensor.db, "SELECT client, count FROM verdicts")
         assert (client, count) == (CLIENT, 40)
-        text = sensor.stop()
-        assert text.count("database or disk is full") == 1 and "writing again after" in text, text
         time.sleep(0.5)
         assert sum('"anomaly"' in line for line in receiver.lines()) == 1
+        assert "writing again after" in sensor.log()
+
+        # Full again, another burst, and a stop before there is room: the last write
+        # fails, so its verdict goes to the log and the sensor exits non-zero.
+        fill(small_disk)
+        out = top.run(c, [sys.executable, "-c", MALFORMED, "40", SENSOR], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert wait_until(lambda: sensor.log().count("database or disk is full") == 2, 20), sensor.log()
+        sensor.proc.send_signal(signal.SIGTERM)
+        assert sensor.proc.wait(30) == 1, sensor.log()
+        text = sensor.log()
+        assert "nothing more will be written" in text
+        unstored = [json.loads(line.split(": ", 2)[2]) for line in text.splitlines()
+                    if line.startswith("dnssensor: verdict not stored: ")]
+        assert unstored and all(v["client"] == CLIENT and v["kind"] == "anomaly" for v in unstored), text
     finally:
         receiver.stop()
 
