@@ -315,7 +315,8 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
                    capture_output=True)
     for name in ("generated-water-torture.pcap", "generated-av-reputation-lookups.pcap",
                  "generated-malware-lookups.pcap", "generated-dga-client.pcap", "generated-slow-exfil.pcap",
-                 "generated-poisoned-race.pcap", "generated-out-of-bailiwick.pcap"):
+                 "generated-poisoned-race.pcap", "generated-out-of-bailiwick.pcap",
+                 "generated-browser-intranet-probes.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
@@ -549,6 +550,16 @@ def test_the_recorded_lab_capture_gives_its_verdicts_and_spares_the_benign(tmp_p
     assert ("cache_poisoning", "10.78.0.1", "www.slow.test") in found
     assert ("open_resolver", "10.77.1.9", "") in found
     assert not [v for v in found if v[1] == "10.77.0.5" or v[2].endswith("corp.test")]
+
+
+def test_a_resolver_is_not_its_clients_tunnel_where_its_addresses_are_not_configured():
+    """With no site settings the resolver's upstream leg is unknown, but its queries are
+    iterative (RD clear): the tunnels in the lab capture are its client's, not its own.
+    The resolver stays the victim of the poisoning race, which is about its upstream."""
+    resolver_up = "10.78.0.1"
+    fired = {(v["detector"], v["client"]) for v in run_rules(load_dir(RULES), [str(DATA / "lab-resolver.pcap")])}
+    assert ("tunnel", "10.77.0.2") in fired and ("exfil_encoded", "10.77.0.2") in fired
+    assert {d for d, client in fired if client == resolver_up} == {"cache_poisoning"}
 
 
 def test_name_patterns_and_encoded_names_flag_one_query_exfiltration(tmp_path):

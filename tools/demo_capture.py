@@ -65,7 +65,7 @@ def main(out: Path) -> None:
         rtt = 0.0004
         miss = rng.random() < 0.25
         if miss or "office" in name:      # cache miss: the resolver asks upstream
-            uq = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535)),
+            uq = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=0),   # iterative
                                   q=dnslib.DNSQuestion(name, getattr(dnslib.QTYPE, qtype)))
             auth, usport = rng.choice(AUTHS), rng.randint(1024, 65535)
             send(ts + 0.0002, uq, RESOLVER_UP, auth, usport, 53)
@@ -94,7 +94,7 @@ def main(out: Path) -> None:
 
     # Spoofed responses racing the real one for an upstream query (Kaminsky-style).
     race = START + 420
-    uq = dnslib.DNSRecord(dnslib.DNSHeader(id=31337), q=dnslib.DNSQuestion("bank.example.com"))
+    uq = dnslib.DNSRecord(dnslib.DNSHeader(id=31337, rd=0), q=dnslib.DNSQuestion("bank.example.com"))
     send(race, uq, RESOLVER_UP, AUTHS[0], 53001, 53)
     for k in range(30):
         spoof = uq.reply()

@@ -1,7 +1,7 @@
 """Write the generated rule samples in tests/data (deterministic, byte for byte).
 
 - generated-water-torture.pcap: thirty clients of a resolver (10.3.0.53) send
-  random-label queries under victim.example within a minute; every answer is
+  1200 random-label queries under victim.example within a minute; every answer is
   NXDOMAIN, on the client leg and on the resolver's upstream leg (198.51.100.53).
 - generated-malware-lookups.pcap: an office client looking up three hosts of
   rules/lists/urlhaus.hosts (the first three) among ordinary names.
@@ -23,6 +23,12 @@
   DNSBL lookups (reversed IPv4 addresses, mostly NXDOMAIN) and an anti-virus
   engine's file-hash reputation lookups (32-hex-digit labels, A queries) through
   the same resolver, at a busy mail server's pace.
+- generated-browser-intranet-probes.pcap: what must stay quiet too: 150 office
+  clients starting their browsers within ten minutes, each sending three random
+  single-label names (to detect NXDOMAIN hijacking) that its stub also tries under two
+  search domains; all NXDOMAIN, on both legs.
+
+The resolver's own upstream queries are iterative (RD clear), as a resolver sends them.
 
 Addresses are private or documentation ranges; names are under .example.
 
@@ -58,7 +64,8 @@ def exchange(frames, rng, ts: float, client: str, name: str, qtype: str, answer:
     else:
         r.add_answer(dnslib.RR(name, dnslib.QTYPE.A, rdata=dnslib.A(answer), ttl=300))
     if upstream:
-        uq = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535)),
+        # a resolver asks iteratively: recursion not desired
+        uq = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=0),
                               q=dnslib.DNSQuestion(name, getattr(dnslib.QTYPE, qtype)))
         usport = rng.randint(1024, 65535)
         frames.append((ts + 0.0002, frame(uq.pack(), RESOLVER_UP, AUTH, usport, 53)))
@@ -77,10 +84,28 @@ def water_torture(out: Path) -> None:
     frames: list[tuple[float, bytes]] = []
     bots = [f"10.3.{1 + i // 200}.{10 + i % 200}" for i in range(30)]
     letters = "abcdefghijklmnopqrstuvwxyz0123456789"
-    for i in range(400):
+    for i in range(1200):
         label = "".join(rng.choice(letters) for _ in range(rng.randint(10, 16)))
-        exchange(frames, rng, START + i * 0.14, rng.choice(bots), f"{label}.victim.example", "A", None, True)
+        exchange(frames, rng, START + i * 0.047, rng.choice(bots), f"{label}.victim.example", "A", None, True)
     write(out / "generated-water-torture.pcap", frames)
+
+
+def browser_probes(out: Path) -> None:
+    rng = random.Random(19)
+    frames: list[tuple[float, bytes]] = []
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    # An office starting its browsers: each start (and each network change) sends three
+    # single-label names of 7 to 15 random letters to see whether the network hijacks
+    # NXDOMAIN; each client's stub tries them under its two search domains first.
+    for c in range(150):
+        client = f"10.3.{4 + c // 200}.{10 + c % 200}"
+        start = START + rng.uniform(0, 600)
+        for k in range(3):
+            label = "".join(rng.choice(letters) for _ in range(rng.randint(7, 15)))
+            for j, suffix in enumerate(("office.example.com", "example.com", "")):
+                name = f"{label}.{suffix}" if suffix else label
+                exchange(frames, rng, start + k * 0.01 + j * 0.003, client, name, "A", None, True)
+    write(out / "generated-browser-intranet-probes.pcap", sorted(frames))
 
 
 def av_reputation(out: Path) -> None:
@@ -141,7 +166,7 @@ def slow_exfil(out: Path) -> None:
 
 def poisoned_race(out: Path) -> None:
     frames: list[tuple[float, bytes]] = []
-    q = dnslib.DNSRecord(dnslib.DNSHeader(id=4711), q=dnslib.DNSQuestion("bank.example"))
+    q = dnslib.DNSRecord(dnslib.DNSHeader(id=4711, rd=0), q=dnslib.DNSQuestion("bank.example"))
     frames.append((START, frame(q.pack(), RESOLVER_UP, AUTH, 40404, 53)))
     forged = q.reply()
     forged.add_answer(dnslib.RR("bank.example", rdata=dnslib.A("198.18.0.66"), ttl=604800))
@@ -155,7 +180,7 @@ def poisoned_race(out: Path) -> None:
 def out_of_bailiwick(out: Path) -> None:
     frames: list[tuple[float, bytes]] = []
     attacker, honest = "198.18.0.53", AUTH
-    q = dnslib.DNSRecord(dnslib.DNSHeader(id=3131), q=dnslib.DNSQuestion("www.attacker.example"))
+    q = dnslib.DNSRecord(dnslib.DNSHeader(id=3131, rd=0), q=dnslib.DNSQuestion("www.attacker.example"))
     frames.append((START, frame(q.pack(), RESOLVER_UP, attacker, 41414, 53)))
     r = q.reply()
     r.add_answer(dnslib.RR("www.attacker.example", rdata=dnslib.A("198.18.0.80"), ttl=300))
@@ -163,7 +188,7 @@ def out_of_bailiwick(out: Path) -> None:
     r.add_ar(dnslib.RR("ns.attacker.example", rdata=dnslib.A("198.18.0.53"), ttl=604800))
     r.add_ar(dnslib.RR("www.bank.example", rdata=dnslib.A("198.18.0.66"), ttl=604800))
     frames.append((START + 0.012, frame(r.pack(), attacker, RESOLVER_UP, 53, 41414)))
-    q = dnslib.DNSRecord(dnslib.DNSHeader(id=3132), q=dnslib.DNSQuestion("www.shop.example"))
+    q = dnslib.DNSRecord(dnslib.DNSHeader(id=3132, rd=0), q=dnslib.DNSQuestion("www.shop.example"))
     frames.append((START + 0.1, frame(q.pack(), RESOLVER_UP, honest, 41415, 53)))
     r = q.reply()
     r.header.aa = 0
@@ -184,3 +209,4 @@ if __name__ == "__main__":
     av_reputation(target)
     malware_lookups(target)
     dga_client(target)
+    browser_probes(target)
