@@ -801,7 +801,6 @@ cdef int ar_put_eui(Arena *a, const uint8_t *p, size_t n) except -1:
 
 # ---------------------------------------------------------------- core
 
-@cython.final
 cdef inline bint question_count_allowed(const MessageRow *row) noexcept nogil:
     """As the twin's question_count_allowed (read there why), once the OPT is read."""
     if row.sport == MDNS_PORT or row.dport == MDNS_PORT:
@@ -813,6 +812,7 @@ cdef inline bint question_count_allowed(const MessageRow *row) noexcept nogil:
             or (row.edns_options & EDNS_OPTION_COOKIE) != 0)
 
 
+@cython.final
 cdef class Core:
     """A batch under construction; see the module docstring."""
     cdef readonly object messages_array

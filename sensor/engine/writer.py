@@ -175,7 +175,8 @@ class Writer:
         steps = list(range(start, last, every))
         steps.append(last if final else last - 60)      # the newest minute is still filling up
         self.series_evaluated = last
-        created = []
+        created: list[dict[str, Any]] = []
+        found: list[dict[str, Any]] = []
         try:
             found = [v for end in self._steps_with_data(steps)
                      for v in self.series_rule.verdicts(self.store, self.config.sensor_name, end)]
