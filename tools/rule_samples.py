@@ -28,6 +28,11 @@
   single-label names (to detect NXDOMAIN hijacking) that its stub also tries under two
   search domains; all NXDOMAIN, on both legs.
 
+- generated-odd-but-legitimate.pcap: more that must stay quiet: an admin's PTR sweep
+  of a /23 (nearly all NXDOMAIN), search-domain expansion (each name NXDOMAIN under two
+  search domains before it resolves), and CDN, cloud load-balancer and telemetry names
+  with random-looking labels.
+
 The resolver's own upstream queries are iterative (RD clear), as a resolver sends them.
 
 Addresses are private or documentation ranges; names are under .example.
@@ -200,6 +205,44 @@ def out_of_bailiwick(out: Path) -> None:
     write(out / "generated-out-of-bailiwick.pcap", frames)
 
 
+def odd_but_legitimate(out: Path) -> None:
+    rng = random.Random(23)
+    frames: list[tuple[float, bytes]] = []
+    # An admin's reverse sweep of 10.4.0.0/23: PTR look-ups, nearly all NXDOMAIN.
+    for i in range(512):
+        ip = f"10.4.{i // 256}.{i % 256}"
+        exchange(frames, rng, START + i * 0.02, "10.3.0.40", ".".join(reversed(ip.split("."))) + ".in-addr.arpa",
+                 "PTR", "192.0.2.1" if i % 50 == 0 else None, True)
+    # Search-domain expansion: each name tried under two search domains first.
+    names = ["api.github.example", "login.office365.example", "registry.npm.example", "files.pypi.example"]
+    for c in range(10):
+        for i in range(20):
+            t, name, client = START + 20 + c * 2 + i * 6.0, rng.choice(names), f"10.3.2.{10 + c}"
+            exchange(frames, rng, t, client, f"{name}.office.example.com", "A", None, True)
+            exchange(frames, rng, t + 0.005, client, f"{name}.example.com", "A", None, True)
+            exchange(frames, rng, t + 0.01, client, name, "A", f"203.0.113.{i + 1}", False)
+    # CDN, cloud and telemetry names with random-looking labels, answered.
+    alnum = "abcdefghijklmnopqrstuvwxyz0123456789"
+    for i in range(600):
+        kind = i % 4
+        if kind == 0:
+            name = f"e{rng.randint(1000, 99999)}.a.cdn-edge.example"
+        elif kind == 1:
+            name = "d" + "".join(rng.choice(alnum) for _ in range(13)) + ".cloudfront.example"
+        elif kind == 2:
+            name = f"{uuid_text(rng)}.events.telemetry.example"
+        else:
+            name = f"internal-app-lb-{rng.randint(10 ** 9, 10 ** 10)}.eu-west-1.elb.example"
+        exchange(frames, rng, START + 40 + i * 0.4, f"10.3.3.{10 + i % 40}", name, "A", f"198.51.100.{i % 250 + 1}",
+                 i % 3 == 0)
+    write(out / "generated-odd-but-legitimate.pcap", sorted(frames))
+
+
+def uuid_text(rng: random.Random) -> str:
+    h = f"{rng.getrandbits(128):032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else DATA
     slow_exfil(target)
@@ -210,3 +253,4 @@ if __name__ == "__main__":
     malware_lookups(target)
     dga_client(target)
     browser_probes(target)
+    odd_but_legitimate(target)
