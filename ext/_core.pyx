@@ -943,12 +943,13 @@ cdef class Core:
     def add_frames(self, const uint8_t[::1] blob, const uint32_t[:, ::1] meta,
                    int linktype, uint64_t first_frame):
         """Decode a next_batch() blob; return the indexes of frames needing reassembly."""
-        cdef Py_ssize_t n = meta.shape[0], i, k
+        cdef Py_ssize_t n = meta.shape[0], i
         cdef PacketInfo infos[2]
         cdef PacketInfo *pi
         cdef QnameProbe probes[2]
         cdef const uint8_t *payloads[2]
-        cdef Py_ssize_t frames[2]
+        cdef double stamps[2]
+        cdef uint64_t frames[2]
         cdef int cur = 0
         cdef bint waiting = 0
         cdef uint32_t off, caplen
@@ -980,18 +981,18 @@ cdef class Core:
                 self.counters[C_EMPTY_PAYLOAD] += 1
                 continue
             payloads[cur] = &blob[0] + off + pi.payload_off
-            frames[cur] = i
+            stamps[cur] = meta[i, 0] + meta[i, 1] * 1e-6
+            frames[cur] = first_frame + i
             self.probe_qname(payloads[cur], pi.payload_len, &probes[cur])
-            if waiting:
-                k = frames[1 - cur]
-                self.parse_into(payloads[1 - cur], infos[1 - cur].payload_len, meta[k, 0] + meta[k, 1] * 1e-6,
-                                first_frame + k, &infos[1 - cur], &probes[1 - cur])
-            waiting = 1
             cur = 1 - cur
+            if waiting:
+                self.parse_into(payloads[cur], infos[cur].payload_len, stamps[cur], frames[cur], &infos[cur],
+                                &probes[cur])
+            waiting = 1
         if waiting:
-            k = frames[1 - cur]
-            self.parse_into(payloads[1 - cur], infos[1 - cur].payload_len, meta[k, 0] + meta[k, 1] * 1e-6,
-                            first_frame + k, &infos[1 - cur], &probes[1 - cur])
+            cur = 1 - cur
+            self.parse_into(payloads[cur], infos[cur].payload_len, stamps[cur], frames[cur], &infos[cur],
+                            &probes[cur])
         return slow
 
     def add_message(self, const uint8_t[::1] payload, double ts, uint64_t frame,
@@ -1621,15 +1622,17 @@ cdef class Core:
             ar_putc(a, 32)
             if c.short or self.put_name(c, anom) < 0:
                 return 1
-        elif rtype == 6:
+        elif rtype == 6 or rtype == 17:
+            # SOA and RP both start with two names (RP is only those)
             if self.put_name(c, anom) < 0:
                 return 1
             ar_putc(a, 32)
             if self.put_name(c, anom) < 0:
                 return 1
-            for i in range(5):
-                ar_putc(a, 32)
-                ar_put_uint(a, rd32(c))
+            if rtype == 6:
+                for i in range(5):
+                    ar_putc(a, 32)
+                    ar_put_uint(a, rd32(c))
         elif rtype == 16 or rtype == 99 or rtype == 13:
             i = 0
             while c.pos < c.end:
@@ -1756,12 +1759,6 @@ cdef class Core:
                 return self.put_type_bitmap(c)
         elif rtype == 64 or rtype == 65:
             return self.put_svcb(c, anom)
-        elif rtype == 17:
-            if self.put_name(c, anom) < 0:
-                return 1
-            ar_putc(a, 32)
-            if self.put_name(c, anom) < 0:
-                return 1
         elif rtype == 29:
             return self.put_loc(c)
         elif rtype == 108 or rtype == 109:
