@@ -184,6 +184,9 @@ cdef struct Arena:
     size_t len
     size_t cap
 
+cdef enum:
+    ARENA_BYTES_PER_MESSAGE = 64     # text per message in a typical batch (names and rdata)
+
 cdef extern from *:
     """
     /* Clear a message row with straight-line word stores: a memset (or a loop,
@@ -879,6 +882,8 @@ cdef class Core:
         self.fill_mnemonics(self.tsig_error_mnemonic, self.tsig_error_mnemonic_len, TSIG_ERROR_CODES,
                             tsig_error_names)
         self.begin(capacity)
+        # The arena is kept from batch to batch; start it at a typical batch's text.
+        ar_reserve(&self.arena, <size_t>capacity * ARENA_BYTES_PER_MESSAGE)
 
     cdef int fill_mnemonics(self, const char **texts, uint8_t *lengths, int size, dict names) except -1:
         """texts[code] for each code below size that names has (kept alive in _keep), NULL else."""

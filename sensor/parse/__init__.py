@@ -49,7 +49,10 @@ class Parser:
         self._port_map = port_map = np.zeros(65536, dtype=np.uint8)
         port_map[sorted(self.ports)] = 1
         rules = load_rules(suffix_list, include_private_suffixes)
-        args = (limits.max_questions, limits.max_records, limits.max_pointer_hops)
+        # Room for a whole batch and the read that completes it, so the first batch
+        # is not copied over and over as it grows.
+        args = (limits.max_questions, limits.max_records, limits.max_pointer_hops,
+                limits.messages_per_batch + limits.frames_per_read)
         if backend == "compiled":
             self.core = _core.Core(port_map, rules.table(), schema.TYPE_NAMES, schema.TSIG_ERROR_NAMES, *args)
         else:
