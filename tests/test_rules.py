@@ -316,7 +316,8 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
     for name in ("generated-water-torture.pcap", "generated-av-reputation-lookups.pcap",
                  "generated-malware-lookups.pcap", "generated-dga-client.pcap", "generated-slow-exfil.pcap",
                  "generated-poisoned-race.pcap", "generated-out-of-bailiwick.pcap",
-                 "generated-browser-intranet-probes.pcap", "generated-odd-but-legitimate.pcap"):
+                 "generated-browser-intranet-probes.pcap", "generated-odd-but-legitimate.pcap",
+                 "generated-one-way-validating-resolver.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 

@@ -32,6 +32,10 @@
   of a /23 (nearly all NXDOMAIN), search-domain expansion (each name NXDOMAIN under two
   search domains before it resolves), and CDN, cloud load-balancer and telemetry names
   with random-looking labels.
+- generated-one-way-validating-resolver.pcap: quiet as well: a span port that mirrors one
+  direction only, so a DNSSEC-validating resolver of the site (10.3.0.60) is seen receiving
+  large answers from its two forwarders with no query before them: DNSKEY sets (about
+  1.3 KB each) for 260 different zones within a minute, and some small address answers.
 
 The resolver's own upstream queries are iterative (RD clear), as a resolver sends them.
 
@@ -238,6 +242,36 @@ def odd_but_legitimate(out: Path) -> None:
     write(out / "generated-odd-but-legitimate.pcap", sorted(frames))
 
 
+def one_way_validating_resolver(out: Path) -> None:
+    rng = random.Random(29)
+    frames: list[tuple[float, bytes]] = []
+    resolver, forwarders = "10.3.0.60", ("203.0.113.53", "203.0.113.54")
+    words = ["shop", "news", "bank", "mail", "cloud", "media", "school", "city", "travel", "games"]
+    for i in range(260):
+        zone = f"{words[i % len(words)]}{i}.example"
+        q = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1),
+                             q=dnslib.DNSQuestion(zone, dnslib.QTYPE.DNSKEY))
+        r = q.reply()
+        r.header.aa = 0                   # a forwarder's answer, from its cache
+        for flags, algorithm, key_bytes in ((257, 8, 260), (256, 8, 260), (256, 13, 64)):
+            r.add_answer(dnslib.RR(zone, dnslib.QTYPE.DNSKEY, ttl=3600,
+                                   rdata=dnslib.DNSKEY(flags, 3, algorithm, rng.randbytes(key_bytes))))
+        for key_tag in (rng.randint(1, 65535), rng.randint(1, 65535)):
+            r.add_answer(dnslib.RR(zone, dnslib.QTYPE.RRSIG, ttl=3600, rdata=dnslib.RRSIG(
+                dnslib.QTYPE.DNSKEY, 8, 2, 3600, int(START) + 14 * 86400, int(START) - 14 * 86400,
+                key_tag, zone, rng.randbytes(256))))
+        r.add_ar(dnslib.EDNS0(udp_len=1232, flags="do"))
+        t = START + i * 0.23
+        frames.append((t, frame(r.pack(), forwarders[i % 2], resolver, 53, rng.randint(1024, 65535))))
+        if i % 4:
+            continue
+        a = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), qr=1, rd=1, ra=1),
+                             q=dnslib.DNSQuestion(f"www.{zone}", dnslib.QTYPE.A))
+        a.add_answer(dnslib.RR(f"www.{zone}", dnslib.QTYPE.A, rdata=dnslib.A(f"198.51.100.{i % 250 + 1}"), ttl=300))
+        frames.append((t + 0.1, frame(a.pack(), forwarders[i % 2], resolver, 53, rng.randint(1024, 65535))))
+    write(out / "generated-one-way-validating-resolver.pcap", frames)
+
+
 def uuid_text(rng: random.Random) -> str:
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -254,3 +288,4 @@ if __name__ == "__main__":
     dga_client(target)
     browser_probes(target)
     odd_but_legitimate(target)
+    one_way_validating_resolver(target)
