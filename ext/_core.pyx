@@ -2547,6 +2547,55 @@ def first_label_stats(const uint8_t[::1] arena, const uint32_t[::1] offsets, con
     return out
 
 
+def public_tlds(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths,
+                const uint64_t[::1] psl_table):
+    """Per name in presentation form: 1 when its last label is a top-level domain some rule
+    of the suffix table (sensor.parse.psl.SuffixRules.table) ends with."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef uint64_t mask = psl_table.shape[0] - 1, key, slot, entry, h
+    cdef uint32_t k, end, tld
+    cdef uint8_t ch
+    cdef bint escaped
+    if lengths.shape[0] != n:
+        raise ValueError("offsets and lengths differ in length")
+    if psl_table.shape[0] & mask:
+        raise ValueError("psl_table size must be a power of two")
+    out = np.zeros(n, dtype=np.uint8)
+    cdef uint8_t[::1] o = out
+    for i in range(n):
+        end = offsets[i] + lengths[i]
+        if end > <uint32_t>arena.shape[0]:
+            raise ValueError("span outside the arena")
+        # The last label starts after the last unescaped dot; a label holding an escaped
+        # byte is no TLD.
+        k = tld = offsets[i]
+        escaped = 0
+        while k < end:
+            ch = arena[k]
+            k += 1
+            if ch == 92:
+                escaped = 1
+                k += 1                    # \X, or the first digit of \DDD (no dot among them)
+            elif ch == 46:
+                tld = k
+                escaped = 0
+        if tld >= end or escaped:
+            continue
+        h = <uint64_t>FNV_OFFSET
+        for k in range(tld, end):
+            h = fnv_step(h, arena[k])
+        key = h >> PSL_FLAG_BITS
+        slot = key & mask
+        entry = psl_table[slot]
+        while entry != 0:
+            if (entry >> PSL_FLAG_BITS) == key:
+                o[i] = 1
+                break
+            slot = (slot + 1) & mask
+            entry = psl_table[slot]
+    return out
+
+
 cdef inline bint table_has(const uint64_t[::1] table, uint64_t h) noexcept nogil:
     cdef uint64_t mask = table.shape[0] - 1
     cdef uint64_t slot

@@ -72,6 +72,10 @@ def gather_spans(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, width: 
 def first_label_stats(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Per name in presentation form: rows (length, digits, hex characters) of its leftmost label."""
 
+def public_tlds(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, psl_table: np.ndarray) -> np.ndarray:
+    """Per name in presentation form: 1 when its last label is a top-level domain some rule
+    of the suffix table (sensor.parse.psl.SuffixRules.table) ends with."""
+
 def names_listed(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, exact: np.ndarray,
                  with_subdomains: np.ndarray, below_only: np.ndarray) -> np.ndarray:
     """Per name: 1 when it is in `exact` or `with_subdomains`, or a parent domain is in

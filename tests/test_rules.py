@@ -317,7 +317,7 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
                  "generated-malware-lookups.pcap", "generated-dga-client.pcap", "generated-slow-exfil.pcap",
                  "generated-poisoned-race.pcap", "generated-out-of-bailiwick.pcap",
                  "generated-browser-intranet-probes.pcap", "generated-odd-but-legitimate.pcap",
-                 "generated-one-way-validating-resolver.pcap"):
+                 "generated-one-way-validating-resolver.pcap", "generated-mail-authentication.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
@@ -439,6 +439,9 @@ def test_name_features_per_distinct_name_equal_those_per_message(capture):
         assert cols[name].tolist() == column.tolist(), name
     assert cols["encoding_chars"].tolist() == _core.count_in_spans(
         arena, offsets, lengths.astype(np.uint32), _ENCODING_TABLE).astype(np.float64).tolist()
+    from sensor.parse.psl import load_rules as load_suffix_rules
+    tlds = {t for t in load_suffix_rules().rules if "." not in t}
+    assert cols["public_tld"].tolist() == [name.rsplit(".", 1)[-1] in tlds for name in texts]
     model = load_model(RULES / "models")
     cols.dga_model = model
     assert cols["dga_score"].tolist() == model.scores(arena, m).tolist()
@@ -561,6 +564,39 @@ def test_a_resolver_is_not_its_clients_tunnel_where_its_addresses_are_not_config
     fired = {(v["detector"], v["client"]) for v in run_rules(load_dir(RULES), [str(DATA / "lab-resolver.pcap")])}
     assert ("tunnel", "10.77.0.2") in fired and ("exfil_encoded", "10.77.0.2") in fired
     assert {d for d, client in fired if client == resolver_up} == {"cache_poisoning"}
+
+
+def test_public_tld_tells_real_top_level_domains_from_made_up_ones(tmp_path):
+    """public_tld: the last label is a TLD of the Public Suffix List. Local TLDs, reserved
+    ones, data in place of a TLD and the root are not."""
+    from pcapgen import Conversation
+    from sensor import features
+    from sensor.parse import parse_file
+    from sensor.track import Tracker
+
+    names = {"www.example.com": True, "x.bbc.co.uk": True, "a.b.xn--p1ai": True, "shop.museum": True,
+             "printer.corp": False, "host.example": False, "nas.home.arpa": True, "svc.local": False,
+             "dnscat.546b03f50000.5a03b5b1e1aa8f8fdb1bbe8d5e049521": False, "com": True, ".": False}
+    conv = Conversation()
+    for i, name in enumerate(names):
+        conv.exchange("10.0.0.7", "10.0.0.53", name, txid=i + 1)
+    batch = parse_file(str(conv.write(tmp_path / "tlds.pcap")))
+    table = features.build(batch, Tracker().process(batch.messages), features.NetworkSet(()))
+    assert dict(zip(batch.qnames(), table.columns["public_tld"].tolist())) == names
+
+
+def test_public_tld_of_escaped_names():
+    """A name's text escapes a dot or an odd byte inside a label: the TLD is what follows
+    the last real dot, and a label holding an escape is no TLD."""
+    from sensor import _core
+    from sensor.parse.psl import load_rules as load_suffix_rules
+
+    texts = [b"odd\\.name.com", b"x.c\\111m", b"a.com\\.", b"com", b"", b"x.", b"no-dot-here"]
+    arena = b"".join(texts)
+    offsets = np.cumsum([0] + [len(t) for t in texts[:-1]]).astype(np.uint32)
+    lengths = np.array([len(t) for t in texts], dtype=np.uint16)
+    got = _core.public_tlds(arena, offsets, lengths, load_suffix_rules().table()).tolist()
+    assert got == [1, 0, 0, 1, 0, 0, 0]
 
 
 def test_name_patterns_and_encoded_names_flag_one_query_exfiltration(tmp_path):

@@ -36,15 +36,22 @@
   direction only, so a DNSSEC-validating resolver of the site (10.3.0.60) is seen receiving
   large answers from its two forwarders with no query before them: DNSKEY sets (about
   1.3 KB each) for 260 different zones within a minute, and some small address answers.
+- generated-mail-authentication.pcap: quiet too: a mail server checking the senders of
+  250 messages in five minutes (SPF, DMARC and DKIM TXT look-ups). Bulk senders' DKIM
+  selectors are 32-character tokens, and every message comes from another domain, so the
+  names are long-labelled, TXT, and almost never share a registered domain. The sender
+  domains need real top-level domains here (made-up names, never resolved).
 
 The resolver's own upstream queries are iterative (RD clear), as a resolver sends them.
 
-Addresses are private or documentation ranges; names are under .example.
+Addresses are private or documentation ranges; names are under .example, except the mail
+senders above.
 
     python tools/rule_samples.py [OUTPUT_DIR]
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import random
 import sys
@@ -272,6 +279,31 @@ def one_way_validating_resolver(out: Path) -> None:
     write(out / "generated-one-way-validating-resolver.pcap", frames)
 
 
+def mail_authentication(out: Path) -> None:
+    rng = random.Random(31)
+    frames: list[tuple[float, bytes]] = []
+    mail = "10.3.0.25"
+    words = ["shop", "news", "billing", "travel", "events", "alerts", "offers", "team", "club", "store"]
+    base32 = "abcdefghijklmnopqrstuvwxyz234567"
+    for i in range(250):
+        sender = f"{words[i % len(words)]}-mailer{i}.{('com', 'net', 'org', 'de', 'co.uk')[i % 5]}"
+        selector = "".join(rng.choice(base32) for _ in range(32))
+        key = base64.b64encode(rng.randbytes(162)).decode()
+        ts = START + i * 1.2
+        for k, (name, text) in enumerate(((sender, "v=spf1 include:mail-provider.example ~all"),
+                                          (f"_dmarc.{sender}", "v=DMARC1; p=quarantine"),
+                                          (f"{selector}._domainkey.{sender}", f"v=DKIM1; k=rsa; p={key}"))):
+            q = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1),
+                                 q=dnslib.DNSQuestion(name, dnslib.QTYPE.TXT))
+            r = q.reply()
+            r.header.aa = 0
+            r.add_answer(dnslib.RR(name, dnslib.QTYPE.TXT, rdata=dnslib.TXT(text), ttl=3600))
+            sport = rng.randint(20000, 60000)
+            frames.append((ts + k * 0.01, frame(q.pack(), mail, RESOLVER, sport, 53)))
+            frames.append((ts + k * 0.01 + 0.004, frame(r.pack(), RESOLVER, mail, 53, sport)))
+    write(out / "generated-mail-authentication.pcap", frames)
+
+
 def uuid_text(rng: random.Random) -> str:
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -289,3 +321,4 @@ if __name__ == "__main__":
     browser_probes(target)
     odd_but_legitimate(target)
     one_way_validating_resolver(target)
+    mail_authentication(target)

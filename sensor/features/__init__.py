@@ -15,6 +15,7 @@ import numpy as np
 
 from sensor import _core
 from sensor.parse.batch import Batch
+from sensor.parse.psl import load_rules
 from sensor.track import ANSWERED, DUPLICATE, MISMATCHED, UNSOLICITED, TrackResult, hash_columns, address_words
 
 FEATURES: dict[str, str] = {
@@ -70,6 +71,9 @@ FEATURES: dict[str, str] = {
                       "never seen in host names (computed only when a rule uses it)",
     "first_label_digits": "digits in the leftmost label: reversed addresses (DNSBL, PTR) are all digits",
     "first_label_hex": "hex characters in the leftmost label: file-hash lookups are all hex",
+    "public_tld": "the question name ends in a top-level domain of the Public Suffix List: a name "
+                  "under one that does not exist is local (.corp, .lan) or data (computed only when a "
+                  "rule uses it)",
     "dga_score": "lexical DGA score of the registered label (rules/models/, tools/train_dga.py); "
                  "dga_threshold is the model's own cut-off",
 }
@@ -77,6 +81,7 @@ LAZY = ("first_label_len", "first_label_digits", "first_label_hex")
 LAZY_ANSWERS = "answer_hash"
 LAZY_ENCODING = "encoding_chars"
 LAZY_BAILIWICK = "out_of_bailiwick"
+LAZY_TLD = "public_tld"
 ENCODING_BYTES = b"=+/*\\"
 """Characters of base64 (= + /), of globs, and the backslash of an escaped byte: data, never
 a host name (mDNS instance names may hold spaces and punctuation, not these)."""
@@ -119,6 +124,11 @@ class Columns(dict):
             return self[name]
         if name == LAZY_ENCODING:
             self[name] = _encoding_chars(self._batch)
+            return self[name]
+        if name == LAZY_TLD:
+            _, inverse, offsets, lengths = self._batch.distinct_names
+            tlds = _core.public_tlds(self._batch.arena, offsets, lengths, load_rules().table())
+            self[name] = tlds.view(bool)[inverse]
             return self[name]
         if name not in LAZY:
             raise KeyError(name)
