@@ -2547,6 +2547,33 @@ def first_label_stats(const uint8_t[::1] arena, const uint32_t[::1] offsets, con
     return out
 
 
+def service_label_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths):
+    """Per name in presentation form: how many of its labels begin with an underscore."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef uint32_t k, end
+    cdef bint label_start
+    if lengths.shape[0] != n:
+        raise ValueError("offsets and lengths differ in length")
+    out = np.zeros(n, dtype=np.uint8)
+    cdef uint8_t[::1] o = out
+    for i in range(n):
+        end = offsets[i] + lengths[i]
+        if end > <uint32_t>arena.shape[0]:
+            raise ValueError("span outside the arena")
+        label_start = 1
+        k = offsets[i]
+        while k < end:
+            if arena[k] == 92:            # an escaped byte: never a label's first underscore
+                label_start = 0
+                k += 2
+                continue
+            if label_start and arena[k] == 95 and o[i] < 255:
+                o[i] += 1
+            label_start = arena[k] == 46
+            k += 1
+    return out
+
+
 def public_tlds(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths,
                 const uint64_t[::1] psl_table):
     """Per name in presentation form: 1 when its last label is a top-level domain some rule

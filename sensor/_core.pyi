@@ -72,6 +72,9 @@ def gather_spans(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, width: 
 def first_label_stats(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Per name in presentation form: rows (length, digits, hex characters) of its leftmost label."""
 
+def service_label_counts(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per name in presentation form: how many of its labels begin with an underscore."""
+
 def public_tlds(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, psl_table: np.ndarray) -> np.ndarray:
     """Per name in presentation form: 1 when its last label is a top-level domain some rule
     of the suffix table (sensor.parse.psl.SuffixRules.table) ends with."""

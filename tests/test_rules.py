@@ -317,7 +317,8 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
                  "generated-malware-lookups.pcap", "generated-dga-client.pcap", "generated-slow-exfil.pcap",
                  "generated-poisoned-race.pcap", "generated-out-of-bailiwick.pcap",
                  "generated-browser-intranet-probes.pcap", "generated-odd-but-legitimate.pcap",
-                 "generated-one-way-validating-resolver.pcap", "generated-mail-authentication.pcap"):
+                 "generated-one-way-validating-resolver.pcap", "generated-mail-authentication.pcap",
+                 "generated-service-names.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
@@ -442,6 +443,8 @@ def test_name_features_per_distinct_name_equal_those_per_message(capture):
     from sensor.parse.psl import load_rules as load_suffix_rules
     tlds = {t for t in load_suffix_rules().rules if "." not in t}
     assert cols["public_tld"].tolist() == [name.rsplit(".", 1)[-1] in tlds for name in texts]
+    assert cols["service_labels"].tolist() == [sum(label.startswith("_") for label in name.split("."))
+                                               for name in texts]
     model = load_model(RULES / "models")
     cols.dga_model = model
     assert cols["dga_score"].tolist() == model.scores(arena, m).tolist()
@@ -583,6 +586,17 @@ def test_public_tld_tells_real_top_level_domains_from_made_up_ones(tmp_path):
     batch = parse_file(str(conv.write(tmp_path / "tlds.pcap")))
     table = features.build(batch, Tracker().process(batch.messages), features.NetworkSet(()))
     assert dict(zip(batch.qnames(), table.columns["public_tld"].tolist())) == names
+
+
+def test_service_labels_count_the_labels_that_begin_with_an_underscore():
+    from sensor import _core
+
+    texts = [b"_ldap._tcp.site._sites.dc._msdcs.corp.example", b"sel._domainkey.example.com",
+             b"a_b.c_d.example", b"\\_x._y", b"_", b"", b"www.example.com", b"x\\._y.example"]
+    arena = b"".join(texts)
+    offsets = np.cumsum([0] + [len(t) for t in texts[:-1]]).astype(np.uint32)
+    lengths = np.array([len(t) for t in texts], dtype=np.uint16)
+    assert _core.service_label_counts(arena, offsets, lengths).tolist() == [4, 1, 0, 1, 1, 0, 0, 0]
 
 
 def test_public_tld_of_escaped_names():

@@ -41,6 +41,12 @@
   selectors are 32-character tokens, and every message comes from another domain, so the
   names are long-labelled, TXT, and almost never share a registered domain. The sender
   domains need real top-level domains here (made-up names, never resolved).
+- generated-service-names.pcap: quiet as well: names with service labels. Thirty domain
+  members logging on within five minutes, each locating its domain controllers by SRV
+  under a 34-character AD site name (_ldap._tcp.<site>._sites.dc._msdcs.corp.example, ...),
+  and a busy mail server asking a reputation service about the base32 SHA-256 hashes of
+  attachments and addresses (<hash>._file.<key>.hbl.reputation.example), 150 a minute,
+  nearly all NXDOMAIN.
 
 The resolver's own upstream queries are iterative (RD clear), as a resolver sends them.
 
@@ -304,6 +310,35 @@ def mail_authentication(out: Path) -> None:
     write(out / "generated-mail-authentication.pcap", frames)
 
 
+def service_names(out: Path) -> None:
+    rng = random.Random(37)
+    frames: list[tuple[float, bytes]] = []
+    site, domain = "Amsterdam-Datacenter-Primary-Site", "corp.example"
+    locator = [f"_ldap._tcp.{site}._sites.dc._msdcs.{domain}", f"_kerberos._tcp.{site}._sites.dc._msdcs.{domain}",
+               f"_ldap._tcp.{site}._sites.{domain}", f"_kerberos._tcp.{site}._sites.{domain}",
+               f"_gc._tcp.{site}._sites.{domain}", f"_ldap._tcp.dc._msdcs.{domain}",
+               f"_ldap._tcp.pdc._msdcs.{domain}", f"_kerberos._udp.{domain}", f"_kpasswd._tcp.{domain}"]
+    for c in range(30):
+        client, logon = f"10.3.5.{10 + c}", START + rng.uniform(0, 300)
+        for k, name in enumerate(locator):
+            srv = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1),
+                                   q=dnslib.DNSQuestion(name, dnslib.QTYPE.SRV))
+            r = srv.reply()
+            r.header.aa = 0
+            r.add_answer(dnslib.RR(name, dnslib.QTYPE.SRV, ttl=600,
+                                   rdata=dnslib.SRV(0, 100, 389, f"dc1.{domain}")))
+            sport, t = rng.randint(20000, 60000), logon + k * 0.002
+            frames.append((t, frame(srv.pack(), client, RESOLVER, sport, 53)))
+            frames.append((t + 0.001, frame(r.pack(), RESOLVER, client, 53, sport)))
+    mail = "10.3.0.25"
+    for i in range(600):
+        digest = base64.b32encode(hashlib.sha256(f"attachment-{i}".encode()).digest()).decode().rstrip("=").lower()
+        kind = ("_file", "_email", "_cw")[i % 3]
+        exchange(frames, rng, START + i * 0.4, mail, f"{digest}.{kind}.dq7kx2.hbl.reputation.example", "A",
+                 "127.0.3.2" if rng.random() < 0.02 else None, False)
+    write(out / "generated-service-names.pcap", sorted(frames))
+
+
 def uuid_text(rng: random.Random) -> str:
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -322,3 +357,4 @@ if __name__ == "__main__":
     odd_but_legitimate(target)
     one_way_validating_resolver(target)
     mail_authentication(target)
+    service_names(target)

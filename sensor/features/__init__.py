@@ -71,6 +71,9 @@ FEATURES: dict[str, str] = {
                       "never seen in host names (computed only when a rule uses it)",
     "first_label_digits": "digits in the leftmost label: reversed addresses (DNSBL, PTR) are all digits",
     "first_label_hex": "hex characters in the leftmost label: file-hash lookups are all hex",
+    "service_labels": "labels of the question name that begin with an underscore: service and "
+                      "attribute names a zone's owner chose (RFC 8552: _ldap._tcp, _domainkey, _dmarc, "
+                      "a reputation service's _file), not data (computed only when a rule uses it)",
     "public_tld": "the question name ends in a top-level domain of the Public Suffix List: a name "
                   "under one that does not exist is local (.corp, .lan) or data (computed only when a "
                   "rule uses it)",
@@ -82,6 +85,7 @@ LAZY_ANSWERS = "answer_hash"
 LAZY_ENCODING = "encoding_chars"
 LAZY_BAILIWICK = "out_of_bailiwick"
 LAZY_TLD = "public_tld"
+LAZY_SERVICE = "service_labels"
 ENCODING_BYTES = b"=+/*\\"
 """Characters of base64 (= + /), of globs, and the backslash of an escaped byte: data, never
 a host name (mDNS instance names may hold spaces and punctuation, not these)."""
@@ -124,6 +128,10 @@ class Columns(dict):
             return self[name]
         if name == LAZY_ENCODING:
             self[name] = _encoding_chars(self._batch)
+            return self[name]
+        if name == LAZY_SERVICE:
+            _, inverse, offsets, lengths = self._batch.distinct_names
+            self[name] = _core.service_label_counts(self._batch.arena, offsets, lengths)[inverse]
             return self[name]
         if name == LAZY_TLD:
             _, inverse, offsets, lengths = self._batch.distinct_names
