@@ -165,6 +165,7 @@ def test_no_rule_fires_on_the_shared_captures_that_are_not_attacks():
 
 def test_a_rule_that_stops_firing_fails_its_samples(tmp_path):
     text = (RULES / "tunnel.toml").read_text().replace("unique_names >= 5", "unique_names >= 100000")
+    shutil.copytree(RULES / "lists", tmp_path / "lists")      # the rule reads list_reputation
     (tmp_path / "tunnel.toml").write_text(text)
     problems = check_samples(load_rule(tmp_path / "tunnel.toml"))
     assert any("positive sample data:suricata-tunnel-dns2tcp-txt-bug1158.pcap gave no verdict" in p for p in problems)
@@ -175,6 +176,7 @@ def test_a_rule_that_fires_on_legitimate_traffic_fails_its_samples(tmp_path):
     rule = (RULES / "tunnel.toml").read_text()
     start, end = rule.index('when = """'), rule.index('"""', rule.index('when = """') + 10) + 3
     text = rule[:start] + 'when = "unique_names >= 5 and mean_entropy >= 2.8"' + rule[end:]
+    shutil.copytree(RULES / "lists", tmp_path / "lists")
     (tmp_path / "tunnel.toml").write_text(text)
     problems = check_samples(load_rule(tmp_path / "tunnel.toml"))
     assert any("negative sample data:generated-av-reputation-lookups.pcap" in p for p in problems)
@@ -318,7 +320,7 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
                  "generated-poisoned-race.pcap", "generated-out-of-bailiwick.pcap",
                  "generated-browser-intranet-probes.pcap", "generated-odd-but-legitimate.pcap",
                  "generated-one-way-validating-resolver.pcap", "generated-mail-authentication.pcap",
-                 "generated-service-names.pcap"):
+                 "generated-service-names.pcap", "generated-av-cloud-lookups.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 

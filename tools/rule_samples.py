@@ -47,11 +47,15 @@
   and a busy mail server asking a reputation service about the base32 SHA-256 hashes of
   attachments and addresses (<hash>._file.<key>.hbl.reputation.example), 150 a minute,
   nearly all NXDOMAIN.
+- generated-av-cloud-lookups.pcap: quiet too: forty endpoints of an anti-virus fleet asking
+  its cloud about the files they open, each an MD5 in base32 (26 characters, about as
+  random as encoded data) under the vendor's domain (avqs.mcafee.com, as McAfee GTI does),
+  800 in four minutes; unknown files come back NXDOMAIN.
 
 The resolver's own upstream queries are iterative (RD clear), as a resolver sends them.
 
 Addresses are private or documentation ranges; names are under .example, except the mail
-senders above.
+senders and the anti-virus vendor above.
 
     python tools/rule_samples.py [OUTPUT_DIR]
 """
@@ -339,6 +343,17 @@ def service_names(out: Path) -> None:
     write(out / "generated-service-names.pcap", sorted(frames))
 
 
+def av_cloud_lookups(out: Path) -> None:
+    rng = random.Random(41)
+    frames: list[tuple[float, bytes]] = []
+    for i in range(800):
+        digest = base64.b32encode(hashlib.md5(f"file-{i}".encode()).digest()).decode().rstrip("=").lower()
+        known = rng.random() < 0.8
+        exchange(frames, rng, START + i * 0.3, f"10.3.6.{10 + i % 40}", f"{digest}.avqs.mcafee.com", "A",
+                 "127.0.0.1" if known else None, False)
+    write(out / "generated-av-cloud-lookups.pcap", frames)
+
+
 def uuid_text(rng: random.Random) -> str:
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -358,3 +373,4 @@ if __name__ == "__main__":
     one_way_validating_resolver(target)
     mail_authentication(target)
     service_names(target)
+    av_cloud_lookups(target)
