@@ -2574,6 +2574,66 @@ def service_label_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, 
     return out
 
 
+cdef inline bint psl_has_label(const uint64_t[::1] psl_table, uint64_t mask, const uint8_t *p,
+                               uint32_t n) noexcept nogil:
+    """Whether the one label p[:n] is a suffix some rule of the table ends with (a TLD)."""
+    cdef uint64_t h = <uint64_t>FNV_OFFSET, key, slot, entry
+    cdef uint32_t k
+    for k in range(n):
+        h = fnv_step(h, p[k])
+    key = h >> PSL_FLAG_BITS
+    slot = key & mask
+    entry = psl_table[slot]
+    while entry != 0:
+        if (entry >> PSL_FLAG_BITS) == key:
+            return 1
+        slot = (slot + 1) & mask
+        entry = psl_table[slot]
+    return 0
+
+
+def inner_tld_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths,
+                     const uint16_t[::1] regdom_offs, const uint64_t[::1] psl_table):
+    """Per name in presentation form: how many labels between its first label and its
+    registered domain (which starts regdom_offs[i] characters in) are top-level domains of
+    the suffix table: a whole name under another, as search-domain expansion makes."""
+    cdef Py_ssize_t n = offsets.shape[0], i
+    cdef uint64_t mask = psl_table.shape[0] - 1
+    cdef uint32_t k, start, stop, label
+    cdef bint escaped
+    if lengths.shape[0] != n or regdom_offs.shape[0] != n:
+        raise ValueError("offsets, lengths and regdom_offs differ in length")
+    if psl_table.shape[0] & mask:
+        raise ValueError("psl_table size must be a power of two")
+    out = np.zeros(n, dtype=np.uint8)
+    cdef uint8_t[::1] o = out
+    for i in range(n):
+        start = offsets[i]
+        if <uint32_t>start + lengths[i] > <uint32_t>arena.shape[0]:
+            raise ValueError("span outside the arena")
+        if regdom_offs[i] > lengths[i]:
+            raise ValueError("registered domain outside the name")
+        stop = start + regdom_offs[i]     # the dot before the registered domain, + 1
+        # Skip the first label (a host or a random prefix), then test each whole label
+        # that ends before the registered domain; one holding an escape is no TLD.
+        k = start
+        label = stop
+        escaped = 0
+        while k < stop:
+            if arena[k] == 92:
+                escaped = 1
+                k += 2
+                continue
+            if arena[k] == 46:
+                if label < k and not escaped and o[i] < 255 and psl_has_label(
+                        psl_table, mask, &arena[label], k - label):
+                    o[i] += 1
+                label = k + 1
+                escaped = 0
+            k += 1
+    return out
+
+
 def public_tlds(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths,
                 const uint64_t[::1] psl_table):
     """Per name in presentation form: 1 when its last label is a top-level domain some rule

@@ -75,6 +75,12 @@ def first_label_stats(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) ->
 def service_label_counts(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Per name in presentation form: how many of its labels begin with an underscore."""
 
+def inner_tld_counts(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, regdom_offs: np.ndarray,
+                     psl_table: np.ndarray) -> np.ndarray:
+    """Per name in presentation form: how many labels between its first label and its
+    registered domain (which starts regdom_offs[i] characters in) are top-level domains of
+    the suffix table: a whole name under another, as search-domain expansion makes."""
+
 def public_tlds(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, psl_table: np.ndarray) -> np.ndarray:
     """Per name in presentation form: 1 when its last label is a top-level domain some rule
     of the suffix table (sensor.parse.psl.SuffixRules.table) ends with."""

@@ -320,7 +320,8 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
                  "generated-poisoned-race.pcap", "generated-out-of-bailiwick.pcap",
                  "generated-browser-intranet-probes.pcap", "generated-odd-but-legitimate.pcap",
                  "generated-one-way-validating-resolver.pcap", "generated-mail-authentication.pcap",
-                 "generated-service-names.pcap", "generated-av-cloud-lookups.pcap"):
+                 "generated-service-names.pcap", "generated-av-cloud-lookups.pcap",
+                 "generated-cluster-search-domains.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 
@@ -447,6 +448,9 @@ def test_name_features_per_distinct_name_equal_those_per_message(capture):
     assert cols["public_tld"].tolist() == [name.rsplit(".", 1)[-1] in tlds for name in texts]
     assert cols["service_labels"].tolist() == [sum(label.startswith("_") for label in name.split("."))
                                                for name in texts]
+    regdom_at = m["regdom_off"].tolist()
+    assert cols["inner_tlds"].tolist() == [sum(label in tlds for label in name[:at].split(".")[1:-1])
+                                           for name, at in zip(texts, regdom_at)]
     model = load_model(RULES / "models")
     cols.dga_model = model
     assert cols["dga_score"].tolist() == model.scores(arena, m).tolist()
@@ -599,6 +603,27 @@ def test_service_labels_count_the_labels_that_begin_with_an_underscore():
     offsets = np.cumsum([0] + [len(t) for t in texts[:-1]]).astype(np.uint32)
     lengths = np.array([len(t) for t in texts], dtype=np.uint16)
     assert _core.service_label_counts(arena, offsets, lengths).tolist() == [4, 1, 0, 1, 1, 0, 0, 0]
+
+
+def test_inner_tlds_find_a_whole_name_under_another():
+    """Search-domain expansion puts a whole name under another: a TLD among the labels
+    between the first and the registered domain. The first label and the registered
+    domain's own labels are not counted, nor a label holding an escape."""
+    from sensor import _core
+    from sensor.parse.psl import load_rules as load_suffix_rules
+
+    cases = {"api3.payments-cloud.com.corp.example": ("corp.example", 1),
+             "www.xyzzy-shop.co.uk.svc.corp.example": ("corp.example", 2),   # co is a TLD too
+             "com.x7k2q.victim.example": ("victim.example", 0),           # the first label
+             "x7k2q9.victim.example": ("victim.example", 0), "victim.com": ("victim.com", 0),
+             "a.b.c\\.com.victim.example": ("victim.example", 0), "a.net.org.example.com": ("example.com", 2)}
+    texts = [name.encode() for name in cases]
+    arena = b"".join(texts)
+    offsets = np.cumsum([0] + [len(t) for t in texts[:-1]]).astype(np.uint32)
+    lengths = np.array([len(t) for t in texts], dtype=np.uint16)
+    regdom = np.array([len(n) - len(reg) for n, (reg, _) in cases.items()], dtype=np.uint16)
+    got = _core.inner_tld_counts(arena, offsets, lengths, regdom, load_suffix_rules().table()).tolist()
+    assert got == [want for _, want in cases.values()]
 
 
 def test_public_tld_of_escaped_names():

@@ -51,11 +51,16 @@
   its cloud about the files they open, each an MD5 in base32 (26 characters, about as
   random as encoded data) under the vendor's domain (avqs.mcafee.com, as McAfee GTI does),
   800 in four minutes; unknown files come back NXDOMAIN.
+- generated-cluster-search-domains.pcap: quiet as well: the two DNS pods of a Kubernetes
+  cluster (ndots:5) forwarding what the pods look up outside it: each external name is
+  tried under the nodes' two search domains first (NXDOMAIN for
+  api3.payments-cloud.com.corp.example, ...), 1200 such failures a minute, then answered.
 
 The resolver's own upstream queries are iterative (RD clear), as a resolver sends them.
 
 Addresses are private or documentation ranges; names are under .example, except the mail
-senders and the anti-virus vendor above.
+senders, the anti-virus vendor and the cluster's external names above (made up, never
+resolved).
 
     python tools/rule_samples.py [OUTPUT_DIR]
 """
@@ -354,6 +359,21 @@ def av_cloud_lookups(out: Path) -> None:
     write(out / "generated-av-cloud-lookups.pcap", frames)
 
 
+def cluster_search_domains(out: Path) -> None:
+    rng = random.Random(43)
+    frames: list[tuple[float, bytes]] = []
+    services = ["payments-cloud", "pkg-registry", "container-hub", "auth-provider", "metrics-saas",
+                "object-store", "mail-relay", "feature-flags", "error-tracker", "chat-hooks"]
+    hosts = ["api", "www", "cdn", "auth", "registry", "hooks", "events", "login", "static", "files"]
+    for i in range(400):
+        name = f"{rng.choice(hosts)}{rng.randint(1, 40)}.{rng.choice(services)}.{rng.choice(['com', 'io', 'net'])}"
+        client, ts = f"10.3.7.{10 + i % 2}", START + i * 0.1
+        for k, search in enumerate(("svc.corp.example", "corp.example")):
+            exchange(frames, rng, ts + k * 0.003, client, f"{name}.{search}", "A", None, False)
+        exchange(frames, rng, ts + 0.006, client, name, "A", f"203.0.113.{i % 250 + 1}", False)
+    write(out / "generated-cluster-search-domains.pcap", sorted(frames))
+
+
 def uuid_text(rng: random.Random) -> str:
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -374,3 +394,4 @@ if __name__ == "__main__":
     mail_authentication(target)
     service_names(target)
     av_cloud_lookups(target)
+    cluster_search_domains(target)

@@ -74,6 +74,9 @@ FEATURES: dict[str, str] = {
     "service_labels": "labels of the question name that begin with an underscore: service and "
                       "attribute names a zone's owner chose (RFC 8552: _ldap._tcp, _domainkey, _dmarc, "
                       "a reputation service's _file), not data (computed only when a rule uses it)",
+    "inner_tlds": "labels between the question name's first label and its registered domain that are "
+                  "top-level domains: a whole name under another (api.github.com.corp.example.com: "
+                  "search-domain expansion) (computed only when a rule uses it)",
     "public_tld": "the question name ends in a top-level domain of the Public Suffix List: a name "
                   "under one that does not exist is local (.corp, .lan) or data (computed only when a "
                   "rule uses it)",
@@ -86,6 +89,7 @@ LAZY_ENCODING = "encoding_chars"
 LAZY_BAILIWICK = "out_of_bailiwick"
 LAZY_TLD = "public_tld"
 LAZY_SERVICE = "service_labels"
+LAZY_INNER_TLD = "inner_tlds"
 ENCODING_BYTES = b"=+/*\\"
 """Characters of base64 (= + /), of globs, and the backslash of an escaped byte: data, never
 a host name (mDNS instance names may hold spaces and punctuation, not these)."""
@@ -132,6 +136,12 @@ class Columns(dict):
         if name == LAZY_SERVICE:
             _, inverse, offsets, lengths = self._batch.distinct_names
             self[name] = _core.service_label_counts(self._batch.arena, offsets, lengths)[inverse]
+            return self[name]
+        if name == LAZY_INNER_TLD:
+            first, inverse, offsets, lengths = self._batch.distinct_names
+            regdom = np.ascontiguousarray(self._batch.messages["regdom_off"][first])
+            self[name] = _core.inner_tld_counts(self._batch.arena, offsets, lengths, regdom,
+                                                load_rules().table())[inverse]
             return self[name]
         if name == LAZY_TLD:
             _, inverse, offsets, lengths = self._batch.distinct_names
