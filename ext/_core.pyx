@@ -2506,20 +2506,31 @@ def isin_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef int check_name_spans(Py_ssize_t arena_len, const uint32_t[::1] offsets,
+                          const uint16_t[::1] lengths) except -1:
+    """Raise unless there is a length for each offset and every span lies in the arena."""
+    cdef Py_ssize_t i
+    if lengths.shape[0] != offsets.shape[0]:
+        raise ValueError("offsets and lengths differ in length")
+    for i in range(offsets.shape[0]):
+        if <size_t>offsets[i] + lengths[i] > <size_t>arena_len:
+            raise ValueError("span outside the arena")
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def first_label_stats(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths):
     """Per name in presentation form: (length, digits, hex characters) of its leftmost label."""
     cdef Py_ssize_t n = offsets.shape[0], i
     cdef uint32_t k, end
     cdef uint8_t ch
     cdef int64_t length, digits, hexes
-    if lengths.shape[0] != n:
-        raise ValueError("offsets and lengths differ in length")
+    check_name_spans(arena.shape[0], offsets, lengths)
     out = np.zeros((3, n), dtype=np.int64)
     cdef int64_t[:, ::1] o = out
     for i in range(n):
         end = offsets[i] + lengths[i]
-        if end > <uint32_t>arena.shape[0]:
-            raise ValueError("span outside the arena")
         length = digits = hexes = 0
         k = offsets[i]
         if lengths[i] == 1 and arena[k] == 46:       # the root
@@ -2552,14 +2563,11 @@ def service_label_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, 
     cdef Py_ssize_t n = offsets.shape[0], i
     cdef uint32_t k, end
     cdef bint label_start
-    if lengths.shape[0] != n:
-        raise ValueError("offsets and lengths differ in length")
+    check_name_spans(arena.shape[0], offsets, lengths)
     out = np.zeros(n, dtype=np.uint8)
     cdef uint8_t[::1] o = out
     for i in range(n):
         end = offsets[i] + lengths[i]
-        if end > <uint32_t>arena.shape[0]:
-            raise ValueError("span outside the arena")
         label_start = 1
         k = offsets[i]
         while k < end:
@@ -2601,16 +2609,15 @@ def inner_tld_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, cons
     cdef uint64_t mask = psl_table.shape[0] - 1
     cdef uint32_t k, start, stop, label
     cdef bint escaped
-    if lengths.shape[0] != n or regdom_offs.shape[0] != n:
-        raise ValueError("offsets, lengths and regdom_offs differ in length")
+    check_name_spans(arena.shape[0], offsets, lengths)
+    if regdom_offs.shape[0] != n:
+        raise ValueError("offsets and regdom_offs differ in length")
     if psl_table.shape[0] & mask:
         raise ValueError("psl_table size must be a power of two")
     out = np.zeros(n, dtype=np.uint8)
     cdef uint8_t[::1] o = out
     for i in range(n):
         start = offsets[i]
-        if <uint32_t>start + lengths[i] > <uint32_t>arena.shape[0]:
-            raise ValueError("span outside the arena")
         if regdom_offs[i] > lengths[i]:
             raise ValueError("registered domain outside the name")
         stop = start + regdom_offs[i]     # the dot before the registered domain, + 1
@@ -2639,20 +2646,17 @@ def public_tlds(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
     """Per name in presentation form: 1 when its last label is a top-level domain some rule
     of the suffix table (sensor.parse.psl.SuffixRules.table) ends with."""
     cdef Py_ssize_t n = offsets.shape[0], i
-    cdef uint64_t mask = psl_table.shape[0] - 1, key, slot, entry, h
+    cdef uint64_t mask = psl_table.shape[0] - 1
     cdef uint32_t k, end, tld
     cdef uint8_t ch
     cdef bint escaped
-    if lengths.shape[0] != n:
-        raise ValueError("offsets and lengths differ in length")
+    check_name_spans(arena.shape[0], offsets, lengths)
     if psl_table.shape[0] & mask:
         raise ValueError("psl_table size must be a power of two")
     out = np.zeros(n, dtype=np.uint8)
     cdef uint8_t[::1] o = out
     for i in range(n):
         end = offsets[i] + lengths[i]
-        if end > <uint32_t>arena.shape[0]:
-            raise ValueError("span outside the arena")
         # The last label starts after the last unescaped dot; a label holding an escaped
         # byte is no TLD.
         k = tld = offsets[i]
@@ -2666,20 +2670,8 @@ def public_tlds(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
             elif ch == 46:
                 tld = k
                 escaped = 0
-        if tld >= end or escaped:
-            continue
-        h = <uint64_t>FNV_OFFSET
-        for k in range(tld, end):
-            h = fnv_step(h, arena[k])
-        key = h >> PSL_FLAG_BITS
-        slot = key & mask
-        entry = psl_table[slot]
-        while entry != 0:
-            if (entry >> PSL_FLAG_BITS) == key:
-                o[i] = 1
-                break
-            slot = (slot + 1) & mask
-            entry = psl_table[slot]
+        if tld < end and not escaped:
+            o[i] = psl_has_label(psl_table, mask, &arena[tld], end - tld)
     return out
 
 

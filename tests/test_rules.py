@@ -638,6 +638,13 @@ def test_public_tld_of_escaped_names():
     lengths = np.array([len(t) for t in texts], dtype=np.uint16)
     got = _core.public_tlds(arena, offsets, lengths, load_suffix_rules().table()).tolist()
     assert got == [1, 0, 0, 1, 0, 0, 0]
+    beyond = (np.array([2], dtype=np.uint32), np.array([5], dtype=np.uint16))
+    for check in (lambda: _core.public_tlds(b"abc", *beyond, load_suffix_rules().table()),
+                  lambda: _core.service_label_counts(b"abc", *beyond),
+                  lambda: _core.inner_tld_counts(b"abc", *beyond, np.zeros(1, np.uint16),
+                                                 load_suffix_rules().table())):
+        with pytest.raises(ValueError, match="span outside the arena"):
+            check()
 
 
 def test_name_patterns_and_encoded_names_flag_one_query_exfiltration(tmp_path):
