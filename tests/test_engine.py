@@ -85,6 +85,34 @@ def test_spoofed_responses_are_mismatched_and_extra_responses_duplicate(tmp_path
     assert np.count_nonzero(r.state == DUPLICATE) == 1
     assert np.count_nonzero(r.state == UNSOLICITED) == 1
     assert set(r.leg.tolist()) == {1}               # the resolver's own upstream queries
+    spoofed = r.state == MISMATCHED                 # all race the one query, named by its key
+    assert len(set(r.raced[spoofed].tolist())) == 1 and r.raced[spoofed][0] != 0
+    assert not np.any(r.raced[~spoofed])
+
+
+def test_answers_to_queries_the_capture_lost_each_race_another_query(tmp_path):
+    """A busy client asks one name again and again; the capture loses some of its queries.
+    Their answers meet other queries for the name outstanding: mismatched, but each races
+    a different query, where a spoofer's flood races one. Across batches too."""
+    conv = Conversation()
+    lost = set(range(5, 60, 6))
+    for i in range(60):
+        q = query("www.news.example", txid=1000 + i)
+        if i not in lost:
+            conv.send(q.pack(), CLIENT, RESOLVER, 20000 + i, 53, after=0.01)
+        else:
+            conv.ts += 0.01
+        # each answer comes after the next query went out
+        conv.frames.append((conv.ts + 0.015, udp_frame(q.reply().pack(), RESOLVER, CLIENT, 53, 20000 + i)))
+    conv.frames.sort(key=lambda f: f[0])
+    msgs = parsed(conv, tmp_path).messages
+    tracker = Tracker()
+    halves = [tracker.process(msgs[:50]), tracker.process(msgs[50:])]
+    state = np.concatenate([h.state for h in halves])
+    raced = np.concatenate([h.raced for h in halves])
+    spoofed = state == MISMATCHED
+    assert np.count_nonzero(spoofed) == len(lost)
+    assert len(set(raced[spoofed].tolist())) == len(lost) and 0 not in raced[spoofed]
 
 
 def test_responses_over_tcp_without_their_query_are_unsolicited_not_spoofed(tmp_path):

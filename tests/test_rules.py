@@ -321,7 +321,7 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
                  "generated-browser-intranet-probes.pcap", "generated-odd-but-legitimate.pcap",
                  "generated-one-way-validating-resolver.pcap", "generated-mail-authentication.pcap",
                  "generated-service-names.pcap", "generated-av-cloud-lookups.pcap",
-                 "generated-cluster-search-domains.pcap"):
+                 "generated-cluster-search-domains.pcap", "generated-lossy-nat-client.pcap"):
         assert (tmp_path / name).read_bytes() == (DATA / name).read_bytes(), name
 
 

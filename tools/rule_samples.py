@@ -55,6 +55,10 @@
   cluster (ndots:5) forwarding what the pods look up outside it: each external name is
   tried under the nodes' two search domains first (NXDOMAIN for
   api3.payments-cloud.com.corp.example, ...), 1200 such failures a minute, then answered.
+- generated-lossy-nat-client.pcap: quiet too: a NAT gateway's many users asking the resolver
+  for the same few names, 100 queries a second, on a capture that lost 3 % of the queries:
+  the answers to the lost ones arrive while other queries for the same name are
+  outstanding, so they look like answers with the wrong id or port, racing one each.
 
 The resolver's own upstream queries are iterative (RD clear), as a resolver sends them.
 
@@ -374,6 +378,24 @@ def cluster_search_domains(out: Path) -> None:
     write(out / "generated-cluster-search-domains.pcap", sorted(frames))
 
 
+def lossy_nat_client(out: Path) -> None:
+    rng = random.Random(47)
+    frames: list[tuple[float, bytes]] = []
+    nat = "10.3.8.1"
+    names = ["www.news-portal.example", "api.news-portal.example", "cdn.video.example"]
+    for i in range(1200):
+        name, ts = names[i % 3], START + i * 0.01
+        q = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1), q=dnslib.DNSQuestion(name))
+        r = q.reply()
+        r.header.aa = 0
+        r.add_answer(dnslib.RR(name, rdata=dnslib.A("203.0.113.80"), ttl=60))
+        sport = rng.randint(1024, 65535)
+        if rng.random() >= 0.03:          # the capture lost the others
+            frames.append((ts, frame(q.pack(), nat, RESOLVER, sport, 53)))
+        frames.append((ts + rng.uniform(0.005, 0.06), frame(r.pack(), RESOLVER, nat, 53, sport)))
+    write(out / "generated-lossy-nat-client.pcap", frames)
+
+
 def uuid_text(rng: random.Random) -> str:
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -395,3 +417,4 @@ if __name__ == "__main__":
     service_names(target)
     av_cloud_lookups(target)
     cluster_search_domains(target)
+    lossy_nat_client(target)

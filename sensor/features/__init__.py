@@ -55,6 +55,9 @@ FEATURES: dict[str, str] = {
     "unsolicited": "a response matching no outstanding query",
     "mismatched": "a response over UDP for an outstanding question with the wrong id or port (spoofing)",
     "duplicate": "a further response to a query already answered",
+    "raced_query": "group key: for a mismatched response, the outstanding query with its question that it "
+                   "raced (a spoofer's flood races one with many answers; answers whose own queries the "
+                   "capture lost race one each); 0 for other messages",
     "multi_response": "a response to a query that was answered more than once (the first one too)",
     "upstream": "on the resolver's upstream leg (the resolver is the client)",
     "client_internal": "the client is inside the configured client networks",
@@ -291,7 +294,7 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
         "client": client_key, "server": hash_columns(sw[:, 0], sw[:, 1]), "regdom": regdom,
         "qname": m["name_hash"], "answered": track.state == ANSWERED,
         "unsolicited": track.state == UNSOLICITED, "mismatched": track.state == MISMATCHED,
-        "duplicate": track.state == DUPLICATE, "multi_response": track.multi, "upstream": track.leg == 1,
+        "duplicate": track.state == DUPLICATE, "multi_response": track.multi, "raced_query": track.raced, "upstream": track.leg == 1,
         "client_internal": (internal := client_networks.mask(track.client)),
         "client_external": ~internal if client_networks.networks else np.zeros(len(m), dtype=bool),
         "anomalous": m["anomalies"] != 0,

@@ -81,6 +81,31 @@ def address_words(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values).view("<u8").reshape(-1, 2)
 
 
+def _raced_queries(resp_loose: np.ndarray, resp_ts: np.ndarray, query_loose: np.ndarray,
+                   query_key: np.ndarray, query_ts: np.ndarray) -> np.ndarray:
+    """For responses with the wrong id or port: the key of the query each raced, the latest
+    one with its question (loose key) at or before it, else the earliest after it. A
+    spoofer's flood races one query with many answers; answers whose own queries the
+    capture lost each race another."""
+    cand = np.flatnonzero(isin_keys(query_loose, resp_loose))
+    loose = np.concatenate([query_loose[cand], resp_loose])
+    ts = np.concatenate([query_ts[cand], resp_ts])
+    is_resp = np.concatenate([np.zeros(len(cand), dtype=np.uint8), np.ones(len(resp_loose), dtype=np.uint8)])
+    order = np.lexsort((is_resp, ts, loose))
+    pos = np.arange(len(order))
+    is_q = is_resp[order] == 0
+    before = np.maximum.accumulate(np.where(is_q, pos, -1))
+    after = np.minimum.accumulate(np.where(is_q, pos, len(order))[::-1])[::-1]
+    sl = loose[order]
+    rpos = np.flatnonzero(~is_q)
+    b, a = before[rpos], np.minimum(after[rpos], len(order) - 1)
+    use = np.where((b >= 0) & (sl[np.maximum(b, 0)] == sl[rpos]), b, a)
+    keys = np.concatenate([query_key[cand], np.zeros(len(resp_loose), dtype=np.uint64)])[order]
+    out = np.empty(len(resp_loose), dtype=np.uint64)
+    out[order[rpos] - len(cand)] = keys[use]
+    return out
+
+
 def _by_key_time_kind(key: np.ndarray, ts: np.ndarray, is_response: np.ndarray) -> np.ndarray:
     """An order of events with equal keys together, by time within a key, queries before
     responses at the same time (what matching needs; keys need not be sorted). Events
@@ -106,6 +131,8 @@ class TrackResult:
     tracked: np.ndarray          # bool per message: took part (not multicast, question readable)
     server_is_resolver: np.ndarray  # bool per message: the answering side is one of the resolver's addresses
     multi: np.ndarray            # bool per message: a response to a query answered more than once
+    raced: np.ndarray            # uint64 per message: for a MISMATCHED response, the key of the
+                                 # query it raced (the latest before it with its question); else 0
     unanswered: np.ndarray       # UNANSWERED_DTYPE: queries that timed out in this step
     evicted: np.ndarray          # float64 ts of queries evicted from a full pending table
 
@@ -180,6 +207,12 @@ class Tracker:
         mismatch = isin_keys(loose[unmatched], query_loose) & (msgs["transport"][unmatched] == UDP)
         state[unmatched[mismatch]] = MISMATCHED
         state[unmatched[~mismatch]] = UNSOLICITED
+        raced = np.zeros(n, dtype=np.uint64)
+        if np.any(mismatch):
+            spoofed = unmatched[mismatch]
+            raced[spoofed] = _raced_queries(
+                loose[spoofed], ts[spoofed], query_loose,
+                np.concatenate([p["key"], key[qi]]), np.concatenate([p["ts"], ts[qi]]))
 
         # Queries still open: not answered, not followed by a newer query with the same key.
         qpos = np.flatnonzero(is_query_pos)
@@ -218,8 +251,8 @@ class Tracker:
         t["unanswered"] += len(unanswered)
         t["pending_evicted"] += len(evicted)
         return TrackResult(state=state, rtt=rtt, leg=leg, resolver=resolver, client=client, tracked=tracked,
-                           server_is_resolver=server_is_resolver, multi=multi, unanswered=unanswered,
-                           evicted=evicted)
+                           server_is_resolver=server_is_resolver, multi=multi, raced=raced,
+                           unanswered=unanswered, evicted=evicted)
 
     def drain(self) -> np.ndarray:
         """End of input: every query still pending is unanswered."""
