@@ -55,9 +55,9 @@ FEATURES: dict[str, str] = {
     "unsolicited": "a response matching no outstanding query",
     "mismatched": "a response over UDP for an outstanding question with the wrong id or port (spoofing)",
     "duplicate": "a further response to a query already answered",
-    "raced_query": "group key: for a mismatched response, the outstanding query with its question that it "
-                   "raced (a spoofer's flood races one with many answers; answers whose own queries the "
-                   "capture lost race one each); 0 for other messages",
+    "raced_query": "for a mismatched response, a key of the outstanding query with its question that it "
+                   "raced, to count with nunique (a spoofer's flood races one with many answers; answers "
+                   "whose own queries the capture lost race one each); 0 for other messages",
     "multi_response": "a response to a query that was answered more than once (the first one too)",
     "upstream": "on the resolver's upstream leg (the resolver is the client)",
     "client_internal": "the client is inside the configured client networks",
@@ -285,7 +285,8 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
     cols = {
         "ts": m["ts"], "qr": m["qr"], "is_query": isq, "is_response": isr, "opcode": m["opcode"],
         "rcode": m["rcode"], "nxdomain": isr & (m["rcode"] == 3), "servfail": isr & (m["rcode"] == 2),
-        "qtype": m["qtype"], "size": m["size"], "tcp": m["transport"] == 6, "ip_ttl": m["ip_ttl"], "ancount": m["ancount"], "nscount": m["nscount"],
+        "qtype": m["qtype"], "size": m["size"], "tcp": m["transport"] == 6, "ip_ttl": m["ip_ttl"],
+        "ancount": m["ancount"], "nscount": m["nscount"],
         "arcount": m["arcount"], "aa": (flags & 0x0400) != 0, "tc": (flags & 0x0200) != 0,
         "rd": (flags & 0x0100) != 0, "ra": (flags & 0x0080) != 0, "edns_udp_size": m["edns_udp_size"],
         "qname_len": m["qname_len"], "labels": m["labels"], "longest_label": m["longest_label"],
@@ -294,7 +295,8 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> Feat
         "client": client_key, "server": hash_columns(sw[:, 0], sw[:, 1]), "regdom": regdom,
         "qname": m["name_hash"], "answered": track.state == ANSWERED,
         "unsolicited": track.state == UNSOLICITED, "mismatched": track.state == MISMATCHED,
-        "duplicate": track.state == DUPLICATE, "multi_response": track.multi, "raced_query": track.raced, "upstream": track.leg == 1,
+        "duplicate": track.state == DUPLICATE, "multi_response": track.multi, "raced_query": track.raced,
+        "upstream": track.leg == 1,
         "client_internal": (internal := client_networks.mask(track.client)),
         "client_external": ~internal if client_networks.networks else np.zeros(len(m), dtype=bool),
         "anomalous": m["anomalies"] != 0,
