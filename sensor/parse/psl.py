@@ -140,8 +140,13 @@ def bundled_snapshot_path() -> str:
     return os.path.join(os.path.dirname(tldextract.__file__), ".tld_set_snapshot")
 
 
-@lru_cache(maxsize=4)
 def load_rules(path: str | None = None, include_private: bool = True) -> SuffixRules:
-    """Rules from `path` (a public_suffix_list.dat) or from tldextract's bundled snapshot."""
+    """Rules from `path` (a public_suffix_list.dat) or from tldextract's bundled snapshot,
+    read once per process whichever way the arguments are spelt."""
+    return _load_rules(path, include_private)
+
+
+@lru_cache(maxsize=4)
+def _load_rules(path: str | None, include_private: bool) -> SuffixRules:
     with open(path or bundled_snapshot_path(), encoding="utf-8") as f:
         return parse_rules(f.read(), include_private)
