@@ -46,7 +46,8 @@
   under a 34-character AD site name (_ldap._tcp.<site>._sites.dc._msdcs.corp.example, ...),
   and a busy mail server asking a reputation service about the base32 SHA-256 hashes of
   attachments and addresses (<hash>._file.<key>.hbl.reputation.example), 150 a minute,
-  nearly all NXDOMAIN.
+  nearly all NXDOMAIN; and Macs finding the office printers by unicast DNS-SD (SRV and TXT
+  for instance names with spaces and parentheses, which the text form escapes).
 - generated-av-cloud-lookups.pcap: quiet too: forty endpoints of an anti-virus fleet asking
   its cloud about the files they open, each an MD5 in base32 (26 characters, about as
   random as encoded data) under the vendor's domain (avqs.mcafee.com, as McAfee GTI does),
@@ -349,6 +350,20 @@ def service_names(out: Path) -> None:
         kind = ("_file", "_email", "_cw")[i % 3]
         exchange(frames, rng, START + i * 0.4, mail, f"{digest}.{kind}.dq7kx2.hbl.reputation.example", "A",
                  "127.0.3.2" if rng.random() < 0.02 else None, False)
+    printers = ["HP LaserJet Pro MFP M428fdw (4A6B2C)", "Brother MFC-L8900CDW series (3rd floor)",
+                "Canon iR-ADV C5535 (Reception Desk)"]
+    for c in range(20):
+        client, ts = f"10.3.5.{100 + c}", START + 20 + c * 7.0
+        for k, printer in enumerate(printers):
+            name = dnslib.DNSLabel([printer.encode(), b"_ipp", b"_tcp", b"corp", b"example"])
+            for j, qtype in enumerate(("SRV", "TXT")):
+                q = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1),
+                                     q=dnslib.DNSQuestion(name, getattr(dnslib.QTYPE, qtype)))
+                r = q.reply()
+                r.header.aa = 0
+                sport, t = rng.randint(20000, 60000), ts + k * 0.01 + j * 0.003
+                frames.append((t, frame(q.pack(), client, RESOLVER, sport, 53)))
+                frames.append((t + 0.001, frame(r.pack(), RESOLVER, client, 53, sport)))
     write(out / "generated-service-names.pcap", sorted(frames))
 
 
