@@ -902,11 +902,11 @@ cdef class Core:
     def begin(self, size_t capacity=4096):
         """Start a new, empty batch with room for `capacity` messages."""
         # Rows are written whole before they are read: no need to zero them.
-        self.messages_array = np.empty(max(capacity, 16), dtype=MESSAGE_DTYPE)
+        self.messages_array = np.empty(max(capacity, <size_t>16), dtype=MESSAGE_DTYPE)
         self.msgs = <MessageRow *><size_t>self.messages_array.ctypes.data
         self.msg_cap = self.messages_array.shape[0]
         self.nmsg = 0
-        self.rrs_array = np.empty(max(capacity * 2, 64), dtype=RR_DTYPE)
+        self.rrs_array = np.empty(max(capacity * 2, <size_t>64), dtype=RR_DTYPE)
         self.rrs = <RRRow *><size_t>self.rrs_array.ctypes.data
         self.rr_cap = self.rrs_array.shape[0]
         self.nrr = 0
