@@ -804,6 +804,20 @@ cdef int ar_put_eui(Arena *a, const uint8_t *p, size_t n) except -1:
 
 # ---------------------------------------------------------------- core
 
+cdef inline uint8_t psl_entry_flags(const uint64_t *table, uint64_t mask, uint64_t reversed_hash) noexcept nogil:
+    """The PSL_* flags of one suffix (by the FNV-1a hash of its labels reversed) in a suffix
+    table (sensor.parse.psl.SuffixRules.table, `mask` its size less one), 0 when absent."""
+    cdef uint64_t key = reversed_hash >> PSL_FLAG_BITS
+    cdef uint64_t slot = key & mask
+    cdef uint64_t entry = table[slot]
+    while entry != 0:
+        if (entry >> PSL_FLAG_BITS) == key:
+            return <uint8_t>(entry & PSL_FLAG_MASK)
+        slot = (slot + 1) & mask
+        entry = table[slot]
+    return 0
+
+
 cdef inline bint question_count_allowed(const MessageRow *row) noexcept nogil:
     """As the twin's question_count_allowed (read there why), once the OPT is read."""
     if row.sport == MDNS_PORT or row.dport == MDNS_PORT:
@@ -871,7 +885,7 @@ cdef class Core:
         if self.port_map.shape[0] != 65536:
             raise ValueError("port_map must have 65536 entries")
         self.psl_table = np.ascontiguousarray(psl_table, dtype=np.uint64)
-        if self.psl_table.shape[0] & (self.psl_table.shape[0] - 1):
+        if self.psl_table.shape[0] == 0 or self.psl_table.shape[0] & (self.psl_table.shape[0] - 1):
             raise ValueError("psl_table size must be a power of two")
         self.psl_mask = self.psl_table.shape[0] - 1
         self.max_questions = max_questions
@@ -1248,15 +1262,7 @@ cdef class Core:
 
     cdef inline uint8_t psl_flags(self, uint64_t reversed_hash) noexcept:
         """The PSL_* flags of one suffix (by the hash of its labels reversed), 0 when absent."""
-        cdef uint64_t key = reversed_hash >> PSL_FLAG_BITS
-        cdef uint64_t slot = key & self.psl_mask
-        cdef uint64_t entry = self.psl_table[slot]
-        while entry != 0:
-            if (entry >> PSL_FLAG_BITS) == key:
-                return <uint8_t>(entry & PSL_FLAG_MASK)
-            slot = (slot + 1) & self.psl_mask
-            entry = self.psl_table[slot]
-        return 0
+        return psl_entry_flags(&self.psl_table[0], self.psl_mask, reversed_hash)
 
     cdef int registered_label(self, NameOut *o) noexcept:
         """Index of the first label of the registered domain (eTLD+1).
@@ -2582,22 +2588,13 @@ def service_label_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, 
     return out
 
 
-cdef inline bint psl_has_label(const uint64_t[::1] psl_table, uint64_t mask, const uint8_t *p,
-                               uint32_t n) noexcept nogil:
+cdef inline bint psl_has_label(const uint64_t *table, uint64_t mask, const uint8_t *p, uint32_t n) noexcept nogil:
     """Whether the one label p[:n] is a suffix some rule of the table ends with (a TLD)."""
-    cdef uint64_t h = <uint64_t>FNV_OFFSET, key, slot, entry
+    cdef uint64_t h = <uint64_t>FNV_OFFSET
     cdef uint32_t k
     for k in range(n):
         h = fnv_step(h, p[k])
-    key = h >> PSL_FLAG_BITS
-    slot = key & mask
-    entry = psl_table[slot]
-    while entry != 0:
-        if (entry >> PSL_FLAG_BITS) == key:
-            return 1
-        slot = (slot + 1) & mask
-        entry = psl_table[slot]
-    return 0
+    return psl_entry_flags(table, mask, h) != 0
 
 
 def inner_tld_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths,
@@ -2612,7 +2609,7 @@ def inner_tld_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, cons
     check_name_spans(arena.shape[0], offsets, lengths)
     if regdom_offs.shape[0] != n:
         raise ValueError("offsets and regdom_offs differ in length")
-    if psl_table.shape[0] & mask:
+    if psl_table.shape[0] == 0 or psl_table.shape[0] & mask:
         raise ValueError("psl_table size must be a power of two")
     out = np.zeros(n, dtype=np.uint8)
     cdef uint8_t[::1] o = out
@@ -2633,7 +2630,7 @@ def inner_tld_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, cons
                 continue
             if arena[k] == 46:
                 if label < k and not escaped and o[i] < 255 and psl_has_label(
-                        psl_table, mask, &arena[label], k - label):
+                        &psl_table[0], mask, &arena[label], k - label):
                     o[i] += 1
                 label = k + 1
                 escaped = 0
@@ -2651,7 +2648,7 @@ def public_tlds(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
     cdef uint8_t ch
     cdef bint escaped
     check_name_spans(arena.shape[0], offsets, lengths)
-    if psl_table.shape[0] & mask:
+    if psl_table.shape[0] == 0 or psl_table.shape[0] & mask:
         raise ValueError("psl_table size must be a power of two")
     out = np.zeros(n, dtype=np.uint8)
     cdef uint8_t[::1] o = out
@@ -2671,7 +2668,7 @@ def public_tlds(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
                 tld = k
                 escaped = 0
         if tld < end and not escaped:
-            o[i] = psl_has_label(psl_table, mask, &arena[tld], end - tld)
+            o[i] = psl_has_label(&psl_table[0], mask, &arena[tld], end - tld)
     return out
 
 

@@ -115,6 +115,19 @@ def exchange(frames, rng, ts: float, client: str, name: str, qtype: str, answer:
     frames.append((ts + delay, frame(r.pack(), RESOLVER, client, 53, sport)))
 
 
+def cached_answer(frames, rng, ts: float, client: str, name, qtype: str, records=(), delay: float = 0.001) -> None:
+    """A client's query and the resolver's answer from its cache (not authoritative)."""
+    q = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1),
+                         q=dnslib.DNSQuestion(name, getattr(dnslib.QTYPE, qtype)))
+    r = q.reply()
+    r.header.aa = 0
+    for rr in records:
+        r.add_answer(rr)
+    sport = rng.randint(20000, 60000)
+    frames.append((ts, frame(q.pack(), client, RESOLVER, sport, 53)))
+    frames.append((ts + delay, frame(r.pack(), RESOLVER, client, 53, sport)))
+
+
 def water_torture(out: Path) -> None:
     rng = random.Random(7)
     frames: list[tuple[float, bytes]] = []
@@ -313,14 +326,8 @@ def mail_authentication(out: Path) -> None:
         for k, (name, text) in enumerate(((sender, "v=spf1 include:mail-provider.example ~all"),
                                           (f"_dmarc.{sender}", "v=DMARC1; p=quarantine"),
                                           (f"{selector}._domainkey.{sender}", f"v=DKIM1; k=rsa; p={key}"))):
-            q = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1),
-                                 q=dnslib.DNSQuestion(name, dnslib.QTYPE.TXT))
-            r = q.reply()
-            r.header.aa = 0
-            r.add_answer(dnslib.RR(name, dnslib.QTYPE.TXT, rdata=dnslib.TXT(text), ttl=3600))
-            sport = rng.randint(20000, 60000)
-            frames.append((ts + k * 0.01, frame(q.pack(), mail, RESOLVER, sport, 53)))
-            frames.append((ts + k * 0.01 + 0.004, frame(r.pack(), RESOLVER, mail, 53, sport)))
+            cached_answer(frames, rng, ts + k * 0.01, mail, name, "TXT",
+                          [dnslib.RR(name, dnslib.QTYPE.TXT, rdata=dnslib.TXT(text), ttl=3600)], delay=0.004)
     write(out / "generated-mail-authentication.pcap", frames)
 
 
@@ -335,15 +342,8 @@ def service_names(out: Path) -> None:
     for c in range(30):
         client, logon = f"10.3.5.{10 + c}", START + rng.uniform(0, 300)
         for k, name in enumerate(locator):
-            srv = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1),
-                                   q=dnslib.DNSQuestion(name, dnslib.QTYPE.SRV))
-            r = srv.reply()
-            r.header.aa = 0
-            r.add_answer(dnslib.RR(name, dnslib.QTYPE.SRV, ttl=600,
-                                   rdata=dnslib.SRV(0, 100, 389, f"dc1.{domain}")))
-            sport, t = rng.randint(20000, 60000), logon + k * 0.002
-            frames.append((t, frame(srv.pack(), client, RESOLVER, sport, 53)))
-            frames.append((t + 0.001, frame(r.pack(), RESOLVER, client, 53, sport)))
+            cached_answer(frames, rng, logon + k * 0.002, client, name, "SRV",
+                          [dnslib.RR(name, dnslib.QTYPE.SRV, ttl=600, rdata=dnslib.SRV(0, 100, 389, f"dc1.{domain}"))])
     mail = "10.3.0.25"
     for i in range(600):
         digest = base64.b32encode(hashlib.sha256(f"attachment-{i}".encode()).digest()).decode().rstrip("=").lower()
@@ -357,13 +357,7 @@ def service_names(out: Path) -> None:
         for k, printer in enumerate(printers):
             name = dnslib.DNSLabel([printer.encode(), b"_ipp", b"_tcp", b"corp", b"example"])
             for j, qtype in enumerate(("SRV", "TXT")):
-                q = dnslib.DNSRecord(dnslib.DNSHeader(id=rng.randint(0, 65535), rd=1),
-                                     q=dnslib.DNSQuestion(name, getattr(dnslib.QTYPE, qtype)))
-                r = q.reply()
-                r.header.aa = 0
-                sport, t = rng.randint(20000, 60000), ts + k * 0.01 + j * 0.003
-                frames.append((t, frame(q.pack(), client, RESOLVER, sport, 53)))
-                frames.append((t + 0.001, frame(r.pack(), RESOLVER, client, 53, sport)))
+                cached_answer(frames, rng, ts + k * 0.01 + j * 0.003, client, name, qtype)
     write(out / "generated-service-names.pcap", sorted(frames))
 
 

@@ -210,13 +210,13 @@ class Writer:
                   file=sys.stderr, flush=True)
             self._store_error_printed = now
         self.store_error = str(error)
-        self._send_unstored(verdicts)
+        latest = {verdict_key(v): v for v in verdicts}       # a window's newest row
+        self._send_unstored(latest)
         if final:
-            latest = list({verdict_key(v): v for v in verdicts}.values())
-            for v in latest:
+            for v in latest.values():
                 print("dnssensor: verdict not stored: " + json.dumps(v, sort_keys=True, default=str),
                       file=sys.stderr, flush=True)
-            self.unstored += latest
+            self.unstored += latest.values()
 
     def _store_recovered(self) -> None:
         if self.store_error is not None:
@@ -224,12 +224,12 @@ class Writer:
                   file=sys.stderr, flush=True)
         self.store_error, self.store_failures = None, 0
 
-    def _send_unstored(self, verdicts: list[dict[str, Any]]) -> None:
-        """The verdicts a refused write held that syslog has not had and the store has
-        no row for (it can still be read when full): sent now, each entity and window once."""
+    def _send_unstored(self, latest: dict[tuple, dict[str, Any]]) -> None:
+        """The verdicts a refused write held (by verdict_key) that syslog has not had and the
+        store has no row for (it can still be read when full): sent now, each entity and
+        window once."""
         if not self.senders:
             return
-        latest = {verdict_key(v): v for v in verdicts}
         fresh = [k for k in latest if k not in self.sent_unstored]
         try:
             stored = self.store.stored_verdicts(fresh)

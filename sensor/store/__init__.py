@@ -170,7 +170,7 @@ class Store:
             f"SELECT id, {', '.join(VERDICTS.key)} FROM verdicts WHERE id > ?", (before,))}
         if not new_ids:
             return []
-        latest = {tuple(v[k] for k in VERDICTS.key): v for v in verdicts}
+        latest = {verdict_key(v): v for v in verdicts}
         return [{**v, "id": new_ids[key]} for key, v in latest.items() if key in new_ids]
 
     def stored_verdicts(self, keys: Iterable[tuple]) -> set[tuple]:
