@@ -52,6 +52,7 @@ def test_unreadable_input_gives_one_line_and_status_2(path, message):
     out = run("dump", path)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and message in out.stderr and out.stderr.startswith("dnssensor: error:")
+    assert out.stderr.count(path) == 1
 
 
 def test_truncated_capture_reports_where(tmp_path):

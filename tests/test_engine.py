@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sqlite3
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -486,6 +489,57 @@ def test_captures_are_merged_by_time_across_files(tmp_path):
         p.feed(fb)
         names += p.take().qnames()
     assert names == [f"q{i}.example" for i in range(40)]
+
+
+def _open_files_under(folder: Path) -> int:
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd).startswith(str(folder))
+        except OSError:
+            continue            # the listing's own descriptor, gone already
+    return count
+
+
+def test_rotated_captures_are_opened_one_after_another(tmp_path):
+    # tcpdump -G: each file starts where the one before ended. All 30 open at once
+    # ran a replay of a month of hourly files out of descriptors.
+    folder = tmp_path / "rotated"
+    folder.mkdir()
+    paths = []
+    for k in range(30):
+        frames = [(1_700_000_000 + k * 10 + i, udp_frame(query(f"f{k}-{i}.example", txid=i).pack(), CLIENT,
+                                                        RESOLVER, 40000 + i, 53)) for i in range(5)]
+        paths.append(str(write_pcap(folder / f"cap-{k:02d}.pcap", frames)))
+    most_open = 0
+    names = []
+    p = Parser()
+    for fb in merged_frames(paths[::-1], 3):
+        most_open = max(most_open, _open_files_under(folder))
+        p.feed(fb)
+        names += p.take().qnames()
+    assert names == [f"f{k}-{i}.example" for k in range(30) for i in range(5)]
+    assert 1 <= most_open <= 2
+
+
+def test_replay_of_more_files_than_descriptors(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    paths = [str(write_pcap(folder / f"cap-{k:03d}.pcap",
+                            [(1_700_000_000 + k, udp_frame(query(f"n{k}.example", txid=k).pack(), CLIENT,
+                                                           RESOLVER, 40000 + k, 53))]))
+             for k in range(200)]
+    db = str(tmp_path / "many.db")
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    out = subprocess.run([sys.executable, "-m", "sensor", "replay", "--db", db, *paths], capture_output=True,
+                         text=True, cwd=REPO, timeout=120, preexec_fn=few_descriptors)
+    assert out.returncode == 0, out.stderr
+    assert db_rows(db, "SELECT count(*) FROM pdns_nxdomain") == [(0,)]
+    assert db_rows(db, "SELECT sum(queries) FROM stats WHERE leg = 'client'") == [(200,)]
 
 
 def test_upstream_leg_is_counted_for_the_resolver(tmp_path):

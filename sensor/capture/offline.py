@@ -29,7 +29,9 @@ def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
     try:
         reader = pcapy.open_offline(path)
     except pcapy.PcapError as e:
-        raise CaptureError(f"{path}: {e}") from None
+        # libpcap names the file itself when it cannot open it, not when it cannot read it
+        message = str(e)
+        raise CaptureError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
     linktype = reader.datalink()
     first = 1
     while True:

@@ -102,17 +102,20 @@ def _first_ts(path: str) -> float:
 def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch]:
     """Frames of several captures in timestamp order across files.
 
-    Each round takes, from every file, the frames up to the earliest "last
+    Each round takes, from every open file, the frames up to the earliest "last
     timestamp" among the files' current buffers, so no later frame can come
     before them; frames of files with the same link type are merged into one
     batch, sorted by time (stable, so a file's own order is kept on ties).
+    A file is opened only when the merge reaches its first frame: rotated
+    captures (tcpdump -G or -C), one after another in time, keep one or two
+    files open and buffered however many there are, where opening them all at
+    once ran out of file descriptors and held a buffer per file.
     """
     if len(paths) == 1:
         yield from read_frames(paths[0], frames_per_read)
         return
-    readers = []
-    for i, path in enumerate(sorted(paths, key=_first_ts)):
-        readers.append({"it": read_frames(path, frames_per_read), "buf": None, "pos": 0, "order": i})
+    waiting = sorted((_first_ts(path), i, path) for i, path in enumerate(paths))
+    waiting.reverse()           # popped from the end: the earliest first
     frame_no = 1
 
     def refill(r) -> bool:
@@ -123,9 +126,20 @@ def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch
             r["buf"], r["pos"] = nxt, 0
         return True
 
-    active = [r for r in readers if refill(r)]
-    while active:
+    def open_next() -> None:
+        r = {"it": read_frames(waiting.pop()[2], frames_per_read), "buf": None, "pos": 0}
+        if refill(r):
+            active.append(r)
+
+    active: list[dict] = []
+    while active or waiting:
+        if not active:
+            open_next()
+            continue
         cutoff = min(_frame_times(r["buf"].meta[-1:])[0] for r in active)
+        if waiting and waiting[-1][0] <= cutoff:
+            open_next()         # it may lower the cut: take it again
+            continue
         pieces: dict[int, list] = {}
         for r in active:
             fb, pos = r["buf"], r["pos"]
