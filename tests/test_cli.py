@@ -55,6 +55,15 @@ def test_unreadable_input_gives_one_line_and_status_2(path, message):
     assert out.stderr.count(path) == 1
 
 
+def test_standard_input_is_read_alone(tmp_path):
+    with open(BASELINE, "rb") as f:
+        out = subprocess.run([sys.executable, "-m", "sensor", "dump", "-"], stdin=f, capture_output=True,
+                             text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 82
+    out = run("replay", "--db", str(tmp_path / "x.db"), BASELINE, "-")
+    assert out.returncode == 2 and "standard input (-) is read alone" in out.stderr
+
+
 def test_truncated_capture_reports_where(tmp_path):
     cut = tmp_path / "cut.pcap"
     cut.write_bytes((DATA / "dnscap-baseline-udp-82-msgs.pcap").read_bytes()[:1000])

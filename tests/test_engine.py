@@ -1,7 +1,10 @@
 """The engine over captures: tracking, aggregation, the SQLite store, analyst commands."""
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import os
 import resource
 import sqlite3
@@ -21,6 +24,7 @@ from conftest import DATA, REPO
 from pcapgen import Conversation, answer, query, udp_frame, write_pcap
 from sensor import cli
 from sensor.capture.offline import read_frames
+from sensor.errors import CaptureError
 from sensor.config import Config, address_key
 from sensor.detectors import anomaly_burst
 from sensor.engine.aggregate import Accumulator
@@ -540,6 +544,76 @@ def test_replay_of_more_files_than_descriptors(tmp_path):
     assert out.returncode == 0, out.stderr
     assert db_rows(db, "SELECT count(*) FROM pdns_nxdomain") == [(0,)]
     assert db_rows(db, "SELECT sum(queries) FROM stats WHERE leg = 'client'") == [(200,)]
+
+
+BASELINE = DATA / "dnscap-baseline-udp-82-msgs.pcap"
+COMPRESSORS = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress}
+
+
+def _children() -> set[int]:
+    out: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        out.update(int(pid) for pid in (task / "children").read_text().split())
+    return out
+
+
+@pytest.mark.parametrize("compression", sorted(COMPRESSORS))
+def test_compressed_captures_read_as_they_are(tmp_path, compression):
+    plain = list(read_frames(str(BASELINE), 10))
+    packed = tmp_path / f"baseline.pcap.{compression}"
+    packed.write_bytes(COMPRESSORS[compression](BASELINE.read_bytes()))
+    before = _children()
+    frames = list(read_frames(str(packed), 10))
+    assert b"".join(fb.blob for fb in frames) == b"".join(fb.blob for fb in plain)
+    assert np.array_equal(np.concatenate([fb.meta[:, :2] for fb in frames]),
+                          np.concatenate([fb.meta[:, :2] for fb in plain]))
+    # progress counts the file on disk: compressed bytes for the archive
+    assert sum(fb.source_bytes for fb in plain) == BASELINE.stat().st_size - 24
+    assert 0 < sum(fb.source_bytes for fb in frames) <= packed.stat().st_size
+    assert _children() == before
+    assert parse_file(str(packed)).qnames() == parse_file(str(BASELINE)).qnames()
+
+
+def test_replay_of_rotated_gzip_captures_and_its_child_stops_with_it(tmp_path):
+    conv = Conversation()
+    for i in range(60):
+        conv.exchange(CLIENT, RESOLVER, f"n{i}.example", f"n{i}.example 60 A 192.0.2.{i}", txid=i)
+    whole = conv.write(tmp_path / "whole.pcap").read_bytes()
+    cut = 24 + sum(16 + len(f) for _, f in conv.frames[:60])     # 30 exchanges in each file
+    first = tmp_path / "a.pcap.gz"
+    first.write_bytes(gzip.compress(whole[:cut]))
+    second = tmp_path / "b.pcap.gz"
+    second.write_bytes(gzip.compress(whole[:24] + whole[cut:]))
+    conf = config(tmp_path)
+    result = replay([str(second), str(first)], conf, progress_to=None)
+    assert result.messages == 120 and result.tracking["answered"] == 60
+    assert db_rows(conf.db_path, "SELECT count(*) FROM pdns") == [(60,)]
+    # a reader given up after its first batch leaves no decompressing child behind
+    before = _children()
+    frames = read_frames(str(first), 4)
+    next(frames)
+    assert len(_children() - before) == 1
+    frames.close()
+    assert _children() == before
+
+
+def test_broken_archives_give_their_frames_then_a_clear_error(tmp_path):
+    packed = gzip.compress(BASELINE.read_bytes())
+    cut = tmp_path / "cut.pcap.gz"
+    cut.write_bytes(packed[:len(packed) // 2])
+    got = []
+    with pytest.raises(CaptureError, match="gzip: Compressed file ended before the end-of-stream marker"):
+        for fb in read_frames(str(cut), 10):
+            got.append(fb)
+    assert 20 <= sum(len(fb.meta) for fb in got) < 133
+    text = tmp_path / "notes.gz"
+    text.write_bytes(gzip.compress(b"not a capture\n"))
+    with pytest.raises(CaptureError, match="notes.gz: gzip-compressed, but unknown file format"):
+        list(read_frames(str(text), 10))
+    zstd = tmp_path / "cap.pcap.zst"
+    zstd.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 16)
+    with pytest.raises(CaptureError, match=r"zstd-compressed.*zstd -dc .*cap.pcap.zst \| dnssensor replay -"):
+        list(read_frames(str(zstd), 10))
 
 
 def test_upstream_leg_is_counted_for_the_resolver(tmp_path):

@@ -1,73 +1,194 @@
-"""Reading capture files (pcap and pcapng) through libpcap, a batch of frames at a time."""
+"""Reading capture files (pcap and pcapng, plain or compressed with gzip, bzip2 or xz)
+through libpcap, a batch of frames at a time.
+
+A compressed capture (tcpdump -z gzip, rotated archives) is read as it is: a child
+process decompresses it into a pipe that libpcap opens as its file, so nothing is
+written to disk. A process, not a thread: pcapy-ng holds the interpreter lock while
+libpcap opens a file, so a thread could never fill the pipe that open waits on.
+"""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pcapy
 
 from sensor.errors import CaptureError
 
+PCAP_RECORD_HEADER = 16
+STDIN = "-"
+"""The file name libpcap reads standard input for."""
+
+COMPRESSIONS = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "lzma"))
+"""Magic bytes of the compressions read directly, and the standard module for each."""
+COMPRESSION_NAMES = {"gzip": "gzip", "bz2": "bzip2", "lzma": "xz"}
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+DECOMPRESS_CHUNK_BYTES = 1 << 20
+"""Decompressed bytes the child writes into the pipe at a time."""
+
+_INFLATE = """
+import os, sys, {module}
+try:
+    with {module}.open(sys.stdin.buffer) as stream:
+        while chunk := stream.read1({chunk}):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+except BrokenPipeError:
+    os._exit(0)         # the reader wants no more; exiting normally would flush into the pipe again
+except Exception as e:
+    sys.stderr.write(str(e) or type(e).__name__)
+    sys.exit(1)
+"""
+
 
 @dataclass
 class FrameBatch:
     """Frames as pcapy-ng's next_batch() returns them: one blob and a table of
-    (seconds, microseconds, offset, caplen) rows, plus the link type and the
-    1-based number of the first frame in the capture."""
+    (seconds, microseconds, offset, caplen) rows, plus the link type, the
+    1-based number of the first frame in the capture, and how many bytes of
+    the capture file(s) on disk the frames stand for (a replay's progress)."""
     blob: bytes
     meta: np.ndarray
     linktype: int
     first_frame: int
+    source_bytes: int = 0
+
+
+class _Inflater:
+    """A child process decompressing one capture file into a pipe."""
+
+    def __init__(self, path: str, module: str) -> None:
+        self.compression = COMPRESSION_NAMES[module]
+        self._file = open(path, "rb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _INFLATE.format(module=module, chunk=DECOMPRESS_CHUNK_BYTES)],
+            stdin=self._file, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.pipe = f"/proc/self/fd/{self.proc.stdout.fileno()}"
+
+    @property
+    def consumed(self) -> int:
+        """Compressed bytes the child has read: it shares the file's offset."""
+        try:
+            return os.lseek(self._file.fileno(), 0, os.SEEK_CUR)
+        except OSError:
+            return 0
+
+    def close(self) -> str | None:
+        """Stop the child; what went wrong in it, if anything."""
+        self.proc.stdout.close()        # a child still writing gets a broken pipe and stops
+        try:
+            err = self.proc.stderr.read().decode(errors="replace").strip()
+            code = self.proc.wait()
+        finally:
+            self.proc.stderr.close()
+            self._file.close()
+        return f"{self.compression}: {err or f'exit status {code}'}" if code else None
+
+
+def _compression(path: str) -> str | None:
+    if path == STDIN:
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None             # libpcap says why, naming the file
+    if head.startswith(ZSTD_MAGIC):
+        raise CaptureError(f"{path}: zstd-compressed, which is not read directly; "
+                           f"decompress it into a pipe: zstd -dc {path} | dnssensor replay -")
+    for magic, module in COMPRESSIONS:
+        if head.startswith(magic):
+            return module
+    return None
+
+
+def _open(path: str) -> tuple[Any, _Inflater | None]:
+    """A pcapy-ng reader of the capture, and the child feeding it when it is compressed."""
+    if os.path.isdir(path):
+        raise CaptureError(f"{path}: is a directory, not a capture file")
+    module = _compression(path)
+    if module is None:
+        try:
+            return pcapy.open_offline(path), None
+        except pcapy.PcapError as e:
+            # libpcap names the file itself when it cannot open it, not when it cannot read it
+            message = str(e)
+            raise CaptureError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
+    inflater = _Inflater(path, module)
+    try:
+        return pcapy.open_offline(inflater.pipe), inflater
+    except pcapy.PcapError as e:
+        why = inflater.close()
+        raise CaptureError(f"{path}: {why or f'{inflater.compression}-compressed, but {e}'}") from None
+
+
+def _close(reader: Any, inflater: _Inflater | None) -> str | None:
+    reader.close()
+    return inflater.close() if inflater is not None else None
 
 
 def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
     """Yield the frames of one capture file; CaptureError when it cannot be read."""
-    if os.path.isdir(path):
-        raise CaptureError(f"{path}: is a directory, not a capture file")
-    try:
-        reader = pcapy.open_offline(path)
-    except pcapy.PcapError as e:
-        # libpcap names the file itself when it cannot open it, not when it cannot read it
-        message = str(e)
-        raise CaptureError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
+    reader, inflater = _open(path)
     linktype = reader.datalink()
     first = 1
-    while True:
-        try:
-            blob, meta = reader.next_batch(frames_per_read)
-        except pcapy.PcapError as e:
-            # next_batch() drops the frames it had read when it meets a record
-            # cut short (a capture whose writer was killed): read that last
-            # stretch again frame by frame so none of them is lost.
-            tail = _frames_before_error(path, skip=first - 1)
-            if tail is not None:
-                yield FrameBatch(tail[0], tail[1], linktype, first)
-                first += tail[1].shape[0]
-            raise CaptureError(f"{path}: {e} (after frame {first - 1})") from None
-        if not meta:
-            return
-        table = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
-        yield FrameBatch(blob, table, linktype, first)
-        first += table.shape[0]
+    consumed = 0
+    closed = False
+    try:
+        while True:
+            try:
+                blob, meta = reader.next_batch(frames_per_read)
+            except pcapy.PcapError as e:
+                why = _close(reader, inflater) or e
+                closed = True
+                # next_batch() drops the frames it had read when it meets a record
+                # cut short (a capture whose writer was killed): read that last
+                # stretch again frame by frame so none of them is lost.
+                tail = _frames_before_error(path, skip=first - 1)
+                if tail is not None:
+                    yield FrameBatch(tail[0], tail[1], linktype, first)
+                    first += tail[1].shape[0]
+                raise CaptureError(f"{path}: {why} (after frame {first - 1})") from None
+            if not meta:
+                break
+            table = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
+            if inflater is None:
+                source = len(blob) + PCAP_RECORD_HEADER * table.shape[0]
+            else:
+                source, consumed = inflater.consumed - consumed, inflater.consumed
+            yield FrameBatch(blob, table, linktype, first, source)
+            first += table.shape[0]
+    finally:
+        if not closed:
+            why = _close(reader, inflater)
+    if why:
+        # The archive ended early at a record boundary, where libpcap saw a clean end.
+        raise CaptureError(f"{path}: {why} (after frame {first - 1})")
 
 
 def _frames_before_error(path: str, skip: int) -> tuple[bytes, np.ndarray] | None:
-    reader = pcapy.open_offline(path)
-    for _ in range(skip):
-        reader.next()
-    blob, rows = bytearray(), []
-    while True:
-        try:
-            hdr, data = reader.next()
-        except pcapy.PcapError:
-            break
-        if hdr is None:
-            break
-        sec, usec = hdr.getts()
-        rows.append((sec, usec, len(blob), len(data)))
-        blob += data
+    reader, inflater = _open(path)
+    try:
+        for _ in range(skip):
+            reader.next()
+        blob, rows = bytearray(), []
+        while True:
+            try:
+                hdr, data = reader.next()
+            except pcapy.PcapError:
+                break
+            if hdr is None:
+                break
+            sec, usec = hdr.getts()
+            rows.append((sec, usec, len(blob), len(data)))
+            blob += data
+    finally:
+        _close(reader, inflater)
     if not rows:
         return None
     return bytes(blob), np.array(rows, dtype=np.uint32).reshape(-1, 4)

@@ -5,9 +5,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from sensor.capture.offline import FrameBatch, read_frames
+from sensor.capture.offline import STDIN, FrameBatch, read_frames
 from sensor.config import Config
 from sensor.detectors.anomaly_burst import AnomalyBurstRule
+from sensor.errors import CaptureError
 from sensor.engine.aggregate import Accumulator, Aggregate
 from sensor.parse import Parser
 from sensor.rules import Rule
@@ -114,6 +115,8 @@ def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch
     if len(paths) == 1:
         yield from read_frames(paths[0], frames_per_read)
         return
+    if STDIN in paths:
+        raise CaptureError("standard input (-) is read alone: it cannot be merged with other captures")
     waiting = sorted((_first_ts(path), i, path) for i, path in enumerate(paths))
     waiting.reverse()           # popped from the end: the earliest first
     frame_no = 1
@@ -153,15 +156,16 @@ def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch
             r["pos"] = end
         for linktype, parts in sorted(pieces.items()):
             blob = b"".join(fb.blob for fb, _, _ in parts)
-            metas, base = [], 0
+            metas, base, source = [], 0, 0
             for fb, pos, end in parts:
                 m = fb.meta[pos:end].copy()
                 m[:, 2] += base
                 metas.append(m)
                 base += len(fb.blob)
+                source += fb.source_bytes * (end - pos) // fb.meta.shape[0]
             meta = np.concatenate(metas)
             order = np.lexsort((np.arange(len(meta)), meta[:, 1], meta[:, 0]))
             meta = np.ascontiguousarray(meta[order])
-            yield FrameBatch(blob, meta, linktype, frame_no)
+            yield FrameBatch(blob, meta, linktype, frame_no, source)
             frame_no += len(meta)
         active = [r for r in active if refill(r)]

@@ -15,8 +15,6 @@ from sensor.rules import load_rules_dir
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store, StoreError
 
-PCAP_RECORD_HEADER = 16
-
 
 @dataclass
 class ReplayResult:
@@ -75,7 +73,7 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     try:
         for frames in merged_frames(list(files), config.limits.frames_per_read):
             pipeline.feed(frames)
-            done_bytes += len(frames.blob) + PCAP_RECORD_HEADER * frames.meta.shape[0]
+            done_bytes += frames.source_bytes
             progress.update(done_bytes, pipeline.messages)
             if time.monotonic() >= next_flush:
                 writer.apply(pipeline.take())
