@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 
@@ -62,6 +63,17 @@ def test_standard_input_is_read_alone(tmp_path):
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 82
     out = run("replay", "--db", str(tmp_path / "x.db"), BASELINE, "-")
     assert out.returncode == 2 and "standard input (-) is read alone" in out.stderr
+
+
+def test_pcapng_of_interfaces_with_different_link_types_is_explained(tmp_path):
+    def block(kind: int, body: bytes) -> bytes:
+        return struct.pack("<II", kind, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    interfaces = block(1, struct.pack("<HHI", 1, 0, 65535)) + block(1, struct.pack("<HHI", 101, 0, 65535))
+    mixed = tmp_path / "mixed.pcapng"
+    mixed.write_bytes(shb + interfaces)
+    out = run("dump", str(mixed))
+    assert out.returncode == 2 and "all its interfaces share one link type" in out.stderr
 
 
 def test_truncated_capture_reports_where(tmp_path):

@@ -107,6 +107,13 @@ def _compression(path: str) -> str | None:
     return None
 
 
+def _explained(error: Exception) -> str:
+    message = str(error)
+    if "different from the type of the first interface" in message:
+        message += " (libpcap reads a pcapng file only when all its interfaces share one link type)"
+    return message
+
+
 def _open(path: str) -> tuple[Any, _Inflater | None]:
     """A pcapy-ng reader of the capture, and the child feeding it when it is compressed."""
     if os.path.isdir(path):
@@ -117,14 +124,14 @@ def _open(path: str) -> tuple[Any, _Inflater | None]:
             return pcapy.open_offline(path), None
         except pcapy.PcapError as e:
             # libpcap names the file itself when it cannot open it, not when it cannot read it
-            message = str(e)
+            message = _explained(e)
             raise CaptureError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
     inflater = _Inflater(path, module)
     try:
         return pcapy.open_offline(inflater.pipe), inflater
     except pcapy.PcapError as e:
         why = inflater.close()
-        raise CaptureError(f"{path}: {why or f'{inflater.compression}-compressed, but {e}'}") from None
+        raise CaptureError(f"{path}: {why or f'{inflater.compression}-compressed, but {_explained(e)}'}") from None
 
 
 def _close(reader: Any, inflater: _Inflater | None) -> str | None:
@@ -144,7 +151,7 @@ def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
             try:
                 blob, meta = reader.next_batch(frames_per_read)
             except pcapy.PcapError as e:
-                why = _close(reader, inflater) or e
+                why = _close(reader, inflater) or _explained(e)
                 closed = True
                 # next_batch() drops the frames it had read when it meets a record
                 # cut short (a capture whose writer was killed): read that last
