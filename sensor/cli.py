@@ -88,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     pdns = sub.add_parser(
         "pdns", help="passive DNS: what a name resolved to, or which names pointed at an address",
         description="NAME gives its records and NXDOMAIN answers with first/last seen and "
-                    "counts; *.NAME everything below it; an IP address the names that "
-                    "resolved to it.",
-        epilog="Example: dnssensor pdns www.example.com")
-    pdns.add_argument("term", metavar="NAME|IP")
+                    "counts; *.NAME everything below it (internationalised names in either "
+                    "form); an IP address the names that resolved to it; a network (CIDR) the "
+                    "names that resolved into it.",
+        epilog="Example: dnssensor pdns www.example.com; dnssensor pdns 192.0.2.0/24")
+    pdns.add_argument("term", metavar="NAME|IP|CIDR")
     pdns.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
     _config_args(pdns, output=True)
 

@@ -92,8 +92,9 @@ def verdicts(conn: sqlite3.Connection, since: str | None = None, kind: str | Non
 
 
 def pdns(conn: sqlite3.Connection, term: str, limit: int = 200) -> tuple[list[str], list[tuple]]:
-    """DNSDB-style: an address gives the names that pointed at it; a name ("*.example.com"
-    for everything below) gives what it resolved to, and when; NXDOMAIN answers included."""
+    """DNSDB-style: an address gives the names that pointed at it, a network (CIDR) the names
+    that pointed into it; a name ("*.example.com" for everything below, internationalised
+    names in either form) gives what it resolved to, and when; NXDOMAIN answers included."""
     cols = ("rrname, rrtype, rdata, datetime(first_seen, 'unixepoch') AS first_seen, "
             "datetime(last_seen, 'unixepoch') AS last_seen, count")
     try:
@@ -103,7 +104,9 @@ def pdns(conn: sqlite3.Connection, term: str, limit: int = 200) -> tuple[list[st
     if ip is not None:
         return rows(conn, f"SELECT {cols} FROM pdns WHERE rdata = ? AND rrtype IN ('A', 'AAAA') "
                           "ORDER BY last_seen DESC LIMIT ?", (str(ip), limit))
-    name = term.strip().rstrip(".").lower()
+    if "/" in term:
+        return _pdns_network(conn, cols, term, limit)
+    name = _ascii_name(term.strip().rstrip(".").lower())
     if name.startswith("*."):
         base = name[2:]
         cond, params = "(rrname = ? OR rrname LIKE ? ESCAPE '\\')", [base, "%." + _like(base)]
@@ -116,6 +119,48 @@ def pdns(conn: sqlite3.Connection, term: str, limit: int = 200) -> tuple[list[st
            f"datetime(last_seen, 'unixepoch'), count FROM pdns_nxdomain WHERE {nx_cond} "
            "ORDER BY last_seen DESC LIMIT ?")
     return rows(conn, sql, params + params + [limit])
+
+
+def _ascii_name(name: str) -> str:
+    """The name as stored (the wire's A-labels): bücher.example is xn--bcher-kva.example."""
+    if name.isascii():
+        return name
+    try:
+        return ".".join(label if label.isascii() else label.encode("idna").decode("ascii")
+                        for label in name.split("."))
+    except UnicodeError as e:
+        raise SensorError(f"{name!r} is not a valid internationalised domain name: {e}") from None
+
+
+def _pdns_network(conn: sqlite3.Connection, cols: str, term: str, limit: int) -> tuple[list[str], list[tuple]]:
+    """A and AAAA records whose address lies in the network. Addresses are stored as text, so
+    the rdata index narrows the scan to the text every address of the network begins with
+    (the octets, or the first group, that its prefix fixes) and each candidate is checked."""
+    try:
+        net = ipaddress.ip_network(term.strip(), strict=False)
+    except ValueError as e:
+        raise SensorError(f"{term!r} is neither a name, an address nor a network: {e}") from None
+    if net.version == 4:
+        fixed = min(net.prefixlen // 8, 3)      # "a.b.c." at most: the last octet has no dot after it
+        lead = "".join(f"{octet}." for octet in net.network_address.packed[:fixed])
+        rrtype = "A"
+    else:
+        first_group = int.from_bytes(net.network_address.packed[:2], "big")
+        lead = f"{first_group:x}:" if net.prefixlen >= 16 and first_group else ""
+        rrtype = "AAAA"
+
+    def inside(rdata: str) -> bool:
+        try:
+            return ipaddress.ip_address(rdata) in net
+        except ValueError:
+            return False
+
+    conn.create_function("in_network", 1, inside, deterministic=True)
+    # ';' sorts right after ':' and '/' right after '.': the end of the range of texts that begin with `lead`
+    end = lead[:-1] + chr(ord(lead[-1]) + 1) if lead else None
+    bounds, params = ("AND rdata >= ? AND rdata < ? ", [lead, end]) if end else ("", [])
+    return rows(conn, f"SELECT {cols} FROM pdns WHERE rrtype = ? {bounds}AND in_network(rdata) "
+                      "ORDER BY last_seen DESC LIMIT ?", [rrtype, *params, limit])
 
 
 def _like(text: str) -> str:

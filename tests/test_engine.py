@@ -670,6 +670,36 @@ def test_verdicts_pdns_and_status_commands(filled_db, capsys):
     assert "loss: DNS-estimated" in capsys.readouterr().out
 
 
+def test_pdns_looks_up_networks_and_internationalised_names(tmp_path, capsys):
+    store = Store(str(tmp_path / "p.db"))
+    records = [("a.example", "A", "10.0.0.1"), ("b.example", "A", "10.255.255.255"), ("c.example", "A", "100.0.0.1"),
+               ("d.example", "A", "11.0.0.0"), ("e.example", "A", "192.168.1.7"), ("f.example", "A", "192.168.2.7"),
+               ("g.example", "AAAA", "2001:db8::1"), ("h.example", "AAAA", "2001:db9::1"),
+               ("i.example", "AAAA", "::ffff:10.0.0.9"), ("j.example", "CNAME", "10.0.0.2.example"),
+               ("xn--bcher-kva.example", "A", "192.0.2.1")]
+    with store.transaction() as conn:
+        store.add_pdns(conn, [(n, t, d, 1000.0, 1000.0 + i, 1) for i, (n, t, d) in enumerate(records)])
+    store.close()
+    db = str(tmp_path / "p.db")
+
+    def names(term: str) -> list[str]:
+        assert cli.main(["pdns", "--db", db, term, "--format", "json"]) == 0
+        return sorted(json.loads(line)["rrname"] for line in capsys.readouterr().out.splitlines())
+
+    assert names("10.0.0.0/8") == ["a.example", "b.example"]
+    assert names("192.168.0.0/23") == ["e.example"]
+    assert names("192.168.1.7/32") == ["e.example"]
+    assert names("0.0.0.0/0") == ["a.example", "b.example", "c.example", "d.example", "e.example", "f.example",
+                                  "xn--bcher-kva.example"]
+    assert names("2001:db8::/32") == ["g.example"]
+    assert names("::/0") == ["g.example", "h.example", "i.example"]
+    assert names("::ffff:10.0.0.0/104") == ["i.example"]
+    assert names("Bücher.example.") == ["xn--bcher-kva.example"]
+    assert names("*.example") == sorted(n for n, _, _ in records)
+    assert cli.main(["pdns", "--db", db, "10.0.0.0/33"]) == 2
+    assert "neither a name, an address nor a network" in capsys.readouterr().err
+
+
 def test_status_warns_of_a_capture_that_sees_one_direction(tmp_path, capsys):
     """An asymmetric span port: the resolver's answers to one network and the queries of
     another, never both ways."""
