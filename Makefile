@@ -67,11 +67,13 @@ demo: install
 	@echo "== dnssensor pdns --db demo.db '*.corp.test'"
 	@$(DNSSENSOR) pdns --db demo.db '*.corp.test' --limit 5
 	@echo
-	@echo "== the evidence of one verdict (dnssensor query)"
-	@$(DNSSENSOR) query --db demo.db --format json "SELECT kind, client, domain, evidence FROM verdicts WHERE kind = 'tunnel' ORDER BY first_ts LIMIT 1"
+	@echo "== the first tunnel verdict whole, with its evidence (dnssensor verdicts --id N)"
+	@$(DNSSENSOR) verdicts --db demo.db --id $$($(DNSSENSOR) query --db demo.db --format csv \
+		"SELECT id FROM verdicts WHERE kind = 'tunnel' ORDER BY first_ts LIMIT 1" | tail -n 1)
 	@echo
 	@echo "Go further:"
 	@echo "  $(DNSSENSOR) pdns --db demo.db 10.77.0.80          # which names pointed at an address"
+	@echo "  $(DNSSENSOR) pdns --db demo.db 10.77.0.0/16        # ... or into a network"
 	@echo "  $(DNSSENSOR) verdicts --db demo.db --since 1h --format json"
 	@echo "  $(DNSSENSOR) query --db demo.db \"SELECT minute, resolver, leg, queries, nxdomain, unanswered, mismatched FROM stats ORDER BY minute\""
 	@echo "  $(DNSSENSOR) series queries --db demo.db --since 1h --png queries.png   # a counter against its baseline, drawn"

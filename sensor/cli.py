@@ -77,12 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     verdicts = sub.add_parser(
         "verdicts", help="list verdicts, newest first",
-        description="Verdicts with their summary; --since counts back from the newest verdict.",
-        epilog="Example: dnssensor verdicts --since 1h --kind anomaly")
+        description="Verdicts with their summary (with their evidence in JSON); --since counts back "
+                    "from the newest verdict; --id shows one verdict whole, its evidence included.",
+        epilog="Example: dnssensor verdicts --since 1h --kind anomaly; dnssensor verdicts --id 3")
     verdicts.add_argument("--since", metavar="DURATION", help="e.g. 15m, 1h, 7d")
     verdicts.add_argument("--kind", help="only this verdict kind")
     verdicts.add_argument("--client", metavar="IP", help="only verdicts about this client")
     verdicts.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    verdicts.add_argument("--id", type=int, metavar="N", help="one verdict, every field and its evidence")
     _config_args(verdicts, output=True)
 
     pdns = sub.add_parser(
@@ -217,7 +219,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 def cmd_verdicts(args: argparse.Namespace) -> int:
     from sensor import query
 
-    names, data = query.verdicts(_open(args), args.since, args.kind, args.client, args.limit)
+    conn = _open(args)
+    if args.id is not None:
+        v = query.verdict(conn, args.id)
+        sys.stdout.write(query.render([*v], [tuple(v.values())], "json") if args.format == "json"
+                         else query.render_verdict(v))
+        return 0
+    names, data = query.verdicts(conn, args.since, args.kind, args.client, args.limit,
+                                 evidence=args.format == "json")
     sys.stdout.write(query.render(names, data, args.format))
     return 0
 

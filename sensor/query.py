@@ -71,9 +71,11 @@ def _newest(conn: sqlite3.Connection, table: str, column: str) -> float:
 
 
 def verdicts(conn: sqlite3.Connection, since: str | None = None, kind: str | None = None,
-             client: str | None = None, limit: int = 100) -> tuple[list[str], list[tuple]]:
+             client: str | None = None, limit: int = 100,
+             evidence: bool = False) -> tuple[list[str], list[tuple]]:
     """Newest verdicts first. `since` is relative to the newest verdict stored (the data's
-    own clock, so a replayed capture from last year reads the same as live traffic)."""
+    own clock, so a replayed capture from last year reads the same as live traffic);
+    `evidence` adds each verdict's evidence, decoded, as the last column."""
     where, params = [], []
     if since:
         where.append("last_ts >= ?")
@@ -85,10 +87,39 @@ def verdicts(conn: sqlite3.Connection, since: str | None = None, kind: str | Non
         where.append("client = ?")
         params.append(client)
     sql = ("SELECT id, datetime(first_ts, 'unixepoch') AS first, datetime(last_ts, 'unixepoch') AS last, "
-           "kind, severity, client, server, domain, count, summary FROM verdicts"
-           + (" WHERE " + " AND ".join(where) if where else "")
+           "kind, severity, client, server, domain, count, summary" + (", evidence" if evidence else "")
+           + " FROM verdicts" + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY last_ts DESC, id DESC LIMIT ?")
-    return rows(conn, sql, params + [limit])
+    names, data = rows(conn, sql, params + [limit])
+    if evidence:
+        data = [(*r[:-1], json.loads(r[-1]) if r[-1] else None) for r in data]
+    return names, data
+
+
+def verdict(conn: sqlite3.Connection, verdict_id: int) -> dict[str, Any]:
+    """One verdict, every column, its evidence decoded."""
+    cur = conn.execute("SELECT * FROM verdicts WHERE id = ?", (verdict_id,))
+    row = cur.fetchone()
+    if row is None:
+        raise SensorError(f"no verdict with id {verdict_id}")
+    out = dict(zip([d[0] for d in cur.description], row))
+    out["evidence"] = json.loads(out["evidence"]) if out["evidence"] else None
+    return out
+
+
+def render_verdict(v: dict[str, Any]) -> str:
+    """A verdict as an analyst reads it: a field a line, times in UTC, the evidence indented."""
+    width = max(len(k) for k in v)
+    lines = []
+    for k, value in v.items():
+        if k == "evidence":
+            continue
+        if k in ("ts", "first_ts", "last_ts", "window_start") and isinstance(value, (int, float)):
+            value = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(value))} UTC ({value})"
+        lines.append(f"{k.ljust(width)}  {'' if value is None else value}")
+    lines.append("evidence:")
+    lines += ["  " + line for line in json.dumps(v["evidence"], indent=2, sort_keys=True).splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def pdns(conn: sqlite3.Connection, term: str, limit: int = 200) -> tuple[list[str], list[tuple]]:

@@ -654,6 +654,15 @@ def test_verdicts_pdns_and_status_commands(filled_db, capsys):
                      "--format", "json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 1 and rows[0]["client"] == CLIENT and rows[0]["count"] == 30
+    assert isinstance(rows[0]["evidence"], dict) and rows[0]["evidence"]
+    assert cli.main(["verdicts", "--db", filled_db, "--id", str(rows[0]["id"])]) == 0
+    whole = capsys.readouterr().out
+    assert f"summary       {rows[0]['summary']}" in whole and "\nevidence:\n  {" in whole
+    assert json.dumps(rows[0]["evidence"], indent=2, sort_keys=True).replace("\n", "\n  ") in whole
+    assert cli.main(["verdicts", "--db", filled_db, "--id", str(rows[0]["id"]), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["evidence"] == rows[0]["evidence"]
+    assert cli.main(["verdicts", "--db", filled_db, "--id", "9999"]) == 2
+    assert "no verdict with id 9999" in capsys.readouterr().err
     assert cli.main(["verdicts", "--db", filled_db, "--client", "203.0.113.200"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2           # header and rule only
     assert cli.main(["pdns", "--db", filled_db, "google.com", "--format", "json"]) == 0
