@@ -8,6 +8,7 @@ libpcap opens a file, so a thread could never fill the pipe that open waits on.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -28,8 +29,12 @@ COMPRESSIONS = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "lzma"
 """Magic bytes of the compressions read directly, and the standard module for each."""
 COMPRESSION_NAMES = {"gzip": "gzip", "bz2": "bzip2", "lzma": "xz"}
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-DECOMPRESS_CHUNK_BYTES = 1 << 20
+DECOMPRESS_CHUNK_BYTES = 1 << 16
 """Decompressed bytes the child writes into the pipe at a time."""
+PIPE_BYTES = 1 << 20
+"""The pipe's size (Linux's default ceiling for an unprivileged process): the child
+decompresses this far ahead while the reader parses, where the default 64 KiB made
+the two take turns."""
 
 _INFLATE = """
 import os, sys, {module}
@@ -68,6 +73,10 @@ class _Inflater:
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", _INFLATE.format(module=module, chunk=DECOMPRESS_CHUNK_BYTES)],
             stdin=self._file, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass            # a smaller pipe (fs.pipe-max-size) only overlaps less
         self.pipe = f"/proc/self/fd/{self.proc.stdout.fileno()}"
 
     @property
