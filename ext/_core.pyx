@@ -16,7 +16,7 @@ cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport realloc, free, calloc
-from libc.math cimport log2, floor
+from libc.math cimport log2, floor, fabs
 from cpython.unicode cimport PyUnicode_DecodeASCII
 
 import numpy as np
@@ -77,11 +77,12 @@ cdef enum:
     C_SLOW_PATH
     C_EMPTY_PAYLOAD
     C_MESSAGES
+    C_DUPLICATE_FRAMES
     N_COUNTERS
 
 COUNTER_NAMES = (
     "packets", "bytes", "not_ip", "not_dns", "link_truncated", "dns_udp",
-    "slow_path", "empty_payload", "messages",
+    "slow_path", "empty_payload", "messages", "duplicate_frames",
 )
 
 # Fixed bounds of the wire format (RFC 1035), not tunables.
@@ -858,6 +859,12 @@ cdef class Core:
     cdef uint32_t hist[256]         # byte histogram for entropy; all zero between uses
     cdef QnameEntry *qcache
     cdef readonly uint64_t qname_cache_hits
+    # Span-port duplicates (set_dedup): the frames seen last, by hash slot
+    cdef uint64_t *dup_hash
+    cdef double *dup_ts
+    cdef uint8_t *dup_used
+    cdef uint64_t dup_mask
+    cdef readonly double dedup_window_s
     cdef const char *type_mnemonic[300]
     cdef uint8_t type_mnemonic_len[300]
     cdef const char *tsig_error_mnemonic[TSIG_ERROR_CODES]
@@ -874,10 +881,60 @@ cdef class Core:
             raise MemoryError()
         memset(self.qcache, 0, QNAME_CACHE_SLOTS * sizeof(QnameEntry))
         self.qname_cache_hits = 0
+        self.dup_hash = NULL
+        self.dup_ts = NULL
+        self.dup_used = NULL
+        self.dedup_window_s = 0
 
     def __dealloc__(self):
         free(self.arena.buf)
         free(self.qcache)
+        self.free_dedup()
+
+    cdef void free_dedup(self) noexcept:
+        free(self.dup_hash)
+        free(self.dup_ts)
+        free(self.dup_used)
+        self.dup_hash = NULL
+        self.dup_ts = NULL
+        self.dup_used = NULL
+
+    def set_dedup(self, double window_s, size_t slots):
+        """Drop a UDP DNS frame identical (addresses, ports, payload) to one seen at most
+        window_s before it, once per frame seen: a span port that copies both directions
+        of a link delivers every packet twice. 0 turns it off. `slots` (a power of two)
+        frames are remembered, by hash."""
+        if window_s < 0 or slots == 0 or slots & (slots - 1):
+            raise ValueError("window_s must be >= 0 and slots a power of two")
+        self.free_dedup()
+        self.dedup_window_s = window_s
+        if window_s == 0:
+            return
+        self.dup_hash = <uint64_t *>calloc(slots, sizeof(uint64_t))
+        self.dup_ts = <double *>calloc(slots, sizeof(double))
+        self.dup_used = <uint8_t *>calloc(slots, sizeof(uint8_t))
+        if self.dup_hash == NULL or self.dup_ts == NULL or self.dup_used == NULL:
+            self.free_dedup()
+            self.dedup_window_s = 0
+            raise MemoryError()
+        self.dup_mask = slots - 1
+
+    cdef bint seen_twice(self, const uint8_t *payload, const PacketInfo *pi, double ts) noexcept:
+        """Whether this frame is the copy of one remembered (and forgotten as used)."""
+        cdef uint64_t h = span_hash(payload, pi.payload_len)
+        cdef uint64_t slot
+        h ^= span_hash(pi.src, 16) * <uint64_t>0x9E3779B97F4A7C15
+        h ^= span_hash(pi.dst, 16) * <uint64_t>0xC2B2AE3D27D4EB4F
+        h ^= ((<uint64_t>pi.sport << 16) | pi.dport) * <uint64_t>0x165667B19E3779F9
+        slot = (h >> 17) & self.dup_mask
+        if (self.dup_hash[slot] == h and not self.dup_used[slot]
+                and fabs(ts - self.dup_ts[slot]) <= self.dedup_window_s):
+            self.dup_used[slot] = 1
+            return 1
+        self.dup_hash[slot] = h
+        self.dup_ts[slot] = ts
+        self.dup_used[slot] = 0
+        return 0
 
     def __init__(self, port_map, psl_table, dict type_names, dict tsig_error_names, int max_questions,
                  int max_records, int max_pointer_hops, int capacity=4096):
@@ -974,6 +1031,7 @@ cdef class Core:
         cdef uint32_t off, caplen
         cdef int r
         cdef list slow = []
+        cdef bint dedup = self.dup_hash != NULL
         if meta.shape[1] != 4:
             raise ValueError("meta must have 4 columns (sec, usec, offset, caplen)")
         if self.nmsg + <size_t>n > self.msg_cap:
@@ -1001,6 +1059,9 @@ cdef class Core:
                 continue
             payloads[cur] = &blob[0] + off + pi.payload_off
             stamps[cur] = meta[i, 0] + meta[i, 1] * 1e-6
+            if dedup and self.seen_twice(payloads[cur], pi, stamps[cur]):
+                self.counters[C_DUPLICATE_FRAMES] += 1
+                continue
             frames[cur] = first_frame + i
             self.probe_qname(payloads[cur], pi.payload_len, &probes[cur])
             cur = 1 - cur

@@ -23,6 +23,9 @@ SYSLOG_FORMATS = ("kv", "cef", "json")
 SYSLOG_FACILITIES = {name: code for code, name in enumerate(
     ("kern user mail daemon auth syslog lpr news uucp cron authpriv ftp ntp audit alert clock "
      "local0 local1 local2 local3 local4 local5 local6 local7").split())}
+MAX_DEDUP_WINDOW_MS = 100.0
+"""Span-port copies follow their frame within microseconds; a client's retransmission
+(the same query again, same id and port) comes after a second or more and is traffic."""
 TABLES_WITH_RETENTION = tuple(t.name for t in STORE_TABLES if t.time_column)
 """Tables with a time column (sensor/store/schema.py): their rows age out."""
 
@@ -58,6 +61,9 @@ class Config:
     """Capture worker processes per interface; 0 means one per core."""
     ring_mib: int = 128
     snaplen: int = 65535
+    dedup_window_ms: float = 0.0
+    """Drop a UDP DNS frame identical to one seen at most this long before, each frame
+    once (a span port copying both directions of a link); 0 keeps every frame."""
     user: str = ""
     """Service user to become once the capture handles are open ('' keeps the current one)."""
     state_dir: str = "."
@@ -108,6 +114,16 @@ def _positive_float(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
         raise ValueError("expected a positive number")
     return float(v)
+
+
+def _float(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("expected a number")
+        if not lo <= v <= hi:
+            raise ValueError(f"expected {lo:g}..{hi:g}, got {v}")
+        return float(v)
+    return check
 
 
 def _bool(v: Any) -> bool:
@@ -162,6 +178,7 @@ SPEC: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "capture.workers": ("workers", _int(0, 256)),
     "capture.ring_mib": ("ring_mib", _int(1, 4096)),
     "capture.snaplen": ("snaplen", _int(256, 262144)),
+    "capture.dedup_window_ms": ("dedup_window_ms", _float(0, MAX_DEDUP_WINDOW_MS)),
     "network.resolver_addresses": ("resolver_addresses", _list(_address)),
     "network.client_networks": ("client_networks", _list(_network)),
     "network.discover": ("discover_networks", _bool),

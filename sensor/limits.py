@@ -26,6 +26,11 @@ class Limits:
     """Compression pointers followed in one name. Strictly backward pointers already exclude
     loops; this caps the work a long chain can cost (Zeek's max-compression-depth)."""
 
+    dedup_slots: int = 4096
+    """Frames remembered for dropping span-port duplicates (capture.dedup_window_ms), by hash
+    slot; a power of two. The copy of a frame follows it within microseconds, long before
+    4096 other frames have passed."""
+
     # IP fragment reassembly (per parser).
     max_fragment_datagrams: int = 4096
     """Datagrams under reassembly at once; the oldest is dropped beyond it (counter frag_limit)."""
@@ -112,6 +117,8 @@ class Limits:
                                    ("heap_trim_threshold", HEAP_TRIM_THRESHOLD_MAX, "a C int")):
             if getattr(self, name) > ceiling:
                 raise ValueError(f"limit {name} must be at most {ceiling} ({why}), got {getattr(self, name)}")
+        if not isinstance(self.dedup_slots, int) or self.dedup_slots & (self.dedup_slots - 1):
+            raise ValueError(f"limit dedup_slots must be a power of two, got {self.dedup_slots!r}")
 
 
 DEFAULT_LIMITS = Limits()

@@ -28,6 +28,10 @@ every flush interval) is stuck, died with no supervisor left to say so, or the s
 refuses its writes (a full disk): status says so."""
 LOW_DISK_SHARE = 0.05
 """Status warns when the store's filesystem has less than this share of its space free."""
+DUPLICATED_SHARE = 0.5
+"""Status warns of a span port that copies every packet when at least this share of the
+answered queries (ONE_SIDED_MIN_MESSAGES at least) had their response twice: a resolver
+retransmits rarely, a doubled capture does it for every one."""
 
 
 def parse_duration(text: str) -> float:
@@ -259,6 +263,7 @@ def status(conn: sqlite3.Connection, minutes: int = 15, db_path: str | None = No
         "workers": [dict(zip(("worker", "pid", "state", "restarts", "packets", "kernel_dropped",
                               "last_seen"), w)) for w in workers],
         "silent": silent,
+        "doubled_capture": ans >= ONE_SIDED_MIN_MESSAGES and dup >= DUPLICATED_SHARE * ans,
         "store": _store_space(db_path) if db_path else None,
     }
 
@@ -298,6 +303,10 @@ def render_status(s: dict[str, Any]) -> str:
         else:
             out.append(f"  WARNING {o['resolver']} ({o['leg']}): {o['queries']:,} queries and no response: "
                        "the resolver is down, or the capture sees one direction only")
+    if s["doubled_capture"]:
+        out.append(f"  WARNING {s['duplicate']:,} duplicate responses for {s['answered']:,} answered queries: "
+                   "a span port that copies both directions of a link sends every packet twice, "
+                   "doubling every count; capture.dedup_window_ms = 1 drops the copies")
     for w in s["silent"]:
         out.append(f"  WARNING {w['worker']} is listed as running but has not reported for "
                    f"{w['silent_s'] / 60:,.0f} min: it is stuck or gone, or the store refuses writes "

@@ -26,6 +26,8 @@ def test_shipped_example_is_valid():
     ('[limits]\nmax_pendng = 5\n', "limits.max_pendng: unknown limit"),
     ('[limits]\nheap_mmap_threshold = 1073741824\n', "heap_mmap_threshold must be at most 33554432"),
     ('[limits]\nheap_trim_threshold = 4294967296\n', "heap_trim_threshold must be at most 2147483647"),
+    ('[capture]\ndedup_window_ms = 500\n', "capture.dedup_window_ms: expected 0..100, got 500"),
+    ('[limits]\ndedup_slots = 1000\n', "limit dedup_slots must be a power of two"),
     ('[capture\nports = [53]\n', "not valid TOML"),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, text, key):

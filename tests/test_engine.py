@@ -732,6 +732,26 @@ def test_status_warns_of_a_capture_that_sees_one_direction(tmp_path, capsys):
     assert AUTH not in text.split("busiest resolvers:")[0]
 
 
+def test_span_port_copies_are_warned_of_then_dropped(tmp_path, capsys):
+    conv = Conversation()
+    for i in range(150):
+        conv.exchange(CLIENT, RESOLVER, f"n{i}.example", f"n{i}.example 60 A 192.0.2.{i % 250}", txid=i)
+    doubled = write_pcap(tmp_path / "doubled.pcap",
+                         [copy for ts, f in conv.frames for copy in ((ts, f), (ts + 2e-6, f))])
+    conf = config(tmp_path)
+    replay([str(doubled)], conf, progress_to=None)
+    assert cli.main(["status", "--db", conf.db_path, "--minutes", "100000000"]) == 0
+    assert "WARNING 150 duplicate responses for 150 answered queries" in capsys.readouterr().out
+    deduped = replace(conf, db_path=str(tmp_path / "deduped.db"), dedup_window_ms=1.0)
+    replay([str(doubled)], deduped, progress_to=None)
+    assert db_rows(deduped.db_path, "SELECT sum(queries), sum(responses), sum(answered), sum(duplicate) FROM stats "
+                                     "WHERE leg = 'client'") == [(150, 150, 150, 0)]
+    assert db_rows(deduped.db_path, "SELECT sum(count) FROM pdns") == [(150,)]
+    assert cli.main(["status", "--db", deduped.db_path, "--json", "--minutes", "100000000"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["drops"] == {"duplicate_frames": 300} and not s["doubled_capture"]
+
+
 def test_status_warns_of_a_process_that_stopped_reporting_and_shows_the_stores_room(tmp_path, capsys):
     conf = config(tmp_path)
     replay([str(DATA / "dnscap-baseline-udp-82-msgs.pcap")], conf, progress_to=None)

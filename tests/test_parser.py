@@ -8,8 +8,11 @@ import dnslib
 import numpy as np
 import pytest
 
+from conftest import TEST_PORTS
+from pcapgen import Conversation, query, udp_frame, write_pcap
 from sensor import schema
 from sensor.limits import Limits
+from sensor.parse import parse_file
 
 
 def header(id_=0x1234, flags=0x0100, qd=1, an=0, ns=0, ar=0) -> bytes:
@@ -478,3 +481,37 @@ def test_a_parser_keeps_batch_memory_on_the_heap(tuned):
         assert faults_per_batch < 50
     else:
         assert faults_per_batch > 1000       # the pattern is one the default policy pays for
+
+
+def _doubled(frames: list[tuple[float, bytes]], lag_s: float = 3e-6) -> list[tuple[float, bytes]]:
+    """What a span port copying both directions of a link delivers: each frame twice."""
+    return [copy for ts, frame in frames for copy in ((ts, frame), (ts + lag_s, frame))]
+
+
+def test_span_port_copies_are_dropped_once_each(backend, tmp_path):
+    def parsed(path, window_s=0.0):
+        return parse_file(str(path), backend=backend, ports=TEST_PORTS, dedup_window_s=window_s)
+
+    conv = Conversation()
+    for i in range(20):
+        conv.exchange("192.0.2.10", "192.0.2.53", f"n{i}.example", f"n{i}.example 60 A 192.0.2.{i}", txid=i)
+    plain = write_pcap(tmp_path / "plain.pcap", conv.frames)
+    doubled = write_pcap(tmp_path / "doubled.pcap", _doubled(conv.frames))
+    once = parsed(plain)
+    kept = parsed(doubled)
+    assert len(kept) == 80 and kept.counters["duplicate_frames"] == 0
+    deduped = parsed(doubled, 0.001)
+    assert deduped.counters["duplicate_frames"] == 40
+    assert list(deduped.records()) == [{**r, "frame": r["frame"] * 2 - 1} for r in once.records()]
+    # A stub's retransmission a second later is traffic; a third copy inside the window
+    # is a frame of its own (each frame drops at most one copy).
+    q = query("again.example", txid=7).pack()
+    frame = udp_frame(q, "192.0.2.10", "192.0.2.53", 40000, 53)
+    again = write_pcap(tmp_path / "again.pcap", [(100.0, frame), (101.0, frame), (101.0001, frame),
+                                                  (101.0002, frame), (101.0003, frame)])
+    batch = parsed(again, 0.001)
+    assert len(batch) == 3 and batch.counters["duplicate_frames"] == 2
+    # the same query from another port, and to another server, are not copies
+    other = write_pcap(tmp_path / "other.pcap", [(1.0, frame), (1.0, udp_frame(q, "192.0.2.10", "192.0.2.53", 40001, 53)),
+                                                  (1.0, udp_frame(q, "192.0.2.10", "192.0.2.54", 40000, 53))])
+    assert len(parsed(other, 0.001)) == 3

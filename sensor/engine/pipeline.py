@@ -15,14 +15,16 @@ from sensor.rules import Rule
 from sensor.schema import MESSAGE_DTYPE
 from sensor.track import Tracker
 
-PARSER_DROP_COUNTERS = ("frag_limit", "frag_timeout", "tcp_limit")
-"""Parser counters that mean data was given up (the others describe traffic)."""
+PARSER_DROP_COUNTERS = ("frag_limit", "frag_timeout", "tcp_limit", "duplicate_frames")
+"""Parser counters that mean frames were given up (the others describe traffic): reassembly
+beyond its limits, and span-port copies (capture.dedup_window_ms)."""
 
 
 class Pipeline:
     def __init__(self, config: Config, rule: AnomalyBurstRule, rules: list[Rule] | None = None) -> None:
         self.config = config
-        self.parser = Parser(ports=config.ports, limits=config.limits)
+        self.parser = Parser(ports=config.ports, limits=config.limits,
+                             dedup_window_s=config.dedup_window_ms / 1000)
         self.tracker = Tracker(config.limits, config.resolver_set())
         self.acc = Accumulator(config.limits, rule.mask, rule.window_s, rules, config.client_networks)
         self.messages = 0
@@ -37,6 +39,7 @@ class Pipeline:
         self.process()              # what was parsed under the old configuration
         self.config = config
         self.parser.set_ports(config.ports)
+        self.parser.set_dedup(config.dedup_window_ms / 1000)
         self.tracker.set_resolvers(config.resolver_set())
         self.acc.malformed_mask, self.acc.window_s = rule.mask, rule.window_s
         self.acc.rules = list(rules)

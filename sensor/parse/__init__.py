@@ -36,7 +36,7 @@ class Parser:
 
     def __init__(self, ports: Iterable[int] = DEFAULT_PORTS, limits: Limits = DEFAULT_LIMITS,
                  backend: str = "compiled", suffix_list: str | None = None,
-                 include_private_suffixes: bool = True) -> None:
+                 include_private_suffixes: bool = True, dedup_window_s: float = 0.0) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.ports = frozenset(int(p) for p in ports)
@@ -58,6 +58,7 @@ class Parser:
         else:
             self.core = twin.TwinCore(port_map, rules, *args)
         self.backend = backend
+        self.set_dedup(dedup_window_s)
         self._slow_counters: dict[str, int] = {}
         self._slow_messages = 0
         self.pending_frames = 0       # frames fed since the last take(): their counters go out with it
@@ -74,6 +75,14 @@ class Parser:
         self._port_map[sorted(new)] = 1
         if self.backend == "twin":
             self.core.ports = new
+
+    def set_dedup(self, window_s: float) -> None:
+        """Drop UDP DNS frames that repeat one seen at most window_s before (each frame
+        once): a span port copying both directions of a link sends every packet twice.
+        0 keeps every frame. Counter duplicate_frames. An unchanged window keeps what
+        was remembered (a configuration reload)."""
+        if window_s != self.core.dedup_window_s:
+            self.core.set_dedup(window_s, self.limits.dedup_slots)
 
     # ------------------------------------------------------------ input
 

@@ -13,7 +13,9 @@ import base64
 import math
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -836,7 +838,31 @@ class TwinCore:
         self.max_questions = max_questions
         self.max_records = max_records
         self.max_pointer_hops = max_pointer_hops
+        self.dedup_window_s = 0.0
+        self._seen: OrderedDict[tuple, list] = OrderedDict()
+        self._seen_cap = 0
         self.begin(capacity)
+
+    def set_dedup(self, window_s: float, slots: int) -> None:
+        """As Core.set_dedup; frames are remembered by identity, the `slots` latest (the
+        core remembers them by hash slot, so it may forget one sooner)."""
+        if window_s < 0 or slots <= 0 or slots & (slots - 1):
+            raise ValueError("window_s must be >= 0 and slots a power of two")
+        self.dedup_window_s = window_s
+        self._seen.clear()
+        self._seen_cap = slots
+
+    def _seen_twice(self, d: Any, ts: float) -> bool:
+        key = (d.payload, d.src, d.dst, d.sport, d.dport)
+        entry = self._seen.get(key)
+        if entry is not None and not entry[1] and abs(ts - entry[0]) <= self.dedup_window_s:
+            entry[1] = True
+            return True
+        self._seen[key] = [ts, False]
+        self._seen.move_to_end(key)
+        if len(self._seen) > self._seen_cap:
+            self._seen.popitem(last=False)
+        return False
 
     def begin(self, capacity: int = 4096) -> None:
         self.rows: list[tuple] = []
@@ -884,6 +910,9 @@ class TwinCore:
             self.counters["dns_udp"] += 1
             if not d.payload:
                 self.counters["empty_payload"] += 1
+                continue
+            if self.dedup_window_s and self._seen_twice(d, sec + usec * 1e-6):
+                self.counters["duplicate_frames"] += 1
                 continue
             self.parse(d.payload, sec + usec * 1e-6, first_frame + i, d.ip_version, d.src, d.dst,
                        d.sport, d.dport, 17, d.anomalies, d.ip_ttl)
@@ -1056,5 +1085,5 @@ class TwinCore:
 
 COUNTER_NAMES = (
     "packets", "bytes", "not_ip", "not_dns", "link_truncated", "dns_udp",
-    "slow_path", "empty_payload", "messages",
+    "slow_path", "empty_payload", "messages", "duplicate_frames",
 )
