@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from conftest import DATA, REPO
 from pcapgen import Conversation, answer, query, udp_frame, write_pcap
 from sensor import cli
-from sensor.capture.offline import read_frames
+from sensor.capture import offline
+from sensor.capture.offline import first_frame_time, read_frames
 from sensor.errors import CaptureError
 from sensor.config import Config, address_key
 from sensor.detectors import anomaly_burst
@@ -558,7 +559,9 @@ def _children() -> set[int]:
 
 
 @pytest.mark.parametrize("compression", sorted(COMPRESSORS))
-def test_compressed_captures_read_as_they_are(tmp_path, compression):
+@pytest.mark.parametrize("small_archive_bytes", [offline.SMALL_ARCHIVE_BYTES, 0], ids=["in-memory", "child"])
+def test_compressed_captures_read_as_they_are(tmp_path, monkeypatch, compression, small_archive_bytes):
+    monkeypatch.setattr(offline, "SMALL_ARCHIVE_BYTES", small_archive_bytes)
     plain = list(read_frames(str(BASELINE), 10))
     packed = tmp_path / f"baseline.pcap.{compression}"
     packed.write_bytes(COMPRESSORS[compression](BASELINE.read_bytes()))
@@ -574,7 +577,7 @@ def test_compressed_captures_read_as_they_are(tmp_path, compression):
     assert parse_file(str(packed)).qnames() == parse_file(str(BASELINE)).qnames()
 
 
-def test_replay_of_rotated_gzip_captures_and_its_child_stops_with_it(tmp_path):
+def test_replay_of_rotated_gzip_captures_and_its_child_stops_with_it(tmp_path, monkeypatch):
     conv = Conversation()
     for i in range(60):
         conv.exchange(CLIENT, RESOLVER, f"n{i}.example", f"n{i}.example 60 A 192.0.2.{i}", txid=i)
@@ -584,11 +587,17 @@ def test_replay_of_rotated_gzip_captures_and_its_child_stops_with_it(tmp_path):
     first.write_bytes(gzip.compress(whole[:cut]))
     second = tmp_path / "b.pcap.gz"
     second.write_bytes(gzip.compress(whole[:24] + whole[cut:]))
+    assert first_frame_time(str(first)) == conv.frames[0][0]
+    assert first_frame_time(str(second)) == pytest.approx(conv.frames[60][0], abs=1e-6)
+    empty = tmp_path / "empty.pcap.gz"
+    empty.write_bytes(gzip.compress(whole[:24]))
+    assert first_frame_time(str(empty)) == float("inf")
     conf = config(tmp_path)
-    result = replay([str(second), str(first)], conf, progress_to=None)
+    result = replay([str(second), str(empty), str(first)], conf, progress_to=None)
     assert result.messages == 120 and result.tracking["answered"] == 60
     assert db_rows(conf.db_path, "SELECT count(*) FROM pdns") == [(60,)]
     # a reader given up after its first batch leaves no decompressing child behind
+    monkeypatch.setattr(offline, "SMALL_ARCHIVE_BYTES", 0)
     before = _children()
     frames = read_frames(str(first), 4)
     next(frames)
@@ -597,7 +606,9 @@ def test_replay_of_rotated_gzip_captures_and_its_child_stops_with_it(tmp_path):
     assert _children() == before
 
 
-def test_broken_archives_give_their_frames_then_a_clear_error(tmp_path):
+@pytest.mark.parametrize("small_archive_bytes", [offline.SMALL_ARCHIVE_BYTES, 0], ids=["in-memory", "child"])
+def test_broken_archives_give_their_frames_then_a_clear_error(tmp_path, monkeypatch, small_archive_bytes):
+    monkeypatch.setattr(offline, "SMALL_ARCHIVE_BYTES", small_archive_bytes)
     packed = gzip.compress(BASELINE.read_bytes())
     cut = tmp_path / "cut.pcap.gz"
     cut.write_bytes(packed[:len(packed) // 2])

@@ -4,11 +4,15 @@ through libpcap, a batch of frames at a time.
 A compressed capture (tcpdump -z gzip, rotated archives) is read as it is: a child
 process decompresses it into a pipe that libpcap opens as its file, so nothing is
 written to disk. A process, not a thread: pcapy-ng holds the interpreter lock while
-libpcap opens a file, so a thread could never fill the pipe that open waits on.
+libpcap opens a file, so a thread could never fill the pipe that open waits on. A
+small archive is decompressed here instead, into an in-memory file.
 """
 from __future__ import annotations
 
+import bz2
 import fcntl
+import gzip
+import lzma
 import os
 import subprocess
 import sys
@@ -31,6 +35,14 @@ COMPRESSION_NAMES = {"gzip": "gzip", "bz2": "bzip2", "lzma": "xz"}
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 DECOMPRESS_CHUNK_BYTES = 1 << 16
 """Decompressed bytes the child writes into the pipe at a time."""
+FIRST_FRAME_PROBE_BYTES = 1 << 20
+"""Decompressed bytes of an archive's start that first_frame_time() hands libpcap: the file
+header and a first frame of any size a capture allows (snaplen 262144)."""
+SMALL_ARCHIVE_BYTES = 1 << 20
+"""Archives up to this size on disk are decompressed in this process, into memory, when
+they hold at most SMALL_ARCHIVE_CONTENT_BYTES: a child process costs tens of milliseconds,
+which a minute's rotated file does not."""
+SMALL_ARCHIVE_CONTENT_BYTES = 16 << 20
 PIPE_BYTES = 1 << 20
 """The pipe's size (Linux's default ceiling for an unprivileged process): the child
 decompresses this far ahead while the reader parses, where the default 64 KiB made
@@ -99,6 +111,75 @@ class _Inflater:
         return f"{self.compression}: {err or f'exit status {code}'}" if code else None
 
 
+_OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}
+
+
+class _Decompressed:
+    """A small archive decompressed whole into an in-memory file for libpcap to open; it
+    stands in for _Inflater (the archive counts as consumed at once)."""
+
+    def __init__(self, path: str, module: str, content: bytes) -> None:
+        self.compression = COMPRESSION_NAMES[module]
+        self.consumed = os.path.getsize(path)
+        self._fd = _memory_file(content)
+        self.pipe = f"/proc/self/fd/{self._fd}"
+
+    def close(self) -> str | None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        return None
+
+
+def _memory_file(content: bytes) -> int:
+    fd = os.memfd_create("capture")
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view):]
+    return fd
+
+
+def _decompressed(path: str, module: str, limit: int) -> bytes | None:
+    """Up to `limit` bytes of the archive's content; None when it cannot be read (the
+    child reading it whole then says why, after the frames before the fault)."""
+    try:
+        with _OPENERS[module](path) as stream:
+            return stream.read(limit)
+    except Exception:
+        return None
+
+
+def first_frame_time(path: str) -> float:
+    """The timestamp of a capture's first frame (inf when it has none): how captures are
+    ordered before they are merged. An archive's start is decompressed here, into memory,
+    where a child process per file (read_frames) cost tens of milliseconds each."""
+    module = _compression(path)
+    if module is not None:
+        head = _decompressed(path, module, FIRST_FRAME_PROBE_BYTES)
+        if head is not None:
+            ts = _first_frame_in(head)
+            if ts is not None:
+                return ts
+    for fb in read_frames(path, 1):
+        return float(fb.meta[0, 0]) + fb.meta[0, 1] / 1e6
+    return float("inf")
+
+
+def _first_frame_in(head: bytes) -> float | None:
+    fd = _memory_file(head)
+    try:
+        try:
+            hdr, _ = pcapy.open_offline(f"/proc/self/fd/{fd}").next()
+        except pcapy.PcapError:
+            return None
+    finally:
+        os.close(fd)
+    if hdr is None:
+        return None
+    sec, usec = hdr.getts()
+    return sec + usec / 1e6
+
+
 def _compression(path: str) -> str | None:
     if path == STDIN:
         return None
@@ -123,8 +204,8 @@ def _explained(error: Exception) -> str:
     return message
 
 
-def _open(path: str) -> tuple[Any, _Inflater | None]:
-    """A pcapy-ng reader of the capture, and the child feeding it when it is compressed."""
+def _open(path: str) -> tuple[Any, _Inflater | _Decompressed | None]:
+    """A pcapy-ng reader of the capture, and what feeds it when it is compressed."""
     if os.path.isdir(path):
         raise CaptureError(f"{path}: is a directory, not a capture file")
     module = _compression(path)
@@ -135,7 +216,13 @@ def _open(path: str) -> tuple[Any, _Inflater | None]:
             # libpcap names the file itself when it cannot open it, not when it cannot read it
             message = _explained(e)
             raise CaptureError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
-    inflater = _Inflater(path, module)
+    inflater: _Inflater | _Decompressed
+    content = (_decompressed(path, module, SMALL_ARCHIVE_CONTENT_BYTES + 1)
+               if os.path.getsize(path) <= SMALL_ARCHIVE_BYTES else None)
+    if content is not None and len(content) <= SMALL_ARCHIVE_CONTENT_BYTES:
+        inflater = _Decompressed(path, module, content)
+    else:
+        inflater = _Inflater(path, module)
     try:
         return pcapy.open_offline(inflater.pipe), inflater
     except pcapy.PcapError as e:
@@ -143,7 +230,7 @@ def _open(path: str) -> tuple[Any, _Inflater | None]:
         raise CaptureError(f"{path}: {why or f'{inflater.compression}-compressed, but {_explained(e)}'}") from None
 
 
-def _close(reader: Any, inflater: _Inflater | None) -> str | None:
+def _close(reader: Any, inflater: _Inflater | _Decompressed | None) -> str | None:
     reader.close()
     return inflater.close() if inflater is not None else None
 

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from sensor.capture.offline import STDIN, FrameBatch, read_frames
+from sensor.capture.offline import STDIN, FrameBatch, first_frame_time, read_frames
 from sensor.config import Config
 from sensor.detectors.anomaly_burst import AnomalyBurstRule
 from sensor.errors import CaptureError
@@ -97,12 +97,6 @@ def _frame_times(meta: np.ndarray) -> np.ndarray:
     return meta[:, 0].astype(np.float64) + meta[:, 1] / 1e6
 
 
-def _first_ts(path: str) -> float:
-    for fb in read_frames(path, 1):
-        return float(fb.meta[0, 0]) + fb.meta[0, 1] / 1e6
-    return float("inf")
-
-
 def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch]:
     """Frames of several captures in timestamp order across files.
 
@@ -120,7 +114,7 @@ def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch
         return
     if STDIN in paths:
         raise CaptureError("standard input (-) is read alone: it cannot be merged with other captures")
-    waiting = sorted((_first_ts(path), i, path) for i, path in enumerate(paths))
+    waiting = sorted((first_frame_time(path), i, path) for i, path in enumerate(paths))
     waiting.reverse()           # popped from the end: the earliest first
     frame_no = 1
 
