@@ -20,6 +20,9 @@ def _ports(text: str) -> int:
     return port
 
 
+CAPTURE_FILE_HELP = "pcap or pcapng capture, plain or compressed (gzip, bzip2, xz); - for standard input"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sensor.detectors.series_anomalies import METHODS as SERIES_METHODS
     from sensor.dump import FORMATS
@@ -36,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "per message (or a table). Fields are documented in the README.",
         epilog="Example: dnssensor dump tests/data/dnscap-baseline-udp-82-msgs.pcap --format table",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    dump.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture, plain or compressed (gzip, bzip2, xz); - for standard input")
+    dump.add_argument("files", nargs="+", metavar="FILE", help=CAPTURE_FILE_HELP)
     dump.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default jsonl)")
     dump.add_argument("--port", type=_ports, action="append", default=[], metavar="N",
                       help=f"also treat port N as DNS (repeatable; always {', '.join(map(str, DEFAULT_PORTS))})")
@@ -51,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "across files) exactly as live capture would, with a progress bar on a "
                     "terminal. Verdicts also go to the configured syslog targets.",
         epilog="Example: dnssensor replay --db demo.db tests/data/dnscap-baseline-udp-82-msgs.pcap")
-    replay.add_argument("files", nargs="+", metavar="FILE", help="pcap or pcapng capture, plain or compressed (gzip, bzip2, xz); - for standard input")
+    replay.add_argument("files", nargs="+", metavar="FILE", help=CAPTURE_FILE_HELP)
     _config_args(replay)
     replay.add_argument("--port", type=_ports, action="append", default=[], metavar="N",
                         help="also treat port N as DNS (repeatable)")

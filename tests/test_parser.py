@@ -512,6 +512,7 @@ def test_span_port_copies_are_dropped_once_each(backend, tmp_path):
     batch = parsed(again, 0.001)
     assert len(batch) == 3 and batch.counters["duplicate_frames"] == 2
     # the same query from another port, and to another server, are not copies
-    other = write_pcap(tmp_path / "other.pcap", [(1.0, frame), (1.0, udp_frame(q, "192.0.2.10", "192.0.2.53", 40001, 53)),
+    other = write_pcap(tmp_path / "other.pcap", [(1.0, frame),
+                                                  (1.0, udp_frame(q, "192.0.2.10", "192.0.2.53", 40001, 53)),
                                                   (1.0, udp_frame(q, "192.0.2.10", "192.0.2.54", 40000, 53))])
     assert len(parsed(other, 0.001)) == 3

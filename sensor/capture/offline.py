@@ -32,6 +32,7 @@ STDIN = "-"
 COMPRESSIONS = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "lzma"))
 """Magic bytes of the compressions read directly, and the standard module for each."""
 COMPRESSION_NAMES = {"gzip": "gzip", "bz2": "bzip2", "lzma": "xz"}
+_OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 DECOMPRESS_CHUNK_BYTES = 1 << 16
 """Decompressed bytes the child writes into the pipe at a time."""
@@ -109,9 +110,6 @@ class _Inflater:
             self.proc.stderr.close()
             self._file.close()
         return f"{self.compression}: {err or f'exit status {code}'}" if code else None
-
-
-_OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "lzma": lzma.open}
 
 
 class _Decompressed:
