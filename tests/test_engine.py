@@ -29,7 +29,7 @@ from sensor.errors import CaptureError
 from sensor.config import Config, address_key
 from sensor.detectors import anomaly_burst
 from sensor.engine.aggregate import Accumulator
-from sensor.engine.pipeline import merged_frames
+from sensor.engine.pipeline import Pipeline, merged_frames
 from sensor.engine.replay import replay
 from sensor.engine.writer import Writer
 from sensor.limits import DEFAULT_LIMITS
@@ -761,6 +761,26 @@ def test_span_port_copies_are_warned_of_then_dropped(tmp_path, capsys):
     assert cli.main(["status", "--db", deduped.db_path, "--json", "--minutes", "100000000"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["drops"] == {"duplicate_frames": 300} and not s["doubled_capture"]
+
+
+def test_a_reload_turns_span_port_dedup_on_and_off(tmp_path):
+    conv = Conversation()
+    for i in range(10):
+        conv.exchange(CLIENT, RESOLVER, f"n{i}.example", f"n{i}.example 60 A 192.0.2.{i}", txid=i)
+    doubled = write_pcap(tmp_path / "doubled.pcap",
+                         [copy for ts, f in conv.frames for copy in ((ts, f), (ts + 2e-6, f))])
+    frames = next(read_frames(str(doubled), 1000))
+    conf = config(tmp_path)
+    rule = anomaly_burst.load(conf.rules_dir)
+    pipe = Pipeline(conf, rule, [])
+    counted = []
+    for window_ms in (0.0, 1.0, 0.0):
+        pipe.reconfigure(replace(conf, dedup_window_ms=window_ms), rule, [])
+        before = pipe.messages
+        pipe.feed(frames)
+        pipe.process()
+        counted.append(pipe.messages - before)
+    assert counted == [40, 20, 40]
 
 
 def test_status_warns_of_a_process_that_stopped_reporting_and_shows_the_stores_room(tmp_path, capsys):
