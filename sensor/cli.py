@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(replay)
     replay.add_argument("--port", type=_ports, action="append", default=[], metavar="N",
                         help="also treat port N as DNS (repeatable)")
+    replay.add_argument("--from", dest="start", metavar="TIME",
+                        help="only frames at or after TIME (ISO 8601, UTC unless an offset is given, "
+                             "e.g. 2026-11-21T14:00; or epoch seconds)")
+    replay.add_argument("--until", dest="end", metavar="TIME", help="only frames before TIME")
 
     run = sub.add_parser(
         "run", help="capture live on the configured interfaces (root or CAP_NET_RAW)",
@@ -178,8 +182,12 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from sensor.engine.replay import replay
 
+    from sensor.query import parse_time
+
     conf = load_config(args)
-    r = replay(args.files, conf)
+    start = parse_time(args.start) if args.start else None
+    end = parse_time(args.end) if args.end else None
+    r = replay(args.files, conf, start=start, end=end)
     rate = r.messages / r.seconds if r.seconds else 0.0
     print(f"replayed {r.files} file(s): {r.packets:,} packets, {r.messages:,} DNS messages in "
           f"{r.seconds:.2f} s ({rate:,.0f} msgs/s); {r.verdicts} new verdict(s) -> {conf.db_path}")

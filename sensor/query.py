@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import ipaddress
 import json
@@ -32,6 +33,23 @@ DUPLICATED_SHARE = 0.5
 """Status warns of a span port that copies every packet when at least this share of the
 answered queries (ONE_SIDED_MIN_MESSAGES at least) had their response twice: a resolver
 retransmits rarely, a doubled capture does it for every one."""
+
+
+def parse_time(text: str) -> float:
+    """An instant as epoch seconds: a number of them, or ISO 8601 ('2026-11-21T14:00',
+    '2026-11-21 14:00:30+01:00'); UTC unless an offset is given."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise SensorError(f"bad time {text!r} (expected ISO 8601, such as 2026-11-21T14:00 in UTC, "
+                          "or epoch seconds)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()
 
 
 def parse_duration(text: str) -> float:

@@ -29,7 +29,7 @@ from sensor.errors import CaptureError
 from sensor.config import Config, address_key
 from sensor.detectors import anomaly_burst
 from sensor.engine.aggregate import Accumulator
-from sensor.engine.pipeline import Pipeline, merged_frames
+from sensor.engine.pipeline import Pipeline, merged_frames, within
 from sensor.engine.replay import replay
 from sensor.engine.writer import Writer
 from sensor.limits import DEFAULT_LIMITS
@@ -625,6 +625,34 @@ def test_broken_archives_give_their_frames_then_a_clear_error(tmp_path, monkeypa
     zstd.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 16)
     with pytest.raises(CaptureError, match=r"zstd-compressed.*zstd -dc .*cap.pcap.zst \| dnssensor replay -"):
         list(read_frames(str(zstd), 10))
+
+
+def test_replay_of_a_time_window(tmp_path, capsys):
+    conv = Conversation(start=1_767_254_400.0)         # 2026-01-01 08:00 UTC
+    for i in range(90):
+        conv.exchange(CLIENT, RESOLVER, f"n{i}.example", f"n{i}.example 60 A 192.0.2.{i}", txid=i)
+        conv.ts += 1.0
+    whole = conv.write(tmp_path / "whole.pcap")
+    parts = []
+    for k in range(3):                                  # three rotated files, 30 s each
+        parts.append(str(write_pcap(tmp_path / f"part{k}.pcap", conv.frames[k * 60:(k + 1) * 60])))
+    # frames keep their numbers in the capture; a batch's bytes on disk stay with it
+    batches = list(within(read_frames(str(whole), 7), 1_767_254_410.0, 1_767_254_420.0))
+    kept = [(fb.first_frame, len(fb.meta)) for fb in batches if len(fb.meta)]
+    assert kept[0][0] == 21 and sum(n for _, n in kept) == 20
+    assert sum(fb.source_bytes for fb in batches) == whole.stat().st_size - 24
+    conf = config(tmp_path)
+    assert cli.main(["replay", "--db", conf.db_path, "--from", "2026-01-01T08:00:40",
+                     "--until", "2026-01-01 09:00:50+01:00", *parts]) == 0
+    assert "20 DNS messages" in capsys.readouterr().out
+    assert db_rows(conf.db_path, "SELECT rrname FROM pdns ORDER BY rrname") == \
+        [(f"n{i}.example",) for i in sorted(range(40, 50), key=str)]
+    # a file that starts at or after the end is not read at all
+    def frames_of(batches):
+        return [(fb.blob, fb.meta.tolist()) for fb in batches]
+    assert frames_of(merged_frames(parts, 100, end=1_767_254_430.0)) == frames_of(merged_frames(parts[:1], 100))
+    assert cli.main(["replay", "--db", conf.db_path, "--from", "soon", *parts]) == 2
+    assert "bad time 'soon'" in capsys.readouterr().err
 
 
 def test_upstream_leg_is_counted_for_the_resolver(tmp_path):

@@ -1,7 +1,7 @@
 """parse → track → accumulate over one stream of frames: a capture worker, or a replay."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -97,7 +97,30 @@ def _frame_times(meta: np.ndarray) -> np.ndarray:
     return meta[:, 0].astype(np.float64) + meta[:, 1] / 1e6
 
 
-def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch]:
+def within(frames: Iterable[FrameBatch], start: float | None, end: float | None) -> Iterator[FrameBatch]:
+    """The frames timed in [start, end): each batch cut into its runs of frames inside, which
+    keep their numbers in the capture. A batch's bytes on disk go with its first run (or an
+    empty batch), so a replay's progress still counts them."""
+    for fb in frames:
+        ts = _frame_times(fb.meta)
+        inside = np.ones(len(ts), dtype=bool)
+        if start is not None:
+            inside &= ts >= start
+        if end is not None:
+            inside &= ts < end
+        if inside.all():
+            yield fb
+            continue
+        edges = np.flatnonzero(np.diff(np.r_[0, inside.astype(np.int8), 0])).reshape(-1, 2)
+        if not len(edges):
+            yield FrameBatch(fb.blob, fb.meta[:0], fb.linktype, fb.first_frame, fb.source_bytes)
+            continue
+        for k, (a, b) in enumerate(edges.tolist()):
+            yield FrameBatch(fb.blob, np.ascontiguousarray(fb.meta[a:b]), fb.linktype, fb.first_frame + a,
+                             fb.source_bytes if k == 0 else 0)
+
+
+def merged_frames(paths: list[str], frames_per_read: int, end: float | None = None) -> Iterator[FrameBatch]:
     """Frames of several captures in timestamp order across files.
 
     Each round takes, from every open file, the frames up to the earliest "last
@@ -107,7 +130,8 @@ def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch
     A file is opened only when the merge reaches its first frame: rotated
     captures (tcpdump -G or -C), one after another in time, keep one or two
     files open and buffered however many there are, where opening them all at
-    once ran out of file descriptors and held a buffer per file.
+    once ran out of file descriptors and held a buffer per file. A file whose first
+    frame is at or after `end` is not read at all.
     """
     if len(paths) == 1:
         yield from read_frames(paths[0], frames_per_read)
@@ -115,7 +139,7 @@ def merged_frames(paths: list[str], frames_per_read: int) -> Iterator[FrameBatch
     if STDIN in paths:
         raise CaptureError("standard input (-) is read alone: it cannot be merged with other captures")
     waiting = sorted((first_frame_time(path), i, path) for i, path in enumerate(paths))
-    waiting.reverse()           # popped from the end: the earliest first
+    waiting = [w for w in waiting if end is None or w[0] < end][::-1]     # popped: the earliest first
     frame_no = 1
 
     def refill(r) -> bool:

@@ -9,7 +9,7 @@ from typing import TextIO
 
 from sensor.config import Config
 from sensor.detectors import anomaly_burst
-from sensor.engine.pipeline import Pipeline, merged_frames
+from sensor.engine.pipeline import Pipeline, merged_frames, within
 from sensor.engine.writer import REPLAY_SERIES_EVERY_S, Writer
 from sensor.rules import load_rules_dir
 from sensor.sinks.syslog import SyslogSender
@@ -53,7 +53,10 @@ class Progress:
         self.out.flush()
 
 
-def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.stderr) -> ReplayResult:
+def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.stderr,
+           start: float | None = None, end: float | None = None) -> ReplayResult:
+    """The live pipeline over capture files merged by time, into config's store; with start
+    or end, only the frames timed in [start, end)."""
     rule = anomaly_burst.load(config.rules_dir)
     rules = load_rules_dir(config.rules_dir)
     store = Store(config.db_path)
@@ -71,7 +74,10 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     # replay writes it as the live sensor would at the same message rate.
     next_flush = time.monotonic() + config.flush_interval_s
     try:
-        for frames in merged_frames(list(files), config.limits.frames_per_read):
+        frames_in = merged_frames(list(files), config.limits.frames_per_read, end)
+        if start is not None or end is not None:
+            frames_in = within(frames_in, start, end)
+        for frames in frames_in:
             pipeline.feed(frames)
             done_bytes += frames.source_bytes
             progress.update(done_bytes, pipeline.messages)
