@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -56,13 +59,22 @@ def test_unreadable_input_gives_one_line_and_status_2(path, message):
     assert out.stderr.count(path) == 1
 
 
-def test_standard_input_is_read_alone(tmp_path):
-    with open(BASELINE, "rb") as f:
-        out = subprocess.run([sys.executable, "-m", "sensor", "dump", "-"], stdin=f, capture_output=True,
-                             text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0 and len(out.stdout.splitlines()) == 82
+def test_standard_input_and_pipes_are_read_alone(tmp_path):
+    for name in ("-", "/dev/stdin"):
+        with open(BASELINE, "rb") as f:
+            out = subprocess.run([sys.executable, "-m", "sensor", "dump", name], stdin=f, capture_output=True,
+                                 text=True, cwd=REPO, timeout=120)
+        assert out.returncode == 0 and len(out.stdout.splitlines()) == 82, out.stderr
+    # a named pipe is read as it comes, never looked into first (that would consume its start)
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(Path(BASELINE).read_bytes()), daemon=True)
+    writer.start()
+    out = run("dump", str(fifo))
+    writer.join(timeout=30)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 82, out.stderr
     out = run("replay", "--db", str(tmp_path / "x.db"), BASELINE, "-")
-    assert out.returncode == 2 and "standard input (-) is read alone" in out.stderr
+    assert out.returncode == 2 and "-: a pipe or standard input is read alone" in out.stderr
 
 
 def test_pcapng_of_interfaces_with_different_link_types_is_explained(tmp_path):

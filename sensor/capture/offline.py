@@ -179,8 +179,8 @@ def _first_frame_in(head: bytes) -> float | None:
 
 
 def _compression(path: str) -> str | None:
-    if path == STDIN:
-        return None
+    if path == STDIN or not os.path.isfile(path):
+        return None             # a pipe or a device: a look at its start would consume it
     try:
         with open(path, "rb") as f:
             head = f.read(8)

@@ -1,6 +1,7 @@
 """parse → track → accumulate over one stream of frames: a capture worker, or a replay."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -136,8 +137,12 @@ def merged_frames(paths: list[str], frames_per_read: int, end: float | None = No
     if len(paths) == 1:
         yield from read_frames(paths[0], frames_per_read)
         return
-    if STDIN in paths:
-        raise CaptureError("standard input (-) is read alone: it cannot be merged with other captures")
+    streams = [p for p in paths if p == STDIN or (os.path.exists(p) and not os.path.isfile(p)
+                                                  and not os.path.isdir(p))]
+    if streams:
+        # Merging looks at each file's first frame before reading it: a stream cannot be read twice.
+        raise CaptureError(f"{streams[0]}: a pipe or standard input is read alone: it cannot be merged "
+                           "with other captures")
     waiting = sorted((first_frame_time(path), i, path) for i, path in enumerate(paths))
     waiting = [w for w in waiting if end is None or w[0] < end][::-1]     # popped: the earliest first
     frame_no = 1
