@@ -180,6 +180,11 @@ cdef extern from *:
     """
     void DNS_PREFETCH(const void *p) noexcept nogil
 
+cdef struct SeenFrame:
+    uint64_t hash               # of addresses, ports and payload; 0: an empty slot
+    double ts
+    bint used                   # its copy was dropped already
+
 cdef struct Arena:
     char *buf
     size_t len
@@ -805,6 +810,13 @@ cdef int ar_put_eui(Arena *a, const uint8_t *p, size_t n) except -1:
 
 # ---------------------------------------------------------------- core
 
+cdef int check_suffix_table(Py_ssize_t size) except -1:
+    """Raise unless a suffix table's size is a power of two (its probe masks with size - 1)."""
+    if size == 0 or size & (size - 1):
+        raise ValueError("psl_table size must be a power of two")
+    return 0
+
+
 cdef inline uint8_t psl_entry_flags(const uint64_t *table, uint64_t mask, uint64_t reversed_hash) noexcept nogil:
     """The PSL_* flags of one suffix (by the FNV-1a hash of its labels reversed) in a suffix
     table (sensor.parse.psl.SuffixRules.table, `mask` its size less one), 0 when absent."""
@@ -860,10 +872,8 @@ cdef class Core:
     cdef QnameEntry *qcache
     cdef readonly uint64_t qname_cache_hits
     # Span-port duplicates (set_dedup): the frames seen last, by hash slot
-    cdef uint64_t *dup_hash
-    cdef double *dup_ts
-    cdef uint8_t *dup_used
-    cdef uint64_t dup_mask
+    cdef SeenFrame *seen
+    cdef uint64_t seen_mask
     cdef readonly double dedup_window_s
     cdef const char *type_mnemonic[300]
     cdef uint8_t type_mnemonic_len[300]
@@ -881,23 +891,13 @@ cdef class Core:
             raise MemoryError()
         memset(self.qcache, 0, QNAME_CACHE_SLOTS * sizeof(QnameEntry))
         self.qname_cache_hits = 0
-        self.dup_hash = NULL
-        self.dup_ts = NULL
-        self.dup_used = NULL
+        self.seen = NULL
         self.dedup_window_s = 0
 
     def __dealloc__(self):
         free(self.arena.buf)
         free(self.qcache)
-        self.free_dedup()
-
-    cdef void free_dedup(self) noexcept:
-        free(self.dup_hash)
-        free(self.dup_ts)
-        free(self.dup_used)
-        self.dup_hash = NULL
-        self.dup_ts = NULL
-        self.dup_used = NULL
+        free(self.seen)
 
     def set_dedup(self, double window_s, size_t slots):
         """Drop a UDP DNS frame identical (addresses, ports, payload) to one seen at most
@@ -906,34 +906,31 @@ cdef class Core:
         frames are remembered, by hash."""
         if window_s < 0 or slots == 0 or slots & (slots - 1):
             raise ValueError("window_s must be >= 0 and slots a power of two")
-        self.free_dedup()
-        self.dedup_window_s = window_s
+        free(self.seen)
+        self.seen = NULL
+        self.dedup_window_s = 0
         if window_s == 0:
             return
-        self.dup_hash = <uint64_t *>calloc(slots, sizeof(uint64_t))
-        self.dup_ts = <double *>calloc(slots, sizeof(double))
-        self.dup_used = <uint8_t *>calloc(slots, sizeof(uint8_t))
-        if self.dup_hash == NULL or self.dup_ts == NULL or self.dup_used == NULL:
-            self.free_dedup()
-            self.dedup_window_s = 0
+        self.seen = <SeenFrame *>calloc(slots, sizeof(SeenFrame))
+        if self.seen == NULL:
             raise MemoryError()
-        self.dup_mask = slots - 1
+        self.seen_mask = slots - 1
+        self.dedup_window_s = window_s
 
     cdef bint seen_twice(self, const uint8_t *payload, const PacketInfo *pi, double ts) noexcept:
         """Whether this frame is the copy of one remembered (and forgotten as used)."""
         cdef uint64_t h = span_hash(payload, pi.payload_len)
-        cdef uint64_t slot
+        cdef SeenFrame *e
         h ^= span_hash(pi.src, 16) * <uint64_t>0x9E3779B97F4A7C15
         h ^= span_hash(pi.dst, 16) * <uint64_t>0xC2B2AE3D27D4EB4F
         h ^= ((<uint64_t>pi.sport << 16) | pi.dport) * <uint64_t>0x165667B19E3779F9
-        slot = (h >> 17) & self.dup_mask
-        if (self.dup_hash[slot] == h and not self.dup_used[slot]
-                and fabs(ts - self.dup_ts[slot]) <= self.dedup_window_s):
-            self.dup_used[slot] = 1
+        e = &self.seen[(h >> 17) & self.seen_mask]
+        if e.hash == h and not e.used and fabs(ts - e.ts) <= self.dedup_window_s:
+            e.used = 1
             return 1
-        self.dup_hash[slot] = h
-        self.dup_ts[slot] = ts
-        self.dup_used[slot] = 0
+        e.hash = h
+        e.ts = ts
+        e.used = 0
         return 0
 
     def __init__(self, port_map, psl_table, dict type_names, dict tsig_error_names, int max_questions,
@@ -942,8 +939,7 @@ cdef class Core:
         if self.port_map.shape[0] != 65536:
             raise ValueError("port_map must have 65536 entries")
         self.psl_table = np.ascontiguousarray(psl_table, dtype=np.uint64)
-        if self.psl_table.shape[0] == 0 or self.psl_table.shape[0] & (self.psl_table.shape[0] - 1):
-            raise ValueError("psl_table size must be a power of two")
+        check_suffix_table(self.psl_table.shape[0])
         self.psl_mask = self.psl_table.shape[0] - 1
         self.max_questions = max_questions
         self.max_records = max_records
@@ -1031,7 +1027,7 @@ cdef class Core:
         cdef uint32_t off, caplen
         cdef int r
         cdef list slow = []
-        cdef bint dedup = self.dup_hash != NULL
+        cdef bint dedup = self.seen != NULL
         if meta.shape[1] != 4:
             raise ValueError("meta must have 4 columns (sec, usec, offset, caplen)")
         if self.nmsg + <size_t>n > self.msg_cap:
@@ -2670,8 +2666,7 @@ def inner_tld_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, cons
     check_name_spans(arena.shape[0], offsets, lengths)
     if regdom_offs.shape[0] != n:
         raise ValueError("offsets and regdom_offs differ in length")
-    if psl_table.shape[0] == 0 or psl_table.shape[0] & mask:
-        raise ValueError("psl_table size must be a power of two")
+    check_suffix_table(psl_table.shape[0])
     out = np.zeros(n, dtype=np.uint8)
     cdef uint8_t[::1] o = out
     for i in range(n):
@@ -2709,8 +2704,7 @@ def public_tlds(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
     cdef uint8_t ch
     cdef bint escaped
     check_name_spans(arena.shape[0], offsets, lengths)
-    if psl_table.shape[0] == 0 or psl_table.shape[0] & mask:
-        raise ValueError("psl_table size must be a power of two")
+    check_suffix_table(psl_table.shape[0])
     out = np.zeros(n, dtype=np.uint8)
     cdef uint8_t[::1] o = out
     for i in range(n):

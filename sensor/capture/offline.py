@@ -178,6 +178,11 @@ def _first_frame_in(head: bytes) -> float | None:
     return sec + usec / 1e6
 
 
+def is_stream(path: str) -> bool:
+    """Standard input, a pipe or a device: read once, as it comes (never looked into first)."""
+    return path == STDIN or (os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path))
+
+
 def _compression(path: str) -> str | None:
     if path == STDIN or not os.path.isfile(path):
         return None             # a pipe or a device: a look at its start would consume it
@@ -239,22 +244,14 @@ def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
     linktype = reader.datalink()
     first = 1
     consumed = 0
-    closed = False
+    failure = None
     try:
         while True:
             try:
                 blob, meta = reader.next_batch(frames_per_read)
             except pcapy.PcapError as e:
-                why = _close(reader, inflater) or _explained(e)
-                closed = True
-                # next_batch() drops the frames it had read when it meets a record
-                # cut short (a capture whose writer was killed): read that last
-                # stretch again frame by frame so none of them is lost.
-                tail = _frames_before_error(path, skip=first - 1)
-                if tail is not None:
-                    yield FrameBatch(tail[0], tail[1], linktype, first)
-                    first += tail[1].shape[0]
-                raise CaptureError(f"{path}: {why} (after frame {first - 1})") from None
+                failure = _explained(e)
+                break
             if not meta:
                 break
             table = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
@@ -265,11 +262,18 @@ def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
             yield FrameBatch(blob, table, linktype, first, source)
             first += table.shape[0]
     finally:
-        if not closed:
-            why = _close(reader, inflater)
-    if why:
-        # The archive ended early at a record boundary, where libpcap saw a clean end.
-        raise CaptureError(f"{path}: {why} (after frame {first - 1})")
+        why = _close(reader, inflater)      # a decompressor's error explains libpcap's
+    if failure is not None:
+        # next_batch() drops the frames it had read when it meets a record cut short (a
+        # capture whose writer was killed): read that last stretch again frame by frame
+        # so none of them is lost.
+        tail = _frames_before_error(path, skip=first - 1)
+        if tail is not None:
+            yield FrameBatch(tail[0], tail[1], linktype, first)
+            first += tail[1].shape[0]
+    if failure is not None or why:
+        # (why alone: an archive that ended early at a record boundary, where libpcap saw a clean end)
+        raise CaptureError(f"{path}: {why or failure} (after frame {first - 1})")
 
 
 def _frames_before_error(path: str, skip: int) -> tuple[bytes, np.ndarray] | None:

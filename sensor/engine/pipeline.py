@@ -1,12 +1,11 @@
 """parse → track → accumulate over one stream of frames: a capture worker, or a replay."""
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from sensor.capture.offline import STDIN, FrameBatch, first_frame_time, read_frames
+from sensor.capture.offline import FrameBatch, first_frame_time, is_stream, read_frames
 from sensor.config import Config
 from sensor.detectors.anomaly_burst import AnomalyBurstRule
 from sensor.errors import CaptureError
@@ -137,8 +136,7 @@ def merged_frames(paths: list[str], frames_per_read: int, end: float | None = No
     if len(paths) == 1:
         yield from read_frames(paths[0], frames_per_read)
         return
-    streams = [p for p in paths if p == STDIN or (os.path.exists(p) and not os.path.isfile(p)
-                                                  and not os.path.isdir(p))]
+    streams = [p for p in paths if is_stream(p)]
     if streams:
         # Merging looks at each file's first frame before reading it: a stream cannot be read twice.
         raise CaptureError(f"{streams[0]}: a pipe or standard input is read alone: it cannot be merged "
