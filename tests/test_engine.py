@@ -978,21 +978,46 @@ def test_seen_counts_keep_first_last_and_count_up_to_the_limit(batches, limit):
             e[0], e[1], e[2] = min(e[0], t), max(e[1], t), e[2] + n
         keys = np.array(list(by_key), dtype=np.uint64)
         cols = np.array(list(by_key.values()), dtype=np.float64).reshape(-1, 3)
-        got = table.add(keys, cols[:, 0], cols[:, 1], cols[:, 2].astype(np.int64), limit)
-        lost = 0
+        got, appended = table.add(keys, cols[:, 0], cols[:, 1], cols[:, 2].astype(np.int64), limit)
+        lost, now_held = 0, []
         for k, (first, last, n) in by_key.items():
             if k in held:
                 h = held[k]
                 h[0], h[1], h[2] = min(h[0], first), max(h[1], last), h[2] + n
             elif len(held) < limit:
                 held[k] = [first, last, n]
+                now_held.append(k)
             else:
                 lost += n
         assert got == lost
+        assert keys[appended].tolist() == now_held
         dropped += got
     assert {k: [f, l, c] for k, f, l, c in zip(table.keys.tolist(), table.first.tolist(),
                                                table.last.tolist(), table.count.tolist())} == held
     assert dropped + sum(h[2] for h in held.values()) == sum(n for rows in batches for _, _, n in rows)
+
+
+def test_merged_seen_counts_keep_text_only_for_the_rows_they_hold():
+    """A worker whose writer lags merges each shipment into the one it holds: rows beyond
+    the limit are dropped and counted, and their text must go with them (it was kept, and
+    the held table grew by every shipment's text)."""
+    from sensor.engine.aggregate import SeenCounts
+
+    def shipment(keys: range) -> SeenCounts:
+        t = SeenCounts()
+        k = np.array(list(keys), dtype=np.uint64)
+        t.add(k, np.full(len(k), 1.0), np.full(len(k), 2.0), np.ones(len(k), dtype=np.int64), 10**6)
+        t.text = {key: (f"n{key}.example", "A", "192.0.2.1") for key in k.tolist()}
+        return t
+
+    carry, dropped = SeenCounts(), 0
+    for n in range(20):
+        dropped += carry.merge(shipment(range(n * 100, n * 100 + 150)), limit=500)
+    assert len(carry) == 500
+    assert sorted(carry.text) == sorted(carry.keys.tolist())
+    assert carry.text[120] == ("n120.example", "A", "192.0.2.1")
+    assert dropped == 20 * 150 - sum(carry.count.tolist())
+    assert len(carry.rows()) == 500
 
 
 def test_keyed_count_rows_keep_the_busiest_labels_per_minute_and_sum_the_rest():

@@ -130,9 +130,10 @@ class SeenCounts:
         return len(self.keys)
 
     def add(self, keys: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray,
-            limit: int) -> int:
+            limit: int) -> tuple[int, np.ndarray]:
         """Fold rows with distinct keys in: stored rows are updated in place, new ones
-        appended while there is room; returns the count of messages dropped at the limit."""
+        appended while there is room. Returns the count of messages dropped at the limit
+        and the indexes of the rows appended."""
         pos = index_keys(keys, self.keys)
         known = pos >= 0
         if known.any():
@@ -149,11 +150,17 @@ class SeenCounts:
             self.first = np.concatenate([self.first, first[new]])
             self.last = np.concatenate([self.last, last[new]])
             self.count = np.concatenate([self.count, count[new].astype(np.int64)])
-        return dropped
+        return dropped, new
 
     def merge(self, other: "SeenCounts", limit: int) -> int:
-        self.text.update(other.text)
-        return self.add(other.keys, other.first, other.last, other.count, limit)
+        """Fold another table in; the text of a row dropped at the limit is not kept (a
+        worker whose writer lags merges every shipment into one held table, and would
+        otherwise hold the text of every row it dropped)."""
+        dropped, appended = self.add(other.keys, other.first, other.last, other.count, limit)
+        if other.text:
+            for key in other.keys[appended].tolist():
+                self.text[key] = other.text[key]
+        return dropped
 
     def rows(self) -> list[tuple]:
         return [(*self.text[k], f, l, c) for k, f, l, c in zip(
@@ -519,7 +526,7 @@ class Accumulator:
             if missing.any():
                 texts.update(zip(new_keys[missing].tolist(), identities(first_idx[new][missing])))
             known = np.concatenate([known, new_keys])
-        lost = table.add(keys, first, last, counts, self.limits.max_pdns_rows)
+        lost, _ = table.add(keys, first, last, counts, self.limits.max_pdns_rows)
         if lost:
             self.agg.dropped["pdns_overflow"] += lost
         return known
