@@ -86,6 +86,11 @@ class Limits:
     writer_queue_batches: int = 64
     """Aggregates a worker keeps waiting for delivery to the writer; a worker whose backlog
     is full keeps merging into its next aggregate instead of dropping."""
+    writer_queue_mib: int = 256
+    """Megabytes of (pickled) aggregates a worker keeps waiting for delivery; the backlog is
+    full at this size as at writer_queue_batches (one aggregate may take it past). Under a
+    flood of names never seen before each aggregate holds up to max_pdns_rows new records
+    with their text, and 64 of them held gigabytes."""
 
     # Capture reading.
     frames_per_read: int = 8192

@@ -7,6 +7,7 @@ import os
 import pickle
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -75,6 +76,44 @@ def test_a_full_backlog_refuses_instead_of_blocking():
     assert not out.put(3, wait_s=0.2)
     assert 0.15 < time.monotonic() - t0 < 5
     assert out.close(0.3) == 2
+
+
+def test_a_backlog_is_full_at_its_size_too():
+    """Under a flood of new names every shipment is large: the backlog is bounded by bytes
+    as well as by count (64 shipments of a lagging writer's worker held gigabytes)."""
+    address = new_address()                 # nobody listens: nothing is delivered
+    out = Outbox(address, max_backlog=64, max_backlog_bytes=3 << 20)
+    big = b"x" * (1 << 20)
+    assert out.put(big) and out.put(big) and out.put(big)
+    assert out.backlog_bytes > 3 << 20
+    assert not out.put(big)                 # 3 shipments of 64, but 3 MiB of 3
+    assert not out.put("small")
+    assert out.close(0.3) == 3
+    out = Outbox(address, max_backlog=64, max_backlog_bytes=3 << 20)
+    assert out.put(b"x" * (8 << 20))        # one shipment beyond the budget still goes
+    assert not out.put("small")
+    assert out.close(0.3) == 1
+
+
+def test_a_backlog_makes_room_as_it_delivers():
+    address = new_address()
+    out = Outbox(address, max_backlog=64, max_backlog_bytes=3 << 20)
+    big = b"x" * (1 << 20)
+    for _ in range(3):
+        assert out.put(big)
+    assert not out.put(big)
+    inbox = Inbox(address)                  # the writer (re)starts and reads
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(receive_until(inbox, 4)))
+    reader.start()
+    try:
+        assert out.put(big, wait_s=10)      # room as soon as one is delivered
+        reader.join(15)
+        assert len(got) == 4
+        assert wait_for(lambda: out.backlog_bytes == 0)
+        assert out.close(5) == 0
+    finally:
+        inbox.close()
 
 
 def _connects_as_nobody(address: str) -> None:

@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any
 
+from sensor.limits import DEFAULT_LIMITS
+
 RECONNECT_WAIT_S = 0.2
 """Pause between attempts to reach the writer (it may be starting, or restarting)."""
 MAX_MESSAGE_BYTES = 1 << 30
@@ -108,12 +110,17 @@ class Inbox:
 
 
 class Outbox:
-    """A sender's end: shipments wait in a bounded backlog while a thread delivers them,
-    so capture never blocks on the writer."""
+    """A sender's end: shipments wait in a backlog bounded by count and by size while a
+    thread delivers them, so capture never blocks on the writer. A shipment is pickled as
+    it is put, so the backlog holds bytes whose size is known (and far smaller than the
+    objects they were)."""
 
-    def __init__(self, address: str, max_backlog: int) -> None:
+    def __init__(self, address: str, max_backlog: int,
+                 max_backlog_bytes: int = DEFAULT_LIMITS.writer_queue_mib << 20) -> None:
         self._address = address
         self._max = max_backlog
+        self._max_bytes = max_backlog_bytes
+        self._bytes = 0
         self._backlog: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -122,17 +129,31 @@ class Outbox:
         self._thread = threading.Thread(target=self._deliver, name="outbox", daemon=True)
         self._thread.start()
 
+    def _full(self) -> bool:
+        return len(self._backlog) >= self._max or self._bytes >= self._max_bytes
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._bytes
+
     def put(self, item: Any, wait_s: float = 0.0) -> bool:
         """Queue one shipment; False when the backlog stays full for wait_s (keep it and
-        merge it into the next)."""
+        merge it into the next). Full is max_backlog shipments or max_backlog_bytes: a
+        shipment is taken while the backlog is below its size budget, so the last one
+        may take it past by its own size."""
         deadline = time.monotonic() + wait_s
         with self._cond:
-            while len(self._backlog) >= self._max:
+            while self._full():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(left)
-            self._backlog.append(item)
+        # Pickled outside the lock, so delivery goes on meanwhile; only the capture
+        # loop puts, so the room found above is still there.
+        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._cond:
+            self._backlog.append(data)
+            self._bytes += len(data)
             self._cond.notify_all()
         return True
 
@@ -143,8 +164,7 @@ class Outbox:
                     self._cond.wait()
                 if not self._backlog:
                     return
-                item = self._backlog[0]
-            data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+                data = self._backlog[0]
             while True:
                 try:
                     if self._sock is None:
@@ -161,7 +181,7 @@ class Outbox:
                             return
                     time.sleep(RECONNECT_WAIT_S)
             with self._cond:
-                self._backlog.popleft()
+                self._bytes -= len(self._backlog.popleft())
                 self._cond.notify_all()
 
     def close(self, timeout_s: float) -> int:

@@ -88,7 +88,7 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ch
     drop_privileges(config.user)
     started = time.time()
     carry = Aggregate()
-    out = Outbox(channel, config.limits.writer_queue_batches)
+    out = Outbox(channel, config.limits.writer_queue_batches, config.limits.writer_queue_mib << 20)
     next_flush = time.monotonic() + config.flush_interval_s
 
     def ship(state: str) -> None:
@@ -281,7 +281,8 @@ class Supervisor:
         srow = agg.sensor[int(time.time() // 60 * 60)] = new_sensor_row()
         srow["drops"][stage] = 1
         if self._records is None:
-            self._records = Outbox(self.channel, self.config.limits.writer_queue_batches)
+            limits = self.config.limits
+            self._records = Outbox(self.channel, limits.writer_queue_batches, limits.writer_queue_mib << 20)
         self._records.put(agg)
 
     def reload(self) -> None:
