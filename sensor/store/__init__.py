@@ -7,6 +7,7 @@ so a batch lands whole or not at all.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,6 +36,13 @@ PAGE_BYTES = 16384
 keeps its own). New passive-DNS rows land at random places in their indexes: with bigger
 pages the b-trees are shallower and an insert touches fewer pages (about 15 % less time per
 new row on a capture with 713 k distinct answer records, measured)."""
+
+_IN_KEY_ORDER = operator.itemgetter(0)
+"""Passive-DNS rows are upserted sorted by name: each one then lands beside the one before it
+in the table's key index instead of at a random place of a b-tree larger than the page
+cache. Measured with new rows only, sort included: into a 538 MB table, 10.7 us a row
+instead of 23.8 with 460 k rows a flush, 25.5 instead of 35 with 50 k; below about 150 MB
+the table fits the cache and it makes no difference (the sort is 0.5 us a row)."""
 
 MIGRATIONS = Migrations("dnssensor")
 
@@ -103,18 +111,21 @@ class Store:
     # Writers below run inside a transaction the caller opened.
 
     def add_pdns(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
-        """rows: (rrname, rrtype, rdata, first_seen, last_seen, count), counts added."""
+        """rows: (rrname, rrtype, rdata, first_seen, last_seen, count), counts added; written in
+        name order (see _IN_KEY_ORDER)."""
         conn.executemany(
             "INSERT INTO pdns VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(rrname, rrtype, rdata) DO UPDATE SET "
             "first_seen = min(first_seen, excluded.first_seen), "
-            "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count", rows)
+            "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count",
+            sorted(rows, key=_IN_KEY_ORDER))
 
     def add_nxdomain(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
-        """rows: (qname, qtype, first_seen, last_seen, count), counts added."""
+        """rows: (qname, qtype, first_seen, last_seen, count), counts added; written in name order."""
         conn.executemany(
             "INSERT INTO pdns_nxdomain VALUES (?, ?, ?, ?, ?) ON CONFLICT(qname, qtype) DO UPDATE SET "
             "first_seen = min(first_seen, excluded.first_seen), "
-            "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count", rows)
+            "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count",
+            sorted(rows, key=_IN_KEY_ORDER))
 
     def add_clients(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """rows: (minute, client, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added."""
