@@ -26,7 +26,9 @@ GROUP_SHIFT = 40
 """Packed (group, value) keys: the group above bit 40, a value (rcode, qtype, client hash) below."""
 CLIENT_HASH_MASK = (1 << GROUP_SHIFT) - 1
 OTHER_KEY = 0x6F74686572
-"""Hash input of the per-minute 'other' row of the domain breakdown."""
+"""Hash input of the per-minute 'other' row of the domain breakdown (and of any table compacted)."""
+OTHER_CLIENT = bytes(16)
+"""Label of a compacted clients table's 'other' row (its key marks it; this is never shown)."""
 STATS_COUNTER_NAMES = tuple(name for name, _ in STATS_COUNTERS)
 
 
@@ -75,28 +77,59 @@ class KeyedCounts:
         if len(other):
             self.add(other.keys, other.minute, other.label, other.counts)
 
+    def compact(self, limit_per_minute: int, other_label: Any) -> None:
+        """Per minute, the busiest `limit_per_minute` labels keep their rows and the rest are
+        summed into one 'other' row, as rows() writes them: a table that keeps taking merges
+        without being written (a worker whose writer lags, a writer whose store fails) stays
+        within that bound for each minute it holds."""
+        if len(self.keys) <= limit_per_minute:
+            return
+        own, rest, starts = self._split(limit_per_minute)
+        if not len(rest):
+            return
+        sums = np.add.reduceat(self.counts[rest], starts, axis=0)
+        minutes = self.minute[rest[starts]]
+        labels = np.empty(len(starts), dtype=self.label.dtype)
+        labels[:] = [other_label] * len(starts)
+        own = np.sort(own)
+        self.keys, self.minute, self.label, self.counts = (
+            self.keys[own], self.minute[own], self.label[own], self.counts[own])
+        self.add(_other_keys(minutes), minutes, labels, sums)
+
+    def _split(self, limit_per_minute: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows that keep their own label (the minute's busiest by queries) and the rest, by
+        minute, with the start of each minute's run in the rest. A minute's 'other' row
+        (compacted, or the domains' own) is always among the rest."""
+        other = self.keys == _other_keys(self.minute)
+        order = np.lexsort((-self.counts[:, 0], other, self.minute))   # stable: ties keep their order
+        minute = self.minute[order]
+        rank = np.arange(len(order)) - np.searchsorted(minute, minute, side="left")
+        mine = (rank < limit_per_minute) & ~other[order]
+        rest_minute = minute[~mine]
+        starts = np.flatnonzero(np.r_[True, rest_minute[1:] != rest_minute[:-1]]) if len(rest_minute) else \
+            np.empty(0, dtype=np.int64)
+        return order[mine], order[~mine], starts
+
     def rows(self, limit_per_minute: int, text: Any = None) -> list[tuple]:
         """(minute, label text, *counts); per minute the busiest `limit_per_minute` labels by
         queries keep their own row, the rest are summed into the label 'other'."""
         if not len(self.keys):
             return []
-        # by minute, the most queries first (lexsort is stable: ties keep their order)
-        order = np.lexsort((-self.counts[:, 0], self.minute))
-        minute = self.minute[order]
-        rank = np.arange(len(order)) - np.searchsorted(minute, minute, side="left")
-        own = order[rank < limit_per_minute]
+        own, rest, starts = self._split(limit_per_minute)
         if text is None:
             labels = _address_texts(self.label[own])
         else:
             labels = [text(label) for label in self.label[own].tolist()]
         out = list(zip(self.minute[own].tolist(), labels, *self.counts[own].T.tolist()))
-        rest = rank >= limit_per_minute
-        if rest.any():
-            rest_minute = minute[rest]
-            starts = np.flatnonzero(np.r_[True, rest_minute[1:] != rest_minute[:-1]])
-            sums = np.add.reduceat(self.counts[order[rest]], starts, axis=0)
-            out += zip(rest_minute[starts].tolist(), [OTHER_RESOLVER] * len(starts), *sums.T.tolist())
+        if len(rest):
+            sums = np.add.reduceat(self.counts[rest], starts, axis=0)
+            out += zip(self.minute[rest[starts]].tolist(), [OTHER_RESOLVER] * len(starts), *sums.T.tolist())
         return out
+
+
+def _other_keys(minute: np.ndarray) -> np.ndarray:
+    """The key of each minute's 'other' row."""
+    return hash_columns(np.asarray(minute).astype(np.uint64), np.full(len(minute), OTHER_KEY, dtype=np.uint64))
 
 
 def _address_texts(labels: np.ndarray) -> list[str]:
@@ -212,6 +245,13 @@ class Aggregate:
         self.workers.update(other.workers)
         self.dropped.update(other.dropped)
         self.messages += other.messages
+
+    def compact(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        """Bound the per-minute tables for an aggregate held back from the store (see
+        KeyedCounts.compact); the other tables are bounded as they merge."""
+        self.clients.compact(limits.max_clients_per_minute, OTHER_CLIENT)
+        self.networks.compact(limits.max_networks_per_minute, OTHER_RESOLVER)
+        self.domains.compact(limits.max_domains_per_minute, OTHER_RESOLVER)
 
     def is_empty(self) -> bool:
         return not (self.stats or len(self.pdns) or len(self.nxdomain) or len(self.clients) or len(self.networks)

@@ -106,7 +106,10 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ch
         carry.merge(agg, config.limits)
         if out.put(carry, wait_s=0 if state == "running" else SHIP_WAIT_S):
             carry = Aggregate()
-        # else kept in `carry` and merged into the next shipment: nothing lost
+        else:
+            # kept in `carry` and merged into the next shipment: nothing lost, and bounded
+            # while the writer lags (a flood from spoofed sources is a new client a query)
+            carry.compact(config.limits)
 
     while not flags["stop"]:
         frames = cap.read(config.limits.frames_per_read, SUPERVISOR_TICK_S / 2)

@@ -137,6 +137,7 @@ class Writer:
                     self.rule_windows.pop(name, None)
                 else:
                     self.rule_windows[name] = before
+            agg.compact(self.config.limits)      # bounded while the store refuses writes
             return 0
         self._store_recovered()
         self.backlog = Aggregate()
