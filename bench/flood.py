@@ -1,0 +1,173 @@
+"""Memory of a live sensor under a flood that outruns its writer (root).
+
+Builds the two namespaces of bench/live.py, runs `dnssensor run` with one worker on the
+receiving end and sends, for --minutes at --rate frames/s, one of two floods:
+
+- new-answers: query/response pairs cycling through --pairs distinct ones (bench/parse.py's
+  generator), so nearly every answer record is new to passive DNS: the writer's upserts
+  are the bottleneck and the worker's shipments queue up;
+- spoofed-sources: every query from another random address, each name once per cycle,
+  with its answer: a new client with every query.
+
+Every --sample-s it prints the resident memory of the supervisor, the writer and the
+worker, and what the sensor read and dropped (kernel, each internal stage), read back
+from its database. Memory must level off: the worker's backlog is bounded by
+limits.writer_queue_batches and writer_queue_mib, what it holds back by the tables'
+limits. The last line is one JSON object: peak memory per process, its growth over the
+second half of the run, and the losses, each counted.
+Only the two namespaces made here are addressed; every loop is bounded.
+
+    sudo python bench/flood.py [--kind new-answers|spoofed-sources] [--minutes 3] [--rate 150000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))
+
+from live import IF_SENSOR, NS_SENSOR, sender, setup, teardown  # noqa: E402
+from parse import build_capture  # noqa: E402
+
+from sensor.capture.offline import read_frames  # noqa: E402
+
+START_TIMEOUT_S = 30.0
+
+
+def spoofed_capture(path: Path, pairs: int) -> None:
+    from pcapgen import Conversation
+
+    rng = random.Random(5)
+    conv = Conversation()
+    for i in range(pairs):
+        client = f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+        name = f"x{i}.victim{i % 50}.example"
+        conv.exchange(client, "10.0.0.53", name, f"{name} 60 A 192.0.2.{i % 250}", txid=i & 0xFFFF,
+                      sport=1024 + i % 60000, rtt=0.0001)
+    conv.write(path)
+
+
+def rss_mb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        return None
+    return None
+
+
+def processes(db: Path, supervisor: int) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        named = {worker: pid for worker, pid in conn.execute("SELECT worker, pid FROM workers")}
+    except sqlite3.OperationalError:
+        named = {}
+    finally:
+        conn.close()
+    return {"supervisor": supervisor, **named}
+
+
+def losses(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        packets, kernel = conn.execute("SELECT coalesce(sum(packets), 0), coalesce(sum(kernel_dropped), 0) "
+                                       "FROM stats WHERE leg = 'sensor'").fetchone()
+        out = {"packets": packets, "kernel_dropped": kernel}
+        for (text,) in conn.execute("SELECT drops FROM stats WHERE leg = 'sensor' AND drops IS NOT NULL"):
+            for stage, n in json.loads(text).items():
+                out[stage] = out.get(stage, 0) + n
+        return out
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        conn.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kind", choices=("new-answers", "spoofed-sources"), default="new-answers")
+    ap.add_argument("--minutes", type=float, default=3.0)
+    ap.add_argument("--rate", type=int, default=150_000)
+    ap.add_argument("--pairs", type=int, default=300_000, help="distinct query/response pairs cycled through")
+    ap.add_argument("--sample-s", type=float, default=15.0)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/flood.py needs root (network namespaces, raw sockets)", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="dnssensor-bench-flood-"))
+    capture = tmp / "flood.pcap"
+    if args.kind == "new-answers":
+        build_capture(str(capture), 2 * args.pairs, distinct_pairs=args.pairs)
+    else:
+        spoofed_capture(capture, args.pairs)
+    frames: list[bytes] = []
+    for fb in read_frames(str(capture), 65536):
+        frames += [fb.blob[off:off + n] for _, _, off, n in fb.meta.tolist()]
+    db, conf = tmp / "flood.db", tmp / "flood.toml"
+    conf.write_text(f'[capture]\ninterfaces = ["{IF_SENSOR}"]\nworkers = 1\nring_mib = 128\n'
+                    f'[network]\ndiscover = false\n[store]\npath = "{db}"\n'
+                    f'[rules]\ndir = "{REPO / "rules"}"\n')
+    setup()
+    samples: list[dict] = []
+    proc = None
+    try:
+        proc = subprocess.Popen(["ip", "netns", "exec", NS_SENSOR, sys.executable, "-m", "sensor", "run",
+                                 "--config", str(conf)], cwd=REPO, stdout=open(tmp / "sensor.log", "w"),
+                                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and len(processes(db, proc.pid) if db.exists() else {}) < 3:
+            time.sleep(0.2)
+        seconds = args.minutes * 60
+        q: mp.Queue = mp.Queue()
+        send = mp.Process(target=sender, args=(frames, args.rate, int(args.rate * seconds), seconds * 3,
+                                               time.time() + 0.3, q))
+        send.start()
+        t0 = time.monotonic()
+        while send.is_alive() and time.monotonic() - t0 < seconds * 3 + 30:
+            send.join(args.sample_s)
+            pids = processes(db, proc.pid)
+            sample = {"t": round(time.monotonic() - t0), **{name: rss_mb(pid) for name, pid in pids.items()},
+                      **losses(db)}
+            samples.append(sample)
+            print(json.dumps(sample), flush=True)
+        sent, took = q.get(timeout=30)
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        teardown()
+    final = losses(db)
+    names = [k for k in samples[-1] if k == "supervisor" or k == "writer" or "/" in k] if samples else []
+    half = samples[len(samples) // 2:] if samples else []
+    result = {"kind": args.kind, "rate": args.rate, "sent": sent, "achieved_pps": round(sent / took),
+              "peak_rss_mb": {n: max((s.get(n) or 0) for s in samples) for n in names},
+              "second_half_growth_mb": {n: (half[-1].get(n) or 0) - (half[0].get(n) or 0) for n in names},
+              "losses": final}
+    print(f"{args.kind}: {sent:,} frames at {result['achieved_pps']:,}/s; peak RSS "
+          + ", ".join(f"{n} {v} MB" for n, v in result["peak_rss_mb"].items())
+          + "; read {:,}, kernel drops {:,}, internal {}".format(
+              final.get("packets", 0), final.get("kernel_dropped", 0),
+              {k: v for k, v in final.items() if k not in ("packets", "kernel_dropped")} or "none"))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
