@@ -27,7 +27,6 @@ import multiprocessing as mp
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from live import IF_SENSOR, NS_SENSOR, sender, setup, teardown  # noqa: E402
+from live import IF_SENSOR, NS_SENSOR, sender, sensor_counts, setup, teardown, worker_table  # noqa: E402
 from parse import build_capture  # noqa: E402
 
 from sensor.capture.offline import read_frames  # noqa: E402
@@ -71,30 +70,7 @@ def rss_mb(pid: int) -> int | None:
 
 
 def processes(db: Path, supervisor: int) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        named = {worker: pid for worker, pid in conn.execute("SELECT worker, pid FROM workers")}
-    except sqlite3.OperationalError:
-        named = {}
-    finally:
-        conn.close()
-    return {"supervisor": supervisor, **named}
-
-
-def losses(db: Path) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        packets, kernel = conn.execute("SELECT coalesce(sum(packets), 0), coalesce(sum(kernel_dropped), 0) "
-                                       "FROM stats WHERE leg = 'sensor'").fetchone()
-        out = {"packets": packets, "kernel_dropped": kernel}
-        for (text,) in conn.execute("SELECT drops FROM stats WHERE leg = 'sensor' AND drops IS NOT NULL"):
-            for stage, n in json.loads(text).items():
-                out[stage] = out.get(stage, 0) + n
-        return out
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        conn.close()
+    return {"supervisor": supervisor, **{name: pid for name, (pid, _) in worker_table(db).items()}}
 
 
 def main() -> int:
@@ -141,7 +117,7 @@ def main() -> int:
             send.join(args.sample_s)
             pids = processes(db, proc.pid)
             sample = {"t": round(time.monotonic() - t0), **{name: rss_mb(pid) for name, pid in pids.items()},
-                      **losses(db)}
+                      **sensor_counts(db)}
             samples.append(sample)
             print(json.dumps(sample), flush=True)
         sent, took = q.get(timeout=30)
@@ -153,7 +129,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
         teardown()
-    final = losses(db)
+    final = sensor_counts(db)
     names = [k for k in samples[-1] if k == "supervisor" or k == "writer" or "/" in k] if samples else []
     half = samples[len(samples) // 2:] if samples else []
     result = {"kind": args.kind, "rate": args.rate, "sent": sent, "achieved_pps": round(sent / took),

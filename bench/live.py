@@ -110,28 +110,42 @@ def sender(frames: list[bytes], rate: float, total: int, time_bound_s: float, st
     out.put((sent, time.perf_counter() - t0))
 
 
-def totals(db: Path) -> dict[str, int]:
+def sensor_counts(db: Path) -> dict[str, int]:
+    """Frames the sensor read, the kernel's drops and each internal stage's drops so far."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         packets, kdrop = conn.execute("SELECT coalesce(sum(packets), 0), coalesce(sum(kernel_dropped), 0) "
                                       "FROM stats WHERE leg = 'sensor'").fetchone()
-        internal = 0
+        out = {"packets": packets, "kernel_dropped": kdrop}
         for (text,) in conn.execute("SELECT drops FROM stats WHERE leg = 'sensor' AND drops IS NOT NULL"):
-            internal += sum(json.loads(text).values())
-        return {"packets": packets, "kernel_dropped": kdrop, "internal_dropped": internal}
+            for stage, n in json.loads(text).items():
+                out[stage] = out.get(stage, 0) + n
+        return out
     except sqlite3.OperationalError:
-        return {"packets": 0, "kernel_dropped": 0, "internal_dropped": 0}
+        return {"packets": 0, "kernel_dropped": 0}
+    finally:
+        conn.close()
+
+
+def totals(db: Path) -> dict[str, int]:
+    stages = sensor_counts(db)
+    return {"packets": stages.pop("packets"), "kernel_dropped": stages.pop("kernel_dropped"),
+            "internal_dropped": sum(stages.values())}
+
+
+def worker_table(db: Path) -> dict[str, tuple[int, str]]:
+    """Each worker's (and the writer's) process id and state, as the sensor last wrote them."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {worker: (pid, state) for worker, pid, state in conn.execute("SELECT worker, pid, state FROM workers")}
+    except sqlite3.OperationalError:
+        return {}
     finally:
         conn.close()
 
 
 def worker_pids(db: Path) -> list[int]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return [pid for (pid,) in conn.execute(
-            "SELECT pid FROM workers WHERE worker != 'writer' AND state = 'running'")]
-    finally:
-        conn.close()
+    return [pid for name, (pid, state) in worker_table(db).items() if name != "writer" and state == "running"]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -26,12 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sensor.store import Store  # noqa: E402
-
-UPSERT_AS_THEY_COME = (
-    "INSERT INTO pdns VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(rrname, rrtype, rdata) DO UPDATE SET "
-    "first_seen = min(first_seen, excluded.first_seen), "
-    "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count")
+from sensor.store import PDNS_UPSERT, Store  # noqa: E402
 
 
 def records(rng: random.Random, domains: list[str], n: int) -> list[tuple]:
@@ -57,7 +52,7 @@ def timed(path: str, warm: list[list[tuple]], flushes: list[list[tuple]], in_key
             if in_key_order:
                 store.add_pdns(conn, rows)
             else:
-                conn.executemany(UPSERT_AS_THEY_COME, rows)
+                conn.executemany(PDNS_UPSERT, rows)   # as they come
         if k >= len(warm):
             spent += time.perf_counter() - t
     store.conn.close()

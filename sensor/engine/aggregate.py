@@ -106,8 +106,7 @@ class KeyedCounts:
         rank = np.arange(len(order)) - np.searchsorted(minute, minute, side="left")
         mine = (rank < limit_per_minute) & ~other[order]
         rest_minute = minute[~mine]
-        starts = np.flatnonzero(np.r_[True, rest_minute[1:] != rest_minute[:-1]]) if len(rest_minute) else \
-            np.empty(0, dtype=np.int64)
+        starts = np.flatnonzero(np.r_[True, rest_minute[1:] != rest_minute[:-1]])[:len(rest_minute)]
         return order[mine], order[~mine], starts
 
     def rows(self, limit_per_minute: int, text: Any = None) -> list[tuple]:
