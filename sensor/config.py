@@ -325,6 +325,12 @@ def discover_networks(config: Config) -> Config:
                    client_networks=config.client_networks or tuple(dict.fromkeys(networks)))
 
 
+def spool_dir(db_path: str) -> str:
+    """Beside the database: the syslog spools, and shipments a stopping worker could not
+    hand to the writer."""
+    return os.path.join(os.path.dirname(os.path.abspath(db_path)), "spool")
+
+
 def resolve_paths(config: Config) -> Config:
     """Relative store and rules paths are taken from the state directory / config file."""
     db = config.db_path

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import glob
 import io
 import ipaddress
 import json
@@ -12,6 +13,8 @@ import sqlite3
 import time
 from typing import Any
 
+from sensor.config import spool_dir
+from sensor.engine.channel import KEPT_PREFIX, KEPT_SUFFIX, kept_files
 from sensor.errors import SensorError
 from sensor.store import rows
 
@@ -287,11 +290,16 @@ def status(conn: sqlite3.Connection, minutes: int = 15, db_path: str | None = No
 
 
 def _store_space(db_path: str) -> dict[str, Any]:
-    """The database's size (its write-ahead log included) and its filesystem's room."""
+    """The database's size (its write-ahead log included), its filesystem's room, and the
+    shipments kept beside it at a stop that no writer has stored yet."""
     size = sum(os.path.getsize(p) for p in (db_path, db_path + "-wal") if os.path.exists(p))
     st = os.statvfs(os.path.dirname(os.path.abspath(db_path)))
+    kept = kept_files(spool_dir(db_path))
+    unreadable = glob.glob(os.path.join(glob.escape(spool_dir(db_path)), f"{KEPT_PREFIX}*{KEPT_SUFFIX}.bad"))
     return {"path": db_path, "bytes": size, "free_bytes": st.f_bavail * st.f_frsize,
-            "filesystem_bytes": st.f_blocks * st.f_frsize}
+            "filesystem_bytes": st.f_blocks * st.f_frsize,
+            "kept_files": len(kept), "kept_bytes": sum(size for _, size in kept),
+            "kept_unreadable": len(unreadable)}
 
 
 def _size_text(n: float) -> str:
@@ -337,6 +345,13 @@ def render_status(s: dict[str, Any]) -> str:
             out.append(f"  WARNING the store's filesystem is {1 - store['free_bytes'] / store['filesystem_bytes']:.0%} "
                        "full: once it is, the database stops growing (verdicts still go to syslog); "
                        "shorten retention or make room")
+        if store.get("kept_files"):
+            out.append(f"  WARNING {store['kept_files']} file(s) of shipments ({_size_text(store['kept_bytes'])}) "
+                       "that the writer could not take at the last stop are not stored yet: the sensor's "
+                       "next start stores them first")
+        if store.get("kept_unreadable"):
+            out.append(f"  WARNING {store['kept_unreadable']} file(s) of shipments kept at a stop could not be "
+                       f"read and were set aside (spool/*{KEPT_SUFFIX}.bad); what they held is not in the store")
     if s["resolvers"]:
         out.append("busiest resolvers:")
         out += [f"  {r['resolver']:<40} {r['leg']:<8} {r['queries'] or 0:>10,} q  "

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sensor.engine.channel import Inbox, Outbox, new_address
+from sensor.engine.channel import Inbox, Outbox, keep, kept_files, new_address, read_kept
 
 
 def receive_until(inbox: Inbox, count: int, timeout_s: float = 10.0) -> list:
@@ -46,7 +46,7 @@ def test_a_sender_dying_mid_message_tears_only_its_own():
         assert receive_until(inbox, 4) == [{"n": n} for n in range(2, 6)]
         assert wait_for(lambda: (inbox.receive(0.1), inbox.torn)[1] == 1)
     finally:
-        assert healthy.close(5) == 0
+        assert healthy.close(5) == []
         inbox.close()
 
 
@@ -62,7 +62,7 @@ def test_a_replaced_writer_gets_everything_not_received_whole():
             assert out.put(item)
         second = Inbox(address)
         assert receive_until(second, 3) == ["b", "c", "d"]
-        assert out.close(5) == 0
+        assert out.close(5) == []
         second.close()
     finally:
         first.close()
@@ -75,7 +75,7 @@ def test_a_full_backlog_refuses_instead_of_blocking():
     t0 = time.monotonic()
     assert not out.put(3, wait_s=0.2)
     assert 0.15 < time.monotonic() - t0 < 5
-    assert out.close(0.3) == 2
+    assert [pickle.loads(x) for x in out.close(0.3)] == [1, 2]
 
 
 def test_a_backlog_is_full_at_its_size_too():
@@ -88,11 +88,11 @@ def test_a_backlog_is_full_at_its_size_too():
     assert out.backlog_bytes > 3 << 20
     assert not out.put(big)                 # 3 shipments of 64, but 3 MiB of 3
     assert not out.put("small")
-    assert out.close(0.3) == 3
+    assert len(out.close(0.3)) == 3
     out = Outbox(address, max_backlog=64, max_backlog_bytes=3 << 20)
     assert out.put(b"x" * (8 << 20))        # one shipment beyond the budget still goes
     assert not out.put("small")
-    assert out.close(0.3) == 1
+    assert len(out.close(0.3)) == 1
 
 
 def test_a_backlog_makes_room_as_it_delivers():
@@ -111,9 +111,51 @@ def test_a_backlog_makes_room_as_it_delivers():
         reader.join(15)
         assert len(got) == 4
         assert wait_for(lambda: out.backlog_bytes == 0)
-        assert out.close(5) == 0
+        assert out.close(5) == []
     finally:
         inbox.close()
+
+
+def test_a_shipment_cut_off_at_close_is_handed_back_whole():
+    """The writer stalls (alive, reading nothing) with a shipment half written into its
+    socket: close() gives up on it, hands it back with the one behind it, and the writer,
+    reading again, drops the cut-off copy as torn instead of storing it twice."""
+    address = new_address()
+    inbox = Inbox(address)                  # listening, never reading until the end
+    out = Outbox(address, max_backlog=8)
+    big = b"x" * (16 << 20)                 # far past a socket's buffer: the send blocks
+    try:
+        assert out.put(big) and out.put("behind")
+        time.sleep(0.5)                     # connected and stuck in the first send
+        t0 = time.monotonic()
+        left = out.close(0.5)
+        assert time.monotonic() - t0 < 5
+        assert [pickle.loads(x) for x in left] == [big, "behind"]
+        assert receive_until(inbox, 1, timeout_s=2) == []
+        assert inbox.torn == 1
+    finally:
+        inbox.close()
+
+
+def test_kept_shipments_read_back_in_order_and_a_cut_file_is_refused(tmp_path):
+    first = keep(str(tmp_path / "spool"), "eth0/0", [pickle.dumps({"n": 1}), pickle.dumps({"n": 2})])
+    time.sleep(0.01)
+    second = keep(str(tmp_path / "spool"), "eth0/1", [pickle.dumps({"n": 3})])
+    assert os.stat(tmp_path / "spool").st_mode & 0o777 == 0o700
+    assert os.stat(first).st_mode & 0o777 == 0o600
+    assert [path for path, _ in kept_files(str(tmp_path / "spool"))] == [first, second]
+    assert read_kept(first) == [{"n": 1}, {"n": 2}] and read_kept(second) == [{"n": 3}]
+    whole = open(first, "rb").read()
+    for cut in (3, len(whole) - 1):
+        with open(first, "wb") as f:
+            f.write(whole[:cut])
+        with pytest.raises(ValueError, match="cut off"):
+            read_kept(first)
+    with open(first, "wb") as f:
+        f.write(struct.pack("!I", 5) + b"junk!")
+    with pytest.raises(ValueError, match="not a shipment"):
+        read_kept(first)
+    assert not list((tmp_path / "spool").glob("*.part"))
 
 
 def _connects_as_nobody(address: str) -> None:
@@ -141,7 +183,7 @@ def test_a_peer_running_as_another_user_is_refused():
         friend = Outbox(address, max_backlog=4)
         friend.put("real")
         assert receive_until(inbox, 1) == ["real"]
-        assert friend.close(5) == 0
+        assert friend.close(5) == []
     finally:
         inbox.close()
 

@@ -367,6 +367,55 @@ def test_a_store_that_refuses_writes_keeps_a_bounded_backlog_of_clients(tmp_path
     store.close()
 
 
+def test_shipments_kept_at_a_stop_are_stored_by_the_next_writer_once(tmp_path, capsys):
+    """A worker that stopped while the writer lagged kept its shipments in a file (the
+    channel's keep()); the next writer stores them before anything else, removes the file
+    only once a flush has stored them (the disk may be full), and sets aside a file that
+    is not whole, counted."""
+    import pickle
+
+    from sensor.config import spool_dir
+    from sensor.engine.channel import keep
+    from sensor.engine.live import KeptShipments
+
+    conf = config(tmp_path)
+    rule = anomaly_burst.load(conf.rules_dir)
+    agg = _burst_aggregate(conf, rule, [_many_answers(tmp_path), _malformed_capture(tmp_path, 40)])
+    half = _burst_aggregate(conf, rule, [_malformed_capture(tmp_path, 7, "192.0.2.77")])
+    folder = spool_dir(conf.db_path)
+    whole = keep(folder, "eth0/0", [pickle.dumps(agg), pickle.dumps(half)])
+    damaged = keep(folder, "eth0/1", [pickle.dumps(half)])
+    with open(damaged, "r+b") as f:
+        f.truncate(os.path.getsize(damaged) - 1)
+
+    store = Store(conf.db_path)
+    writer = Writer(conf, store, rule)
+    assert cli.main(["status", "--db", conf.db_path]) == 0
+    assert "WARNING 2 file(s) of shipments" in capsys.readouterr().out
+    kept = KeptShipments(folder)
+    assert kept.take(writer) == 2
+    assert kept.unreadable == 1 and os.path.exists(damaged + ".bad") and not os.path.exists(damaged)
+    assert "cut off" in capsys.readouterr().err
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")      # SQLITE_FULL
+    writer.flush()
+    kept.after_flush(writer)
+    assert os.path.exists(whole)                                # not stored yet: still kept
+    store.conn.execute("PRAGMA max_page_count = 1073741823")
+    assert writer.flush(final=True) == 1
+    kept.after_flush(writer)
+    assert not os.path.exists(whole)
+    assert cli.main(["status", "--db", conf.db_path, "--minutes", "100000000"]) == 0
+    shown = capsys.readouterr().out
+    assert "file(s) of shipments (" not in shown and "WARNING 1 file(s) of shipments kept at a stop could not" in shown
+    assert db_rows(conf.db_path, "SELECT count(*) FROM pdns")[0][0] == 500
+    assert db_rows(conf.db_path, "SELECT sum(queries) FROM stats")[0][0] == 500 + 40 + 7
+    store.close()
+
+    again = KeptShipments(folder)                               # the start after: nothing twice
+    assert again.take(Writer(conf, Store(conf.db_path), rule)) == 0 and again.unreadable == 0
+
+
 def _store_and_writer_with_syslog(tmp_path, receiver):
     from sensor.config import SyslogTarget
     from sensor.sinks.syslog import SyslogSender

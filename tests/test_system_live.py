@@ -9,6 +9,8 @@ live handle can have, and root system tests on a veth pair between two namespace
 - `any`, libpcap's every-interface pseudo-device (Linux cooked frames, no VLAN filter).
 - The writer killed: the supervisor starts another at the same address, the workers
   reconnect; what was sent after the kill is stored, and the restart is on record.
+- The writer stops reading while queries keep coming, and the sensor is stopped: the
+  worker keeps what it could not hand over in a file, and the next start stores it.
 - A process of another user connects to the writer and ships a forged aggregate: it is
   refused, said on stderr with its pid and uid, and counted as a drop stage; the
   workers' own shipments go on.
@@ -42,7 +44,9 @@ SEND = """
 import socket, sys, time, dnslib
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(int(sys.argv[1])):
-    s.sendto(dnslib.DNSRecord.question(f"q{i}.{sys.argv[2]}.test").pack(), (sys.argv[3], 53))
+    # argv[4] given: each name under a registered domain of its own
+    name = f"q.d{i}.{sys.argv[2]}.test" if len(sys.argv) > 4 else f"q{i}.{sys.argv[2]}.test"
+    s.sendto(dnslib.DNSRecord.question(name).pack(), (sys.argv[3], 53))
     time.sleep(0.002)
 """
 
@@ -97,9 +101,9 @@ def test_capture_filter_compiles_for_every_live_link_type(linktype):
             pcapy.compile(linktype, 65535, bpf_filter([53]), 1, 0)
 
 
-def send(top: Topology, ns: str, count: int, tag: str) -> None:
-    out = top.run(ns, [sys.executable, "-c", SEND, str(count), tag, SENSOR], capture_output=True,
-                  text=True, timeout=60)
+def send(top: Topology, ns: str, count: int, tag: str, own_domains: bool = False) -> None:
+    out = top.run(ns, [sys.executable, "-c", SEND, str(count), tag, SENSOR] + ["own-domains"] * own_domains,
+                  capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 
 
@@ -120,7 +124,7 @@ class Sensor:
     """`dnssensor run` in the sensor namespace on one interface, one worker, no rules."""
 
     def __init__(self, top: Topology, ns: str, folder, interface: str, db=None, rules: tuple[str, ...] = (),
-                 extra: str = "") -> None:
+                 extra: str = "", flush_s: float = 0.3) -> None:
         self.db = db or folder / "sensor.db"
         self.log_path = folder / "sensor.log"
         self.worker_name = f"{interface}/0"
@@ -142,7 +146,7 @@ resolver_addresses = ["{SENSOR}"]
 client_networks = ["10.98.0.0/24"]
 [store]
 path = "{self.db}"
-flush_interval_s = 0.3
+flush_interval_s = {flush_s}
 [rules]
 dir = "{folder / "rules"}"
 {extra}""")
@@ -232,6 +236,40 @@ def test_writer_killed_is_replaced_and_nothing_sent_after_is_lost(pair, tmp_path
     (pid, restarts, state), = rows(sensor.db, "SELECT pid, restarts, state FROM workers WHERE worker = 'writer'")
     assert pid != first[0][0] and restarts == 1 and state == "stopped"
     assert rows(sensor.db, "SELECT drops FROM stats WHERE drops LIKE '%writer_restarts%'"), "restart not in stats"
+
+
+def test_what_a_stalled_writer_could_not_take_at_stop_is_stored_at_the_next_start(pair, tmp_path):
+    """The writer stops reading (SIGSTOP) while queries keep coming, each under a domain of
+    its own so that shipments are large, until the worker's socket and backlog are full;
+    then the sensor is stopped. The worker gives up on the writer and keeps what it could
+    not hand over in a file beside the database (before, it was lost: "not delivered at
+    stop"); the next start stores it, and every query sent is counted once."""
+    top, c, s = pair
+    sensor = Sensor(top, s, tmp_path, "vi1", flush_s=0.05).running()
+    send(top, c, 20, "before")
+    sensor.expect_queries(20)
+    (writer,), = rows(sensor.db, "SELECT pid FROM workers WHERE worker = 'writer'")
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        send(top, c, 3000, "stalled", own_domains=True)
+        sensor.proc.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: list((tmp_path / "spool").glob("shipments-*.kept")), 40), sensor.log()
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    assert sensor.proc.wait(60) == 0, sensor.log()
+    assert "for the next start" in sensor.log()
+    assert sensor.queries() < 3020                  # what was kept is not stored yet
+
+    (tmp_path / "again").mkdir()
+    started = time.time()
+    again = Sensor(top, s, tmp_path / "again", "vi1", db=sensor.db)
+    assert wait_until(lambda: again.worker()[0] == "running" and (again.worker()[1] or 0) > started, 30), again.log()
+    assert not list((tmp_path / "spool").glob("shipments-*"))
+    send(top, c, 10, "after")
+    again.expect_queries(3030)
+    text = again.stop()
+    assert "kept at the last stop" in text
+    assert again.queries() == 3030
 
 
 def test_a_stranger_shipping_to_the_writer_is_refused_and_reported(pair, tmp_path):

@@ -9,13 +9,16 @@ user or root. A sender that dies tears at most its own last message, which the w
 sees as end-of-file and counts; a writer that dies is replaced by one listening at the
 same address, and every sender reconnects and resends what it had not delivered whole
 (what had reached the dead writer but was not yet stored, about one flush interval, is
-lost with it).
+lost with it). A sender that stops while the writer lags hands back what it could not
+deliver, and keep() writes it into a file beside the database that the next writer
+reads first (kept_files(), read_kept()).
 
-Messages are pickles behind a 4-byte big-endian length.
+Messages are pickles behind a 4-byte big-endian length, on the socket and in those files.
 """
 from __future__ import annotations
 
 import collections
+import glob
 import os
 import pickle
 import select
@@ -31,6 +34,11 @@ RECONNECT_WAIT_S = 0.2
 """Pause between attempts to reach the writer (it may be starting, or restarting)."""
 MAX_MESSAGE_BYTES = 1 << 30
 """A length header above this is not a shipment: the connection is dropped and counted."""
+KEPT_PREFIX, KEPT_SUFFIX = "shipments-", ".kept"
+"""Names of the files that hold shipments a stopping sender could not deliver."""
+ABANDON_WAIT_S = 2.0
+"""How long a closing sender waits for its delivery thread to let go of a shipment it
+was still writing when the sender gave up on the writer."""
 _HEADER = struct.Struct("!I")
 _PEERCRED = struct.Struct("3i")          # pid, uid, gid
 
@@ -125,6 +133,7 @@ class Outbox:
         self._cond = threading.Condition()
         self._closing = False
         self._give_up_at = 0.0
+        self._abandoned = False       # given up on the writer: start no new send
         self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._deliver, name="outbox", daemon=True)
         self._thread.start()
@@ -162,7 +171,7 @@ class Outbox:
             with self._cond:
                 while not self._backlog and not self._closing:
                     self._cond.wait()
-                if not self._backlog:
+                if not self._backlog or self._abandoned:
                     return
                 data = self._backlog[0]
             while True:
@@ -177,21 +186,90 @@ class Outbox:
                         self._sock.close()
                         self._sock = None
                     with self._cond:
-                        if self._closing and self._give_up_at < time.monotonic():
+                        if self._abandoned or self._closing and self._give_up_at < time.monotonic():
                             return
                     time.sleep(RECONNECT_WAIT_S)
             with self._cond:
                 self._bytes -= len(self._backlog.popleft())
                 self._cond.notify_all()
 
-    def close(self, timeout_s: float) -> int:
-        """Deliver what is queued within timeout_s; returns the shipments left undelivered."""
+    def close(self, timeout_s: float) -> list[bytes]:
+        """Deliver what is queued within timeout_s; returns the shipments left undelivered,
+        pickled, oldest first (one the writer was still reading when time ran out among
+        them: the writer counts that copy torn and drops it)."""
         with self._cond:
             self._closing = True
             self._give_up_at = time.monotonic() + timeout_s
             self._cond.notify_all()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():           # stuck writing to a writer that does not read
+            with self._cond:
+                self._abandoned = True
+            sock = self._sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)     # wakes the blocked send (close would not)
+                except OSError:
+                    pass
+            self._thread.join(ABANDON_WAIT_S)
         if self._sock is not None:
             self._sock.close()
         with self._cond:
-            return len(self._backlog)
+            return list(self._backlog)
+
+
+def keep(folder: str, sender: str, shipments: list[bytes]) -> str:
+    """Write pickled shipments into a new file in folder (made whole or not at all) for the
+    next writer; returns its path. OSError when the disk refuses."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in sender)
+    path = os.path.join(folder, f"{KEPT_PREFIX}{safe}-{os.getpid()}-{time.time_ns()}{KEPT_SUFFIX}")
+    part = path + ".part"
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for data in shipments:
+                f.write(_HEADER.pack(len(data)))
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(part, path)
+    except BaseException:
+        try:
+            os.unlink(part)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def kept_files(folder: str) -> list[tuple[str, int]]:
+    """The files keep() wrote into folder with their sizes, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(folder), f"{KEPT_PREFIX}*{KEPT_SUFFIX}")):
+        try:
+            st = os.stat(path)
+        except OSError:               # stored and removed meanwhile
+            continue
+        found.append((st.st_mtime_ns, path, st.st_size))
+    return [(path, size) for _, path, size in sorted(found)]
+
+
+def read_kept(path: str) -> list[Any]:
+    """The shipments of one kept file; ValueError when it is not whole."""
+    with open(path, "rb") as f:
+        content = f.read()
+    items, at = [], 0
+    while at < len(content):
+        if at + _HEADER.size > len(content):
+            raise ValueError(f"{path}: cut off at byte {at}")
+        (size,) = _HEADER.unpack_from(content, at)
+        at += _HEADER.size
+        if size > MAX_MESSAGE_BYTES or at + size > len(content):
+            raise ValueError(f"{path}: cut off at byte {at}")
+        try:
+            items.append(pickle.loads(content[at:at + size]))
+        except Exception as e:       # a damaged pickle raises about anything
+            raise ValueError(f"{path}: not a shipment at byte {at} ({e})") from None
+        at += size
+    return items

@@ -9,7 +9,9 @@ Aggregate over its own connection to the writer (sensor.engine.channel). When
 its backlog is full a worker keeps merging into the next Aggregate rather than
 dropping (bounded by the aggregation limits, whose overflow is counted).
 SIGTERM: workers ship what they hold and stop, the writer drains their
-connections, flushes and closes. SIGHUP: everyone re-reads the
+connections, flushes and closes. What a worker could not hand over in time (the
+writer lagging behind a flood) it keeps in a file beside the database, and the
+next writer stores it before anything else. SIGHUP: everyone re-reads the
 configuration file and the rules; a broken file is reported and the running
 configuration stays. A worker that dies is restarted and the restart is
 recorded in the `workers` table.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import sys
 import time
@@ -29,13 +32,14 @@ from sensor import config as cfg
 from sensor.capture.live import LiveCapture, drop_privileges, give_to_user
 from sensor.detectors import anomaly_burst, series_anomalies
 from sensor.engine.aggregate import Aggregate, new_sensor_row
-from sensor.engine.channel import Inbox, Outbox, new_address
+from sensor.engine.channel import Inbox, Outbox, keep, kept_files, new_address, read_kept
 from sensor.engine.pipeline import Pipeline
 from sensor.errors import ConfigError, SensorError
 from sensor.rules import load_rules_dir
 
 SUPERVISOR_TICK_S = 0.5
-WORKER_STOP_TIMEOUT_S = 10.0
+WORKER_STOP_TIMEOUT_S = 20.0
+"""Enough for a worker to drain its ring, wait SHIP_WAIT_S twice and keep the rest on disk."""
 WRITER_STOP_TIMEOUT_S = 60.0
 SHIP_WAIT_S = 5.0
 """How long a stopping worker waits to hand its last shipment over and see it delivered."""
@@ -134,8 +138,16 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ch
     ship("stopped")
     cap.close()
     left = out.close(SHIP_WAIT_S)
+    if not carry.is_empty():                          # the backlog stayed full
+        left.append(pickle.dumps(carry, protocol=pickle.HIGHEST_PROTOCOL))
     if left:
-        print(f"dnssensor: worker {name}: {left} shipment(s) not delivered at stop", file=sys.stderr, flush=True)
+        try:
+            path = keep(cfg.spool_dir(config.db_path), name, left)
+            print(f"dnssensor: worker {name}: the writer did not take {len(left)} shipment(s) in time; "
+                  f"kept in {path} for the next start", file=sys.stderr, flush=True)
+        except OSError as e:
+            print(f"dnssensor: worker {name}: {len(left)} shipment(s) not delivered at stop and not kept: {e}",
+                  file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------- writer
@@ -151,7 +163,7 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
     signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
     inbox = Inbox(channel)
     store = Store(config.db_path)
-    spool_dir = os.path.join(os.path.dirname(os.path.abspath(config.db_path)), "spool")
+    spool_dir = cfg.spool_dir(config.db_path)
     senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
     writer = Writer(config, store, anomaly_burst.load(config.rules_dir), senders, load_rules_dir(config.rules_dir))
     # Files made while privileged belong to the service user from here on.
@@ -160,6 +172,11 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
     drop_privileges(config.user)
     started = time.time()
     torn_reported = refused_reported = 0
+    kept = KeptShipments(spool_dir)
+    kept.take(writer)
+
+    def torn() -> int:
+        return inbox.torn + kept.unreadable
 
     def report(state: str) -> None:           # the writer's own row in `workers`
         nonlocal torn_reported, refused_reported
@@ -167,10 +184,10 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
         agg.workers["writer"] = {"pid": os.getpid(), "started": started, "restarts": restarts,
                                  "last_seen": time.time(), "packets": None, "kernel_received": None,
                                  "kernel_dropped": None, "state": state}
-        if inbox.torn > torn_reported or inbox.refused > refused_reported:
+        if torn() > torn_reported or inbox.refused > refused_reported:
             srow = agg.sensor[int(time.time() // 60 * 60)] = new_sensor_row()
             srow["drops"] = +Counter(      # unary + keeps the nonzero ones only
-                shipments_torn=inbox.torn - torn_reported,
+                shipments_torn=torn() - torn_reported,
                 # a worker left running as another user (its shipments are lost),
                 # or a stranger on this host trying to forge some
                 shipments_refused=inbox.refused - refused_reported)
@@ -179,7 +196,7 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
                 print(f"dnssensor: writer refused {inbox.refused - refused_reported} connection(s), the latest "
                       f"from pid {pid} running as uid {uid}: only uid {os.getuid()} and root may ship",
                       file=sys.stderr, flush=True)
-            torn_reported, refused_reported = inbox.torn, inbox.refused
+            torn_reported, refused_reported = torn(), inbox.refused
         writer.apply(agg)
 
     next_flush = time.monotonic() + config.flush_interval_s
@@ -199,12 +216,14 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
         if time.monotonic() >= next_flush:
             report("running")
             writer.flush()
+            kept.after_flush(writer)
             next_flush = time.monotonic() + config.flush_interval_s
         if time.monotonic() >= next_retention:
             writer.enforce_retention(time.time())
             next_retention = time.monotonic() + RETENTION_EVERY_S
     report("stopped")
     writer.flush(final=True)
+    kept.after_flush(writer)
     inbox.close()
     for s in senders:
         s.close()
@@ -212,6 +231,54 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
     if writer.store_error is not None:
         # The last write failed (its verdicts are on stderr): the stop was not clean.
         sys.exit(1)
+
+
+class KeptShipments:
+    """Shipments that stopping workers kept in files (channel.keep): handed to the writer
+    when it starts, each file removed once a flush has stored what it held."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.taken: list[str] = []
+        self.unreadable = 0
+        """Files that could not be read: set aside as *.bad and counted as torn shipments."""
+
+    def take(self, writer: Any) -> int:
+        """Apply every kept shipment to the writer; returns how many."""
+        shipments = 0
+        for path, _ in kept_files(self.folder):
+            try:
+                found = read_kept(path)
+                if not all(isinstance(agg, Aggregate) for agg in found):
+                    raise ValueError(f"{path}: holds something other than shipments")
+            except (OSError, ValueError) as e:
+                self.unreadable += 1
+                print(f"dnssensor: writer: {e}; set aside as {os.path.basename(path)}.bad",
+                      file=sys.stderr, flush=True)
+                try:
+                    os.rename(path, path + ".bad")
+                except OSError:
+                    pass
+                continue
+            for agg in found:
+                writer.apply(agg)
+            self.taken.append(path)
+            shipments += len(found)
+        if self.taken:
+            print(f"dnssensor: writer: {shipments} shipment(s) kept at the last stop, from {len(self.taken)} file(s)",
+                  file=sys.stderr, flush=True)
+        return shipments
+
+    def after_flush(self, writer: Any) -> None:
+        """Remove the files taken once the writer's last flush has stored them."""
+        if not self.taken or writer.store_error is not None:
+            return
+        for path in self.taken:
+            try:
+                os.unlink(path)
+            except OSError as e:          # stored now, but would be stored again at the next start
+                print(f"dnssensor: writer: cannot remove {path}: {e}", file=sys.stderr, flush=True)
+        self.taken = []
 
 
 # ----------------------------------------------------------------- supervisor
@@ -311,7 +378,7 @@ class Supervisor:
             if w["process"].is_alive():
                 w["process"].kill()
         if self._records is not None:
-            self._records.close(SHIP_WAIT_S)
+            self._records.close(SHIP_WAIT_S)      # not kept: at worst a restart goes uncounted
         self.stop_event.set()
         self.writer.join(WRITER_STOP_TIMEOUT_S)
         if self.writer.is_alive():

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from sensor.config import Config
+from sensor.config import Config, spool_dir
 from sensor.detectors import anomaly_burst
 from sensor.engine.pipeline import Pipeline, merged_frames, within
 from sensor.engine.writer import REPLAY_SERIES_EVERY_S, Writer
@@ -60,8 +60,7 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     rule = anomaly_burst.load(config.rules_dir)
     rules = load_rules_dir(config.rules_dir)
     store = Store(config.db_path)
-    spool_dir = os.path.join(os.path.dirname(os.path.abspath(config.db_path)), "spool")
-    senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
+    senders = [SyslogSender(t, spool_dir(config.db_path), config.sensor_name) for t in config.syslog]
     writer = Writer(config, store, rule, senders, rules, series_every_s=REPLAY_SERIES_EVERY_S,
                     series_backfill=True)
     pipeline = Pipeline(config, rule, rules)
