@@ -89,6 +89,7 @@ bench: install
 fuzz: install
 	$(PY) -m pip install -q atheris
 	$(PY) fuzz/fuzz_parse.py -atheris_runs=200000 fuzz/corpus
+	$(PY) fuzz/fuzz_frames.py -atheris_runs=100000 fuzz/corpus-frames
 
 readme: build
 	$(PY) tools/gen_field_reference.py --write
