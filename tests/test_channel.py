@@ -116,24 +116,53 @@ def test_a_backlog_makes_room_as_it_delivers():
         inbox.close()
 
 
-def test_a_shipment_cut_off_at_close_is_handed_back_whole():
-    """The writer stalls (alive, reading nothing) with a shipment half written into its
-    socket: close() gives up on it, hands it back with the one behind it, and the writer,
-    reading again, drops the cut-off copy as torn instead of storing it twice."""
-    address = new_address()
-    inbox = Inbox(address)                  # listening, never reading until the end
+BIG = b"x" * (16 << 20)                     # far past a socket's buffer: its send blocks
+
+
+def _gives_up_on_a_stalled_writer(address: str, folder: str, keeps: bool) -> None:
     out = Outbox(address, max_backlog=8)
-    big = b"x" * (16 << 20)                 # far past a socket's buffer: the send blocks
+    assert out.put(BIG) and out.put("behind")
+    time.sleep(0.5)                         # connected, and stuck in the first send
+    t0 = time.monotonic()
+    left = out.close(0.5)
+    assert time.monotonic() - t0 < 5
+    assert [pickle.loads(x) for x in left] == [BIG, "behind"]
+    if keeps:
+        keep(folder, "eth0/0", left)
+
+
+@pytest.mark.parametrize("keeps", [True, False])
+def test_a_shipment_cut_off_at_close_is_handed_back_and_lost_only_if_not_kept(tmp_path, keeps):
+    """The writer stalls (alive, reading nothing) with a shipment half written into its
+    socket: the sender's close() gives up on it and hands it back with the one behind it.
+    The writer, reading again, drops the cut-off copy (no shipment stored twice) and
+    counts it lost only once the sender is gone without having kept it on disk."""
+    address = new_address()
+    inbox = Inbox(address, kept_folder=str(tmp_path))     # listening, reading nothing yet
     try:
-        assert out.put(big) and out.put("behind")
-        time.sleep(0.5)                     # connected and stuck in the first send
-        t0 = time.monotonic()
-        left = out.close(0.5)
-        assert time.monotonic() - t0 < 5
-        assert [pickle.loads(x) for x in left] == [big, "behind"]
+        sender = mp.get_context("fork").Process(target=_gives_up_on_a_stalled_writer,
+                                                 args=(address, str(tmp_path), keeps))
+        sender.start()
+        sender.join(30)
+        assert sender.exitcode == 0
         assert receive_until(inbox, 1, timeout_s=2) == []
-        assert inbox.torn == 1
+        assert inbox.torn == (0 if keeps else 1) and inbox.cut_off == []
     finally:
+        inbox.close()
+
+
+def test_a_cut_off_is_judged_once_its_sender_is_gone():
+    address = new_address()
+    inbox = Inbox(address)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)
+    sock.sendall(struct.pack("!I", 100) + b"x" * 10)
+    sock.shutdown(socket.SHUT_RDWR)         # as a sender giving up: this process lives on
+    try:
+        assert receive_until(inbox, 1, timeout_s=1) == []
+        assert inbox.torn == 0 and inbox.cut_off == [os.getpid()]      # it may still keep it
+    finally:
+        sock.close()
         inbox.close()
 
 
@@ -144,17 +173,17 @@ def test_kept_shipments_read_back_in_order_and_a_cut_file_is_refused(tmp_path):
     assert os.stat(tmp_path / "spool").st_mode & 0o777 == 0o700
     assert os.stat(first).st_mode & 0o777 == 0o600
     assert [path for path, _ in kept_files(str(tmp_path / "spool"))] == [first, second]
-    assert read_kept(first) == [{"n": 1}, {"n": 2}] and read_kept(second) == [{"n": 3}]
+    assert list(read_kept(first)) == [{"n": 1}, {"n": 2}] and list(read_kept(second)) == [{"n": 3}]
     whole = open(first, "rb").read()
     for cut in (3, len(whole) - 1):
         with open(first, "wb") as f:
             f.write(whole[:cut])
         with pytest.raises(ValueError, match="cut off"):
-            read_kept(first)
+            list(read_kept(first))
     with open(first, "wb") as f:
         f.write(struct.pack("!I", 5) + b"junk!")
     with pytest.raises(ValueError, match="not a shipment"):
-        read_kept(first)
+        list(read_kept(first))
     assert not list((tmp_path / "spool").glob("*.part"))
 
 

@@ -243,7 +243,8 @@ def test_what_a_stalled_writer_could_not_take_at_stop_is_stored_at_the_next_star
     its own so that shipments are large, until the worker's socket and backlog are full;
     then the sensor is stopped. The worker gives up on the writer and keeps what it could
     not hand over in a file beside the database (before, it was lost: "not delivered at
-    stop"); the next start stores it, and every query sent is counted once."""
+    stop"); the next start stores it, every query sent is counted once, and no stage
+    counts anything lost."""
     top, c, s = pair
     sensor = Sensor(top, s, tmp_path, "vi1", flush_s=0.05).running()
     send(top, c, 20, "before")
@@ -270,6 +271,7 @@ def test_what_a_stalled_writer_could_not_take_at_stop_is_stored_at_the_next_star
     text = again.stop()
     assert "kept at the last stop" in text
     assert again.queries() == 3030
+    assert rows(sensor.db, "SELECT drops FROM stats WHERE drops LIKE '%shipments_torn%'") == []
 
 
 def test_a_stranger_shipping_to_the_writer_is_refused_and_reported(pair, tmp_path):

@@ -6,7 +6,7 @@ shipment, the writer waiting for one) stops every shipment after it for good. He
 each sender has its own connection to the writer's listening socket, an abstract one
 (no file, nothing to clean up) that accepts only peers running as the writer's own
 user or root. A sender that dies tears at most its own last message, which the writer
-sees as end-of-file and counts; a writer that dies is replaced by one listening at the
+sees as end-of-file and counts once the sender is gone; a writer that dies is replaced by one listening at the
 same address, and every sender reconnects and resends what it had not delivered whole
 (what had reached the dead writer but was not yet stored, about one flush interval, is
 lost with it). A sender that stops while the writer lags hands back what it could not
@@ -26,6 +26,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from sensor.limits import DEFAULT_LIMITS
@@ -48,15 +49,20 @@ def new_address() -> str:
     return f"\0dnssensor-{os.getpid()}-{os.urandom(6).hex()}"
 
 
+class _CutOff(Exception):
+    """A connection that ended in the middle of a message."""
+
+
 def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
-    """n bytes, or None at end-of-file before the first; OSError at end-of-file within."""
+    """n bytes, or None at end-of-file before the first; _CutOff at end-of-file within,
+    OSError when the connection breaks."""
     chunks, got = [], 0
     while got < n:
         chunk = sock.recv(min(n - got, 1 << 20))
         if not chunk:
             if got == 0:
                 return None
-            raise OSError("end of file in the middle of a message")
+            raise _CutOff()
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
@@ -65,15 +71,34 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
 class Inbox:
     """The writer's end: accepts senders and hands over what they shipped."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, kept_folder: str | None = None) -> None:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(address)
         self._listener.listen(64)
         self._conns: list[socket.socket] = []
-        self.torn = 0             # shipments cut off by a sender's death, or not shipments at all
+        self._pids: dict[socket.socket, int] = {}
+        self._kept_folder = kept_folder
+        self._torn = 0
+        self.cut_off: list[int] = []
+        """Senders (pids) whose connection ended in the middle of a message, not yet judged:
+        while one lives it may still keep that shipment on disk (it gave up on a writer that
+        lagged); once it is gone without a kept file, the shipment is lost (see `torn`)."""
         self.refused = 0          # peers running as another user
         self.last_refused: tuple[int, int] | None = None    # (pid, uid) of the latest
         self.idle = False         # the last receive() saw nothing at all: no data, peer or goodbye
+
+    @property
+    def torn(self) -> int:
+        """Shipments lost on the way: not shipments at all, or cut off by a sender that is
+        gone and kept no file of them."""
+        waiting = []
+        for pid in self.cut_off:
+            if _alive(pid):
+                waiting.append(pid)
+            elif self._kept_folder is None or not kept_by(self._kept_folder, pid):
+                self._torn += 1
+        self.cut_off = waiting
+        return self._torn
 
     def receive(self, timeout_s: float) -> list[Any]:
         """What arrived within timeout_s (at least one shipment, or none at all)."""
@@ -89,13 +114,19 @@ class Inbox:
                 if header is not None:
                     (size,) = _HEADER.unpack(header)
                     if size > MAX_MESSAGE_BYTES:
-                        raise OSError(f"a message of {size} bytes")
-                    out.append(pickle.loads(_read_exactly(sock, size) or b""))
+                        raise ValueError(f"a message of {size} bytes")
+                    data = _read_exactly(sock, size) if size else b""
+                    if data is None:
+                        raise _CutOff()
+                    out.append(pickle.loads(data))
                     continue
-            except (OSError, pickle.UnpicklingError, EOFError):
-                self.torn += 1
+            except (_CutOff, OSError):
+                self.cut_off.append(self._pids[sock])
+            except Exception:                 # not a shipment: too large, or no pickle of one
+                self._torn += 1
             sock.close()                      # the sender is gone
             self._conns.remove(sock)
+            del self._pids[sock]
         return out
 
     def _accept(self) -> None:
@@ -110,11 +141,23 @@ class Inbox:
             sock.close()
             return
         self._conns.append(sock)
+        self._pids[sock] = pid
 
     def close(self) -> None:
         for sock in [self._listener] + self._conns:
             sock.close()
         self._conns.clear()
+        self._pids.clear()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 class Outbox:
@@ -195,8 +238,9 @@ class Outbox:
 
     def close(self, timeout_s: float) -> list[bytes]:
         """Deliver what is queued within timeout_s; returns the shipments left undelivered,
-        pickled, oldest first (one the writer was still reading when time ran out among
-        them: the writer counts that copy torn and drops it)."""
+        pickled, oldest first. One the writer was still reading when time ran out is among
+        them: the writer drops its cut-off copy, and counts it lost unless this process
+        keeps the shipment (keep()) before it exits."""
         with self._cond:
             self._closing = True
             self._give_up_at = time.monotonic() + timeout_s
@@ -255,21 +299,30 @@ def kept_files(folder: str) -> list[tuple[str, int]]:
     return [(path, size) for _, path, size in sorted(found)]
 
 
-def read_kept(path: str) -> list[Any]:
-    """The shipments of one kept file; ValueError when it is not whole."""
+def kept_by(folder: str, pid: int) -> bool:
+    """Whether the process pid kept shipments in folder (a file being written included)."""
+    for path in glob.glob(os.path.join(glob.escape(folder), f"{KEPT_PREFIX}*")):
+        stem = os.path.basename(path).split(KEPT_SUFFIX)[0]
+        parts = stem.rsplit("-", 2)
+        if len(parts) == 3 and parts[1] == str(pid):
+            return True
+    return False
+
+
+def read_kept(path: str) -> Iterator[Any]:
+    """The shipments of one kept file, one at a time (a file holds up to a worker's whole
+    backlog); ValueError where it is not whole."""
     with open(path, "rb") as f:
-        content = f.read()
-    items, at = [], 0
-    while at < len(content):
-        if at + _HEADER.size > len(content):
-            raise ValueError(f"{path}: cut off at byte {at}")
-        (size,) = _HEADER.unpack_from(content, at)
-        at += _HEADER.size
-        if size > MAX_MESSAGE_BYTES or at + size > len(content):
-            raise ValueError(f"{path}: cut off at byte {at}")
-        try:
-            items.append(pickle.loads(content[at:at + size]))
-        except Exception as e:       # a damaged pickle raises about anything
-            raise ValueError(f"{path}: not a shipment at byte {at} ({e})") from None
-        at += size
-    return items
+        while header := f.read(_HEADER.size):
+            if len(header) < _HEADER.size:
+                raise ValueError(f"{path}: cut off at byte {f.tell() - len(header)}")
+            (size,) = _HEADER.unpack(header)
+            at = f.tell()
+            data = f.read(size) if size <= MAX_MESSAGE_BYTES else b""
+            if len(data) < size:
+                raise ValueError(f"{path}: cut off at byte {at}")
+            try:
+                item = pickle.loads(data)
+            except Exception as e:       # a damaged pickle raises about anything
+                raise ValueError(f"{path}: not a shipment at byte {at} ({e})") from None
+            yield item

@@ -39,10 +39,12 @@ from sensor.rules import load_rules_dir
 
 SUPERVISOR_TICK_S = 0.5
 WORKER_STOP_TIMEOUT_S = 20.0
-"""Enough for a worker to drain its ring, wait SHIP_WAIT_S twice and keep the rest on disk."""
+"""Enough for a worker to drain its ring, wait SHIP_WAIT_S (and channel.ABANDON_WAIT_S)
+and keep the rest on disk."""
 WRITER_STOP_TIMEOUT_S = 60.0
 SHIP_WAIT_S = 5.0
-"""How long a stopping worker waits to hand its last shipment over and see it delivered."""
+"""How long a stopping worker waits to see its backlog delivered; what is left, it keeps
+on disk for the next start."""
 ANY_INTERFACE = "any"
 """libpcap's Linux pseudo-interface: every interface at once, frames in Linux cooked form."""
 RESTART_BACKOFF_S = 1.0
@@ -108,7 +110,7 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ch
                              "last_seen": now, "packets": pipeline.packets,
                              "kernel_received": cap.received, "kernel_dropped": cap.dropped, "state": state}
         carry.merge(agg, config.limits)
-        if out.put(carry, wait_s=0 if state == "running" else SHIP_WAIT_S):
+        if out.put(carry):
             carry = Aggregate()
         else:
             # kept in `carry` and merged into the next shipment: nothing lost, and bounded
@@ -138,7 +140,7 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ch
     ship("stopped")
     cap.close()
     left = out.close(SHIP_WAIT_S)
-    if not carry.is_empty():                          # the backlog stayed full
+    if not carry.is_empty():                          # the backlog was full
         left.append(pickle.dumps(carry, protocol=pickle.HIGHEST_PROTOCOL))
     if left:
         try:
@@ -161,9 +163,9 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
     signal.signal(signal.SIGTERM, signal.SIG_IGN)     # the supervisor decides when we stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
-    inbox = Inbox(channel)
-    store = Store(config.db_path)
     spool_dir = cfg.spool_dir(config.db_path)
+    inbox = Inbox(channel, kept_folder=spool_dir)
+    store = Store(config.db_path)
     senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
     writer = Writer(config, store, anomaly_burst.load(config.rules_dir), senders, load_rules_dir(config.rules_dir))
     # Files made while privileged belong to the service user from here on.
@@ -248,10 +250,13 @@ class KeptShipments:
         shipments = 0
         for path, _ in kept_files(self.folder):
             try:
-                found = read_kept(path)
-                if not all(isinstance(agg, Aggregate) for agg in found):
-                    raise ValueError(f"{path}: holds something other than shipments")
+                for agg in read_kept(path):
+                    if not isinstance(agg, Aggregate):
+                        raise ValueError(f"{path}: holds something other than shipments")
+                    writer.apply(agg)
+                    shipments += 1
             except (OSError, ValueError) as e:
+                # what came before the damage is applied; the file is not read again
                 self.unreadable += 1
                 print(f"dnssensor: writer: {e}; set aside as {os.path.basename(path)}.bad",
                       file=sys.stderr, flush=True)
@@ -260,10 +265,7 @@ class KeptShipments:
                 except OSError:
                     pass
                 continue
-            for agg in found:
-                writer.apply(agg)
             self.taken.append(path)
-            shipments += len(found)
         if self.taken:
             print(f"dnssensor: writer: {shipments} shipment(s) kept at the last stop, from {len(self.taken)} file(s)",
                   file=sys.stderr, flush=True)
