@@ -164,6 +164,7 @@ def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
     spool_dir = cfg.spool_dir(config.db_path)
+    os.makedirs(spool_dir, mode=0o700, exist_ok=True)   # workers keep shipments here at a stop
     inbox = Inbox(channel, kept_folder=spool_dir)
     store = Store(config.db_path)
     senders = [SyslogSender(t, spool_dir, config.sensor_name) for t in config.syslog]
