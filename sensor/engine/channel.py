@@ -6,12 +6,13 @@ shipment, the writer waiting for one) stops every shipment after it for good. He
 each sender has its own connection to the writer's listening socket, an abstract one
 (no file, nothing to clean up) that accepts only peers running as the writer's own
 user or root. A sender that dies tears at most its own last message, which the writer
-sees as end-of-file and counts once the sender is gone; a writer that dies is replaced by one listening at the
-same address, and every sender reconnects and resends what it had not delivered whole
-(what had reached the dead writer but was not yet stored, about one flush interval, is
-lost with it). A sender that stops while the writer lags hands back what it could not
-deliver, and keep() writes it into a file beside the database that the next writer
-reads first (kept_files(), read_kept()).
+sees as end-of-file and counts once the sender is gone; a writer that dies is replaced
+by one listening at the same address, and every sender reconnects and resends what it
+had not delivered whole (what had reached the dead writer but was not yet stored, about
+one flush interval, is lost with it). A sender that stops while the writer lags hands
+back what it could not deliver, and keep() writes it into a file beside the database
+that the next writer reads first (kept_files(), read_kept()); a message it cut off on
+the way is then not counted as lost.
 
 Messages are pickles behind a 4-byte big-endian length, on the socket and in those files.
 """
