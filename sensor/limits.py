@@ -58,8 +58,10 @@ class Limits:
 
     # Aggregation between flushes (per worker) and in the writer.
     max_pdns_rows: int = 500000
-    """Distinct passive-DNS rows held between two flushes; more are dropped and counted
-    (drop stage pdns_overflow)."""
+    """Distinct passive-DNS rows held between two flushes (NXDOMAIN names apart); more are
+    dropped and counted (drop stage pdns_overflow). Past it, places are shared out fairly
+    among the registered domains asked for: a flood of new names under one domain is cut,
+    the records of the others keep their places."""
     max_stats_groups: int = 4096
     """Distinct (minute, resolver, leg) rows held between two flushes; traffic beyond it is
     folded into the resolver 'other'."""

@@ -1097,6 +1097,56 @@ def test_merged_seen_counts_keep_text_only_for_the_rows_they_hold():
     assert len(carry.rows()) == 500
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 6), max_size=80), st.integers(0, 60))
+def test_a_fair_share_cuts_only_the_largest_groups_to_a_common_cap(groups, limit):
+    from sensor.engine.aggregate import fair_share
+    keep = fair_share(np.array(groups, dtype=np.uint64), limit)
+    assert int(keep.sum()) == min(len(groups), limit)
+    kept = {g: int(keep[[x == g for x in groups]].sum()) for g in set(groups)}
+    for g in kept:
+        rows = [i for i, x in enumerate(groups) if x == g]
+        assert keep[rows].tolist() == sorted(keep[rows].tolist(), reverse=True)    # a group's first rows
+        if kept[g] < len(rows):             # cut: to the cap, which no group passes by more than one
+            assert all(kept[h] <= kept[g] + 1 for h in kept)
+    if len(set(groups)) == 1:
+        assert keep.tolist() == [i < limit for i in range(len(groups))]            # first come
+
+
+def test_a_flood_under_one_domain_leaves_room_for_the_records_of_others(tmp_path):
+    """A wildcard answering random subdomains: every answer a new passive-DNS record under
+    one registered domain, beyond what the table may hold. The records of other domains,
+    seen after the flood filled the table, still get their places (first come, they were
+    dropped); the flood's rows are cut and counted, and no count is lost unaccounted."""
+    conf = config(tmp_path)
+    conf = replace(conf, limits=replace(conf.limits, max_pdns_rows=100))
+    rule = anomaly_burst.load(conf.rules_dir)
+    conv = Conversation()
+    for i in range(300):
+        name = f"r{i:04x}q.wild.example"
+        conv.exchange(f"198.18.0.{i % 200 + 1}", RESOLVER, name, f"{name} 60 A 192.0.2.7", txid=i, sport=20000 + i)
+    for i, other in enumerate(("www.bank.example", "mail.school.example", "cdn.news.example")):
+        conv.exchange(CLIENT, RESOLVER, other, f"{other} 300 A 203.0.113.{i + 1}", txid=1000 + i, sport=30000 + i)
+    agg = _burst_aggregate(conf, rule, [conv.write(tmp_path / "wild.pcap")])
+    held = {row[0] for row in agg.pdns.rows()}
+    assert {"www.bank.example", "mail.school.example", "cdn.news.example"} <= held
+    assert len(agg.pdns) == 100
+    assert agg.dropped["pdns_overflow"] == 303 - sum(agg.pdns.count.tolist())
+
+    # the same when a lagging writer's worker merges shipments: a held flood gives way
+    from sensor.engine.aggregate import SeenCounts
+    carry, other = SeenCounts(), SeenCounts()
+    flood = np.arange(100, dtype=np.uint64)
+    carry.add(flood, np.ones(100), np.ones(100), np.ones(100, dtype=np.int64), 100, np.full(100, 7, dtype=np.uint64))
+    carry.text = {k: (f"r{k}.wild.example", "A", "192.0.2.7") for k in flood.tolist()}
+    news = np.arange(1000, 1005, dtype=np.uint64)
+    other.add(news, np.ones(5), np.ones(5), np.full(5, 2, dtype=np.int64), 100, news)
+    other.text = {k: (f"n{k}.example", "A", "192.0.2.8") for k in news.tolist()}
+    assert carry.merge(other, 100) == 5                 # five flood rows evicted
+    assert set(news.tolist()) <= set(carry.keys.tolist()) and len(carry) == 100
+    assert sorted(carry.text) == sorted(carry.keys.tolist())
+
+
 def test_keyed_count_rows_keep_the_busiest_labels_per_minute_and_sum_the_rest():
     from sensor.engine.aggregate import CLIENT_COLUMNS, KeyedCounts
     table = KeyedCounts()

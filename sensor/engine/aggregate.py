@@ -149,6 +149,10 @@ class SeenCounts:
     """Rows keyed by a 64-bit hash of their identity (passive DNS: name, type, data) with
     first seen, last seen and count as numpy columns; a batch's distinct keys fold into the
     held rows in place (new keys appended while there is room).
+    `group` is a hash of each row's registered domain (that of the question it answered):
+    past the limit, rows are shared out fairly among registered domains instead of first
+    come, so that a flood of new names under one domain (a wildcard answering random
+    subdomains) cannot take every place from the records of all the others.
     `text` maps each key to its identity; the Accumulator fills it when it hands over."""
 
     def __init__(self) -> None:
@@ -156,16 +160,20 @@ class SeenCounts:
         self.first = np.empty(0, dtype=np.float64)
         self.last = np.empty(0, dtype=np.float64)
         self.count = np.empty(0, dtype=np.int64)
+        self.group = np.empty(0, dtype=np.uint64)
         self.text: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def add(self, keys: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray,
-            limit: int) -> tuple[int, np.ndarray]:
+            limit: int, group: np.ndarray | None = None) -> tuple[int, np.ndarray]:
         """Fold rows with distinct keys in: stored rows are updated in place, new ones
-        appended while there is room. Returns the count of messages dropped at the limit
-        and the indexes of the rows appended."""
+        appended while there is room, and past it shared out among groups (see
+        fair_share()), which may evict held rows of the largest groups. Returns the count
+        of messages dropped (refused or evicted) and the indexes of the rows appended."""
+        if group is None:
+            group = np.zeros(len(keys), dtype=np.uint64)
         pos = index_keys(keys, self.keys)
         known = pos >= 0
         if known.any():
@@ -174,21 +182,31 @@ class SeenCounts:
             self.last[at] = np.maximum(self.last[at], last[known])
             self.count[at] += count[known].astype(np.int64)
         new = np.flatnonzero(~known)
-        room = max(limit - len(self.keys), 0)
-        dropped = int(count[new[room:]].sum())
-        new = new[:room]
+        dropped = 0
+        if len(new) > max(limit - len(self.keys), 0):
+            keep = fair_share(np.concatenate([self.group, group[new]]), limit)
+            held, taken = keep[:len(self.keys)], keep[len(self.keys):]
+            if not held.all():
+                dropped += int(self.count[~held].sum())
+                for k in self.keys[~held].tolist():        # evicted: their text goes too
+                    self.text.pop(k, None)
+                for name in ("keys", "first", "last", "count", "group"):
+                    setattr(self, name, getattr(self, name)[held])
+            dropped += int(count[new[~taken]].sum())
+            new = new[taken]
         if len(new):
             self.keys = np.concatenate([self.keys, keys[new]])
             self.first = np.concatenate([self.first, first[new]])
             self.last = np.concatenate([self.last, last[new]])
             self.count = np.concatenate([self.count, count[new].astype(np.int64)])
+            self.group = np.concatenate([self.group, group[new].astype(np.uint64)])
         return dropped, new
 
     def merge(self, other: "SeenCounts", limit: int) -> int:
         """Fold another table in; the text of a row dropped at the limit is not kept (a
         worker whose writer lags merges every shipment into one held table, and would
         otherwise hold the text of every row it dropped)."""
-        dropped, appended = self.add(other.keys, other.first, other.last, other.count, limit)
+        dropped, appended = self.add(other.keys, other.first, other.last, other.count, limit, other.group)
         if other.text:
             for key in other.keys[appended].tolist():
                 self.text[key] = other.text[key]
@@ -197,6 +215,38 @@ class SeenCounts:
     def rows(self) -> list[tuple]:
         return [(*self.text[k], f, l, c) for k, f, l, c in zip(
             self.keys.tolist(), self.first.tolist(), self.last.tolist(), self.count.tolist())]
+
+
+def fair_share(groups: np.ndarray, limit: int) -> np.ndarray:
+    """Which of these rows (held ones first, then new ones, each group in that order) to
+    keep when more than `limit` compete: every group keeps up to a common cap, the largest
+    that fits (the places left go to the next row of the groups above it), so groups
+    below the cap keep every row and the largest ones are cut to it. With one group it
+    keeps the first `limit` rows, first come."""
+    n = len(groups)
+    if n <= limit:
+        return np.ones(n, dtype=bool)
+    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    ordered = np.sort(sizes)
+    # kept with cap c: sum(min(size, c)); the largest c whose total fits `limit`
+    below = np.concatenate([[0], np.cumsum(ordered)[:-1]])
+    totals = below + ordered * (len(ordered) - np.arange(len(ordered)))   # cap = each size in turn
+    fits = np.flatnonzero(totals <= limit)
+    if len(fits):                  # groups up to fits[-1] fit whole; the others share the rest
+        j = fits[-1]
+        cap = ordered[j] + (limit - totals[j]) // (len(ordered) - j - 1)
+    else:
+        cap = limit // len(ordered)
+    order = np.argsort(inverse, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - starts[inverse[order]]
+    keep = rank < cap
+    spare = limit - int(keep.sum())
+    if spare > 0:                  # the remainder of the division, to the first rows at the cap
+        at_cap = np.flatnonzero(rank == cap)[:spare]
+        keep[at_cap] = True
+    return keep
 
 
 @dataclass
@@ -543,19 +593,22 @@ class Accumulator:
                 new = rrs[rows[idx]]
                 return list(zip(_texts(arena, new["name_off"], new["name_len"]), _type_names(new["type"]),
                                 _texts(arena, new["rdata_off"], new["rdata_len"])))
-            self._pdns_known = self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identities)
+            self._pdns_known = self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identities,
+                                              lambda idx: batch.regdom_hash[rrs["msg"][rows[idx]]])
         nx, nx_keys, nx_ts = _core.nxdomain_records(np.ascontiguousarray(msgs), track.state, MISMATCHED)
         if len(nx):
             def nx_identities(idx: np.ndarray) -> list[tuple[str, str]]:    # keys not seen before
                 new = msgs[nx[idx]]
                 return list(zip(_texts(arena, new["qname_off"], new["qname_len"]), _type_names(new["qtype"])))
             self._nx_known = self._add_seen(agg.nxdomain, self._nx_text, self._nx_known, nx_keys, nx_ts,
-                                            nx_identities)
+                                            nx_identities, lambda idx: batch.regdom_hash[nx[idx]])
 
     def _add_seen(self, table: SeenCounts, texts: dict, known: np.ndarray, row_keys: np.ndarray,
-                  ts: np.ndarray, identities) -> np.ndarray:
+                  ts: np.ndarray, identities, groups) -> np.ndarray:
         """Fold one batch's rows into `table`; text is built only for keys never seen
-        before (`known` is returned updated), by `identities` over their first rows."""
+        before (`known` is returned updated), by `identities` over their first rows, and
+        `groups` gives those rows' registered domains (hashed) for a fair share past the
+        limit."""
         keys, first_idx, counts, first, last = _group_times(row_keys, ts)
         new = ~isin_keys(keys, known)
         if new.any():
@@ -565,7 +618,7 @@ class Accumulator:
             if missing.any():
                 texts.update(zip(new_keys[missing].tolist(), identities(first_idx[new][missing])))
             known = np.concatenate([known, new_keys])
-        lost, _ = table.add(keys, first, last, counts, self.limits.max_pdns_rows)
+        lost, _ = table.add(keys, first, last, counts, self.limits.max_pdns_rows, groups(first_idx))
         if lost:
             self.agg.dropped["pdns_overflow"] += lost
         return known
