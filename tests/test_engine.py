@@ -416,6 +416,38 @@ def test_shipments_kept_at_a_stop_are_stored_by_the_next_writer_once(tmp_path, c
     assert again.take(Writer(conf, Store(conf.db_path), rule)) == 0 and again.unreadable == 0
 
 
+def test_kept_shipments_of_another_version_are_merged_or_set_aside(tmp_path, capsys):
+    """A file kept at a stop is read by the version started after it, perhaps an upgrade:
+    a passive-DNS table pickled before rows had a registered-domain group still merges;
+    one whose merge fails is set aside instead of stopping every writer that starts."""
+    import pickle
+
+    from sensor.config import spool_dir
+    from sensor.engine.aggregate import Aggregate
+    from sensor.engine.channel import keep
+    from sensor.engine.live import KeptShipments
+
+    conf = config(tmp_path)
+    rule = anomaly_burst.load(conf.rules_dir)
+    older = _burst_aggregate(conf, rule, [_many_answers(tmp_path)])
+    del older.pdns.group                      # as a table was pickled before it had one
+    broken = Aggregate()
+    broken.stats = [("not", "a", "mapping")]  # merges into nothing this version knows
+    folder = spool_dir(conf.db_path)
+    keep(folder, "eth0/0", [pickle.dumps(older)])
+    time.sleep(0.01)
+    bad = keep(folder, "eth0/1", [pickle.dumps(broken)])
+    store = Store(conf.db_path)
+    writer = Writer(conf, store, rule)
+    kept = KeptShipments(folder)
+    assert kept.take(writer) == 1 and kept.unreadable == 1
+    assert os.path.exists(bad + ".bad") and bad in capsys.readouterr().err
+    writer.flush(final=True)
+    kept.after_flush(writer)
+    assert db_rows(conf.db_path, "SELECT count(*) FROM pdns")[0][0] == 500
+    store.close()
+
+
 def _store_and_writer_with_syslog(tmp_path, receiver):
     from sensor.config import SyslogTarget
     from sensor.sinks.syslog import SyslogSender

@@ -166,6 +166,12 @@ class SeenCounts:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def __setstate__(self, state: dict) -> None:
+        # a table pickled before rows had a group (kept on disk across an upgrade)
+        self.__dict__.update(state)
+        if "group" not in state:
+            self.group = np.zeros(len(self.keys), dtype=np.uint64)
+
     def add(self, keys: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray,
             limit: int, group: np.ndarray | None = None) -> tuple[int, np.ndarray]:
         """Fold rows with distinct keys in: stored rows are updated in place, new ones

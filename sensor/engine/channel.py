@@ -316,14 +316,14 @@ def read_kept(path: str) -> Iterator[Any]:
     with open(path, "rb") as f:
         while header := f.read(_HEADER.size):
             if len(header) < _HEADER.size:
-                raise ValueError(f"{path}: cut off at byte {f.tell() - len(header)}")
+                raise ValueError(f"cut off at byte {f.tell() - len(header)}")
             (size,) = _HEADER.unpack(header)
             at = f.tell()
             data = f.read(size) if size <= MAX_MESSAGE_BYTES else b""
             if len(data) < size:
-                raise ValueError(f"{path}: cut off at byte {at}")
+                raise ValueError(f"cut off at byte {at}")
             try:
                 item = pickle.loads(data)
             except Exception as e:       # a damaged pickle raises about anything
-                raise ValueError(f"{path}: not a shipment at byte {at} ({e})") from None
+                raise ValueError(f"not a shipment at byte {at} ({e})") from None
             yield item

@@ -253,13 +253,14 @@ class KeptShipments:
             try:
                 for agg in read_kept(path):
                     if not isinstance(agg, Aggregate):
-                        raise ValueError(f"{path}: holds something other than shipments")
+                        raise ValueError("holds something other than shipments")
                     writer.apply(agg)
                     shipments += 1
-            except (OSError, ValueError) as e:
-                # what came before the damage is applied; the file is not read again
+            except Exception as e:
+                # damaged, or from a version whose shipments this one cannot merge: what came
+                # before is applied, and the file is set aside rather than met at every start
                 self.unreadable += 1
-                print(f"dnssensor: writer: {e}; set aside as {os.path.basename(path)}.bad",
+                print(f"dnssensor: writer: {path}: {e}; set aside as {os.path.basename(path)}.bad",
                       file=sys.stderr, flush=True)
                 try:
                     os.rename(path, path + ".bad")
