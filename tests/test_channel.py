@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sensor.engine.channel import Inbox, Outbox, keep, kept_files, new_address, read_kept
+from sensor.engine.channel import Inbox, Outbox, keep, kept_by, kept_files, new_address, read_kept
 
 
 def receive_until(inbox: Inbox, count: int, timeout_s: float = 10.0) -> list:
@@ -185,6 +185,10 @@ def test_kept_shipments_read_back_in_order_and_a_cut_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a shipment"):
         list(read_kept(first))
     assert not list((tmp_path / "spool").glob("*.part"))
+    assert kept_by(str(tmp_path / "spool"), os.getpid())
+    for path in (first, second):
+        os.rename(path, path + ".part")     # as files a killed process had not finished
+    assert not kept_by(str(tmp_path / "spool"), os.getpid())
 
 
 def _connects_as_nobody(address: str) -> None:

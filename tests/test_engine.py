@@ -387,6 +387,12 @@ def test_shipments_kept_at_a_stop_are_stored_by_the_next_writer_once(tmp_path, c
     damaged = keep(folder, "eth0/1", [pickle.dumps(half)])
     with open(damaged, "r+b") as f:
         f.truncate(os.path.getsize(damaged) - 1)
+    gone = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    unfinished = os.path.join(folder, f"shipments-eth0_2-{gone}-1.kept.part")     # its writer was killed
+    writing = os.path.join(folder, f"shipments-eth0_3-{os.getpid()}-1.kept.part")  # its writer lives
+    for path in (unfinished, writing):
+        with open(path, "wb") as f:
+            f.write(b"\0\0")
 
     store = Store(conf.db_path)
     writer = Writer(conf, store, rule)
@@ -394,8 +400,10 @@ def test_shipments_kept_at_a_stop_are_stored_by_the_next_writer_once(tmp_path, c
     assert "WARNING 2 file(s) of shipments" in capsys.readouterr().out
     kept = KeptShipments(folder)
     assert kept.take(writer) == 2
-    assert kept.unreadable == 1 and os.path.exists(damaged + ".bad") and not os.path.exists(damaged)
-    assert "cut off" in capsys.readouterr().err
+    assert kept.unreadable == 2 and os.path.exists(damaged + ".bad") and not os.path.exists(damaged)
+    assert not os.path.exists(unfinished) and os.path.exists(writing)
+    err = capsys.readouterr().err
+    assert "cut off" in err and "stopped while it kept shipments" in err
     pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
     store.conn.execute(f"PRAGMA max_page_count = {pages}")      # SQLITE_FULL
     writer.flush()

@@ -301,13 +301,23 @@ def kept_files(folder: str) -> list[tuple[str, int]]:
 
 
 def kept_by(folder: str, pid: int) -> bool:
-    """Whether the process pid kept shipments in folder (a file being written included)."""
-    for path in glob.glob(os.path.join(glob.escape(folder), f"{KEPT_PREFIX}*")):
-        stem = os.path.basename(path).split(KEPT_SUFFIX)[0]
-        parts = stem.rsplit("-", 2)
-        if len(parts) == 3 and parts[1] == str(pid):
-            return True
-    return False
+    """Whether the process pid kept shipments in folder (a whole file: one it had not
+    finished when it died holds nothing)."""
+    return any(_keeper(path) == pid
+               for path in glob.glob(os.path.join(glob.escape(folder), f"{KEPT_PREFIX}*{KEPT_SUFFIX}")))
+
+
+def unfinished_kept(folder: str) -> list[str]:
+    """Files keep() began in folder and never finished, their writer gone (killed while
+    it wrote)."""
+    return [path for path in glob.glob(os.path.join(glob.escape(folder), f"{KEPT_PREFIX}*{KEPT_SUFFIX}.part"))
+            if (pid := _keeper(path)) is not None and not _alive(pid)]
+
+
+def _keeper(path: str) -> int | None:
+    """The pid in a kept file's name (shipments-SENDER-PID-NS.kept)."""
+    parts = os.path.basename(path).split(KEPT_SUFFIX)[0].rsplit("-", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
 def read_kept(path: str) -> Iterator[Any]:

@@ -32,7 +32,7 @@ from sensor import config as cfg
 from sensor.capture.live import LiveCapture, drop_privileges, give_to_user
 from sensor.detectors import anomaly_burst, series_anomalies
 from sensor.engine.aggregate import Aggregate, new_sensor_row
-from sensor.engine.channel import Inbox, Outbox, keep, kept_files, new_address, read_kept
+from sensor.engine.channel import Inbox, Outbox, keep, kept_files, new_address, read_kept, unfinished_kept
 from sensor.engine.pipeline import Pipeline
 from sensor.errors import ConfigError, SensorError
 from sensor.rules import load_rules_dir
@@ -244,7 +244,8 @@ class KeptShipments:
         self.folder = folder
         self.taken: list[str] = []
         self.unreadable = 0
-        """Files that could not be read: set aside as *.bad and counted as torn shipments."""
+        """Files that could not be read (set aside as *.bad) or were never finished
+        (removed), each counted as a torn shipment."""
 
     def take(self, writer: Any) -> int:
         """Apply every kept shipment to the writer; returns how many."""
@@ -268,6 +269,14 @@ class KeptShipments:
                     pass
                 continue
             self.taken.append(path)
+        for path in unfinished_kept(self.folder):
+            self.unreadable += 1
+            print(f"dnssensor: writer: {path}: a worker was stopped while it kept shipments there; "
+                  "what it held is lost", file=sys.stderr, flush=True)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         if self.taken:
             print(f"dnssensor: writer: {shipments} shipment(s) kept at the last stop, from {len(self.taken)} file(s)",
                   file=sys.stderr, flush=True)
