@@ -232,7 +232,7 @@ def fair_share(groups: np.ndarray, limit: int) -> np.ndarray:
     n = len(groups)
     if n <= limit:
         return np.ones(n, dtype=bool)
-    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    _, inverse, sizes = _core.group_u64(np.ascontiguousarray(groups, dtype=np.uint64))   # linear, no sort
     ordered = np.sort(sizes)
     # kept with cap c: sum(min(size, c)); the largest c whose total fits `limit`
     below = np.concatenate([[0], np.cumsum(ordered)[:-1]])
@@ -243,7 +243,7 @@ def fair_share(groups: np.ndarray, limit: int) -> np.ndarray:
         cap = ordered[j] + (limit - totals[j]) // (len(ordered) - j - 1)
     else:
         cap = limit // len(ordered)
-    order = np.argsort(inverse, kind="stable")
+    order = _core.group_order(inverse, sizes)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - starts[inverse[order]]
