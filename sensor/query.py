@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import glob
 import io
 import ipaddress
 import json
@@ -14,7 +13,7 @@ import time
 from typing import Any
 
 from sensor.config import spool_dir
-from sensor.engine.channel import KEPT_PREFIX, KEPT_SUFFIX, kept_files
+from sensor.engine.channel import KEPT_SUFFIX, SET_ASIDE_SUFFIX, kept_files, set_aside_files
 from sensor.errors import SensorError
 from sensor.store import rows
 
@@ -295,11 +294,10 @@ def _store_space(db_path: str) -> dict[str, Any]:
     size = sum(os.path.getsize(p) for p in (db_path, db_path + "-wal") if os.path.exists(p))
     st = os.statvfs(os.path.dirname(os.path.abspath(db_path)))
     kept = kept_files(spool_dir(db_path))
-    unreadable = glob.glob(os.path.join(glob.escape(spool_dir(db_path)), f"{KEPT_PREFIX}*{KEPT_SUFFIX}.bad"))
     return {"path": db_path, "bytes": size, "free_bytes": st.f_bavail * st.f_frsize,
             "filesystem_bytes": st.f_blocks * st.f_frsize,
-            "kept_files": len(kept), "kept_bytes": sum(size for _, size in kept),
-            "kept_unreadable": len(unreadable)}
+            "kept_files": len(kept), "kept_bytes": sum(file_bytes for _, file_bytes in kept),
+            "kept_unreadable": len(set_aside_files(spool_dir(db_path)))}
 
 
 def _size_text(n: float) -> str:
@@ -351,7 +349,7 @@ def render_status(s: dict[str, Any]) -> str:
                        "next start stores them first")
         if store.get("kept_unreadable"):
             out.append(f"  WARNING {store['kept_unreadable']} file(s) of shipments kept at a stop could not be "
-                       f"read and were set aside (spool/*{KEPT_SUFFIX}.bad); what they held is not in the store")
+                       f"read and were set aside (spool/*{KEPT_SUFFIX}{SET_ASIDE_SUFFIX}); what they held is not in the store")
     if s["resolvers"]:
         out.append("busiest resolvers:")
         out += [f"  {r['resolver']:<40} {r['leg']:<8} {r['queries'] or 0:>10,} q  "

@@ -38,6 +38,8 @@ MAX_MESSAGE_BYTES = 1 << 30
 """A length header above this is not a shipment: the connection is dropped and counted."""
 KEPT_PREFIX, KEPT_SUFFIX = "shipments-", ".kept"
 """Names of the files that hold shipments a stopping sender could not deliver."""
+SET_ASIDE_SUFFIX = ".bad"
+"""Added to the name of a kept file the writer could not read or merge."""
 ABANDON_WAIT_S = 2.0
 """How long a closing sender waits for its delivery thread to let go of a shipment it
 was still writing when the sender gave up on the writer."""
@@ -298,6 +300,17 @@ def kept_files(folder: str) -> list[tuple[str, int]]:
             continue
         found.append((st.st_mtime_ns, path, st.st_size))
     return [(path, size) for _, path, size in sorted(found)]
+
+
+def set_aside(path: str) -> str:
+    """Rename a kept file that cannot be stored, so no writer meets it again; its new name."""
+    os.rename(path, path + SET_ASIDE_SUFFIX)
+    return path + SET_ASIDE_SUFFIX
+
+
+def set_aside_files(folder: str) -> list[str]:
+    """The kept files of folder that were set aside."""
+    return glob.glob(os.path.join(glob.escape(folder), f"{KEPT_PREFIX}*{KEPT_SUFFIX}{SET_ASIDE_SUFFIX}"))
 
 
 def kept_by(folder: str, pid: int) -> bool:

@@ -32,7 +32,8 @@ from sensor import config as cfg
 from sensor.capture.live import LiveCapture, drop_privileges, give_to_user
 from sensor.detectors import anomaly_burst, series_anomalies
 from sensor.engine.aggregate import Aggregate, new_sensor_row
-from sensor.engine.channel import Inbox, Outbox, keep, kept_files, new_address, read_kept, unfinished_kept
+from sensor.engine.channel import (Inbox, Outbox, keep, kept_files, new_address, read_kept, set_aside,
+                                   unfinished_kept)
 from sensor.engine.pipeline import Pipeline
 from sensor.errors import ConfigError, SensorError
 from sensor.rules import load_rules_dir
@@ -244,8 +245,8 @@ class KeptShipments:
         self.folder = folder
         self.taken: list[str] = []
         self.unreadable = 0
-        """Files that could not be read (set aside as *.bad) or were never finished
-        (removed), each counted as a torn shipment."""
+        """Files that could not be read (set aside, channel.set_aside()) or were never
+        finished (removed), each counted as a torn shipment."""
 
     def take(self, writer: Any) -> int:
         """Apply every kept shipment to the writer; returns how many."""
@@ -261,12 +262,11 @@ class KeptShipments:
                 # damaged, or from a version whose shipments this one cannot merge: what came
                 # before is applied, and the file is set aside rather than met at every start
                 self.unreadable += 1
-                print(f"dnssensor: writer: {path}: {e}; set aside as {os.path.basename(path)}.bad",
-                      file=sys.stderr, flush=True)
                 try:
-                    os.rename(path, path + ".bad")
-                except OSError:
-                    pass
+                    aside = os.path.basename(set_aside(path))
+                except OSError as why:
+                    aside = f"nothing: it cannot be renamed ({why})"
+                print(f"dnssensor: writer: {path}: {e}; set aside as {aside}", file=sys.stderr, flush=True)
                 continue
             self.taken.append(path)
         for path in unfinished_kept(self.folder):
