@@ -13,8 +13,12 @@ Every --sample-s it prints the resident memory of the supervisor, the writer and
 worker, and what the sensor read and dropped (kernel, each internal stage), read back
 from its database. Memory must level off: the worker's backlog is bounded by
 limits.writer_queue_batches and writer_queue_mib, what it holds back by the tables'
-limits. The last line is one JSON object: peak memory per process, its growth over the
-second half of the run, and the losses, each counted.
+limits. Then the sensor is stopped at once, its writer still behind: the worker keeps
+what it could not hand over in a file, and the sensor is started again until that file
+is stored. The last line is one JSON object: peak memory per process, its growth over the
+second half of the run, the losses, each counted, how long the stop took, what it kept
+and how soon the next start stored it, and the frames read or dropped by the kernel
+(which must make the frames sent).
 Only the two namespaces made here are addressed; every loop is bounded.
 
     sudo python bench/flood.py [--kind new-answers|spoofed-sources] [--minutes 3] [--rate 150000]
@@ -42,8 +46,12 @@ from live import IF_SENSOR, NS_SENSOR, sender, sensor_counts, setup, teardown, w
 from parse import build_capture  # noqa: E402
 
 from sensor.capture.offline import read_frames  # noqa: E402
+from sensor.config import spool_dir  # noqa: E402
+from sensor.engine.channel import kept_files  # noqa: E402
 
 START_TIMEOUT_S = 30.0
+KEPT_STORED_TIMEOUT_S = 300.0
+"""How long the start after the flood may take to store what the stop kept."""
 
 
 def spoofed_capture(path: Path, pairs: int) -> None:
@@ -100,13 +108,11 @@ def main() -> int:
     setup()
     samples: list[dict] = []
     proc = None
+    spool = spool_dir(str(db))
+    stop_s = stored_s = None
+    kept: list[tuple[str, int]] = []
     try:
-        proc = subprocess.Popen(["ip", "netns", "exec", NS_SENSOR, sys.executable, "-m", "sensor", "run",
-                                 "--config", str(conf)], cwd=REPO, stdout=open(tmp / "sensor.log", "w"),
-                                stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and len(processes(db, proc.pid) if db.exists() else {}) < 3:
-            time.sleep(0.2)
+        proc = start_sensor(conf, db, tmp / "sensor.log")
         seconds = args.minutes * 60
         q: mp.Queue = mp.Queue()
         send = mp.Process(target=sender, args=(frames, args.rate, int(args.rate * seconds), seconds * 3,
@@ -121,13 +127,23 @@ def main() -> int:
             samples.append(sample)
             print(json.dumps(sample), flush=True)
         sent, took = q.get(timeout=30)
+        # Stopped at once, its writer still behind: what the worker could not hand over is
+        # kept on disk, and the next start stores it.
+        t0 = time.monotonic()
+        stop_sensor(proc)
+        proc, stop_s = None, time.monotonic() - t0
+        kept = kept_files(spool)
+        if kept:
+            t0 = time.monotonic()
+            proc = start_sensor(conf, db, tmp / "restart.log")
+            while kept_files(spool) and time.monotonic() - t0 < KEPT_STORED_TIMEOUT_S:
+                time.sleep(0.5)
+            stored_s = time.monotonic() - t0 if not kept_files(spool) else None
+            stop_sensor(proc)
+            proc = None
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_sensor(proc)
         teardown()
     final = sensor_counts(db)
     names = [k for k in samples[-1] if k == "supervisor" or k == "writer" or "/" in k] if samples else []
@@ -135,14 +151,39 @@ def main() -> int:
     result = {"kind": args.kind, "rate": args.rate, "sent": sent, "achieved_pps": round(sent / took),
               "peak_rss_mb": {n: max((s.get(n) or 0) for s in samples) for n in names},
               "second_half_growth_mb": {n: (half[-1].get(n) or 0) - (half[0].get(n) or 0) for n in names},
-              "losses": final}
+              "losses": final, "stop_s": round(stop_s, 1), "kept_files": len(kept),
+              "kept_mb": round(sum(size for _, size in kept) / 1e6, 1),
+              "kept_stored_after_s": round(stored_s, 1) if stored_s is not None else None,
+              "read_or_dropped": final.get("packets", 0) + final.get("kernel_dropped", 0)}
     print(f"{args.kind}: {sent:,} frames at {result['achieved_pps']:,}/s; peak RSS "
           + ", ".join(f"{n} {v} MB" for n, v in result["peak_rss_mb"].items())
           + "; read {:,}, kernel drops {:,}, internal {}".format(
               final.get("packets", 0), final.get("kernel_dropped", 0),
               {k: v for k, v in final.items() if k not in ("packets", "kernel_dropped")} or "none"))
+    print(f"stop: {stop_s:.1f} s, {len(kept)} file(s) of shipments kept ({result['kept_mb']} MB)"
+          + (f", stored {stored_s:.1f} s after the next start" if stored_s is not None else
+             (", NOT stored by the next start" if kept else ""))
+          + f"; frames read or dropped by the kernel: {result['read_or_dropped']:,} of {sent:,} sent")
     print(json.dumps(result))
     return 0
+
+
+def start_sensor(conf: Path, db: Path, log: Path) -> subprocess.Popen:
+    """`dnssensor run` in the sensor namespace, once its processes are on record."""
+    proc = subprocess.Popen(["ip", "netns", "exec", NS_SENSOR, sys.executable, "-m", "sensor", "run",
+                             "--config", str(conf)], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and len(processes(db, proc.pid) if db.exists() else {}) < 3:
+        time.sleep(0.2)
+    return proc
+
+
+def stop_sensor(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 if __name__ == "__main__":
