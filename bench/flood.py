@@ -30,7 +30,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from live import IF_SENSOR, NS_SENSOR, sender, sensor_counts, setup, teardown, worker_table  # noqa: E402
+from live import (IF_SENSOR, sender, sensor_counts, setup, start_sensor, stop_sensor, teardown,  # noqa: E402
+                  worker_table)
 from parse import build_capture  # noqa: E402
 
 from sensor.capture.offline import read_frames  # noqa: E402
@@ -50,6 +50,7 @@ from sensor.config import spool_dir  # noqa: E402
 from sensor.engine.channel import kept_files  # noqa: E402
 
 START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 120.0
 KEPT_STORED_TIMEOUT_S = 300.0
 """How long the start after the flood may take to store what the stop kept."""
 
@@ -112,7 +113,7 @@ def main() -> int:
     stop_s = stored_s = None
     kept: list[tuple[str, int]] = []
     try:
-        proc = start_sensor(conf, db, tmp / "sensor.log")
+        proc = started(conf, db, tmp / "sensor.log")
         seconds = args.minutes * 60
         q: mp.Queue = mp.Queue()
         send = mp.Process(target=sender, args=(frames, args.rate, int(args.rate * seconds), seconds * 3,
@@ -130,20 +131,20 @@ def main() -> int:
         # Stopped at once, its writer still behind: what the worker could not hand over is
         # kept on disk, and the next start stores it.
         t0 = time.monotonic()
-        stop_sensor(proc)
+        stop_sensor(proc, STOP_TIMEOUT_S)
         proc, stop_s = None, time.monotonic() - t0
         kept = kept_files(spool)
         if kept:
             t0 = time.monotonic()
-            proc = start_sensor(conf, db, tmp / "restart.log")
+            proc = started(conf, db, tmp / "restart.log")
             while kept_files(spool) and time.monotonic() - t0 < KEPT_STORED_TIMEOUT_S:
                 time.sleep(0.5)
             stored_s = time.monotonic() - t0 if not kept_files(spool) else None
-            stop_sensor(proc)
+            stop_sensor(proc, STOP_TIMEOUT_S)
             proc = None
     finally:
         if proc is not None:
-            stop_sensor(proc)
+            stop_sensor(proc, STOP_TIMEOUT_S)
         teardown()
     final = sensor_counts(db)
     names = [k for k in samples[-1] if k == "supervisor" or k == "writer" or "/" in k] if samples else []
@@ -168,22 +169,13 @@ def main() -> int:
     return 0
 
 
-def start_sensor(conf: Path, db: Path, log: Path) -> subprocess.Popen:
-    """`dnssensor run` in the sensor namespace, once its processes are on record."""
-    proc = subprocess.Popen(["ip", "netns", "exec", NS_SENSOR, sys.executable, "-m", "sensor", "run",
-                             "--config", str(conf)], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+def started(conf: Path, db: Path, log: Path) -> subprocess.Popen:
+    """The sensor, once its processes are on record."""
+    proc = start_sensor(conf, log)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline and len(processes(db, proc.pid) if db.exists() else {}) < 3:
         time.sleep(0.2)
     return proc
-
-
-def stop_sensor(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 if __name__ == "__main__":

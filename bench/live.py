@@ -110,6 +110,21 @@ def sender(frames: list[bytes], rate: float, total: int, time_bound_s: float, st
     out.put((sent, time.perf_counter() - t0))
 
 
+def start_sensor(conf: Path, log: Path) -> subprocess.Popen:
+    """`dnssensor run` with this configuration in the sensor namespace, its output to log."""
+    return subprocess.Popen(["ip", "netns", "exec", NS_SENSOR, sys.executable, "-m", "sensor", "run",
+                             "--config", str(conf)], cwd=REPO, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def stop_sensor(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM, as systemd stops it; killed if it has not stopped within timeout_s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def sensor_counts(db: Path) -> dict[str, int]:
     """Frames the sensor read, the kernel's drops and each internal stage's drops so far."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -223,9 +238,7 @@ def measure(workers: int, frames: list[bytes], rates: list[int], seconds: float,
     conf.write_text(f'[capture]\ninterfaces = ["{IF_SENSOR}"]\nworkers = {workers}\nring_mib = {ring_mib}\n'
                     f'[network]\ndiscover = false\n[store]\npath = "{db}"\nflush_interval_s = 0.5\n'
                     f'[rules]\ndir = "{REPO / "rules"}"\n')
-    log = open(tmp / f"live-{workers}.log", "w")
-    proc = subprocess.Popen(["ip", "netns", "exec", NS_SENSOR, sys.executable, "-m", "sensor", "run",
-                             "--config", str(conf)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_sensor(conf, tmp / f"live-{workers}.log")
     steps = []
     drained = None
     try:
@@ -275,11 +288,7 @@ def measure(workers: int, frames: list[bytes], rates: list[int], seconds: float,
                   f"{drained.get('per_core_pps') or 0:,} pps per core of worker CPU, "
                   f"{drained.get('drain_pps') or 0:,} pps wall", flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_sensor(proc, 60)
     clean = [s for s in steps if s["clean"]]
     return {"max_clean_pps": max((s["achieved_pps"] for s in clean), default=0),
             "max_sender_pps": max((s["achieved_pps"] for s in steps), default=0), "steps": steps,

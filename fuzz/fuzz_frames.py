@@ -15,6 +15,7 @@ Seeds: runs of consecutive frames from every capture in tests/data and ../shared
 """
 import struct
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,8 +25,10 @@ import atheris  # noqa: E402
 
 with atheris.instrument_imports():
     import numpy as np
-    from sensor.capture.offline import FrameBatch, read_frames
+    from sensor.capture.offline import FrameBatch
     from sensor.parse import Parser
+
+from harness import capture_frames, run  # noqa: E402
 
 LINKTYPES = (1, 0, 108, 12, 14, 101, 228, 229, 113, 276, 10)
 """The link types the decoder knows; the first input byte picks one (modulo)."""
@@ -52,23 +55,11 @@ def decode(data: bytes) -> tuple[int, list[bytes]]:
     return linktype, frames
 
 
-def seed_corpus(folder: Path) -> None:
-    if folder.exists() and any(folder.iterdir()):
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for source in (REPO / "tests" / "data", REPO.parent / "shared" / "pcaps"):
-        for path in sorted(source.glob("*.pcap*")):
-            try:
-                for fb in read_frames(str(path), 65536):
-                    if fb.linktype not in LINKTYPES:
-                        continue
-                    frames = [fb.blob[off:off + caplen] for _, _, off, caplen in fb.meta.tolist()]
-                    for start in range(0, min(len(frames), 64 * SEED_FRAMES), SEED_FRAMES):
-                        (folder / f"seed-{n:06d}").write_bytes(encode(fb.linktype, frames[start:start + SEED_FRAMES]))
-                        n += 1
-            except Exception:
-                continue
+def seeds() -> Iterator[bytes]:
+    for linktype, frames in capture_frames():
+        if linktype in LINKTYPES:
+            for start in range(0, min(len(frames), 64 * SEED_FRAMES), SEED_FRAMES):
+                yield encode(linktype, frames[start:start + SEED_FRAMES])
 
 
 def parse(backend: str, linktype: int, frames: list[bytes]) -> tuple[list, dict]:
@@ -93,8 +84,4 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    corpus = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
-    for folder in corpus:
-        seed_corpus(Path(folder))
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    run(test_one_input, seeds)

@@ -10,6 +10,7 @@ Seeds: every DNS payload in tests/data and ../shared/pcaps (written to
 fuzz/corpus on first run).
 """
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,29 +21,20 @@ import atheris  # noqa: E402
 with atheris.instrument_imports():
     from sensor.parse import Parser
     from sensor.parse.twin import decode_frame
-    from sensor.capture.offline import read_frames
+
+from harness import capture_frames, run  # noqa: E402
 
 COMPILED = Parser(backend="compiled")
 TWIN = Parser(backend="twin")
+PORTS = frozenset((53, 5353, 8053, 1053))
 
 
-def seed_corpus(folder: Path) -> None:
-    if folder.exists() and any(folder.iterdir()):
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    ports = frozenset((53, 5353, 8053, 1053))
-    n = 0
-    for source in (REPO / "tests" / "data", REPO.parent / "shared" / "pcaps"):
-        for path in sorted(source.glob("*.pcap*")):
-            try:
-                for fb in read_frames(str(path), 65536):
-                    for sec, usec, off, caplen in fb.meta.tolist():
-                        d = decode_frame(fb.blob[off:off + caplen], fb.linktype, ports)
-                        if d.payload and d.sport in ports | {d.dport}:
-                            (folder / f"seed-{n:06d}").write_bytes(d.payload)
-                            n += 1
-            except Exception:
-                continue
+def seeds() -> Iterator[bytes]:
+    for linktype, frames in capture_frames():
+        for frame in frames:
+            d = decode_frame(frame, linktype, PORTS)
+            if d.payload and d.sport in PORTS | {d.dport}:
+                yield d.payload
 
 
 def test_one_input(data: bytes) -> None:
@@ -53,8 +45,4 @@ def test_one_input(data: bytes) -> None:
 
 
 if __name__ == "__main__":
-    corpus = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
-    for folder in corpus:
-        seed_corpus(Path(folder))
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    run(test_one_input, seeds)

@@ -155,6 +155,8 @@ class SeenCounts:
     subdomains) cannot take every place from the records of all the others.
     `text` maps each key to its identity; the Accumulator fills it when it hands over."""
 
+    COLUMNS = ("keys", "first", "last", "count", "group")
+
     def __init__(self) -> None:
         self.keys = np.empty(0, dtype=np.uint64)
         self.first = np.empty(0, dtype=np.float64)
@@ -196,16 +198,14 @@ class SeenCounts:
                 dropped += int(self.count[~held].sum())
                 for k in self.keys[~held].tolist():        # evicted: their text goes too
                     self.text.pop(k, None)
-                for name in ("keys", "first", "last", "count", "group"):
+                for name in self.COLUMNS:
                     setattr(self, name, getattr(self, name)[held])
             dropped += int(count[new[~taken]].sum())
             new = new[taken]
         if len(new):
-            self.keys = np.concatenate([self.keys, keys[new]])
-            self.first = np.concatenate([self.first, first[new]])
-            self.last = np.concatenate([self.last, last[new]])
-            self.count = np.concatenate([self.count, count[new].astype(np.int64)])
-            self.group = np.concatenate([self.group, group[new].astype(np.uint64)])
+            for name, values in zip(self.COLUMNS, (keys, first, last, count, group)):
+                held_values = getattr(self, name)
+                setattr(self, name, np.concatenate([held_values, values[new].astype(held_values.dtype, copy=False)]))
         return dropped, new
 
     def merge(self, other: "SeenCounts", limit: int) -> int:
