@@ -7,6 +7,7 @@ DNSSENSOR_PGO=use builds the final core from that profile (`make build` runs
 both around tools/pgo_train.py).
 """
 import os
+from pathlib import Path
 
 import numpy
 from Cython.Build import cythonize
@@ -46,4 +47,17 @@ extensions = [
     ),
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES, include_path=["ext"]))
+
+
+def rule_files() -> list[tuple[str, list[str]]]:
+    """rules/ as data files under <prefix>/share/dnssensor/rules (sensor.config.SHIPPED_RULES):
+    an installed sensor run with no rules folder configured finds them there."""
+    folders: dict[str, list[str]] = {}
+    for path in sorted(Path("rules").rglob("*")):
+        if path.is_file():
+            folders.setdefault(str(Path("share", "dnssensor", path.parent)), []).append(str(path))
+    return sorted(folders.items())
+
+
+setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES, include_path=["ext"]),
+      data_files=rule_files())

@@ -191,6 +191,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     rate = r.messages / r.seconds if r.seconds else 0.0
     print(f"replayed {r.files} file(s): {r.packets:,} packets, {r.messages:,} DNS messages in "
           f"{r.seconds:.2f} s ({rate:,.0f} msgs/s); {r.verdicts} new verdict(s) -> {conf.db_path}")
+    print(f"rules: {r.rules} from {r.rules_dir}")
     t = r.tracking
     print(f"tracking: {t['answered']:,} answered, {t['unanswered']:,} unanswered, "
           f"{t['unsolicited']:,} unsolicited, {t['mismatched']:,} id/port mismatched, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -76,7 +77,9 @@ class Config:
     client_networks: tuple[str, ...] = ()
     discover_networks: bool = True
     """On `run`, fill resolver_addresses/client_networks from the host's interfaces when empty."""
-    rules_dir: str = "rules"
+    rules_dir: str = ""
+    """Rule files. Empty: ./rules where there is one, else the rules that come with the sensor
+    (shipped_rules_dir); resolve_rules_dir() makes it a folder that exists."""
     syslog: tuple[SyslogTarget, ...] = ()
     limits: Limits = DEFAULT_LIMITS
 
@@ -332,13 +335,42 @@ def spool_dir(db_path: str) -> str:
 
 
 def resolve_paths(config: Config) -> Config:
-    """Relative store and rules paths are taken from the state directory / config file."""
+    """A relative store path is taken from the state directory."""
     db = config.db_path
     if not os.path.isabs(db) and config.state_dir not in ("", "."):
         db = os.path.join(config.state_dir, db)
-    rules = config.rules_dir
-    if not os.path.isabs(rules) and config.path not in ("<defaults>", "<config>"):
-        candidate = Path(config.path).parent / rules
-        if candidate.is_dir():
-            rules = os.path.normpath(candidate)
-    return replace(config, db_path=db, rules_dir=rules)
+    return replace(config, db_path=db)
+
+
+SHIPPED_RULES = Path("share") / "dnssensor" / "rules"
+"""Where an installed wheel puts the rules/ folder, under its prefix (setup.py's data files)."""
+
+
+def shipped_rules_dir() -> Path | None:
+    """The rules that come with the sensor: rules/ of the source tree the package runs from
+    (a checkout or an editable install), else the copy a wheel installed under its prefix."""
+    for candidate in (Path(__file__).resolve().parent.parent / "rules", Path(sys.prefix) / SHIPPED_RULES):
+        if candidate.is_dir() and any(candidate.glob("*.toml")):
+            return candidate
+    return None
+
+
+def resolve_rules_dir(config: Config) -> Config:
+    """config with rules_dir an absolute path to a folder that exists. A relative folder named
+    in a file is looked for beside that file, then in the working directory; none named means
+    ./rules, else the sensor's own. ConfigError when the folder named is missing or none is
+    found: a sensor that found no rules would run without its detectors and say nothing."""
+    from_file = config.path not in ("<defaults>", "<config>")
+    if config.rules_dir:
+        named = Path(config.rules_dir)
+        candidates = [named] if named.is_absolute() or not from_file else [Path(config.path).parent / named, named]
+        for candidate in candidates:
+            if candidate.is_dir():
+                return replace(config, rules_dir=os.path.abspath(candidate))
+        raise ConfigError(f"{config.path}: rules.dir: no such directory: "
+                          + " nor ".join(str(c) for c in dict.fromkeys(candidates)))
+    found = Path("rules") if Path("rules").is_dir() else shipped_rules_dir()
+    if found is None:
+        raise ConfigError(f"{config.path}: rules.dir: not set, and neither ./rules nor the rules that come "
+                          "with the sensor are there: name the rules folder ([rules] dir)")
+    return replace(config, rules_dir=os.path.abspath(found))

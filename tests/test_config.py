@@ -1,11 +1,15 @@
 """The configuration file: the shipped example loads; every mistake names its file and key."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from conftest import REPO
 from sensor import cli, config
 from sensor.errors import ConfigError
+from sensor.rules import load_rules_dir
 
 
 def test_shipped_example_is_valid():
@@ -57,3 +61,55 @@ def test_broken_rule_file_names_the_file(tmp_path):
 def test_discovery_fills_resolver_addresses_from_this_host():
     conf = config.discover_networks(config.Config())
     assert "127.0.0.1" in conf.resolver_addresses
+
+
+def test_no_rules_folder_configured_means_the_local_one_else_the_sensors_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config.resolve_rules_dir(config.Config()).rules_dir == str(REPO / "rules")
+    (tmp_path / "rules").mkdir()
+    assert config.resolve_rules_dir(config.Config()).rules_dir == str(tmp_path / "rules")
+
+
+def test_a_named_rules_folder_is_found_beside_its_file_or_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    site = tmp_path / "etc"
+    (site / "my-rules").mkdir(parents=True)
+    conf = site / "sensor.toml"
+    conf.write_text('[rules]\ndir = "my-rules"\n')
+    assert config.resolve_rules_dir(config.load(conf)).rules_dir == str(site / "my-rules")
+    conf.write_text('[rules]\ndir = "/nonexistent/rules"\n')
+    with pytest.raises(ConfigError, match=rf"^{conf}: rules.dir: no such directory: /nonexistent/rules$"):
+        config.resolve_rules_dir(config.load(conf))
+
+
+def test_no_rules_anywhere_is_an_error_not_a_sensor_without_detectors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "shipped_rules_dir", lambda: None)
+    with pytest.raises(ConfigError, match=r"rules.dir: not set, and neither ./rules nor"):
+        config.resolve_rules_dir(config.Config())
+
+
+def test_replay_outside_the_source_tree_judges_with_the_sensors_own_rules(tmp_path):
+    """Run from any folder with no configuration, a replay still has its detectors, and says
+    which rules judged (before, it found no ./rules, ran none and reported 0 verdicts)."""
+    out = subprocess.run([sys.executable, "-m", "sensor", "replay", "--db", "x.db",
+                          str(REPO / "tests" / "data" / "generated-malware-lookups.pcap")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"rules: {len(load_rules_dir(REPO / 'rules'))} from {REPO / 'rules'}" in out.stdout
+    assert "3 new verdict(s)" in out.stdout
+
+
+def test_run_refuses_to_start_on_a_broken_rule_file(tmp_path):
+    """Before, each worker died on it and was restarted again and again while the sensor ran
+    without detectors."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "typo.toml").write_text('kind = "tunnel"\nseverity = "high"\nwhere = "is_query and lenght > 3"\n'
+                                     'group_by = ["client"]\nwindow_s = 60\n[aggregate]\nn = "count()"\n[threshold]\nwhen = "n > 1"\n')
+    conf = tmp_path / "sensor.toml"
+    conf.write_text(f'[capture]\ninterfaces = ["lo"]\n[store]\npath = "{tmp_path / "s.db"}"\n[rules]\ndir = "rules"\n')
+    out = subprocess.run([sys.executable, "-m", "sensor", "run", "--config", str(conf)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 2
+    assert "typo.toml" in out.stderr and "lenght" in out.stderr and "capturing" not in out.stderr

@@ -60,7 +60,8 @@ RETENTION_EVERY_S = 600.0
 def _reload(config: cfg.Config) -> tuple[cfg.Config, Any] | None:
     """Re-read the configuration file and rules; None (and a message) when broken."""
     try:
-        new = cfg.resolve_paths(cfg.load(config.path)) if config.path not in ("<defaults>", "<config>") else config
+        new = (cfg.resolve_rules_dir(cfg.resolve_paths(cfg.load(config.path)))
+               if config.path not in ("<defaults>", "<config>") else config)
         new = replace(new, interfaces=config.interfaces, workers=config.workers,
                       resolver_addresses=new.resolver_addresses or config.resolver_addresses,
                       client_networks=new.client_networks or config.client_networks)
@@ -404,7 +405,12 @@ def run(config: cfg.Config) -> int:
     if not config.interfaces:
         raise ConfigError(f"{config.path}: capture.interfaces: no interface to capture on (or use --interface)")
     _check_interfaces(config)
-    config = cfg.discover_networks(config)
+    config = cfg.discover_networks(cfg.resolve_rules_dir(config))
+    # Every rule file is read here first: a broken one stops the start with its file and
+    # line, where each worker would die on it and be restarted again and again.
+    rules = load_rules_dir(config.rules_dir)
+    anomaly_burst.load(config.rules_dir)
+    series_anomalies.load(config.rules_dir)
     sup = Supervisor(config)
     flags = {"stop": False, "reload": False}
     signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
@@ -412,7 +418,7 @@ def run(config: cfg.Config) -> int:
     signal.signal(signal.SIGHUP, lambda *_: flags.__setitem__("reload", True))
     sup.start()
     print(f"dnssensor: capturing on {', '.join(config.interfaces)} with {len(sup.workers)} worker(s); "
-          f"database {config.db_path}", file=sys.stderr, flush=True)
+          f"database {config.db_path}; {len(rules)} rule(s) from {config.rules_dir}", file=sys.stderr, flush=True)
     while not flags["stop"]:
         time.sleep(SUPERVISOR_TICK_S)
         if flags["reload"]:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from sensor.config import Config, spool_dir
+from sensor.config import Config, resolve_rules_dir, spool_dir
 from sensor.detectors import anomaly_burst
 from sensor.engine.pipeline import Pipeline, merged_frames, within
 from sensor.engine.writer import REPLAY_SERIES_EVERY_S, Writer
@@ -22,6 +22,8 @@ class ReplayResult:
     packets: int = 0
     messages: int = 0
     verdicts: int = 0
+    rules: int = 0
+    rules_dir: str = ""
     seconds: float = 0.0
     tracking: dict[str, int] = field(default_factory=dict)
     syslog: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -57,6 +59,7 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
            start: float | None = None, end: float | None = None) -> ReplayResult:
     """The live pipeline over capture files merged by time, into config's store; with start
     or end, only the frames timed in [start, end)."""
+    config = resolve_rules_dir(config)
     rule = anomaly_burst.load(config.rules_dir)
     rules = load_rules_dir(config.rules_dir)
     store = Store(config.db_path)
@@ -64,7 +67,7 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     writer = Writer(config, store, rule, senders, rules, series_every_s=REPLAY_SERIES_EVERY_S,
                     series_backfill=True)
     pipeline = Pipeline(config, rule, rules)
-    result = ReplayResult(files=len(files))
+    result = ReplayResult(files=len(files), rules=len(rules), rules_dir=config.rules_dir)
     total = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
     progress = Progress(total, progress_to)
     t0 = time.perf_counter()
