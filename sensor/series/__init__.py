@@ -17,9 +17,11 @@ minutes into one event with its peak, for one verdict per episode.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 MINUTES_PER_DAY = 1440
 MIN_DAYS = 1
@@ -28,6 +30,9 @@ MIN_WEEKS = 2
 """Weeks of history before a day-of-week x hour profile is used."""
 LEVEL_WINDOW_MIN = 180
 """Rolling-median window (minutes) for the level: long enough to ignore a spike of an hour."""
+LEVEL_BLOCKS = 6
+"""The rolling median is the median of this many block medians, each over 1/LEVEL_BLOCKS of
+the window."""
 SERIES = ("queries", "responses", "nxdomain", "servfail", "refused", "bytes_queries", "bytes_responses",
           "unanswered", "unsolicited", "mismatched")
 
@@ -91,18 +96,31 @@ def _rolling_median(x: np.ndarray, window: int) -> np.ndarray:
     out = np.empty(n)
     if n == 0:
         return out
-    # medians of non-overlapping blocks, then the median of the last few blocks: a cheap,
-    # robust stand-in for a full rolling median that keeps the cost linear
-    block = max(window // 6, 1)
+    # medians of non-overlapping blocks, then the median of the LEVEL_BLOCKS blocks before
+    # each: a cheap, robust stand-in for a full rolling median that keeps the cost linear
+    block = max(window // LEVEL_BLOCKS, 1)
     nblocks = (n + block - 1) // block
-    padded = np.full(nblocks * block, np.nan)
-    padded[:n] = x
-    medians = np.nanmedian(padded.reshape(nblocks, block), axis=1)
-    for b in range(nblocks):
-        lo = max(0, b - 6)
-        level = np.nanmedian(medians[lo:b]) if b > lo else medians[b]
-        out[b * block:(b + 1) * block] = level
-    return out[:n]
+    if np.isnan(x).any():
+        padded = np.full(nblocks * block, np.nan)
+        padded[:n] = x
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)         # an all-missing block is NaN
+            medians = np.nanmedian(padded.reshape(nblocks, block), axis=1)
+            behind = np.concatenate([np.full(LEVEL_BLOCKS, np.nan), medians])
+            level = np.nanmedian(sliding_window_view(behind, LEVEL_BLOCKS)[:nblocks], axis=1)
+    else:                     # counts: np.median, several times faster than np.nanmedian
+        full = n // block
+        medians = np.empty(nblocks)
+        medians[:full] = np.median(x[:full * block].reshape(full, block), axis=1)
+        if full < nblocks:
+            medians[full] = np.median(x[full * block:])
+        level = np.empty(nblocks)
+        for b in range(1, min(LEVEL_BLOCKS, nblocks)):
+            level[b] = np.median(medians[:b])
+        if nblocks > LEVEL_BLOCKS:
+            level[LEVEL_BLOCKS:] = np.median(sliding_window_view(medians[:-1], LEVEL_BLOCKS), axis=1)
+    level[0] = medians[0]                # nothing before the first block
+    return np.repeat(level, block)[:n]
 
 
 def fit(minutes: np.ndarray, values: np.ndarray) -> Baseline:
