@@ -1,6 +1,8 @@
 """Per-minute series and their seasonal baseline: generated weeks with known events."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -455,3 +457,21 @@ def test_a_broken_series_file_is_refused_on_reload_and_names_the_key(tmp_path, c
     assert _reload(conf) is None
     err = capsys.readouterr().err
     assert "reload refused" in err and "series.toml:5: method: expected one of mad, average" in err
+
+
+@pytest.mark.parametrize("missing", [False, True])
+def test_rolling_level_is_the_median_of_the_block_medians_before(missing):
+    """Both ways of computing it (counts, and series with missing minutes) against its definition."""
+    from sensor.series import LEVEL_BLOCKS, _rolling_median
+    rng = np.random.default_rng(5)
+    for n, window in ((1, 180), (29, 180), (30, 180), (1000, 180), (4321, 1440), (17, 1)):
+        x = rng.poisson(30, n).astype(np.float64)
+        if missing:
+            x[rng.random(n) < 0.2] = np.nan
+        block = max(window // LEVEL_BLOCKS, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            medians = [np.nanmedian(x[i:i + block]) for i in range(0, n, block)]
+            want = [medians[0] if b == 0 else np.nanmedian(medians[max(0, b - LEVEL_BLOCKS):b])
+                    for b in range(len(medians))]
+        assert np.array_equal(_rolling_median(x, window), np.repeat(want, block)[:n], equal_nan=True)
