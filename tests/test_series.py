@@ -475,3 +475,31 @@ def test_rolling_level_is_the_median_of_the_block_medians_before(missing):
             want = [medians[0] if b == 0 else np.nanmedian(medians[max(0, b - LEVEL_BLOCKS):b])
                     for b in range(len(medians))]
         assert np.array_equal(_rolling_median(x, window), np.repeat(want, block)[:n], equal_nan=True)
+
+
+def test_a_restarted_sensor_is_no_volume_event_but_a_tap_gone_silent_is(tmp_path):
+    """A live sensor writes its own stats row every minute it runs. Hours without any row (it
+    was stopped for an upgrade) are left out of the series: the traffic it finds at the
+    restart is judged against the level before the stop. Before, those hours were zeros and
+    the traffic coming back was a volume spike against 0 expected. An hour with the sensor's
+    rows and no traffic is a tap gone silent: a volume drop."""
+    rules = _series_rules(tmp_path)
+    n = 3 * 1440 + 8 * 60
+    minutes, queries = _office(n, seed=9)
+    stopped = (minutes >= minutes[-1] - 3 * 3600) & (minutes < minutes[-1] - 1200)     # then 20 min of traffic
+    silent = minutes >= minutes[-1] - 3600                                               # the last hour
+
+    def run(name: str, traffic: np.ndarray, heartbeat: np.ndarray) -> list[tuple]:
+        store, writer = _writer(tmp_path / f"{name}.db", rules)
+        with store.transaction() as conn:
+            conn.executemany("INSERT INTO stats (minute, resolver, leg, queries, responses) "
+                             "VALUES (?, '10.0.0.53', 'client', ?, ?)",
+                             [(m, q, q) for m, q in zip(minutes[traffic].tolist(), queries[traffic].tolist())])
+            conn.executemany("INSERT INTO stats (minute, resolver, leg, packets) VALUES (?, '*', 'sensor', 0)",
+                             [(m,) for m in minutes[heartbeat].tolist()])
+        found = [(kind, detector) for kind, detector, *_ in _evaluate(store, writer)]
+        store.close()
+        return found
+
+    assert run("restarted", ~stopped, ~stopped) == []
+    assert ("volume_drop", "series:queries") in run("silent", ~silent, np.ones(n, dtype=bool))

@@ -8,6 +8,7 @@ REFIT_EVERY_S of data time; each evaluation reads only the last EVAL_WINDOW_MIN 
 """
 from __future__ import annotations
 
+import functools
 import sqlite3
 import zlib
 from dataclasses import dataclass, field
@@ -197,9 +198,11 @@ class SeriesRule:
         names = [w.name for w in self.watched if w.name in judged]
         if not names:
             return []
-        end = min(int(judged[n][0][-1]) for n in names)
-        start = max(int(judged[n][0][0]) for n in names)
-        minutes = np.arange(start, end + 60, 60, dtype=np.int64)
+        # the minutes all of them have (a series leaves out the minutes the sensor did not observe)
+        minutes = functools.reduce(np.intersect1d, [judged[n][0] for n in names])
+        if not len(minutes):
+            return []
+        start = int(minutes[0])
         z = np.stack([judged[n][2].z(judged[n][1])[np.searchsorted(judged[n][0], minutes)] for n in names], axis=1)
         row = store.conn.execute("SELECT model FROM baselines WHERE series = ?", (HST_ID,)).fetchone()
         forest = hst_model.HalfSpaceForest.loads(row[0]) if row and row[0] else None

@@ -120,7 +120,37 @@ def within(frames: Iterable[FrameBatch], start: float | None, end: float | None)
                              fb.source_bytes if k == 0 else 0)
 
 
-def merged_frames(paths: list[str], frames_per_read: int, end: float | None = None) -> Iterator[FrameBatch]:
+CAPTURE_SILENCE_S = 1800
+"""Within one capture, a stretch without frames up to this long is taken as observed (a
+quiet link: minutes without traffic); a longer one as a time the capture did not observe (it
+was stopped, or a frame's clock is wrong). A tap that sees nothing at all for half an hour
+more likely lost its feed than watched a resolver nobody used; a live sensor, which knows
+it was running, counts every silent minute."""
+
+
+def spanned(frames: Iterator[FrameBatch], spans: list[list[int]] | None) -> Iterator[FrameBatch]:
+    """The frames of one capture, appending to `spans` the [first, last] second of each
+    stretch of them with no silence longer than CAPTURE_SILENCE_S, as they are read: the time
+    the capture observed, traffic or not. A stretch still open grows in place."""
+    if spans is None:
+        yield from frames
+        return
+    stretch: list[int] | None = None
+    for fb in frames:
+        if fb.meta.shape[0]:
+            secs = np.sort(fb.meta[:, 0].astype(np.int64))
+            cuts = np.flatnonzero(np.diff(secs) > CAPTURE_SILENCE_S)
+            for lo, hi in zip(np.r_[secs[0], secs[cuts + 1]].tolist(), np.r_[secs[cuts], secs[-1]].tolist()):
+                if stretch is not None and lo - stretch[1] <= CAPTURE_SILENCE_S:
+                    stretch[1] = max(stretch[1], hi)
+                else:
+                    stretch = [lo, hi]
+                    spans.append(stretch)
+        yield fb
+
+
+def merged_frames(paths: list[str], frames_per_read: int, end: float | None = None,
+                  spans: list[list[int]] | None = None) -> Iterator[FrameBatch]:
     """Frames of several captures in timestamp order across files.
 
     Each round takes, from every open file, the frames up to the earliest "last
@@ -131,10 +161,11 @@ def merged_frames(paths: list[str], frames_per_read: int, end: float | None = No
     captures (tcpdump -G or -C), one after another in time, keep one or two
     files open and buffered however many there are, where opening them all at
     once ran out of file descriptors and held a buffer per file. A file whose first
-    frame is at or after `end` is not read at all.
+    frame is at or after `end` is not read at all. With `spans`, each file read adds the
+    span of its frames (spanned()).
     """
     if len(paths) == 1:
-        yield from read_frames(paths[0], frames_per_read)
+        yield from spanned(read_frames(paths[0], frames_per_read), spans)
         return
     streams = [p for p in paths if is_stream(p)]
     if streams:
@@ -154,7 +185,7 @@ def merged_frames(paths: list[str], frames_per_read: int, end: float | None = No
         return True
 
     def open_next() -> None:
-        r = {"it": read_frames(waiting.pop()[2], frames_per_read), "buf": None, "pos": 0}
+        r = {"it": spanned(read_frames(waiting.pop()[2], frames_per_read), spans), "buf": None, "pos": 0}
         if refill(r):
             active.append(r)
 

@@ -1,6 +1,7 @@
 """`dnssensor replay`: the live pipeline over capture files, into the same store."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -55,6 +56,31 @@ class Progress:
         self.out.flush()
 
 
+class Coverage:
+    """The minutes the replayed captures observed, given the sensor's own stats row as live
+    capture gives it every minute it runs: a quiet minute inside a capture is a minute
+    without traffic, the days between two captures are not observed at all (sensor.series)."""
+
+    def __init__(self, start: float | None, end: float | None) -> None:
+        self.spans: list[list[int]] = []          # [first, last] second of each stretch observed (spanned())
+        self.start, self.end = start, end
+        self.given: list[int] = []                # per span: the last minute given a row
+
+    def give(self, pipeline: Pipeline) -> None:
+        """A sensor row for every minute spanned since the last call (within --from/--until)."""
+        for i, (first, last) in enumerate(self.spans):
+            if self.start is not None:
+                first = max(first, int(self.start))
+            if self.end is not None:
+                last = min(last, math.ceil(self.end) - 1)
+            if i == len(self.given):
+                self.given.append(first // 60 * 60 - 60)
+            lo, hi = max(first // 60 * 60, self.given[i] + 60), last // 60 * 60
+            for minute in range(lo, hi + 60, 60):
+                pipeline.acc.add_sensor(minute)
+            self.given[i] = max(self.given[i], hi)
+
+
 def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.stderr,
            start: float | None = None, end: float | None = None) -> ReplayResult:
     """The live pipeline over capture files merged by time, into config's store; with start
@@ -75,8 +101,9 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     # The store is written on the live sensor's timer (store.flush_interval_s), so a
     # replay writes it as the live sensor would at the same message rate.
     next_flush = time.monotonic() + config.flush_interval_s
+    coverage = Coverage(start, end)
     try:
-        frames_in = merged_frames(list(files), config.limits.frames_per_read, end)
+        frames_in = merged_frames(list(files), config.limits.frames_per_read, end, coverage.spans)
         if start is not None or end is not None:
             frames_in = within(frames_in, start, end)
         for frames in frames_in:
@@ -84,10 +111,12 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
             done_bytes += frames.source_bytes
             progress.update(done_bytes, pipeline.messages)
             if time.monotonic() >= next_flush:
+                coverage.give(pipeline)
                 writer.apply(pipeline.take())
                 result.verdicts += writer.flush()
                 next_flush = time.monotonic() + config.flush_interval_s
         pipeline.drain()
+        coverage.give(pipeline)
         writer.apply(pipeline.take())
         result.verdicts += writer.flush(final=True)
         # No retention here: a replayed capture is evidence, kept until the next live

@@ -129,8 +129,9 @@ def fit(minutes: np.ndarray, values: np.ndarray) -> Baseline:
     values = values.astype(np.float64)
     n = len(values)
     # history: the minutes given (`load` starts at the first minute the store has for the
-    # series, so a counter that stayed zero all along still has a history)
-    days = float(minutes[-1] + 60 - minutes[0]) / 86400 if n else 0.0
+    # series, so a counter that stayed zero all along still has a history, and leaves out
+    # the minutes the sensor did not observe, so a week with two days of it is two days)
+    days = n * 60 / 86400
     week_bucket = bucket_of(minutes)
     daily_level = _rolling_median(values, MINUTES_PER_DAY) if days >= MIN_DAYS else None
     if days >= 7 * MIN_WEEKS:
@@ -140,7 +141,7 @@ def fit(minutes: np.ndarray, values: np.ndarray) -> Baseline:
     else:
         buckets, seasonality, of = np.zeros(n, dtype=np.int64), f"none ({days * 24:.0f} hour(s) of history)", \
             np.zeros(BUCKETS, dtype=np.int64)
-    nb = int(buckets.max()) + 1 if n else 1
+    nb = int(of.max()) + 1              # every bucket, observed or not (a gap leaves some empty)
     by_bucket = [buckets == b for b in range(nb)]
     index_b = np.ones(nb)
     if daily_level is not None:
@@ -235,9 +236,10 @@ def last_minute(conn) -> int | None:
 
 def load(conn, name: str, resolver: str | None = None, since_s: float | None = None, scope: str | None = None,
          key: str | None = None, until: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(minute starts, values) of one counter, zeros where a minute is missing, from `stats`
-    (all resolvers or one) or from `breakdown` (scope network or domain, and its key), over
-    `since_s` seconds up to minute `until` (default: the newest in the store)."""
+    """(minute starts, values) of one counter from `stats` (all resolvers or one) or from
+    `breakdown` (scope network or domain, and its key), over `since_s` seconds up to minute
+    `until` (default: the newest in the store). A minute the sensor observed without this
+    counter's traffic is a zero; a minute it did not observe is left out (see observed_minutes)."""
     from sensor.errors import SensorError
     if scope:
         if scope not in SCOPES:
@@ -267,10 +269,22 @@ def load(conn, name: str, resolver: str | None = None, since_s: float | None = N
         return np.empty(0, dtype=np.int64), np.empty(0)
     minutes = np.array([r[0] for r in rows], dtype=np.int64)
     values = np.array([r[1] or 0 for r in rows], dtype=np.float64)
-    full = np.arange(minutes[0], until + 60, 60, dtype=np.int64)
-    filled = np.zeros(len(full))
-    filled[(minutes - full[0]) // 60] = values
-    return full, filled
+    seen = np.union1d(observed_minutes(conn, int(minutes[0]), until), minutes)
+    filled = np.zeros(len(seen))
+    filled[np.searchsorted(seen, minutes)] = values
+    return seen, filled
+
+
+def observed_minutes(conn, first: int, last: int) -> np.ndarray:
+    """The minutes in [first, last] that the sensor observed: those with any `stats` row. Live
+    capture writes the sensor's own row every minute it runs, traffic or not, and a replay
+    one for every minute its captures span; the hours a sensor was stopped, or the days
+    between two unrelated captures, have none. Series leave those out instead of counting
+    them as minutes without traffic, which made every restart after a night a volume drop
+    (and the traffic that came back a spike)."""
+    rows = conn.execute("SELECT DISTINCT minute FROM stats WHERE minute >= ? AND minute <= ? ORDER BY minute",
+                        (first, last)).fetchall()
+    return np.array([r[0] for r in rows], dtype=np.int64)
 
 
 def busiest(conn, scope: str, since_minute: int, limit: int) -> list[str]:
