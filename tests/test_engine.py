@@ -189,6 +189,32 @@ def test_replay_stats_and_pdns_agree_with_the_parsed_messages(tmp_path):
     assert packets == batch.counters["packets"]
 
 
+def test_replay_gives_the_sensor_row_of_every_minute_its_captures_observed(tmp_path):
+    """Frames read are counted in the minute of their timestamp (a batch used to put them all
+    in its last minute); every minute inside a capture has the sensor's row, silent or not,
+    up to CAPTURE_SILENCE_S; the time between two captures has none."""
+    from collections import Counter
+
+    from timeshift import read_pcap, write_pcap as write_frames
+    from sensor.engine.pipeline import CAPTURE_SILENCE_S
+
+    frames = [raw for _, raw in read_pcap(DATA / "dnscap-baseline-udp-82-msgs.pcap")]
+    t0 = 1_767_225_600                       # a minute start
+    silent = range(1, 6)                     # minutes after t0 without a frame
+    assert len(silent) * 60 <= CAPTURE_SILENCE_S
+    first = [(t0 + i * 0.5, raw) for i, raw in enumerate(frames[:50])] + \
+        [(t0 + 60 * (silent[-1] + 1) + i * 0.5, raw) for i, raw in enumerate(frames[50:])]
+    later = t0 + 60 * (silent[-1] + 1) + CAPTURE_SILENCE_S + 600
+    second = [(later + i * 0.5, raw) for i, raw in enumerate(frames)]
+    conf = config(tmp_path)
+    replay([str(write_frames(tmp_path / "b.pcap", second)), str(write_frames(tmp_path / "a.pcap", first))],
+           conf, progress_to=None)
+    rows = dict(db_rows(conf.db_path, "SELECT minute, packets FROM stats WHERE leg = 'sensor'"))
+    want = Counter(int(ts // 60 * 60) for ts, _ in first + second)
+    want.update({t0 + 60 * m: 0 for m in silent})
+    assert rows == dict(want) and len(want) == 2 + len(silent) + 2 and len(frames) > 100
+
+
 def test_small_reads_are_gathered_into_batches_before_tracking(tmp_path):
     """libpcap is read a few frames at a time; tracking and rules run once a batch is
     full, and the partial batch when the aggregate is taken. What the store gets is

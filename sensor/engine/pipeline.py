@@ -53,6 +53,7 @@ class Pipeline:
             self._now = now
         if frames.meta.shape[0]:
             self.latest_ts = max(self.latest_ts, float(frames.meta[-1, 0]))
+            self._count_frames(frames.meta[:, 0])
         if self.parser.pending >= self.config.limits.messages_per_batch:
             return self.process()
         return 0
@@ -66,11 +67,21 @@ class Pipeline:
         self.acc.add(batch, track)
         n = len(batch)
         self.messages += n
-        packets = int(batch.counters.get("packets", 0))
-        self.packets += packets
+        self.packets += int(batch.counters.get("packets", 0))
         drops = {k: int(batch.counters.get(k, 0)) for k in PARSER_DROP_COUNTERS}
-        self.acc.add_sensor(int(self.latest_ts // 60 * 60), packets=packets, drops=drops)
+        self.acc.add_sensor(int(self.latest_ts // 60 * 60), drops=drops)
         return n
+
+    def _count_frames(self, seconds: np.ndarray) -> None:
+        """Frames read, in the minute of their timestamp (the parser's `packets`, a batch of
+        which can span hours of a replayed capture)."""
+        first, last = int(seconds.min()) // 60, int(seconds.max()) // 60
+        if first == last:
+            self.acc.add_sensor(first * 60, packets=len(seconds))
+            return
+        minutes, counts = np.unique(seconds // 60, return_counts=True)
+        for minute, count in zip(minutes.tolist(), counts.tolist()):
+            self.acc.add_sensor(int(minute) * 60, packets=count)
 
     def tick(self, now: float) -> None:
         """Time passes with no traffic: queries older than the timeout become unanswered."""
