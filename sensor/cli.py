@@ -181,6 +181,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from sensor.engine.replay import replay
+    from sensor.errors import CaptureError
 
     from sensor.query import parse_time
 
@@ -188,6 +189,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     start = parse_time(args.start) if args.start else None
     end = parse_time(args.end) if args.end else None
     r = replay(args.files, conf, start=start, end=end)
+    if r.capture_error and not r.packets:
+        raise CaptureError(r.capture_error)
     rate = r.messages / r.seconds if r.seconds else 0.0
     print(f"replayed {r.files} file(s): {r.packets:,} packets, {r.messages:,} DNS messages in "
           f"{r.seconds:.2f} s ({rate:,.0f} msgs/s); {r.verdicts} new verdict(s) -> {conf.db_path}")
@@ -198,6 +201,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
           f"{t['duplicate']:,} duplicate")
     for label, c in r.syslog.items():
         print(f"syslog {label}: {c['sent']} sent, {c['spooled']} spooled, {c['dropped']} dropped")
+    if r.capture_error:
+        print(f"dnssensor: error: {r.capture_error}; the {r.packets:,} frames read before are stored",
+              file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

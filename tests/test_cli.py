@@ -96,6 +96,25 @@ def test_truncated_capture_reports_where(tmp_path):
     assert out.stdout.count("\n") >= 1        # the complete frames before the cut were written
 
 
+def test_a_capture_cut_short_is_replayed_and_stored_up_to_the_cut(tmp_path):
+    """A tcpdump killed mid-write leaves a last record cut short. The replay stores every
+    message before it and says where it stopped (exit 2, as tshark does). Before, it stored
+    nothing at all: the error left the replay before its data was written."""
+    import sqlite3
+
+    data = (DATA / "lab-resolver.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:-10])
+    dumped = [json.loads(line) for line in run("dump", str(cut)).stdout.splitlines()]
+    out = run("replay", "--db", str(tmp_path / "x.db"), str(cut))
+    assert out.returncode == 2 and "cut.pcap: truncated" in out.stderr and "frames read before are stored" in out.stderr
+    with sqlite3.connect(tmp_path / "x.db") as conn:
+        queries, responses = conn.execute("SELECT sum(queries), sum(responses) FROM stats "
+                                          "WHERE leg != 'sensor'").fetchone()
+    assert (queries, responses) == (sum(1 for m in dumped if not m["qr"]), sum(1 for m in dumped if m["qr"]))
+    assert queries + responses > 1800
+
+
 def test_every_command_has_help_with_an_example_and_is_documented():
     readme = (REPO / "README.md").read_text()
     parser = build_parser()

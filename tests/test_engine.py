@@ -770,6 +770,21 @@ def test_broken_archives_give_their_frames_then_a_clear_error(tmp_path, monkeypa
         list(read_frames(str(zstd), 10))
 
 
+def test_a_capture_cut_short_among_others_ends_alone(tmp_path):
+    """Merged with two whole captures, one cut short midway: the others are replayed to their
+    end, the cut one up to its cut, and the result names it."""
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((DATA / "demo-office-resolver.pcap").read_bytes()[:-10])
+    whole = [str(DATA / "lab-resolver.pcap"), str(BASELINE)]
+    conf = config(tmp_path)
+    result = replay([whole[0], str(cut), whole[1]], conf, progress_to=None)
+    assert result.capture_error is not None and "cut.pcap: truncated" in result.capture_error
+    frames = sum(len(fb.meta) for path in whole for fb in read_frames(path, 1000))
+    cut_frames = int(result.capture_error.split("(after frame ")[1].rstrip(")"))
+    assert cut_frames > 2000 and result.packets == frames + cut_frames
+    assert db_rows(conf.db_path, "SELECT sum(packets) FROM stats WHERE leg = 'sensor'")[0][0] == result.packets
+
+
 def test_replay_of_a_time_window(tmp_path, capsys):
     conv = Conversation(start=1_767_254_400.0)         # 2026-01-01 08:00 UTC
     for i in range(90):

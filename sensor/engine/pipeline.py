@@ -173,7 +173,8 @@ def merged_frames(paths: list[str], frames_per_read: int, end: float | None = No
     files open and buffered however many there are, where opening them all at
     once ran out of file descriptors and held a buffer per file. A file whose first
     frame is at or after `end` is not read at all. With `spans`, each file read adds the
-    span of its frames (spanned()).
+    span of its frames (spanned()). A file that fails partway (cut short, a broken
+    archive) ends there and the others go on; CaptureError names every such file at the end.
     """
     if len(paths) == 1:
         yield from spanned(read_frames(paths[0], frames_per_read), spans)
@@ -187,9 +188,15 @@ def merged_frames(paths: list[str], frames_per_read: int, end: float | None = No
     waiting = [w for w in waiting if end is None or w[0] < end][::-1]     # popped: the earliest first
     frame_no = 1
 
+    failures: list[str] = []
+
     def refill(r) -> bool:
         while r["buf"] is None or r["pos"] >= r["buf"].meta.shape[0]:
-            nxt = next(r["it"], None)
+            try:
+                nxt = next(r["it"], None)
+            except CaptureError as e:     # cut short: its frames so far are in, the others go on
+                failures.append(str(e))
+                return False
             if nxt is None:
                 return False
             r["buf"], r["pos"] = nxt, 0
@@ -235,3 +242,5 @@ def merged_frames(paths: list[str], frames_per_read: int, end: float | None = No
             yield FrameBatch(blob, meta, linktype, frame_no, source)
             frame_no += len(meta)
         active = [r for r in active if refill(r)]
+    if failures:
+        raise CaptureError("; ".join(failures))

@@ -12,6 +12,7 @@ from sensor.config import Config, resolve_rules_dir, spool_dir
 from sensor.detectors import anomaly_burst
 from sensor.engine.pipeline import Pipeline, merged_frames, within
 from sensor.engine.writer import REPLAY_SERIES_EVERY_S, Writer
+from sensor.errors import CaptureError
 from sensor.rules import load_rules_dir
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store, StoreError
@@ -29,6 +30,8 @@ class ReplayResult:
     tracking: dict[str, int] = field(default_factory=dict)
     syslog: dict[str, dict[str, int]] = field(default_factory=dict)
     store_errors: int = 0
+    capture_error: str | None = None
+    """Why a capture could not be read to its end (everything read before is stored)."""
 
 
 class Progress:
@@ -84,7 +87,9 @@ class Coverage:
 def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.stderr,
            start: float | None = None, end: float | None = None) -> ReplayResult:
     """The live pipeline over capture files merged by time, into config's store; with start
-    or end, only the frames timed in [start, end)."""
+    or end, only the frames timed in [start, end). A capture that cannot be read to its end
+    (a tcpdump killed mid-write) is replayed up to the cut, like the others in full, and
+    stored; result.capture_error says what stopped it."""
     config = resolve_rules_dir(config)
     rule = anomaly_burst.load(config.rules_dir)
     rules = load_rules_dir(config.rules_dir)
@@ -106,15 +111,18 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
         frames_in = merged_frames(list(files), config.limits.frames_per_read, end, coverage.spans)
         if start is not None or end is not None:
             frames_in = within(frames_in, start, end)
-        for frames in frames_in:
-            pipeline.feed(frames)
-            done_bytes += frames.source_bytes
-            progress.update(done_bytes, pipeline.messages)
-            if time.monotonic() >= next_flush:
-                coverage.give(pipeline)
-                writer.apply(pipeline.take())
-                result.verdicts += writer.flush()
-                next_flush = time.monotonic() + config.flush_interval_s
+        try:
+            for frames in frames_in:
+                pipeline.feed(frames)
+                done_bytes += frames.source_bytes
+                progress.update(done_bytes, pipeline.messages)
+                if time.monotonic() >= next_flush:
+                    coverage.give(pipeline)
+                    writer.apply(pipeline.take())
+                    result.verdicts += writer.flush()
+                    next_flush = time.monotonic() + config.flush_interval_s
+        except CaptureError as e:
+            result.capture_error = str(e)
         pipeline.drain()
         coverage.give(pipeline)
         writer.apply(pipeline.take())
