@@ -138,10 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         "rules", help="validate rule files, or run them over their sample captures",
         description="check: load every rule file of DIR and report the first error with its file "
                     "and line. test: also replay each rule's positive and negative samples and "
-                    "report any positive that gives no verdict or negative that gives one.",
-        epilog="Example: dnssensor rules check rules/")
+                    "report any positive that gives no verdict or negative that gives one. Without "
+                    "DIR, the folder `run` and `replay` would judge with (the configuration's "
+                    "[rules] dir, else ./rules, else the rules that come with the sensor).",
+        epilog="Example: dnssensor rules check rules/; dnssensor rules check --config /etc/dnssensor/dnssensor.toml")
     rules.add_argument("action", choices=("check", "test"))
-    rules.add_argument("directory", metavar="DIR")
+    rules.add_argument("directory", metavar="DIR", nargs="?")
+    rules.add_argument("--config", "-c", metavar="FILE", help="configuration file whose [rules] dir to check")
     return top
 
 
@@ -324,14 +327,18 @@ def cmd_series(args: argparse.Namespace) -> int:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
+    from sensor import config as cfg
     from sensor import rules
 
-    for line in rules.check(args.directory):
+    directory = args.directory or cfg.resolve_rules_dir(load_config(args)).rules_dir
+    if not args.directory:
+        print(f"rules of {directory}")
+    for line in rules.check(directory):
         print(line)
     if args.action == "test":
         from sensor.detectors.samples import check_samples
 
-        problems = [p for r in rules.load_dir(args.directory) for p in check_samples(r)]
+        problems = [p for r in rules.load_dir(directory) for p in check_samples(r)]
         for p in problems:
             print(f"FAIL {p}")
         if problems:

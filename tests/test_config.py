@@ -113,3 +113,17 @@ def test_run_refuses_to_start_on_a_broken_rule_file(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert out.returncode == 2
     assert "typo.toml" in out.stderr and "lenght" in out.stderr and "capturing" not in out.stderr
+
+
+def test_rules_check_without_a_folder_checks_the_one_the_sensor_would_use(tmp_path):
+    def check(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sensor", "rules", "check", *args], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=120)
+
+    out = check()
+    assert out.returncode == 0 and out.stdout.startswith(f"rules of {REPO / 'rules'}\n")
+    assert out.stdout.count("\nok  ") == len(out.stdout.splitlines()) - 1 > len(load_rules_dir(REPO / "rules"))
+    conf = tmp_path / "sensor.toml"
+    conf.write_text('[rules]\ndir = "gone"\n')
+    out = check("--config", str(conf))
+    assert out.returncode == 2 and f"{conf}: rules.dir: no such directory" in out.stderr
