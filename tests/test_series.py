@@ -503,3 +503,13 @@ def test_a_restarted_sensor_is_no_volume_event_but_a_tap_gone_silent_is(tmp_path
 
     assert run("restarted", ~stopped, ~stopped) == []
     assert ("volume_drop", "series:queries") in run("silent", ~silent, np.ones(n, dtype=bool))
+
+
+def test_a_plot_breaks_its_lines_where_the_sensor_did_not_observe():
+    from sensor.series.plot import with_breaks
+    minutes = START + 60 * np.array([0, 1, 2, 300, 301])
+    at, (values,) = with_breaks(minutes, np.array([5, 6, 7, 8, 9]))
+    assert at.tolist() == (START + 60 * np.array([0, 1, 2, 3, 300, 301])).tolist()
+    assert np.array_equal(values, [5, 6, 7, np.nan, 8, 9], equal_nan=True)
+    at, (values,) = with_breaks(minutes[:3], np.array([5, 6, 7]))
+    assert at.tolist() == minutes[:3].tolist() and values.tolist() == [5, 6, 7]

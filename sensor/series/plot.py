@@ -4,6 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def with_breaks(minutes: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The columns with a NaN after each minute that the next one does not follow: a series
+    leaves out the minutes the sensor did not observe, and a line drawn across them would
+    show traffic nobody saw."""
+    gaps = np.flatnonzero(np.diff(minutes) > 60)
+    at = gaps + 1
+    return (np.insert(minutes, at, minutes[gaps] + 60),
+            [np.insert(np.asarray(c, dtype=np.float64), at, np.nan) for c in columns])
+
+
 def plot(path: str, title: str, minutes: np.ndarray, values: np.ndarray, expected: np.ndarray, low: np.ndarray,
          high: np.ndarray, flags: np.ndarray, method: str, seasonality: str) -> None:
     import datetime as dt
@@ -14,9 +24,11 @@ def plot(path: str, title: str, minutes: np.ndarray, values: np.ndarray, expecte
 
     times = [dt.datetime.fromtimestamp(int(m), tz=dt.timezone.utc) for m in minutes.tolist()]
     fig, ax = plt.subplots(figsize=(12, 4.5), dpi=100)
-    ax.fill_between(times, low, high, color="tab:blue", alpha=0.15, linewidth=0, label="band")
-    ax.plot(times, expected, color="tab:blue", linewidth=1.2, label="expected")
-    ax.plot(times, values, color="black", linewidth=0.8, label="observed")
+    line_minutes, (line_low, line_high, line_expected, line_values) = with_breaks(minutes, low, high, expected, values)
+    line_times = [dt.datetime.fromtimestamp(int(m), tz=dt.timezone.utc) for m in line_minutes.tolist()]
+    ax.fill_between(line_times, line_low, line_high, color="tab:blue", alpha=0.15, linewidth=0, label="band")
+    ax.plot(line_times, line_expected, color="tab:blue", linewidth=1.2, label="expected")
+    ax.plot(line_times, line_values, color="black", linewidth=0.8, label="observed")
     for sign, colour, label in ((1, "tab:red", "above"), (-1, "tab:orange", "below")):
         sel = flags == sign
         if sel.any():
