@@ -310,6 +310,8 @@ def cmd_series(args: argparse.Namespace) -> int:
               f"after {MIN_HISTORY_DAYS:.0f} days, so the marks below are only indicative")
     print(f"{'minute (UTC)':<17} {'value':>10} {'expected':>10} {'band':>21}  ")
     for i in range(first, len(minutes)):
+        if i > first and minutes[i] - minutes[i - 1] > 60:
+            print(f"{'':<17} ({(minutes[i] - minutes[i - 1]) // 60 - 1} minute(s) the sensor did not observe)")
         t = dt.datetime.fromtimestamp(int(minutes[i]), tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
         mark = {1: "  ^ above", -1: "  v below"}.get(int(flags[i]), "")
         print(f"{t:<17} {values[i]:>10.0f} {base.expected[i]:>10.1f} {lo[i]:>10.1f}-{hi[i]:<10.1f}{mark}")

@@ -513,3 +513,20 @@ def test_a_plot_breaks_its_lines_where_the_sensor_did_not_observe():
     assert np.array_equal(values, [5, 6, 7, np.nan, 8, 9], equal_nan=True)
     at, (values,) = with_breaks(minutes[:3], np.array([5, 6, 7]))
     assert at.tolist() == minutes[:3].tolist() and values.tolist() == [5, 6, 7]
+
+
+def test_series_command_says_where_the_sensor_did_not_observe(tmp_path, capsys):
+    from sensor.store import Store
+
+    db = tmp_path / "gap.db"
+    store = Store(str(db))
+    kept = [0, 1, 2, 93, 94]                      # the sensor stopped for 90 minutes
+    with store.transaction() as conn:
+        conn.executemany("INSERT INTO stats (minute, resolver, leg, queries) VALUES (?, '10.0.0.53', 'client', 40)",
+                         [(START + 60 * m,) for m in kept])
+    store.close()
+    assert cli.main(["series", "queries", "--db", str(db), "--since", "3h"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [i for i, line in enumerate(lines) if line[:4] == "2026"]
+    assert len(rows) == len(kept)
+    assert lines[rows[3] - 1].strip() == "(90 minute(s) the sensor did not observe)" and rows[3] - 1 == rows[2] + 1
