@@ -7,7 +7,6 @@ import re
 import shutil
 import sqlite3
 from dataclasses import replace
-from pathlib import Path
 
 import dnslib
 import numpy as np
@@ -38,6 +37,28 @@ def test_expressions_evaluate_on_arrays_and_scalars():
     ratio, _ = compile_expr("a / b >= 0.5 and 1 < a <= 10", {"a", "b"})
     assert not bool(ratio({"a": 5, "b": 0}))                  # x / 0 is 0, not an error
     assert bool(ratio({"a": 5, "b": 8})) is True
+
+
+def test_and_or_stop_once_the_rest_cannot_change_the_result():
+    """A rule's costlier columns (name lists, tags, patterns) are not computed for a batch
+    where the terms before them already decide every row; the result is what evaluating
+    every term gives."""
+    class Columns(dict):
+        def __missing__(self, name):
+            raise AssertionError(f"{name} was computed")
+
+    fn, _ = compile_expr("rd and size > 100 and costly", {"rd", "size", "costly"})
+    assert fn(Columns(rd=np.zeros(3, dtype=bool), size=np.array([1, 2, 300]))).tolist() == [False] * 3
+    fn, _ = compile_expr("rd or costly", {"rd", "costly"})
+    assert fn(Columns(rd=np.ones(3, dtype=bool))).tolist() == [True] * 3
+    rng = np.random.default_rng(3)
+    fn, _ = compile_expr("a and (b or not c) and size > 5 or not (a or c)", {"a", "b", "c", "size"})
+    for _ in range(200):
+        n = int(rng.integers(1, 6))
+        cols = {k: rng.random(n) < rng.random() for k in "abc"} | {"size": rng.integers(0, 10, n)}
+        a, b, c = cols["a"], cols["b"], cols["c"]
+        want = (a & (b | ~c) & (cols["size"] > 5)) | ~(a | c)
+        assert fn(cols).tolist() == want.tolist()
 
 
 @pytest.mark.parametrize("text, message", [

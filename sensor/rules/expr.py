@@ -61,11 +61,17 @@ def _fail(node: ast.AST, why: str) -> ExprError:
 def _compile(node: ast.AST, names: set[str], used: set[str], consts: Mapping[str, float]) -> Evaluator:
     if isinstance(node, ast.BoolOp):
         parts = [_compile(v, names, used, consts) for v in node.values]
-        op = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
+        is_and = isinstance(node.op, ast.And)
+        op = np.logical_and if is_and else np.logical_or
 
-        def boolop(env, parts=parts, op=op):
-            out = parts[0](env)
+        def boolop(env, parts=parts, op=op, is_and=is_and):
+            out = np.asarray(parts[0](env), dtype=bool)
             for p in parts[1:]:
+                # Once no row is left true (and) or false (or), the rest cannot change the
+                # result, and the costlier columns it names (lists, tags, patterns) are not
+                # computed for the batch.
+                if (not out.any()) if is_and else out.all():
+                    break
                 out = op(out, p(env))
             return out
         return boolop
