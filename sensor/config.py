@@ -328,6 +328,19 @@ def discover_networks(config: Config) -> Config:
                    client_networks=config.client_networks or tuple(dict.fromkeys(networks)))
 
 
+def check_user(config: Config) -> None:
+    """ConfigError when the service user to become does not exist: found at start, rather
+    than by every process that tries to become it."""
+    if not config.user:
+        return
+    import pwd
+
+    try:
+        pwd.getpwnam(config.user)
+    except KeyError:
+        raise ConfigError(f"{config.path}: sensor.user: no such user {config.user!r}") from None
+
+
 def spool_dir(db_path: str) -> str:
     """Beside the database: the syslog spools, and shipments a stopping worker could not
     hand to the writer."""

@@ -127,3 +127,19 @@ def test_rules_check_without_a_folder_checks_the_one_the_sensor_would_use(tmp_pa
     conf.write_text('[rules]\ndir = "gone"\n')
     out = check("--config", str(conf))
     assert out.returncode == 2 and f"{conf}: rules.dir: no such directory" in out.stderr
+
+
+@pytest.mark.parametrize("setting, error", [
+    ('[sensor]\nuser = "no-such-service-user"\n', "sensor.user: no such user 'no-such-service-user'"),
+    ('[store]\npath = "{tmp}/a-folder.db"\n', "a-folder.db: unable to open database file"),
+])
+def test_run_refuses_to_start_without_its_user_or_its_store(tmp_path, setting, error):
+    """Before, the writer died on either at every restart, in a tight loop (29 restarts in
+    15 s for a missing user), and the workers after it."""
+    (tmp_path / "a-folder.db").mkdir()
+    conf = tmp_path / "sensor.toml"
+    conf.write_text('[capture]\ninterfaces = ["lo"]\n' + setting.format(tmp=tmp_path)
+                    + ("" if "[store]" in setting else f'[store]\npath = "{tmp_path / "s.db"}"\n'))
+    out = subprocess.run([sys.executable, "-m", "sensor", "run", "--config", str(conf)],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 2 and error in out.stderr and "capturing" not in out.stderr

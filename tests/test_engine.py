@@ -1529,3 +1529,28 @@ def test_series_steps_with_no_traffic_in_their_lookback_are_skipped_and_would_ju
         assert writer.series_rule.verdicts(store, "s", end) == []
     assert db_rows(Path(conf.db_path), "SELECT * FROM baselines") == baselines
     store.close()
+
+
+def test_a_process_that_keeps_dying_at_start_is_restarted_ever_more_slowly(monkeypatch):
+    """Workers and the writer alike: RESTART_BACKOFF_S after a death soon after a start,
+    doubled for each further one, up to RESTART_BACKOFF_MAX_S; the shortest wait again once
+    a process lived STABLE_AFTER_S. (The writer used to be restarted at every supervisor tick.)"""
+    from sensor.engine import live
+
+    clock = [1000.0]
+    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+    state = {"started": clock[0]}
+    waits = []
+    for _ in range(7):
+        clock[0] += 0.5                                # it died half a second after its start
+        waited = 0.0
+        while not live.Supervisor._restart_due(state):
+            clock[0] += 0.25
+            waited += 0.25
+        waits.append(waited)
+        state["started"] = clock[0]                    # restarted
+    assert waits == [live.RESTART_BACKOFF_S * 2 ** k for k in range(5)] + [live.RESTART_BACKOFF_MAX_S] * 2
+    clock[0] += live.STABLE_AFTER_S + 1                # this time it ran a while
+    assert not live.Supervisor._restart_due(state)
+    clock[0] += live.RESTART_BACKOFF_S
+    assert live.Supervisor._restart_due(state)

@@ -157,6 +157,14 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ch
 # ----------------------------------------------------------------- writer
 
 def writer_main(config: cfg.Config, channel: str, stop_event: Any, restarts: int = 0) -> None:
+    try:
+        _writer(config, channel, stop_event, restarts)
+    except SensorError as e:          # the store cannot be opened, a rule file broke, ...
+        print(f"dnssensor: writer: {e}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_WORKER_ERROR)
+
+
+def _writer(config: cfg.Config, channel: str, stop_event: Any, restarts: int) -> None:
     from sensor.engine.writer import Writer
     from sensor.sinks.syslog import SyslogSender
     from sensor.store import Store
@@ -307,6 +315,7 @@ class Supervisor:
         self.workers: dict[str, dict[str, Any]] = {}
         self.writer: Any = None
         self.writer_restarts = 0
+        self.writer_state: dict[str, Any] = {}    # its start and deaths, for the restart backoff
         self.stopping = False
         self.reload_requested = False
 
@@ -327,25 +336,32 @@ class Supervisor:
                 self.workers[name] = {"interface": interface, "group": group, "restarts": 0}
                 self._spawn(name)
 
+    @staticmethod
+    def _restart_due(state: dict[str, Any]) -> bool:
+        """Whether a dead process's wait before its restart is over: RESTART_BACKOFF_S,
+        doubled for each death soon after a start (a process that cannot start is not
+        restarted in a tight loop)."""
+        if "died_at" not in state:
+            state["died_at"] = time.monotonic()
+            lived = state["died_at"] - state["started"]
+            state["quick_deaths"] = state.get("quick_deaths", 0) + 1 if lived < STABLE_AFTER_S else 0
+        wait = min(RESTART_BACKOFF_S * 2 ** max(state["quick_deaths"] - 1, 0), RESTART_BACKOFF_MAX_S)
+        if time.monotonic() - state["died_at"] < wait:
+            return False
+        del state["died_at"]
+        return True
+
     def check(self) -> None:
         for name, w in self.workers.items():
             p = w["process"]
-            if p.is_alive() or self.stopping:
+            if p.is_alive() or self.stopping or not self._restart_due(w):
                 continue
-            if "died_at" not in w:
-                w["died_at"] = time.monotonic()
-                lived = w["died_at"] - w["started"]
-                w["quick_deaths"] = w.get("quick_deaths", 0) + 1 if lived < STABLE_AFTER_S else 0
-            wait = min(RESTART_BACKOFF_S * 2 ** max(w["quick_deaths"] - 1, 0), RESTART_BACKOFF_MAX_S)
-            if time.monotonic() - w["died_at"] < wait:
-                continue
-            del w["died_at"]
             w["restarts"] += 1
             print(f"dnssensor: worker {name} (pid {p.pid}) died with status {p.exitcode}; "
                   f"restart {w['restarts']}", file=sys.stderr)
             self._record(name, p, f"died ({p.exitcode})", w["restarts"])
             self._spawn(name)
-        if not self.writer.is_alive() and not self.stopping:
+        if not self.writer.is_alive() and not self.stopping and self._restart_due(self.writer_state):
             self.writer_restarts += 1
             print(f"dnssensor: writer died with status {self.writer.exitcode}; restart {self.writer_restarts}",
                   file=sys.stderr)
@@ -357,6 +373,7 @@ class Supervisor:
         self.writer = self.ctx.Process(target=writer_main, name="dnssensor writer",
                                        args=(self.config, self.channel, self.stop_event, self.writer_restarts))
         self.writer.start()
+        self.writer_state["started"] = time.monotonic()
 
     def _record(self, name: str, p: Any, state: str, restarts: int, stage: str = "worker_restarts") -> None:
         agg = Aggregate()
@@ -406,8 +423,12 @@ def run(config: cfg.Config) -> int:
         raise ConfigError(f"{config.path}: capture.interfaces: no interface to capture on (or use --interface)")
     _check_interfaces(config)
     config = cfg.discover_networks(cfg.resolve_rules_dir(config))
-    # Every rule file is read here first: a broken one stops the start with its file and
-    # line, where each worker would die on it and be restarted again and again.
+    # The service user, the store and every rule file are tried here first: a start that
+    # cannot work stops with the reason, where each process would die on it and be restarted.
+    cfg.check_user(config)
+    from sensor.store import Store
+    os.makedirs(cfg.spool_dir(config.db_path), mode=0o700, exist_ok=True)
+    Store(config.db_path).close()
     rules = load_rules_dir(config.rules_dir)
     anomaly_burst.load(config.rules_dir)
     series_anomalies.load(config.rules_dir)
