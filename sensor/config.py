@@ -328,6 +328,16 @@ def discover_networks(config: Config) -> Config:
                    client_networks=config.client_networks or tuple(dict.fromkeys(networks)))
 
 
+def check_syslog_files(config: Config) -> None:
+    """ConfigError when a TLS target's CA bundle cannot be read: found when the sensor starts,
+    rather than as a connection that fails for ever while its verdicts pile up in the spool.
+    (Not when the file is loaded: the analyst commands read the same file for the store's
+    path and need no syslog.)"""
+    for i, target in enumerate(config.syslog):
+        if target.ca_file and not os.access(target.ca_file, os.R_OK):
+            raise ConfigError(f"{config.path}: syslog[{i + 1}].ca_file: cannot read {target.ca_file}")
+
+
 def check_user(config: Config) -> None:
     """ConfigError when the service user to become does not exist: found at start, rather
     than by every process that tries to become it."""

@@ -132,14 +132,27 @@ def test_rules_check_without_a_folder_checks_the_one_the_sensor_would_use(tmp_pa
 @pytest.mark.parametrize("setting, error", [
     ('[sensor]\nuser = "no-such-service-user"\n', "sensor.user: no such user 'no-such-service-user'"),
     ('[store]\npath = "{tmp}/a-folder.db"\n', "a-folder.db: unable to open database file"),
+    ('[[syslog]]\nhost = "127.0.0.1"\nport = 6514\nprotocol = "tls"\nca_file = "{tmp}/gone.pem"\n',
+     "syslog[1].ca_file: cannot read"),
 ])
 def test_run_refuses_to_start_without_its_user_or_its_store(tmp_path, setting, error):
-    """Before, the writer died on either at every restart, in a tight loop (29 restarts in
-    15 s for a missing user), and the workers after it."""
+    """Before, the writer died on a missing user or store at every restart, in a tight loop
+    (29 restarts in 15 s for the user), and the workers after it; a CA file that cannot be
+    read left the TLS target failing for good while its verdicts piled up in the spool."""
     (tmp_path / "a-folder.db").mkdir()
     conf = tmp_path / "sensor.toml"
-    conf.write_text('[capture]\ninterfaces = ["lo"]\n' + setting.format(tmp=tmp_path)
-                    + ("" if "[store]" in setting else f'[store]\npath = "{tmp_path / "s.db"}"\n'))
+    conf.write_text(("" if "[store]" in setting else f'[store]\npath = "{tmp_path / "s.db"}"\n')
+                    + '[capture]\ninterfaces = ["lo"]\n' + setting.format(tmp=tmp_path))
     out = subprocess.run([sys.executable, "-m", "sensor", "run", "--config", str(conf)],
                          capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 2 and error in out.stderr and "capturing" not in out.stderr
+
+
+def test_replay_refuses_a_tls_target_whose_ca_file_cannot_be_read(tmp_path):
+    conf = tmp_path / "sensor.toml"
+    conf.write_text(f'[[syslog]]\nhost = "127.0.0.1"\nport = 6514\nprotocol = "tls"\nca_file = "{tmp_path}/gone.pem"\n')
+    out = subprocess.run([sys.executable, "-m", "sensor", "replay", "--config", str(conf), "--db",
+                          str(tmp_path / "x.db"), str(REPO / "tests" / "data" / "generated-malware-lookups.pcap")],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2 and f"{conf}: syslog[1].ca_file: cannot read {tmp_path}/gone.pem" in out.stderr
+    assert not (tmp_path / "x.db").exists()

@@ -423,9 +423,11 @@ def run(config: cfg.Config) -> int:
         raise ConfigError(f"{config.path}: capture.interfaces: no interface to capture on (or use --interface)")
     _check_interfaces(config)
     config = cfg.discover_networks(cfg.resolve_rules_dir(config))
-    # The service user, the store and every rule file are tried here first: a start that
-    # cannot work stops with the reason, where each process would die on it and be restarted.
+    # The service user, syslog's CA files, the store and every rule file are tried here
+    # first: a start that cannot work stops with the reason, where each process would die
+    # on it and be restarted, or a SIEM would get nothing for good.
     cfg.check_user(config)
+    cfg.check_syslog_files(config)
     from sensor.store import Store
     os.makedirs(cfg.spool_dir(config.db_path), mode=0o700, exist_ok=True)
     Store(config.db_path).close()

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from sensor.config import Config, resolve_rules_dir, spool_dir
+from sensor.config import Config, check_syslog_files, resolve_rules_dir, spool_dir
 from sensor.detectors import anomaly_burst
 from sensor.engine.pipeline import Pipeline, merged_frames, within
 from sensor.engine.writer import REPLAY_SERIES_EVERY_S, Writer
@@ -91,6 +91,7 @@ def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.st
     (a tcpdump killed mid-write) is replayed up to the cut, like the others in full, and
     stored; result.capture_error says what stopped it."""
     config = resolve_rules_dir(config)
+    check_syslog_files(config)
     rule = anomaly_burst.load(config.rules_dir)
     rules = load_rules_dir(config.rules_dir)
     store = Store(config.db_path)
