@@ -156,3 +156,17 @@ def test_replay_refuses_a_tls_target_whose_ca_file_cannot_be_read(tmp_path):
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 2 and f"{conf}: syslog[1].ca_file: cannot read {tmp_path}/gone.pem" in out.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_reload_refuses_a_tls_target_whose_ca_file_cannot_be_read(tmp_path, capsys):
+    from sensor.engine.live import _reload
+
+    conf = tmp_path / "sensor.toml"
+    conf.write_text(f'[store]\npath = "{tmp_path / "s.db"}"\n')
+    running = config.resolve_rules_dir(config.load(conf))
+    assert _reload(running) is not None
+    conf.write_text(conf.read_text() + f'[[syslog]]\nhost = "127.0.0.1"\nport = 6514\nprotocol = "tls"\n'
+                                       f'ca_file = "{tmp_path}/gone.pem"\n')
+    assert _reload(running) is None
+    err = capsys.readouterr().err
+    assert "reload refused" in err and "syslog[1].ca_file: cannot read" in err

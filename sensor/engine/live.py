@@ -65,6 +65,7 @@ def _reload(config: cfg.Config) -> tuple[cfg.Config, Any] | None:
         new = replace(new, interfaces=config.interfaces, workers=config.workers,
                       resolver_addresses=new.resolver_addresses or config.resolver_addresses,
                       client_networks=new.client_networks or config.client_networks)
+        cfg.check_syslog_files(new)
         # series.toml is the writer's, but a broken one is refused here like any rule file
         return new, (anomaly_burst.load(new.rules_dir), load_rules_dir(new.rules_dir),
                      series_anomalies.load(new.rules_dir))
