@@ -11,6 +11,14 @@ from sensor import cli, config
 from sensor.errors import ConfigError
 from sensor.rules import load_rules_dir
 
+MALWARE_LOOKUPS = REPO / "tests" / "data" / "generated-malware-lookups.pcap"
+
+
+def dnssensor(*args: str, cwd=REPO, timeout: int = 120) -> subprocess.CompletedProcess:
+    """The command line, run in `cwd` (where it looks for ./rules)."""
+    return subprocess.run([sys.executable, "-m", "sensor", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
 
 def test_shipped_example_is_valid():
     conf = config.load(REPO / "deploy" / "dnssensor.toml")
@@ -92,9 +100,7 @@ def test_no_rules_anywhere_is_an_error_not_a_sensor_without_detectors(tmp_path, 
 def test_replay_outside_the_source_tree_judges_with_the_sensors_own_rules(tmp_path):
     """Run from any folder with no configuration, a replay still has its detectors, and says
     which rules judged (before, it found no ./rules, ran none and reported 0 verdicts)."""
-    out = subprocess.run([sys.executable, "-m", "sensor", "replay", "--db", "x.db",
-                          str(REPO / "tests" / "data" / "generated-malware-lookups.pcap")],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = dnssensor("replay", "--db", "x.db", str(MALWARE_LOOKUPS), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert f"rules: {len(load_rules_dir(REPO / 'rules'))} from {REPO / 'rules'}" in out.stdout
     assert "3 new verdict(s)" in out.stdout
@@ -109,16 +115,14 @@ def test_run_refuses_to_start_on_a_broken_rule_file(tmp_path):
                                      'group_by = ["client"]\nwindow_s = 60\n[aggregate]\nn = "count()"\n[threshold]\nwhen = "n > 1"\n')
     conf = tmp_path / "sensor.toml"
     conf.write_text(f'[capture]\ninterfaces = ["lo"]\n[store]\npath = "{tmp_path / "s.db"}"\n[rules]\ndir = "rules"\n')
-    out = subprocess.run([sys.executable, "-m", "sensor", "run", "--config", str(conf)],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    out = dnssensor("run", "--config", str(conf), cwd=tmp_path, timeout=60)
     assert out.returncode == 2
     assert "typo.toml" in out.stderr and "lenght" in out.stderr and "capturing" not in out.stderr
 
 
 def test_rules_check_without_a_folder_checks_the_one_the_sensor_would_use(tmp_path):
     def check(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "sensor", "rules", "check", *args], capture_output=True,
-                              text=True, cwd=tmp_path, timeout=120)
+        return dnssensor("rules", "check", *args, cwd=tmp_path)
 
     out = check()
     assert out.returncode == 0 and out.stdout.startswith(f"rules of {REPO / 'rules'}\n")
@@ -143,17 +147,14 @@ def test_run_refuses_to_start_without_its_user_or_its_store(tmp_path, setting, e
     conf = tmp_path / "sensor.toml"
     conf.write_text(("" if "[store]" in setting else f'[store]\npath = "{tmp_path / "s.db"}"\n')
                     + '[capture]\ninterfaces = ["lo"]\n' + setting.format(tmp=tmp_path))
-    out = subprocess.run([sys.executable, "-m", "sensor", "run", "--config", str(conf)],
-                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    out = dnssensor("run", "--config", str(conf), timeout=60)
     assert out.returncode == 2 and error in out.stderr and "capturing" not in out.stderr
 
 
 def test_replay_refuses_a_tls_target_whose_ca_file_cannot_be_read(tmp_path):
     conf = tmp_path / "sensor.toml"
     conf.write_text(f'[[syslog]]\nhost = "127.0.0.1"\nport = 6514\nprotocol = "tls"\nca_file = "{tmp_path}/gone.pem"\n')
-    out = subprocess.run([sys.executable, "-m", "sensor", "replay", "--config", str(conf), "--db",
-                          str(tmp_path / "x.db"), str(REPO / "tests" / "data" / "generated-malware-lookups.pcap")],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = dnssensor("replay", "--config", str(conf), "--db", str(tmp_path / "x.db"), str(MALWARE_LOOKUPS))
     assert out.returncode == 2 and f"{conf}: syslog[1].ca_file: cannot read {tmp_path}/gone.pem" in out.stderr
     assert not (tmp_path / "x.db").exists()
 

@@ -57,6 +57,13 @@ EXIT_WORKER_ERROR = 3
 RETENTION_EVERY_S = 600.0
 
 
+def _rule_files(rules_dir: str) -> tuple[Any, list, Any]:
+    """Every rule file of the folder read: (the anomaly rule, the rules, the series rule);
+    the first broken one raises with its file and line. series.toml is the writer's, but
+    a broken one is refused at start and on reload like any rule file."""
+    return anomaly_burst.load(rules_dir), load_rules_dir(rules_dir), series_anomalies.load(rules_dir)
+
+
 def _reload(config: cfg.Config) -> tuple[cfg.Config, Any] | None:
     """Re-read the configuration file and rules; None (and a message) when broken."""
     try:
@@ -66,9 +73,7 @@ def _reload(config: cfg.Config) -> tuple[cfg.Config, Any] | None:
                       resolver_addresses=new.resolver_addresses or config.resolver_addresses,
                       client_networks=new.client_networks or config.client_networks)
         cfg.check_syslog_files(new)
-        # series.toml is the writer's, but a broken one is refused here like any rule file
-        return new, (anomaly_burst.load(new.rules_dir), load_rules_dir(new.rules_dir),
-                     series_anomalies.load(new.rules_dir))
+        return new, _rule_files(new.rules_dir)
     except SensorError as e:
         print(f"dnssensor: reload refused, keeping the running configuration: {e}", file=sys.stderr)
         return None
@@ -432,9 +437,7 @@ def run(config: cfg.Config) -> int:
     from sensor.store import Store
     os.makedirs(cfg.spool_dir(config.db_path), mode=0o700, exist_ok=True)
     Store(config.db_path).close()
-    rules = load_rules_dir(config.rules_dir)
-    anomaly_burst.load(config.rules_dir)
-    series_anomalies.load(config.rules_dir)
+    rules = _rule_files(config.rules_dir)[1]
     sup = Supervisor(config)
     flags = {"stop": False, "reload": False}
     signal.signal(signal.SIGTERM, lambda *_: flags.__setitem__("stop", True))
