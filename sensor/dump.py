@@ -15,8 +15,12 @@ TABLE_HEADER = (f"{'time (UTC)':<26} {'source':<41} {'destination':<41} {'t':1} 
 
 
 def batches_of(paths: Iterable[str], parser: Parser) -> Iterator[Batch]:
+    """The captures' batches, one parser over all (a TCP stream or a fragmented datagram
+    may go on in the next rotated file), then the counts of what was left unfinished."""
     for path in paths:
         yield from parser.parse_file(path)
+    parser.drain()
+    yield parser.take()
 
 
 def _endpoint(addr: str, port: int) -> str:

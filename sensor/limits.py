@@ -37,7 +37,8 @@ class Limits:
     max_fragments_per_datagram: int = 128
     """Fragments kept for one datagram; 64 KB in 512-byte pieces, far beyond real DNS."""
     fragment_timeout_s: float = 30.0
-    """A datagram still incomplete this long after its first fragment is dropped (RFC 791 uses 15-120 s)."""
+    """A datagram still incomplete this long after its first fragment is dropped (RFC 791 uses
+    15-120 s; drop stage frag_timeout). A quiet link's clock runs on: a worker checks at every flush."""
 
     # DNS over TCP reassembly (per parser).
     max_tcp_flows: int = 8192
@@ -47,7 +48,8 @@ class Limits:
     max_tcp_pending_segments: int = 64
     """Out-of-order segments held per direction while waiting for the missing bytes."""
     tcp_idle_timeout_s: float = 300.0
-    """A half-connection with no segment for this long is forgotten."""
+    """A half-connection with no segment for this long is forgotten (drop stage tcp_unfinished
+    when it held part of a message)."""
 
     # Query/response tracking (per worker).
     max_pending_queries: int = 262144

@@ -22,6 +22,35 @@ def udp_frame(payload: bytes, src: str, dst: str, sport: int, dport: int) -> byt
     return b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02" + struct.pack("!H", ethertype) + ip + udp
 
 
+ETHER_HEADER = b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00"
+
+
+def ipv4_fragments(payload: bytes, src: str, dst: str, sport: int, dport: int,
+                   size: int = 64, ident: int = 1) -> list[bytes]:
+    """A UDP datagram cut into IPv4 fragments carrying `size` bytes (a multiple of 8) each."""
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+    frames = []
+    for offset in range(0, len(udp), size):
+        piece = udp[offset:offset + size]
+        more = 0x2000 if offset + size < len(udp) else 0
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(piece), ident, more | offset // 8, 64, 17, 0, s, d)
+        frames.append(ETHER_HEADER + ip + piece)
+    return frames
+
+
+TCP_FIN, TCP_SYN, TCP_PSH_ACK = 0x01, 0x02, 0x18
+
+
+def tcp_frame(data: bytes, src: str, dst: str, sport: int, dport: int, seq: int,
+              flags: int = TCP_PSH_ACK) -> bytes:
+    """One IPv4 TCP segment."""
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0) + data
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
+                     ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
+    return ETHER_HEADER + ip + tcp
+
+
 def write_pcap(path: Path, frames: list[tuple[float, bytes]]) -> Path:
     with open(path, "wb") as f:
         f.write(PCAP_HEADER)

@@ -1554,3 +1554,22 @@ def test_a_process_that_keeps_dying_at_start_is_restarted_ever_more_slowly(monke
     assert not live.Supervisor._restart_due(state)
     clock[0] += live.RESTART_BACKOFF_S
     assert live.Supervisor._restart_due(state)
+
+
+def test_every_drop_stage_the_code_counts_is_documented():
+    """The names stored in stats.drops come from the one registry of drop stages (and the
+    README's table of them): a stage counted under a name nobody documented is a defect."""
+    import re
+
+    from sensor.engine.pipeline import PARSER_DROP_COUNTERS
+    from sensor.store.schema import DROP_STAGES
+
+    patterns = (r'dropped\["(\w+)"\]', r'_lose\("(\w+)"', r'stage(?:: str)? ?= ?"(\w+)"', r"\b(shipments_\w+)=")
+    used = set(PARSER_DROP_COUNTERS)
+    for path in (REPO / "sensor").rglob("*.py"):
+        text = path.read_text()
+        for pattern in patterns:
+            used |= set(re.findall(pattern, text))
+    assert len(used) >= 12
+    assert used <= set(DROP_STAGES), used - set(DROP_STAGES)
+    assert set(DROP_STAGES) <= used, set(DROP_STAGES) - used

@@ -3,6 +3,9 @@
 Only frames the compiled fast path cannot finish come here (a few percent of
 DNS traffic at most), so this is plain Python over bounded state. Every bound
 is a field of ``sensor.limits.Limits``; hitting one drops state and counts it.
+State given up for any reason (a bound, a timeout, a stream that ends inside a
+message, the end of the input) is a loss: counted under its drop stage, in the
+minute of the traffic it held (``losses``).
 """
 from __future__ import annotations
 
@@ -26,26 +29,45 @@ class _Datagram:
     anomalies: int = 0
 
 
-class FragmentReassembler:
-    """Reassembles IPv4 and IPv6 datagrams from fragments (RFC 791, RFC 8200)."""
+class _Counting:
+    """Counters shared with the parser, and losses by (minute, drop stage)."""
 
-    def __init__(self, limits: Limits, counters: dict[str, int]) -> None:
+    def __init__(self, limits: Limits, counters: dict[str, int],
+                 losses: dict[tuple[int, str], int] | None = None) -> None:
         self.limits = limits
         self.counters = counters
+        self.losses = {} if losses is None else losses
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def _lose(self, stage: str, ts: float) -> None:
+        """State given up: counted under its drop stage, in the minute of its traffic."""
+        self._count(stage)
+        key = (int(ts // 60 * 60), stage)
+        self.losses[key] = self.losses.get(key, 0) + 1
+
+
+class FragmentReassembler(_Counting):
+    """Reassembles IPv4 and IPv6 datagrams from fragments (RFC 791, RFC 8200)."""
+
+    def __init__(self, limits: Limits, counters: dict[str, int],
+                 losses: dict[tuple[int, str], int] | None = None) -> None:
+        super().__init__(limits, counters, losses)
         self.pending: OrderedDict[tuple, _Datagram] = OrderedDict()
 
     def add(self, ts: float, key: tuple, offset: int, more: bool, data: bytes) -> tuple[bytes, int] | None:
         """Add one fragment; return (transport bytes, anomalies) once the datagram is complete."""
-        self._expire(ts)
+        self.expire(ts)
         dgram = self.pending.get(key)
         if dgram is None:
             if len(self.pending) >= self.limits.max_fragment_datagrams:
-                self.pending.popitem(last=False)
-                self._count("frag_limit")
+                _, oldest = self.pending.popitem(last=False)
+                self._lose("frag_limit", oldest.first_ts)
             dgram = self.pending[key] = _Datagram(ts)
         if len(dgram.chunks) >= self.limits.max_fragments_per_datagram:
             del self.pending[key]
-            self._count("frag_limit")
+            self._lose("frag_limit", dgram.first_ts)
             return None
         if not more:
             end = offset + len(data)
@@ -76,17 +98,21 @@ class FragmentReassembler:
         self._count("frag_datagrams")
         return bytes(out), dgram.anomalies
 
-    def _expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:
+        """Give up the datagrams whose first fragment is older than limits.fragment_timeout_s."""
         timeout = self.limits.fragment_timeout_s
         while self.pending:
             key, dgram = next(iter(self.pending.items()))
             if now - dgram.first_ts <= timeout:
                 break
             del self.pending[key]
-            self._count("frag_timeout")
+            self._lose("frag_timeout", dgram.first_ts)
 
-    def _count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    def give_up(self) -> None:
+        """End of input: the datagrams still missing fragments never complete (frag_timeout)."""
+        for dgram in self.pending.values():
+            self._lose("frag_timeout", dgram.first_ts)
+        self.pending.clear()
 
 
 @dataclass
@@ -122,7 +148,7 @@ def plausible_message_start(data: bytes) -> bool:
     return (flags >> 11) & 15 in VALID_OPCODES and qdcount <= 1
 
 
-class TcpReassembler:
+class TcpReassembler(_Counting):
     """Length-prefixed DNS messages (RFC 1035 4.2.2) out of TCP half-connections.
 
     Handles several messages per segment, messages across segments, TCP Fast
@@ -131,16 +157,16 @@ class TcpReassembler:
     segment that starts like a message).
     """
 
-    def __init__(self, limits: Limits, counters: dict[str, int]) -> None:
-        self.limits = limits
-        self.counters = counters
+    def __init__(self, limits: Limits, counters: dict[str, int],
+                 losses: dict[tuple[int, str], int] | None = None) -> None:
+        super().__init__(limits, counters, losses)
         self.flows: OrderedDict[tuple, _HalfStream] = OrderedDict()
 
     def add(self, ts: float, key: tuple, seq: int, flags: int, payload: bytes) -> list[tuple[bytes, int]]:
         """Add one segment; return the (message, anomalies) pairs it completes."""
-        self._expire(ts)
+        self.expire(ts)
         if flags & TCP_RST:
-            self.flows.pop(key, None)
+            self._end(self.flows.pop(key, None))
             return []
         flow = self.flows.get(key)
         if flags & TCP_SYN:
@@ -159,15 +185,20 @@ class TcpReassembler:
         if payload:
             self._segment(flow, seq, payload, out)
         if flags & TCP_FIN:
-            self.flows.pop(key, None)
+            self._end(self.flows.pop(key, None))
         return out
 
     def _insert(self, key: tuple, flow: _HalfStream) -> None:
-        self.flows.pop(key, None)
+        self._end(self.flows.pop(key, None))      # the port pair's previous connection
         if len(self.flows) >= self.limits.max_tcp_flows:
-            self.flows.popitem(last=False)
-            self._count("tcp_limit")
+            _, oldest = self.flows.popitem(last=False)
+            self._lose("tcp_limit", oldest.last_ts)
         self.flows[key] = flow
+
+    def _end(self, flow: _HalfStream | None) -> None:
+        """A half-connection is over: a message it held part of will never complete."""
+        if flow is not None and (flow.buf or flow.pending):
+            self._lose("tcp_unfinished", flow.last_ts)
 
     def _segment(self, flow: _HalfStream, seq: int, payload: bytes, out: list) -> None:
         diff = _seq_diff(seq, flow.next_seq)
@@ -185,7 +216,7 @@ class TcpReassembler:
             else:
                 if len(flow.pending) >= self.limits.max_tcp_pending_segments:
                     self._resync(flow)
-                    self._count("tcp_limit")
+                    self._lose("tcp_limit", flow.last_ts)
                 flow.pending[seq] = payload
                 return
         self._append(flow, payload, out)
@@ -219,7 +250,7 @@ class TcpReassembler:
         flow.buf += data
         if len(flow.buf) > self.limits.max_tcp_buffer:
             self._resync(flow)
-            self._count("tcp_limit")
+            self._lose("tcp_limit", flow.last_ts)
             return
         while len(flow.buf) >= 2:
             length = int.from_bytes(flow.buf[0:2], "big")
@@ -238,7 +269,8 @@ class TcpReassembler:
             flow.anomalies = 0
             del flow.buf[:2 + length]
 
-    def _expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:
+        """Forget the half-connections idle for longer than limits.tcp_idle_timeout_s."""
         timeout = self.limits.tcp_idle_timeout_s
         while self.flows:
             key, flow = next(iter(self.flows.items()))
@@ -246,6 +278,10 @@ class TcpReassembler:
                 break
             del self.flows[key]
             self._count("tcp_idle_expired")
+            self._end(flow)
 
-    def _count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
+    def give_up(self) -> None:
+        """End of input: every half-connection ends where the input does."""
+        for flow in self.flows.values():
+            self._end(flow)
+        self.flows.clear()

@@ -145,6 +145,7 @@ def _worker(name: str, interface: str, config: cfg.Config, fanout_group: int, ch
         if frames is None:
             break
         pipeline.feed(frames, now=time.time())
+    pipeline.stop()
     ship("stopped")
     cap.close()
     left = out.close(SHIP_WAIT_S)

@@ -15,9 +15,10 @@ from sensor.rules import Rule
 from sensor.schema import MESSAGE_DTYPE
 from sensor.track import Tracker
 
-PARSER_DROP_COUNTERS = ("frag_limit", "frag_timeout", "tcp_limit", "duplicate_frames")
-"""Parser counters that mean frames were given up (the others describe traffic): reassembly
-beyond its limits, and span-port copies (capture.dedup_window_ms)."""
+PARSER_DROP_COUNTERS = ("duplicate_frames",)
+"""Batch counters of the parser that mean frames were given up (the others describe
+traffic): span-port copies (capture.dedup_window_ms). Reassembly state given up comes
+from Parser.take_losses(), in the minute of the traffic it held."""
 
 
 class Pipeline:
@@ -60,6 +61,8 @@ class Pipeline:
 
     def process(self) -> int:
         """Track and accumulate the messages parsed so far (a partial batch too)."""
+        for minute, drops in self.parser.take_losses().items():
+            self.acc.add_sensor(minute, drops=drops)
         if not self.parser.pending_frames:
             return 0
         batch = self.parser.take()
@@ -84,19 +87,28 @@ class Pipeline:
             self.acc.add_sensor(int(minute) * 60, packets=count)
 
     def tick(self, now: float) -> None:
-        """Time passes with no traffic: queries older than the timeout become unanswered."""
+        """Time passes with no traffic: queries older than the timeout become unanswered, and
+        reassembly state past its timeout is given up."""
         self._now = now
+        self.parser.expire(now)
         self.process()
         track = self.tracker.process(np.empty(0, dtype=MESSAGE_DTYPE), now)
         if len(track.unanswered):
             self.acc.add_unanswered(track.unanswered)
 
     def drain(self) -> None:
-        """End of input: queries still waiting are unanswered."""
+        """End of input: queries still waiting are unanswered, datagrams and TCP messages
+        still waiting for their rest are given up."""
+        self.parser.drain()
         self.process()
         unanswered = self.tracker.drain()
         if len(unanswered):
             self.acc.add_unanswered(unanswered)
+
+    def stop(self) -> None:
+        """The capture stops: reassembly state dies with the process and is counted as given
+        up. Queries still waiting are not counted unanswered: a stop is not the resolver's doing."""
+        self.parser.drain()
 
     def take(self) -> Aggregate:
         """What was accumulated, the messages parsed so far included."""

@@ -60,10 +60,11 @@ class Parser:
         self.backend = backend
         self.set_dedup(dedup_window_s)
         self._slow_counters: dict[str, int] = {}
+        self._losses: dict[tuple[int, str], int] = {}
         self._slow_messages = 0
         self.pending_frames = 0       # frames fed since the last take(): their counters go out with it
-        self.fragments = FragmentReassembler(limits, self._slow_counters)
-        self.tcp = TcpReassembler(limits, self._slow_counters)
+        self.fragments = FragmentReassembler(limits, self._slow_counters, self._losses)
+        self.tcp = TcpReassembler(limits, self._slow_counters, self._losses)
 
     def set_ports(self, ports: Iterable[int]) -> None:
         """Change the DNS ports (configuration reload); reassembly state is kept."""
@@ -121,6 +122,17 @@ class Parser:
         self.core.add_message(payload, ts, frame, d.ip_version, d.src, d.dst, d.sport,
                               d.dport, transport, anomalies, d.ip_ttl)
 
+    def expire(self, now: float) -> None:
+        """Time passes with no frames (a quiet link): give up reassembly state past its timeout."""
+        self.fragments.expire(now)
+        self.tcp.expire(now)
+
+    def drain(self) -> None:
+        """End of input: datagrams still missing fragments and TCP streams inside a message
+        will never complete; they are given up and counted (frag_timeout, tcp_unfinished)."""
+        self.fragments.give_up()
+        self.tcp.give_up()
+
     def add_payloads(self, payloads: Iterable[bytes], ts: float = 0.0) -> None:
         """Parse bare DNS messages (tests, fuzzing), as UDP 127.0.0.1:53000 -> 127.0.0.1:53."""
         for i, payload in enumerate(payloads):
@@ -146,6 +158,15 @@ class Parser:
             counters[name] = counters.get(name, 0) + value
         self._slow_counters.clear()
         return Batch(msgs, rrs, arena, counters)
+
+    def take_losses(self) -> dict[int, dict[str, int]]:
+        """Reassembly state given up since the last call, by minute of the traffic it held
+        and drop stage. The same counts go out in the batches' counters, with no minute."""
+        out: dict[int, dict[str, int]] = {}
+        for (minute, stage), n in self._losses.items():
+            out.setdefault(minute, {})[stage] = n
+        self._losses.clear()
+        return out
 
     @property
     def pending(self) -> int:
@@ -173,6 +194,10 @@ class Parser:
 
 
 def parse_file(path: str, **parser_args) -> Batch:
-    """Every message of one capture as a single batch (convenience for tools and tests)."""
-    batches = list(Parser(**parser_args).parse_file(path))
-    return concat(batches) if batches else Parser(**parser_args).take()
+    """Every message of one capture as a single batch, with the reassembly state left at
+    its end given up and counted (convenience for tools and tests)."""
+    parser = Parser(**parser_args)
+    batches = list(parser.parse_file(path))
+    parser.drain()
+    batches.append(parser.take())
+    return concat(batches)

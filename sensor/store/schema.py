@@ -121,10 +121,34 @@ STATS = Table(
      C("packets", "INTEGER", "sensor row: frames the workers read"),
      C("kernel_received", "INTEGER", "sensor row: packets the kernel passed the filter"),
      C("kernel_dropped", "INTEGER", "sensor row: packets the kernel dropped (ring full)"),
-     C("drops", "TEXT", "sensor row: JSON, packets or records lost per internal stage")),
+     C("drops", "TEXT", "sensor row: JSON, what was lost per internal stage (the drop stages below)")),
     key=("minute", "resolver", "leg"),
     indexes=(("resolver", "minute"),),
     time_column="minute")
+
+DROP_STAGES: dict[str, str] = {
+    "duplicate_frames": "span-port copies of a frame dropped (capture.dedup_window_ms)",
+    "frag_limit": "IP datagrams given up for a reassembly bound: the oldest pushed out by "
+                  "limits.max_fragment_datagrams, or more fragments than limits.max_fragments_per_datagram",
+    "frag_timeout": "IP datagrams whose fragments did not all come within limits.fragment_timeout_s, "
+                    "or before the capture ended or the sensor stopped",
+    "tcp_limit": "TCP half-connections given up for a reassembly bound (limits.max_tcp_flows, "
+                 "max_tcp_buffer, max_tcp_pending_segments)",
+    "tcp_unfinished": "TCP half-connections that ended inside a DNS message (FIN, RST, idle past "
+                      "limits.tcp_idle_timeout_s, the end of the capture, a stop): its part was given up",
+    "pdns_overflow": "passive-DNS records beyond limits.max_pdns_rows in one flush",
+    "anomaly_sources": "malformed messages from clients beyond limits.max_anomaly_sources in one window",
+    "rule_groups_overflow": "rule groups (entity and window) beyond limits.max_rule_groups",
+    "verdicts_capped": "verdicts beyond limits.max_verdicts_per_rule in one flush",
+    "syslog_dropped": "syslog messages a target's spool could not keep (full, or its disk refused)",
+    "shipments_torn": "worker shipments lost on the way to the writer (cut off, or not shipments)",
+    "shipments_refused": "connections to the writer from a process of another user, refused",
+    "worker_restarts": "capture workers that died and were restarted (what they held is lost)",
+    "writer_restarts": "writers that died and were restarted",
+}
+"""Every name the `drops` column of a sensor row can hold, and what it counts; the counts
+are in the minute of the traffic lost where that is known, else in the minute it was found."""
+
 
 CLIENTS = Table(
     "clients", "Per minute and per client (the querying side): the analysts' top talkers.",
@@ -192,4 +216,8 @@ def reference_markdown() -> str:
         out.append(f"#### `{t.name}`\n\n{t.doc}\n\n| column | type | meaning |\n|---|---|---|")
         out += [f"| `{c.name}` | {c.type} | {c.doc} |" for c in t.columns]
         out.append("")
+        if t is STATS:
+            out.append("Drop stages, the keys of `drops`:\n\n| stage | what it counts |\n|---|---|")
+            out += [f"| `{name}` | {doc} |" for name, doc in DROP_STAGES.items()]
+            out.append("")
     return "\n".join(out)
