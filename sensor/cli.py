@@ -20,6 +20,35 @@ def _ports(text: str) -> int:
     return port
 
 
+def _at_least(low: int):
+    def number(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text}: at least {low}")
+        return value
+    number.__name__ = "number"          # argparse names the type in its message
+    return number
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+    return value
+
+
+def _address(text: str) -> str:
+    """An IP address spelt as the store writes it (inet_ntop; an IPv4-mapped IPv6 address as
+    its IPv4 address), however it was typed."""
+    from sensor.config import address_key
+    from sensor.parse.batch import address_text
+
+    try:
+        return address_text(address_key(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
 CAPTURE_FILE_HELP = "pcap or pcapng capture, plain or compressed (gzip, bzip2, xz); - for standard input"
 
 
@@ -72,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(run)
     run.add_argument("--interface", "-i", action="append", default=[], metavar="IFACE",
                      help="capture on IFACE (repeatable; replaces the configured list)")
-    run.add_argument("--workers", type=int, metavar="N", help="workers per interface (0: one per core)")
+    run.add_argument("--workers", type=_at_least(0), metavar="N", help="workers per interface (0: one per core)")
 
     query = sub.add_parser(
         "query", help="run an SQL query against the database (read-only)",
@@ -89,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: dnssensor verdicts --since 1h --kind anomaly; dnssensor verdicts --id 3")
     verdicts.add_argument("--since", metavar="DURATION", help="e.g. 15m, 1h, 7d")
     verdicts.add_argument("--kind", help="only this verdict kind")
-    verdicts.add_argument("--client", metavar="IP", help="only verdicts about this client")
-    verdicts.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    verdicts.add_argument("--client", type=_address, metavar="IP", help="only verdicts about this client")
+    verdicts.add_argument("--limit", type=_at_least(1), default=100, help="at most this many rows (default 100)")
     verdicts.add_argument("--id", type=int, metavar="N", help="one verdict, every field and its evidence")
     _config_args(verdicts, output=True)
 
@@ -102,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "names that resolved into it.",
         epilog="Example: dnssensor pdns www.example.com; dnssensor pdns 192.0.2.0/24")
     pdns.add_argument("term", metavar="NAME|IP|CIDR")
-    pdns.add_argument("--limit", type=int, default=200, help="at most this many rows (default 200)")
+    pdns.add_argument("--limit", type=_at_least(1), default=200, help="at most this many rows (default 200)")
     _config_args(pdns, output=True)
 
     status = sub.add_parser(
@@ -110,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Summary of the newest minutes in the database: traffic, answered and "
                     "unanswered queries, the DNS-native loss estimate, kernel and internal drops, workers.",
         epilog="Example: dnssensor status --minutes 60")
-    status.add_argument("--minutes", type=int, default=15, help="window (default 15)")
+    status.add_argument("--minutes", type=_at_least(1), default=15, help="window (default 15)")
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
     _config_args(status)
     series = sub.add_parser(
@@ -123,14 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     series.add_argument("name", metavar="NAME", help="queries, responses, nxdomain, servfail, refused, "
                                                      "bytes_queries, bytes_responses, unanswered, ...")
     series.add_argument("--since", default="1h", metavar="DURATION", help="window to print (default 1h)")
-    series.add_argument("--resolver", metavar="IP", help="one resolver (default: all)")
+    series.add_argument("--resolver", type=_address, metavar="IP", help="one resolver (default: all)")
     scope = series.add_mutually_exclusive_group()
     scope.add_argument("--network", metavar="CIDR", help="one client network's series (breakdown table)")
     scope.add_argument("--domain", metavar="DOMAIN", help="one registered domain's series (breakdown table)")
     series.add_argument("--method", choices=SERIES_METHODS, default="mad",
                         help="deviation test (default mad: robust distance from the seasonal baseline; "
                              "hst: Half-Space Trees over queries, nxdomain, servfail and this series)")
-    series.add_argument("--k", type=float, metavar="K", help="the method's threshold (default: its own)")
+    series.add_argument("--k", type=_positive_float, metavar="K", help="the method's threshold (default: its own)")
     series.add_argument("--png", metavar="FILE", help="also draw the window, baseline, band and anomalies")
     _config_args(series)
 
@@ -250,6 +279,11 @@ def cmd_verdicts(args: argparse.Namespace) -> int:
     names, data = query.verdicts(conn, args.since, args.kind, args.client, args.limit,
                                  evidence=args.format == "json")
     sys.stdout.write(query.render(names, data, args.format))
+    if args.kind and not data:
+        kinds = query.verdict_kinds(conn)
+        if args.kind not in kinds:      # a mistyped kind, told apart from a quiet one
+            print(f"dnssensor: no verdict of kind {args.kind!r} is stored; the kinds stored: "
+                  f"{', '.join(kinds) or 'none'}", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import sqlite3
 import time
 from typing import Any
@@ -120,6 +121,11 @@ def verdicts(conn: sqlite3.Connection, since: str | None = None, kind: str | Non
     return names, data
 
 
+def verdict_kinds(conn: sqlite3.Connection) -> list[str]:
+    """The kinds of the verdicts stored, sorted."""
+    return [k for (k,) in conn.execute("SELECT DISTINCT kind FROM verdicts ORDER BY kind")]
+
+
 def verdict(conn: sqlite3.Connection, verdict_id: int) -> dict[str, Any]:
     """One verdict, every column, its evidence decoded."""
     cur = conn.execute("SELECT * FROM verdicts WHERE id = ?", (verdict_id,))
@@ -152,16 +158,26 @@ def pdns(conn: sqlite3.Connection, term: str, limit: int = 200) -> tuple[list[st
     names in either form) gives what it resolved to, and when; NXDOMAIN answers included."""
     cols = ("rrname, rrtype, rdata, datetime(first_seen, 'unixepoch') AS first_seen, "
             "datetime(last_seen, 'unixepoch') AS last_seen, count")
+    term = term.strip()
+    if not term.rstrip("."):
+        raise SensorError("give a name, an address or a network (CIDR) to look up")
     try:
         ip = ipaddress.ip_address(term)
     except ValueError:
         ip = None
     if ip is not None:
-        return rows(conn, f"SELECT {cols} FROM pdns WHERE rdata = ? AND rrtype IN ('A', 'AAAA') "
-                          "ORDER BY last_seen DESC LIMIT ?", (str(ip), limit))
+        # Spelt as the parser writes rdata (inet_ntop: ::ffff:10.0.0.9, where str() gives
+        # ::ffff:a00:9); an IPv4-mapped address, as a dual-stack socket logs an IPv4 peer, is
+        # looked up as the IPv4 address too.
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        forms = (socket.inet_ntop(family, ip.packed),)
+        if ip.version == 6 and ip.ipv4_mapped:
+            forms += (str(ip.ipv4_mapped),)
+        return rows(conn, f"SELECT {cols} FROM pdns WHERE rdata IN ({', '.join('?' * len(forms))}) "
+                          "AND rrtype IN ('A', 'AAAA') ORDER BY last_seen DESC LIMIT ?", (*forms, limit))
     if "/" in term:
         return _pdns_network(conn, cols, term, limit)
-    name = _ascii_name(term.strip().rstrip(".").lower())
+    name = _ascii_name(term.rstrip(".").lower())
     if name.startswith("*."):
         base = name[2:]
         cond, params = "(rrname = ? OR rrname LIKE ? ESCAPE '\\')", [base, "%." + _like(base)]

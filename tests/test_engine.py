@@ -862,6 +862,23 @@ def test_verdicts_pdns_and_status_commands(filled_db, capsys):
     assert "no verdict with id 9999" in capsys.readouterr().err
     assert cli.main(["verdicts", "--db", filled_db, "--client", "203.0.113.200"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2           # header and rule only
+    # The client as the store writes it, however it was typed; a mistyped one is an error.
+    assert cli.main(["verdicts", "--db", filled_db, "--client", f"::FFFF:{CLIENT}", "--format", "json"]) == 0
+    assert [json.loads(line)["client"] for line in capsys.readouterr().out.splitlines()] == [CLIENT]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["verdicts", "--db", filled_db, "--client", "192.0.2"])
+    assert exit_.value.code == 2 and "'192.0.2' is not an IP address" in capsys.readouterr().err
+    # A kind nothing is stored under is told apart from a kind with no verdict in the window.
+    assert cli.main(["verdicts", "--db", filled_db, "--kind", "anomalies"]) == 0
+    assert "no verdict of kind 'anomalies' is stored; the kinds stored: anomaly" in capsys.readouterr().err
+    assert cli.main(["verdicts", "--db", filled_db, "--kind", "anomaly", "--client", "203.0.113.200"]) == 0
+    assert capsys.readouterr().err == ""
+    for args in (["verdicts", "--limit", "-5"], ["pdns", "google.com", "--limit", "0"],
+                 ["status", "--minutes", "-1"], ["series", "queries", "--k", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*args, "--db", filled_db])
+        assert exit_.value.code == 2, args
+        capsys.readouterr()
     assert cli.main(["pdns", "--db", filled_db, "google.com", "--format", "json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {(r["rrtype"], r["rdata"]) for r in rows} == {("A", "216.58.218.206")}
@@ -904,6 +921,13 @@ def test_pdns_looks_up_networks_and_internationalised_names(tmp_path, capsys):
     assert names("*.example") == sorted(n for n, _, _ in records)
     assert cli.main(["pdns", "--db", db, "10.0.0.0/33"]) == 2
     assert "neither a name, an address nor a network" in capsys.readouterr().err
+    # An address as a dual-stack socket logs an IPv4 peer finds both forms; any spelling of
+    # an IPv6 address finds it.
+    assert names("::FFFF:10.0.0.9") == ["i.example"]
+    assert names("::ffff:192.168.1.7") == ["e.example"]
+    assert names("2001:DB8:0:0:0:0:0:0001") == ["g.example"]
+    assert cli.main(["pdns", "--db", db, " . "]) == 2
+    assert "give a name, an address or a network" in capsys.readouterr().err
 
 
 def test_status_warns_of_a_capture_that_sees_one_direction(tmp_path, capsys):
