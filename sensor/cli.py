@@ -262,6 +262,8 @@ def cmd_query(args: argparse.Namespace) -> int:
     from sensor.query import render
     from sensor.store import rows
 
+    if not args.sql.strip():
+        raise SensorError("no SQL statement given")
     names, data = rows(_open(args), args.sql)
     sys.stdout.write(render(names, data, args.format))
     return 0

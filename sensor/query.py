@@ -64,6 +64,8 @@ def parse_duration(text: str) -> float:
 
 
 def render(names: list[str], data: list[tuple], fmt: str) -> str:
+    if any(isinstance(v, bytes) for r in data for v in r):      # a BLOB, as hex
+        data = [tuple(v.hex() if isinstance(v, bytes) else v for v in r) for r in data]
     if fmt == "json":
         return "\n".join(json.dumps(dict(zip(names, r)), default=str) for r in data) + ("\n" if data else "")
     if fmt == "csv":
@@ -86,8 +88,12 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         s = f"{v:.3f}" if abs(v) < 1e9 else f"{v:.0f}"
     else:
-        s = str(v)
+        s = str(v).translate(_CELL_ESCAPES)
     return s if len(s) <= MAX_CELL else s[:MAX_CELL - 1] + "…"
+
+
+_CELL_ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+"""A table row stays one line."""
 
 
 def _newest(conn: sqlite3.Connection, table: str, column: str) -> float:

@@ -844,6 +844,19 @@ def test_query_formats_and_read_only(filled_db, capsys):
     assert cli.main(["query", "--db", filled_db, "DELETE FROM pdns"]) == 2
     assert "readonly" in capsys.readouterr().err.replace(" ", "").lower()
     assert db_rows(filled_db, "SELECT count(*) FROM pdns")[0][0] > 0
+    # Nor can it write any other file.
+    elsewhere = Path(filled_db).parent / "elsewhere.db"
+    for sql in (f"ATTACH DATABASE '{elsewhere}' AS other", f"VACUUM INTO '{elsewhere}'"):
+        assert cli.main(["query", "--db", filled_db, sql]) == 2
+        assert "ATTACH and VACUUM INTO, which write files, are refused" in capsys.readouterr().err
+        assert not elsewhere.exists()
+    # A table row stays one line, a BLOB is hex in every format.
+    assert cli.main(["query", "--db", filled_db, "SELECT x'00ff' AS b, 'a' || char(10) || 'b' AS t"]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == "00ff  a\\nb"
+    assert cli.main(["query", "--db", filled_db, "--format", "json", "SELECT x'00ff' AS b"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"b": "00ff"}
+    assert cli.main(["query", "--db", filled_db, "  "]) == 2
+    assert "no SQL statement given" in capsys.readouterr().err
 
 
 def test_verdicts_pdns_and_status_commands(filled_db, capsys):

@@ -256,12 +256,19 @@ def _sql_value(v: Any) -> Any:
     return v
 
 
+ATTACH_REFUSED = "too many attached databases - max 0"
+"""SQLite's words when a read-only connection refuses ATTACH or VACUUM INTO."""
+
+
 def open_readonly(path: str) -> sqlite3.Connection:
-    """The analysts' connection: read-only, so a query can never change the store."""
+    """The analysts' connection: read-only, so a query can never change the store, nor
+    write any other file: mode=ro covers the store, and no database may be attached, which
+    both ATTACH (it creates a missing file) and VACUUM INTO (it copies the store) need."""
     if not os.path.exists(path):
         raise StoreError(f"{path}: no such database (run `dnssensor replay` or `dnssensor run` first)")
     try:
         conn = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as e:
@@ -273,7 +280,10 @@ def rows(conn: sqlite3.Connection, sql: str, params: Iterable[Any] = ()) -> tupl
     try:
         cur = conn.execute(sql, tuple(params))
     except sqlite3.DatabaseError as e:
-        raise StoreError(f"query failed: {e}") from None
+        why = str(e)
+        if why == ATTACH_REFUSED:
+            why = "the store is opened read-only: ATTACH and VACUUM INTO, which write files, are refused"
+        raise StoreError(f"query failed: {why}") from None
     names = [d[0] for d in cur.description] if cur.description else []
     return names, cur.fetchall()
 
