@@ -99,7 +99,12 @@ negative = ["data:y.pcap"]
 
 @pytest.mark.parametrize("old, new, where", [
     ('where = "is_query"', 'where = "is_query and nosuch"', ":3: where: unknown name 'nosuch'"),
-    ('kind = "tunnel"', 'kind = "tunel"', ":1: kind: expected one of"),
+    ('kind = "tunnel"', 'kind = "tunel"', ":1: kind: 'tunel' is too close to the standard kind 'tunnel'"),
+    ('kind = "tunnel"', 'kind = "nxdomain_spikes"', "too close to the standard kind 'nxdomain_spike'"),
+    ('kind = "tunnel"', 'kind = "DoH bypass"', ":1: kind: expected one of tunnel"),
+    ('kind = "tunnel"', f'kind = "{"k" * 33}"', "or a kind of the site's own: lower-case letters, digits and _, at most 32"),
+    ('where = "is_query"', 'where = "is_query and qname == \'evil.example\'"',
+     ":3: where: no text constants ('evil.example'): names are matched by a list"),
     ('window_s = 60', 'window_s = 0', ":5: window_s: expected an integer"),
     ('group_by = ["client", "regdom"]', 'group_by = ["clients"]', ":4: group_by: expected a list of"),
     ('n = "count()"', 'n = "median(size)"', ":9: aggregate.n: unknown function 'median'"),
@@ -116,6 +121,25 @@ def test_broken_rule_names_file_and_line(tmp_path, old, new, where):
         load_rule(path)
     assert str(e.value).startswith(str(path))
     assert where in str(e.value)
+
+
+def test_a_new_use_case_may_have_a_kind_of_its_own(tmp_path):
+    """A site's use case no standard kind names is a rule file, not code: its verdicts carry
+    its own kind, in the store as in syslog."""
+    from sensor.sinks.syslog import SyslogTarget, format_message
+
+    folder = tmp_path / "rules"
+    shutil.copytree(RULES, folder)
+    (folder / "tunnel.toml").write_text(
+        (RULES / "tunnel.toml").read_text().replace('kind = "tunnel"', 'kind = "lab_tunnel"'))
+    conf = replace(Config(), db_path=str(tmp_path / "s.db"), rules_dir=str(folder), ports=SAMPLE_PORTS)
+    replay([str(DATA / "suricata-tunnel-dns2tcp-txt-bug1158.pcap")], conf, progress_to=None)
+    with sqlite3.connect(conf.db_path) as conn:
+        conn.row_factory = sqlite3.Row
+        stored = [dict(r) for r in conn.execute("SELECT * FROM verdicts WHERE detector = 'tunnel'")]
+    assert stored and {v["kind"] for v in stored} == {"lab_tunnel"}
+    line = format_message(stored[0], SyslogTarget(host="127.0.0.1", port=514), "sensor-1").decode()
+    assert " lab_tunnel " in line
 
 
 def test_a_broken_file_fails_the_whole_directory_so_a_reload_keeps_the_old_rules(tmp_path):

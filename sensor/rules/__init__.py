@@ -30,6 +30,7 @@ file keeps the old rules in force.
 from __future__ import annotations
 
 import ast
+import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.config import line_of, read_toml
+from sensor.detectors.series_anomalies import KINDS as SERIES_KINDS
 from sensor.errors import ConfigError
 from sensor.features import FEATURES, GROUP_KEYS
 from sensor.features.dga import load_model
@@ -46,7 +48,13 @@ from sensor.store.schema import SEVERITIES
 
 KINDS = ("tunnel", "exfil", "cache_poisoning", "open_resolver", "amplification", "random_subdomain",
          "dga", "malware_domain", "policy_violation", "anomaly")
-"""Kinds of the rule files; the series kinds (volume_spike, ...) live in series.toml."""
+"""The standard kinds of the rule files; the series kinds (volume_spike, ...) live in series.toml."""
+SITE_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
+"""A kind of the site's own (a use case none of KINDS names): a lower-case identifier of at
+most 32 characters, the most a syslog MSGID, which it becomes, can hold."""
+KIND_TYPO_SIMILARITY = 0.8
+"""A site kind this close to a standard one (difflib's ratio: 'exfill', 'tunnels') is taken
+for a typo of it and refused, so that a SIEM's rule for the standard kind does not miss it."""
 AGGREGATE_FUNCTIONS = ("count", "sum", "min", "max", "mean", "nunique")
 SPECIAL_FILES = ("anomaly_burst.toml", "tags.toml", "series.toml", "patterns.toml")
 """Rule files with a format of their own, read by their detector module."""
@@ -129,7 +137,13 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: 
             raise RuleError(f"{path}: {key}: missing")
     kind = doc["kind"]
     if kind not in KINDS:
-        raise fail("kind", f"expected one of {', '.join(KINDS)}")
+        if not isinstance(kind, str) or not SITE_KIND.fullmatch(kind):
+            raise fail("kind", f"expected one of {', '.join(KINDS)}, or a kind of the site's own: "
+                               "lower-case letters, digits and _, at most 32")
+        near = difflib.get_close_matches(kind, KINDS + SERIES_KINDS, n=1, cutoff=KIND_TYPO_SIMILARITY)
+        if near:
+            raise fail("kind", f"{kind!r} is too close to the standard kind {near[0]!r}: a typo? "
+                               "(a kind of the site's own must differ more)")
     severity = doc.get("severity", "medium")
     if severity not in SEVERITIES:
         raise fail("severity", f"expected one of {', '.join(SEVERITIES)}")

@@ -138,6 +138,10 @@ def _compile(node: ast.AST, names: set[str], used: set[str], consts: Mapping[str
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
         value = node.value
         return lambda env, value=value: value
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        raise _fail(node, f"no text constants ({node.value!r}): names are matched by a list "
+                          "(rules/lists, feature list_<name>) or a pattern (rules/patterns.toml, "
+                          "feature pattern_<name>), addresses by a tag (rules/tags.toml, client_in_<tag>)")
     raise _fail(node, f"not allowed here: {ast.dump(node)[:40]}")
 
 
