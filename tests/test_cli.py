@@ -115,6 +115,24 @@ def test_a_capture_cut_short_is_replayed_and_stored_up_to_the_cut(tmp_path):
     assert queries + responses > 1800
 
 
+def test_a_replay_that_would_count_nothing_or_everything_twice_is_refused(tmp_path):
+    """A window that ends before it begins replayed nothing, and a capture named twice (a
+    glob and the file it already matched, or a link to it) was replayed twice: both exited 0."""
+    capture = DATA / "dnscap-baseline-udp-82-msgs.pcap"
+    link = tmp_path / "link.pcap"
+    link.symlink_to(capture)
+    db = tmp_path / "x.db"
+    out = run("replay", "--db", str(db), str(capture), "--from", "2030-01-01", "--until", "2020-01-01")
+    assert out.returncode == 2 and "the window is empty: --from (2030-01-01 00:00:00 UTC) is not before" in out.stderr
+    out = run("replay", "--db", str(db), str(capture), str(capture))
+    assert out.returncode == 2 and f"{capture}: given twice: its traffic would be counted twice" in out.stderr
+    out = run("replay", "--db", str(db), str(capture), str(link))
+    assert out.returncode == 2 and f"link.pcap: given twice (the same file as {capture})" in out.stderr
+    assert not db.exists()
+    out = run("replay", "--db", str(db), str(capture), str(DATA / "lab-resolver.pcap"))
+    assert out.returncode == 0 and "replayed 2 file(s)" in out.stdout
+
+
 def test_every_command_has_help_with_an_example_and_is_documented():
     readme = (REPO / "README.md").read_text()
     parser = build_parser()

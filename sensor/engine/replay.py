@@ -12,7 +12,7 @@ from sensor.config import Config, check_syslog_files, resolve_rules_dir, spool_d
 from sensor.detectors import anomaly_burst
 from sensor.engine.pipeline import Pipeline, merged_frames, within
 from sensor.engine.writer import REPLAY_SERIES_EVERY_S, Writer
-from sensor.errors import CaptureError
+from sensor.errors import CaptureError, ConfigError
 from sensor.rules import load_rules_dir
 from sensor.sinks.syslog import SyslogSender
 from sensor.store import Store, StoreError
@@ -84,12 +84,37 @@ class Coverage:
             self.given[i] = max(self.given[i], hi)
 
 
+def _check_inputs(files: list[str], start: float | None, end: float | None) -> None:
+    """Refuse what would replay nothing or everything twice, both silently: a window that
+    ends before it begins, a capture named twice (a glob and the file it already matched)."""
+    if start is not None and end is not None and start >= end:
+        raise ConfigError(f"the window is empty: --from ({_utc(start)}) is not before --until ({_utc(end)})")
+    seen: dict[tuple[int, int], str] = {}
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            continue                    # reported by the reader, with the others' frames kept
+        if not os.path.isfile(f):
+            continue
+        first = seen.get((st.st_dev, st.st_ino))
+        seen.setdefault((st.st_dev, st.st_ino), f)
+        if first is not None:
+            same = "" if os.path.abspath(first) == os.path.abspath(f) else f" (the same file as {first})"
+            raise ConfigError(f"{f}: given twice{same}: its traffic would be counted twice")
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
 def replay(files: list[str], config: Config, progress_to: TextIO | None = sys.stderr,
            start: float | None = None, end: float | None = None) -> ReplayResult:
     """The live pipeline over capture files merged by time, into config's store; with start
     or end, only the frames timed in [start, end). A capture that cannot be read to its end
     (a tcpdump killed mid-write) is replayed up to the cut, like the others in full, and
     stored; result.capture_error says what stopped it."""
+    _check_inputs(files, start, end)
     config = resolve_rules_dir(config)
     check_syslog_files(config)
     rule = anomaly_burst.load(config.rules_dir)
