@@ -293,7 +293,6 @@ def test_clean_message_has_no_anomaly(make_parser):
 def test_pointer_limit_with_lowered_limit(make_parser):
     # Seven owner names, each pointing at the previous one: a chain six deep (Zeek's case).
     from conftest import capture
-    from sensor.parse import Parser
     path = str(capture("zeek-malformed-compression-chain-depth-crafted.pcap"))
     default = next(make_parser().parse_file(path)).record(0)
     assert "pointer_limit" not in default["anomalies"] and len(default["answers"]) == 7

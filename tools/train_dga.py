@@ -27,7 +27,7 @@ import csv
 import json
 import random
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np

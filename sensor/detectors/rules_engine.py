@@ -10,8 +10,6 @@ Limits.max_rule_groups; the rest are counted (drop stage rule_groups_overflow).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from sensor import _core
