@@ -51,11 +51,17 @@ extensions = [
 
 def rule_files() -> list[tuple[str, list[str]]]:
     """rules/ as data files under <prefix>/share/dnssensor/rules (sensor.config.SHIPPED_RULES):
-    an installed sensor run with no rules folder configured finds them there."""
+    an installed sensor run with no rules folder configured finds them there. And the
+    captures of tests/data, which the rules' data: samples name, under
+    <prefix>/share/dnssensor/samples (sensor.detectors.samples.SHIPPED_SAMPLES), with their
+    provenance: `dnssensor rules test` on an installed sensor replays them."""
     folders: dict[str, list[str]] = {}
     for path in sorted(Path("rules").rglob("*")):
         if path.is_file():
             folders.setdefault(str(Path("share", "dnssensor", path.parent)), []).append(str(path))
+    samples = [str(p) for p in sorted(Path("tests", "data").iterdir())
+               if p.is_file() and (".pcap" in p.name or p.name == "PROVENANCE.md")]
+    folders[str(Path("share", "dnssensor", "samples"))] = samples
     return sorted(folders.items())
 
 

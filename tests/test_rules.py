@@ -227,6 +227,74 @@ def test_a_rule_that_fires_on_legitimate_traffic_fails_its_samples(tmp_path):
     assert any("negative sample data:generated-av-reputation-lookups.pcap" in p for p in problems)
 
 
+SITE_RULE = """\
+kind = "lab_txt"
+where = "is_query and qtype == TXT"
+group_by = ["client"]
+window_s = 60
+[aggregate]
+n = "count()"
+[threshold]
+when = "n >= 3"
+[samples]
+positive = ["file:samples/txt.pcap"]
+negative = ["file:samples/a.pcap", "data:dnscap-baseline-udp-82-msgs.pcap"]
+"""
+
+
+def test_a_site_rule_is_tested_on_captures_of_its_own(tmp_path, capsys):
+    """file: samples lie beside the rule file, so a site's own use case passes (or fails)
+    `dnssensor rules test` on the site's captures; a rule needs samples to pass it."""
+    from pcapgen import Conversation
+
+    folder = tmp_path / "rules"
+    (folder / "samples").mkdir(parents=True)
+    (folder / "lab_txt.toml").write_text(SITE_RULE)
+    for name, qtype in (("txt", "TXT"), ("a", "A")):
+        conv = Conversation()
+        for i in range(4):
+            conv.exchange("192.0.2.10", "192.0.2.53", f"n{i}.example", qtype=qtype, txid=i, sport=40000 + i)
+        conv.write(folder / "samples" / f"{name}.pcap")
+    assert cli.main(["rules", "test", str(folder)]) == 0
+    assert "ok  lab_txt.toml" in capsys.readouterr().out
+    (folder / "lab_txt.toml").write_text(SITE_RULE.replace("n >= 3", "n >= 5"))
+    assert cli.main(["rules", "test", str(folder)]) == 1
+    assert "positive sample file:samples/txt.pcap gave no verdict" in capsys.readouterr().out
+    (folder / "lab_txt.toml").write_text(SITE_RULE.replace("samples/txt.pcap", "samples/gone.pcap"))
+    assert cli.main(["rules", "test", str(folder)]) == 1
+    assert f"sample file:samples/gone.pcap: no such file {folder / 'samples' / 'gone.pcap'}" in capsys.readouterr().out
+
+
+def test_an_installed_sensor_carries_the_captures_its_rules_are_tested_on(tmp_path, monkeypatch):
+    """A wheel installs tests/data beside the rules, and data: samples resolve to it where
+    no source tree is: `dnssensor rules test` on an installed sensor failed every rule, each
+    of its data: samples 'no such file .../site-packages/tests/data/...'."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    from sensor.detectors import samples
+
+    tree = ast.parse((REPO / "setup.py").read_text())
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "rule_files")
+    namespace = {"Path": Path}
+    exec(compile(ast.Module([function], []), "setup.py", "exec"), namespace)
+    monkeypatch.chdir(REPO)
+    data_files = dict(namespace["rule_files"]())
+    shipped = {Path(f).name for f in data_files[str(Path("share", "dnssensor", "samples"))]}
+    named = {s.capture.split(":", 1)[1] for r in load_dir(RULES) for s in (*r.positive, *r.negative)
+             if s.capture.startswith("data:")}
+    assert named and named <= shipped and "PROVENANCE.md" in shipped
+
+    installed = tmp_path / samples.SHIPPED_SAMPLES
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(samples, "REPO", tmp_path / "lib" / "site-packages")
+    assert samples.sample_data_dir() == installed
+    monkeypatch.setattr(samples, "REPO", REPO)
+    assert samples.sample_data_dir() == REPO / "tests" / "data"
+
+
 # ------------------------------------------------------------------ verdicts with evidence
 
 def test_tunnel_verdict_in_the_store_with_its_evidence(tmp_path):

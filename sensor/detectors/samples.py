@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,14 +15,30 @@ from sensor.engine.pipeline import Pipeline, merged_frames
 from sensor.rules import Rule, Sample
 
 REPO = Path(__file__).resolve().parent.parent.parent
-DATA_DIR = REPO / "tests" / "data"
+SHIPPED_SAMPLES = Path("share") / "dnssensor" / "samples"
+"""Where an installed wheel puts the captures of tests/data, under its prefix (setup.py)."""
+
+
+def sample_data_dir() -> Path:
+    """The captures data: samples name: tests/data of the source tree the package runs from,
+    else the copy a wheel installed under its prefix."""
+    source = REPO / "tests" / "data"
+    installed = Path(sys.prefix) / SHIPPED_SAMPLES
+    return source if source.is_dir() or not installed.is_dir() else installed
+
+
+DATA_DIR = sample_data_dir()
 SHARED_DIR = Path(os.environ.get("DNSSENSOR_SHARED_PCAPS", REPO.parent / "shared" / "pcaps"))
 SAMPLE_PORTS = (53, 5353, 8053, 1053)
 
 
-def sample_path(spec: str, data_dir: Path = DATA_DIR, shared_dir: Path = SHARED_DIR) -> Path | None:
-    """data:FILE or shared:FILE -> a path, or None when the shared corpus is absent."""
+def sample_path(spec: str, data_dir: Path = DATA_DIR, shared_dir: Path = SHARED_DIR,
+                rule_dir: Path | None = None) -> Path | None:
+    """data:FILE, shared:FILE or file:PATH (relative to rule_dir, the rule file's folder) ->
+    a path, or None when the shared corpus is absent."""
     prefix, name = spec.split(":", 1)
+    if prefix == "file":
+        return Path(rule_dir or ".") / name
     folder = data_dir if prefix == "data" else shared_dir
     path = folder / name
     if prefix == "shared" and not path.exists():
@@ -58,7 +75,7 @@ def check_samples(rule: Rule, data_dir: Path = DATA_DIR, shared_dir: Path = SHAR
     for expected, specs in ((True, rule.positive), (False, rule.negative)):
         for sample in specs:
             spec = sample.capture
-            path = sample_path(spec, data_dir, shared_dir)
+            path = sample_path(spec, data_dir, shared_dir, Path(rule.path).parent)
             if path is None:
                 continue
             if not path.exists():

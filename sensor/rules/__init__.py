@@ -59,7 +59,9 @@ AGGREGATE_FUNCTIONS = ("count", "sum", "min", "max", "mean", "nunique")
 SPECIAL_FILES = ("anomaly_burst.toml", "tags.toml", "series.toml", "patterns.toml")
 """Rule files with a format of their own, read by their detector module."""
 MAX_WINDOW_S = 7 * 86400
-SAMPLE_PREFIXES = ("data:", "shared:")
+SAMPLE_PREFIXES = ("data:", "shared:", "file:")
+"""A sample capture is the sensor's own (data:, tests/data or its installed copy), one of the
+shared corpus (shared:), or the site's own (file:, a path relative to the rule file)."""
 TAGS_FILE = "tags.toml"
 """Named address ranges beside the rule files: [tags] NAME = ["10.0.0.0/8", ...] gives the
 features client_in_NAME and server_in_NAME."""
@@ -212,7 +214,7 @@ class Sample:
 
 
 def _sample(item: Any) -> Sample:
-    """"data:FILE" or "shared:FILE", or a table with capture = ... and site settings."""
+    """"data:FILE", "shared:FILE" or "file:PATH", or a table with capture = ... and site settings."""
     if isinstance(item, dict):
         extra = set(item) - {"capture", "client_networks", "resolver_addresses"}
         if extra or "capture" not in item:
@@ -222,7 +224,8 @@ def _sample(item: Any) -> Sample:
     else:
         sample = Sample(item)
     if not isinstance(sample.capture, str) or not sample.capture.startswith(SAMPLE_PREFIXES):
-        raise ValueError(f"entries are data:FILE (tests/data) or shared:FILE (../shared/pcaps), got {item!r}")
+        raise ValueError("entries are data:FILE (the sensor's sample captures), shared:FILE (../shared/pcaps) "
+                         f"or file:PATH (a capture of the site's own, relative to the rule file), got {item!r}")
     return sample
 
 
