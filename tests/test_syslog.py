@@ -114,6 +114,13 @@ def test_message_has_no_newline_and_escapes_structured_data():
                           SyslogTarget("h", 1, "udp", "kv"), "host")
     assert b"\n" not in line
     assert b'client="a\\"b\\]c\\\\"' in line
+    # The header's HOSTNAME is printable US-ASCII whatever the sensor is called; the
+    # structured data keeps the name as it is.
+    named = format_message({**verdict(1), "sensor": "résolveur 1"}, SyslogTarget("h", 1, "udp", "kv"),
+                           "résolveur 1").decode()
+    assert named.split(" ")[2] == "r_solveur_1"
+    assert 'sensor="résolveur 1"' in named
+    assert format_message(verdict(1), SyslogTarget("h", 1, "udp", "kv"), "").decode().split(" ")[2] == "-"
 
 
 def test_tls_delivery_checks_the_receivers_certificate(tmp_path):

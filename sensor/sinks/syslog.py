@@ -42,6 +42,12 @@ CONNECT_TIMEOUT_S = 5.0
 _RECORD = struct.Struct("<I")
 
 
+def _header_field(text: str, limit: int) -> str:
+    """A header field as RFC 5424 has it: printable US-ASCII without spaces (1*PRINTUSASCII),
+    anything else as '_' (the sensor's name whole is in the structured data), or '-'."""
+    return "".join(c if "!" <= c <= "~" else "_" for c in text[:limit]) or "-"
+
+
 def _sd_escape(v: Any) -> str:
     return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
@@ -67,7 +73,7 @@ def format_message(verdict: dict[str, Any], target: SyslogTarget, hostname: str)
     pri = SYSLOG_FACILITIES[target.facility] * 8 + SEVERITY_CODES.get(severity, 6)
     ts = datetime.fromtimestamp(verdict.get("ts") or time.time(), tz=timezone.utc)
     stamp = ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    host = (hostname or "-").replace(" ", "_")[:255]
+    host = _header_field(hostname, 255)
     sd = "[" + SD_ID + "".join(f' {k}="{_sd_escape(verdict[k])}"' for k in SD_FIELDS
                                if verdict.get(k) not in (None, "")) + "]"
     evidence = verdict.get("evidence") or {}
