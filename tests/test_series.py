@@ -404,6 +404,14 @@ def test_series_command_draws_a_png_and_reads_scoped_series(tmp_path, capsys):
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     assert f"plot written to {png}" in capsys.readouterr().out
+    # Written at the path given, or a one-line error: a name without .png had it added (and
+    # the message named the path not written), a missing folder raised a traceback.
+    bare = tmp_path / "plot"
+    assert cli.main(["series", "queries", "--db", str(db), "--since", "1h", "--png", str(bare)]) == 0
+    assert bare.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "plot.png").exists()
+    capsys.readouterr()
+    assert cli.main(["series", "queries", "--db", str(db), "--since", "1h", "--png", str(tmp_path / "no" / "q.png")]) == 2
+    assert "q.png: cannot write the plot: No such file or directory" in capsys.readouterr().err
     assert cli.main(["series", "queries", "--db", str(db), "--network", "10.1.0.0/16", "--since", "1d",
                      "--method", "cusum"]) == 0
     out = capsys.readouterr().out

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sensor.errors import SensorError
+
 
 def with_breaks(minutes: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """The columns with a NaN after each minute that the next one does not follow: a series
@@ -41,5 +43,9 @@ def plot(path: str, title: str, minutes: np.ndarray, values: np.ndarray, expecte
     ax.grid(alpha=0.3)
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path, format="png")          # at that path: no ".png" added to a name without it
+    except OSError as e:
+        raise SensorError(f"{path}: cannot write the plot: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
