@@ -1036,6 +1036,14 @@ def test_missing_database_is_a_one_line_error(tmp_path, capsys):
     assert err.count("\n") == 1 and "no such database" in err
 
 
+def test_a_store_on_a_filesystem_with_no_blocks_is_not_called_full(capsys):
+    """/proc has no blocks at all, free or used: a store there cannot be opened, and the
+    reason given is not a full disk."""
+    assert cli.main(["replay", "--db", "/proc/sensor.db", str(DATA / "dnscap-baseline-udp-82-msgs.pcap")]) == 2
+    err = capsys.readouterr().err
+    assert "/proc/sensor.db" in err and "no space left" not in err
+
+
 def test_replay_cli_prints_a_summary(tmp_path, capsys):
     db = tmp_path / "cli.db"
     assert cli.main(["replay", "--db", str(db), str(DATA / "dnscap-baseline-udp-82-msgs.pcap")]) == 0

@@ -241,7 +241,8 @@ def _full_disk_hint(folder: str) -> str:
         st = os.statvfs(folder)
     except OSError:
         return ""
-    full = st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0)     # some report no inode count
+    # Some filesystems report no inode count; a virtual one (/proc, /sys) no blocks at all.
+    full = st.f_blocks > 0 and (st.f_bavail == 0 or (st.f_files > 0 and st.f_favail == 0))
     return f" (no space left on {folder})" if full else ""
 
 
