@@ -75,6 +75,11 @@ def test_standard_input_and_pipes_are_read_alone(tmp_path):
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 82, out.stderr
     out = run("replay", "--db", str(tmp_path / "x.db"), BASELINE, "-")
     assert out.returncode == 2 and "-: a pipe or standard input is read alone" in out.stderr
+    # A compressed capture on standard input says what to do instead of "unknown file format" alone.
+    import gzip
+    out = subprocess.run([sys.executable, "-m", "sensor", "dump", "-"], input=gzip.compress(Path(BASELINE).read_bytes()),
+                         capture_output=True, cwd=REPO, timeout=120)
+    assert out.returncode == 2 and b"a compressed capture is not read from a pipe or standard input" in out.stderr
 
 
 def test_pcapng_of_interfaces_with_different_link_types_is_explained(tmp_path):

@@ -218,6 +218,10 @@ def _open(path: str) -> tuple[Any, _Inflater | _Decompressed | None]:
         except pcapy.PcapError as e:
             # libpcap names the file itself when it cannot open it, not when it cannot read it
             message = _explained(e)
+            if is_stream(path) and "unknown file format" in message:
+                message += (" (a compressed capture is not read from a pipe or standard input, whose start "
+                            "cannot be looked at first: decompress it into the pipe, zcat FILE.gz | "
+                            "dnssensor replay -, or name the file)")
             raise CaptureError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
     inflater: _Inflater | _Decompressed
     content = (_decompressed(path, module, SMALL_ARCHIVE_CONTENT_BYTES + 1)
