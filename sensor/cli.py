@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 from sensor.errors import SensorError
 
@@ -20,7 +21,8 @@ def _ports(text: str) -> int:
     return port
 
 
-def _at_least(low: int):
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer no lower than `low`."""
     def number(text: str) -> int:
         value = int(text)
         if value < low:

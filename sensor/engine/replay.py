@@ -98,10 +98,10 @@ def _check_inputs(files: list[str], start: float | None, end: float | None) -> N
         if not os.path.isfile(f):
             continue
         first = seen.get((st.st_dev, st.st_ino))
-        seen.setdefault((st.st_dev, st.st_ino), f)
         if first is not None:
             same = "" if os.path.abspath(first) == os.path.abspath(f) else f" (the same file as {first})"
             raise ConfigError(f"{f}: given twice{same}: its traffic would be counted twice")
+        seen[(st.st_dev, st.st_ino)] = f
 
 
 def _utc(ts: float) -> str:

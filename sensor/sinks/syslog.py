@@ -45,7 +45,7 @@ _RECORD = struct.Struct("<I")
 def _header_field(text: str, limit: int) -> str:
     """A header field as RFC 5424 has it: printable US-ASCII without spaces (1*PRINTUSASCII),
     anything else as '_' (the sensor's name whole is in the structured data), or '-'."""
-    return "".join(c if "!" <= c <= "~" else "_" for c in text[:limit]) or "-"
+    return "".join(c if "!" <= c <= "~" else "_" for c in (text or "")[:limit]) or "-"
 
 
 def _sd_escape(v: Any) -> str:
