@@ -369,13 +369,18 @@ SHIPPED_RULES = Path("share") / "dnssensor" / "rules"
 """Where an installed wheel puts the rules/ folder, under its prefix (setup.py's data files)."""
 
 
+def shipped_candidates(in_tree: Path, installed: Path) -> tuple[Path, Path]:
+    """Where a folder that comes with the sensor may be, in order: `in_tree`, its place in the
+    source tree the package runs from (a checkout or an editable install), then `installed`
+    under the prefix, where a wheel puts it (setup.py's data files)."""
+    return in_tree, Path(sys.prefix) / installed
+
+
 def shipped_rules_dir() -> Path | None:
     """The rules that come with the sensor: rules/ of the source tree the package runs from
     (a checkout or an editable install), else the copy a wheel installed under its prefix."""
-    for candidate in (Path(__file__).resolve().parent.parent / "rules", Path(sys.prefix) / SHIPPED_RULES):
-        if candidate.is_dir() and any(candidate.glob("*.toml")):
-            return candidate
-    return None
+    return next((c for c in shipped_candidates(Path(__file__).resolve().parent.parent / "rules", SHIPPED_RULES)
+                 if c.is_dir() and any(c.glob("*.toml"))), None)
 
 
 def resolve_rules_dir(config: Config) -> Config:

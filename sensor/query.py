@@ -8,12 +8,11 @@ import ipaddress
 import json
 import os
 import re
-import socket
 import sqlite3
 import time
 from typing import Any
 
-from sensor.config import spool_dir
+from sensor.config import address_key, spool_dir
 from sensor.engine.channel import KEPT_SUFFIX, SET_ASIDE_SUFFIX, kept_files, set_aside_files
 from sensor.errors import SensorError
 from sensor.store import rows
@@ -172,13 +171,13 @@ def pdns(conn: sqlite3.Connection, term: str, limit: int = 200) -> tuple[list[st
     except ValueError:
         ip = None
     if ip is not None:
-        # Spelt as the parser writes rdata (inet_ntop: ::ffff:10.0.0.9, where str() gives
+        # Spelt as the parser writes rdata (format_address: ::ffff:10.0.0.9, where str() gives
         # ::ffff:a00:9); an IPv4-mapped address, as a dual-stack socket logs an IPv4 peer, is
-        # looked up as the IPv4 address too.
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        forms = (socket.inet_ntop(family, ip.packed),)
-        if ip.version == 6 and ip.ipv4_mapped:
-            forms += (str(ip.ipv4_mapped),)
+        # looked up as the IPv4 address too (address_text).
+        from sensor.parse.batch import address_text, format_address
+
+        raw = address_key(term)
+        forms = tuple(dict.fromkeys((format_address(raw, ip.version), address_text(raw))))
         return rows(conn, f"SELECT {cols} FROM pdns WHERE rdata IN ({', '.join('?' * len(forms))}) "
                           "AND rrtype IN ('A', 'AAAA') ORDER BY last_seen DESC LIMIT ?", (*forms, limit))
     if "/" in term:

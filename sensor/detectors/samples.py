@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sensor.config import Config
+from sensor.config import Config, shipped_candidates
 from sensor.detectors import anomaly_burst
 from sensor.detectors.rules_engine import verdicts
 from sensor.engine.pipeline import Pipeline, merged_frames
@@ -22,9 +21,8 @@ SHIPPED_SAMPLES = Path("share") / "dnssensor" / "samples"
 def sample_data_dir() -> Path:
     """The captures data: samples name: tests/data of the source tree the package runs from,
     else the copy a wheel installed under its prefix."""
-    source = REPO / "tests" / "data"
-    installed = Path(sys.prefix) / SHIPPED_SAMPLES
-    return source if source.is_dir() or not installed.is_dir() else installed
+    source, installed = shipped_candidates(REPO / "tests" / "data", SHIPPED_SAMPLES)
+    return installed if installed.is_dir() and not source.is_dir() else source
 
 
 DATA_DIR = sample_data_dir()
