@@ -328,6 +328,8 @@ cdef inline uint64_t span_hash(const uint8_t *p, uint32_t n) noexcept nogil:
     are keyed inside the sensor (never stored). Eight bytes cost one multiply, where
     FNV-1a's byte-serial chain costs eight."""
     cdef uint64_t h = n * <uint64_t>0x9E3779B97F4A7C15, w
+    cdef uint32_t lo, hi
+    cdef bint long_span = n >= 8
     while n >= 8:
         memcpy(&w, p, 8)
         h = (h ^ w) * <uint64_t>0xFF51AFD7ED558CCD
@@ -335,8 +337,17 @@ cdef inline uint64_t span_hash(const uint8_t *p, uint32_t n) noexcept nogil:
         p += 8
         n -= 8
     if n:
-        w = 0
-        memcpy(&w, p, n)
+        # The last 1-7 bytes as one word, read in whole loads: gathering them on the
+        # stack byte by byte stalls the word load that follows (store forwarding).
+        if long_span:           # the 8 bytes ending here, less those already hashed
+            memcpy(&w, p + n - 8, 8)
+            w >>= (8 - n) * 8
+        elif n >= 4:            # two overlapping words cover 4-7 bytes
+            memcpy(&lo, p, 4)
+            memcpy(&hi, p + n - 4, 4)
+            w = lo | (<uint64_t>hi << 32)
+        else:                   # 1-3 bytes: first, middle, last (the length is in h)
+            w = p[0] | (<uint64_t>p[n >> 1] << 8) | (<uint64_t>p[n - 1] << 16)
         h = (h ^ w) * <uint64_t>0xFF51AFD7ED558CCD
         h ^= h >> 32
     h = (h ^ (h >> 29)) * <uint64_t>0xC4CEB9FE1A85EC53
@@ -353,6 +364,35 @@ cdef inline int put_escaped(char *t, uint8_t ch, uint8_t cls) noexcept nogil:
     t[2] = <char>(48 + (ch // 10) % 10)
     t[3] = <char>(48 + ch % 10)
     return 4
+
+
+DEF BYTES_01 = 0x0101010101010101
+DEF BYTES_80 = 0x8080808080808080
+DEF PLAIN_PAD = 0x6161616161616161   # 'a' x 8: fills a word past the label's end
+
+cdef inline bint word_has_byte(uint64_t w, uint64_t b) noexcept nogil:
+    """Whether any of the eight bytes of w is b (exact: borrows only follow a match)."""
+    w ^= b * <uint64_t>BYTES_01
+    return ((w - <uint64_t>BYTES_01) & ~w & <uint64_t>BYTES_80) != 0
+
+
+cdef inline bint word_is_plain(uint64_t w) noexcept nogil:
+    """Whether eight name bytes are all written as themselves in presentation form:
+    none below '!', at or above DEL, '.' or backslash (CL_ESCAPE, CL_DECIMAL)."""
+    if w & <uint64_t>BYTES_80:
+        return 0
+    # with every byte below 0x80: some byte < 0x21 (exact for a limit up to 0x80)
+    if ((w - 0x21 * <uint64_t>BYTES_01) & ~w & <uint64_t>BYTES_80) != 0:
+        return 0
+    return not (word_has_byte(w, 0x7F) or word_has_byte(w, 46) or word_has_byte(w, 92))
+
+
+cdef inline uint64_t word_lowered(uint64_t w) noexcept nogil:
+    """Eight bytes, each below 0x80, with 'A'-'Z' lower-cased (LOWER): no sum carries
+    into the next byte."""
+    cdef uint64_t at_least_a = w + (0x80 - 65) * <uint64_t>BYTES_01
+    cdef uint64_t past_z = w + (0x80 - 91) * <uint64_t>BYTES_01
+    return w | (((at_least_a & ~past_z) & <uint64_t>BYTES_80) >> 2)
 
 
 cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint features) noexcept nogil:
@@ -378,7 +418,8 @@ cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint fea
     cdef int hops = 0, w, j
     cdef uint8_t b, ch, cls, nlabels = 0, longest = 0, inplace = 0
     cdef uint32_t length, target, i, tl = 0, rl = 0, wire_len = 0
-    cdef uint64_t counts = 0, h = <uint64_t>FNV_OFFSET
+    cdef uint64_t counts = 0, h = <uint64_t>FNV_OFFSET, word, keep
+    cdef uint32_t step
     cdef int result = 0
     while True:
         if p >= limit:
@@ -472,7 +513,26 @@ cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint fea
                             h = fnv_step(h, <uint8_t>t[tl + j])
                         tl += w
             else:
-                for i in range(p + 1, p + 1 + length):
+                # Eight bytes at a time while they are plain (one test and one store
+                # for a word; a label's last word is read whole from the message and
+                # padded with plain bytes past the label); a word with a byte to
+                # escape, and a label at the message's very end, a byte at a time.
+                i = p + 1
+                while i < p + 1 + length and i + 8 <= c.msg_len and tl + 8 <= NAME_TEXT_CAP:
+                    memcpy(&word, msg + i, 8)
+                    step = p + 1 + length - i
+                    if step < 8:
+                        keep = (<uint64_t>1 << (step * 8)) - 1
+                        word = (word & keep) | (<uint64_t>PLAIN_PAD & ~keep)
+                    else:
+                        step = 8
+                    if not word_is_plain(word):
+                        break
+                    word = word_lowered(word)
+                    memcpy(t + tl, &word, 8)
+                    tl += step
+                    i += step
+                for i in range(i, p + 1 + length):
                     ch = msg[i]
                     cls = CHAR_CLASS[ch]
                     ch = LOWER[ch]
@@ -2180,11 +2240,15 @@ cdef class Core:
             return slot
         self.qname_cache_hits += 1
         # The text: the wire bytes lower-cased, each length byte after the first a dot.
+        # A cached name has no bytes to escape, so its text is a copy of the wire bytes
+        # that needs lower-casing only where the name has capitals (one in a few).
         off = <uint32_t>self.arena.len
         ar_reserve(&self.arena, n)
         t = self.arena.buf + off
-        for i in range(n - 2):
-            t[i] = <char>LOWER[msg[start + 1 + i]]
+        memcpy(t, msg + start + 1, n - 2)
+        if e.uppers:
+            for i in range(n - 2):
+                t[i] = <char>LOWER[<uint8_t>t[i]]
         for k in range(1, nlabels):
             t[probe.label_at[k] - 1] = 46
         self.arena.len += n - 2

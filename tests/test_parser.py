@@ -444,6 +444,63 @@ def test_question_name_cache_gives_what_a_fresh_decode_gives():
             assert np.array_equal(batch.messages[field][i], alone.messages[field][0]), (i, field)
 
 
+def test_record_names_in_presentation_form_around_every_word_boundary():
+    """Record names are written eight plain bytes at a time: a byte to escape or a capital
+    at any place in a label of any length must come out as the byte-by-byte decode writes it."""
+    from sensor.parse import Parser
+    specials = [0x00, 0x20, 0x21, ord("."), ord("\\"), 0x7E, 0x7F, 0x80, 0xFF,
+                ord("A"), ord("Z"), ord("@"), ord("["), ord("`"), ord("{"), ord("-")]
+    payloads, labels = [], []
+    for length in range(1, 26):
+        for at in range(length):
+            for ch in specials:
+                label = bytearray(b"abcdefghijklmnopqrstuvwxyz"[:length])
+                label[at] = ch
+                labels.append(bytes(label))
+    for i, label in enumerate(labels):
+        owner = bytes([len(label)]) + label + b"\x07example\x03com\x00"
+        target = bytes([len(label)]) + label.upper() + b"\x03cdn\xc0\x0c"
+        payloads.append(header(id_=i & 0xFFFF, flags=0x8180, an=1)
+                        + question() + rr(5, target, name=owner))
+    texts = {}
+    for backend in ("compiled", "twin"):
+        batch = Parser(backend=backend, ports=(53,)).parse_payloads(payloads)
+        texts[backend] = [(a["name"], a["data"]) for i in range(len(batch))
+                          for a in batch.record(i)["answers"]]
+    assert len(texts["compiled"]) == len(labels)
+    assert texts["compiled"] == texts["twin"]
+    by_label = dict(zip(labels, texts["compiled"]))
+    assert by_label[b"ABCDEFGHIJ"[:1] + b"bcdefghij"] == ("abcdefghij.example.com", "abcdefghij.cdn.www.example.com")
+    assert by_label[b"abcdefgh.jk"][0] == "abcdefgh\\.jk.example.com"
+    assert by_label[b"abcdefghi\x7fk"][0] == "abcdefghi\\127k.example.com"
+
+
+def test_span_hashes_read_only_their_span():
+    """A span's hash depends on its bytes and length alone, whatever lies around it, and
+    any one byte changed changes it (the sensor groups names and rdata by it)."""
+    from sensor import _core
+    rng = np.random.default_rng(3)
+    for length in range(0, 41):
+        body = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+        arena = b"\x00" * 9 + body + b"\xff" * 9 + body + b"\x00" * 3
+        offsets = np.array([9, 18 + length], dtype=np.uint32)
+        lengths = np.array([length, length], dtype=np.uint32)
+        same = _core.span_hashes(arena, offsets, lengths)
+        assert same[0] == same[1], length
+        changed = []
+        for at in range(length):
+            flipped = bytearray(body)
+            flipped[at] ^= 0x20
+            changed.append(bytes(flipped))
+        if changed:
+            blob = b"".join(changed)
+            hashes = _core.span_hashes(blob, np.arange(0, len(blob), length, dtype=np.uint32),
+                                       np.full(len(changed), length, dtype=np.uint32))
+            assert same[0] not in hashes.tolist(), length
+        shorter = _core.span_hashes(arena, offsets[:1], np.array([max(length - 1, 0)], dtype=np.uint32))
+        assert length == 0 or shorter[0] != same[0], length
+
+
 HEAP_CHURN = """
 import resource, sys
 import numpy as np
