@@ -30,7 +30,7 @@ def keep_batches_on_heap(limits: Limits = DEFAULT_LIMITS) -> bool:
     wanted = (int(limits.heap_mmap_threshold), int(limits.heap_trim_threshold))
     if _applied == wanted:
         return True
-    libc = _glibc()
+    libc = glibc()
     if libc is None:
         return False
     if not (libc.mallopt(M_MMAP_THRESHOLD, wanted[0]) and libc.mallopt(M_TRIM_THRESHOLD, wanted[1])):
@@ -39,7 +39,9 @@ def keep_batches_on_heap(limits: Limits = DEFAULT_LIMITS) -> bool:
     return True
 
 
-def _glibc() -> ctypes.CDLL | None:
+def glibc() -> ctypes.CDLL | None:
+    """The C library through ctypes where it is glibc, whose behaviour this package's
+    tuning relies on; None elsewhere."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version        # absent from musl and the BSDs' libc

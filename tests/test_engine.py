@@ -16,11 +16,12 @@ from pathlib import Path
 
 import dnslib
 import numpy as np
+import pcapy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, SHARED_PCAPS
 from pcapgen import Conversation, answer, query, udp_frame, write_pcap
 from sensor import cli
 from sensor.capture import offline
@@ -768,6 +769,45 @@ def test_broken_archives_give_their_frames_then_a_clear_error(tmp_path, monkeypa
     zstd.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 16)
     with pytest.raises(CaptureError, match=r"zstd-compressed.*zstd -dc .*cap.pcap.zst \| dnssensor replay -"):
         list(read_frames(str(zstd), 10))
+
+
+@pytest.mark.parametrize("buffer_bytes", [offline.SAVEFILE_BUFFER_BYTES, 777])
+def test_capture_files_read_through_a_larger_buffer_give_the_same_frames(tmp_path, monkeypatch, buffer_bytes):
+    """libpcap's FILE of a plain capture gets a buffer of its own, set after libpcap read
+    the file header: every frame must still come out as libpcap's own buffer gives it,
+    and a named pipe, which cannot give back what a buffer held, keeps libpcap's."""
+    monkeypatch.setattr(offline, "SAVEFILE_BUFFER_BYTES", buffer_bytes)
+    conv = Conversation()
+    for i in range(3000):        # past 1 MiB, so the large buffer is refilled too
+        conv.exchange(CLIENT, RESOLVER, f"host-{i}.example", f"host-{i}.example 60 TXT {'x' * 200}", txid=i)
+    big = conv.write(tmp_path / "big.pcap")
+    assert big.stat().st_size > (1 << 20)
+    captures = [big, BASELINE, DATA / "dnscap-tcp-msgs-straddle-segments.pcap"]
+    captures += sorted(SHARED_PCAPS.glob("chrissanders-*.pcapng"))[:2]
+
+    def frames(path):
+        got = list(read_frames(str(path), 100))
+        return b"".join(fb.blob for fb in got), np.concatenate([fb.meta[:, [0, 1, 3]] for fb in got])
+
+    enlarged = {path: frames(path) for path in captures}
+    enlarge = offline._enlarge_stdio_buffer
+    reader = pcapy.open_offline(str(big))
+    assert enlarge(reader, str(big)) is not None
+    reader.close()
+    monkeypatch.setattr(offline, "_enlarge_stdio_buffer", lambda reader, path: None)
+    for path in captures:
+        blob, meta = frames(path)
+        assert enlarged[path][0] == blob and np.array_equal(enlarged[path][1], meta), path.name
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"cat {big} > {fifo}"])
+    try:
+        reader = pcapy.open_offline(str(fifo))
+        assert enlarge(reader, str(fifo)) is None
+        reader.close()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_a_capture_cut_short_among_others_ends_alone(tmp_path):
