@@ -277,6 +277,7 @@ cdef double LOG2_OF[256]         # log2(n) of a name's byte count
 # is four 4-byte stores instead of a division chain per octet.
 cdef char OCTET_DOT[256][4]
 cdef uint8_t OCTET_DIGITS[256]
+cdef char HEX_PAIR[256][2]       # a byte as two lower-case hex digits (IPv6 words)
 
 
 cdef inline int put_decimal8(char *t, uint8_t v) noexcept nogil:
@@ -295,6 +296,7 @@ cdef inline int put_decimal8(char *t, uint8_t v) noexcept nogil:
 
 cdef void init_char_tables() noexcept:
     cdef int ch
+    cdef const char *hex_digits = b"0123456789abcdef"
     COUNT_LOG2[0] = 0.0
     LOG2_OF[0] = 0.0
     for ch in range(1, 256):
@@ -303,6 +305,8 @@ cdef void init_char_tables() noexcept:
     for ch in range(256):
         OCTET_DIGITS[ch] = <uint8_t>put_decimal8(OCTET_DOT[ch], <uint8_t>ch)
         OCTET_DOT[ch][OCTET_DIGITS[ch]] = 46
+        HEX_PAIR[ch][0] = hex_digits[ch >> 4]
+        HEX_PAIR[ch][1] = hex_digits[ch & 15]
         CHAR_CLASS[ch] = 0
         LOWER[ch] = <uint8_t>ch
         if 48 <= ch <= 57:
@@ -707,8 +711,7 @@ cdef int ar_put_ip(Arena *a, const uint8_t *p, int family) except -1:
     """An address as inet_ntop writes it (RFC 5952 for IPv6), without its printf."""
     cdef char tmp[64]
     cdef char *t
-    cdef int i, j = 0, w, best = -1, best_len = 0, run = 0, shift
-    cdef bint started
+    cdef int i, j = 0, w, best = -1, best_len = 0, run = 0
     cdef uint16_t words[8]
     ar_reserve(a, 48)
     t = a.buf + a.len
@@ -750,13 +753,22 @@ cdef int ar_put_ip(Arena *a, const uint8_t *p, int family) except -1:
         if i and not (i == best + best_len and best >= 0):
             t[j] = 58
             j += 1
-        w = words[i]
-        started = 0
-        for shift in range(12, -1, -4):
-            if started or (w >> shift) & 15 or shift == 0:
-                t[j] = HEXL[(w >> shift) & 15]
+        # the word in hex without leading zeros, a byte's two digits at a time
+        w = words[i] >> 8
+        if w:
+            if w >= 16:
+                t[j] = HEX_PAIR[w][0]
                 j += 1
-                started = 1
+            t[j] = HEX_PAIR[w][1]
+            memcpy(t + j + 1, HEX_PAIR[words[i] & 0xFF], 2)
+            j += 3
+        else:
+            w = words[i]
+            if w >= 16:
+                t[j] = HEX_PAIR[w][0]
+                j += 1
+            t[j] = HEX_PAIR[w][1]
+            j += 1
         i += 1
     a.len += j
     return 0
