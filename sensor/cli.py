@@ -21,15 +21,23 @@ def _ports(text: str) -> int:
     return port
 
 
-def _at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer no lower than `low`."""
+def _at_least(low: int, high: int | None = None, why_high: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer no lower than `low` (and no higher than `high`)."""
     def number(text: str) -> int:
         value = int(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"{text}: at least {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text}: at most {high}{why_high}")
         return value
     number.__name__ = "number"          # argparse names the type in its message
     return number
+
+
+def _workers(text: str) -> int:
+    from sensor.limits import MAX_WORKERS
+
+    return _at_least(0, MAX_WORKERS, " (the sockets of a fanout group)")(text)
 
 
 def _positive_float(text: str) -> float:
@@ -103,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(run)
     run.add_argument("--interface", "-i", action="append", default=[], metavar="IFACE",
                      help="capture on IFACE (repeatable; replaces the configured list)")
-    run.add_argument("--workers", type=_at_least(0), metavar="N", help="workers per interface (0: one per core)")
+    run.add_argument("--workers", type=_workers, metavar="N", help="workers per interface (0: one per core)")
 
     query = sub.add_parser(
         "query", help="run an SQL query against the database (read-only)",

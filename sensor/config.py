@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sensor.errors import ConfigError
-from sensor.limits import DEFAULT_LIMITS, DEFAULT_PORTS, Limits
+from sensor.limits import DEFAULT_LIMITS, DEFAULT_PORTS, MAX_WORKERS, Limits
 from sensor.store.schema import TABLES as STORE_TABLES
 
 SYSLOG_PROTOCOLS = ("udp", "tcp", "tls")
@@ -27,6 +27,10 @@ SYSLOG_FACILITIES = {name: code for code, name in enumerate(
 MAX_DEDUP_WINDOW_MS = 100.0
 """Span-port copies follow their frame within microseconds; a client's retransmission
 (the same query again, same id and port) comes after a second or more and is traffic."""
+RING_SHARE_OF_MEMORY = 0.5
+"""The most of the machine's memory the capture rings of all workers together may ask
+for (capture.workers x interfaces x capture.ring_mib): the kernel allocates them at start,
+and the parse, the writer and the resolver the sensor watches need the rest."""
 TABLES_WITH_RETENTION = tuple(t.name for t in STORE_TABLES if t.time_column)
 """Tables with a time column (sensor/store/schema.py): their rows age out."""
 
@@ -178,7 +182,7 @@ SPEC: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "sensor.state_dir": ("state_dir", _str),
     "capture.interfaces": ("interfaces", _list(_str)),
     "capture.ports": ("ports", _list(_int(1, 65535))),
-    "capture.workers": ("workers", _int(0, 256)),
+    "capture.workers": ("workers", _int(0, MAX_WORKERS)),
     "capture.ring_mib": ("ring_mib", _int(1, 4096)),
     "capture.snaplen": ("snaplen", _int(256, 262144)),
     "capture.dedup_window_ms": ("dedup_window_ms", _float(0, MAX_DEDUP_WINDOW_MS)),
@@ -326,6 +330,32 @@ def discover_networks(config: Config) -> Config:
     return replace(config,
                    resolver_addresses=config.resolver_addresses or tuple(dict.fromkeys(addresses)),
                    client_networks=config.client_networks or tuple(dict.fromkeys(networks)))
+
+
+def worker_count(config: Config) -> int:
+    """Capture workers per interface: capture.workers, or one per core when it is 0."""
+    return config.workers or os.cpu_count() or 1
+
+
+def check_rings(config: Config, memory_bytes: int | None = None) -> None:
+    """Refuse a start whose capture rings alone would take more than RING_SHARE_OF_MEMORY
+    of the machine's memory (memory_bytes, this machine's by default): each worker's ring is
+    allocated by the kernel when its capture opens, and too many of them fail part of the
+    way through or starve everything else."""
+    if memory_bytes is None:
+        try:
+            memory_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return
+    rings = worker_count(config) * len(config.interfaces)
+    asked = rings * config.ring_mib << 20
+    if asked > memory_bytes * RING_SHARE_OF_MEMORY:
+        raise ConfigError(
+            f"{config.path}: capture.ring_mib: {rings} capture ring(s) of {config.ring_mib} MiB "
+            f"({worker_count(config)} worker(s) on each of {len(config.interfaces)} interface(s), "
+            f"capture.workers) would take {asked >> 20} MiB, more than "
+            f"{RING_SHARE_OF_MEMORY:.0%} of this machine's {memory_bytes >> 20} MiB: "
+            "use fewer workers or smaller rings")
 
 
 def check_syslog_files(config: Config) -> None:

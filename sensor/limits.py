@@ -12,6 +12,9 @@ HEAP_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 """glibc's ceiling for the mmap threshold on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX)."""
 HEAP_TRIM_THRESHOLD_MAX = 2**31 - 1
 """mallopt() takes a C int."""
+MAX_WORKERS = 256
+"""Capture workers per interface (capture.workers, --workers): the sockets a PACKET_FANOUT
+group takes (the kernel's PACKET_FANOUT_MAX)."""
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,28 @@ def test_run_refuses_to_start_without_its_user_or_its_store(tmp_path, setting, e
     assert out.returncode == 2 and error in out.stderr and "capturing" not in out.stderr
 
 
+def test_worker_and_ring_counts_are_bounded_before_anything_starts(tmp_path):
+    """Before, --workers 100000 went past the config file's bound and started processes
+    by the hundred, each asking the kernel for a 128 MiB ring."""
+    out = dnssensor("run", "--interface", "lo", "--workers", "100000", "--db", str(tmp_path / "s.db"), timeout=60)
+    assert out.returncode == 2 and "--workers: 100000: at most 256" in out.stderr
+    assert "capturing" not in out.stderr and not (tmp_path / "s.db").exists()
+    conf = tmp_path / "sensor.toml"
+    conf.write_text('[capture]\ninterfaces = ["lo", "eth9"]\nworkers = 4\nring_mib = 512\n')
+    rings = config.load(conf)
+    config.check_rings(rings, memory_bytes=9 << 30)        # 4 GiB of rings: under half of 9
+    with pytest.raises(ConfigError) as e:
+        config.check_rings(rings, memory_bytes=7 << 30)
+    assert str(e.value).startswith(f"{conf}: capture.ring_mib: 8 capture ring(s) of 512 MiB")
+    assert "capture.workers" in str(e.value) and "4096 MiB" in str(e.value) and "7168 MiB" in str(e.value)
+    everything = tmp_path / "everything.toml"
+    everything.write_text(f'[capture]\ninterfaces = ["lo"]\nworkers = 256\nring_mib = 4096\n'
+                          f'[store]\npath = "{tmp_path / "s.db"}"\n')
+    out = dnssensor("run", "--config", str(everything), timeout=60)
+    assert out.returncode == 2 and "capture.ring_mib: 256 capture ring(s) of 4096 MiB" in out.stderr
+    assert "capturing" not in out.stderr
+
+
 def test_replay_refuses_a_tls_target_whose_ca_file_cannot_be_read(tmp_path):
     conf = tmp_path / "sensor.toml"
     conf.write_text(f'[[syslog]]\nhost = "127.0.0.1"\nport = 6514\nprotocol = "tls"\nca_file = "{tmp_path}/gone.pem"\n')

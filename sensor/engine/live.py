@@ -335,7 +335,7 @@ class Supervisor:
 
     def start(self) -> None:
         self._start_writer()
-        per_interface = self.config.workers or os.cpu_count() or 1
+        per_interface = cfg.worker_count(self.config)
         for i, interface in enumerate(self.config.interfaces):
             group = (os.getpid() * 16 + i) & 0xFFFF
             for k in range(per_interface):
@@ -429,6 +429,7 @@ def run(config: cfg.Config) -> int:
     if not config.interfaces:
         raise ConfigError(f"{config.path}: capture.interfaces: no interface to capture on (or use --interface)")
     _check_interfaces(config)
+    cfg.check_rings(config)
     config = cfg.discover_networks(cfg.resolve_rules_dir(config))
     # The service user, syslog's CA files, the store and every rule file are tried here
     # first: a start that cannot work stops with the reason, where each process would die
