@@ -277,6 +277,7 @@ cdef double LOG2_OF[256]         # log2(n) of a name's byte count
 # is four 4-byte stores instead of a division chain per octet.
 cdef char OCTET_DOT[256][4]
 cdef uint8_t OCTET_DIGITS[256]
+cdef const char *HEXL = b"0123456789abcdef"
 cdef char HEX_PAIR[256][2]       # a byte as two lower-case hex digits (IPv6 words)
 
 
@@ -296,7 +297,6 @@ cdef inline int put_decimal8(char *t, uint8_t v) noexcept nogil:
 
 cdef void init_char_tables() noexcept:
     cdef int ch
-    cdef const char *hex_digits = b"0123456789abcdef"
     COUNT_LOG2[0] = 0.0
     LOG2_OF[0] = 0.0
     for ch in range(1, 256):
@@ -305,8 +305,8 @@ cdef void init_char_tables() noexcept:
     for ch in range(256):
         OCTET_DIGITS[ch] = <uint8_t>put_decimal8(OCTET_DOT[ch], <uint8_t>ch)
         OCTET_DOT[ch][OCTET_DIGITS[ch]] = 46
-        HEX_PAIR[ch][0] = hex_digits[ch >> 4]
-        HEX_PAIR[ch][1] = hex_digits[ch & 15]
+        HEX_PAIR[ch][0] = HEXL[ch >> 4]
+        HEX_PAIR[ch][1] = HEXL[ch & 15]
         CHAR_CLASS[ch] = 0
         LOWER[ch] = <uint8_t>ch
         if 48 <= ch <= 57:
@@ -423,7 +423,7 @@ cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint fea
     cdef uint8_t b, ch, cls, nlabels = 0, longest = 0, inplace = 0
     cdef uint32_t length, target, i, tl = 0, rl = 0, wire_len = 0
     cdef uint64_t counts = 0, h = <uint64_t>FNV_OFFSET, word, keep
-    cdef uint32_t step
+    cdef uint32_t step, label_end
     cdef int result = 0
     while True:
         if p >= limit:
@@ -522,9 +522,10 @@ cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint fea
                 # padded with plain bytes past the label); a word with a byte to
                 # escape, and a label at the message's very end, a byte at a time.
                 i = p + 1
-                while i < p + 1 + length and i + 8 <= c.msg_len and tl + 8 <= NAME_TEXT_CAP:
+                label_end = p + 1 + length
+                while i < label_end and i + 8 <= c.msg_len and tl + 8 <= NAME_TEXT_CAP:
                     memcpy(&word, msg + i, 8)
-                    step = p + 1 + length - i
+                    step = label_end - i
                     if step < 8:
                         keep = (<uint64_t>1 << (step * 8)) - 1
                         word = (word & keep) | (<uint64_t>PLAIN_PAD & ~keep)
@@ -536,7 +537,7 @@ cdef int read_name(Cursor *c, NameOut *o, uint64_t *anom, int max_hops, bint fea
                     memcpy(t + tl, &word, 8)
                     tl += step
                     i += step
-                for i in range(i, p + 1 + length):
+                for i in range(i, label_end):
                     ch = msg[i]
                     cls = CHAR_CLASS[ch]
                     ch = LOWER[ch]
@@ -704,7 +705,15 @@ cdef int ar_put_text_bytes(Arena *a, const uint8_t *p, size_t n, bint quoted) ex
         a.len += 1
     return 0
 
-cdef const char *HEXL = b"0123456789abcdef"
+
+
+cdef inline int put_hex_trimmed(char *t, uint8_t b) noexcept nogil:
+    """b in lower-case hex without a leading zero; returns the digits written (1 or 2)."""
+    if b >= 16:
+        memcpy(t, HEX_PAIR[b], 2)
+        return 2
+    t[0] = HEX_PAIR[b][1]
+    return 1
 
 
 cdef int ar_put_ip(Arena *a, const uint8_t *p, int family) except -1:
@@ -754,21 +763,13 @@ cdef int ar_put_ip(Arena *a, const uint8_t *p, int family) except -1:
             t[j] = 58
             j += 1
         # the word in hex without leading zeros, a byte's two digits at a time
-        w = words[i] >> 8
-        if w:
-            if w >= 16:
-                t[j] = HEX_PAIR[w][0]
-                j += 1
-            t[j] = HEX_PAIR[w][1]
-            memcpy(t + j + 1, HEX_PAIR[words[i] & 0xFF], 2)
-            j += 3
+        w = words[i]
+        if w >> 8:
+            j += put_hex_trimmed(t + j, <uint8_t>(w >> 8))
+            memcpy(t + j, HEX_PAIR[w & 0xFF], 2)
+            j += 2
         else:
-            w = words[i]
-            if w >= 16:
-                t[j] = HEX_PAIR[w][0]
-                j += 1
-            t[j] = HEX_PAIR[w][1]
-            j += 1
+            j += put_hex_trimmed(t + j, <uint8_t>w)
         i += 1
     a.len += j
     return 0

@@ -347,12 +347,13 @@ def check_rings(config: Config, memory_bytes: int | None = None) -> None:
             memory_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError):
             return
-    rings = worker_count(config) * len(config.interfaces)
+    workers = worker_count(config)
+    rings = workers * len(config.interfaces)
     asked = rings * config.ring_mib << 20
     if asked > memory_bytes * RING_SHARE_OF_MEMORY:
         raise ConfigError(
             f"{config.path}: capture.ring_mib: {rings} capture ring(s) of {config.ring_mib} MiB "
-            f"({worker_count(config)} worker(s) on each of {len(config.interfaces)} interface(s), "
+            f"({workers} worker(s) on each of {len(config.interfaces)} interface(s), "
             f"capture.workers) would take {asked >> 20} MiB, more than "
             f"{RING_SHARE_OF_MEMORY:.0%} of this machine's {memory_bytes >> 20} MiB: "
             "use fewer workers or smaller rings")
