@@ -2550,14 +2550,6 @@ def gather_spans(const uint8_t[::1] arena, const int64_t[::1] offsets, const int
     return out
 
 
-def group_order_u64(const uint64_t[::1] keys):
-    """A permutation that brings equal keys together: groups in order of first
-    appearance, rows in their original order within a group (a counting sort over
-    group_u64's groups: linear, where a stable sort by key value is n log n)."""
-    _, inverse, counts = group_u64(keys)
-    return group_order(inverse, counts)
-
-
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def group_order(const int64_t[::1] inverse, const int64_t[::1] counts):
@@ -3426,3 +3418,263 @@ def regdom_columns(messages, const uint8_t[::1] arena):
         lens[i] = length
         hashes[i] = span_hash(base + off, length)
     return off_arr, len_arr, hash_arr
+
+
+DEF EVENT_ANSWERED = 1
+DEF EVENT_DUPLICATE = 2
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def match_events(const uint64_t[::1] key, const double[::1] ts, const uint8_t[::1] is_response,
+                 const int64_t[::1] order=None):
+    """Query/response matching over one stream of events (sensor.track.Tracker): each
+    response goes to the latest query before it with its key; the first response to a
+    query answers it, later ones are duplicates; a query followed by a newer one with its
+    key is superseded. Events are taken in `order`, or as given when that is already by
+    time with queries before responses at equal times (returns None when `order` is
+    needed and was not given).
+
+    Returns (state, rtt, multi, unmatched, open): per event, state 1 answered or 2
+    duplicate (responses; 0 otherwise), rtt (answered responses, seconds; NaN
+    otherwise) and multi (a response to a query answered more than once); then the
+    responses that matched no query and the queries still open (neither answered nor
+    superseded), both in the order taken. One pass through one hash table of the keys.
+    """
+    cdef Py_ssize_t n = key.shape[0], i, k
+    if ts.shape[0] != n or is_response.shape[0] != n or (order is not None and order.shape[0] != n):
+        raise ValueError("key, ts, is_response and order need one entry per event")
+    if order is None:
+        for i in range(1, n):
+            if ts[i] < ts[i - 1] or (ts[i] == ts[i - 1] and is_response[i] < is_response[i - 1]):
+                return None
+    cdef Py_ssize_t cap = 16
+    while cap < 2 * n:
+        cap *= 2
+    cdef uint64_t mask = <uint64_t>(cap - 1)
+    slot_keys_arr = np.empty(cap, dtype=np.uint64)
+    slot_event_arr = np.full(cap, -1, dtype=np.int64)
+    query_of_arr = np.full(n, -1, dtype=np.int64)     # response -> the query it matched
+    replies_arr = np.zeros(n, dtype=np.int32)          # query -> responses it got
+    superseded_arr = np.zeros(n, dtype=np.uint8)
+    state_arr = np.zeros(n, dtype=np.uint8)
+    rtt_arr = np.full(n, np.nan)
+    multi_arr = np.zeros(n, dtype=np.bool_)
+    unmatched_arr = np.empty(n, dtype=np.int64)
+    open_arr = np.empty(n, dtype=np.int64)
+    cdef uint64_t[::1] slot_keys = slot_keys_arr
+    cdef int64_t[::1] slot_event = slot_event_arr
+    cdef int64_t[::1] query_of = query_of_arr
+    cdef int32_t[::1] replies = replies_arr
+    cdef uint8_t[::1] superseded = superseded_arr
+    cdef uint8_t[::1] state = state_arr
+    cdef double[::1] rtt = rtt_arr
+    cdef uint8_t[::1] multi = multi_arr.view(np.uint8)
+    cdef int64_t[::1] unmatched = unmatched_arr
+    cdef int64_t[::1] open_ = open_arr
+    cdef Py_ssize_t nunmatched = 0, nopen = 0
+    cdef int64_t e, q
+    cdef uint64_t h, slot
+    for i in range(n):
+        if order is None:
+            e = i
+        else:
+            e = order[i]
+            if e < 0 or e >= n:
+                raise ValueError("order names no event")
+        h = key[e]
+        slot = ((h ^ (h >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
+        while slot_event[slot] != -1 and slot_keys[slot] != h:
+            slot = (slot + 1) & mask
+        q = slot_event[slot]
+        if not is_response[e]:
+            if q != -1:
+                superseded[q] = 1
+            slot_keys[slot] = h
+            slot_event[slot] = e
+        elif q == -1:
+            unmatched[nunmatched] = e
+            nunmatched += 1
+        else:
+            query_of[e] = q
+            if replies[q] == 0:
+                state[e] = EVENT_ANSWERED
+                rtt[e] = ts[e] - ts[q]
+            else:
+                state[e] = EVENT_DUPLICATE
+            replies[q] += 1
+    for i in range(n):
+        e = i if order is None else order[i]
+        q = query_of[e]
+        if q != -1:
+            multi[e] = replies[q] > 1
+        elif not is_response[e] and replies[e] == 0 and not superseded[e]:
+            open_[nopen] = e
+            nopen += 1
+    return state_arr, rtt_arr, multi_arr, unmatched_arr[:nunmatched], open_arr[:nopen]
+
+
+cdef inline uint64_t key_slot(uint64_t k, uint64_t mask) noexcept nogil:
+    return ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
+
+
+@cython.final
+cdef class KeyIndex:
+    """A growing set of 64-bit keys, each numbered by its arrival (its row): what a table
+    held across batches looks its rows up in, without hashing every held key again for
+    each batch. Open addressing at most half full; `keys` are the keys by row."""
+
+    cdef object _keys_arr           # uint64 by row; its first _size entries are used
+    cdef uint64_t *_slot_key
+    cdef int64_t *_slot_row         # -1: empty
+    cdef Py_ssize_t _slots, _size
+
+    def __cinit__(self, keys=None):
+        self._keys_arr = np.empty(16, dtype=np.uint64)
+        self._slots = 0
+        self._size = 0
+        self._grow_slots(32)
+        if keys is not None:
+            _, first = self.add(np.ascontiguousarray(keys, dtype=np.uint64))
+            if len(first) != len(keys):
+                raise ValueError("keys repeat: a row each is needed")
+
+    def __dealloc__(self):
+        free(self._slot_key)
+        free(self._slot_row)
+
+    def __len__(self):
+        return self._size
+
+    def __reduce__(self):
+        return (KeyIndex, (self.keys.copy(),))
+
+    @property
+    def keys(self):
+        """The keys by row (a view, valid until the next add)."""
+        return self._keys_arr[:self._size]
+
+    cdef int _grow_slots(self, Py_ssize_t slots) except -1:
+        cdef uint64_t *sk = <uint64_t *>calloc(slots, sizeof(uint64_t))
+        cdef int64_t *sr = <int64_t *>calloc(slots, sizeof(int64_t))
+        if sk == NULL or sr == NULL:
+            free(sk)
+            free(sr)
+            raise MemoryError()
+        memset(sr, 0xFF, slots * sizeof(int64_t))
+        cdef uint64_t mask = <uint64_t>(slots - 1)
+        cdef const uint64_t[::1] keys = self._keys_arr
+        cdef Py_ssize_t r
+        cdef uint64_t slot
+        for r in range(self._size):
+            slot = key_slot(keys[r], mask)
+            while sr[slot] != -1:
+                slot = (slot + 1) & mask
+            sk[slot] = keys[r]
+            sr[slot] = r
+        free(self._slot_key)
+        free(self._slot_row)
+        self._slot_key, self._slot_row, self._slots = sk, sr, slots
+        return 0
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def find(self, const uint64_t[::1] values):
+        """Row of each value, -1 where it is not held."""
+        cdef Py_ssize_t n = values.shape[0], i
+        out_arr = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] out = out_arr
+        cdef uint64_t mask = <uint64_t>(self._slots - 1), k, slot
+        for i in range(n):
+            k = values[i]
+            slot = key_slot(k, mask)
+            while self._slot_row[slot] != -1 and self._slot_key[slot] != k:
+                slot = (slot + 1) & mask
+            out[i] = self._slot_row[slot]
+        return out_arr
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    def add(self, const uint64_t[::1] values):
+        """The row of each value, keys not held taking the next rows in order of first
+        appearance. Returns (rows, first): first is, for each new row, the position in
+        `values` of the key's first appearance."""
+        cdef Py_ssize_t n = values.shape[0], i
+        rows_arr = np.empty(n, dtype=np.int64)
+        first_arr = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] rows = rows_arr
+        cdef int64_t[::1] first = first_arr
+        cdef uint64_t[::1] keys = self._keys_arr
+        cdef Py_ssize_t start = self._size
+        cdef uint64_t mask = <uint64_t>(self._slots - 1), k, slot
+        cdef int64_t r
+        for i in range(n):
+            k = values[i]
+            slot = key_slot(k, mask)
+            while self._slot_row[slot] != -1 and self._slot_key[slot] != k:
+                slot = (slot + 1) & mask
+            r = self._slot_row[slot]
+            if r == -1:
+                r = self._size
+                if r == keys.shape[0]:              # rows full: twice as many
+                    grown = np.empty(2 * r, dtype=np.uint64)
+                    grown[:r] = self._keys_arr
+                    self._keys_arr = grown
+                    keys = grown
+                keys[r] = k
+                self._size += 1
+                if 2 * self._size > self._slots:    # half full: twice as many slots, rehashed
+                    self._grow_slots(2 * self._slots)
+                    mask = <uint64_t>(self._slots - 1)
+                else:
+                    self._slot_key[slot] = k
+                    self._slot_row[slot] = r
+                first[r - start] = i
+            rows[i] = r
+        return rows_arr, first_arr[:self._size - start]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def add_rows(int64_t[:, ::1] table, const int64_t[::1] rows, const int64_t[:, ::1] values):
+    """table[rows[i]] += values[i] for every i, rows repeating or not (np.add.at's sum)."""
+    cdef Py_ssize_t n = rows.shape[0], w = table.shape[1], i, c
+    cdef int64_t r
+    if values.shape[0] != n or (n and values.shape[1] != w):
+        raise ValueError("values need one row of the table's width per row number")
+    for i in range(n):
+        r = rows[i]
+        if r < 0 or r >= table.shape[0]:
+            raise ValueError("row %d outside the table" % r)
+        for c in range(w):
+            table[r, c] += values[i, c]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def count_messages(int64_t[:, ::1] table, const int64_t[::1] rows, const uint8_t[:] qr,
+                   const uint16_t[:] rcode, const uint32_t[:] size):
+    """Add each message to its row of a per-minute counters table (minute_counts' six
+    columns: queries, responses, NXDOMAIN, SERVFAIL, query bytes, response bytes)."""
+    cdef Py_ssize_t n = rows.shape[0], i
+    cdef int64_t r
+    cdef uint16_t rc
+    if qr.shape[0] != n or rcode.shape[0] != n or size.shape[0] != n:
+        raise ValueError("columns differ in length")
+    if table.shape[1] != 6:
+        raise ValueError("the table needs six columns")
+    for i in range(n):
+        r = rows[i]
+        if r < 0 or r >= table.shape[0]:
+            raise ValueError("row %d outside the table" % r)
+        if qr[i] == 0:
+            table[r, 0] += 1
+            table[r, 4] += size[i]
+        else:
+            table[r, 1] += 1
+            table[r, 5] += size[i]
+            rc = rcode[i]
+            if rc == 3:
+                table[r, 2] += 1
+            elif rc == 2:
+                table[r, 3] += 1

@@ -41,10 +41,6 @@ def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarra
     """Group equal 64-bit keys in one pass, in order of first appearance: (first row per group,
     group per row, rows per group[, min ts, max ts])."""
 
-def group_order_u64(keys: np.ndarray) -> np.ndarray:
-    """A permutation that brings equal keys together: groups in order of first appearance,
-    rows in their original order within a group."""
-
 def group_order(inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """np.argsort(inverse, kind="stable") for group numbers with known counts, by counting."""
 
@@ -105,3 +101,31 @@ def out_of_bailiwick(messages: np.ndarray, rrs: np.ndarray, arena: bytes) -> np.
 def count_in_spans(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Per arena slice: how many of its bytes have a non-zero entry in `table` (256 entries)."""
     ...
+
+def match_events(key: np.ndarray, ts: np.ndarray, is_response: np.ndarray,
+                 order: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Query/response matching over events taken in `order` (or as given, when already by
+    time, queries first at equal times; None when not and no order was given): per event
+    state (1 answered, 2 duplicate), rtt and multi, then the unmatched responses and the
+    open queries, in the order taken."""
+
+class KeyIndex:
+    """A growing set of 64-bit keys, each numbered by its arrival (its row)."""
+    def __init__(self, keys: np.ndarray | None = None) -> None: ...
+    def __len__(self) -> int: ...
+    @property
+    def keys(self) -> np.ndarray:
+        """The keys by row (a view, valid until the next add)."""
+    def find(self, values: np.ndarray) -> np.ndarray:
+        """Row of each value, -1 where it is not held."""
+    def add(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row of each value, position of each new key's first appearance): keys not held
+        take the next rows in order of first appearance."""
+
+def add_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """table[rows[i]] += values[i] for every i (int64), rows repeating or not."""
+
+def count_messages(table: np.ndarray, rows: np.ndarray, qr: np.ndarray, rcode: np.ndarray,
+                   size: np.ndarray) -> None:
+    """Add each message to its row of a six-column per-minute counters table."""

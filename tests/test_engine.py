@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from conftest import DATA, REPO, SHARED_PCAPS
 from pcapgen import Conversation, answer, query, udp_frame, write_pcap
-from sensor import cli
+from sensor import _core, cli
 from sensor.capture import offline
 from sensor.capture.offline import first_frame_time, read_frames
 from sensor.errors import CaptureError
@@ -1120,6 +1120,30 @@ def test_clients_table_adds_up_to_the_stats(tmp_path):
         conf.db_path, "SELECT sum(queries) FROM stats WHERE leg = 'upstream'")[0][0]
 
 
+@pytest.mark.parametrize("per_batch", [7, 65536])
+def test_unique_clients_are_the_distinct_clients_of_each_stats_row(tmp_path, per_batch):
+    """Batch after batch, a stats row's unique clients are the distinct querying addresses
+    of its minute, resolver and leg, as counted from the parsed capture directly: a client
+    that comes back in a later batch is not counted again, and a new one is counted."""
+    from sensor.parse.batch import address_text
+    from sensor.track import LEG_NAMES
+    conf = config(tmp_path, resolver_addresses=("10.1.0.53", "198.51.100.53"))
+    conf = replace(conf, limits=replace(conf.limits, messages_per_batch=per_batch))
+    replay([str(DATA / "demo-office-resolver.pcap")], conf, progress_to=None)
+    want: dict[tuple, set] = {}
+    tracker = Tracker(resolver_addresses=conf.resolver_set())
+    batch = parse_file(str(DATA / "demo-office-resolver.pcap"))
+    track = tracker.process(batch.messages)
+    for ts, resolver, leg, client in zip(batch.messages["ts"].tolist(), track.resolver.tolist(),
+                                         track.leg.tolist(), track.client.tolist()):
+        key = (int(ts // 60 * 60), address_text(resolver), LEG_NAMES[leg])
+        want.setdefault(key, set()).add(client)
+    got = {(m, r, leg): n for m, r, leg, n in db_rows(
+        conf.db_path, "SELECT minute, resolver, leg, unique_clients FROM stats WHERE leg != 'sensor'")}
+    assert got == {key: len(clients) for key, clients in want.items()}
+    assert max(got.values()) > 1                       # several clients share a row
+
+
 def test_demo_capture_is_rebuilt_byte_identical(tmp_path):
     import subprocess
     import sys
@@ -1127,6 +1151,33 @@ def test_demo_capture_is_rebuilt_byte_identical(tmp_path):
     subprocess.run([sys.executable, str(REPO / "tools" / "demo_capture.py"), str(out)], check=True,
                    capture_output=True)
     assert out.read_bytes() == (DATA / "demo-office-resolver.pcap").read_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 40), max_size=120), max_size=8))
+def test_key_index_numbers_keys_by_arrival_across_batches(batches):
+    """The compiled key index that tables hold across batches numbers each key by its first
+    arrival, finds held keys and only those, and survives a pickle (a shipment)."""
+    import pickle
+    index, rows = _core.KeyIndex(), {}
+    for values in batches:
+        v = np.array(values, dtype=np.uint64)
+        before = len(rows)
+        got, first = index.add(v)
+        new_positions = []
+        for i, x in enumerate(values):
+            if x not in rows:
+                rows[x] = len(rows)
+                new_positions.append(i)
+        assert got.tolist() == [rows[x] for x in values]
+        assert first.tolist() == new_positions and len(index) == len(rows) >= before
+        assert index.keys.tolist() == list(rows)
+    probe = np.array(list(rows) + [7, 2**63 + 5], dtype=np.uint64)
+    want = [rows.get(x, -1) for x in probe.tolist()]
+    assert index.find(probe).tolist() == want
+    assert pickle.loads(pickle.dumps(index)).find(probe).tolist() == want
+    with pytest.raises(ValueError):
+        _core.KeyIndex(np.array([3, 4, 3], dtype=np.uint64))
 
 
 @settings(max_examples=200, deadline=None)
@@ -1164,24 +1215,59 @@ def test_index_keys_finds_first_occurrence(values, keys):
     assert index_keys(v, k).tolist() == expected
 
 
-@settings(max_examples=200, deadline=None)
+def _matching_by_definition(key: list[int], ts: list[float], is_response: list[bool]):
+    """Query/response matching as defined, by brute force: events in (time, kind, capture)
+    order; a response goes to the latest query before it with its key; the first response
+    to a query answers it, later ones are duplicates; a query is open when no response went
+    to it and no later query has its key."""
+    n = len(key)
+    taken = sorted(range(n), key=lambda e: (ts[e], is_response[e], e))
+    rank = {e: r for r, e in enumerate(taken)}
+    query_of = {}
+    for r in (e for e in taken if is_response[e]):
+        before = [q for q in taken[:rank[r]] if not is_response[q] and key[q] == key[r]]
+        query_of[r] = before[-1] if before else None
+    replies = {q: [r for r in taken if query_of.get(r) == q and q is not None] for q in range(n)
+               if not is_response[q]}
+    state = [0] * n
+    rtt = [None] * n
+    multi = [False] * n
+    for q, rs in replies.items():
+        for i, r in enumerate(rs):
+            state[r] = 1 if i == 0 else 2
+            multi[r] = len(rs) > 1
+        if rs:
+            rtt[rs[0]] = ts[rs[0]] - ts[q]
+    unmatched = [e for e in taken if is_response[e] and query_of[e] is None]
+    superseded = {q for q in replies if any(not is_response[o] and key[o] == key[q] and rank[o] > rank[q]
+                                           for o in range(n))}
+    open_ = [q for q in taken if q in replies and not replies[q] and q not in superseded]
+    return state, rtt, multi, unmatched, open_
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 6), st.booleans()), max_size=60), st.booleans())
-def test_event_order_matches_lexsort(events, time_ordered):
-    """Tracking's shortcut (a linear grouping of equal keys when events come in time order)
-    orders each key's events exactly as the three-key lexsort does, in order or not."""
-    from sensor.track import _by_key_time_kind
+def test_event_matching_follows_its_definition(events, time_ordered):
+    """The core's one-pass matching answers, duplicates, multi-answered, unmatched and open
+    exactly as the definition says, for events in time order and out of it (which it
+    refuses to take as given, and takes in the order the tracker sorts them)."""
     if time_ordered:
         events = sorted(events, key=lambda e: (e[1], e[2]))
     key = np.array([e[0] for e in events], dtype=np.uint64)
-    ts = np.array([e[1] for e in events], dtype=np.float64)
+    ts = np.array([e[1] for e in events], dtype=np.float64) / 7      # not whole seconds
     kind = np.array([e[2] for e in events], dtype=np.uint8)
-    order = _by_key_time_kind(key, ts, kind)
-    assert sorted(order.tolist()) == list(range(len(events)))
-    runs = [k for i, k in enumerate(key[order].tolist()) if i == 0 or k != key[order][i - 1]]
-    assert len(runs) == len(set(runs))                       # each key's events together
-    expected = np.lexsort((kind, ts, key))
-    for k in set(runs):
-        assert [i for i in order.tolist() if key[i] == k] == [i for i in expected.tolist() if key[i] == k]
+    want = _matching_by_definition(key.tolist(), ts.tolist(), [bool(k) for k in kind])
+    got = _core.match_events(key, ts, kind)
+    in_order = all((ts[i], kind[i]) >= (ts[i - 1], kind[i - 1]) for i in range(1, len(events)))
+    assert (got is not None) == in_order
+    if got is None:
+        got = _core.match_events(key, ts, kind, np.lexsort((kind, ts)))
+    state, rtt, multi, unmatched, open_ = got
+    assert state.tolist() == want[0]
+    assert [None if np.isnan(x) else x for x in rtt.tolist()] == want[1]
+    assert multi.tolist() == want[2]
+    assert unmatched.tolist() == want[3]
+    assert open_.tolist() == want[4]
 
 
 @settings(max_examples=150, deadline=None)

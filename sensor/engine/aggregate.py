@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.parse.batch import Batch, address_text
 from sensor.store.schema import MINUTE_COUNTERS, STATS_COUNTERS
 from sensor.track import (ANSWERED, DUPLICATE, LEG_CLIENT, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
-                          address_words, hash_columns, index_keys, isin_keys, key_groups)
+                          address_words, hash_columns, key_groups)
 
 OTHER_RESOLVER = "other"
 GROUP_SHIFT = 40
@@ -44,34 +44,59 @@ CLIENT_COLUMNS = tuple(name for name, _ in MINUTE_COUNTERS)
 class KeyedCounts:
     """Per (minute, label) counters as numpy columns: a batch folds into the held rows in
     place (new labels appended), and a label (a client address, a network, a registered
-    domain) becomes text only when the writer stores the rows."""
+    domain) becomes text only when the writer stores the rows. Rows are found through a
+    compiled index of their keys, kept across batches (not pickled: rebuilt on demand)."""
 
     def __init__(self, label_dtype: Any = "V16") -> None:
         self.keys = np.empty(0, dtype=np.uint64)
         self.minute = np.empty(0, dtype=np.int64)
         self.label = np.empty(0, dtype=label_dtype)
         self.counts = np.empty((0, len(CLIENT_COLUMNS)), dtype=np.int64)
+        self._index: _core.KeyIndex | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_index", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._index = None
+
+    def _rows(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The row of each key, new keys appended (their minute and label still to come),
+        and the position of each new key's first appearance."""
+        if self._index is None:
+            self._index = _core.KeyIndex(self.keys)
+        rows, first = self._index.add(np.ascontiguousarray(keys, dtype=np.uint64))
+        self.keys = self._index.keys
+        if len(first):
+            self.counts = np.concatenate([self.counts, np.zeros((len(first), self.counts.shape[1]), dtype=np.int64)])
+        return rows, first
+
+    def _append(self, minute: np.ndarray, label: np.ndarray) -> None:
+        if len(minute):
+            self.minute = np.concatenate([self.minute, minute])
+            self.label = np.concatenate([self.label, label.astype(self.label.dtype, copy=False)])
+
     def add(self, keys: np.ndarray, minute: np.ndarray, label: np.ndarray, counts: np.ndarray) -> None:
         """Fold rows in (keys may repeat): stored groups add up in place, new ones append."""
-        first, inv, _ = key_groups(keys)
-        if len(first) < len(keys):
-            counts = np.stack([np.bincount(inv, weights=c, minlength=len(first)) for c in counts.T],
-                              axis=1).astype(np.int64)
-            keys, minute, label = keys[first], minute[first], label[first]
-        pos = index_keys(keys, self.keys)
-        known = pos >= 0
-        if known.any():
-            self.counts[pos[known]] += counts[known]
-        new = ~known
-        if new.any():
-            self.keys = np.concatenate([self.keys, keys[new]])
-            self.minute = np.concatenate([self.minute, minute[new]])
-            self.label = np.concatenate([self.label, label[new]])
-            self.counts = np.concatenate([self.counts, counts[new].astype(np.int64)])
+        rows, first = self._rows(keys)
+        self._append(minute[first], label[first])
+        _core.add_rows(self.counts, rows, np.ascontiguousarray(counts, dtype=np.int64))
+
+    def add_messages(self, keys: np.ndarray, minute: np.ndarray, labels: Callable[[np.ndarray], np.ndarray],
+                     qr: np.ndarray, rcode: np.ndarray, size: np.ndarray) -> None:
+        """Count messages into their rows (one key per message), in one pass: a new row
+        takes the minute and the label (`labels` of the positions of new keys' first
+        messages) of its first message."""
+        rows, first = self._rows(keys)
+        if len(first):
+            self._append(minute[first], labels(first))
+        _core.count_messages(self.counts, rows, qr, rcode, size)
 
     def merge(self, other: "KeyedCounts") -> None:
         if len(other):
@@ -94,6 +119,7 @@ class KeyedCounts:
         own = np.sort(own)
         self.keys, self.minute, self.label, self.counts = (
             self.keys[own], self.minute[own], self.label[own], self.counts[own])
+        self._index = None
         self.add(_other_keys(minutes), minutes, labels, sums)
 
     def _split(self, limit_per_minute: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,7 +179,9 @@ class SeenCounts:
     past the limit, rows are shared out fairly among registered domains instead of first
     come, so that a flood of new names under one domain (a wildcard answering random
     subdomains) cannot take every place from the records of all the others.
-    `text` maps each key to its identity; the Accumulator fills it when it hands over."""
+    `text` maps each key to its identity; the Accumulator fills it when it hands over.
+    Rows are found through a compiled index of their keys, kept across batches (not
+    pickled: rebuilt on demand)."""
 
     COLUMNS = ("keys", "first", "last", "count", "group")
 
@@ -164,6 +192,12 @@ class SeenCounts:
         self.count = np.empty(0, dtype=np.int64)
         self.group = np.empty(0, dtype=np.uint64)
         self.text: dict[int, tuple] = {}
+        self._index: _core.KeyIndex | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_index", None)
+        return state
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -171,6 +205,7 @@ class SeenCounts:
     def __setstate__(self, state: dict) -> None:
         # a table pickled before rows had a group (kept on disk across an upgrade)
         self.__dict__.update(state)
+        self._index = None
         if "group" not in state:
             self.group = np.zeros(len(self.keys), dtype=np.uint64)
 
@@ -182,7 +217,9 @@ class SeenCounts:
         of messages dropped (refused or evicted) and the indexes of the rows appended."""
         if group is None:
             group = np.zeros(len(keys), dtype=np.uint64)
-        pos = index_keys(keys, self.keys)
+        if self._index is None:
+            self._index = _core.KeyIndex(self.keys)
+        pos = self._index.find(np.ascontiguousarray(keys, dtype=np.uint64))
         known = pos >= 0
         if known.any():
             at = pos[known]
@@ -200,10 +237,15 @@ class SeenCounts:
                     self.text.pop(k, None)
                 for name in self.COLUMNS:
                     setattr(self, name, getattr(self, name)[held])
+                self._index = _core.KeyIndex(self.keys)
             dropped += int(count[new[~taken]].sum())
             new = new[taken]
         if len(new):
-            for name, values in zip(self.COLUMNS, (keys, first, last, count, group)):
+            _, appended = self._index.add(np.ascontiguousarray(keys[new], dtype=np.uint64))
+            if len(appended) != len(new):
+                raise ValueError("keys repeat: a row each is needed")
+            self.keys = self._index.keys
+            for name, values in zip(self.COLUMNS[1:], (first, last, count, group)):
                 held_values = getattr(self, name)
                 setattr(self, name, np.concatenate([held_values, values[new].astype(held_values.dtype, copy=False)]))
         return dropped, new
@@ -390,8 +432,11 @@ class Accumulator:
         # sorted arrays say which keys have text without a Python loop.
         self._pdns_text: dict[int, tuple[str, str, str]] = {}
         self._nx_text: dict[int, tuple[str, str]] = {}
-        self._pdns_known = np.empty(0, dtype=np.uint64)
-        self._nx_known = np.empty(0, dtype=np.uint64)
+        self._pdns_known = _core.KeyIndex()
+        self._nx_known = _core.KeyIndex()
+        # (stats row, client) pairs already in the rows' client sets: bounded by
+        # limits.max_clients_per_group, then started over
+        self._client_pairs = _core.KeyIndex()
 
     def take(self) -> Aggregate:
         agg, self.agg = self.agg, Aggregate()
@@ -399,8 +444,9 @@ class Accumulator:
             table.text = {k: cache[k] for k in table.keys.tolist()}
             if len(cache) > self.limits.max_pdns_rows:       # bounded: rebuilt from later batches
                 cache.clear()
-        self._pdns_known = np.empty(0, dtype=np.uint64)
-        self._nx_known = np.empty(0, dtype=np.uint64)
+        self._pdns_known = _core.KeyIndex()
+        self._nx_known = _core.KeyIndex()
+        self._client_pairs = _core.KeyIndex()
         return agg
 
     def add(self, batch: Batch, track: TrackResult) -> None:
@@ -472,13 +518,16 @@ class Accumulator:
         }
         columns = {name: values.tolist() for name, values in columns.items()}
         rtt_ms = rtt_ms.tolist()
-        # (group, value) pairs packed into one uint64: distinct pairs are plain integers.
-        inv64 = inv.astype(np.uint64) << np.uint64(GROUP_SHIFT)
+        # Only the (row, client) pairs not met since the last take() reach the rows' sets.
         cw = address_words(track.client)
-        pairs = inv64 | (hash_columns(cw[:, 0], cw[:, 1]) & np.uint64(CLIENT_HASH_MASK))
-        pairs = np.sort(pairs[key_groups(pairs)[0]])
+        if len(self._client_pairs) > self.limits.max_clients_per_group:
+            self._client_pairs = _core.KeyIndex()      # a filter only: the sets hold the truth
+        _, new_pair = self._client_pairs.add(hash_columns(keys, cw[:, 0], cw[:, 1]))
+        # (group, client) packed into one uint64, sorted: each group's clients in one run
+        pairs = np.sort((inv[new_pair].astype(np.uint64) << np.uint64(GROUP_SHIFT))
+                        | (hash_columns(cw[new_pair, 0], cw[new_pair, 1]) & np.uint64(CLIENT_HASH_MASK)))
         pair_group = (pairs >> np.uint64(GROUP_SHIFT)).astype(np.int64)
-        bounds = np.searchsorted(pair_group, np.arange(g + 1))
+        bounds = np.searchsorted(pair_group, np.arange(g + 1)).tolist()
         client_ids = (pairs & np.uint64(CLIENT_HASH_MASK)).tolist()
         rows = [self._stats_row(k) for k in group_keys]
         for gi, row in enumerate(rows):
@@ -486,7 +535,7 @@ class Accumulator:
                 row[name] += int(values[gi])
             row["rtt_ms_sum"] += rtt_ms[gi]
             clients = row["clients"]
-            if len(clients) < self.limits.max_clients_per_group:
+            if len(clients) < self.limits.max_clients_per_group and bounds[gi] < bounds[gi + 1]:
                 clients.update(client_ids[bounds[gi]:bounds[gi + 1]])
         cells = [(by_rcode, schema.rcode_name, "rcodes"), (by_qtype, schema.type_name, "qtypes")]
         for table, name_of, column in cells:
@@ -510,8 +559,8 @@ class Accumulator:
 
     def _clients(self, msgs: np.ndarray, track: TrackResult) -> None:
         keys, minute = _core.minute_keys(np.ascontiguousarray(msgs), address_words(track.client))
-        first, first_minute, counts = self._keyed_counts(keys, minute, msgs["qr"], msgs["rcode"], msgs["size"])
-        self.agg.clients.add(keys[first], first_minute, track.client[first], counts)
+        self.agg.clients.add_messages(keys, minute, lambda first: track.client[first],
+                                      msgs["qr"], msgs["rcode"], msgs["size"])
 
     def _breakdown(self, batch: Batch, track: TrackResult) -> None:
         """Client-leg counters per client network and per registered domain, for the scoped
@@ -539,15 +588,17 @@ class Accumulator:
             prefix = np.where(v4[:, None], words & np.array([0xFFFFFFFFFFFFFFFF, 0x00FFFFFFFFFFFFFF], dtype=np.uint64),
                               words & np.array([0x0000FFFFFFFFFFFF, 0], dtype=np.uint64))
             keys = hash_columns(minute64, prefix[:, 0], prefix[:, 1])
-        first, first_minute, counts = self._keyed_counts(keys, minute, qr, rcode, size)
-        if self.networks.networks:
-            labels = [str(self.networks.networks[i]) if i >= 0 else OTHER_RESOLVER for i in network[first].tolist()]
-        else:
-            labels = []
-            for p0, p1, is4 in zip(prefix[first, 0].tolist(), prefix[first, 1].tolist(), v4[first].tolist()):
-                raw = int(p0).to_bytes(8, "little") + int(p1).to_bytes(8, "little")
-                labels.append(f"{address_text(raw)}/{24 if is4 else 48}")
-        self.agg.networks.add(keys[first], first_minute, np.array(labels, dtype=object), counts)
+
+        def labels(first: np.ndarray) -> np.ndarray:
+            if self.networks.networks:
+                text = [str(self.networks.networks[i]) if i >= 0 else OTHER_RESOLVER for i in network[first].tolist()]
+            else:
+                text = []
+                for p0, p1, is4 in zip(prefix[first, 0].tolist(), prefix[first, 1].tolist(), v4[first].tolist()):
+                    raw = int(p0).to_bytes(8, "little") + int(p1).to_bytes(8, "little")
+                    text.append(f"{address_text(raw)}/{24 if is4 else 48}")
+            return np.array(text, dtype=object)
+        self.agg.networks.add_messages(keys, minute, labels, qr, rcode, size)
         reg_off, reg_len = batch.regdom_spans
         reg_hash = batch.regdom_hash
         if not everything:
@@ -599,35 +650,34 @@ class Accumulator:
                 new = rrs[rows[idx]]
                 return list(zip(_texts(arena, new["name_off"], new["name_len"]), _type_names(new["type"]),
                                 _texts(arena, new["rdata_off"], new["rdata_len"])))
-            self._pdns_known = self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identities,
-                                              lambda idx: batch.regdom_hash[rrs["msg"][rows[idx]]])
+            self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identities,
+                           lambda idx: batch.regdom_hash[rrs["msg"][rows[idx]]])
         nx, nx_keys, nx_ts = _core.nxdomain_records(np.ascontiguousarray(msgs), track.state, MISMATCHED)
         if len(nx):
             def nx_identities(idx: np.ndarray) -> list[tuple[str, str]]:    # keys not seen before
                 new = msgs[nx[idx]]
                 return list(zip(_texts(arena, new["qname_off"], new["qname_len"]), _type_names(new["qtype"])))
-            self._nx_known = self._add_seen(agg.nxdomain, self._nx_text, self._nx_known, nx_keys, nx_ts,
-                                            nx_identities, lambda idx: batch.regdom_hash[nx[idx]])
+            self._add_seen(agg.nxdomain, self._nx_text, self._nx_known, nx_keys, nx_ts,
+                           nx_identities, lambda idx: batch.regdom_hash[nx[idx]])
 
-    def _add_seen(self, table: SeenCounts, texts: dict, known: np.ndarray, row_keys: np.ndarray,
-                  ts: np.ndarray, identities, groups) -> np.ndarray:
+    def _add_seen(self, table: SeenCounts, texts: dict, known: _core.KeyIndex, row_keys: np.ndarray,
+                  ts: np.ndarray, identities, groups) -> None:
         """Fold one batch's rows into `table`; text is built only for keys never seen
-        before (`known` is returned updated), by `identities` over their first rows, and
+        before (`known`, which takes them in), by `identities` over their first rows, and
         `groups` gives those rows' registered domains (hashed) for a fair share past the
         limit."""
         keys, first_idx, counts, first, last = _group_times(row_keys, ts)
-        new = ~isin_keys(keys, known)
+        before = len(known)
+        new = known.add(keys)[0] >= before
         if new.any():
             new_keys = keys[new]
             # keys met before the last take() still have their text
             missing = np.fromiter((k not in texts for k in new_keys.tolist()), dtype=bool, count=len(new_keys))
             if missing.any():
                 texts.update(zip(new_keys[missing].tolist(), identities(first_idx[new][missing])))
-            known = np.concatenate([known, new_keys])
         lost, _ = table.add(keys, first, last, counts, self.limits.max_pdns_rows, groups(first_idx))
         if lost:
             self.agg.dropped["pdns_overflow"] += lost
-        return known
 
     def _anomalies(self, batch: Batch) -> None:
         msgs = batch.messages

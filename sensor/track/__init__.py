@@ -1,4 +1,4 @@
-"""Query/response tracking, columnar: one sort per batch, no object per message.
+"""Query/response tracking, columnar: one hash pass per batch, no object per message.
 
 A query and its response share a key: client address and port, server address
 and port, message id, question name (hash) and type. Queries not answered
@@ -106,21 +106,6 @@ def _raced_queries(resp_loose: np.ndarray, resp_ts: np.ndarray, query_loose: np.
     return out
 
 
-def _by_key_time_kind(key: np.ndarray, ts: np.ndarray, is_response: np.ndarray) -> np.ndarray:
-    """An order of events with equal keys together, by time within a key, queries before
-    responses at the same time (what matching needs; keys need not be sorted). Events
-    already in (time, kind) order, as a capture nearly always is, need only a linear
-    grouping of equal keys; anything else takes the three-key lexsort."""
-    if len(ts) > 1:
-        later = ts[1:] > ts[:-1]
-        in_order = bool(np.all(later | ((ts[1:] == ts[:-1]) & (is_response[1:] >= is_response[:-1]))))
-    else:
-        in_order = True
-    if in_order:
-        return _core.group_order_u64(np.ascontiguousarray(key, dtype=np.uint64))
-    return np.lexsort((is_response, ts, key))
-
-
 @dataclass
 class TrackResult:
     state: np.ndarray            # uint8 per message (NONE for queries)
@@ -165,8 +150,6 @@ class Tracker:
         if now is None:
             now = float(ts.max()) if n else 0.0
 
-        state = np.zeros(n, dtype=np.uint8)
-        rtt = np.full(n, np.nan)
         qi = np.flatnonzero(isq & tracked)
         p = self.pending
         np_ = len(p)
@@ -176,31 +159,15 @@ class Tracker:
         ev_key = np.concatenate([p["key"], key[ti]])
         ev_ts = np.concatenate([p["ts"], ts[ti]])
         ev_resp = np.concatenate([np.zeros(np_, dtype=np.uint8), (~isq[ti]).view(np.uint8)])
-        # Where each event came from: pending row, or message index.
-        ev_from = np.concatenate([np.arange(np_), ti])
-        order = _by_key_time_kind(ev_key, ev_ts, ev_resp)
-        sk, sts, sresp, sfrom = ev_key[order], ev_ts[order], ev_resp[order], ev_from[order]
-        is_query_pos = sresp == 0
-        pos = np.arange(len(order))
-        last_query = np.maximum.accumulate(np.where(is_query_pos, pos, -1)) if len(order) else pos
-        rpos = np.flatnonzero(~is_query_pos)
-        j = last_query[rpos]
-        matched = (j >= 0) & (sk[np.maximum(j, 0)] == sk[rpos])
-        jm = j[matched]
-        first = np.ones(len(jm), dtype=bool)
-        first[1:] = jm[1:] != jm[:-1]
-        resp_msg = sfrom[rpos]
-        mresp = resp_msg[matched]
-        state[mresp[first]] = ANSWERED
-        rtt[mresp[first]] = sts[rpos[matched][first]] - sts[jm[first]]
-        state[mresp[~first]] = DUPLICATE
-        # every response to a query that got more than one, the first included
+        matched = _core.match_events(ev_key, ev_ts, ev_resp)
+        if matched is None:       # not in (time, kind) order: taken sorted, ties as captured
+            matched = _core.match_events(ev_key, ev_ts, ev_resp, np.lexsort((ev_resp, ev_ts)))
+        ev_state, ev_rtt, ev_multi, unmatched_ev, open_ev = matched
+        state = np.zeros(n, dtype=np.uint8)
+        rtt = np.full(n, np.nan)
         multi = np.zeros(n, dtype=bool)
-        if len(jm):
-            shared = ~first
-            shared[:-1] |= ~first[1:]
-            multi[mresp[shared]] = True
-        unmatched = resp_msg[~matched]
+        state[ti], rtt[ti], multi[ti] = ev_state[np_:], ev_rtt[np_:], ev_multi[np_:]
+        unmatched = ti[unmatched_ev - np_]          # responses: never a pending event
         query_loose = np.concatenate([p["loose"], loose[qi]])
         # A blind spoofer races the answer over UDP; over TCP it cannot get in, and a
         # response whose query is missing is the capture's loss (a gap, a mid-stream start).
@@ -214,25 +181,17 @@ class Tracker:
                 loose[spoofed], ts[spoofed], query_loose,
                 np.concatenate([p["key"], key[qi]]), np.concatenate([p["ts"], ts[qi]]))
 
-        # Queries still open: not answered, not followed by a newer query with the same key.
-        qpos = np.flatnonzero(is_query_pos)
-        answered = np.zeros(len(order), dtype=bool)
-        answered[jm] = True
-        superseded = np.zeros(len(qpos), dtype=bool)
-        superseded[:-1] = sk[qpos[1:]] == sk[qpos[:-1]]
-        open_pos = qpos[~answered[qpos] & ~superseded]
-        from_pending = order[open_pos] < np_
-        src_idx = sfrom[open_pos]
-        new_pending = np.empty(len(open_pos), dtype=PENDING_DTYPE)
-        pp, bp = src_idx[from_pending], src_idx[~from_pending]
+        # Queries still open (neither answered nor superseded by a newer one with their
+        # key), in time order: the order they were taken in.
+        from_pending = open_ev < np_
+        new_pending = np.empty(len(open_ev), dtype=PENDING_DTYPE)
+        pp, bp = open_ev[from_pending], ti[open_ev[~from_pending] - np_]
         new_pending[from_pending] = p[pp]
         fill = new_pending[~from_pending]
         fill["key"], fill["loose"], fill["ts"] = key[bp], loose[bp], ts[bp]
         fill["resolver"], fill["leg"] = resolver[bp], leg[bp]
         new_pending[~from_pending] = fill
 
-        if len(new_pending) > 1 and np.any(new_pending["ts"][1:] < new_pending["ts"][:-1]):
-            new_pending = new_pending[np.argsort(new_pending["ts"], kind="stable")]
         expired = new_pending["ts"] < now - self.limits.query_timeout_s
         unanswered = self._unanswered(new_pending[expired])
         new_pending = new_pending[~expired]
