@@ -2426,6 +2426,27 @@ def span_texts(const uint8_t[::1] arena, const int64_t[::1] offsets, const int64
     return out
 
 
+cdef inline uint64_t key_slot(uint64_t k, uint64_t mask) noexcept nogil:
+    return ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
+
+
+cdef object new_slots(Py_ssize_t rows_at_most):
+    """An open-addressing table for up to `rows_at_most` keys, at most half full: a slot is
+    two words, the key and its row + 1 (0: empty), so a probe reads one cache line."""
+    cdef Py_ssize_t cap = 16
+    while cap < 2 * rows_at_most:
+        cap *= 2
+    return np.zeros((cap, 2), dtype=np.uint64)
+
+
+cdef inline uint64_t probe(const uint64_t *slots, uint64_t mask, uint64_t k) noexcept nogil:
+    """The slot holding k, or the empty slot where it would go."""
+    cdef uint64_t slot = key_slot(k, mask)
+    while slots[2 * slot + 1] != 0 and slots[2 * slot] != k:
+        slot = (slot + 1) & mask
+    return slot
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
@@ -2436,19 +2457,14 @@ def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
     without sorting.
     """
     cdef Py_ssize_t n = keys.shape[0], i
-    cdef Py_ssize_t cap = 16
-    while cap < 2 * n:
-        cap *= 2
-    cdef uint64_t mask = <uint64_t>(cap - 1)
-    slot_keys_arr = np.empty(cap, dtype=np.uint64)
-    slot_group_arr = np.full(cap, -1, dtype=np.int64)
+    slots_arr = new_slots(n)
+    cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
+    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
     inverse_arr = np.empty(n, dtype=np.int64)
     first_arr = np.empty(n, dtype=np.int64)
     counts_arr = np.zeros(n, dtype=np.int64)
     tmin_arr = np.empty(n if ts is not None else 0, dtype=np.float64)
     tmax_arr = np.empty(n if ts is not None else 0, dtype=np.float64)
-    cdef uint64_t[::1] slot_keys = slot_keys_arr
-    cdef int64_t[::1] slot_group = slot_group_arr
     cdef int64_t[::1] inverse = inverse_arr
     cdef int64_t[::1] first = first_arr
     cdef int64_t[::1] counts = counts_arr
@@ -2462,25 +2478,24 @@ def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
         raise ValueError("keys and ts differ in length")
     for i in range(n):
         k = keys[i]
-        slot = ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
-        while slot_group[slot] != -1 and slot_keys[slot] != k:
-            slot = (slot + 1) & mask
-        g = slot_group[slot]
-        if g == -1:
+        slot = probe(slots, mask, k)
+        if slots[2 * slot + 1] == 0:
             g = ngroups
             ngroups += 1
-            slot_keys[slot] = k
-            slot_group[slot] = g
+            slots[2 * slot] = k
+            slots[2 * slot + 1] = g + 1
             first[g] = i
             if with_ts:
                 tmin[g] = ts[i]
                 tmax[g] = ts[i]
-        elif with_ts:
-            t = ts[i]
-            if t < tmin[g]:
-                tmin[g] = t
-            if t > tmax[g]:
-                tmax[g] = t
+        else:
+            g = slots[2 * slot + 1] - 1
+            if with_ts:
+                t = ts[i]
+                if t < tmin[g]:
+                    tmin[g] = t
+                if t > tmax[g]:
+                    tmax[g] = t
         inverse[i] = g
         counts[g] += 1
     if with_ts:
@@ -2587,46 +2602,26 @@ def mix_u64(uint64_t[::1] h, const uint64_t[::1] x):
         h[i] = v ^ (v >> 31)
 
 
-cdef object _key_slots(const uint64_t[::1] keys):
-    """Open-addressing table of `keys` (slot -> row, -1 empty) and its mask."""
-    cdef Py_ssize_t m = keys.shape[0], i
-    cdef Py_ssize_t cap = 16
-    while cap < 2 * m:
-        cap *= 2
-    slots_arr = np.full(cap, -1, dtype=np.int64)
-    cdef int64_t[::1] slots = slots_arr
-    cdef uint64_t mask = <uint64_t>(cap - 1)
-    cdef uint64_t k, slot
-    for i in range(m):
-        k = keys[i]
-        slot = ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
-        while slots[slot] != -1 and keys[slots[slot]] != k:
-            slot = (slot + 1) & mask
-        if slots[slot] == -1:
-            slots[slot] = i
-    return slots_arr
-
-
 def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
     """Row of each value in `keys` (its first occurrence), -1 when absent: a lookup through
     one hash table of the keys instead of sorting them for searchsorted."""
-    cdef Py_ssize_t n = values.shape[0], i
+    cdef Py_ssize_t n = values.shape[0], m = keys.shape[0], i
     out_arr = np.full(n, -1, dtype=np.int64)
-    if n == 0 or keys.shape[0] == 0:
+    if n == 0 or m == 0:
         return out_arr
-    slots_arr = _key_slots(keys)
-    cdef int64_t[::1] slots = slots_arr
+    slots_arr = new_slots(m)
+    cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
+    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
     cdef int64_t[::1] out = out_arr
-    cdef uint64_t mask = <uint64_t>(slots.shape[0] - 1)
-    cdef uint64_t k, slot
+    cdef uint64_t slot
+    for i in range(m):
+        slot = probe(slots, mask, keys[i])
+        if slots[2 * slot + 1] == 0:
+            slots[2 * slot] = keys[i]
+            slots[2 * slot + 1] = i + 1
     for i in range(n):
-        k = values[i]
-        slot = ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
-        while slots[slot] != -1:
-            if keys[slots[slot]] == k:
-                out[i] = slots[slot]
-                break
-            slot = (slot + 1) & mask
+        slot = probe(slots, mask, values[i])
+        out[i] = <int64_t>slots[2 * slot + 1] - 1
     return out_arr
 
 
@@ -3209,7 +3204,7 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
     id << 32 | qtype << 16 | qclass, name hash), loose the same without ports and id;
     client and resolver as two address words per row (resolver: the client when it is
     one of `resolvers`, the upstream leg (leg 1), else the server); tracked: neither
-    address multicast and no anomaly of `untrackable`.
+    address multicast and no anomaly of `untrackable`; is_response: the QR bit, as 0 or 1.
     """
     cdef Py_ssize_t n = len(messages), i, k
     cdef Py_ssize_t nres = resolvers.shape[0]
@@ -3223,6 +3218,8 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
     leg_arr = np.empty(n, dtype=np.uint8)
     tracked_arr = np.empty(n, dtype=np.bool_)
     server_res_arr = np.empty(n, dtype=np.bool_)
+    is_response_arr = np.empty(n, dtype=np.uint8)
+    cdef uint8_t[::1] is_response = is_response_arr
     cdef uint64_t[::1] key = key_arr
     cdef uint64_t[::1] loose = loose_arr
     cdef uint64_t[:, ::1] client = client_arr
@@ -3267,7 +3264,9 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
         server_res[i] = sres
         tracked[i] = (not words_multicast(s0, s1) and not words_multicast(d0, d1)
                       and (mr.anomalies & untrackable) == 0)
-    return key_arr, loose_arr, client_arr, resolver_arr, leg_arr, tracked_arr, server_res_arr
+        is_response[i] = mr.qr != 0
+    return (key_arr, loose_arr, client_arr, resolver_arr, leg_arr, tracked_arr, server_res_arr,
+            is_response_arr)
 
 
 DEF STATS_RCODES = 32
@@ -3350,28 +3349,22 @@ cdef inline double floor_div(double x, double d) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def minute_keys(messages, const uint64_t[:, ::1] words, const uint8_t[::1] tag=None):
-    """Per message: the start of its minute (ts // 60 * 60) and a group key,
-    sensor.track.hash_columns(minute, words[:, 0], words[:, 1][, tag]), in one pass."""
-    cdef Py_ssize_t n = len(messages), i
+def minute_keys(const int64_t[::1] minute, const uint64_t[:, ::1] words, const uint8_t[::1] tag=None):
+    """Per message, the group key sensor.track.hash_columns(minute, words[:, 0], words[:, 1][,
+    tag]) in one pass over the batch's minute column (message_windows), not its wide rows."""
+    cdef Py_ssize_t n = minute.shape[0], i
     if words.shape[0] != n or (n and words.shape[1] != 2) or (tag is not None and tag.shape[0] != n):
         raise ValueError("words (two per message) and tag need one row per message")
-    cdef const MessageRow *msgs = message_rows(messages)
     keys_arr = np.empty(n, dtype=np.uint64)
-    minute_arr = np.empty(n, dtype=np.int64)
     cdef uint64_t[::1] keys = keys_arr
-    cdef int64_t[::1] minute = minute_arr
     cdef bint tagged = tag is not None
-    cdef int64_t m
     cdef uint64_t h
     for i in range(n):
-        m = <int64_t>floor_div(msgs[i].ts, 60.0) * 60
-        minute[i] = m
-        h = key_mix(key_mix(key_mix(<uint64_t>KEY_SEED, <uint64_t>m), words[i, 0]), words[i, 1])
+        h = key_mix(key_mix(key_mix(<uint64_t>KEY_SEED, <uint64_t>minute[i]), words[i, 0]), words[i, 1])
         if tagged:
             h = key_mix(h, tag[i])
         keys[i] = key_finish(h)
-    return keys_arr, minute_arr
+    return keys_arr
 
 
 @cython.boundscheck(False)
@@ -3448,12 +3441,9 @@ def match_events(const uint64_t[::1] key, const double[::1] ts, const uint8_t[::
         for i in range(1, n):
             if ts[i] < ts[i - 1] or (ts[i] == ts[i - 1] and is_response[i] < is_response[i - 1]):
                 return None
-    cdef Py_ssize_t cap = 16
-    while cap < 2 * n:
-        cap *= 2
-    cdef uint64_t mask = <uint64_t>(cap - 1)
-    slot_keys_arr = np.empty(cap, dtype=np.uint64)
-    slot_event_arr = np.full(cap, -1, dtype=np.int64)
+    slots_arr = new_slots(n)
+    cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
+    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
     query_of_arr = np.full(n, -1, dtype=np.int64)     # response -> the query it matched
     replies_arr = np.zeros(n, dtype=np.int32)          # query -> responses it got
     superseded_arr = np.zeros(n, dtype=np.uint8)
@@ -3462,8 +3452,6 @@ def match_events(const uint64_t[::1] key, const double[::1] ts, const uint8_t[::
     multi_arr = np.zeros(n, dtype=np.bool_)
     unmatched_arr = np.empty(n, dtype=np.int64)
     open_arr = np.empty(n, dtype=np.int64)
-    cdef uint64_t[::1] slot_keys = slot_keys_arr
-    cdef int64_t[::1] slot_event = slot_event_arr
     cdef int64_t[::1] query_of = query_of_arr
     cdef int32_t[::1] replies = replies_arr
     cdef uint8_t[::1] superseded = superseded_arr
@@ -3483,15 +3471,13 @@ def match_events(const uint64_t[::1] key, const double[::1] ts, const uint8_t[::
             if e < 0 or e >= n:
                 raise ValueError("order names no event")
         h = key[e]
-        slot = ((h ^ (h >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
-        while slot_event[slot] != -1 and slot_keys[slot] != h:
-            slot = (slot + 1) & mask
-        q = slot_event[slot]
+        slot = probe(slots, mask, h)
+        q = <int64_t>slots[2 * slot + 1] - 1          # the latest query with this key
         if not is_response[e]:
             if q != -1:
                 superseded[q] = 1
-            slot_keys[slot] = h
-            slot_event[slot] = e
+            slots[2 * slot] = h
+            slots[2 * slot + 1] = e + 1
         elif q == -1:
             unmatched[nunmatched] = e
             nunmatched += 1
@@ -3514,34 +3500,26 @@ def match_events(const uint64_t[::1] key, const double[::1] ts, const uint8_t[::
     return state_arr, rtt_arr, multi_arr, unmatched_arr[:nunmatched], open_arr[:nopen]
 
 
-cdef inline uint64_t key_slot(uint64_t k, uint64_t mask) noexcept nogil:
-    return ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
-
-
 @cython.final
 cdef class KeyIndex:
     """A growing set of 64-bit keys, each numbered by its arrival (its row): what a table
     held across batches looks its rows up in, without hashing every held key again for
-    each batch. Open addressing at most half full; `keys` are the keys by row."""
+    each batch. Open addressing at most half full (new_slots); `keys` are the keys by row."""
 
     cdef object _keys_arr           # uint64 by row; its first _size entries are used
-    cdef uint64_t *_slot_key
-    cdef int64_t *_slot_row         # -1: empty
-    cdef Py_ssize_t _slots, _size
+    cdef object _slots_arr
+    cdef uint64_t *_slots
+    cdef uint64_t _mask
+    cdef Py_ssize_t _size
 
     def __cinit__(self, keys=None):
         self._keys_arr = np.empty(16, dtype=np.uint64)
-        self._slots = 0
         self._size = 0
-        self._grow_slots(32)
+        self._rehash(8)
         if keys is not None:
             _, first = self.add(np.ascontiguousarray(keys, dtype=np.uint64))
             if len(first) != len(keys):
                 raise ValueError("keys repeat: a row each is needed")
-
-    def __dealloc__(self):
-        free(self._slot_key)
-        free(self._slot_row)
 
     def __len__(self):
         return self._size
@@ -3554,27 +3532,18 @@ cdef class KeyIndex:
         """The keys by row (a view, valid until the next add)."""
         return self._keys_arr[:self._size]
 
-    cdef int _grow_slots(self, Py_ssize_t slots) except -1:
-        cdef uint64_t *sk = <uint64_t *>calloc(slots, sizeof(uint64_t))
-        cdef int64_t *sr = <int64_t *>calloc(slots, sizeof(int64_t))
-        if sk == NULL or sr == NULL:
-            free(sk)
-            free(sr)
-            raise MemoryError()
-        memset(sr, 0xFF, slots * sizeof(int64_t))
-        cdef uint64_t mask = <uint64_t>(slots - 1)
+    cdef int _rehash(self, Py_ssize_t rows_at_most) except -1:
+        """A new table with room for rows_at_most keys, holding the rows so far."""
+        slots_arr = new_slots(rows_at_most)
+        cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
+        cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1), slot
         cdef const uint64_t[::1] keys = self._keys_arr
         cdef Py_ssize_t r
-        cdef uint64_t slot
         for r in range(self._size):
-            slot = key_slot(keys[r], mask)
-            while sr[slot] != -1:
-                slot = (slot + 1) & mask
-            sk[slot] = keys[r]
-            sr[slot] = r
-        free(self._slot_key)
-        free(self._slot_row)
-        self._slot_key, self._slot_row, self._slots = sk, sr, slots
+            slot = probe(slots, mask, keys[r])
+            slots[2 * slot] = keys[r]
+            slots[2 * slot + 1] = r + 1
+        self._slots_arr, self._slots, self._mask = slots_arr, slots, mask
         return 0
 
     @cython.boundscheck(False)
@@ -3584,13 +3553,8 @@ cdef class KeyIndex:
         cdef Py_ssize_t n = values.shape[0], i
         out_arr = np.empty(n, dtype=np.int64)
         cdef int64_t[::1] out = out_arr
-        cdef uint64_t mask = <uint64_t>(self._slots - 1), k, slot
         for i in range(n):
-            k = values[i]
-            slot = key_slot(k, mask)
-            while self._slot_row[slot] != -1 and self._slot_key[slot] != k:
-                slot = (slot + 1) & mask
-            out[i] = self._slot_row[slot]
+            out[i] = <int64_t>self._slots[2 * probe(self._slots, self._mask, values[i]) + 1] - 1
         return out_arr
 
     @cython.boundscheck(False)
@@ -3606,14 +3570,12 @@ cdef class KeyIndex:
         cdef int64_t[::1] first = first_arr
         cdef uint64_t[::1] keys = self._keys_arr
         cdef Py_ssize_t start = self._size
-        cdef uint64_t mask = <uint64_t>(self._slots - 1), k, slot
+        cdef uint64_t k, slot
         cdef int64_t r
         for i in range(n):
             k = values[i]
-            slot = key_slot(k, mask)
-            while self._slot_row[slot] != -1 and self._slot_key[slot] != k:
-                slot = (slot + 1) & mask
-            r = self._slot_row[slot]
+            slot = probe(self._slots, self._mask, k)
+            r = <int64_t>self._slots[2 * slot + 1] - 1
             if r == -1:
                 r = self._size
                 if r == keys.shape[0]:              # rows full: twice as many
@@ -3623,12 +3585,11 @@ cdef class KeyIndex:
                     keys = grown
                 keys[r] = k
                 self._size += 1
-                if 2 * self._size > self._slots:    # half full: twice as many slots, rehashed
-                    self._grow_slots(2 * self._slots)
-                    mask = <uint64_t>(self._slots - 1)
+                if 2 * self._size > <Py_ssize_t>(self._mask + 1):     # half full: twice the slots
+                    self._rehash(2 * self._size)
                 else:
-                    self._slot_key[slot] = k
-                    self._slot_row[slot] = r
+                    self._slots[2 * slot] = k
+                    self._slots[2 * slot + 1] = r + 1
                 first[r - start] = i
             rows[i] = r
         return rows_arr, first_arr[:self._size - start]

@@ -1507,7 +1507,8 @@ def test_track_columns_agree_with_column_arithmetic(rows, resolver_picks):
     resolvers = sorted(_ADDRESSES[k] for k in resolver_picks)
     res_words = (np.frombuffer(b"".join(resolvers), dtype="<u8").reshape(-1, 2) if resolvers
                  else np.empty((0, 2), dtype=np.uint64))
-    key, loose, client, resolver, leg, tracked, server_res = _core.track_columns(msgs, res_words, UNTRACKABLE)
+    key, loose, client, resolver, leg, tracked, server_res, is_response = _core.track_columns(
+        msgs, res_words, UNTRACKABLE)
 
     def multicast(w):
         mapped = (w[:, 0] == 0) & ((w[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
@@ -1538,6 +1539,7 @@ def test_track_columns_agree_with_column_arithmetic(rows, resolver_picks):
     assert server_res.tolist() == is_resolver(vw).tolist()
     assert tracked.tolist() == (~multicast(sw) & ~multicast(dw)
                                 & ((msgs["anomalies"] & np.uint64(UNTRACKABLE)) == 0)).tolist()
+    assert is_response.tolist() == (~isq).astype(np.uint8).tolist()
 
 
 @pytest.mark.parametrize("capture", ["dnscap-baseline-udp-82-msgs.pcap", "gdc-baseline-udp-33-msgs.pcap",
@@ -1629,10 +1631,10 @@ def test_minute_keys_agree_with_column_arithmetic(rows, tagged):
         msgs[i]["ts"], msgs[i]["src"] = ts, _ADDRESSES[a]
     words = address_words(msgs["src"])
     tag = np.array([r[2] for r in rows], dtype=np.uint8)
-    keys, minute = _core.minute_keys(msgs, words, tag if tagged else None)
     expected = (msgs["ts"] // 60).astype(np.int64) * 60
+    minute = _core.message_windows(msgs, 60)
     assert minute.tolist() == expected.tolist()
-    assert _core.message_windows(msgs, 60).tolist() == expected.tolist()
+    keys = _core.minute_keys(minute, words, tag if tagged else None)
     assert _core.message_windows(msgs, 300).tolist() == ((msgs["ts"] // 300).astype(np.int64) * 300).tolist()
     columns = [expected.astype(np.uint64), words[:, 0], words[:, 1]] + ([tag] if tagged else [])
     assert keys.tolist() == hash_columns(*columns).tolist()

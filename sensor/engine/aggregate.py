@@ -454,8 +454,8 @@ class Accumulator:
         agg = self.agg
         agg.messages += len(msgs)
         if len(msgs):
-            self._stats(msgs, track)
-            self._clients(msgs, track)
+            self._stats(batch, track)
+            self._clients(batch, track)
             self._breakdown(batch, track)
             self._pdns(batch, track)
             self._anomalies(batch)
@@ -500,9 +500,10 @@ class Accumulator:
                       for i in first.tolist()]
         return group_keys, inverse
 
-    def _stats(self, msgs: np.ndarray, track: TrackResult) -> None:
-        msgs = np.ascontiguousarray(msgs)
-        keys, minute = _core.minute_keys(msgs, address_words(track.resolver), track.leg)
+    def _stats(self, batch: Batch, track: TrackResult) -> None:
+        msgs = np.ascontiguousarray(batch.messages)
+        minute = batch.minute
+        keys = _core.minute_keys(minute, address_words(track.resolver), track.leg)
         group_keys, inv = self._group_keys(keys, minute, track.resolver, track.leg)
         g = len(group_keys)
         totals, by_rcode, by_qtype, by_state, rtt_ms, rare = _core.stats_counts(
@@ -557,8 +558,9 @@ class Accumulator:
         first, counts = _core.minute_counts(np.ascontiguousarray(keys, dtype=np.uint64), qr, rcode, size)
         return first, minute[first], counts
 
-    def _clients(self, msgs: np.ndarray, track: TrackResult) -> None:
-        keys, minute = _core.minute_keys(np.ascontiguousarray(msgs), address_words(track.client))
+    def _clients(self, batch: Batch, track: TrackResult) -> None:
+        msgs, minute = batch.messages, batch.minute
+        keys = _core.minute_keys(minute, address_words(track.client))
         self.agg.clients.add_messages(keys, minute, lambda first: track.client[first],
                                       msgs["qr"], msgs["rcode"], msgs["size"])
 

@@ -141,16 +141,15 @@ class Tracker:
         default the batch's latest timestamp) decides which queries timed out."""
         n = len(msgs)
         msgs = np.ascontiguousarray(msgs)
-        key, loose, client_w, resolver_w, leg, tracked, server_is_resolver = _core.track_columns(
+        key, loose, client_w, resolver_w, leg, tracked, server_is_resolver, is_response = _core.track_columns(
             msgs, self._resolvers, UNTRACKABLE)
-        isq = msgs["qr"] == 0
         client = client_w.view("V16").reshape(-1)
         resolver = resolver_w.view("V16").reshape(-1)
         ts = msgs["ts"]
         if now is None:
             now = float(ts.max()) if n else 0.0
 
-        qi = np.flatnonzero(isq & tracked)
+        qi = np.flatnonzero(tracked & (is_response == 0))
         p = self.pending
         np_ = len(p)
         # Events: pending queries (kept in time order), then this batch's tracked
@@ -158,7 +157,7 @@ class Tracker:
         ti = np.flatnonzero(tracked)
         ev_key = np.concatenate([p["key"], key[ti]])
         ev_ts = np.concatenate([p["ts"], ts[ti]])
-        ev_resp = np.concatenate([np.zeros(np_, dtype=np.uint8), (~isq[ti]).view(np.uint8)])
+        ev_resp = np.concatenate([np.zeros(np_, dtype=np.uint8), is_response[ti]])
         matched = _core.match_events(ev_key, ev_ts, ev_resp)
         if matched is None:       # not in (time, kind) order: taken sorted, ties as captured
             matched = _core.match_events(ev_key, ev_ts, ev_resp, np.lexsort((ev_resp, ev_ts)))
