@@ -161,9 +161,15 @@ def spanned(frames: Iterator[FrameBatch], spans: list[list[int]] | None) -> Iter
     stretch: list[int] | None = None
     for fb in frames:
         if fb.meta.shape[0]:
-            secs = np.sort(fb.meta[:, 0].astype(np.int64))
-            cuts = np.flatnonzero(np.diff(secs) > CAPTURE_SILENCE_S)
-            for lo, hi in zip(np.r_[secs[0], secs[cuts + 1]].tolist(), np.r_[secs[cuts], secs[-1]].tolist()):
+            secs = fb.meta[:, 0].astype(np.int64)
+            lo, hi = int(secs.min()), int(secs.max())
+            if hi - lo <= CAPTURE_SILENCE_S:          # one stretch: no silence fits inside
+                stretches = [(lo, hi)]
+            else:
+                secs = np.sort(secs)
+                cuts = np.flatnonzero(np.diff(secs) > CAPTURE_SILENCE_S)
+                stretches = zip(np.r_[secs[0], secs[cuts + 1]].tolist(), np.r_[secs[cuts], secs[-1]].tolist())
+            for lo, hi in stretches:
                 if stretch is not None and lo - stretch[1] <= CAPTURE_SILENCE_S:
                     stretch[1] = max(stretch[1], hi)
                 else:

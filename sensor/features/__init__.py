@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -101,21 +102,86 @@ GROUP_KEYS = ("client", "server", "regdom", "qname", "qtype", "txid")
 """Columns a rule may group by (hashes or small integers)."""
 
 
-class Columns(dict):
-    """Feature columns; the costlier ones are computed the first time a rule asks."""
+MESSAGE_FIELDS = {
+    "ts": "ts", "qr": "qr", "opcode": "opcode", "rcode": "rcode", "qtype": "qtype", "size": "size",
+    "ip_ttl": "ip_ttl", "ancount": "ancount", "nscount": "nscount", "arcount": "arcount",
+    "edns_udp_size": "edns_udp_size", "qname_len": "qname_len", "labels": "labels",
+    "longest_label": "longest_label", "digits": "digits", "hexchars": "hexchars", "uppers": "uppers",
+    "qname": "name_hash", "txid": "id",
+}
+"""Features that are a message field as it is (feature -> field)."""
 
-    def __init__(self, values: dict[str, np.ndarray], batch: Batch, track: TrackResult,
-                 server: np.ndarray) -> None:
-        super().__init__(values)
+_FLAG_BITS = {"aa": 0x0400, "tc": 0x0200, "rd": 0x0100, "ra": 0x0080}
+
+DERIVED: dict[str, Callable[["Columns"], np.ndarray]] = {
+    "is_query": lambda c: c["qr"] == 0,
+    "is_response": lambda c: c["qr"] != 0,
+    "nxdomain": lambda c: c["is_response"] & (c["rcode"] == 3),
+    "servfail": lambda c: c["is_response"] & (c["rcode"] == 2),
+    "tcp": lambda c: c.field("transport") == 6,
+    **{name: (lambda c, bit=bit: (c.field("flags") & bit) != 0) for name, bit in _FLAG_BITS.items()},
+    "entropy": lambda c: c.field("entropy").astype(np.float64),
+    "left_len": lambda c: np.maximum(c.field("regdom_off").astype(np.int64) - 1, 0),
+    "client": lambda c: hash_columns(*address_words(c._track.client).T),
+    "server": lambda c: hash_columns(*address_words(c.server_addr).T),
+    "regdom": lambda c: c._batch.regdom_hash,
+    "answered": lambda c: c._track.state == ANSWERED,
+    "unsolicited": lambda c: c._track.state == UNSOLICITED,
+    "mismatched": lambda c: c._track.state == MISMATCHED,
+    "duplicate": lambda c: c._track.state == DUPLICATE,
+    "multi_response": lambda c: c._track.multi,
+    "raced_query": lambda c: c._track.raced,
+    "upstream": lambda c: c._track.leg == 1,
+    "client_internal": lambda c: c._client_networks.mask(c._track.client),
+    "client_external": lambda c: (~c["client_internal"] if c._client_networks.networks
+                                  else np.zeros(len(c._track.client), dtype=bool)),
+    "anomalous": lambda c: c.field("anomalies") != 0,
+    "server_is_resolver": lambda c: c._track.server_is_resolver,
+}
+"""Features worked out from fields and tracking, each the first time a rule reads it."""
+
+
+class Columns(dict):
+    """Feature columns, each made the first time a rule asks: a message field is copied
+    out of the wide message rows once (a rule's comparison then reads 8 bytes a message,
+    not a row), and what no rule reads is never made."""
+
+    def __init__(self, batch: Batch, track: TrackResult, client_networks: "NetworkSet") -> None:
+        super().__init__()
         self._batch = batch
         self._track = track
-        self._server = server
+        self._client_networks = client_networks
+        self._fields: dict[str, np.ndarray] = {}
         # Site data behind some features, filled by the rules that read them: list_<name> ->
         # NameList (rules/lists/), client_in_<tag> / server_in_<tag> -> AddressTag (rules/tags.toml).
         self.sources: dict = {}
         self.dga_model = None             # set by a rule that uses dga_score
 
+    def field(self, name: str) -> np.ndarray:
+        """A message field as a contiguous column, copied once."""
+        column = self._fields.get(name)
+        if column is None:
+            column = self._fields[name] = np.ascontiguousarray(self._batch.messages[name])
+        return column
+
+    @property
+    def server_addr(self) -> np.ndarray:
+        """Per message, the answering side's address (V16)."""
+        column = self._fields.get("server_addr")
+        if column is None:
+            m = self._batch.messages
+            column = self._fields["server_addr"] = np.where(self["is_query"], m["dst"], m["src"])
+        return column
+
     def __missing__(self, name: str) -> np.ndarray:
+        field = MESSAGE_FIELDS.get(name)
+        if field is not None:
+            self[name] = self.field(field)
+            return self[name]
+        derive = DERIVED.get(name)
+        if derive is not None:
+            self[name] = derive(self)
+            return self[name]
         if name == "dga_score" and self.dga_model is not None:
             first, inverse, _, _ = self._batch.distinct_names
             self[name] = self.dga_model.scores(self._batch.arena, self._batch.messages, first)[inverse]
@@ -202,13 +268,19 @@ def _answer_hashes(batch: Batch) -> np.ndarray:
 
 @dataclass
 class FeatureTable:
-    columns: dict[str, np.ndarray]
+    columns: Columns
     batch: Batch
-    client_addr: np.ndarray
-    server_addr: np.ndarray
 
     def __len__(self) -> int:
         return len(self.batch)
+
+    @property
+    def client_addr(self) -> np.ndarray:
+        return self.columns._track.client
+
+    @property
+    def server_addr(self) -> np.ndarray:
+        return self.columns.server_addr
 
     def regdom_text(self, i: int) -> str:
         m = self.batch.messages[i]
@@ -228,7 +300,7 @@ class AddressTag:
         self.members = NetworkSet(networks)
 
     def column(self, feature: str, table_columns: "Columns") -> np.ndarray:
-        side = table_columns._track.client if feature.startswith("client_in_") else table_columns._server
+        side = table_columns._track.client if feature.startswith("client_in_") else table_columns.server_addr
         return self.members.mask(side)
 
 
@@ -274,33 +346,5 @@ class NetworkSet:
 
 
 def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> FeatureTable:
-    m = batch.messages
-    isq = m["qr"] == 0
-    isr = ~isq
-    flags = m["flags"]
-    server = np.where(isq, m["dst"], m["src"])
-    cw, sw = address_words(track.client), address_words(server)
-    client_key = hash_columns(cw[:, 0], cw[:, 1])
-    regdom = batch.regdom_hash
-    cols = {
-        "ts": m["ts"], "qr": m["qr"], "is_query": isq, "is_response": isr, "opcode": m["opcode"],
-        "rcode": m["rcode"], "nxdomain": isr & (m["rcode"] == 3), "servfail": isr & (m["rcode"] == 2),
-        "qtype": m["qtype"], "size": m["size"], "tcp": m["transport"] == 6, "ip_ttl": m["ip_ttl"],
-        "ancount": m["ancount"], "nscount": m["nscount"],
-        "arcount": m["arcount"], "aa": (flags & 0x0400) != 0, "tc": (flags & 0x0200) != 0,
-        "rd": (flags & 0x0100) != 0, "ra": (flags & 0x0080) != 0, "edns_udp_size": m["edns_udp_size"],
-        "qname_len": m["qname_len"], "labels": m["labels"], "longest_label": m["longest_label"],
-        "entropy": m["entropy"].astype(np.float64), "digits": m["digits"], "hexchars": m["hexchars"],
-        "uppers": m["uppers"], "left_len": np.maximum(m["regdom_off"].astype(np.int64) - 1, 0),
-        "client": client_key, "server": hash_columns(sw[:, 0], sw[:, 1]), "regdom": regdom,
-        "qname": m["name_hash"], "answered": track.state == ANSWERED,
-        "unsolicited": track.state == UNSOLICITED, "mismatched": track.state == MISMATCHED,
-        "duplicate": track.state == DUPLICATE, "multi_response": track.multi, "raced_query": track.raced,
-        "upstream": track.leg == 1,
-        "client_internal": (internal := client_networks.mask(track.client)),
-        "client_external": ~internal if client_networks.networks else np.zeros(len(m), dtype=bool),
-        "anomalous": m["anomalies"] != 0,
-        "server_is_resolver": track.server_is_resolver,
-        "txid": m["id"],
-    }
-    return FeatureTable(Columns(cols, batch, track, server), batch, track.client, server)
+    """The feature table of a batch; its columns are made as the rules read them."""
+    return FeatureTable(Columns(batch, track, client_networks), batch)
