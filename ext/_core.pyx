@@ -2511,29 +2511,13 @@ def minute_counts(const uint64_t[::1] keys, const uint8_t[:] qr, const uint16_t[
     """Group equal keys (as group_u64) and count per group, in one pass: queries, responses,
     NXDOMAIN and SERVFAIL responses, query bytes, response bytes (the store's per-minute
     counters, in that order). Returns (first row of each group, counts[groups, 6])."""
-    cdef Py_ssize_t n = keys.shape[0], i
+    cdef Py_ssize_t n = keys.shape[0]
     if qr.shape[0] != n or rcode.shape[0] != n or size.shape[0] != n:
         raise ValueError("columns differ in length")
-    first, inverse_arr, groups = group_u64(keys)
-    counts_arr = np.zeros((len(first), 6), dtype=np.int64)
-    cdef const int64_t[::1] inverse = inverse_arr
-    cdef int64_t[:, ::1] c = counts_arr
-    cdef int64_t g
-    cdef uint16_t rc
-    for i in range(n):
-        g = inverse[i]
-        if qr[i] == 0:
-            c[g, 0] += 1
-            c[g, 4] += size[i]
-        else:
-            c[g, 1] += 1
-            c[g, 5] += size[i]
-            rc = rcode[i]
-            if rc == 3:
-                c[g, 2] += 1
-            elif rc == 2:
-                c[g, 3] += 1
-    return first, counts_arr
+    first, inverse, _ = group_u64(keys)
+    counts = np.zeros((len(first), 6), dtype=np.int64)
+    count_messages(counts, inverse, qr, rcode, size)
+    return first, counts
 
 
 @cython.boundscheck(False)
