@@ -66,26 +66,23 @@ class KeyedCounts:
         self.__dict__.update(state)
         self._index = None
 
-    def _rows(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The row of each key, new keys appended (their minute and label still to come),
-        and the position of each new key's first appearance."""
+    def _rows(self, keys: np.ndarray, minute: np.ndarray,
+              labels: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The row of each key. A key not held takes a new row, with zero counts and the
+        minute and label (`labels` of those positions) of its first appearance."""
         if self._index is None:
             self._index = _core.KeyIndex(self.keys)
         rows, first = self._index.add(np.ascontiguousarray(keys, dtype=np.uint64))
         self.keys = self._index.keys
         if len(first):
+            self.minute = np.concatenate([self.minute, minute[first]])
+            self.label = np.concatenate([self.label, labels(first).astype(self.label.dtype, copy=False)])
             self.counts = np.concatenate([self.counts, np.zeros((len(first), self.counts.shape[1]), dtype=np.int64)])
-        return rows, first
-
-    def _append(self, minute: np.ndarray, label: np.ndarray) -> None:
-        if len(minute):
-            self.minute = np.concatenate([self.minute, minute])
-            self.label = np.concatenate([self.label, label.astype(self.label.dtype, copy=False)])
+        return rows
 
     def add(self, keys: np.ndarray, minute: np.ndarray, label: np.ndarray, counts: np.ndarray) -> None:
         """Fold rows in (keys may repeat): stored groups add up in place, new ones append."""
-        rows, first = self._rows(keys)
-        self._append(minute[first], label[first])
+        rows = self._rows(keys, minute, lambda first: label[first])
         _core.add_rows(self.counts, rows, np.ascontiguousarray(counts, dtype=np.int64))
 
     def add_messages(self, keys: np.ndarray, minute: np.ndarray, labels: Callable[[np.ndarray], np.ndarray],
@@ -93,9 +90,7 @@ class KeyedCounts:
         """Count messages into their rows (one key per message), in one pass: a new row
         takes the minute and the label (`labels` of the positions of new keys' first
         messages) of its first message."""
-        rows, first = self._rows(keys)
-        if len(first):
-            self._append(minute[first], labels(first))
+        rows = self._rows(keys, minute, labels)
         _core.count_messages(self.counts, rows, qr, rcode, size)
 
     def merge(self, other: "KeyedCounts") -> None:
@@ -429,7 +424,7 @@ class Accumulator:
         self.networks = NetworkSet(client_networks)
         self.agg = Aggregate()
         # Identity text by key, built once from the batch a row first appears in; the
-        # sorted arrays say which keys have text without a Python loop.
+        # key indexes say which keys have text without a Python loop.
         self._pdns_text: dict[int, tuple[str, str, str]] = {}
         self._nx_text: dict[int, tuple[str, str]] = {}
         self._pdns_known = _core.KeyIndex()

@@ -27,6 +27,7 @@ from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.schema import ANOMALY_BIT
 
 # Response states (TrackResult.state); queries and untracked messages are NONE.
+# ANSWERED and DUPLICATE are the states _core.match_events gives (1 and 2).
 NONE, ANSWERED, DUPLICATE, UNSOLICITED, MISMATCHED = range(5)
 STATE_NAMES = ("none", "answered", "duplicate", "unsolicited", "mismatched")
 LEG_CLIENT, LEG_UPSTREAM = 0, 1
