@@ -41,21 +41,13 @@ def new_stats_row() -> dict[str, Any]:
 CLIENT_COLUMNS = tuple(name for name, _ in MINUTE_COUNTERS)
 
 
-class KeyedCounts:
-    """Per (minute, label) counters as numpy columns: a batch folds into the held rows in
-    place (new labels appended), and a label (a client address, a network, a registered
-    domain) becomes text only when the writer stores the rows. Rows are found through a
-    compiled index of their keys, kept across batches (not pickled: rebuilt on demand)."""
+class KeyIndexed:
+    """A table whose rows are found through a compiled index of its `keys`, kept across
+    batches; the index is not pickled (a shipment carries the keys) and is rebuilt from
+    the keys when next needed, as after rows are dropped (`_forget_index`)."""
 
-    def __init__(self, label_dtype: Any = "V16") -> None:
-        self.keys = np.empty(0, dtype=np.uint64)
-        self.minute = np.empty(0, dtype=np.int64)
-        self.label = np.empty(0, dtype=label_dtype)
-        self.counts = np.empty((0, len(CLIENT_COLUMNS)), dtype=np.int64)
-        self._index: _core.KeyIndex | None = None
-
-    def __len__(self) -> int:
-        return len(self.keys)
+    keys: np.ndarray
+    _index: _core.KeyIndex | None = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -66,14 +58,36 @@ class KeyedCounts:
         self.__dict__.update(state)
         self._index = None
 
+    def _key_index(self) -> _core.KeyIndex:
+        if self._index is None:
+            self._index = _core.KeyIndex(self.keys)
+        return self._index
+
+    def _forget_index(self) -> None:
+        self._index = None
+
+
+class KeyedCounts(KeyIndexed):
+    """Per (minute, label) counters as numpy columns: a batch folds into the held rows in
+    place (new labels appended), and a label (a client address, a network, a registered
+    domain) becomes text only when the writer stores the rows."""
+
+    def __init__(self, label_dtype: Any = "V16") -> None:
+        self.keys = np.empty(0, dtype=np.uint64)
+        self.minute = np.empty(0, dtype=np.int64)
+        self.label = np.empty(0, dtype=label_dtype)
+        self.counts = np.empty((0, len(CLIENT_COLUMNS)), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
     def _rows(self, keys: np.ndarray, minute: np.ndarray,
               labels: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """The row of each key. A key not held takes a new row, with zero counts and the
         minute and label (`labels` of those positions) of its first appearance."""
-        if self._index is None:
-            self._index = _core.KeyIndex(self.keys)
-        rows, first = self._index.add(np.ascontiguousarray(keys, dtype=np.uint64))
-        self.keys = self._index.keys
+        index = self._key_index()
+        rows, first = index.add(np.ascontiguousarray(keys, dtype=np.uint64))
+        self.keys = index.keys
         if len(first):
             self.minute = np.concatenate([self.minute, minute[first]])
             self.label = np.concatenate([self.label, labels(first).astype(self.label.dtype, copy=False)])
@@ -114,7 +128,7 @@ class KeyedCounts:
         own = np.sort(own)
         self.keys, self.minute, self.label, self.counts = (
             self.keys[own], self.minute[own], self.label[own], self.counts[own])
-        self._index = None
+        self._forget_index()
         self.add(_other_keys(minutes), minutes, labels, sums)
 
     def _split(self, limit_per_minute: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,7 +180,7 @@ def _address_texts(labels: np.ndarray) -> list[str]:
     return out
 
 
-class SeenCounts:
+class SeenCounts(KeyIndexed):
     """Rows keyed by a 64-bit hash of their identity (passive DNS: name, type, data) with
     first seen, last seen and count as numpy columns; a batch's distinct keys fold into the
     held rows in place (new keys appended while there is room).
@@ -174,9 +188,7 @@ class SeenCounts:
     past the limit, rows are shared out fairly among registered domains instead of first
     come, so that a flood of new names under one domain (a wildcard answering random
     subdomains) cannot take every place from the records of all the others.
-    `text` maps each key to its identity; the Accumulator fills it when it hands over.
-    Rows are found through a compiled index of their keys, kept across batches (not
-    pickled: rebuilt on demand)."""
+    `text` maps each key to its identity; the Accumulator fills it when it hands over."""
 
     COLUMNS = ("keys", "first", "last", "count", "group")
 
@@ -187,20 +199,13 @@ class SeenCounts:
         self.count = np.empty(0, dtype=np.int64)
         self.group = np.empty(0, dtype=np.uint64)
         self.text: dict[int, tuple] = {}
-        self._index: _core.KeyIndex | None = None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_index", None)
-        return state
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def __setstate__(self, state: dict) -> None:
         # a table pickled before rows had a group (kept on disk across an upgrade)
-        self.__dict__.update(state)
-        self._index = None
+        super().__setstate__(state)
         if "group" not in state:
             self.group = np.zeros(len(self.keys), dtype=np.uint64)
 
@@ -212,9 +217,7 @@ class SeenCounts:
         of messages dropped (refused or evicted) and the indexes of the rows appended."""
         if group is None:
             group = np.zeros(len(keys), dtype=np.uint64)
-        if self._index is None:
-            self._index = _core.KeyIndex(self.keys)
-        pos = self._index.find(np.ascontiguousarray(keys, dtype=np.uint64))
+        pos = self._key_index().find(np.ascontiguousarray(keys, dtype=np.uint64))
         known = pos >= 0
         if known.any():
             at = pos[known]
@@ -232,14 +235,15 @@ class SeenCounts:
                     self.text.pop(k, None)
                 for name in self.COLUMNS:
                     setattr(self, name, getattr(self, name)[held])
-                self._index = _core.KeyIndex(self.keys)
+                self._forget_index()
             dropped += int(count[new[~taken]].sum())
             new = new[taken]
         if len(new):
-            _, appended = self._index.add(np.ascontiguousarray(keys[new], dtype=np.uint64))
+            index = self._key_index()
+            _, appended = index.add(np.ascontiguousarray(keys[new], dtype=np.uint64))
             if len(appended) != len(new):
                 raise ValueError("keys repeat: a row each is needed")
-            self.keys = self._index.keys
+            self.keys = index.keys
             for name, values in zip(self.COLUMNS[1:], (first, last, count, group)):
                 held_values = getattr(self, name)
                 setattr(self, name, np.concatenate([held_values, values[new].astype(held_values.dtype, copy=False)]))
