@@ -3353,18 +3353,17 @@ def minute_keys(const int64_t[::1] minute, const uint64_t[:, ::1] words, const u
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def message_windows(messages, int64_t window_s):
-    """Per message: the start of its window, ts // window_s * window_s (Python's float floor
-    division), for window_s > 0 seconds."""
-    cdef Py_ssize_t n = len(messages), i
+def message_windows(const double[::1] ts, int64_t window_s):
+    """Per message (its ts column): the start of its window, ts // window_s * window_s
+    (Python's float floor division), for window_s > 0 seconds."""
+    cdef Py_ssize_t n = ts.shape[0], i
     if window_s <= 0:
         raise ValueError("window_s must be positive")
-    cdef const MessageRow *msgs = message_rows(messages)
     cdef double w = <double>window_s
     out_arr = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] out = out_arr
     for i in range(n):
-        out[i] = <int64_t>floor_div(msgs[i].ts, w) * window_s
+        out[i] = <int64_t>floor_div(ts[i], w) * window_s
     return out_arr
 
 

@@ -55,7 +55,8 @@ def stats_counts(messages: np.ndarray, group: np.ndarray, ngroups: int, state: n
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def minute_keys(minute: np.ndarray, words: np.ndarray, tag: np.ndarray | None = None) -> np.ndarray:
     """hash_columns(minute, words[:, 0], words[:, 1][, tag]) per message, in one pass."""
-def message_windows(messages: np.ndarray, window_s: int) -> np.ndarray: ...
+def message_windows(ts: np.ndarray, window_s: int) -> np.ndarray:
+    """Per message (its ts column): the start of its window, ts // window_s * window_s."""
 def regdom_columns(messages: np.ndarray, arena: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def track_columns(messages: np.ndarray, resolvers: np.ndarray, untrackable: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,

@@ -32,7 +32,8 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     samples) is gathered only for groups not among `known` keys: the existing row keeps its own."""
     cols = table.columns
     out = new_table(rule)
-    window = table.batch.window_start(rule.window_s)[idx]
+    ts = cols["ts"][idx]
+    window = _core.message_windows(ts, rule.window_s)
     row_keys = hash_columns(window.astype(np.uint64), *[cols[g][idx].astype(np.uint64) for g in rule.group_by])
     first, inverse, counts = _core.group_u64(np.ascontiguousarray(row_keys))
     g = len(first)
@@ -61,7 +62,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
         out.samples[has, s] = gather_text(arena, m["qname_off"][member], m["qname_len"][member], SAMPLE_WIDTH)
     # minima and maxima per group reduce runs of the group-ordered rows (ufunc.at is
     # many times slower)
-    ts = cols["ts"][idx][order]
+    ts = ts[order]
     out.first, out.last = np.minimum.reduceat(ts, starts), np.maximum.reduceat(ts, starts)
     out.values = np.empty((g, len(out.numeric)))
     by_name = {a.name: a for a in rule.aggregations}

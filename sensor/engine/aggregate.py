@@ -558,10 +558,10 @@ class Accumulator:
         return first, minute[first], counts
 
     def _clients(self, batch: Batch, track: TrackResult) -> None:
-        msgs, minute = batch.messages, batch.minute
+        minute = batch.minute
         keys = _core.minute_keys(minute, address_words(track.client))
         self.agg.clients.add_messages(keys, minute, lambda first: track.client[first],
-                                      msgs["qr"], msgs["rcode"], msgs["size"])
+                                      batch.column("qr"), batch.column("rcode"), batch.column("size"))
 
     def _breakdown(self, batch: Batch, track: TrackResult) -> None:
         """Client-leg counters per client network and per registered domain, for the scoped
@@ -571,10 +571,9 @@ class Accumulator:
         if not on_client_leg.any():
             return
         everything = bool(on_client_leg.all())
-        msgs = batch.messages
 
-        def column(name: str) -> np.ndarray:            # a column, not the whole row: rows are wide
-            return msgs[name] if everything else msgs[name][on_client_leg]
+        def column(name: str) -> np.ndarray:
+            return batch.column(name) if everything else batch.column(name)[on_client_leg]
 
         client = track.client if everything else track.client[on_client_leg]
         minute = batch.minute if everything else batch.minute[on_client_leg]
@@ -681,11 +680,10 @@ class Accumulator:
             self.agg.dropped["pdns_overflow"] += lost
 
     def _anomalies(self, batch: Batch) -> None:
-        msgs = batch.messages
-        anomalous = msgs["anomalies"] != 0
+        anomalous = batch.column("anomalies") != 0
         if not anomalous.any():
             return
-        sel = msgs[anomalous]
+        sel = batch.messages[anomalous]
         minute = (sel["ts"] // 60).astype(np.int64) * 60
         bits = (sel["anomalies"][:, None] >> np.arange(len(schema.ANOMALY_NAMES), dtype=np.uint64)) & np.uint64(1)
         for m in np.unique(minute).tolist():

@@ -151,27 +151,23 @@ class Columns(dict):
         self._batch = batch
         self._track = track
         self._client_networks = client_networks
-        self._fields: dict[str, np.ndarray] = {}
+        self._server_addr: np.ndarray | None = None
         # Site data behind some features, filled by the rules that read them: list_<name> ->
         # NameList (rules/lists/), client_in_<tag> / server_in_<tag> -> AddressTag (rules/tags.toml).
         self.sources: dict = {}
         self.dga_model = None             # set by a rule that uses dga_score
 
     def field(self, name: str) -> np.ndarray:
-        """A message field as a contiguous column, copied once."""
-        column = self._fields.get(name)
-        if column is None:
-            column = self._fields[name] = np.ascontiguousarray(self._batch.messages[name])
-        return column
+        """A message field as a contiguous column (the batch copies each once)."""
+        return self._batch.column(name)
 
     @property
     def server_addr(self) -> np.ndarray:
         """Per message, the answering side's address (V16)."""
-        column = self._fields.get("server_addr")
-        if column is None:
+        if self._server_addr is None:
             m = self._batch.messages
-            column = self._fields["server_addr"] = np.where(self["is_query"], m["dst"], m["src"])
-        return column
+            self._server_addr = np.where(self["is_query"], m["dst"], m["src"])
+        return self._server_addr
 
     def __missing__(self, name: str) -> np.ndarray:
         field = MESSAGE_FIELDS.get(name)

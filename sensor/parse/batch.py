@@ -35,10 +35,19 @@ class Batch:
     rrs: np.ndarray               # schema.RR_DTYPE
     arena: bytes
     counters: dict[str, int] = field(default_factory=dict)
-    _windows: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.messages.shape[0])
+
+    def column(self, name: str) -> np.ndarray:
+        """A message field as a contiguous column, copied out of the rows once for every
+        stage that reads it (the rows are 152 bytes wide: a field read on its own pulls
+        the whole batch through the cache)."""
+        column = self._columns.get(name)
+        if column is None:
+            column = self._columns[name] = np.ascontiguousarray(self.messages[name])
+        return column
 
     @cached_property
     def _regdom(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -55,18 +64,10 @@ class Batch:
         for the stages that group by it (breakdown, features)."""
         return self._regdom[2]
 
-    @property
+    @cached_property
     def minute(self) -> np.ndarray:
         """Per message: the start of its minute (ts // 60 * 60), for the per-minute tables."""
-        return self.window_start(60)
-
-    def window_start(self, window_s: int) -> np.ndarray:
-        """Per message: the start of its window (ts // window_s * window_s), made once per
-        window length for the rules that share it."""
-        made = self._windows.get(window_s)
-        if made is None:
-            made = self._windows[window_s] = _core.message_windows(np.ascontiguousarray(self.messages), window_s)
-        return made
+        return _core.message_windows(self.column("ts"), 60)
 
     @cached_property
     def distinct_names(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -74,7 +75,7 @@ class Batch:
         those messages' qname_off and qname_len): what depends on the name alone is worked
         out once per name. Names are told apart by name_hash (64-bit FNV-1a of the text)."""
         m = self.messages
-        first, inverse, _ = _core.group_u64(np.ascontiguousarray(m["name_hash"]))
+        first, inverse, _ = _core.group_u64(self.column("name_hash"))
         return (first, inverse, np.ascontiguousarray(m["qname_off"][first]),
                 np.ascontiguousarray(m["qname_len"][first]))
 
