@@ -545,10 +545,8 @@ def test_name_features_per_distinct_name_equal_those_per_message(capture):
     from sensor.track import Tracker
     batch = parse_file(str(DATA / capture))
     m, arena = batch.messages, batch.arena
-    first, inverse, _, _ = batch.distinct_names
-    assert len(first) < len(m)                 # names repeat: the sharing is exercised
+    assert len(np.unique(m["name_hash"])) < len(m)    # names repeat: the sharing is exercised
     texts = [batch.qname(i) for i in range(len(m))]
-    assert [texts[first[g]] for g in inverse.tolist()] == texts
     table = build(batch, Tracker().process(m), NetworkSet(()))
     cols = table.columns
     offsets, lengths = np.ascontiguousarray(m["qname_off"]), np.ascontiguousarray(m["qname_len"])
@@ -576,30 +574,62 @@ def test_name_features_per_distinct_name_equal_those_per_message(capture):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(st.sampled_from(["a1.example", "www.example", "b.example", "c2.test", "x.y.z", "."]),
+@given(st.lists(st.lists(st.sampled_from(["a1.example", "www.example", "b.example", "c2.test", "x.y.z",
+                                          "_dmarc.b.example", "e==.example", "."]),
                          max_size=12), max_size=6), st.integers(1, 5))
-def test_name_pattern_remembers_names_across_batches(batches, cache_names):
-    """A pattern's result is remembered per name across batches, starts over when its
-    cache is full, and always equals searching the name."""
-    import sensor.features.lists as lists_module
+def test_name_memo_gives_each_message_its_own_names_features_across_batches(batches, limit):
+    """Name features remembered across batches (sensor.features.memo) equal those worked out
+    from each message's own name, whichever batch first asked, also once the memo has
+    started over; it holds at most its limit plus one batch's names."""
+    from sensor import _core
     from sensor.features.lists import NamePattern
+    from sensor.features.memo import NameMemo
     regex = r"[0-9]|^w"
     pattern = NamePattern("p", regex, re.compile(regex))
-    old = lists_module.PATTERN_CACHE_NAMES
-    lists_module.PATTERN_CACHE_NAMES = cache_names
-    biggest = 0
-    try:
-        for names in batches:
-            biggest = max(biggest, len(set(names)))
-            texts = [n.encode() for n in names]
-            arena = b"".join(texts)
-            lengths = np.array([len(t) for t in texts], dtype=np.uint32)
-            offsets = (np.cumsum(lengths) - lengths).astype(np.uint32)
-            got = pattern.mask(arena, offsets, lengths)
-            assert got.tolist() == [re.search(regex, n) is not None for n in names]
-            assert len(pattern._known) <= max(cache_names, biggest)
-    finally:
-        lists_module.PATTERN_CACHE_NAMES = old
+    memo = NameMemo(limit)
+    asked: list[int] = []
+    for names in batches:
+        texts = [n.encode() for n in names]
+        arena = b"".join(texts)
+        lengths = np.array([len(t) for t in texts], dtype=np.uint16)
+        offsets = (np.cumsum(lengths, dtype=np.int64) - lengths).astype(np.uint32)
+        rows = memo.rows(np.array([_core.fnv1a64(t) for t in texts], dtype=np.uint64))
+        assert len(memo) <= limit + len(set(names))
+
+        def matches(messages: np.ndarray) -> np.ndarray:
+            asked.extend(messages.tolist())
+            return pattern.mask(arena, offsets[messages], lengths[messages])
+
+        def services(messages: np.ndarray) -> np.ndarray:
+            return _core.service_label_counts(arena, offsets[messages], lengths[messages])
+
+        asked.clear()
+        assert memo.column("pattern_p", rows, matches).tolist() == [re.search(regex, n) is not None for n in names]
+        assert len(asked) == len(set(asked)) <= len(set(names))          # once per name at most
+        assert memo.column("service_labels", rows, services).tolist() == [
+            sum(label.startswith("_") for label in n.split(".")) for n in names]
+
+
+def test_reloaded_rules_start_a_new_name_memo():
+    """A reload may bring a changed pattern or list under the same feature name: what the
+    worker remembered of each name under the old one must not answer for the new one."""
+    from sensor.engine.aggregate import Accumulator
+    from sensor.features import NetworkSet, build
+    from sensor.features.lists import NamePattern
+    from sensor.parse import parse_file
+    from sensor.track import Tracker
+    batch = parse_file(str(DATA / "demo-office-resolver.pcap"))
+    track = Tracker().process(batch.messages)
+    texts = [batch.qname(i) for i in range(len(batch))]
+    acc = Accumulator()
+    for regex in (r"^www", r"^(api|mail)"):
+        if regex != r"^www":
+            acc.rules = []                       # what Pipeline.reconfigure does on SIGHUP
+        cols = build(batch, track, NetworkSet(()), acc.names).columns
+        cols.sources["pattern_p"] = NamePattern("p", regex, re.compile(regex))
+        expected = [re.search(regex, t) is not None for t in texts]
+        assert any(expected) and not all(expected)
+        assert cols["pattern_p"].tolist() == expected, regex
 
 
 def test_dga_model_figures_hold_on_the_held_out_split():

@@ -424,7 +424,7 @@ class Accumulator:
         self.limits = limits
         self.malformed_mask = malformed_mask
         self.window_s = window_s
-        self.rules = list(rules or [])
+        self.rules = rules or []
         self.networks = NetworkSet(client_networks)
         self.agg = Aggregate()
         # Identity text by key, built once from the batch a row first appears in; the
@@ -436,6 +436,19 @@ class Accumulator:
         # (stats row, client) pairs already in the rows' client sets: bounded by
         # limits.max_clients_per_group, then started over
         self._client_pairs = _core.KeyIndex()
+
+    @property
+    def rules(self) -> list:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: list) -> None:
+        from sensor.features.memo import NameMemo
+
+        self._rules = list(rules)
+        # Reloaded rules may bring other lists, patterns or models: what the memo says of a
+        # name no longer holds.
+        self.names = NameMemo(self.limits.name_memo_names)
 
     def take(self) -> Aggregate:
         agg, self.agg = self.agg, Aggregate()
@@ -461,7 +474,7 @@ class Accumulator:
             if self.rules:
                 from sensor import features
                 from sensor.detectors.rules_engine import fold
-                fold(self.rules, features.build(batch, track, self.networks), agg.rules,
+                fold(self.rules, features.build(batch, track, self.networks, self.names), agg.rules,
                      self.limits.max_rule_groups, agg.dropped)
         if len(track.unanswered):
             self.add_unanswered(track.unanswered)

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from sensor import _core
+from sensor.features.memo import NameMemo
 from sensor.parse.batch import Batch
 from sensor.parse.psl import load_rules
 from sensor.track import ANSWERED, DUPLICATE, MISMATCHED, UNSOLICITED, TrackResult, hash_columns, address_words
@@ -146,12 +147,16 @@ class Columns(dict):
     out of the wide message rows once (a rule's comparison then reads 8 bytes a message,
     not a row), and what no rule reads is never made."""
 
-    def __init__(self, batch: Batch, track: TrackResult, client_networks: "NetworkSet") -> None:
+    def __init__(self, batch: Batch, track: TrackResult, client_networks: "NetworkSet",
+                 names: NameMemo | None = None) -> None:
         super().__init__()
         self._batch = batch
         self._track = track
         self._client_networks = client_networks
         self._server_addr: np.ndarray | None = None
+        # Features of the name alone come from (and go to) the worker's memo of them.
+        self._names = names if names is not None else NameMemo(len(batch))
+        self._name_rows: np.ndarray | None = None
         # Site data behind some features, filled by the rules that read them: list_<name> ->
         # NameList (rules/lists/), client_in_<tag> / server_in_<tag> -> AddressTag (rules/tags.toml).
         self.sources: dict = {}
@@ -178,16 +183,8 @@ class Columns(dict):
         if derive is not None:
             self[name] = derive(self)
             return self[name]
-        if name == "dga_score" and self.dga_model is not None:
-            first, inverse, _, _ = self._batch.distinct_names
-            self[name] = self.dga_model.scores(self._batch.arena, self._batch.messages, first)[inverse]
-            return self[name]
         if name in self.sources and isinstance(self.sources[name], AddressTag):
             self[name] = self.sources[name].column(name, self)
-            return self[name]
-        if name in self.sources:          # a name list or pattern: once per distinct name
-            _, inverse, offsets, lengths = self._batch.distinct_names
-            self[name] = self.sources[name].mask(self._batch.arena, offsets, lengths)[inverse]
             return self[name]
         if name == LAZY_ANSWERS:
             self[name] = _answer_hashes(self._batch)
@@ -195,45 +192,51 @@ class Columns(dict):
         if name == LAZY_BAILIWICK:
             self[name] = _out_of_bailiwick(self._batch)
             return self[name]
-        if name == LAZY_ENCODING:
-            self[name] = _encoding_chars(self._batch)
-            return self[name]
-        if name == LAZY_SERVICE:
-            _, inverse, offsets, lengths = self._batch.distinct_names
-            self[name] = _core.service_label_counts(self._batch.arena, offsets, lengths)[inverse]
-            return self[name]
-        if name == LAZY_INNER_TLD:
-            first, inverse, offsets, lengths = self._batch.distinct_names
-            regdom = np.ascontiguousarray(self._batch.messages["regdom_off"][first])
-            self[name] = _core.inner_tld_counts(self._batch.arena, offsets, lengths, regdom,
-                                                load_rules().table())[inverse]
-            return self[name]
-        if name == LAZY_TLD:
-            _, inverse, offsets, lengths = self._batch.distinct_names
-            tlds = _core.public_tlds(self._batch.arena, offsets, lengths, load_rules().table())
-            self[name] = tlds.view(bool)[inverse]
-            return self[name]
-        if name not in LAZY:
+        work_out = self._name_feature(name)
+        if work_out is None:
             raise KeyError(name)
-        self.update(_first_label_columns(self._batch))
+        if self._name_rows is None:
+            self._name_rows = self._names.rows(self.field("name_hash"))
+        self[name] = self._names.column(name, self._name_rows, work_out)
         return self[name]
 
+    def _name_feature(self, name: str) -> Callable[[np.ndarray], np.ndarray] | None:
+        """How to work out a feature of the question name alone for some messages (their
+        indexes), or None when `name` is no such feature."""
+        batch, arena = self._batch, self._batch.arena
 
-def _first_label_columns(batch: Batch) -> dict[str, np.ndarray]:
-    _, inverse, offsets, lengths = batch.distinct_names
-    stats = _core.first_label_stats(batch.arena, offsets, lengths)
-    return {name: column[inverse] for name, column in zip(LAZY, stats)}
+        def spans(messages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            m = batch.messages
+            return (np.ascontiguousarray(m["qname_off"][messages]), np.ascontiguousarray(m["qname_len"][messages]))
+
+        if name == "dga_score" and self.dga_model is not None:
+            model = self.dga_model
+            return lambda messages: model.scores(arena, batch.messages, messages)
+        if name in self.sources:          # a name list or pattern
+            source = self.sources[name]
+            return lambda messages: source.mask(arena, *spans(messages))
+        if name == LAZY_ENCODING:
+            def encoding_chars(messages: np.ndarray) -> np.ndarray:
+                offsets, lengths = spans(messages)
+                return _core.count_in_spans(arena, offsets, lengths.astype(np.uint32),
+                                            _ENCODING_TABLE).astype(np.float64)
+            return encoding_chars
+        if name == LAZY_SERVICE:
+            return lambda messages: _core.service_label_counts(arena, *spans(messages))
+        if name == LAZY_INNER_TLD:
+            return lambda messages: _core.inner_tld_counts(
+                arena, *spans(messages), np.ascontiguousarray(batch.messages["regdom_off"][messages]),
+                load_rules().table())
+        if name == LAZY_TLD:
+            return lambda messages: _core.public_tlds(arena, *spans(messages), load_rules().table()).view(bool)
+        if name in LAZY:
+            k = LAZY.index(name)
+            return lambda messages: _core.first_label_stats(arena, *spans(messages))[k]
+        return None
 
 
 _ENCODING_TABLE = np.zeros(256, dtype=np.uint8)
 _ENCODING_TABLE[list(ENCODING_BYTES)] = 1
-
-
-def _encoding_chars(batch: Batch) -> np.ndarray:
-    """Per message: ENCODING_BYTES in its question name."""
-    _, inverse, offsets, lengths = batch.distinct_names
-    return _core.count_in_spans(batch.arena, offsets, lengths.astype(np.uint32),
-                                _ENCODING_TABLE).astype(np.float64)[inverse]
 
 
 def _out_of_bailiwick(batch: Batch) -> np.ndarray:
@@ -341,6 +344,8 @@ class NetworkSet:
         return bool(self.mask(np.frombuffer(raw, dtype="V16"))[0])
 
 
-def build(batch: Batch, track: TrackResult, client_networks: NetworkSet) -> FeatureTable:
-    """The feature table of a batch; its columns are made as the rules read them."""
-    return FeatureTable(Columns(batch, track, client_networks), batch)
+def build(batch: Batch, track: TrackResult, client_networks: NetworkSet,
+          names: NameMemo | None = None) -> FeatureTable:
+    """The feature table of a batch; its columns are made as the rules read them, the
+    features of names alone through `names` (the worker's, kept across batches)."""
+    return FeatureTable(Columns(batch, track, client_networks, names), batch)

@@ -107,11 +107,6 @@ def load_lists(directory: str | Path) -> dict[str, NameList]:
     return out
 
 
-PATTERN_CACHE_NAMES = 262144
-"""Names whose pattern result a NamePattern remembers across batches (about 9 bytes
-each); when full it starts over."""
-
-
 @dataclass
 class NamePattern:
     """A regular expression over question names (rules/patterns.toml): feature pattern_<name>,
@@ -119,34 +114,11 @@ class NamePattern:
     name: str
     regex: str
     compiled: re.Pattern = field(repr=False)
-    _known: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64),
-                               repr=False, compare=False)
-    _known_hits: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool),
-                                    repr=False, compare=False)
 
     def mask(self, arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Each distinct name is decoded and searched once, and remembered (by its
-        hash) for the batches after."""
-        if not len(offsets):
-            return np.zeros(0, dtype=bool)
-        offsets = np.ascontiguousarray(offsets, dtype=np.uint32)
-        lengths = np.ascontiguousarray(lengths, dtype=np.uint32)
-        keys = _core.span_hashes(arena, offsets, lengths)
-        first, inverse, _ = _core.group_u64(keys)
-        distinct = keys[first]
-        pos = _core.index_u64(distinct, self._known)
-        hits = np.zeros(len(first), dtype=bool)
-        seen = pos >= 0
-        hits[seen] = self._known_hits[pos[seen]]
-        new = np.flatnonzero(~seen)
-        if len(new):
-            search = self.compiled.search
-            rows = first[new]
-            hits[new] = np.fromiter((search(arena[o:o + n].decode("ascii", "replace")) is not None
-                                     for o, n in zip(offsets[rows].tolist(), lengths[rows].tolist())),
-                                    dtype=bool, count=len(new))
-            if len(self._known) + len(new) > PATTERN_CACHE_NAMES:
-                self._known, self._known_hits = self._known[:0], self._known_hits[:0]
-            self._known = np.concatenate([self._known, distinct[new]])
-            self._known_hits = np.concatenate([self._known_hits, hits[new]])
-        return hits[inverse]
+        """Whether each name (arena span) matches. Names are searched as given: the worker's
+        memo of name features (sensor.features.memo) asks once per name."""
+        search = self.compiled.search
+        return np.fromiter((search(arena[o:o + n].decode("ascii", "replace")) is not None
+                            for o, n in zip(np.asarray(offsets).tolist(), np.asarray(lengths).tolist())),
+                           dtype=bool, count=len(offsets))

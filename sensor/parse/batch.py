@@ -69,16 +69,6 @@ class Batch:
         """Per message: the start of its minute (ts // 60 * 60), for the per-minute tables."""
         return _core.message_windows(self.column("ts"), 60)
 
-    @cached_property
-    def distinct_names(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(a message of each distinct question name, each message's name among them, and
-        those messages' qname_off and qname_len): what depends on the name alone is worked
-        out once per name. Names are told apart by name_hash (64-bit FNV-1a of the text)."""
-        m = self.messages
-        first, inverse, _ = _core.group_u64(self.column("name_hash"))
-        return (first, inverse, np.ascontiguousarray(m["qname_off"][first]),
-                np.ascontiguousarray(m["qname_len"][first]))
-
     def text(self, off: int, length: int) -> str:
         return self.arena[off:off + length].decode("ascii")
 

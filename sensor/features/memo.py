@@ -1,0 +1,65 @@
+"""Features of the question name alone (lists, patterns, label counts, the DGA score),
+worked out once per distinct name and remembered across batches.
+
+A resolver is asked for the same names over and over: working out each such feature for
+every batch's distinct names again was most of what the rules' name features cost. Names
+are told apart by name_hash (64-bit FNV-1a of the text); each gets a row, and each
+feature a column of values by row with a mark of the rows worked out. A batch looks its
+messages' rows up once and gathers every feature from the columns; only names never seen
+(or seen before the feature was first asked for) are worked out, from that batch's text.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from sensor import _core
+
+
+class NameMemo:
+    """Name features by name, for up to `limit` names; once past it, it starts over (the
+    names of the batch that passed it are kept). Whoever changes what a feature means (a
+    reloaded list, pattern or model) makes a new one."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._clear()
+
+    def _clear(self) -> None:
+        self._index = _core.KeyIndex()
+        self._values: dict[str, np.ndarray] = {}
+        self._known: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def rows(self, name_hashes: np.ndarray) -> np.ndarray:
+        """The row of each message's name (taking rows for names not held)."""
+        hashes = np.ascontiguousarray(name_hashes, dtype=np.uint64)
+        if len(self._index) > self.limit:
+            self._clear()
+        return self._index.add(hashes)[0]
+
+    def column(self, feature: str, rows: np.ndarray,
+               work_out: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Per message (`rows` from rows()), the feature of its name. `work_out` is given
+        the indexes of messages, one per name not known yet, and returns their values."""
+        size = len(self._index)
+        values, known = self._values.get(feature), self._known.get(feature)
+        if known is not None and len(known) < size:
+            grown = max(size, 2 * len(known))
+            known = np.concatenate([known, np.zeros(grown - len(known), dtype=bool)])
+            values = np.concatenate([values, np.zeros(grown - len(values), dtype=values.dtype)])
+        missing = np.flatnonzero(~known[rows]) if known is not None else np.arange(len(rows))
+        if len(missing) or known is None:
+            first, _, _ = _core.group_u64(np.ascontiguousarray(rows[missing], dtype=np.uint64))
+            messages = missing[first]
+            fresh = np.asarray(work_out(messages))
+            if known is None:
+                known = np.zeros(size, dtype=bool)
+                values = np.zeros(size, dtype=fresh.dtype)
+            values[rows[messages]] = fresh
+            known[rows[messages]] = True
+        self._values[feature], self._known[feature] = values, known
+        return values[rows]
