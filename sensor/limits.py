@@ -84,10 +84,11 @@ class Limits:
     max_rule_groups: int = 50000
     """Groups (entity and window) per rule held between two flushes, and open in the writer;
     beyond it new groups are counted (drop stage rule_groups_overflow) instead of kept."""
-    name_memo_names: int = 262144
+    name_memo_names: int = 65536
     """Question names whose name-only features (lists, patterns, label counts, DGA score)
-    a worker remembers across batches (sensor.features.memo), about 60 bytes each with every
-    such feature in use; past it the memo starts over."""
+    a worker remembers across batches (sensor.features.memo): up to about 200 bytes each
+    with every rule of rules/ on. Past it the memo starts over. A resolver's popular names
+    are far fewer; a flood of names never seen gains nothing from a bigger one."""
     max_verdicts_per_rule: int = 1000
     """Verdicts one rule may write (create or update) in one flush; a rule firing for more
     entities than that at once is misconfigured or facing a storm, and the excess is counted
