@@ -3188,7 +3188,9 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
     id << 32 | qtype << 16 | qclass, name hash), loose the same without ports and id;
     client and resolver as two address words per row (resolver: the client when it is
     one of `resolvers`, the upstream leg (leg 1), else the server); tracked: neither
-    address multicast and no anomaly of `untrackable`; is_response: the QR bit, as 0 or 1.
+    address multicast and no anomaly of `untrackable`; is_response: the QR bit, as 0 or 1;
+    then client_hash and server_hash, hash_columns of each side's two words (the group
+    keys of the client and server features), a step of the key's own mixing.
     """
     cdef Py_ssize_t n = len(messages), i, k
     cdef Py_ssize_t nres = resolvers.shape[0]
@@ -3203,7 +3205,11 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
     tracked_arr = np.empty(n, dtype=np.bool_)
     server_res_arr = np.empty(n, dtype=np.bool_)
     is_response_arr = np.empty(n, dtype=np.uint8)
+    client_hash_arr = np.empty(n, dtype=np.uint64)
+    server_hash_arr = np.empty(n, dtype=np.uint64)
     cdef uint8_t[::1] is_response = is_response_arr
+    cdef uint64_t[::1] client_hash = client_hash_arr
+    cdef uint64_t[::1] server_hash = server_hash_arr
     cdef uint64_t[::1] key = key_arr
     cdef uint64_t[::1] loose = loose_arr
     cdef uint64_t[:, ::1] client = client_arr
@@ -3224,7 +3230,10 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
         else:
             c0, c1, v0, v1, cport, vport = d0, d1, s0, s1, mr.dport, mr.sport
         question = (<uint64_t>mr.qtype << 16) | mr.qclass
-        h = key_mix(key_mix(key_mix(key_mix(<uint64_t>KEY_SEED, c0), c1), v0), v1)
+        h = key_mix(key_mix(<uint64_t>KEY_SEED, c0), c1)
+        client_hash[i] = key_finish(h)
+        server_hash[i] = key_finish(key_mix(key_mix(<uint64_t>KEY_SEED, v0), v1))
+        h = key_mix(key_mix(h, v0), v1)
         loose[i] = key_finish(key_mix(key_mix(h, question), mr.name_hash))
         h = key_mix(h, (<uint64_t>cport << 16) | vport)
         h = key_mix(h, (<uint64_t>mr.id << 32) | question)
@@ -3250,7 +3259,7 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
                       and (mr.anomalies & untrackable) == 0)
         is_response[i] = mr.qr != 0
     return (key_arr, loose_arr, client_arr, resolver_arr, leg_arr, tracked_arr, server_res_arr,
-            is_response_arr)
+            is_response_arr, client_hash_arr, server_hash_arr)
 
 
 DEF STATS_RCODES = 32

@@ -1507,8 +1507,8 @@ def test_track_columns_agree_with_column_arithmetic(rows, resolver_picks):
     resolvers = sorted(_ADDRESSES[k] for k in resolver_picks)
     res_words = (np.frombuffer(b"".join(resolvers), dtype="<u8").reshape(-1, 2) if resolvers
                  else np.empty((0, 2), dtype=np.uint64))
-    key, loose, client, resolver, leg, tracked, server_res, is_response = _core.track_columns(
-        msgs, res_words, UNTRACKABLE)
+    key, loose, client, resolver, leg, tracked, server_res, is_response, client_hash, server_hash = (
+        _core.track_columns(msgs, res_words, UNTRACKABLE))
 
     def multicast(w):
         mapped = (w[:, 0] == 0) & ((w[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
@@ -1540,6 +1540,8 @@ def test_track_columns_agree_with_column_arithmetic(rows, resolver_picks):
     assert tracked.tolist() == (~multicast(sw) & ~multicast(dw)
                                 & ((msgs["anomalies"] & np.uint64(UNTRACKABLE)) == 0)).tolist()
     assert is_response.tolist() == (~isq).astype(np.uint8).tolist()
+    assert client_hash.tolist() == hash_columns(cw[:, 0], cw[:, 1]).tolist()
+    assert server_hash.tolist() == hash_columns(vw[:, 0], vw[:, 1]).tolist()
 
 
 @pytest.mark.parametrize("capture", ["dnscap-baseline-udp-82-msgs.pcap", "gdc-baseline-udp-33-msgs.pcap",

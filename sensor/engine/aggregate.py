@@ -532,13 +532,12 @@ class Accumulator:
         columns = {name: values.tolist() for name, values in columns.items()}
         rtt_ms = rtt_ms.tolist()
         # Only the (row, client) pairs not met since the last take() reach the rows' sets.
-        cw = address_words(track.client)
         if len(self._client_pairs) > self.limits.max_clients_per_group:
             self._client_pairs = _core.KeyIndex()      # a filter only: the sets hold the truth
-        _, new_pair = self._client_pairs.add(hash_columns(keys, cw[:, 0], cw[:, 1]))
+        _, new_pair = self._client_pairs.add(hash_columns(keys, track.client_hash))
         # (group, client) packed into one uint64, sorted: each group's clients in one run
         pairs = np.sort((inv[new_pair].astype(np.uint64) << np.uint64(GROUP_SHIFT))
-                        | (hash_columns(cw[new_pair, 0], cw[new_pair, 1]) & np.uint64(CLIENT_HASH_MASK)))
+                        | (track.client_hash[new_pair] & np.uint64(CLIENT_HASH_MASK)))
         pair_group = (pairs >> np.uint64(GROUP_SHIFT)).astype(np.int64)
         bounds = np.searchsorted(pair_group, np.arange(g + 1)).tolist()
         client_ids = (pairs & np.uint64(CLIENT_HASH_MASK)).tolist()

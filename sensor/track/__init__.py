@@ -114,6 +114,8 @@ class TrackResult:
     leg: np.ndarray              # uint8 per message
     resolver: np.ndarray         # V16 per message: the resolver the message is counted for
     client: np.ndarray           # V16 per message: the querying side
+    client_hash: np.ndarray      # uint64 per message: hash_columns of the client's two address words
+    server_hash: np.ndarray      # uint64 per message: the same of the answering side's
     tracked: np.ndarray          # bool per message: took part (not multicast, question readable)
     server_is_resolver: np.ndarray  # bool per message: the answering side is one of the resolver's addresses
     multi: np.ndarray            # bool per message: a response to a query answered more than once
@@ -142,8 +144,8 @@ class Tracker:
         default the batch's latest timestamp) decides which queries timed out."""
         n = len(msgs)
         msgs = np.ascontiguousarray(msgs)
-        key, loose, client_w, resolver_w, leg, tracked, server_is_resolver, is_response = _core.track_columns(
-            msgs, self._resolvers, UNTRACKABLE)
+        (key, loose, client_w, resolver_w, leg, tracked, server_is_resolver, is_response, client_hash,
+         server_hash) = _core.track_columns(msgs, self._resolvers, UNTRACKABLE)
         client = client_w.view("V16").reshape(-1)
         resolver = resolver_w.view("V16").reshape(-1)
         ts = msgs["ts"]
@@ -209,7 +211,8 @@ class Tracker:
             t[name] += int(np.count_nonzero(state == code))
         t["unanswered"] += len(unanswered)
         t["pending_evicted"] += len(evicted)
-        return TrackResult(state=state, rtt=rtt, leg=leg, resolver=resolver, client=client, tracked=tracked,
+        return TrackResult(state=state, rtt=rtt, leg=leg, resolver=resolver, client=client,
+                           client_hash=client_hash, server_hash=server_hash, tracked=tracked,
                            server_is_resolver=server_is_resolver, multi=multi, raced=raced,
                            unanswered=unanswered, evicted=evicted)
 
