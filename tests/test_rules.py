@@ -423,6 +423,45 @@ def test_unique_counts_merge_batch_by_batch(monkeypatch):
     assert len(t.pair_keys["u"]) == len(t.pairs["u"][0])
 
 
+@pytest.mark.parametrize("per_batch", [5, 64, 100000])
+def test_unique_counts_of_folded_batches_count_each_groups_distinct_values(tmp_path, per_batch):
+    """A rule's nunique aggregates, folded batch by batch from a real capture, count the
+    distinct names and registered domains each client asked for in each window."""
+    from dataclasses import replace
+    from sensor.detectors.rules_engine import fold
+    from sensor.features import NetworkSet, build
+    from sensor.limits import DEFAULT_LIMITS
+    from sensor.parse import Parser
+    from sensor.parse.batch import address_text
+    from sensor.rules import load_rule
+    from sensor.track import Tracker
+    (tmp_path / "names.toml").write_text(
+        'kind = "x"\nseverity = "low"\nwhere = "is_query"\ngroup_by = ["client"]\nwindow_s = 60\n'
+        'summary = "{client}"\n[aggregate]\nnames = "nunique(qname)"\ndomains = "nunique(regdom)"\n'
+        '[threshold]\nwhen = "names >= 1"\n')
+    rule = load_rule(tmp_path / "names.toml", lists={}, dga_model=None, tags={})
+    parser = Parser(limits=replace(DEFAULT_LIMITS, messages_per_batch=per_batch, frames_per_read=per_batch))
+    tracker, partials, truth, batches = Tracker(), {}, {}, 0
+    for batch in parser.parse_file(str(DATA / "generated-water-torture.pcap")):
+        batches += 1
+        track = tracker.process(batch.messages)
+        fold([rule], build(batch, track, NetworkSet(())), partials, 10**6, {})
+        m = batch.messages
+        for i in np.flatnonzero(m["qr"] == 0).tolist():
+            name = batch.qname(i)
+            entry = truth.setdefault((int(m["ts"][i] // 60 * 60), address_text(bytes(track.client[i]))),
+                                     (set(), set()))
+            entry[0].add(name)
+            entry[1].add(name[int(m["regdom_off"][i]):])
+    table = partials[rule.name]
+    results = table.results(rule.aggregations)
+    got = {(int(w), address_text(bytes(c))): (int(n), int(d)) for w, c, n, d in zip(
+        table.window.tolist(), table.client, results["names"].tolist(), results["domains"].tolist())}
+    assert got == {k: (len(names), len(domains)) for k, (names, domains) in truth.items()}
+    assert max(n for n, _ in got.values()) > 10          # groups with many distinct values
+    assert batches > 1 if per_batch < 4800 else batches == 1
+
+
 def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
     import subprocess
     import sys

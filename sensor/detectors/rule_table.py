@@ -121,7 +121,7 @@ class RuleTable:
                          "values"):
                 setattr(self, attr, np.concatenate([getattr(self, attr), getattr(other, attr)[new]]))
         for name in self.uniques:
-            self._merge_pairs(name, *other.pairs[name])
+            self._merge_pairs(name, *other.pairs[name], other.pair_keys[name])
             for gk, sketch in other.sketches[name].items():
                 have = self.sketches[name].get(gk)
                 if have is None:
@@ -130,7 +130,10 @@ class RuleTable:
                     have.merge(sketch)
         return dropped
 
-    def _merge_pairs(self, name: str, groups: np.ndarray, values: np.ndarray) -> None:
+    def _merge_pairs(self, name: str, groups: np.ndarray, values: np.ndarray,
+                     keys: np.ndarray | None = None) -> None:
+        """Take (group key, value) pairs in. `keys`, when given, are the pairs' own keys
+        (hash_columns(groups, values)), and the pairs distinct already."""
         if not len(groups):
             return
         sketches = self.sketches[name]
@@ -140,9 +143,12 @@ class RuleTable:
             for gk in np.unique(groups[big]).tolist():
                 sketches[gk].update(values[big & (groups == gk)].tolist())
             groups, values = groups[~big], values[~big]
-        keys = hash_columns(groups, values)
-        first, _, _ = key_groups(keys)
-        fresh = first[~isin_keys(keys[first], self.pair_keys[name])]
+            keys = keys[~big] if keys is not None else None
+        if keys is None:
+            keys = hash_columns(groups, values)
+            distinct = key_groups(keys)[0]
+            groups, values, keys = groups[distinct], values[distinct], keys[distinct]
+        fresh = np.flatnonzero(~isin_keys(keys, self.pair_keys[name]))
         if not len(fresh):
             return
         old_g, old_v = self.pairs[name]

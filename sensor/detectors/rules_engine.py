@@ -76,8 +76,9 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
             out.values[:, j] = np.minimum.reduceat(v[order], starts)
     for name in out.uniques:
         values = cols[by_name[name].argument][idx].astype(np.uint64)
-        distinct, _ = _core.group_u64(hash_columns(row_keys, values))[:2]
-        out._merge_pairs(name, row_keys[distinct], values[distinct])
+        pair_keys = hash_columns(row_keys, values)
+        distinct = _core.group_u64(pair_keys)[0]
+        out._merge_pairs(name, row_keys[distinct], values[distinct], pair_keys[distinct])
     return out
 
 
