@@ -30,6 +30,7 @@ class NameMemo:
         self._index = _core.KeyIndex()
         self._values: dict[str, np.ndarray] = {}
         self._known: dict[str, np.ndarray] = {}
+        self._known_count: dict[str, int] = {}        # rows marked in _known
 
     def __len__(self) -> int:
         return len(self._index)
@@ -47,6 +48,8 @@ class NameMemo:
         the indexes of messages, one per name not known yet, and returns their values."""
         size = len(self._index)
         values, known = self._values.get(feature), self._known.get(feature)
+        if self._known_count.get(feature) == size:      # every name held is worked out
+            return values.take(rows)
         if known is not None and len(known) < size:
             grown = max(size, 2 * len(known))
             known = np.concatenate([known, np.zeros(grown - len(known), dtype=bool)])
@@ -61,5 +64,6 @@ class NameMemo:
                 values = np.zeros(size, dtype=fresh.dtype)
             values[rows[messages]] = fresh
             known[rows[messages]] = True
+            self._known_count[feature] = self._known_count.get(feature, 0) + len(messages)
         self._values[feature], self._known[feature] = values, known
-        return values[rows]
+        return values.take(rows)
