@@ -2981,14 +2981,7 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
     cdef uint32_t r, s, first, last, qo, ql, ro, rl, to, tl, no, nl
     cdef bint ok
     cdef int64_t strays
-    for i in range(n):
-        mr = &msgs[i]
-        if <uint64_t>mr.rr_start + mr.rr_count > <uint64_t>nr or <uint64_t>mr.qname_off + mr.qname_len > size:
-            raise ValueError("message %d outside the record table or the arena" % i)
-    for r in range(nr):
-        if (<uint64_t>rr[r].name_off + rr[r].name_len > size
-                or <uint64_t>rr[r].rdata_off + rr[r].rdata_len > size):
-            raise ValueError("record %d outside the arena" % r)
+    cdef Py_ssize_t bad_message = -1, bad_record = -1
     out = np.zeros(n, dtype=np.float64)
     cdef double[::1] o = out
     with nogil:
@@ -2996,8 +2989,20 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
             mr = &msgs[i]
             if mr.rr_count == 0 or mr.sport == MDNS_PORT or mr.dport == MDNS_PORT:
                 continue
+            # Checked here, as each message is reached: a pass of its own over every row
+            # first cost as much as the work.
+            if <uint64_t>mr.rr_start + mr.rr_count > <uint64_t>nr or <uint64_t>mr.qname_off + mr.qname_len > size:
+                bad_message = i
+                break
             first = mr.rr_start
             last = first + mr.rr_count
+            for r in range(first, last):
+                if (<uint64_t>rr[r].name_off + rr[r].name_len > size
+                        or <uint64_t>rr[r].rdata_off + rr[r].rdata_len > size):
+                    bad_record = r
+                    break
+            if bad_record >= 0:
+                break
             qo, ql = mr.qname_off, mr.qname_len
             ro = qo + mr.regdom_off if mr.regdom_off < ql else qo
             rl = ql - mr.regdom_off if mr.regdom_off < ql else ql
@@ -3023,6 +3028,10 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
                 if not ok:
                     strays += 1
             o[i] = strays
+    if bad_message >= 0:
+        raise ValueError("message %d outside the record table or the arena" % bad_message)
+    if bad_record >= 0:
+        raise ValueError("record %d outside the arena" % bad_record)
     return out
 
 

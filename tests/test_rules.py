@@ -914,6 +914,20 @@ def test_out_of_bailiwick_records_and_what_explains_the_others(tmp_path):
     strays = _out_of_bailiwick(batch)[batch.messages["qr"] == 1].tolist()
     assert strays == [0.0, 1.0, 1.0, 0.0]   # the TXT under the TLD zone, the address of www.bank.test
 
+    # Rows pointing outside the record table or the arena are refused, not read.
+    from sensor import _core
+    m = batch.messages
+    last = int(np.flatnonzero((m["rr_count"] > 0) & (m["sport"] != 5353) & (m["dport"] != 5353))[-1])
+    record = int(m["rr_start"][last] + m["rr_count"][last] - 1)
+    for table, row, field, value in [("messages", last, "rr_start", len(batch.rrs)),
+                                     ("messages", last, "qname_off", len(batch.arena)),
+                                     ("rrs", record, "rdata_off", len(batch.arena)),
+                                     ("rrs", record, "name_len", len(batch.arena))]:
+        messages, rrs = batch.messages.copy(), batch.rrs.copy()
+        (messages if table == "messages" else rrs)[row][field] = value
+        with pytest.raises(ValueError, match="outside"):
+            _core.out_of_bailiwick(messages, rrs, batch.arena)
+
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.binary(max_size=300), spans=st.lists(st.tuples(st.integers(0, 300), st.integers(-2, 300)), max_size=20),
