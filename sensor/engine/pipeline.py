@@ -66,7 +66,7 @@ class Pipeline:
         if not self.parser.pending_frames:
             return 0
         batch = self.parser.take()
-        track = self.tracker.process(batch.messages, self._now)
+        track = self.tracker.process(batch.messages, self._now, batch.column("ts"))
         self.acc.add(batch, track)
         n = len(batch)
         self.messages += n

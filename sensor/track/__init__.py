@@ -139,16 +139,18 @@ class Tracker:
         self._resolvers = (np.frombuffer(b"".join(keys), dtype="<u8").reshape(-1, 2)
                            if keys else np.empty((0, 2), dtype=np.uint64))
 
-    def process(self, msgs: np.ndarray, now: float | None = None) -> TrackResult:
+    def process(self, msgs: np.ndarray, now: float | None = None, ts: np.ndarray | None = None) -> TrackResult:
         """Match one batch against itself and the pending table; `now` (data time,
-        default the batch's latest timestamp) decides which queries timed out."""
+        default the batch's latest timestamp) decides which queries timed out. `ts` is the
+        messages' ts column where the caller has it already (Batch.column)."""
         n = len(msgs)
         msgs = np.ascontiguousarray(msgs)
         (key, loose, client_w, resolver_w, leg, tracked, server_is_resolver, is_response, client_hash,
          server_hash) = _core.track_columns(msgs, self._resolvers, UNTRACKABLE)
         client = client_w.view("V16").reshape(-1)
         resolver = resolver_w.view("V16").reshape(-1)
-        ts = msgs["ts"]
+        if ts is None:
+            ts = msgs["ts"]
         if now is None:
             now = float(ts.max()) if n else 0.0
 
