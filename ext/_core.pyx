@@ -3110,28 +3110,29 @@ cdef inline bint words_multicast(uint64_t w0, uint64_t w1) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def answer_records(messages, rrs, const uint8_t[::1] arena, const uint8_t[::1] state,
-                   int excluded_state):
-    """A batch's passive-DNS records in one pass over its rows: answer-section records
-    (OPT aside) of NOERROR responses whose tracking state is not `excluded_state`.
+def answer_records(rrs, const uint8_t[::1] arena, const uint8_t[::1] qr, const uint16_t[::1] rcode,
+                   const double[::1] ts, const uint8_t[::1] state, int excluded_state):
+    """A batch's passive-DNS records in one pass over its record rows: answer-section
+    records (OPT aside) of NOERROR responses whose tracking state is not `excluded_state`.
+    The messages are read through their qr, rcode and ts columns (Batch.column), one entry
+    per message: the wide message rows are not touched.
 
     Returns (record rows, keys, ts): each key is sensor.track.hash_columns(owner name
     hash, rdata hash, type) over span_hashes' hashes of the arena text, ts the
     response's timestamp.
     """
-    cdef Py_ssize_t n = len(messages), m = len(rrs), j, out = 0
-    if state.shape[0] != n:
-        raise ValueError("state must have one entry per message")
-    cdef const MessageRow *msgs = message_rows(messages)
+    cdef Py_ssize_t n = qr.shape[0], m = len(rrs), j, out = 0
+    if rcode.shape[0] != n or ts.shape[0] != n or state.shape[0] != n:
+        raise ValueError("qr, rcode, ts and state must have one entry per message")
     cdef const RRRow *rr = <const RRRow *>_row_data(rrs, RR_DTYPE, "record")
     rows_arr = np.empty(m, dtype=np.int64)
     keys_arr = np.empty(m, dtype=np.uint64)
     ts_arr = np.empty(m, dtype=np.float64)
     cdef int64_t[::1] rows = rows_arr
     cdef uint64_t[::1] keys = keys_arr
-    cdef double[::1] ts = ts_arr
+    cdef double[::1] out_ts = ts_arr
     cdef const RRRow *r
-    cdef const MessageRow *mr
+    cdef uint32_t k
     cdef size_t size = arena.shape[0]
     cdef const uint8_t *base = &arena[0] if size else NULL
     cdef uint64_t h
@@ -3139,10 +3140,10 @@ def answer_records(messages, rrs, const uint8_t[::1] arena, const uint8_t[::1] s
         r = &rr[j]
         if r.section != 1 or r.type == 41:      # answers only; type 41 is OPT
             continue
-        if r.msg >= <uint64_t>n:
+        k = r.msg
+        if k >= <uint64_t>n:
             raise ValueError("record %d belongs to no message of the batch" % j)
-        mr = &msgs[r.msg]
-        if mr.qr != 1 or mr.rcode != 0 or state[r.msg] == excluded_state:
+        if qr[k] != 1 or rcode[k] != 0 or state[k] == excluded_state:
             continue
         if (<size_t>r.name_off + r.name_len > size or <size_t>r.rdata_off + r.rdata_len > size):
             raise ValueError("record %d spans outside the arena" % j)
@@ -3150,7 +3151,7 @@ def answer_records(messages, rrs, const uint8_t[::1] arena, const uint8_t[::1] s
         h = key_mix(h, span_hash(base + r.rdata_off, r.rdata_len))
         keys[out] = key_finish(key_mix(h, r.type))
         rows[out] = j
-        ts[out] = mr.ts
+        out_ts[out] = ts[k]
         out += 1
     return rows_arr[:out], keys_arr[:out], ts_arr[:out]
 
@@ -3278,9 +3279,11 @@ DEF STATS_STATES = 8
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def stats_counts(messages, const int64_t[::1] group, Py_ssize_t ngroups, const uint8_t[::1] state,
-                 const double[::1] rtt):
-    """The per-minute stats counters of each group in one pass over the rows.
+def stats_counts(const uint8_t[::1] qr, const uint16_t[::1] rcode, const uint16_t[::1] qtype,
+                 const uint32_t[::1] size, const int64_t[::1] group, Py_ssize_t ngroups,
+                 const uint8_t[::1] state, const double[::1] rtt):
+    """The per-minute stats counters of each group in one pass over the messages' qr,
+    rcode, qtype and size columns (Batch.column).
 
     Returns (totals, rcodes, qtypes, states, rtt_ms, rare): totals[g] = queries,
     responses, query bytes, response bytes; rcodes[g, r] responses with rcode r
@@ -3289,12 +3292,12 @@ def stats_counts(messages, const int64_t[::1] group, Py_ssize_t ngroups, const u
     are not NaN, in milliseconds; rare marks the responses whose rcode and the
     queries whose qtype fell outside those tables.
     """
-    cdef Py_ssize_t n = len(messages), i
-    if group.shape[0] != n or state.shape[0] != n or rtt.shape[0] != n:
-        raise ValueError("group, state and rtt need one entry per message")
+    cdef Py_ssize_t n = qr.shape[0], i
+    if (rcode.shape[0] != n or qtype.shape[0] != n or size.shape[0] != n or group.shape[0] != n
+            or state.shape[0] != n or rtt.shape[0] != n):
+        raise ValueError("qr, rcode, qtype, size, group, state and rtt need one entry per message")
     if ngroups < 0:
         raise ValueError("ngroups must not be negative")
-    cdef const MessageRow *msgs = message_rows(messages)
     totals_arr = np.zeros((ngroups, 4), dtype=np.int64)
     rcodes_arr = np.zeros((ngroups, STATS_RCODES), dtype=np.int64)
     qtypes_arr = np.zeros((ngroups, STATS_QTYPES), dtype=np.int64)
@@ -3307,26 +3310,24 @@ def stats_counts(messages, const int64_t[::1] group, Py_ssize_t ngroups, const u
     cdef int64_t[:, ::1] states = states_arr
     cdef double[::1] rtt_ms = rtt_arr
     cdef uint8_t[::1] rare = rare_arr.view(np.uint8)
-    cdef const MessageRow *mr
     cdef int64_t g
     cdef double r
     for i in range(n):
         g = group[i]
         if g < 0 or g >= ngroups:
             raise ValueError("group %d of message %d out of range" % (g, i))
-        mr = &msgs[i]
-        if mr.qr == 0:
+        if qr[i] == 0:
             totals[g, 0] += 1
-            totals[g, 2] += mr.size
-            if mr.qtype < STATS_QTYPES:
-                qtypes[g, mr.qtype] += 1
+            totals[g, 2] += size[i]
+            if qtype[i] < STATS_QTYPES:
+                qtypes[g, qtype[i]] += 1
             else:
                 rare[i] = 1
         else:
             totals[g, 1] += 1
-            totals[g, 3] += mr.size
-            if mr.rcode < STATS_RCODES:
-                rcodes[g, mr.rcode] += 1
+            totals[g, 3] += size[i]
+            if rcode[i] < STATS_RCODES:
+                rcodes[g, rcode[i]] += 1
             else:
                 rare[i] = 1
         if state[i] < STATS_STATES:

@@ -47,12 +47,16 @@ def group_order(inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def isin_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
 def index_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
 def mix_u64(h: np.ndarray, x: np.ndarray) -> None: ...
-def answer_records(messages: np.ndarray, rrs: np.ndarray, arena: bytes, state: np.ndarray,
-                   excluded_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def answer_records(rrs: np.ndarray, arena: bytes, qr: np.ndarray, rcode: np.ndarray, ts: np.ndarray,
+                   state: np.ndarray, excluded_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Answer records of NOERROR responses not in `excluded_state`, read through the
+    messages' qr, rcode and ts columns: (record rows, keys, ts)."""
 def nxdomain_records(messages: np.ndarray, state: np.ndarray, excluded_state: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-def stats_counts(messages: np.ndarray, group: np.ndarray, ngroups: int, state: np.ndarray, rtt: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+def stats_counts(qr: np.ndarray, rcode: np.ndarray, qtype: np.ndarray, size: np.ndarray, group: np.ndarray,
+                 ngroups: int, state: np.ndarray, rtt: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-minute stats counters of each group, from the messages' qr, rcode, qtype and size columns."""
 def minute_keys(minute: np.ndarray, words: np.ndarray, tag: np.ndarray | None = None) -> np.ndarray:
     """hash_columns(minute, words[:, 0], words[:, 1][, tag]) per message, in one pass."""
 def message_windows(ts: np.ndarray, window_s: int) -> np.ndarray:

@@ -1554,7 +1554,8 @@ def test_answer_records_agree_with_column_masks(capture):
     batch = parse_file(str(DATA / capture))
     msgs, rrs = batch.messages, batch.rrs
     state = np.random.default_rng(7).integers(0, 5, len(msgs)).astype(np.uint8)
-    rows, keys, ts = _core.answer_records(msgs, rrs, batch.arena, state, MISMATCHED)
+    columns = [np.ascontiguousarray(msgs[name]) for name in ("qr", "rcode", "ts")]
+    rows, keys, ts = _core.answer_records(rrs, batch.arena, *columns, state, MISMATCHED)
     owner = rrs["msg"]
     answered = (msgs["qr"] == 1) & (msgs["rcode"] == 0) & (state != MISMATCHED)
     ok = (rrs["section"] == 1) & (rrs["type"] != 41) & answered[owner]
@@ -1566,7 +1567,9 @@ def test_answer_records_agree_with_column_masks(capture):
     assert keys.tolist() == hash_columns(nh, rh, rrs["type"][ok]).tolist()
     assert ts.tolist() == msgs["ts"][owner[ok]].tolist()
     with pytest.raises(ValueError):
-        _core.answer_records(msgs, rrs, arena[:10], state, MISMATCHED)
+        _core.answer_records(rrs, arena[:10], *columns, state, MISMATCHED)
+    with pytest.raises(ValueError):
+        _core.answer_records(rrs, arena, *columns, state[:-1], MISMATCHED)
 
 
 @pytest.mark.parametrize("capture", ["dnscap-baseline-udp-82-msgs.pcap", "demo-office-resolver.pcap"])
@@ -1602,7 +1605,8 @@ def test_stats_counts_agree_with_masks(rows):
     group = np.array([r[4] for r in rows], dtype=np.int64)
     state = np.array([r[5] for r in rows], dtype=np.uint8)
     rtt = np.array([r[6] for r in rows], dtype=np.float64)
-    totals, rcodes, qtypes, states, rtt_ms, rare = _core.stats_counts(msgs, group, 4, state, rtt)
+    columns = [np.ascontiguousarray(msgs[name]) for name in ("qr", "rcode", "qtype", "size")]
+    totals, rcodes, qtypes, states, rtt_ms, rare = _core.stats_counts(*columns, group, 4, state, rtt)
     isq, isr = msgs["qr"] == 0, msgs["qr"] == 1
     for g in range(4):
         mine = group == g
@@ -1618,7 +1622,10 @@ def test_stats_counts_agree_with_masks(rows):
     assert rcodes.sum() + qtypes.sum() + int(rare.sum()) == n
     assert rare.tolist() == ((isr & (msgs["rcode"] >= 32)) | (isq & (msgs["qtype"] >= 256))).tolist()
     with pytest.raises(ValueError):
-        _core.stats_counts(msgs, group, 3 if n and group.max() == 3 else -1, state, rtt)
+        _core.stats_counts(*columns, group, 3 if n and group.max() == 3 else -1, state, rtt)
+    if n:
+        with pytest.raises(ValueError):
+            _core.stats_counts(*columns[:3], columns[3][:-1], group, 4, state, rtt)
 
 
 @settings(max_examples=150, deadline=None)

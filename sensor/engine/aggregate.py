@@ -513,13 +513,13 @@ class Accumulator:
         return group_keys, inverse
 
     def _stats(self, batch: Batch, track: TrackResult) -> None:
-        msgs = np.ascontiguousarray(batch.messages)
         minute = batch.minute
         keys = _core.minute_keys(minute, address_words(track.resolver), track.leg)
         group_keys, inv = self._group_keys(keys, minute, track.resolver, track.leg)
         g = len(group_keys)
+        qr, rcode, qtype = batch.column("qr"), batch.column("rcode"), batch.column("qtype")
         totals, by_rcode, by_qtype, by_state, rtt_ms, rare = _core.stats_counts(
-            msgs, inv, g, track.state, track.rtt)
+            qr, rcode, qtype, batch.column("size"), inv, g, track.state, track.rtt)
         columns = {
             "queries": totals[:, 0], "responses": totals[:, 1],
             "noerror": by_rcode[:, 0], "nxdomain": by_rcode[:, 3],
@@ -554,8 +554,8 @@ class Accumulator:
             for gi, code in zip(*(x.tolist() for x in np.nonzero(table))):
                 rows[gi][column][name_of(code)] += int(table[gi, code])
         if rare.any():            # extended rcodes and qtypes beyond the core's tables
-            isq = msgs["qr"][rare] == 0
-            codes = np.where(isq, msgs["qtype"][rare], msgs["rcode"][rare]).tolist()
+            isq = qr[rare] == 0
+            codes = np.where(isq, qtype[rare], rcode[rare]).tolist()
             for gi, q, code in zip(inv[rare].tolist(), isq.tolist(), codes):
                 if q:
                     rows[gi]["qtypes"][schema.type_name(code)] += 1
@@ -655,8 +655,8 @@ class Accumulator:
         # Spoofing attempts (right question, wrong id or port) are evidence, not facts:
         # they stay out of passive DNS. Unsolicited responses stay in (a one-way tap sees
         # only those).
-        rows, keys, ts = _core.answer_records(np.ascontiguousarray(msgs), np.ascontiguousarray(rrs), arena,
-                                              track.state, MISMATCHED)
+        rows, keys, ts = _core.answer_records(np.ascontiguousarray(rrs), arena, batch.column("qr"),
+                                              batch.column("rcode"), batch.column("ts"), track.state, MISMATCHED)
         if len(rows):
             def identities(idx: np.ndarray) -> list[tuple[str, str, str]]:   # keys not seen before
                 new = rrs[rows[idx]]
