@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sensor import _core, schema
+from sensor.features.memo import NameMemo
 from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.parse.batch import Batch, address_text
 from sensor.store.schema import MINUTE_COUNTERS, STATS_COUNTERS
@@ -443,8 +444,6 @@ class Accumulator:
 
     @rules.setter
     def rules(self, rules: list) -> None:
-        from sensor.features.memo import NameMemo
-
         self._rules = list(rules)
         # Reloaded rules may bring other lists, patterns or models: what the memo says of a
         # name no longer holds.

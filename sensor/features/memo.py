@@ -47,23 +47,26 @@ class NameMemo:
         """Per message (`rows` from rows()), the feature of its name. `work_out` is given
         the indexes of messages, one per name not known yet, and returns their values."""
         size = len(self._index)
-        values, known = self._values.get(feature), self._known.get(feature)
         if self._known_count.get(feature) == size:      # every name held is worked out
-            return values.take(rows)
-        if known is not None and len(known) < size:
-            grown = max(size, 2 * len(known))
-            known = np.concatenate([known, np.zeros(grown - len(known), dtype=bool)])
-            values = np.concatenate([values, np.zeros(grown - len(values), dtype=values.dtype)])
-        missing = np.flatnonzero(~known[rows]) if known is not None else np.arange(len(rows))
-        if len(missing) or known is None:
-            first, _, _ = _core.group_u64(np.ascontiguousarray(rows[missing], dtype=np.uint64))
-            messages = missing[first]
+            return self._values[feature].take(rows)
+        known = _grown(self._known.get(feature, np.zeros(0, dtype=bool)), size)
+        values = self._values.get(feature)
+        missing = np.flatnonzero(~known[rows])
+        if len(missing) or values is None:
+            messages = missing[_core.group_u64(np.ascontiguousarray(rows[missing], dtype=np.uint64))[0]]
             fresh = np.asarray(work_out(messages))
-            if known is None:
-                known = np.zeros(size, dtype=bool)
-                values = np.zeros(size, dtype=fresh.dtype)
+            values = _grown(values if values is not None else np.zeros(0, dtype=fresh.dtype), len(known))
             values[rows[messages]] = fresh
             known[rows[messages]] = True
             self._known_count[feature] = self._known_count.get(feature, 0) + len(messages)
+        values = _grown(values, len(known))
         self._values[feature], self._known[feature] = values, known
         return values.take(rows)
+
+
+def _grown(column: np.ndarray, size: int) -> np.ndarray:
+    """`column` with room for `size` rows (doubling, so growth row by row stays linear),
+    the new ones zero."""
+    if len(column) >= size:
+        return column
+    return np.concatenate([column, np.zeros(max(size, 2 * len(column)) - len(column), dtype=column.dtype)])
