@@ -85,6 +85,10 @@ COUNTER_NAMES = (
     "slow_path", "empty_payload", "messages", "duplicate_frames",
 )
 
+REGDOM_COLUMNS = ("regdom_start", "regdom_length", "regdom_hash")
+"""The hot columns made with the fields (Core.set_hot_columns), as regdom_columns() makes
+them: each question's registered domain as an arena span and its span_hash."""
+
 # Fixed bounds of the wire format (RFC 1035), not tunables.
 DEF MAX_NAME_WIRE = 255          # a name's wire length, terminator included
 DEF MAX_LABELS = 128             # 255 wire bytes hold at most 127 labels
@@ -121,6 +125,7 @@ DEF NAME_CACHE = 48
 # names of at most QNAME_CACHE_WIRE wire bytes are kept (longer ones are mostly
 # tunnel payloads, seen once); a slot holds the last name that hashed to it.
 DEF QNAME_CACHE_SLOTS = 16384    # power of two; 128 bytes a slot
+DEF MAX_HOT_COLUMNS = 24         # message fields copied out as columns (set_hot_columns)
 DEF QNAME_CACHE_LABELS = 32      # 64 wire bytes hold at most 31 labels
 DEF QNAME_CACHE_WIRE = 64
 DEF QNAME_CACHE_PAD = 41         # 128 - 23 header bytes - 64 wire bytes
@@ -953,6 +958,15 @@ cdef class Core:
     cdef const char *tsig_error_mnemonic[TSIG_ERROR_CODES]
     cdef uint8_t tsig_error_mnemonic_len[TSIG_ERROR_CODES]
     cdef list _keep
+    # Hot columns (set_hot_columns): fields copied out of the rows each add_frames() makes,
+    # while those rows are still in the CPU's caches, and the registered domain's span
+    cdef int nhot
+    cdef uint32_t hot_offset[MAX_HOT_COLUMNS]
+    cdef uint8_t hot_size[MAX_HOT_COLUMNS]
+    cdef char *hot_data[MAX_HOT_COLUMNS + 3]     # the fields', then REGDOM_COLUMNS'
+    cdef readonly tuple hot_names
+    cdef list hot_arrays
+    cdef size_t nextracted           # rows of the batch whose hot columns are filled
 
     def __cinit__(self):
         self.arena.buf = NULL
@@ -966,6 +980,10 @@ cdef class Core:
         self.qname_cache_hits = 0
         self.seen = NULL
         self.dedup_window_s = 0
+        self.nhot = 0
+        self.hot_names = ()
+        self.hot_arrays = []
+        self.nextracted = 0
 
     def __dealloc__(self):
         free(self.arena.buf)
@@ -1052,6 +1070,8 @@ cdef class Core:
         self.nrr = 0
         self.arena.len = 0
         memset(self.counters, 0, sizeof(self.counters))
+        self.new_hot_arrays(self.msg_cap)
+        self.nextracted = 0
 
     cdef int grow_msgs(self, size_t need) except -1:
         cdef size_t cap = self.msg_cap
@@ -1062,7 +1082,93 @@ cdef class Core:
         self.messages_array = arr
         self.msgs = <MessageRow *><size_t>arr.ctypes.data
         self.msg_cap = cap
+        held = self.hot_arrays
+        self.new_hot_arrays(cap)
+        for old, new in zip(held, self.hot_arrays):
+            new[:self.nextracted] = old[:self.nextracted]
         return 0
+
+    # ------------------------------------------------------------ hot columns
+
+    def set_hot_columns(self, names):
+        """Copy these message fields out of the rows as contiguous columns, each add_frames()
+        for the rows it made (still in the CPU's caches then, where a column copied out of a
+        finished batch pulls every 152-byte row back through them), and with them the
+        registered domain's arena span and hash (REGDOM_COLUMNS); finish() hands them out.
+        The batch under construction gets them too; () turns them off."""
+        names = tuple(names)
+        if len(names) > MAX_HOT_COLUMNS:
+            raise ValueError("at most %d hot columns" % MAX_HOT_COLUMNS)
+        cdef int c
+        for c, name in enumerate(names):
+            if name not in MESSAGE_DTYPE.names:
+                raise ValueError("%r is not a message field" % (name,))
+            dt, offset = MESSAGE_DTYPE.fields[name][:2]
+            if dt.subdtype is not None or dt.itemsize not in (1, 2, 4, 8):
+                raise ValueError("%r is not a 1, 2, 4 or 8-byte scalar field" % (name,))
+            self.hot_offset[c] = offset
+            self.hot_size[c] = dt.itemsize
+        self.nhot = len(names)
+        self.hot_names = names
+        self.new_hot_arrays(self.msg_cap)
+        self.nextracted = 0
+
+    cdef int new_hot_arrays(self, size_t cap) except -1:
+        """Empty hot columns with room for `cap` messages (none while they are off)."""
+        cdef int c
+        self.hot_arrays = []
+        if self.nhot == 0:
+            return 0
+        for c in range(self.nhot):
+            self.hot_arrays.append(np.empty(cap, dtype=MESSAGE_DTYPE.fields[self.hot_names[c]][0]))
+        self.hot_arrays += [np.empty(cap, dtype=np.uint32), np.empty(cap, dtype=np.uint32),
+                            np.empty(cap, dtype=np.uint64)]
+        for c in range(self.nhot + 3):
+            self.hot_data[c] = <char *><size_t>self.hot_arrays[c].ctypes.data
+        return 0
+
+    cdef void extract_hot(self) noexcept:
+        """Fill the hot columns for the rows made since the last call."""
+        cdef size_t i, start = self.nextracted, end = self.nmsg
+        cdef const char *src
+        cdef char *dst
+        cdef int c
+        cdef const MessageRow *mr
+        cdef uint32_t off, length
+        cdef uint32_t *reg_off
+        cdef uint32_t *reg_len
+        cdef uint64_t *reg_hash
+        if self.nhot == 0 or start >= end:
+            return
+        for c in range(self.nhot):
+            src = <const char *>self.msgs + self.hot_offset[c]
+            dst = self.hot_data[c]
+            # a constant size per loop: each copy is one load and one store
+            if self.hot_size[c] == 8:
+                for i in range(start, end):
+                    memcpy(dst + 8 * i, src + i * sizeof(MessageRow), 8)
+            elif self.hot_size[c] == 4:
+                for i in range(start, end):
+                    memcpy(dst + 4 * i, src + i * sizeof(MessageRow), 4)
+            elif self.hot_size[c] == 2:
+                for i in range(start, end):
+                    memcpy(dst + 2 * i, src + i * sizeof(MessageRow), 2)
+            else:
+                for i in range(start, end):
+                    dst[i] = src[i * sizeof(MessageRow)]
+        reg_off = <uint32_t *>self.hot_data[self.nhot]
+        reg_len = <uint32_t *>self.hot_data[self.nhot + 1]
+        reg_hash = <uint64_t *>self.hot_data[self.nhot + 2]
+        for i in range(start, end):
+            mr = &self.msgs[i]
+            off = mr.qname_off + mr.regdom_off
+            length = mr.qname_len - mr.regdom_off if mr.qname_len > mr.regdom_off else 0
+            if <size_t>off + length > self.arena.len:      # never made so; kept out of reach
+                off, length = 0, 0
+            reg_off[i] = off
+            reg_len[i] = length
+            reg_hash[i] = span_hash(<const uint8_t *>self.arena.buf + off, length)
+        self.nextracted = end
 
     cdef int grow_rrs(self) except -1:
         cdef size_t cap = self.rr_cap * 2
@@ -1074,14 +1180,18 @@ cdef class Core:
         return 0
 
     def finish(self):
-        """Return (messages, rrs, arena bytes, counters dict) and leave the core empty."""
+        """Return (messages, rrs, arena bytes, counters dict, hot columns dict: field or
+        REGDOM_COLUMNS name -> column) and leave the core empty."""
+        self.extract_hot()
         msgs = self.messages_array[:self.nmsg]
         rrs = self.rrs_array[:self.nrr]
         arena = self.arena.buf[:self.arena.len] if self.arena.len else b""
         counters = {COUNTER_NAMES[i]: self.counters[i] for i in range(N_COUNTERS)}
+        columns = {name: column[:self.nmsg]
+                   for name, column in zip(self.hot_names + REGDOM_COLUMNS, self.hot_arrays)}
         # The arrays handed out stay valid: the next batch gets fresh ones.
         self.begin(self.msg_cap)
-        return msgs, rrs, arena, counters
+        return msgs, rrs, arena, counters, columns
 
     # ------------------------------------------------------------ frames
 
@@ -1142,6 +1252,7 @@ cdef class Core:
             cur = 1 - cur
             self.parse_into(payloads[cur], infos[cur].payload_len, stamps[cur], frames[cur], &infos[cur],
                             &probes[cur])
+        self.extract_hot()
         return slow
 
     def add_message(self, const uint8_t[::1] payload, double ts, uint64_t frame,

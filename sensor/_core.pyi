@@ -3,6 +3,7 @@ import numpy as np
 
 ANOMALY_ORDER: tuple[str, ...]
 COUNTER_NAMES: tuple[str, ...]
+REGDOM_COLUMNS: tuple[str, str, str]
 MESSAGE_ROW_SIZE: int
 RR_ROW_SIZE: int
 MESSAGE_DTYPE: np.dtype | None
@@ -21,11 +22,17 @@ class Core:
     qname_cache_hits: int
     nmsg: int
     dedup_window_s: float
+    hot_names: tuple[str, ...]
     def set_dedup(self, window_s: float, slots: int) -> None:
         """Drop UDP DNS frames identical to one seen within window_s, each frame's copy once
         (span-port duplicates); 0 turns it off. `slots`, a power of two, are remembered by hash."""
     def begin(self, capacity: int = 4096) -> None: ...
-    def finish(self) -> tuple[np.ndarray, np.ndarray, bytes, dict[str, int]]: ...
+    def set_hot_columns(self, names: tuple[str, ...]) -> None:
+        """Copy these message fields (1, 2, 4 or 8-byte scalars) out as contiguous columns
+        while each add_frames() call's rows are still in the caches, with REGDOM_COLUMNS;
+        () turns them off."""
+    def finish(self) -> tuple[np.ndarray, np.ndarray, bytes, dict[str, int], dict[str, np.ndarray]]:
+        """(messages, rrs, arena, counters, hot columns by name); the core starts empty."""
     def add_frames(self, blob: bytes, meta: np.ndarray, linktype: int, first_frame: int) -> list[int]: ...
     def add_message(self, payload: bytes, ts: float, frame: int, ip_version: int, src: bytes,
                     dst: bytes, sport: int, dport: int, transport: int,

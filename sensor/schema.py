@@ -93,6 +93,12 @@ def _dtype(fields: tuple[Field, ...]) -> np.dtype:
 MESSAGE_DTYPE = _dtype(MESSAGE_FIELDS)
 RR_DTYPE = _dtype(RR_FIELDS)
 
+HOT_COLUMNS = ("ts", "qr", "rcode", "qtype", "size", "anomalies", "transport", "flags", "name_hash",
+               "regdom_off", "longest_label")
+"""Message fields that tracking, the per-minute tables and the shipped rules read from every
+batch: the compiled parser copies them out as columns while it has the rows in its caches
+(Batch.column copies any other field out of the finished rows)."""
+
 # Anomalies: stable snake_case names. The bit is the position in this tuple,
 # so names are only ever appended, never reordered.
 ANOMALIES: tuple[tuple[str, str], ...] = (

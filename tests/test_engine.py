@@ -7,6 +7,7 @@ import json
 import lzma
 import os
 import resource
+import struct
 import sqlite3
 import subprocess
 import sys
@@ -1663,6 +1664,78 @@ def test_registered_domain_columns_agree_with_column_arithmetic(capture):
         assert batch.qname(i).encode().endswith(batch.arena[off[i]:off[i] + length[i]])
     with pytest.raises(ValueError):
         _core.regdom_columns(m, batch.arena[:8])
+
+
+@pytest.mark.parametrize("capture, at_least", [
+    ("demo-office-resolver.pcap", 12),                    # more than the batch's first capacity
+    ("suricata-tcp-pipelined-20-query-response-pairs.pcap", 12),  # messages added after the frames
+    ("gdc-ipv4-fragmented-response-dnskey.pcap", 2),
+    ("suricata-malformed-tcp1053-1500-questions-overlong-qnames.pcap", 1),
+])
+def test_hot_columns_are_the_fields_of_the_rows(capture, at_least):
+    """The columns the compiled parser copies out while parsing are each message's own
+    fields and registered domain, also for messages reassembled outside add_frames() and
+    reordered into frame order, and across a batch that outgrows its first capacity."""
+    from sensor.schema import HOT_COLUMNS
+    limits = replace(DEFAULT_LIMITS, messages_per_batch=8, frames_per_read=4)   # room for 12 messages
+    parser = Parser(ports=(53, 1053), limits=limits)
+    for frames in read_frames(str(DATA / capture), 4):
+        parser.feed(frames)                   # no take() in between: the batch grows
+    parser.drain()
+    batch = parser.take()
+    assert len(batch) >= at_least
+    m = batch.messages
+    assert set(batch.columns) == set(HOT_COLUMNS) | set(_core.REGDOM_COLUMNS)
+    for name in HOT_COLUMNS:
+        assert batch.columns[name].tolist() == m[name].tolist(), name
+    expected = _core.regdom_columns(m, batch.arena)
+    for name, column in zip(_core.REGDOM_COLUMNS, expected):
+        assert batch.columns[name].tolist() == column.tolist(), name
+    # a parser without them copies the same columns out of the finished rows
+    parser.core.set_hot_columns(())
+    parser.feed(next(read_frames(str(DATA / capture), 4)))
+    cold = parser.take()
+    assert cold.columns == {}
+    assert cold.column("ts").tolist() == m["ts"][:len(cold)].tolist()
+    assert cold.regdom_hash.tolist() == expected[2][:len(cold)].tolist()
+
+
+def test_hot_columns_follow_messages_put_back_into_frame_order(tmp_path):
+    """TCP messages are parsed after the UDP ones read with them, then the batch is put in
+    frame order: the hot columns move with their rows."""
+    from pcapgen import TCP_SYN, tcp_frame
+    from sensor.schema import HOT_COLUMNS
+    frames = [(1.0, tcp_frame(b"", CLIENT, RESOLVER, 40000, 53, seq=0, flags=TCP_SYN))]
+    seq = 1
+    for i in range(6):
+        wire = query(f"tcp{i}.example.com", "TXT", txid=100 + i).pack()
+        segment = struct.pack("!H", len(wire)) + wire
+        frames.append((2.0 + i, tcp_frame(segment, CLIENT, RESOLVER, 40000, 53, seq=seq)))
+        seq += len(segment)
+        frames.append((2.5 + i, udp_frame(query(f"udp{i}.example.org", txid=i).pack(), CLIENT, RESOLVER,
+                                          30000 + i, 53)))
+    parser = Parser()
+    for read in read_frames(str(write_pcap(tmp_path / "mixed.pcap", frames)), 100):
+        parser.feed(read)
+    batch = parser.take()
+    m = batch.messages
+    assert [batch.qname(i)[:3] for i in range(len(m))] == ["tcp", "udp"] * 6
+    for name in HOT_COLUMNS:
+        assert batch.columns[name].tolist() == m[name].tolist(), name
+    assert batch.regdom_hash.tolist() == _core.regdom_columns(m, batch.arena)[2].tolist()
+
+
+def test_hot_columns_take_only_scalar_message_fields():
+    core = Parser().core
+    for bad in (("no_such_field",), ("src",), ("qr",) * 25):
+        with pytest.raises(ValueError):
+            core.set_hot_columns(bad)
+    core.set_hot_columns(("id", "min_ttl"))
+    core.add_message(dnslib.DNSRecord.question("a.example.com").pack(), 1.0, 1, 4, bytes(16), bytes(16),
+                     53000, 53, 17)
+    columns = core.finish()[4]
+    assert set(columns) == {"id", "min_ttl", *_core.REGDOM_COLUMNS}
+    assert columns["min_ttl"].dtype == np.int64 and len(columns["id"]) == 1
 
 
 @pytest.mark.parametrize("capture", ["demo-office-resolver.pcap", "dnscap-linux-sll2-nxdomain-dnssec.pcap"])

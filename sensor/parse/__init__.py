@@ -55,6 +55,7 @@ class Parser:
                 limits.messages_per_batch + limits.frames_per_read)
         if backend == "compiled":
             self.core = _core.Core(port_map, rules.table(), schema.TYPE_NAMES, schema.TSIG_ERROR_NAMES, *args)
+            self.core.set_hot_columns(schema.HOT_COLUMNS)
         else:
             self.core = twin.TwinCore(port_map, rules, *args)
         self.backend = backend
@@ -142,13 +143,14 @@ class Parser:
 
     def take(self) -> Batch:
         """The batch built so far, in frame order; the next one starts empty."""
-        msgs, rrs, arena, counters = self.core.finish()
+        msgs, rrs, arena, counters, columns = self.core.finish()
         if self._slow_messages and len(msgs) > 1:
             order = np.argsort(msgs["frame"], kind="stable")
             if np.any(order != np.arange(len(order))):
                 inverse = np.empty_like(order)
                 inverse[order] = np.arange(len(order))
                 msgs = msgs[order]
+                columns = {name: column[order] for name, column in columns.items()}
                 rrs["msg"] = inverse[rrs["msg"]]
                 rrs = rrs[np.argsort(rrs["msg"], kind="stable")]
                 msgs["rr_start"] = np.searchsorted(rrs["msg"], np.arange(len(msgs)))
@@ -157,7 +159,7 @@ class Parser:
         for name, value in self._slow_counters.items():
             counters[name] = counters.get(name, 0) + value
         self._slow_counters.clear()
-        return Batch(msgs, rrs, arena, counters)
+        return Batch(msgs, rrs, arena, counters, columns)
 
     def take_losses(self) -> dict[int, dict[str, int]]:
         """Reassembly state given up since the last call, by minute of the traffic it held

@@ -35,7 +35,9 @@ class Batch:
     rrs: np.ndarray               # schema.RR_DTYPE
     arena: bytes
     counters: dict[str, int] = field(default_factory=dict)
-    _columns: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    columns: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    """Message fields as contiguous columns, by name, as the parser made them or Batch.column
+    copied them out; and the registered domain's span and hash (_core.REGDOM_COLUMNS)."""
 
     def __len__(self) -> int:
         return int(self.messages.shape[0])
@@ -44,13 +46,16 @@ class Batch:
         """A message field as a contiguous column, copied out of the rows once for every
         stage that reads it (the rows are 152 bytes wide: a field read on its own pulls
         the whole batch through the cache)."""
-        column = self._columns.get(name)
+        column = self.columns.get(name)
         if column is None:
-            column = self._columns[name] = np.ascontiguousarray(self.messages[name])
+            column = self.columns[name] = np.ascontiguousarray(self.messages[name])
         return column
 
     @cached_property
     def _regdom(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        made = tuple(self.columns.get(name) for name in _core.REGDOM_COLUMNS)
+        if all(column is not None for column in made):
+            return made
         return _core.regdom_columns(np.ascontiguousarray(self.messages), self.arena)
 
     @property

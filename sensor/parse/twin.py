@@ -883,14 +883,15 @@ class TwinCore:
         self.arena_len += len(raw)
         return off, len(raw)
 
-    def finish(self) -> tuple[np.ndarray, np.ndarray, bytes, dict[str, int]]:
+    def finish(self) -> tuple[np.ndarray, np.ndarray, bytes, dict[str, int], dict[str, np.ndarray]]:
+        """As the core's, with no hot columns: the batch copies out what is read."""
         msgs = np.zeros(len(self.rows), dtype=schema.MESSAGE_DTYPE)
         for i, row in enumerate(self.rows):
             msgs[i] = row
         rrs = np.zeros(len(self.rr_rows), dtype=schema.RR_DTYPE)
         for i, row in enumerate(self.rr_rows):
             rrs[i] = row
-        out = msgs, rrs, b"".join(self.arena), dict(self.counters)
+        out = msgs, rrs, b"".join(self.arena), dict(self.counters), {}
         self.begin()
         return out
 
