@@ -1666,20 +1666,21 @@ def test_registered_domain_columns_agree_with_column_arithmetic(capture):
         _core.regdom_columns(m, batch.arena[:8])
 
 
-@pytest.mark.parametrize("capture, at_least", [
-    ("demo-office-resolver.pcap", 12),                    # more than the batch's first capacity
-    ("suricata-tcp-pipelined-20-query-response-pairs.pcap", 12),  # messages added after the frames
-    ("gdc-ipv4-fragmented-response-dnskey.pcap", 2),
-    ("suricata-malformed-tcp1053-1500-questions-overlong-qnames.pcap", 1),
+@pytest.mark.parametrize("capture, read, at_least", [
+    ("demo-office-resolver.pcap", 4, 12),                 # more than the batch's first capacity
+    ("demo-office-resolver.pcap", 100_000, 1000),         # many chunks copied in one read
+    ("suricata-tcp-pipelined-20-query-response-pairs.pcap", 4, 12),  # messages added after the frames
+    ("gdc-ipv4-fragmented-response-dnskey.pcap", 4, 2),
+    ("suricata-malformed-tcp1053-1500-questions-overlong-qnames.pcap", 4, 1),
 ])
-def test_hot_columns_are_the_fields_of_the_rows(capture, at_least):
+def test_hot_columns_are_the_fields_of_the_rows(capture, read, at_least):
     """The columns the compiled parser copies out while parsing are each message's own
     fields and registered domain, also for messages reassembled outside add_frames() and
     reordered into frame order, and across a batch that outgrows its first capacity."""
     from sensor.schema import HOT_COLUMNS
-    limits = replace(DEFAULT_LIMITS, messages_per_batch=8, frames_per_read=4)   # room for 12 messages
+    limits = replace(DEFAULT_LIMITS, messages_per_batch=8, frames_per_read=read)   # room for 8 + read
     parser = Parser(ports=(53, 1053), limits=limits)
-    for frames in read_frames(str(DATA / capture), 4):
+    for frames in read_frames(str(DATA / capture), read):
         parser.feed(frames)                   # no take() in between: the batch grows
     parser.drain()
     batch = parser.take()
