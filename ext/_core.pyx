@@ -3272,31 +3272,31 @@ def answer_records(rrs, const uint8_t[::1] arena, const uint8_t[::1] qr, const u
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-def nxdomain_records(messages, const uint8_t[::1] state, int excluded_state):
-    """A batch's NXDOMAIN names in one pass over its rows: responses with rcode 3 and
-    a question whose tracking state is not `excluded_state`.
+def nxdomain_records(const uint8_t[::1] qr, const uint16_t[::1] rcode, const uint16_t[::1] qdcount,
+                     const uint64_t[::1] name_hash, const uint16_t[::1] qtype, const double[::1] ts,
+                     const uint8_t[::1] state, int excluded_state):
+    """A batch's NXDOMAIN names in one pass over its message columns (Batch.column):
+    responses with rcode 3 and a question whose tracking state is not `excluded_state`.
 
     Returns (message rows, keys, ts): each key is sensor.track.hash_columns(name hash,
     qtype), ts the response's timestamp.
     """
-    cdef Py_ssize_t n = len(messages), i, out = 0
-    if state.shape[0] != n:
-        raise ValueError("state must have one entry per message")
-    cdef const MessageRow *msgs = message_rows(messages)
+    cdef Py_ssize_t n = qr.shape[0], i, out = 0
+    if (rcode.shape[0] != n or qdcount.shape[0] != n or name_hash.shape[0] != n or qtype.shape[0] != n
+            or ts.shape[0] != n or state.shape[0] != n):
+        raise ValueError("every column must have one entry per message")
     rows_arr = np.empty(n, dtype=np.int64)
     keys_arr = np.empty(n, dtype=np.uint64)
     ts_arr = np.empty(n, dtype=np.float64)
     cdef int64_t[::1] rows = rows_arr
     cdef uint64_t[::1] keys = keys_arr
-    cdef double[::1] ts = ts_arr
-    cdef const MessageRow *mr
+    cdef double[::1] out_ts = ts_arr
     for i in range(n):
-        mr = &msgs[i]
-        if mr.qr != 1 or mr.rcode != 3 or mr.qdcount == 0 or state[i] == excluded_state:
+        if qr[i] != 1 or rcode[i] != 3 or qdcount[i] == 0 or state[i] == excluded_state:
             continue
-        keys[out] = key_finish(key_mix(key_mix(<uint64_t>KEY_SEED, mr.name_hash), mr.qtype))
+        keys[out] = key_finish(key_mix(key_mix(<uint64_t>KEY_SEED, name_hash[i]), qtype[i]))
         rows[out] = i
-        ts[out] = mr.ts
+        out_ts[out] = ts[i]
         out += 1
     return rows_arr[:out], keys_arr[:out], ts_arr[:out]
 

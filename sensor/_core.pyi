@@ -58,8 +58,11 @@ def answer_records(rrs: np.ndarray, arena: bytes, qr: np.ndarray, rcode: np.ndar
                    state: np.ndarray, excluded_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Answer records of NOERROR responses not in `excluded_state`, read through the
     messages' qr, rcode and ts columns: (record rows, keys, ts)."""
-def nxdomain_records(messages: np.ndarray, state: np.ndarray, excluded_state: int
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def nxdomain_records(qr: np.ndarray, rcode: np.ndarray, qdcount: np.ndarray, name_hash: np.ndarray,
+                     qtype: np.ndarray, ts: np.ndarray, state: np.ndarray, excluded_state: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NXDOMAIN responses with a question, not in `excluded_state`, read through the
+    messages' columns: (message rows, keys, ts)."""
 def stats_counts(qr: np.ndarray, rcode: np.ndarray, qtype: np.ndarray, size: np.ndarray, group: np.ndarray,
                  ngroups: int, state: np.ndarray, rtt: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from sensor.capture.offline import first_frame_time, read_frames
 from sensor.errors import CaptureError
 from sensor.config import Config, address_key
 from sensor.detectors import anomaly_burst
-from sensor.engine.aggregate import Accumulator
+from sensor.engine.aggregate import NXDOMAIN_COLUMNS, Accumulator
 from sensor.engine.pipeline import Pipeline, merged_frames, within
 from sensor.engine.replay import replay
 from sensor.engine.writer import Writer
@@ -1583,14 +1583,17 @@ def test_nxdomain_records_agree_with_column_masks(capture):
     msgs["rcode"][::3] = 3          # enough NXDOMAIN among queries and responses alike
     msgs["qdcount"][::7] = 0
     state = np.random.default_rng(3).integers(0, 5, len(msgs)).astype(np.uint8)
-    rows, keys, ts = _core.nxdomain_records(msgs, state, MISMATCHED)
+    columns = [np.ascontiguousarray(msgs[name]) for name in NXDOMAIN_COLUMNS]
+    rows, keys, ts = _core.nxdomain_records(*columns, state, MISMATCHED)
     nx = (msgs["qr"] == 1) & (msgs["rcode"] == 3) & (msgs["qdcount"] > 0) & (state != MISMATCHED)
     assert nx.any() and (~nx & (msgs["rcode"] == 3)).any()
     assert rows.tolist() == np.flatnonzero(nx).tolist()
     assert keys.tolist() == hash_columns(msgs["name_hash"][nx], msgs["qtype"][nx]).tolist()
     assert ts.tolist() == msgs["ts"][nx].tolist()
     with pytest.raises(ValueError):
-        _core.nxdomain_records(msgs, state[:-1], MISMATCHED)
+        _core.nxdomain_records(*columns, state[:-1], MISMATCHED)
+    with pytest.raises(ValueError):
+        _core.nxdomain_records(*columns[:2], columns[2][:-1], *columns[3:], state, MISMATCHED)
 
 
 @settings(max_examples=150, deadline=None)

@@ -31,6 +31,8 @@ OTHER_KEY = 0x6F74686572
 OTHER_CLIENT = bytes(16)
 """Label of a compacted clients table's 'other' row (its key marks it; this is never shown)."""
 STATS_COUNTER_NAMES = tuple(name for name, _ in STATS_COUNTERS)
+NXDOMAIN_COLUMNS = ("qr", "rcode", "qdcount", "name_hash", "qtype", "ts")
+"""The message fields _core.nxdomain_records reads, in its order."""
 
 
 def new_stats_row() -> dict[str, Any]:
@@ -663,7 +665,8 @@ class Accumulator:
                                 _texts(arena, new["rdata_off"], new["rdata_len"])))
             self._add_seen(agg.pdns, self._pdns_text, self._pdns_known, keys, ts, identities,
                            lambda idx: batch.regdom_hash[rrs["msg"][rows[idx]]])
-        nx, nx_keys, nx_ts = _core.nxdomain_records(np.ascontiguousarray(msgs), track.state, MISMATCHED)
+        nx, nx_keys, nx_ts = _core.nxdomain_records(*(batch.column(name) for name in NXDOMAIN_COLUMNS),
+                                                    track.state, MISMATCHED)
         if len(nx):
             def nx_identities(idx: np.ndarray) -> list[tuple[str, str]]:    # keys not seen before
                 new = msgs[nx[idx]]
