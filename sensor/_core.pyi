@@ -58,6 +58,8 @@ def answer_records(rrs: np.ndarray, arena: bytes, qr: np.ndarray, rcode: np.ndar
                    state: np.ndarray, excluded_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Answer records of NOERROR responses not in `excluded_state`, read through the
     messages' qr, rcode and ts columns: (record rows, keys, ts)."""
+def network_index(words: np.ndarray, masks: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+    """Per address (two uint64 words), the first network (mask and prefix words) it is in, or -1."""
 def nxdomain_records(qr: np.ndarray, rcode: np.ndarray, qdcount: np.ndarray, name_hash: np.ndarray,
                      qtype: np.ndarray, ts: np.ndarray, state: np.ndarray, excluded_state: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

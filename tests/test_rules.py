@@ -994,3 +994,30 @@ def test_the_tcp_feature_tells_the_transport_apart(tmp_path):
     counted = sum(v["count"] for v in run_rules(rule, [str(tcp)]))
     assert counted == len(parse_file(str(tcp), ports=SAMPLE_PORTS)) > 0
     assert run_rules(rule, [str(DATA / "dnscap-baseline-udp-82-msgs.pcap")]) == []
+
+
+@settings(max_examples=100, deadline=None)
+@given(networks=st.lists(st.sampled_from([
+           "10.0.0.0/8", "10.1.0.0/16", "192.168.0.0/19", "0.0.0.0/0", "198.51.100.7/32", "2001:db8::/32",
+           "2001:db8:1::/64", "::/0", "fe80::/10", "::ffff:0:0/96"]), max_size=5),
+       addresses=st.lists(st.sampled_from([
+           "10.1.2.3", "10.200.0.1", "192.168.31.255", "192.168.32.0", "198.51.100.7", "198.51.100.8",
+           "2001:db8:1::5", "2001:db8:2::1", "fe80::1", "::1", "0.0.0.0"]) | st.ip_addresses().map(str),
+           max_size=30))
+def test_network_sets_find_the_first_network_each_address_is_in(networks, addresses):
+    """Overlapping networks of both families: each address gets the first it is in."""
+    import ipaddress
+    from sensor.config import address_key
+    from sensor.features import NetworkSet
+    nets = NetworkSet(networks)
+    raw = np.frombuffer(b"".join(address_key(a) for a in addresses), dtype="V16")
+    # in the 16-byte form the sensor keys addresses by: IPv4 mapped into ::ffff:0:0/96
+    mapped = [n if n.version == 6 else ipaddress.ip_network(f"::ffff:{n.network_address}/{96 + n.prefixlen}")
+              for n in map(ipaddress.ip_network, networks)]
+
+    def first(a: str) -> int:
+        ip = ipaddress.IPv6Address(address_key(a))
+        return next((i for i, n in enumerate(mapped) if ip in n), -1)
+    expected = [first(a) for a in addresses]
+    assert nets.index(raw).tolist() == expected
+    assert nets.mask(raw).tolist() == [i >= 0 for i in expected]

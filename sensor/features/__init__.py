@@ -321,24 +321,14 @@ class NetworkSet:
         self._prefixes = np.frombuffer(b"".join(prefixes), dtype="<u8").reshape(-1, 2)
 
     def mask(self, addrs: np.ndarray) -> np.ndarray:
-        out = np.zeros(len(addrs), dtype=bool)
-        if not self.networks or not len(addrs):
-            return out
-        words = address_words(addrs)
-        for (m0, m1), (p0, p1) in zip(self._masks, self._prefixes):
-            out |= ((words[:, 0] & m0) == p0) & ((words[:, 1] & m1) == p1)
-        return out
+        """Whether each address is in one of the networks."""
+        return self.index(addrs) >= 0
 
     def index(self, addrs: np.ndarray) -> np.ndarray:
         """Index of the first network each address is in, -1 when none."""
-        out = np.full(len(addrs), -1, dtype=np.int64)
         if not self.networks or not len(addrs):
-            return out
-        words = address_words(addrs)
-        for i in range(len(self.networks) - 1, -1, -1):      # backwards: the first match wins
-            (m0, m1), (p0, p1) = self._masks[i], self._prefixes[i]
-            out[((words[:, 0] & m0) == p0) & ((words[:, 1] & m1) == p1)] = i
-        return out
+            return np.full(len(addrs), -1, dtype=np.int64)
+        return _core.network_index(address_words(addrs), self._masks, self._prefixes)
 
     def contains(self, raw: bytes) -> bool:
         return bool(self.mask(np.frombuffer(raw, dtype="V16"))[0])
