@@ -96,8 +96,8 @@ RR_DTYPE = _dtype(RR_FIELDS)
 HOT_COLUMNS = ("ts", "qr", "rcode", "qtype", "size", "anomalies", "transport", "flags", "name_hash",
                "regdom_off", "longest_label", "qdcount")
 """Message fields that tracking, the per-minute tables and the shipped rules read from every
-batch: the compiled parser copies them out as columns while it has the rows in its caches
-(Batch.column copies any other field out of the finished rows)."""
+batch: the engine's compiled parser copies them out as columns while it has the rows in its
+caches (Parser(hot_columns=...); Batch.column copies any other field out of finished rows)."""
 
 # Anomalies: stable snake_case names. The bit is the position in this tuple,
 # so names are only ever appended, never reordered.

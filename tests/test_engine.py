@@ -1682,7 +1682,7 @@ def test_hot_columns_are_the_fields_of_the_rows(capture, read, at_least):
     reordered into frame order, and across a batch that outgrows its first capacity."""
     from sensor.schema import HOT_COLUMNS
     limits = replace(DEFAULT_LIMITS, messages_per_batch=8, frames_per_read=read)   # room for 8 + read
-    parser = Parser(ports=(53, 1053), limits=limits)
+    parser = Parser(ports=(53, 1053), limits=limits, hot_columns=HOT_COLUMNS)
     for frames in read_frames(str(DATA / capture), read):
         parser.feed(frames)                   # no take() in between: the batch grows
     parser.drain()
@@ -1718,7 +1718,7 @@ def test_hot_columns_follow_messages_put_back_into_frame_order(tmp_path):
         seq += len(segment)
         frames.append((2.5 + i, udp_frame(query(f"udp{i}.example.org", txid=i).pack(), CLIENT, RESOLVER,
                                           30000 + i, 53)))
-    parser = Parser()
+    parser = Parser(hot_columns=HOT_COLUMNS)
     for read in read_frames(str(write_pcap(tmp_path / "mixed.pcap", frames)), 100):
         parser.feed(read)
     batch = parser.take()
@@ -1727,6 +1727,13 @@ def test_hot_columns_follow_messages_put_back_into_frame_order(tmp_path):
     for name in HOT_COLUMNS:
         assert batch.columns[name].tolist() == m[name].tolist(), name
     assert batch.regdom_hash.tolist() == _core.regdom_columns(m, batch.arena)[2].tolist()
+
+
+def test_the_engine_parser_copies_out_what_the_engine_reads(tmp_path):
+    from sensor.schema import HOT_COLUMNS
+    pipeline = Pipeline(config(tmp_path), anomaly_burst.AnomalyBurstRule())
+    assert pipeline.parser.core.hot_names == HOT_COLUMNS
+    assert Parser().core.hot_names == ()          # a parser on its own copies nothing out
 
 
 def test_hot_columns_take_only_scalar_message_fields():

@@ -12,7 +12,7 @@ from sensor.errors import CaptureError
 from sensor.engine.aggregate import Accumulator, Aggregate
 from sensor.parse import Parser
 from sensor.rules import Rule
-from sensor.schema import MESSAGE_DTYPE
+from sensor.schema import HOT_COLUMNS, MESSAGE_DTYPE
 from sensor.track import Tracker
 
 PARSER_DROP_COUNTERS = ("duplicate_frames",)
@@ -25,7 +25,7 @@ class Pipeline:
     def __init__(self, config: Config, rule: AnomalyBurstRule, rules: list[Rule] | None = None) -> None:
         self.config = config
         self.parser = Parser(ports=config.ports, limits=config.limits,
-                             dedup_window_s=config.dedup_window_ms / 1000)
+                             dedup_window_s=config.dedup_window_ms / 1000, hot_columns=HOT_COLUMNS)
         self.tracker = Tracker(config.limits, config.resolver_set())
         self.acc = Accumulator(config.limits, rule.mask, rule.window_s, rules, config.client_networks)
         self.messages = 0

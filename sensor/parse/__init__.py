@@ -36,7 +36,8 @@ class Parser:
 
     def __init__(self, ports: Iterable[int] = DEFAULT_PORTS, limits: Limits = DEFAULT_LIMITS,
                  backend: str = "compiled", suffix_list: str | None = None,
-                 include_private_suffixes: bool = True, dedup_window_s: float = 0.0) -> None:
+                 include_private_suffixes: bool = True, dedup_window_s: float = 0.0,
+                 hot_columns: tuple[str, ...] = ()) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.ports = frozenset(int(p) for p in ports)
@@ -55,7 +56,9 @@ class Parser:
                 limits.messages_per_batch + limits.frames_per_read)
         if backend == "compiled":
             self.core = _core.Core(port_map, rules.table(), schema.TYPE_NAMES, schema.TSIG_ERROR_NAMES, *args)
-            self.core.set_hot_columns(schema.HOT_COLUMNS)
+            # Fields the consumer reads from every batch, copied out while the rows are in
+            # the caches (Batch.columns); the twin makes none, its batches copy them later.
+            self.core.set_hot_columns(hot_columns)
         else:
             self.core = twin.TwinCore(port_map, rules, *args)
         self.backend = backend
