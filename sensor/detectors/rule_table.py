@@ -78,38 +78,9 @@ class RuleTable:
             name: (np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)) for name in uniques}
         self.pair_keys: dict[str, np.ndarray] = {name: np.empty(0, dtype=np.uint64) for name in uniques}
         self.sketches: dict[str, dict[int, HllCounter]] = {name: {} for name in uniques}
-        # Compiled indexes of `keys` and of each `pair_keys`, kept while they only grow (a
-        # batch then hashes its own keys, not every key held), made again from the keys
-        # when next needed after rows go, and never pickled.
-        self._index: _core.KeyIndex | None = None
-        self._pair_index: dict[str, _core.KeyIndex] = {}
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_index"], state["_pair_index"] = None, {}
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        # a table pickled before it had indexes (held on disk across an upgrade)
-        self.__dict__.update({"_index": None, "_pair_index": {}, **state})
-
-    def find(self, keys: np.ndarray) -> np.ndarray:
-        """The row of each group key, -1 where the group is not held."""
-        return self._key_index().find(np.ascontiguousarray(keys, dtype=np.uint64))
-
-    def _key_index(self) -> _core.KeyIndex:
-        if self._index is None or len(self._index) != len(self.keys):
-            self._index = _core.KeyIndex(self.keys)
-        return self._index
-
-    def _pairs_index(self, name: str) -> _core.KeyIndex:
-        index = self._pair_index.get(name)
-        if index is None or len(index) != len(self.pair_keys[name]):
-            index = self._pair_index[name] = _core.KeyIndex(self.pair_keys[name])
-        return index
 
     def empty_like(self) -> "RuleTable":
         return RuleTable(self.numeric, self.uniques)
@@ -122,7 +93,7 @@ class RuleTable:
         if not len(other):
             return 0
         # other's groups are distinct: held ones add up in place, new ones are appended
-        pos = self.find(other.keys)
+        pos = index_keys(other.keys, self.keys)
         fresh = pos < 0
         room = max(limit - len(self.keys), 0)
         if np.count_nonzero(fresh) > room:
@@ -146,10 +117,8 @@ class RuleTable:
                     self.values[at, j] = np.minimum(mine, theirs)
         new = np.flatnonzero(~held)
         if len(new):
-            index = self._key_index()
-            index.add(np.ascontiguousarray(other.keys[new]))
-            self.keys = index.keys
-            for attr in ("window", "client", "server", "domain", "samples", "count", "first", "last", "values"):
+            for attr in ("keys", "window", "client", "server", "domain", "samples", "count", "first", "last",
+                         "values"):
                 setattr(self, attr, np.concatenate([getattr(self, attr), getattr(other, attr)[new]]))
         for name in self.uniques:
             self._merge_pairs(name, *other.pairs[name], other.pair_keys[name])
@@ -179,15 +148,13 @@ class RuleTable:
             keys = hash_columns(groups, values)
             distinct = key_groups(keys)[0]
             groups, values, keys = groups[distinct], values[distinct], keys[distinct]
-        index = self._pairs_index(name)
-        held = len(index)
-        fresh = np.flatnonzero(index.add(np.ascontiguousarray(keys, dtype=np.uint64))[0] >= held)
+        fresh = np.flatnonzero(~isin_keys(keys, self.pair_keys[name]))
         if not len(fresh):
             return
         old_g, old_v = self.pairs[name]
         all_g = np.concatenate([old_g, groups[fresh]])
         all_v = np.concatenate([old_v, values[fresh]])
-        all_k = index.keys
+        all_k = np.concatenate([self.pair_keys[name], keys[fresh]])
         # only groups that gained values can have grown past the exact limit
         gained = groups[fresh]
         grown = gained[key_groups(gained)[0]]
@@ -201,7 +168,6 @@ class RuleTable:
                 counter.update(all_v[moving & (all_g == gk)].tolist())
                 sketches[int(gk)] = counter
             all_g, all_v, all_k = all_g[~moving], all_v[~moving], all_k[~moving]
-            del self._pair_index[name]                 # made again from the pairs left
         self.pairs[name] = (all_g, all_v)
         self.pair_keys[name] = all_k
 

@@ -17,7 +17,7 @@ from sensor.detectors.rule_table import DOMAIN_WIDTH, SAMPLE_WIDTH, SAMPLES, Rul
 from sensor.parse.batch import address_text
 from sensor.features import FeatureTable
 from sensor.rules import Rule
-from sensor.track import hash_columns
+from sensor.track import hash_columns, isin_keys
 
 _NO_ADDRESS = bytes(16)
 
@@ -27,9 +27,9 @@ def new_table(rule: Rule) -> RuleTable:
                      tuple(a.name for a in rule.aggregations if a.function == "nunique"))
 
 
-def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: RuleTable | None = None) -> RuleTable:
+def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndarray | None = None) -> RuleTable:
     """One batch's rows that passed the rule's filter, as the rule's groups. Text (domain,
-    samples) is gathered only for groups `known` does not hold: the held row keeps its own."""
+    samples) is gathered only for groups not among `known` keys: the existing row keeps its own."""
     cols = table.columns
     out = new_table(rule)
     ts = cols["ts"][idx]
@@ -44,7 +44,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: RuleTab
     out.server = table.server_addr[rows] if "server" in rule.group_by else empty
     m = table.batch.messages
     arena = table.batch.arena
-    new = known.find(out.keys) < 0 if known is not None and len(known) else np.ones(g, dtype=bool)
+    new = ~isin_keys(out.keys, known) if known is not None and len(known) else np.ones(g, dtype=bool)
     rows_new = rows[new]
     out.domain = np.zeros(g, dtype=f"S{DOMAIN_WIDTH}")
     if "regdom" in rule.group_by:
@@ -96,7 +96,7 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
         mine = partials.get(rule.name)
         if mine is None:
             mine = partials[rule.name] = new_table(rule)
-        part = batch_table(rule, table, idx, mine)
+        part = batch_table(rule, table, idx, mine.keys)
         lost = mine.add(part, max_groups)
         if lost:
             dropped["rule_groups_overflow"] = dropped.get("rule_groups_overflow", 0) + lost
