@@ -1248,7 +1248,7 @@ cdef class Core:
             if waiting:
                 self.parse_into(payloads[cur], infos[cur].payload_len, stamps[cur], frames[cur], &infos[cur],
                                 &probes[cur])
-                if self.nmsg - self.nextracted >= HOT_CHUNK:
+                if self.nhot and self.nmsg - self.nextracted >= HOT_CHUNK:
                     self.extract_hot()
             waiting = 1
         if waiting:
