@@ -37,7 +37,7 @@ from sensor.engine.writer import Writer
 from sensor.limits import DEFAULT_LIMITS
 from sensor.parse import Parser, parse_file
 from sensor.store import Store
-from sensor.track import ANSWERED, DUPLICATE, MISMATCHED, UNSOLICITED, Tracker
+from sensor.track import ANSWERED, DUPLICATE, LEG_CLIENT, MISMATCHED, UNSOLICITED, Tracker
 
 CLIENT, RESOLVER, AUTH = "192.0.2.10", "192.0.2.53", "198.51.100.1"
 RESOLVER_UP = "203.0.113.53"
@@ -295,6 +295,16 @@ def test_breakdown_by_network_and_domain_adds_up_to_the_client_leg(tmp_path):
                                  "GROUP BY minute")
     assert rows and all(n <= 2 for _, n in rows)             # bounded per minute
     assert db_rows(conf.db_path, "SELECT count(*) FROM breakdown WHERE scope = 'domain' AND key = 'other'")[0][0] > 0
+    # each domain kept apart has its own queries, counted from the messages themselves
+    batch = parse_file(str(path))
+    leg = Tracker(DEFAULT_LIMITS, conf.resolver_set()).process(batch.messages).leg
+    offsets, lengths = batch.regdom_spans
+    want: dict[tuple[int, str], int] = {}
+    for i in np.flatnonzero((leg == LEG_CLIENT) & (batch.messages["qr"] == 0)).tolist():
+        key = (int(batch.messages["ts"][i] // 60 * 60), batch.arena[offsets[i]:offsets[i] + lengths[i]].decode() or ".")
+        want[key] = want.get(key, 0) + 1
+    kept = db_rows(conf.db_path, "SELECT minute, key, queries FROM breakdown WHERE scope = 'domain' AND key != 'other'")
+    assert len(kept) > 2 and {(m, k): q for m, k, q in kept} == {(m, k): want[(m, k)] for m, k, _ in kept}
 
 
 def test_replay_twice_adds_counts_and_keeps_first_and_last_seen(tmp_path):

@@ -97,9 +97,12 @@ class KeyedCounts(KeyIndexed):
             self.counts = np.concatenate([self.counts, np.zeros((len(first), self.counts.shape[1]), dtype=np.int64)])
         return rows
 
-    def add(self, keys: np.ndarray, minute: np.ndarray, label: np.ndarray, counts: np.ndarray) -> None:
-        """Fold rows in (keys may repeat): stored groups add up in place, new ones append."""
-        rows = self._rows(keys, minute, lambda first: label[first])
+    def add(self, keys: np.ndarray, minute: np.ndarray, label: np.ndarray | Callable[[np.ndarray], np.ndarray],
+            counts: np.ndarray) -> None:
+        """Fold rows in (keys may repeat): stored groups add up in place, new ones append.
+        `label` is each row's label, or makes those of the positions given (new keys' first
+        rows), so that a label held already is not made again."""
+        rows = self._rows(keys, minute, label if callable(label) else lambda first: label[first])
         _core.add_rows(self.counts, rows, np.ascontiguousarray(counts, dtype=np.int64))
 
     def add_messages(self, keys: np.ndarray, minute: np.ndarray, labels: Callable[[np.ndarray], np.ndarray],
@@ -621,12 +624,18 @@ class Accumulator:
         # only the busiest domains of each minute get a row of their own (the writer keeps
         # max_domains_per_minute): text for those, the rest summed per minute under 'other'
         busiest = self._busiest(first_minute, counts, self.limits.max_domains_per_minute)
-        labels = np.full(len(first), OTHER_RESOLVER, dtype=object)
-        labels[busiest] = [bytes(batch.arena[o:o + n]).decode("ascii", "replace") or "."
-                           for o, n in zip(reg_off[first[busiest]].tolist(), reg_len[first[busiest]].tolist())]
+        own = np.zeros(len(first), dtype=bool)
+        own[busiest] = True
         group_keys = hash_columns(first_minute.astype(np.uint64), np.full(len(first), OTHER_KEY, dtype=np.uint64))
         group_keys[busiest] = keys[first[busiest]]           # the rest share their minute's 'other' key
-        self.agg.domains.add(group_keys, first_minute, labels, counts)
+
+        def domain_labels(new: np.ndarray) -> np.ndarray:   # text only for domains not held yet
+            labels = np.full(len(new), OTHER_RESOLVER, dtype=object)
+            mine = new[own[new]]
+            labels[own[new]] = [bytes(batch.arena[o:o + n]).decode("ascii", "replace") or "."
+                                for o, n in zip(reg_off[first[mine]].tolist(), reg_len[first[mine]].tolist())]
+            return labels
+        self.agg.domains.add(group_keys, first_minute, domain_labels, counts)
 
     @staticmethod
     def _busiest(minute: np.ndarray, counts: np.ndarray, per_minute: int) -> np.ndarray:
