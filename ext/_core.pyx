@@ -1100,15 +1100,18 @@ cdef class Core:
         names = tuple(names)
         if len(names) > MAX_HOT_COLUMNS:
             raise ValueError("at most %d hot columns" % MAX_HOT_COLUMNS)
-        cdef int c
-        for c, name in enumerate(names):
+        layout = []                     # all checked before any is taken: a refusal changes nothing
+        for name in names:
             if name not in MESSAGE_DTYPE.names:
                 raise ValueError("%r is not a message field" % (name,))
             dt, offset = MESSAGE_DTYPE.fields[name][:2]
             if dt.subdtype is not None or dt.itemsize not in (1, 2, 4, 8):
                 raise ValueError("%r is not a 1, 2, 4 or 8-byte scalar field" % (name,))
+            layout.append((offset, dt.itemsize))
+        cdef int c
+        for c, (offset, size) in enumerate(layout):
             self.hot_offset[c] = offset
-            self.hot_size[c] = dt.itemsize
+            self.hot_size[c] = size
         self.nhot = len(names)
         self.hot_names = names
         self.new_hot_arrays(self.msg_cap)

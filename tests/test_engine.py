@@ -1748,15 +1748,16 @@ def test_the_engine_parser_copies_out_what_the_engine_reads(tmp_path):
 
 def test_hot_columns_take_only_scalar_message_fields():
     core = Parser().core
-    for bad in (("no_such_field",), ("src",), ("qr",) * 25):
-        with pytest.raises(ValueError):
-            core.set_hot_columns(bad)
     core.set_hot_columns(("id", "min_ttl"))
-    core.add_message(dnslib.DNSRecord.question("a.example.com").pack(), 1.0, 1, 4, bytes(16), bytes(16),
-                     53000, 53, 17)
-    columns = core.finish()[4]
+    for bad in (("no_such_field",), ("qr", "src"), ("qr",) * 25):
+        with pytest.raises(ValueError):
+            core.set_hot_columns(bad)            # refused whole: the columns set before stay
+    wire = dnslib.DNSRecord(dnslib.DNSHeader(id=4242), q=dnslib.DNSQuestion("a.example.com")).pack()
+    core.add_message(wire, 1.0, 1, 4, bytes(16), bytes(16), 53000, 53, 17)
+    msgs, _, _, _, columns = core.finish()
     assert set(columns) == {"id", "min_ttl", *_core.REGDOM_COLUMNS}
-    assert columns["min_ttl"].dtype == np.int64 and len(columns["id"]) == 1
+    assert columns["id"].tolist() == msgs["id"].tolist() == [4242]
+    assert columns["min_ttl"].dtype == np.int64 and columns["min_ttl"].tolist() == msgs["min_ttl"].tolist()
 
 
 @pytest.mark.parametrize("capture", ["demo-office-resolver.pcap", "dnscap-linux-sll2-nxdomain-dnssec.pcap"])
