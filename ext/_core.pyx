@@ -959,8 +959,9 @@ cdef class Core:
     cdef const char *tsig_error_mnemonic[TSIG_ERROR_CODES]
     cdef uint8_t tsig_error_mnemonic_len[TSIG_ERROR_CODES]
     cdef list _keep
-    # Hot columns (set_hot_columns): fields copied out of the rows each add_frames() makes,
-    # while those rows are still in the CPU's caches, and the registered domain's span
+    # Hot columns (set_hot_columns): fields copied out of the rows add_frames() makes,
+    # HOT_CHUNK rows at a time while they are still in the CPU's caches, and the registered
+    # domain's span and hash
     cdef int nhot
     cdef uint32_t hot_offset[MAX_HOT_COLUMNS]
     cdef uint8_t hot_size[MAX_HOT_COLUMNS]

@@ -28,9 +28,9 @@ class Core:
         (span-port duplicates); 0 turns it off. `slots`, a power of two, are remembered by hash."""
     def begin(self, capacity: int = 4096) -> None: ...
     def set_hot_columns(self, names: tuple[str, ...]) -> None:
-        """Copy these message fields (1, 2, 4 or 8-byte scalars) out as contiguous columns
-        while each add_frames() call's rows are still in the caches, with REGDOM_COLUMNS;
-        () turns them off."""
+        """Copy these message fields (1, 2, 4 or 8-byte scalars) out as contiguous columns,
+        a few hundred rows at a time as add_frames() makes them (still in the caches), with
+        REGDOM_COLUMNS; () turns them off. A list with any bad name is refused whole."""
     def finish(self) -> tuple[np.ndarray, np.ndarray, bytes, dict[str, int], dict[str, np.ndarray]]:
         """(messages, rrs, arena, counters, hot columns by name); the core starts empty."""
     def add_frames(self, blob: bytes, meta: np.ndarray, linktype: int, first_frame: int) -> list[int]: ...

@@ -631,9 +631,10 @@ class Accumulator:
 
         def domain_labels(new: np.ndarray) -> np.ndarray:   # text only for domains not held yet
             labels = np.full(len(new), OTHER_RESOLVER, dtype=object)
-            mine = new[own[new]]
-            labels[own[new]] = [bytes(batch.arena[o:o + n]).decode("ascii", "replace") or "."
-                                for o, n in zip(reg_off[first[mine]].tolist(), reg_len[first[mine]].tolist())]
+            named = own[new]
+            rows = first[new[named]]
+            labels[named] = [bytes(batch.arena[o:o + n]).decode("ascii", "replace") or "."
+                             for o, n in zip(reg_off[rows].tolist(), reg_len[rows].tolist())]
             return labels
         self.agg.domains.add(group_keys, first_minute, domain_labels, counts)
 
