@@ -364,6 +364,13 @@ cdef inline uint64_t span_hash(const uint8_t *p, uint32_t n) noexcept nogil:
     return h ^ (h >> 32)
 
 
+cdef inline void regdom_span(const MessageRow *mr, uint32_t *off, uint32_t *length) noexcept nogil:
+    """The arena span of a message's registered domain: the end of its question name from
+    regdom_off (empty when regdom_off is not inside it)."""
+    off[0] = mr.qname_off + mr.regdom_off
+    length[0] = mr.qname_len - mr.regdom_off if mr.qname_len > mr.regdom_off else 0
+
+
 cdef inline int put_escaped(char *t, uint8_t ch, uint8_t cls) noexcept nogil:
     """Write a byte that needs escaping in presentation form; return its width."""
     t[0] = 92
@@ -1138,7 +1145,6 @@ cdef class Core:
         cdef const char *src
         cdef char *dst
         cdef int c
-        cdef const MessageRow *mr
         cdef uint32_t off, length
         cdef uint32_t *reg_off
         cdef uint32_t *reg_len
@@ -1165,9 +1171,7 @@ cdef class Core:
         reg_len = <uint32_t *>self.hot_data[self.nhot + 1]
         reg_hash = <uint64_t *>self.hot_data[self.nhot + 2]
         for i in range(start, end):
-            mr = &self.msgs[i]
-            off = mr.qname_off + mr.regdom_off
-            length = mr.qname_len - mr.regdom_off if mr.qname_len > mr.regdom_off else 0
+            regdom_span(&self.msgs[i], &off, &length)
             if <size_t>off + length > self.arena.len:      # never made so; kept out of reach
                 off, length = 0, 0
             reg_off[i] = off
@@ -3519,12 +3523,9 @@ def regdom_columns(messages, const uint8_t[::1] arena):
     cdef uint64_t[::1] hashes = hash_arr
     cdef size_t size = arena.shape[0]
     cdef const uint8_t *base = &arena[0] if size else NULL
-    cdef const MessageRow *mr
     cdef uint32_t off, length
     for i in range(n):
-        mr = &msgs[i]
-        off = mr.qname_off + mr.regdom_off
-        length = mr.qname_len - mr.regdom_off if mr.qname_len > mr.regdom_off else 0
+        regdom_span(&msgs[i], &off, &length)
         if <size_t>off + length > size:
             raise ValueError("message %d: registered domain outside the arena" % i)
         offs[i] = off
