@@ -33,6 +33,8 @@ cdef extern from "stdlib.h":
 cdef extern from "sys/socket.h":
     int AF_INET6
 
+cdef const char *V4_MAPPED_PREFIX = b"\0\0\0\0\0\0\0\0\0\0\xff\xff"   # ::ffff:0:0/96
+
 # Anomaly bit positions; the order is ANOMALIES in sensor/schema.py (checked
 # at import through ANOMALY_ORDER).
 cdef enum:
@@ -2548,6 +2550,32 @@ def span_texts(const uint8_t[::1] arena, const int64_t[::1] offsets, const int64
     return out
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def address_texts(const uint8_t[:, ::1] addresses):
+    """16-byte address keys (one per row) as text, IPv4-mapped ones in dotted form: what
+    sensor.parse.batch.address_text gives for one, for a whole table at once."""
+    cdef Py_ssize_t n = addresses.shape[0], i
+    if n and addresses.shape[1] != 16:
+        raise ValueError("addresses must be 16 bytes each")
+    cdef Arena text
+    text.buf, text.len, text.cap = NULL, 0, 0
+    cdef const uint8_t *p
+    out = [None] * n
+    try:
+        for i in range(n):
+            p = &addresses[i, 0]
+            text.len = 0
+            if memcmp(p, V4_MAPPED_PREFIX, 12) == 0:
+                ar_put_ip(&text, p + 12, 4)
+            else:
+                ar_put_ip(&text, p, 6)
+            out[i] = PyUnicode_DecodeASCII(text.buf, text.len, NULL)
+    finally:
+        free(text.buf)
+    return out
+
+
 cdef inline uint64_t key_slot(uint64_t k, uint64_t mask) noexcept nogil:
     return ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
 
@@ -2569,6 +2597,31 @@ cdef inline uint64_t probe(const uint64_t *slots, uint64_t mask, uint64_t k) noe
     return slot
 
 
+DEF GROUP_SLOTS_START = 8192
+# Slots a grouping starts with (128 KiB, an L2 cache's share): grouping tables grow with the
+# groups found, not the rows given. Most callers fold many rows into few groups (answer
+# records into distinct records, messages into minutes); a table sized for every row was
+# mostly empty, cleared for nothing and probed across megabytes.
+
+
+cdef uint64_t *grown_slots(uint64_t *slots, uint64_t cap, const uint64_t[::1] keys,
+                           const int64_t[::1] first, int64_t ngroups) noexcept nogil:
+    """A table of `cap` slots holding the groups so far (group g: keys[first[g]]), the old
+    one freed; NULL when memory ran out (the old one is freed then too)."""
+    free(slots)
+    slots = <uint64_t *>calloc(2 * cap, sizeof(uint64_t))
+    if slots == NULL:
+        return NULL
+    cdef uint64_t mask = cap - 1, slot, k
+    cdef int64_t g
+    for g in range(ngroups):
+        k = keys[first[g]]
+        slot = probe(slots, mask, k)
+        slots[2 * slot] = k
+        slots[2 * slot + 1] = g + 1
+    return slots
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
@@ -2579,47 +2632,61 @@ def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
     without sorting.
     """
     cdef Py_ssize_t n = keys.shape[0], i
-    slots_arr = new_slots(n)
-    cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
-    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
+    cdef bint with_ts = ts is not None
+    if with_ts and ts.shape[0] != n:
+        raise ValueError("keys and ts differ in length")
     inverse_arr = np.empty(n, dtype=np.int64)
     first_arr = np.empty(n, dtype=np.int64)
-    counts_arr = np.zeros(n, dtype=np.int64)
-    tmin_arr = np.empty(n if ts is not None else 0, dtype=np.float64)
-    tmax_arr = np.empty(n if ts is not None else 0, dtype=np.float64)
+    counts_arr = np.empty(n, dtype=np.int64)
+    tmin_arr = np.empty(n if with_ts else 0, dtype=np.float64)
+    tmax_arr = np.empty(n if with_ts else 0, dtype=np.float64)
     cdef int64_t[::1] inverse = inverse_arr
     cdef int64_t[::1] first = first_arr
     cdef int64_t[::1] counts = counts_arr
     cdef double[::1] tmin = tmin_arr
     cdef double[::1] tmax = tmax_arr
-    cdef bint with_ts = ts is not None
     cdef int64_t g, ngroups = 0
-    cdef uint64_t k, slot
+    cdef uint64_t k, slot, cap = 16
     cdef double t
-    if with_ts and ts.shape[0] != n:
-        raise ValueError("keys and ts differ in length")
-    for i in range(n):
-        k = keys[i]
-        slot = probe(slots, mask, k)
-        if slots[2 * slot + 1] == 0:
-            g = ngroups
-            ngroups += 1
-            slots[2 * slot] = k
-            slots[2 * slot + 1] = g + 1
-            first[g] = i
-            if with_ts:
-                tmin[g] = ts[i]
-                tmax[g] = ts[i]
-        else:
-            g = slots[2 * slot + 1] - 1
-            if with_ts:
-                t = ts[i]
-                if t < tmin[g]:
-                    tmin[g] = t
-                if t > tmax[g]:
-                    tmax[g] = t
-        inverse[i] = g
-        counts[g] += 1
+    while cap < 2 * <uint64_t>min(n, GROUP_SLOTS_START):
+        cap *= 2
+    cdef uint64_t *slots = <uint64_t *>calloc(2 * cap, sizeof(uint64_t))
+    cdef uint64_t mask = cap - 1
+    if slots == NULL:
+        raise MemoryError()
+    with nogil:
+        for i in range(n):
+            k = keys[i]
+            slot = probe(slots, mask, k)
+            if slots[2 * slot + 1] == 0:
+                g = ngroups
+                ngroups += 1
+                slots[2 * slot] = k
+                slots[2 * slot + 1] = g + 1
+                first[g] = i
+                counts[g] = 0
+                if with_ts:
+                    tmin[g] = ts[i]
+                    tmax[g] = ts[i]
+                if <uint64_t>ngroups * 2 > cap:       # at most half full
+                    cap *= 2
+                    mask = cap - 1
+                    slots = grown_slots(slots, cap, keys, first, ngroups)
+                    if slots == NULL:
+                        break
+            else:
+                g = slots[2 * slot + 1] - 1
+                if with_ts:
+                    t = ts[i]
+                    if t < tmin[g]:
+                        tmin[g] = t
+                    if t > tmax[g]:
+                        tmax[g] = t
+            inverse[i] = g
+            counts[g] += 1
+    if slots == NULL:
+        raise MemoryError()
+    free(slots)
     if with_ts:
         return (first_arr[:ngroups], inverse_arr, counts_arr[:ngroups], tmin_arr[:ngroups],
                 tmax_arr[:ngroups])

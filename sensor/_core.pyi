@@ -44,6 +44,9 @@ def span_hashes(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> np.nd
 def span_texts(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> list[str]:
     """The text of each arena slice (int64 offsets and lengths) as a str, in one pass."""
 
+def address_texts(addresses: np.ndarray) -> list[str]:
+    """16-byte address keys (an (n, 16) uint8 table) as text, IPv4-mapped ones dotted."""
+
 def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Group equal 64-bit keys in one pass, in order of first appearance: (first row per group,
     group per row, rows per group[, min ts, max ts])."""

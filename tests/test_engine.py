@@ -1207,6 +1207,43 @@ def test_group_u64_agrees_with_numpy(values):
     assert first.tolist() == sorted(first.tolist())          # order of first appearance
 
 
+def test_group_u64_table_grows_with_the_groups():
+    """More distinct keys than the table starts with: it grows (several times) and loses
+    no group, with keys that differ in their high bits only among them."""
+    from sensor import _core
+    rng = np.random.default_rng(7)
+    distinct = np.r_[rng.integers(0, 2**63, 30_000, dtype=np.uint64),
+                     np.arange(5_000, dtype=np.uint64) << np.uint64(40)]
+    keys = distinct[rng.integers(0, len(distinct), 120_000)]
+    ts = rng.random(len(keys))
+    first, inverse, counts, tmin, tmax = _core.group_u64(keys, ts)
+    uniq, at, ucounts = np.unique(keys, return_index=True, return_counts=True)
+    order = np.argsort(at)
+    assert first.tolist() == at[order].tolist()
+    assert counts.tolist() == ucounts[order].tolist()
+    assert np.array_equal(keys[first][inverse], keys)
+    by_group = np.argsort(inverse, kind="stable")
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    assert np.array_equal(tmin, np.minimum.reduceat(ts[by_group], starts))
+    assert np.array_equal(tmax, np.maximum.reduceat(ts[by_group], starts))
+
+
+_ADDRESS_BYTES = st.binary(min_size=16, max_size=16) | st.binary(min_size=4, max_size=4).map(
+    lambda v4: bytes(10) + b"\xff\xff" + v4) | st.lists(st.sampled_from([0, 0, 0, 1, 0xFF]), min_size=16,
+                                                     max_size=16).map(bytes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ADDRESS_BYTES, max_size=50))
+def test_address_texts_agree_with_address_text(raws):
+    """The compiled formatting of a table of address keys writes each as address_text does
+    (inet_ntop): IPv4-mapped keys dotted, IPv6 with the longest zero run shortened."""
+    from sensor import _core
+    from sensor.parse.batch import address_text
+    table = np.frombuffer(b"".join(raws), dtype=np.uint8).reshape(-1, 16)
+    assert _core.address_texts(table) == [address_text(r) for r in raws]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200),
        st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200))

@@ -173,17 +173,8 @@ def _other_keys(minute: np.ndarray) -> np.ndarray:
 
 
 def _address_texts(labels: np.ndarray) -> list[str]:
-    """16-byte address keys as text, each distinct address formatted once."""
-    raw = np.ascontiguousarray(labels).tobytes()
-    cache: dict[bytes, str] = {}
-    out = []
-    for i in range(0, len(raw), 16):
-        key = raw[i:i + 16]
-        t = cache.get(key)
-        if t is None:
-            t = cache[key] = address_text(key)
-        out.append(t)
-    return out
+    """16-byte address keys as text."""
+    return _core.address_texts(np.ascontiguousarray(labels).view(np.uint8).reshape(-1, 16))
 
 
 class SeenCounts(KeyIndexed):
