@@ -3567,11 +3567,20 @@ def message_windows(const double[::1] ts, int64_t window_s):
     cdef Py_ssize_t n = ts.shape[0], i
     if window_s <= 0:
         raise ValueError("window_s must be positive")
-    cdef double w = <double>window_s
+    cdef double w = <double>window_s, x, q, lo = 1.0, hi = 0.0
+    cdef int64_t start = 0
     out_arr = np.empty(n, dtype=np.int64)
     cdef int64_t[::1] out = out_arr
     for i in range(n):
-        out[i] = <int64_t>floor_div(ts[i], w) * window_s
+        x = ts[i]
+        # A batch runs in time order, mostly within one window: [lo, hi) is the last
+        # window met, exact products of w, so a time inside it needs no division.
+        if not (lo <= x < hi):
+            q = floor_div(x, w)
+            lo = q * w
+            hi = lo + w
+            start = <int64_t>q * window_s
+        out[i] = start
     return out_arr
 
 

@@ -1697,6 +1697,8 @@ def test_minute_keys_agree_with_column_arithmetic(rows, tagged):
     assert minute.tolist() == expected.tolist()
     keys = _core.minute_keys(minute, words, tag if tagged else None)
     assert _core.message_windows(ts, 300).tolist() == ((msgs["ts"] // 300).astype(np.int64) * 300).tolist()
+    # in time order, as a batch mostly is: runs within one window reuse it
+    assert _core.message_windows(np.sort(ts), 60).tolist() == sorted(expected.tolist())
     columns = [expected.astype(np.uint64), words[:, 0], words[:, 1]] + ([tag] if tagged else [])
     assert keys.tolist() == hash_columns(*columns).tolist()
 
