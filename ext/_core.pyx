@@ -3324,7 +3324,8 @@ def answer_records(rrs, const uint8_t[::1] arena, const uint8_t[::1] qr, const u
     cdef uint32_t k
     cdef size_t size = arena.shape[0]
     cdef const uint8_t *base = &arena[0] if size else NULL
-    cdef uint64_t h
+    cdef uint64_t h, name_hash = 0
+    cdef uint32_t name_off = 0, name_len = 0xFFFFFFFF
     for j in range(m):
         r = &rr[j]
         if r.section != 1 or r.type == 41:      # answers only; type 41 is OPT
@@ -3336,7 +3337,12 @@ def answer_records(rrs, const uint8_t[::1] arena, const uint8_t[::1] qr, const u
             continue
         if (<size_t>r.name_off + r.name_len > size or <size_t>r.rdata_off + r.rdata_len > size):
             raise ValueError("record %d spans outside the arena" % j)
-        h = key_mix(<uint64_t>KEY_SEED, span_hash(base + r.name_off, r.name_len))
+        # The records of an RRset share their owner name's text (the parser points them
+        # at one span): hashed once.
+        if r.name_off != name_off or r.name_len != name_len:
+            name_off, name_len = r.name_off, r.name_len
+            name_hash = span_hash(base + name_off, name_len)
+        h = key_mix(<uint64_t>KEY_SEED, name_hash)
         h = key_mix(h, span_hash(base + r.rdata_off, r.rdata_len))
         keys[out] = key_finish(key_mix(h, r.type))
         rows[out] = j
