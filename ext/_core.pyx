@@ -3161,7 +3161,9 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
     the authority section may be owned by any name of a zone above the question (denial
     proofs). OPT, TSIG and SIG(0) are transport, not data. Escaped dots inside labels are
     taken as separators. Multicast DNS (port 5353) is left out: its responders announce
-    whatever they hold, so bailiwick does not apply. One pass over the rows."""
+    whatever they hold, so bailiwick does not apply. One pass over the record rows: a
+    message's wide row is read only when one of its records needs explaining, so queries
+    and plain answers cost no read of theirs."""
     cdef Py_ssize_t n = len(messages), nr = len(rrs), i
     cdef const MessageRow *msgs = message_rows(messages)
     cdef const RRRow *rr = <const RRRow *>_row_data(rrs, RR_DTYPE, "record")
@@ -3170,21 +3172,31 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
     cdef uint32_t r, s, first, last, qo, ql, ro, rl, to, tl, no, nl
     cdef bint ok
     cdef int64_t strays
-    cdef Py_ssize_t bad_message = -1, bad_record = -1
+    cdef Py_ssize_t bad_message = -1, bad_record = -1, j = 0
     out = np.zeros(n, dtype=np.float64)
     cdef double[::1] o = out
     with nogil:
-        for i in range(n):
-            mr = &msgs[i]
-            if mr.rr_count == 0 or mr.sport == MDNS_PORT or mr.dport == MDNS_PORT:
+        while j < nr:
+            if rr[j].section == 1 or rr[j].type == 41 or rr[j].type == 250 or rr[j].type == 24:
+                j += 1
                 continue
+            if rr[j].msg >= <uint64_t>n:
+                bad_record = j
+                break
+            i = rr[j].msg
+            mr = &msgs[i]
             # Checked here, as each message is reached: a pass of its own over every row
             # first cost as much as the work.
-            if <uint64_t>mr.rr_start + mr.rr_count > <uint64_t>nr or <uint64_t>mr.qname_off + mr.qname_len > size:
+            if (<uint64_t>mr.rr_start + mr.rr_count > <uint64_t>nr or mr.rr_start > <uint64_t>j
+                    or <uint64_t>mr.rr_start + mr.rr_count <= <uint64_t>j
+                    or <uint64_t>mr.qname_off + mr.qname_len > size):
                 bad_message = i
                 break
             first = mr.rr_start
             last = first + mr.rr_count
+            j = last                    # the message's records are one block: the next is past it
+            if mr.sport == MDNS_PORT or mr.dport == MDNS_PORT:
+                continue
             for r in range(first, last):
                 if (<uint64_t>rr[r].name_off + rr[r].name_len > size
                         or <uint64_t>rr[r].rdata_off + rr[r].rdata_len > size):
@@ -3220,7 +3232,7 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
     if bad_message >= 0:
         raise ValueError("message %d outside the record table or the arena" % bad_message)
     if bad_record >= 0:
-        raise ValueError("record %d outside the arena" % bad_record)
+        raise ValueError("record %d outside the arena or belongs to no message" % bad_record)
     return out
 
 

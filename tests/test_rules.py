@@ -923,10 +923,15 @@ def test_out_of_bailiwick_records_and_what_explains_the_others(tmp_path):
     m = batch.messages
     last = int(np.flatnonzero((m["rr_count"] > 0) & (m["sport"] != 5353) & (m["dport"] != 5353))[-1])
     record = int(m["rr_start"][last] + m["rr_count"][last] - 1)
+    block = np.arange(m["rr_start"][last], record + 1)
+    # the record through which the message is reached: its first in need of explaining
+    reached = int(block[(batch.rrs["section"][block] != 1) & (batch.rrs["type"][block] != 41)][0])
     for table, row, field, value in [("messages", last, "rr_start", len(batch.rrs)),
                                      ("messages", last, "qname_off", len(batch.arena)),
                                      ("rrs", record, "rdata_off", len(batch.arena)),
-                                     ("rrs", record, "name_len", len(batch.arena))]:
+                                     ("rrs", record, "name_len", len(batch.arena)),
+                                     ("rrs", reached, "msg", len(m)),       # no such message
+                                     ("rrs", reached, "msg", 0)]:           # a message it is not in
         messages, rrs = batch.messages.copy(), batch.rrs.copy()
         (messages if table == "messages" else rrs)[row][field] = value
         with pytest.raises(ValueError, match="outside"):
