@@ -2597,11 +2597,11 @@ cdef inline uint64_t probe(const uint64_t *slots, uint64_t mask, uint64_t k) noe
     return slot
 
 
-DEF GROUP_SLOTS_START = 8192
 # Slots a grouping starts with (128 KiB, an L2 cache's share): grouping tables grow with the
 # groups found, not the rows given. Most callers fold many rows into few groups (answer
 # records into distinct records, messages into minutes); a table sized for every row was
 # mostly empty, cleared for nothing and probed across megabytes.
+DEF GROUP_SLOTS_START = 8192
 
 
 cdef uint64_t *grown_slots(uint64_t *slots, uint64_t cap, const uint64_t[::1] keys,
