@@ -3149,6 +3149,12 @@ cdef bint authority_explained(const uint8_t[::1] a, const RRRow *rr, uint32_t r,
 DEF MDNS_PORT = 5353
 
 
+cdef inline bint needs_explaining(const RRRow *r) noexcept nogil:
+    """An authority or additional record that carries data: OPT (41), TSIG (250) and
+    SIG(0) (24) are the transport's, answers are what was asked."""
+    return r.section != 1 and r.type != 41 and r.type != 250 and r.type != 24
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
@@ -3177,7 +3183,7 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
     cdef double[::1] o = out
     with nogil:
         while j < nr:
-            if rr[j].section == 1 or rr[j].type == 41 or rr[j].type == 250 or rr[j].type == 24:
+            if not needs_explaining(&rr[j]):
                 j += 1
                 continue
             if rr[j].msg >= <uint64_t>n:
@@ -3209,7 +3215,7 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
             rl = ql - mr.regdom_off if mr.regdom_off < ql else ql
             strays = 0
             for r in range(first, last):
-                if rr[r].section == 1 or rr[r].type == 41 or rr[r].type == 250 or rr[r].type == 24:
+                if not needs_explaining(&rr[r]):
                     continue
                 no, nl = rr[r].name_off, rr[r].name_len
                 if rr[r].section == 2:
