@@ -95,4 +95,4 @@ readme: build
 	$(PY) tools/gen_field_reference.py --write
 
 clean:
-	rm -rf build $(VENV) sensor/*.so ext/*.c .hypothesis demo.db demo.db-wal demo.db-shm
+	rm -rf build $(VENV) sensor/*.so sensor/capture/*.so ext/*.c .hypothesis demo.db demo.db-wal demo.db-shm

@@ -106,7 +106,7 @@ class Limits:
 
     # Capture reading.
     frames_per_read: int = 8192
-    """Frames taken from libpcap in one next_batch() call and parsed at once, while the
+    """Frames taken from libpcap in one read and parsed at once, while the
     copy libpcap just made is still in the CPU's caches (about 1 MB of frames)."""
     messages_per_batch: int = 65536
     """Parsed messages gathered into one batch before tracking, features and rules run

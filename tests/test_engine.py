@@ -821,6 +821,84 @@ def test_capture_files_read_through_a_larger_buffer_give_the_same_frames(tmp_pat
         writer.wait()
 
 
+def _next_batch_frames(path: Path) -> tuple[list[bytes], np.ndarray]:
+    """Every frame of a capture and its (seconds, microseconds, caplen), as pcapy-ng's own
+    next_batch() gives them."""
+    reader = pcapy.open_offline(str(path))
+    frames, rows = [], []
+    while True:
+        blob, meta = reader.next_batch(5)
+        if not meta:
+            break
+        table = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
+        frames += [blob[off:off + caplen] for off, caplen in zip(table[:, 2], table[:, 3])]
+        rows.append(table[:, [0, 1, 3]])
+    reader.close()
+    return frames, np.concatenate(rows)
+
+
+def _read_frames_split(path: Path, frames_per_read: int) -> tuple[list[bytes], np.ndarray, list[int]]:
+    got = list(read_frames(str(path), frames_per_read))
+    frames = [fb.blob[off:off + caplen] for fb in got for off, caplen in zip(fb.meta[:, 2], fb.meta[:, 3])]
+    for fb in got:      # the frames lie back to back, each batch's from its blob's start
+        assert isinstance(fb.blob, bytes) and fb.meta.dtype == np.uint32
+        assert list(fb.meta[:, 2]) == list(np.cumsum(fb.meta[:, 3]) - fb.meta[:, 3])
+        assert len(fb.blob) == int(fb.meta[:, 3].sum())
+    return frames, np.concatenate([fb.meta[:, [0, 1, 3]] for fb in got]), [(len(fb.meta), len(fb.blob)) for fb in got]
+
+
+@pytest.mark.parametrize("batch_bytes", [offline.FRAME_BATCH_BYTES, 300])
+def test_frames_read_on_the_libpcap_handle_are_next_batchs(monkeypatch, batch_bytes):
+    """read_frames() calls pcap_next_ex on the handle pcapy-ng opened and copies each frame
+    once. Every frame, timestamp and length must be what next_batch() gives, also when a
+    batch's bytes run out: a frame larger than what is left opens the next batch, and one
+    larger than a whole batch gets a batch of its own."""
+    monkeypatch.setattr(offline, "FRAME_BATCH_BYTES", batch_bytes)
+    captures = [BASELINE, DATA / "dnscap-tcp-msgs-straddle-segments.pcap", DATA / "lab-resolver.pcap"]
+    captures += sorted(SHARED_PCAPS.glob("chrissanders-*.pcapng"))[:2]
+    for path in captures:
+        reader = pcapy.open_offline(str(path))
+        assert offline._FrameSource(reader).frames is not None, "the libpcap handle was not found"
+        reader.close()
+        want, want_meta = _next_batch_frames(path)
+        frames, meta, batches = _read_frames_split(path, 64)
+        assert frames == want and np.array_equal(meta, want_meta), path.name
+        assert all(0 < count <= 64 and (size <= batch_bytes or count == 1) for count, size in batches)
+        if int(want_meta[:, 2].max()) > batch_bytes:
+            assert (1, int(want_meta[:, 2].max())) in batches, path.name     # the largest frame sat alone
+        if batch_bytes > 1000:
+            assert [count for count, _ in batches[:-1]] == [64] * (len(batches) - 1)
+    assert batch_bytes > 1000 or len(batches) > len(want) / 64 + 1     # bytes cut the batches
+
+
+def test_frames_read_through_next_batch_where_the_handle_is_not_found(monkeypatch, tmp_path):
+    """A pcapy-ng of another layout leaves only next_batch(): the same frames, and a capture
+    cut short still gives every frame before the cut (next_batch drops those, so they are
+    read again one by one)."""
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((DATA / "lab-resolver.pcap").read_bytes()[:-10])
+
+    def all_frames(path):
+        got = []
+        with pytest.raises(CaptureError, match=r"cut.pcap: truncated dump file.*\(after frame (\d+)\)") as error:
+            for fb in read_frames(str(path), 100):
+                got.append(fb)
+        return [fb.blob[o:o + c] for fb in got for o, c in zip(fb.meta[:, 2], fb.meta[:, 3])], str(error.value)
+
+    direct, direct_error = all_frames(cut)
+    monkeypatch.setattr(offline, "_handle", lambda reader: None)
+    reader = pcapy.open_offline(str(BASELINE))
+    assert offline._FrameSource(reader).frames is None
+    reader.close()
+    frames, meta, batches = _read_frames_split(BASELINE, 7)
+    want, want_meta = _next_batch_frames(BASELINE)
+    assert frames == want and np.array_equal(meta, want_meta)
+    assert [count for count, _ in batches[:-1]] == [7] * (len(batches) - 1)
+    fallback, fallback_error = all_frames(cut)
+    assert fallback == direct and fallback_error == direct_error
+    assert len(direct) > 1800
+
+
 def test_a_capture_cut_short_among_others_ends_alone(tmp_path):
     """Merged with two whole captures, one cut short midway: the others are replayed to their
     end, the cut one up to its cut, and the result names it."""

@@ -10,6 +10,10 @@ small archive is decompressed here instead, into an in-memory file.
 libpcap reads a capture file through C stdio, whose buffer is the file's block size
 (4 KiB): one read() system call for every 4 KiB. A plain capture file gets a buffer of
 SAVEFILE_BUFFER_BYTES instead (_enlarge_stdio_buffer).
+
+pcapy-ng opens the file; its frames are then read on that libpcap handle by the compiled
+FrameReader (pcap_next_ex, one copy of each frame into the batch), where next_batch()
+copied each twice more: 72 -> 51 ms a million frames of bench/parse.py's capture.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 import pcapy
 
+from sensor.capture._frames import READ_ERROR, READ_MORE, FrameReader
 from sensor.errors import CaptureError
 from sensor.heap import glibc
 
@@ -56,6 +61,10 @@ SAVEFILE_BUFFER_BYTES = 1 << 20
 """The stdio buffer libpcap reads a plain capture file through. With libpcap's own
 (4 KiB) a third of the time spent reading a file of DNS frames went into read() calls
 (bench/parse.py, 'libpcap reading the file': 0.077 -> 0.053 us a frame with 1 MiB)."""
+FRAME_BATCH_BYTES = 4 << 20
+"""Bytes of frames read into one batch at most (besides frames_per_read): a capture of
+full-size frames gives batches of about 2 800 of them. A single larger frame (snaplen
+allows 256 KiB) gets a batch of its own."""
 PCAPY_READER_FIELDS_BYTES = 88
 """What pcapy-ng 2.x's Reader object holds after the object header: the pcap_t pointer
 first, then the network, mask and filter counters. A Reader of another size is of another
@@ -254,7 +263,7 @@ def _open(path: str) -> tuple[Any, _Inflater | _Decompressed | None]:
 
 
 @functools.cache
-def _stdio_calls() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
+def _libpcap_calls() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     """(libpcap as pcapy-ng loaded it, glibc) through ctypes, or None where either is not
     at hand or pcapy-ng is not of the layout PCAPY_READER_FIELDS_BYTES describes."""
     try:
@@ -275,10 +284,25 @@ def _stdio_calls() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
         pcap.pcap_file.restype = ctypes.c_void_p
         pcap.pcap_file.argtypes = (ctypes.c_void_p,)
         pcap.pcap_get_selectable_fd.argtypes = (ctypes.c_void_p,)
+        pcap.pcap_geterr.restype = ctypes.c_char_p
+        pcap.pcap_geterr.argtypes = (ctypes.c_void_p,)
+        pcap.pcap_next_ex.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
         libc.setvbuf.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
     except (OSError, AttributeError):
         return None
     return pcap, libc
+
+
+def _handle(reader: Any) -> int | None:
+    """The pcap_t under a pcapy-ng reader, or None where its layout is not the known one
+    (checked twice: the object's size, then that the pointer gives the reader's own fd)."""
+    calls = _libpcap_calls()
+    if calls is None or type(reader).__basicsize__ != object.__basicsize__ + PCAPY_READER_FIELDS_BYTES:
+        return None
+    handle = ctypes.c_void_p.from_address(id(reader) + object.__basicsize__).value
+    if not handle or calls[0].pcap_get_selectable_fd(handle) != reader.getfd():
+        return None
+    return handle
 
 
 def _enlarge_stdio_buffer(reader: Any, path: str) -> ctypes.Array | None:
@@ -286,20 +310,45 @@ def _enlarge_stdio_buffer(reader: Any, path: str) -> ctypes.Array | None:
     SAVEFILE_BUFFER_BYTES. Returns the buffer, which must outlive the reader, or None
     where it was not done (only speed differs). Never for a pipe: glibc moves the file
     offset back over what its old buffer held unread, which a pipe cannot do."""
-    calls = _stdio_calls()
-    if calls is None or not os.path.isfile(path) or is_stream(path):
+    handle = _handle(reader)
+    if handle is None or not os.path.isfile(path) or is_stream(path):
         return None
-    if type(reader).__basicsize__ != object.__basicsize__ + PCAPY_READER_FIELDS_BYTES:
-        return None
-    pcap, libc = calls
-    handle = ctypes.c_void_p.from_address(id(reader) + object.__basicsize__).value
-    if not handle or pcap.pcap_get_selectable_fd(handle) != reader.getfd():
-        return None
+    pcap, libc = _libpcap_calls()
     stream = pcap.pcap_file(handle)
     buffer = ctypes.create_string_buffer(SAVEFILE_BUFFER_BYTES)
     if not stream or libc.setvbuf(stream, buffer, 0, SAVEFILE_BUFFER_BYTES) != 0:    # 0: _IOFBF
         return None
     return buffer
+
+
+class _FrameSource:
+    """Batches of frames from a pcapy-ng reader: through FrameReader on its libpcap handle,
+    which copies each frame once, or through next_batch() where the handle is not at hand."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.handle = _handle(reader)
+        self.frames = None
+        if self.handle is not None:
+            pcap = _libpcap_calls()[0]
+            self.frames = FrameReader(ctypes.cast(pcap.pcap_next_ex, ctypes.c_void_p).value, self.handle)
+
+    def read(self, frames_per_read: int) -> tuple[bytes, np.ndarray, str | None]:
+        """(blob, meta, failure): an empty meta ends the capture; failure is libpcap's error,
+        with the frames read before it in blob and meta (read() gives no more after it)."""
+        if self.frames is None:
+            try:
+                blob, meta = self.reader.next_batch(frames_per_read)
+            except pcapy.PcapError as e:
+                return b"", np.empty((0, 4), np.uint32), _explained(e)
+            return blob, np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4), None
+        while True:
+            blob, meta, status = self.frames.read(frames_per_read, FRAME_BATCH_BYTES)
+            if status == READ_ERROR:
+                message = _libpcap_calls()[0].pcap_geterr(self.handle).decode(errors="replace")
+                return blob, meta, _explained(Exception(message))
+            if meta.shape[0] or status != READ_MORE:
+                return blob, meta, None
 
 
 def _close(reader: Any, inflater: _Inflater | _Decompressed | None) -> str | None:
@@ -312,29 +361,26 @@ def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
     reader, inflater = _open(path)
     stdio_buffer = _enlarge_stdio_buffer(reader, path) if inflater is None else None
     linktype = reader.datalink()
+    source = _FrameSource(reader)
     first = 1
     consumed = 0
     failure = None
     try:
         while True:
-            try:
-                blob, meta = reader.next_batch(frames_per_read)
-            except pcapy.PcapError as e:
-                failure = _explained(e)
+            blob, table, failure = source.read(frames_per_read)
+            if table.shape[0]:
+                if inflater is None:
+                    source_bytes = len(blob) + PCAP_RECORD_HEADER * table.shape[0]
+                else:
+                    source_bytes, consumed = inflater.consumed - consumed, inflater.consumed
+                yield FrameBatch(blob, table, linktype, first, source_bytes)
+                first += table.shape[0]
+            if failure is not None or not table.shape[0]:
                 break
-            if not meta:
-                break
-            table = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
-            if inflater is None:
-                source = len(blob) + PCAP_RECORD_HEADER * table.shape[0]
-            else:
-                source, consumed = inflater.consumed - consumed, inflater.consumed
-            yield FrameBatch(blob, table, linktype, first, source)
-            first += table.shape[0]
     finally:
         why = _close(reader, inflater)      # a decompressor's error explains libpcap's
         del stdio_buffer                    # libpcap's FILE, closed now, read through it
-    if failure is not None:
+    if failure is not None and source.frames is None:
         # next_batch() drops the frames it had read when it meets a record cut short (a
         # capture whose writer was killed): read that last stretch again frame by frame
         # so none of them is lost.
