@@ -4,7 +4,8 @@ Each handle has a large kernel ring, the BPF filter for the DNS ports plus IP
 fragments, and joins the interface's PACKET_FANOUT group in hash mode with
 the defragment flag, so a query and its response (and the fragments of a
 datagram, reassembled by the kernel) land in the same worker. Reads are
-non-blocking behind select() so a quiet link never holds up a shutdown.
+non-blocking behind select() so a quiet link never holds up a shutdown, and go
+through FrameSource, as a file's do: one copy of each frame out of the ring.
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import os
 import select
 from collections.abc import Iterable
 
-import numpy as np
 import pcapy
 
-from sensor.capture.offline import FrameBatch
+from sensor.capture.offline import FrameBatch, FrameSource
 from sensor.errors import CaptureError
 
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
@@ -71,6 +71,8 @@ class LiveCapture:
         except (pcapy.PcapError, pcapy.BPFError, OSError) as e:
             raise CaptureError(f"{interface}: {e}") from None
         self.handle = h
+        self.source = FrameSource(h)
+        self._failure: str | None = None
         self.linktype = linktype
         self.fd = h.getfd()
         self.frames = 0
@@ -85,17 +87,18 @@ class LiveCapture:
             raise CaptureError(f"{self.interface}: {e}") from None
 
     def read(self, max_frames: int, timeout_s: float) -> FrameBatch | None:
-        """Up to max_frames frames, or None when nothing came within timeout_s."""
+        """Up to max_frames frames, or None when nothing came within timeout_s. libpcap's
+        error is raised (CaptureError) after the frames read before it are given."""
+        if self._failure is not None:
+            raise CaptureError(f"{self.interface}: {self._failure}")
         readable, _, _ = select.select([self.fd], [], [], timeout_s)
         if not readable:
             return None
-        try:
-            blob, meta = self.handle.next_batch(max_frames)
-        except pcapy.PcapError as e:
-            raise CaptureError(f"{self.interface}: {e}") from None
-        if not meta:
+        blob, table, self._failure = self.source.read(max_frames)
+        if not table.shape[0]:
+            if self._failure is not None:
+                raise CaptureError(f"{self.interface}: {self._failure}")
             return None
-        table = np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4)
         batch = FrameBatch(blob, table, self.linktype, self.frames + 1)
         self.frames += table.shape[0]
         return batch

@@ -321,9 +321,10 @@ def _enlarge_stdio_buffer(reader: Any, path: str) -> ctypes.Array | None:
     return buffer
 
 
-class _FrameSource:
-    """Batches of frames from a pcapy-ng reader: through FrameReader on its libpcap handle,
-    which copies each frame once, or through next_batch() where the handle is not at hand."""
+class FrameSource:
+    """Batches of frames from a pcapy-ng handle (a file's or a live interface's): through
+    FrameReader on its libpcap handle, which copies each frame once, or through next_batch()
+    where the handle is not at hand."""
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
@@ -334,8 +335,8 @@ class _FrameSource:
             self.frames = FrameReader(ctypes.cast(pcap.pcap_next_ex, ctypes.c_void_p).value, self.handle)
 
     def read(self, frames_per_read: int) -> tuple[bytes, np.ndarray, str | None]:
-        """(blob, meta, failure): an empty meta ends the capture; failure is libpcap's error,
-        with the frames read before it in blob and meta (read() gives no more after it)."""
+        """(blob, meta, failure): an empty meta ends the capture (a live handle: no frame
+        waiting); failure is libpcap's error, with the frames read before it in blob and meta."""
         if self.frames is None:
             try:
                 blob, meta = self.reader.next_batch(frames_per_read)
@@ -361,7 +362,7 @@ def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
     reader, inflater = _open(path)
     stdio_buffer = _enlarge_stdio_buffer(reader, path) if inflater is None else None
     linktype = reader.datalink()
-    source = _FrameSource(reader)
+    source = FrameSource(reader)
     first = 1
     consumed = 0
     failure = None
