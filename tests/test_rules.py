@@ -908,15 +908,32 @@ def test_out_of_bailiwick_records_and_what_explains_the_others(tmp_path):
         r.add_ar(dnslib.RR("mail.hoster.test", rdata=dnslib.A("192.0.2.83")))
         r.add_ar(dnslib.RR("www.bank.test", rdata=dnslib.A("198.18.0.66")))
 
+    def edns_only(r) -> None:
+        r.add_answer(dnslib.RR("shop.example", rdata=dnslib.A("192.0.2.84")))
+        r.add_ar(dnslib.EDNS0(udp_len=1232))
+
+    def edns_and_a_stray(r) -> None:
+        edns_only(r)
+        r.add_ar(dnslib.RR("www.bank.test", rdata=dnslib.A("198.18.0.67")))
+
+    def opt_misplaced_and_a_stray(r) -> None:
+        # one additional record and an OPT: but the OPT sits among the answers, and the
+        # additional record is a stray
+        r.add_answer(dnslib.EDNS0(udp_len=1232))
+        r.add_ar(dnslib.RR("www.bank.test", rdata=dnslib.A("198.18.0.68")))
+
     respond("www.shop.example", cname_chain)
     respond("www.shop.example", tld_referral)
     respond("shop.example", mx_glue_and_a_stray)
     announce = query("printer.local", txid=0).reply()     # mDNS: bailiwick does not apply
     mx_glue_and_a_stray(announce)
     conv.send(announce.pack(), "192.0.2.60", "224.0.0.251", 5353, 5353)
+    for build in (edns_only, edns_and_a_stray, opt_misplaced_and_a_stray):
+        respond("shop.example", build)
     batch = parse_file(str(conv.write(tmp_path / "bailiwick.pcap")))
     strays = _out_of_bailiwick(batch)[batch.messages["qr"] == 1].tolist()
-    assert strays == [0.0, 1.0, 1.0, 0.0]   # the TXT under the TLD zone, the address of www.bank.test
+    # the TXT under the TLD zone, the address of www.bank.test (each time)
+    assert strays == [0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
 
     # Rows pointing outside the record table or the arena are refused, not read.
     from sensor import _core
