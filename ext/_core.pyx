@@ -3780,6 +3780,35 @@ cdef class KeyIndex:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
+    def fold_times(self, const uint64_t[::1] values, const double[::1] ts, double[::1] first,
+                   double[::1] last, int64_t[::1] count):
+        """A table's rows held by row of this index (first, last and count seen): each value
+        held counts once into its row, its ts widening the row's first and last. Returns
+        the positions of the values not held, in order."""
+        cdef Py_ssize_t n = values.shape[0], i, nmissing = 0
+        if ts.shape[0] != n:
+            raise ValueError("values and ts need one entry each")
+        if first.shape[0] < self._size or last.shape[0] < self._size or count.shape[0] < self._size:
+            raise ValueError("first, last and count need a row for every key held")
+        missing_arr = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] missing = missing_arr
+        cdef int64_t r
+        with nogil:
+            for i in range(n):
+                r = <int64_t>self._slots[2 * probe(self._slots, self._mask, values[i]) + 1] - 1
+                if r < 0:
+                    missing[nmissing] = i
+                    nmissing += 1
+                    continue
+                if ts[i] < first[r]:
+                    first[r] = ts[i]
+                if ts[i] > last[r]:
+                    last[r] = ts[i]
+                count[r] += 1
+        return missing_arr[:nmissing]
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     def add(self, const uint64_t[::1] values):
         """The row of each value, keys not held taking the next rows in order of first
         appearance. Returns (rows, first): first is, for each new row, the position in

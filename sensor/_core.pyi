@@ -139,6 +139,10 @@ class KeyIndex:
         """The keys by row (a view, valid until the next add)."""
     def find(self, values: np.ndarray) -> np.ndarray:
         """Row of each value, -1 where it is not held."""
+    def fold_times(self, values: np.ndarray, ts: np.ndarray, first: np.ndarray, last: np.ndarray,
+                   count: np.ndarray) -> np.ndarray:
+        """Count each held value into its row of first/last/count (by this index's rows), ts
+        widening first and last; returns the positions of the values not held."""
     def add(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row of each value, position of each new key's first appearance): keys not held
         take the next rows in order of first appearance."""

@@ -1452,6 +1452,41 @@ def test_seen_counts_keep_first_last_and_count_up_to_the_limit(batches, limit):
     assert dropped + sum(h[2] for h in held.values()) == sum(n for rows in batches for _, _, n in rows)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 100)), max_size=30), max_size=6),
+       st.integers(0, 14))
+def test_seen_counts_fold_sightings_of_held_keys_in_place(batches, limit):
+    """A batch's sightings (one row each, keys repeating) of keys the table holds are
+    counted into their rows in one pass, first and last widened by each; the positions of
+    the others come back in order, and grouped and added they leave the table as grouping
+    every sighting first did."""
+    from sensor.engine.aggregate import SeenCounts, _group_times
+    table, held = SeenCounts(), {}
+    for rows in batches:
+        keys = np.array([k for k, _ in rows], dtype=np.uint64)
+        ts = np.array([t for _, t in rows], dtype=np.float64)
+        rest = table.fold(keys, ts)
+        assert rest.tolist() == [i for i, (k, _) in enumerate(rows) if k not in held]
+        for k, t in rows:
+            if k in held:
+                h = held[k]
+                h[0], h[1], h[2] = min(h[0], t), max(h[1], t), h[2] + 1
+        grouped, _, counts, first, last = _group_times(keys[rest], ts[rest])
+        table.add(grouped, first, last, counts, limit)
+        for k in grouped.tolist():
+            if len(held) < limit:
+                mine = [t for key, t in rows if key == k]
+                held[k] = [min(mine), max(mine), len(mine)]
+    assert {k: [f, l, c] for k, f, l, c in zip(table.keys.tolist(), table.first.tolist(),
+                                               table.last.tolist(), table.count.tolist())} == held
+    index = table._key_index()
+    with pytest.raises(ValueError, match="one entry each"):
+        index.fold_times(np.zeros(2, dtype=np.uint64), np.zeros(1), table.first, table.last, table.count)
+    if len(table):
+        with pytest.raises(ValueError, match="a row for every key held"):
+            index.fold_times(table.keys, table.first, table.first[:-1], table.last, table.count)
+
+
 def test_merged_seen_counts_keep_text_only_for_the_rows_they_hold():
     """A worker whose writer lags merges each shipment into the one it holds: rows beyond
     the limit are dropped and counted, and their text must go with them (it was kept, and

@@ -206,6 +206,16 @@ class SeenCounts(KeyIndexed):
         if "group" not in state:
             self.group = np.zeros(len(self.keys), dtype=np.uint64)
 
+    def fold(self, keys: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Count each row (one sighting, at ts) whose key is held into its stored row, in
+        place and in one compiled pass; returns the positions of the rows whose key is not
+        held, for add()."""
+        keys = np.ascontiguousarray(keys, dtype=np.uint64)
+        if not len(self.keys):
+            return np.arange(len(keys))
+        return self._key_index().fold_times(keys, np.ascontiguousarray(ts, dtype=np.float64),
+                                            self.first, self.last, self.count)
+
     def add(self, keys: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray,
             limit: int, group: np.ndarray | None = None) -> tuple[int, np.ndarray]:
         """Fold rows with distinct keys in: stored rows are updated in place, new ones
@@ -680,8 +690,13 @@ class Accumulator:
         """Fold one batch's rows into `table`; text is built only for keys never seen
         before (`known`, which takes them in), by `identities` over their first rows, and
         `groups` gives those rows' registered domains (hashed) for a fair share past the
-        limit."""
-        keys, first_idx, counts, first, last = _group_times(row_keys, ts)
+        limit. Rows of keys the table holds (most, between two takes) are counted in place
+        first; only the others are grouped."""
+        rest = table.fold(row_keys, ts)
+        if not len(rest):
+            return
+        keys, first_idx, counts, first, last = _group_times(row_keys[rest], ts[rest])
+        first_idx = rest[first_idx]
         before = len(known)
         new = known.add(keys)[0] >= before
         if new.any():
