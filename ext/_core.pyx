@@ -3782,9 +3782,9 @@ cdef class KeyIndex:
     @cython.wraparound(False)
     def fold_times(self, const uint64_t[::1] values, const double[::1] ts, double[::1] first,
                    double[::1] last, int64_t[::1] count):
-        """A table's rows held by row of this index (first, last and count seen): each value
-        held counts once into its row, its ts widening the row's first and last. Returns
-        the positions of the values not held, in order."""
+        """first, last and count are a table's columns, one row per key of this index (in
+        its row order): each value held counts once into its key's row, its ts widening
+        the row's first and last. Returns the positions of the values not held, in order."""
         cdef Py_ssize_t n = values.shape[0], i, nmissing = 0
         if ts.shape[0] != n:
             raise ValueError("values and ts need one entry each")

@@ -858,7 +858,7 @@ def test_frames_read_on_the_libpcap_handle_are_next_batchs(monkeypatch, batch_by
     captures += sorted(SHARED_PCAPS.glob("chrissanders-*.pcapng"))[:2]
     for path in captures:
         reader = pcapy.open_offline(str(path))
-        assert offline.FrameSource(reader).frames is not None, "the libpcap handle was not found"
+        assert offline.FrameSource(reader).frame_reader is not None, "the libpcap handle was not found"
         reader.close()
         want, want_meta = _next_batch_frames(path)
         frames, meta, batches = _read_frames_split(path, 64)
@@ -888,7 +888,7 @@ def test_frames_read_through_next_batch_where_the_handle_is_not_found(monkeypatc
     direct, direct_error = all_frames(cut)
     monkeypatch.setattr(offline, "_handle", lambda reader: None)
     reader = pcapy.open_offline(str(BASELINE))
-    assert offline.FrameSource(reader).frames is None
+    assert offline.FrameSource(reader).frame_reader is None
     reader.close()
     frames, meta, batches = _read_frames_split(BASELINE, 7)
     want, want_meta = _next_batch_frames(BASELINE)

@@ -213,7 +213,7 @@ from sensor.capture import offline
 from sensor.capture.live import LiveCapture
 offline.FRAME_BATCH_BYTES = int(sys.argv[4])
 cap = LiveCapture(sys.argv[2], [53], 4 << 20)
-print(json.dumps({"frame_reader": cap.source.frames is not None}), flush=True)
+print(json.dumps({"frame_reader": cap.source.frame_reader is not None}), flush=True)
 sys.stdin.readline()                # every query is in the ring by now
 names, batches = [], []
 deadline = time.monotonic() + 30

@@ -225,7 +225,7 @@ def _compression(path: str) -> str | None:
     return None
 
 
-def _explained(error: Exception) -> str:
+def _explained(error: Exception | str) -> str:
     message = str(error)
     if "different from the type of the first interface" in message:
         message += " (libpcap reads a pcapng file only when all its interfaces share one link type)"
@@ -329,25 +329,25 @@ class FrameSource:
     def __init__(self, reader: Any) -> None:
         self.reader = reader
         self.handle = _handle(reader)
-        self.frames = None
+        self.frame_reader = None
         if self.handle is not None:
             pcap = _libpcap_calls()[0]
-            self.frames = FrameReader(ctypes.cast(pcap.pcap_next_ex, ctypes.c_void_p).value, self.handle)
+            self.frame_reader = FrameReader(ctypes.cast(pcap.pcap_next_ex, ctypes.c_void_p).value, self.handle)
 
     def read(self, frames_per_read: int) -> tuple[bytes, np.ndarray, str | None]:
         """(blob, meta, failure): an empty meta ends the capture (a live handle: no frame
         waiting); failure is libpcap's error, with the frames read before it in blob and meta."""
-        if self.frames is None:
+        if self.frame_reader is None:
             try:
                 blob, meta = self.reader.next_batch(frames_per_read)
             except pcapy.PcapError as e:
                 return b"", np.empty((0, 4), np.uint32), _explained(e)
             return blob, np.frombuffer(meta, dtype=np.uint32).reshape(-1, 4), None
         while True:
-            blob, meta, status = self.frames.read(frames_per_read, FRAME_BATCH_BYTES)
+            blob, meta, status = self.frame_reader.read(frames_per_read, FRAME_BATCH_BYTES)
             if status == READ_ERROR:
                 message = _libpcap_calls()[0].pcap_geterr(self.handle).decode(errors="replace")
-                return blob, meta, _explained(Exception(message))
+                return blob, meta, _explained(message)
             if meta.shape[0] or status != READ_MORE:
                 return blob, meta, None
 
@@ -381,7 +381,7 @@ def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
     finally:
         why = _close(reader, inflater)      # a decompressor's error explains libpcap's
         del stdio_buffer                    # libpcap's FILE, closed now, read through it
-    if failure is not None and source.frames is None:
+    if failure is not None and source.frame_reader is None:
         # next_batch() drops the frames it had read when it meets a record cut short (a
         # capture whose writer was killed): read that last stretch again frame by frame
         # so none of them is lost.
