@@ -3767,6 +3767,10 @@ cdef class KeyIndex:
         self._slots_arr, self._slots, self._mask = slots_arr, slots, mask
         return 0
 
+    cdef inline int64_t row_of(self, uint64_t k) noexcept nogil:
+        """The row of key k, -1 when it is not held."""
+        return <int64_t>self._slots[2 * probe(self._slots, self._mask, k) + 1] - 1
+
     @cython.boundscheck(False)
     @cython.wraparound(False)
     def find(self, const uint64_t[::1] values):
@@ -3775,7 +3779,7 @@ cdef class KeyIndex:
         out_arr = np.empty(n, dtype=np.int64)
         cdef int64_t[::1] out = out_arr
         for i in range(n):
-            out[i] = <int64_t>self._slots[2 * probe(self._slots, self._mask, values[i]) + 1] - 1
+            out[i] = self.row_of(values[i])
         return out_arr
 
     @cython.boundscheck(False)
@@ -3795,7 +3799,7 @@ cdef class KeyIndex:
         cdef int64_t r
         with nogil:
             for i in range(n):
-                r = <int64_t>self._slots[2 * probe(self._slots, self._mask, values[i]) + 1] - 1
+                r = self.row_of(values[i])
                 if r < 0:
                     missing[nmissing] = i
                     nmissing += 1

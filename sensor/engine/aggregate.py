@@ -210,10 +210,8 @@ class SeenCounts(KeyIndexed):
         """Count each row (one sighting, at ts) whose key is held into its stored row, in
         place and in one compiled pass; returns the positions of the rows whose key is not
         held, for add()."""
-        keys = np.ascontiguousarray(keys, dtype=np.uint64)
-        if not len(self.keys):
-            return np.arange(len(keys))
-        return self._key_index().fold_times(keys, np.ascontiguousarray(ts, dtype=np.float64),
+        return self._key_index().fold_times(np.ascontiguousarray(keys, dtype=np.uint64),
+                                            np.ascontiguousarray(ts, dtype=np.float64),
                                             self.first, self.last, self.count)
 
     def add(self, keys: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray,
