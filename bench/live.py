@@ -83,6 +83,14 @@ def enter_netns(name: str) -> None:
     setns(name)
 
 
+def share(frames: list[bytes], k: int, senders: int) -> list[bytes]:
+    """Sender k's part of the capture: every senders-th query/response pair, whole and in
+    order. Frames dealt one by one would put each query and its response in different
+    senders, and unpaced senders drift apart: responses would come before their queries
+    (unsolicited, and mismatched to the rules), which a resolver's link does not do."""
+    return [f for j in range(2 * k, len(frames), 2 * senders) for f in frames[j:j + 2]]
+
+
 def sender(frames: list[bytes], rate: float, total: int, time_bound_s: float, start_at: float,
            out: mp.Queue) -> None:
     """Send `total` frames (cycling) at `rate` per second, paced per millisecond, giving up
@@ -142,10 +150,46 @@ def sensor_counts(db: Path) -> dict[str, int]:
         conn.close()
 
 
-def totals(db: Path) -> dict[str, int]:
+def totals(db: Path) -> dict:
     stages = sensor_counts(db)
     return {"packets": stages.pop("packets"), "kernel_dropped": stages.pop("kernel_dropped"),
-            "internal_dropped": sum(stages.values())}
+            "internal_dropped": sum(stages.values()), "stages": stages}
+
+
+def settled(db: Path, expected_packets: int) -> dict:
+    """The sensor's totals once it has read `expected_packets` or its count stopped moving:
+    a backlog still in the rings is late, not lost, and must not count as a loss."""
+    time.sleep(SETTLE_S)
+    now = totals(db)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while now["packets"] < expected_packets and time.monotonic() < deadline:
+        time.sleep(SETTLE_S)
+        later = totals(db)
+        if later["packets"] == now["packets"]:
+            return later
+        now = later
+    return now
+
+
+def stage_drops(before: dict, after: dict) -> dict[str, int]:
+    """Internal drops between two readings, by stage (only the stages that dropped)."""
+    out = {k: n - before["stages"].get(k, 0) for k, n in after["stages"].items()}
+    return {k: n for k, n in out.items() if n}
+
+
+def tracking(db: Path) -> dict[str, int]:
+    """The tracker's totals over the whole run: a bench that reorders or loses its own
+    traffic shows here as unsolicited or mismatched responses."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT coalesce(sum(responses), 0), coalesce(sum(unanswered), 0), "
+                           "coalesce(sum(unsolicited), 0), coalesce(sum(mismatched), 0) "
+                           "FROM stats WHERE leg != 'sensor'").fetchone()
+        return dict(zip(("responses", "unanswered", "unsolicited", "mismatched"), row))
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        conn.close()
 
 
 def worker_table(db: Path) -> dict[str, tuple[int, str]]:
@@ -174,7 +218,7 @@ def send_all(frames: list[bytes], count: int, senders: int) -> int:
     q: mp.Queue = mp.Queue()
     start_at = time.time() + 0.3
     per_sender = count // senders
-    procs = [mp.Process(target=sender, args=(frames[k::senders], 1e9, per_sender, DRAIN_TIMEOUT_S, start_at, q))
+    procs = [mp.Process(target=sender, args=(share(frames, k, senders), 1e9, per_sender, DRAIN_TIMEOUT_S, start_at, q))
              for k in range(senders)]
     for p in procs:
         p.start()
@@ -226,7 +270,7 @@ def drain(db: Path, frames: list[bytes], count: int, senders: int) -> dict:
     read = after["packets"] - before["packets"]
     return {"sent": sent, "read": read, "kernel_dropped": after["kernel_dropped"] - before["kernel_dropped"],
             "internal_dropped": after["internal_dropped"] - before["internal_dropped"],
-            "cpu_s": round(used, 3), "wall_s": round(wall, 3),
+            "internal_by_stage": stage_drops(before, after), "cpu_s": round(used, 3), "wall_s": round(wall, 3),
             "per_core_pps": round(read / used) if used > 0 else None,
             "drain_pps": round(read / wall) if wall > 0 else None}
 
@@ -250,7 +294,7 @@ def measure(workers: int, frames: list[bytes], rates: list[int], seconds: float,
             before = totals(db)
             q: mp.Queue = mp.Queue()
             start_at = time.time() + 0.3
-            procs = [mp.Process(target=sender, args=(frames[k::senders], rate / senders,
+            procs = [mp.Process(target=sender, args=(share(frames, k, senders), rate / senders,
                                                      int(rate / senders * seconds), seconds * 3, start_at, q))
                      for k in range(senders)]
             for p in procs:
@@ -260,19 +304,19 @@ def measure(workers: int, frames: list[bytes], rates: list[int], seconds: float,
                 p.join()
             sent = sum(r[0] for r in results)
             achieved = sent / max(r[1] for r in results)
-            time.sleep(SETTLE_S)
-            after = totals(db)
+            after = settled(db, before["packets"] + sent)
             step = {"rate": rate, "sent": sent, "achieved_pps": round(achieved),
                     "read": after["packets"] - before["packets"],
                     "kernel_dropped": after["kernel_dropped"] - before["kernel_dropped"],
-                    "internal_dropped": after["internal_dropped"] - before["internal_dropped"]}
+                    "internal_dropped": after["internal_dropped"] - before["internal_dropped"],
+                    "internal_by_stage": stage_drops(before, after)}
             step["clean"] = (step["kernel_dropped"] == 0 and step["internal_dropped"] == 0
                              and step["read"] == sent)
             steps.append(step)
             print(f"  workers {workers}: target {rate:>9,} pps  achieved {step['achieved_pps']:>9,}  "
                   f"sent {sent:>9,}  read {step['read']:>9,}  kernel drops {step['kernel_dropped']:>7,}  "
-                  f"internal drops {step['internal_dropped']:>5,}  {'clean' if step['clean'] else 'LOSS'}",
-                  flush=True)
+                  f"internal drops {step['internal_dropped']:>5,}  {'clean' if step['clean'] else 'LOSS'}"
+                  f"{'  ' + str(step['internal_by_stage']) if step['internal_by_stage'] else ''}", flush=True)
             if not step["clean"] or achieved < rate * 0.9:
                 break
         # the first drain after the sweep still meets names and clients for the first time
@@ -284,13 +328,15 @@ def measure(workers: int, frames: list[bytes], rates: list[int], seconds: float,
         if drained is not None:
             print(f"  workers {workers}: drain of {drained.get('sent', 0):,} queued frames: "
                   f"read {drained.get('read', 0):,}, kernel drops {drained.get('kernel_dropped', 0):,}, "
-                  f"internal drops {drained.get('internal_dropped', 0):,}; "
+                  f"internal drops {drained.get('internal_dropped', 0):,} {drained.get('internal_by_stage') or ''}; "
                   f"{drained.get('per_core_pps') or 0:,} pps per core of worker CPU, "
                   f"{drained.get('drain_pps') or 0:,} pps wall", flush=True)
     finally:
         stop_sensor(proc, 60)
+    tracked = tracking(db)
+    print(f"  workers {workers}: tracking over the run: {tracked}", flush=True)
     clean = [s for s in steps if s["clean"]]
-    return {"max_clean_pps": max((s["achieved_pps"] for s in clean), default=0),
+    return {"tracking": tracked, "max_clean_pps": max((s["achieved_pps"] for s in clean), default=0),
             "max_sender_pps": max((s["achieved_pps"] for s in steps), default=0), "steps": steps,
             "drain": drained}
 
