@@ -3721,6 +3721,76 @@ def match_events(const uint64_t[::1] key, const double[::1] ts, const uint8_t[::
     return state_arr, rtt_arr, multi_arr, unmatched_arr[:nunmatched], open_arr[:nopen]
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def race_lookup(const uint64_t[::1] query_loose, const uint64_t[::1] query_key, const double[::1] query_ts,
+                const uint64_t[::1] resp_loose, const double[::1] resp_ts):
+    """For responses that matched no query (sensor.track.Tracker): whether a query with their
+    question (loose key: client, server and question, not id or port) is outstanding, and
+    the key of the query each raced: the latest with its question at or before it, else the
+    earliest after it (0 when none). Queries and responses must each be in time order (a
+    query goes before a response at equal times); returns None when they are not.
+
+    One pass through both in time order, over one hash table of the responses' questions:
+    a flood of spoofed answers is a few questions, looked up by every outstanding query."""
+    cdef Py_ssize_t nq = query_loose.shape[0], nr = resp_loose.shape[0], i, j
+    if query_key.shape[0] != nq or query_ts.shape[0] != nq or resp_ts.shape[0] != nr:
+        raise ValueError("query_loose, query_key and query_ts (and resp_loose and resp_ts) need one entry each")
+    for i in range(1, nq):
+        if query_ts[i] < query_ts[i - 1]:
+            return None
+    for i in range(1, nr):
+        if resp_ts[i] < resp_ts[i - 1]:
+            return None
+    slots_arr = new_slots(nr)
+    cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
+    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1), slot
+    slot_of_arr = np.empty(nr, dtype=np.int64)       # response -> its question's number
+    cdef int64_t[::1] slot_of = slot_of_arr
+    cdef Py_ssize_t nslots = 0
+    for j in range(nr):
+        slot = probe(slots, mask, resp_loose[j])
+        if slots[2 * slot + 1] == 0:
+            slots[2 * slot] = resp_loose[j]
+            nslots += 1
+            slots[2 * slot + 1] = nslots
+        slot_of[j] = <int64_t>slots[2 * slot + 1] - 1
+    latest_arr = np.zeros(nslots, dtype=np.uint64)    # per question: the latest query so far
+    first_arr = np.zeros(nslots, dtype=np.uint64)     # per question: its first query
+    seen_arr = np.zeros(nslots, dtype=np.uint8)
+    asked_arr = np.zeros(nr, dtype=np.bool_)
+    raced_arr = np.zeros(nr, dtype=np.uint64)
+    cdef uint64_t[::1] latest = latest_arr
+    cdef uint64_t[::1] first = first_arr
+    cdef uint8_t[::1] seen = seen_arr
+    cdef uint8_t[::1] asked = asked_arr.view(np.uint8)
+    cdef uint64_t[::1] raced = raced_arr
+    cdef int64_t s
+    i = 0
+    for j in range(nr + 1):
+        # the queries up to this response's time (all of them after the last response)
+        while i < nq and (j == nr or query_ts[i] <= resp_ts[j]):
+            slot = probe(slots, mask, query_loose[i])
+            if slots[2 * slot + 1] != 0:
+                s = <int64_t>slots[2 * slot + 1] - 1
+                if not seen[s]:
+                    seen[s] = 1
+                    first[s] = query_key[i]
+                latest[s] = query_key[i]
+            i += 1
+        if j < nr:
+            s = slot_of[j]
+            if seen[s]:
+                raced[j] = latest[s]
+                asked[j] = 1
+    for j in range(nr):
+        s = slot_of[j]
+        if not asked[j] and seen[s]:          # no query before it: the first one after
+            raced[j] = first[s]
+            asked[j] = 1
+    return asked_arr, raced_arr
+
+
 @cython.final
 cdef class KeyIndex:
     """A growing set of 64-bit keys, each numbered by its arrival (its row): what a table

@@ -130,6 +130,13 @@ def match_events(key: np.ndarray, ts: np.ndarray, is_response: np.ndarray,
     state (1 answered, 2 duplicate), rtt and multi, then the unmatched responses and the
     open queries, in the order taken."""
 
+def race_lookup(query_loose: np.ndarray, query_key: np.ndarray, query_ts: np.ndarray,
+                resp_loose: np.ndarray, resp_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For unmatched responses: whether a query with their question is outstanding (bool)
+    and the key of the query each raced (uint64, the latest with its question at or before
+    it, else the earliest after it; 0 when none). None unless queries and responses are
+    each in time order."""
+
 class KeyIndex:
     """A growing set of 64-bit keys, each numbered by its arrival (its row)."""
     def __init__(self, keys: np.ndarray | None = None) -> None: ...

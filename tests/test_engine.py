@@ -35,6 +35,7 @@ from sensor.engine.pipeline import Pipeline, merged_frames, within
 from sensor.engine.replay import replay
 from sensor.engine.writer import Writer
 from sensor.limits import DEFAULT_LIMITS
+from sensor.schema import MESSAGE_DTYPE
 from sensor.parse import Parser, parse_file
 from sensor.store import Store
 from sensor.track import ANSWERED, DUPLICATE, LEG_CLIENT, MISMATCHED, UNSOLICITED, Tracker
@@ -1394,6 +1395,111 @@ def test_event_matching_follows_its_definition(events, time_ordered):
     assert multi.tolist() == want[2]
     assert unmatched.tolist() == want[3]
     assert open_.tolist() == want[4]
+
+
+def _raced_by_definition(q_loose: list[int], q_key: list[int], q_ts: list[float], loose: int, ts: float) -> int:
+    """The query a response with the wrong id or port raced: of the queries with its
+    question, the latest at or before it (queries first at equal times, later in the list
+    later), else the earliest after it; 0 when none."""
+    mine = [(q_ts[j], j) for j in range(len(q_loose)) if q_loose[j] == loose]
+    before = [m for m in mine if m[0] <= ts]
+    pick = max(before) if before else min(mine, default=None)
+    return q_key[pick[1]] if pick else 0
+
+
+_TRACKED_ADDRESSES = [address_key(a) for a in ("192.0.2.1", "192.0.2.2", "192.0.2.53")]
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1), st.integers(0, 2),
+                          st.booleans(), st.sampled_from([0.0, 0.5, 1.0, 2.5, 7.0, -1.5]),
+                          st.sampled_from([17] * 5 + [6]), st.integers(0, 3)), max_size=70),
+       st.integers(1, 12))
+def test_tracker_over_batches_follows_the_definition(rows, max_pending):
+    """Batch after batch, the tracker answers, duplicates, mismatches, races, times out and
+    evicts as the definition says over every pending query and the batch's messages, also
+    when a batch goes back in time: only the pending queries a batch's keys touch take
+    part in its matching, and that must change nothing."""
+    limits = replace(DEFAULT_LIMITS, query_timeout_s=5.0, max_pending_queries=max_pending)
+    tracker = Tracker(limits)
+    msgs = np.zeros(len(rows), dtype=MESSAGE_DTYPE)
+    t = 1000.0
+    for i, (client, port, txid, name, is_response, step, transport, _) in enumerate(rows):
+        t = max(0.0, t + step)
+        ends = (_TRACKED_ADDRESSES[client], _TRACKED_ADDRESSES[2], 40000 + port, 53)
+        src, dst, sport, dport = (ends[1], ends[0], 53, ends[2]) if is_response else ends
+        msgs[i] = np.zeros(1, dtype=MESSAGE_DTYPE)[0]
+        for field, value in (("ts", t), ("src", src), ("dst", dst), ("sport", sport), ("dport", dport),
+                             ("id", txid), ("qr", is_response), ("qtype", 1), ("qclass", 1),
+                             ("name_hash", 1 + name), ("transport", transport)):
+            msgs[field][i] = value
+    cuts = [0] + [i + 1 for i, r in enumerate(rows) if r[7] == 0] + [len(rows)]
+    pending: list[tuple[int, int, float]] = []          # (key, loose, ts) in time order
+    for a, b in zip(cuts, cuts[1:]):
+        batch = msgs[a:b]
+        got = tracker.process(batch)
+        key, loose, *_ = _core.track_columns(np.ascontiguousarray(batch), np.empty((0, 2), dtype=np.uint64), 0)
+        key, loose, ts = key.tolist(), loose.tolist(), batch["ts"].tolist()
+        resp = [bool(x) for x in batch["qr"]]
+        np_ = len(pending)
+        state, rtt, multi, unmatched, open_ = _matching_by_definition(
+            [p[0] for p in pending] + key, [p[2] for p in pending] + ts, [False] * np_ + resp)
+        want_state = state[np_:]
+        queries = [i for i in range(len(key)) if not resp[i]]
+        q_loose = [p[1] for p in pending] + [loose[i] for i in queries]
+        q_key = [p[0] for p in pending] + [key[i] for i in queries]
+        q_ts = [p[2] for p in pending] + [ts[i] for i in queries]
+        want_raced = [0] * len(key)
+        for e in unmatched:
+            i = e - np_
+            if loose[i] in q_loose and batch["transport"][i] == 17:
+                want_state[i] = MISMATCHED
+                want_raced[i] = _raced_by_definition(q_loose, q_key, q_ts, loose[i], ts[i])
+            else:
+                want_state[i] = UNSOLICITED
+        assert got.state.tolist() == want_state
+        assert [None if np.isnan(x) else x for x in got.rtt.tolist()] == rtt[np_:]
+        assert got.multi.tolist() == multi[np_:]
+        assert got.raced.tolist() == want_raced
+        rows_of = pending + [(key[i], loose[i], ts[i]) for i in range(len(key))]
+        pending = [rows_of[e] for e in open_]
+        now = max(ts) if ts else 0.0
+        expired = [p for p in pending if p[2] < now - 5.0]
+        pending = [p for p in pending if p[2] >= now - 5.0]
+        evicted = pending[:max(0, len(pending) - max_pending)]
+        pending = pending[len(evicted):]
+        assert got.unanswered["ts"].tolist() == [p[2] for p in expired]
+        assert got.evicted.tolist() == [p[2] for p in evicted]
+        assert list(zip(tracker.pending["key"].tolist(), tracker.pending["loose"].tolist(),
+                        tracker.pending["ts"].tolist())) == pending
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 8)), max_size=40),
+       st.lists(st.tuples(st.integers(0, 4), st.integers(0, 8)), max_size=30), st.booleans())
+def test_race_lookup_finds_the_query_each_answer_raced(queries, responses, time_ordered):
+    """The compiled lookup says, for each unmatched response, whether its question is
+    outstanding and which query it raced, as the definition does; it refuses queries or
+    responses out of time order (the tracker then sorts them)."""
+    if time_ordered:
+        queries, responses = sorted(queries, key=lambda q: q[1]), sorted(responses, key=lambda r: r[1])
+    q_loose = np.array([q[0] for q in queries], dtype=np.uint64)
+    q_key = np.arange(100, 100 + len(queries), dtype=np.uint64)
+    q_ts = np.array([q[1] for q in queries], dtype=np.float64) / 3
+    r_loose = np.array([r[0] for r in responses], dtype=np.uint64)
+    r_ts = np.array([r[1] for r in responses], dtype=np.float64) / 3
+    got = _core.race_lookup(q_loose, q_key, q_ts, r_loose, r_ts)
+    in_order = bool(np.all(np.diff(q_ts) >= 0) and np.all(np.diff(r_ts) >= 0))
+    assert (got is not None) == in_order
+    if got is None:
+        return
+    asked, raced = got
+    assert asked.tolist() == [r in q_loose.tolist() for r in r_loose.tolist()]
+    assert raced.tolist() == [_raced_by_definition(q_loose.tolist(), q_key.tolist(), q_ts.tolist(), lo, t)
+                              for lo, t in zip(r_loose.tolist(), r_ts.tolist())]
+    if np.any(asked):           # the sorting path the tracker falls back on agrees
+        from sensor.track import _raced_queries
+        assert np.array_equal(_raced_queries(r_loose[asked], r_ts[asked], q_loose, q_key, q_ts), raced[asked])
 
 
 @settings(max_examples=150, deadline=None)

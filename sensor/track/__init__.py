@@ -40,7 +40,10 @@ UNTRACKABLE = sum(1 << ANOMALY_BIT[name] for name in (
     "header_too_short", "truncated", "bad_pointer", "label_too_long", "name_too_long", "pointer_limit"))
 
 PENDING_DTYPE = np.dtype([("key", "<u8"), ("loose", "<u8"), ("ts", "<f8"),
-                          ("resolver", "V16"), ("leg", "u1")])
+                          ("resolver", "V16"), ("leg", "u1")], align=True)
+"""Rows of whole 64-bit words (48 bytes), so that the table is copied, cut and joined as
+rows of words (_pending_words): numpy moves structured rows field by field, several
+times slower, and the table holds up to limits.max_pending_queries rows each batch."""
 UNANSWERED_DTYPE = np.dtype([("ts", "<f8"), ("resolver", "V16"), ("leg", "u1")])
 
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
@@ -80,6 +83,15 @@ def index_keys(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
 def address_words(values: np.ndarray) -> np.ndarray:
     """16-byte addresses (V16) as two uint64 words per row."""
     return np.ascontiguousarray(values).view("<u8").reshape(-1, 2)
+
+
+def _pending_words(rows: np.ndarray) -> np.ndarray:
+    """A contiguous pending table as a 2-D array of its rows' 64-bit words (a view)."""
+    return rows.view(np.uint64).reshape(len(rows), PENDING_DTYPE.itemsize // 8)
+
+
+def _pending_rows(words: np.ndarray) -> np.ndarray:
+    return words.view(PENDING_DTYPE).reshape(-1)
 
 
 def _raced_queries(resp_loose: np.ndarray, resp_ts: np.ndarray, query_loose: np.ndarray,
@@ -156,53 +168,74 @@ class Tracker:
 
         qi = np.flatnonzero(tracked & (is_response == 0))
         p = self.pending
-        np_ = len(p)
-        # Events: pending queries (kept in time order), then this batch's tracked
-        # messages in capture order.
         ti = np.flatnonzero(tracked)
-        ev_key = np.concatenate([p["key"], key[ti]])
-        ev_ts = np.concatenate([p["ts"], ts[ti]])
-        ev_resp = np.concatenate([np.zeros(np_, dtype=np.uint8), is_response[ti]])
-        matched = _core.match_events(ev_key, ev_ts, ev_resp)
-        if matched is None:       # not in (time, kind) order: taken sorted, ties as captured
-            matched = _core.match_events(ev_key, ev_ts, ev_resp, np.lexsort((ev_resp, ev_ts)))
+        # Only the pending queries whose key comes up in this batch can be answered or
+        # superseded by it (a key is pending once at most). When the batch comes after the
+        # pending table in time, those alone take part and the rest stay open as they are:
+        # the table (up to max_pending_queries rows under a flood of unanswered or spoofed
+        # traffic) is scanned and copied once, not hashed again with every batch.
+        follows = not len(p) or not len(ti) or ts[ti[0]] >= p["ts"][-1]
+        part = np.flatnonzero(isin_keys(p["key"], key[ti])) if follows and len(p) and len(ti) else None
+        matched = self._match(p, part, key, ts, is_response, ti)
+        if matched is None:         # not in time order after all: every pending query takes part
+            part = None
+            matched = self._match(p, part, key, ts, is_response, ti)
         ev_state, ev_rtt, ev_multi, unmatched_ev, open_ev = matched
+        np_ = len(p) if part is None else len(part)
         state = np.zeros(n, dtype=np.uint8)
         rtt = np.full(n, np.nan)
         multi = np.zeros(n, dtype=bool)
         state[ti], rtt[ti], multi[ti] = ev_state[np_:], ev_rtt[np_:], ev_multi[np_:]
         unmatched = ti[unmatched_ev - np_]          # responses: never a pending event
-        query_loose = np.concatenate([p["loose"], loose[qi]])
-        # A blind spoofer races the answer over UDP; over TCP it cannot get in, and a
-        # response whose query is missing is the capture's loss (a gap, a mid-stream start).
-        mismatch = isin_keys(loose[unmatched], query_loose) & (msgs["transport"][unmatched] == UDP)
-        state[unmatched[mismatch]] = MISMATCHED
-        state[unmatched[~mismatch]] = UNSOLICITED
         raced = np.zeros(n, dtype=np.uint64)
-        if np.any(mismatch):
-            spoofed = unmatched[mismatch]
-            raced[spoofed] = _raced_queries(
-                loose[spoofed], ts[spoofed], query_loose,
-                np.concatenate([p["key"], key[qi]]), np.concatenate([p["ts"], ts[qi]]))
+        if len(unmatched):
+            query_loose = np.concatenate([p["loose"], loose[qi]])
+            query_key = np.concatenate([p["key"], key[qi]])
+            query_ts = np.concatenate([p["ts"], ts[qi]])
+            found = _core.race_lookup(query_loose, query_key, query_ts, loose[unmatched], ts[unmatched])
+            if found is None:           # not in time order: sorted by question and time
+                asked = isin_keys(loose[unmatched], query_loose)
+                found = asked, np.zeros(len(unmatched), dtype=np.uint64)
+                if np.any(asked):
+                    found[1][asked] = _raced_queries(loose[unmatched[asked]], ts[unmatched[asked]],
+                                                     query_loose, query_key, query_ts)
+            asked, raced_key = found
+            # A blind spoofer races the answer over UDP; over TCP it cannot get in, and a
+            # response whose query is missing is the capture's loss (a gap, a mid-stream start).
+            mismatch = asked & (msgs["transport"][unmatched] == UDP)
+            state[unmatched[mismatch]] = MISMATCHED
+            state[unmatched[~mismatch]] = UNSOLICITED
+            raced[unmatched[mismatch]] = raced_key[mismatch]
 
         # Queries still open (neither answered nor superseded by a newer one with their
         # key), in time order: the order they were taken in.
         from_pending = open_ev < np_
-        new_pending = np.empty(len(open_ev), dtype=PENDING_DTYPE)
-        pp, bp = open_ev[from_pending], ti[open_ev[~from_pending] - np_]
-        new_pending[from_pending] = p[pp]
-        fill = new_pending[~from_pending]
-        fill["key"], fill["loose"], fill["ts"] = key[bp], loose[bp], ts[bp]
-        fill["resolver"], fill["leg"] = resolver[bp], leg[bp]
-        new_pending[~from_pending] = fill
+        batch_open = ti[open_ev[~from_pending] - np_]
+        fresh = np.zeros(len(batch_open), dtype=PENDING_DTYPE)
+        fresh["key"], fresh["loose"], fresh["ts"] = key[batch_open], loose[batch_open], ts[batch_open]
+        fresh["resolver"], fresh["leg"] = resolver[batch_open], leg[batch_open]
+        words = _pending_words(p)
+        if part is not None:
+            # the pending queries that took part leave: each was answered or superseded, by a
+            # batch that comes after it in time
+            keep = np.ones(len(p), dtype=bool)
+            keep[part] = False
+            kept = np.take(words, np.flatnonzero(keep), axis=0) if len(part) else words
+            new_pending = _pending_rows(np.concatenate([kept, _pending_words(fresh)]))
+        else:
+            at = np.empty(len(open_ev), dtype=np.int64)
+            at[from_pending] = open_ev[from_pending]
+            at[~from_pending] = len(p) + np.arange(len(batch_open))
+            new_pending = _pending_rows(np.take(np.concatenate([words, _pending_words(fresh)]), at, axis=0))
 
-        expired = new_pending["ts"] < now - self.limits.query_timeout_s
-        unanswered = self._unanswered(new_pending[expired])
-        new_pending = new_pending[~expired]
+        # in time order, so the expired and the evicted are the oldest rows
+        expired = int(np.searchsorted(new_pending["ts"], now - self.limits.query_timeout_s, side="left"))
+        unanswered = self._unanswered(new_pending[:expired])
+        new_pending = new_pending[expired:]
         evicted = np.empty(0)
         excess = len(new_pending) - self.limits.max_pending_queries
-        if excess > 0:                      # the oldest go: pending is in time order
-            evicted = new_pending["ts"][:excess]
+        if excess > 0:
+            evicted = new_pending["ts"][:excess].copy()
             new_pending = new_pending[excess:]
         self.pending = new_pending
 
@@ -217,6 +250,22 @@ class Tracker:
                            client_hash=client_hash, server_hash=server_hash, tracked=tracked,
                            server_is_resolver=server_is_resolver, multi=multi, raced=raced,
                            unanswered=unanswered, evicted=evicted)
+
+    @staticmethod
+    def _match(p: np.ndarray, part: np.ndarray | None, key: np.ndarray, ts: np.ndarray,
+               is_response: np.ndarray, ti: np.ndarray) -> tuple | None:
+        """_core.match_events over the pending queries (those in `part`, or all of them),
+        then this batch's tracked messages in capture order. With `part` given, the events
+        must already be in (time, kind) order (else None); with all of them they are
+        sorted when they are not, ties as captured."""
+        p_key, p_ts = (p["key"], p["ts"]) if part is None else (p["key"][part], p["ts"][part])
+        ev_key = np.concatenate([p_key, key[ti]])
+        ev_ts = np.concatenate([p_ts, ts[ti]])
+        ev_resp = np.concatenate([np.zeros(len(p_key), dtype=np.uint8), is_response[ti]])
+        matched = _core.match_events(ev_key, ev_ts, ev_resp)
+        if matched is None and part is None:
+            matched = _core.match_events(ev_key, ev_ts, ev_resp, np.lexsort((ev_resp, ev_ts)))
+        return matched
 
     def drain(self) -> np.ndarray:
         """End of input: every query still pending is unanswered."""
