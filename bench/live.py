@@ -2,8 +2,10 @@
 
 Builds two network namespaces joined by a veth pair, runs `dnssensor run` on the
 receiving end (1 worker, then N), and sends the frames of a realistic capture
-(the one bench/parse.py builds) from the other end at increasing rates: raw
-AF_PACKET sockets in several sender processes, paced every millisecond. For
+(the one bench/parse.py builds, or --capture: an Ethernet capture of your own, an
+attack's traffic say) from the other end at increasing rates: raw AF_PACKET
+sockets in several sender processes, each with whole conversations, paced every
+millisecond. For
 each rate it reports what was sent, what the sensor read, the kernel's drops
 and every internal stage's drops, all read back from the sensor's database.
 
@@ -17,6 +19,7 @@ Only the two namespaces made here are addressed; every loop is bounded.
 
     sudo python bench/live.py [--workers N] [--seconds 3] [--rates 25000,50000,...]
                               [--drain-frames 500000] [--drain-repeat 3] [--ring-mib 256]
+                              [--capture FILE]
 
 The last line is one JSON object: per worker count, the highest clean rate and
 the rate the senders actually reached (on a 2-core machine the senders, not the
@@ -31,10 +34,12 @@ import os
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +59,7 @@ DRAIN_QUIET_S = 1.0
 """CPU is counted until no worker has worked for this long: longer than the flush interval
 set here, so the shipment after the drain (tracking timeouts, the rules' fold) is counted."""
 DRAIN_TIMEOUT_S = 60.0
+ETHERNET = 1
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -83,12 +89,28 @@ def enter_netns(name: str) -> None:
     setns(name)
 
 
-def share(frames: list[bytes], k: int, senders: int) -> list[bytes]:
-    """Sender k's part of the capture: every senders-th query/response pair, whole and in
-    order. Frames dealt one by one would put each query and its response in different
-    senders, and unpaced senders drift apart: responses would come before their queries
-    (unsolicited, and mismatched to the rules), which a resolver's link does not do."""
-    return [f for j in range(2 * k, len(frames), 2 * senders) for f in frames[j:j + 2]]
+def flow_of(frame: bytes) -> int:
+    """A number for the frame's conversation, the same both ways (addresses and ports of
+    both ends, whichever sent it); 0 for what is not IP over Ethernet."""
+    at, ethertype = 14, struct.unpack_from("!H", frame, 12)[0] if len(frame) >= 14 else 0
+    while ethertype in (0x8100, 0x88A8) and len(frame) >= at + 4:           # VLAN tags
+        ethertype, at = struct.unpack_from("!H", frame, at + 2)[0], at + 4
+    if ethertype == 0x0800 and len(frame) >= at + 20:
+        proto, ends, l4 = frame[at + 9], (frame[at + 12:at + 16], frame[at + 16:at + 20]), at + (frame[at] & 15) * 4
+    elif ethertype == 0x86DD and len(frame) >= at + 40:
+        proto, ends, l4 = frame[at + 6], (frame[at + 8:at + 24], frame[at + 24:at + 40]), at + 40
+    else:
+        return 0
+    ports = struct.unpack_from("!HH", frame, l4) if proto in (6, 17) and len(frame) >= l4 + 4 else (0, 0)
+    return zlib.crc32(b"".join(sorted((ends[0] + ports[0].to_bytes(2, "big"), ends[1] + ports[1].to_bytes(2, "big")))))
+
+
+def share(frames: list[bytes], flows: list[int], k: int, senders: int) -> list[bytes]:
+    """Sender k's part of the capture: whole conversations, each in its order. Frames dealt
+    one by one would send a query and its response through different senders, and unpaced
+    senders drift apart: responses would come before their queries (unsolicited, and
+    mismatched to the rules), which a resolver's link does not do."""
+    return [f for f, flow in zip(frames, flows) if flow % senders == k]
 
 
 def sender(frames: list[bytes], rate: float, total: int, time_bound_s: float, start_at: float,
@@ -213,12 +235,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def send_all(frames: list[bytes], count: int, senders: int) -> int:
+def send_all(frames: list[bytes], flows: list[int], count: int, senders: int) -> int:
     """Send `count` frames as fast as the senders go; returns the number sent."""
     q: mp.Queue = mp.Queue()
     start_at = time.time() + 0.3
     per_sender = count // senders
-    procs = [mp.Process(target=sender, args=(share(frames, k, senders), 1e9, per_sender, DRAIN_TIMEOUT_S, start_at, q))
+    procs = [mp.Process(target=sender, args=(share(frames, flows, k, senders), 1e9, per_sender, DRAIN_TIMEOUT_S, start_at, q))
              for k in range(senders)]
     for p in procs:
         p.start()
@@ -228,7 +250,7 @@ def send_all(frames: list[bytes], count: int, senders: int) -> int:
     return sent
 
 
-def drain(db: Path, frames: list[bytes], count: int, senders: int) -> dict:
+def drain(db: Path, frames: list[bytes], flows: list[int], count: int, senders: int) -> dict:
     """Queue `count` frames in the stopped workers' rings, release them and time the drain."""
     pids = worker_pids(db)
     if not pids:
@@ -240,7 +262,7 @@ def drain(db: Path, frames: list[bytes], count: int, senders: int) -> dict:
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
-        sent = send_all(frames, count, senders)
+        sent = send_all(frames, flows, count, senders)
         time.sleep(0.2)
     finally:
         cpu0 = {pid: cpu_seconds(pid) for pid in pids}
@@ -275,7 +297,7 @@ def drain(db: Path, frames: list[bytes], count: int, senders: int) -> dict:
             "drain_pps": round(read / wall) if wall > 0 else None}
 
 
-def measure(workers: int, frames: list[bytes], rates: list[int], seconds: float, senders: int,
+def measure(workers: int, frames: list[bytes], flows: list[int], rates: list[int], seconds: float, senders: int,
             tmp: Path, drain_frames: int, drain_repeat: int, ring_mib: int) -> dict:
     db = tmp / f"live-{workers}.db"
     conf = tmp / f"live-{workers}.toml"
@@ -294,7 +316,7 @@ def measure(workers: int, frames: list[bytes], rates: list[int], seconds: float,
             before = totals(db)
             q: mp.Queue = mp.Queue()
             start_at = time.time() + 0.3
-            procs = [mp.Process(target=sender, args=(share(frames, k, senders), rate / senders,
+            procs = [mp.Process(target=sender, args=(share(frames, flows, k, senders), rate / senders,
                                                      int(rate / senders * seconds), seconds * 3, start_at, q))
                      for k in range(senders)]
             for p in procs:
@@ -322,7 +344,7 @@ def measure(workers: int, frames: list[bytes], rates: list[int], seconds: float,
         # the first drain after the sweep still meets names and clients for the first time
         # (and the ring's pages); the best of several is the steady rate
         for _ in range(drain_repeat if drain_frames else 0):
-            attempt = drain(db, frames, drain_frames * workers, senders)
+            attempt = drain(db, frames, flows, drain_frames * workers, senders)
             if drained is None or (attempt.get("per_core_pps") or 0) > (drained.get("per_core_pps") or 0):
                 drained = attempt
         if drained is not None:
@@ -347,7 +369,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--senders", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     ap.add_argument("--rates", default="25000,50000,100000,200000,400000,800000,1600000")
-    ap.add_argument("--messages", type=int, default=200_000, help="frames in the capture that is sent")
+    ap.add_argument("--messages", type=int, default=200_000, help="frames in the capture that is built")
+    ap.add_argument("--capture", help="send this Ethernet capture (its frames cycled) instead of building one")
     ap.add_argument("--ring-mib", type=int, default=256, help="each worker's kernel ring")
     ap.add_argument("--drain-frames", type=int, default=500_000,
                     help="frames per worker queued for the drain (about 250 bytes of ring each); 0: none")
@@ -358,16 +381,21 @@ def main() -> int:
         return 2
     rates = [int(r) for r in args.rates.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="dnssensor-bench-live-"))
-    capture = tmp / "live.pcap"
-    build_capture(str(capture), args.messages)
+    capture = args.capture or str(tmp / "live.pcap")
+    if not args.capture:
+        build_capture(capture, args.messages)
     frames = []
-    for fb in read_frames(str(capture), 65536):
+    for fb in read_frames(capture, 65536):
+        if fb.linktype != ETHERNET:
+            print(f"bench/live.py sends Ethernet frames; {capture} has link type {fb.linktype}", file=sys.stderr)
+            return 2
         frames += [fb.blob[off:off + n] for _, _, off, n in fb.meta.tolist()]
+    flows = [flow_of(f) for f in frames]
     setup()
     try:
         result = {}
         for workers in sorted({1, args.workers}):
-            result[f"workers_{workers}"] = measure(workers, frames, rates, args.seconds, args.senders, tmp,
+            result[f"workers_{workers}"] = measure(workers, frames, flows, rates, args.seconds, args.senders, tmp,
                                                         args.drain_frames, args.drain_repeat, args.ring_mib)
     finally:
         teardown()
