@@ -141,6 +141,8 @@ class Tracker:
     def __init__(self, limits: Limits = DEFAULT_LIMITS, resolver_addresses: frozenset[bytes] = frozenset()):
         self.limits = limits
         self.pending = np.empty(0, dtype=PENDING_DTYPE)
+        self._buffer: np.ndarray | None = None      # the words the pending table is a view of
+        self._spare: np.ndarray | None = None       # the other buffer (_spare_words)
         self.set_resolvers(resolver_addresses)
         self.totals = {"tracked_queries": 0, "answered": 0, "duplicate": 0, "unsolicited": 0,
                        "mismatched": 0, "unanswered": 0, "pending_evicted": 0}
@@ -220,13 +222,19 @@ class Tracker:
             # batch that comes after it in time
             keep = np.ones(len(p), dtype=bool)
             keep[part] = False
-            kept = np.take(words, np.flatnonzero(keep), axis=0) if len(part) else words
-            new_pending = _pending_rows(np.concatenate([kept, _pending_words(fresh)]))
+            kept = np.flatnonzero(keep)
+            joined = self._spare_words(len(kept) + len(fresh))
+            np.take(words, kept, axis=0, out=joined[:len(kept)])
+            joined[len(kept):] = _pending_words(fresh)
         else:
             at = np.empty(len(open_ev), dtype=np.int64)
             at[from_pending] = open_ev[from_pending]
             at[~from_pending] = len(p) + np.arange(len(batch_open))
-            new_pending = _pending_rows(np.take(np.concatenate([words, _pending_words(fresh)]), at, axis=0))
+            joined = self._spare_words(len(at))
+            np.take(np.concatenate([words, _pending_words(fresh)]), at, axis=0, out=joined)
+        new_pending = _pending_rows(joined)
+        self._spare = self._buffer            # the table just read from is written next time
+        self._buffer = joined.base if joined.base is not None else joined
 
         # in time order, so the expired and the evicted are the oldest rows
         expired = int(np.searchsorted(new_pending["ts"], now - self.limits.query_timeout_s, side="left"))
@@ -266,6 +274,15 @@ class Tracker:
         if matched is None and part is None:
             matched = _core.match_events(ev_key, ev_ts, ev_resp, np.lexsort((ev_resp, ev_ts)))
         return matched
+
+    def _spare_words(self, rows: int) -> np.ndarray:
+        """`rows` rows of the buffer the pending table is not in: the table is rewritten
+        every batch, and two buffers kept for it (grown when too small) spare the heap a
+        new block of up to max_pending_queries rows each time, which fragments it."""
+        if self._spare is None or len(self._spare) < rows:
+            self._spare = np.empty((max(rows, 2 * len(self._spare) if self._spare is not None else 0),
+                                    PENDING_DTYPE.itemsize // 8), dtype=np.uint64)
+        return self._spare[:rows]
 
     def drain(self) -> np.ndarray:
         """End of input: every query still pending is unanswered."""
