@@ -233,8 +233,7 @@ class Tracker:
             joined = self._spare_words(len(at))
             np.take(np.concatenate([words, _pending_words(fresh)]), at, axis=0, out=joined)
         new_pending = _pending_rows(joined)
-        self._spare = self._buffer            # the table just read from is written next time
-        self._buffer = joined.base if joined.base is not None else joined
+        self._buffer, self._spare = self._spare, self._buffer    # the one read from is written next
 
         # in time order, so the expired and the evicted are the oldest rows
         expired = int(np.searchsorted(new_pending["ts"], now - self.limits.query_timeout_s, side="left"))
@@ -279,9 +278,9 @@ class Tracker:
         """`rows` rows of the buffer the pending table is not in: the table is rewritten
         every batch, and two buffers kept for it (grown when too small) spare the heap a
         new block of up to max_pending_queries rows each time, which fragments it."""
-        if self._spare is None or len(self._spare) < rows:
-            self._spare = np.empty((max(rows, 2 * len(self._spare) if self._spare is not None else 0),
-                                    PENDING_DTYPE.itemsize // 8), dtype=np.uint64)
+        have = -1 if self._spare is None else len(self._spare)
+        if have < rows:
+            self._spare = np.empty((max(rows, 2 * have), PENDING_DTYPE.itemsize // 8), dtype=np.uint64)
         return self._spare[:rows]
 
     def drain(self) -> np.ndarray:
