@@ -406,6 +406,62 @@ def test_a_store_that_refuses_writes_keeps_a_bounded_backlog_of_clients(tmp_path
     store.close()
 
 
+def test_a_flood_of_new_clients_keeps_the_per_minute_tables_bounded_between_takes(tmp_path):
+    """Spoofed sources, each in a /24 of its own: between two takes every query brings a new
+    client and a new network. The accumulator holds at most about twice each table's
+    per-minute limit (plus one batch) instead of a row per source, and what the writer
+    stores adds up to every query, with each minute's busiest client keeping its row."""
+    limits = replace(config(tmp_path).limits, max_clients_per_minute=20, max_networks_per_minute=10)
+    conf = replace(config(tmp_path), limits=limits)
+    rule = anomaly_burst.load(conf.rules_dir)
+    conv = Conversation()
+    for i in range(300):
+        conv.exchange(f"198.{18 + i // 250}.{i % 250}.7", RESOLVER, f"www{i}.example.org",
+                      f"www{i}.example.org 60 A 192.0.2.1", txid=i, sport=20000 + i)
+    for i in range(30):                     # one busy client among them
+        conv.exchange("192.0.2.99", RESOLVER, "busy.example.org", "busy.example.org 60 A 192.0.2.1",
+                      txid=i, sport=30000 + i)
+    acc = Accumulator(conf.limits, rule.mask, rule.window_s)
+    parser, tracker = Parser(), Tracker()
+    held = []
+    for fb in read_frames(str(conv.write(tmp_path / "spoofed.pcap")), 50):
+        parser.feed(fb)
+        batch = parser.take()
+        acc.add(batch, tracker.process(batch.messages))
+        held.append((len(acc.agg.clients), len(acc.agg.networks)))
+    assert max(c for c, _ in held) <= 2 * 20 + 50 and max(n for _, n in held) <= 2 * 10 + 50
+    assert held[-1][0] < 100                # without the bound: 301 clients
+    store = Store(conf.db_path)
+    writer = Writer(conf, store, rule)
+    writer.apply(acc.take())
+    writer.flush(final=True)
+    rows = db_rows(conf.db_path, "SELECT client, queries FROM clients")
+    assert sum(q for _, q in rows) == 330
+    assert ("192.0.2.99", 30) in rows and len([c for c, _ in rows if c != "other"]) <= 20
+    networks = db_rows(conf.db_path, "SELECT key, queries FROM breakdown WHERE scope = 'network'")
+    assert sum(q for _, q in networks) == 330 and len(networks) <= 10 + 1
+    store.close()
+
+
+def test_the_writer_takes_a_shipment_into_an_empty_backlog_without_copying_it(tmp_path):
+    """The first aggregate after a flush becomes the backlog itself (a copy would hold a
+    flood's second twice); later ones merge into it, and everything is stored."""
+    conf = config(tmp_path)
+    rule = anomaly_burst.load(conf.rules_dir)
+    store = Store(conf.db_path)
+    writer = Writer(conf, store, rule)
+    first = _burst_aggregate(conf, rule, [_many_answers(tmp_path)])
+    writer.apply(first)
+    assert writer.backlog is first
+    second = _burst_aggregate(conf, rule, [_malformed_capture(tmp_path, 3)])
+    writer.apply(second)
+    assert writer.backlog is first and writer.backlog.messages == first.messages
+    writer.flush(final=True)
+    assert writer.backlog is not first and writer.backlog.is_empty()
+    assert db_rows(conf.db_path, "SELECT sum(queries) FROM stats WHERE leg != 'sensor'")[0][0] == 500 + 3
+    store.close()
+
+
 def test_shipments_kept_at_a_stop_are_stored_by_the_next_writer_once(tmp_path, capsys):
     """A worker that stopped while the writer lagged kept its shipments in a file (the
     channel's keep()); the next writer stores them before anything else, removes the file

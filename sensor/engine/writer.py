@@ -84,7 +84,13 @@ class Writer:
         """Verdicts the final flush could not store (printed to stderr)."""
 
     def apply(self, agg: Aggregate) -> None:
-        self.backlog.merge(agg, self.config.limits)
+        """Take an aggregate in; the writer owns it from then on. The first one after a
+        flush becomes the backlog as it is: merging it into an empty one would only copy
+        it, and hold it twice (under a flood of new clients, 100 MB a second's traffic)."""
+        if self.backlog.is_empty():
+            self.backlog = agg
+        else:
+            self.backlog.merge(agg, self.config.limits)
 
     def set_rule(self, rule: AnomalyBurstRule, rules: list[Rule] | None = None,
                  series_rule: series_anomalies.SeriesRule | None = None) -> None:
