@@ -75,7 +75,10 @@ class Limits:
     the count is a lower bound."""
     max_clients_per_minute: int = 50000
     """Clients with a row of their own in the `clients` table per minute and worker; the rest
-    are added to the client 'other'."""
+    are added to the client 'other'. Between two flushes a worker holds about twice this
+    many client rows a minute at most (plus one batch's): past that, each minute's busiest
+    keep theirs and the rest are summed into 'other' (a flood from spoofed sources brings a
+    new client with every query). The same holds for networks and domains below."""
     max_networks_per_minute: int = 1000
     """Client networks with a `breakdown` row of their own per minute and worker; the rest go to 'other'."""
     max_domains_per_minute: int = 200
