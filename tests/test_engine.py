@@ -452,10 +452,10 @@ def test_the_writer_takes_a_shipment_into_an_empty_backlog_without_copying_it(tm
     writer = Writer(conf, store, rule)
     first = _burst_aggregate(conf, rule, [_many_answers(tmp_path)])
     writer.apply(first)
-    assert writer.backlog is first
+    assert writer.backlog is first and first.messages == 1000
     second = _burst_aggregate(conf, rule, [_malformed_capture(tmp_path, 3)])
     writer.apply(second)
-    assert writer.backlog is first and writer.backlog.messages == first.messages
+    assert writer.backlog is first and first.messages == 1000 + 3
     writer.flush(final=True)
     assert writer.backlog is not first and writer.backlog.is_empty()
     assert db_rows(conf.db_path, "SELECT sum(queries) FROM stats WHERE leg != 'sensor'")[0][0] == 500 + 3
