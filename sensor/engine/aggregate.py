@@ -347,12 +347,18 @@ class Aggregate:
         self.dropped.update(other.dropped)
         self.messages += other.messages
 
+    def minute_tables(self, limits: Limits = DEFAULT_LIMITS) -> tuple[tuple[KeyedCounts, int, Any], ...]:
+        """The per-minute tables, each with its limit of labels a minute and the label of
+        its 'other' row."""
+        return ((self.clients, limits.max_clients_per_minute, OTHER_CLIENT),
+                (self.networks, limits.max_networks_per_minute, OTHER_RESOLVER),
+                (self.domains, limits.max_domains_per_minute, OTHER_RESOLVER))
+
     def compact(self, limits: Limits = DEFAULT_LIMITS) -> None:
         """Bound the per-minute tables for an aggregate held back from the store (see
         KeyedCounts.compact); the other tables are bounded as they merge."""
-        self.clients.compact(limits.max_clients_per_minute, OTHER_CLIENT)
-        self.networks.compact(limits.max_networks_per_minute, OTHER_RESOLVER)
-        self.domains.compact(limits.max_domains_per_minute, OTHER_RESOLVER)
+        for table, limit, other in self.minute_tables(limits):
+            table.compact(limit, other)
 
     def is_empty(self) -> bool:
         return not (self.stats or len(self.pdns) or len(self.nxdomain) or len(self.clients) or len(self.networks)
@@ -441,7 +447,7 @@ class Accumulator:
         # (stats row, client) pairs already in the rows' client sets: bounded by
         # limits.max_clients_per_group, then started over
         self._client_pairs = _core.KeyIndex()
-        self._compact_above: dict[str, int] = {}
+        self._compact_above: list[int] = []     # per minute table, the size that compacts it
 
     @property
     def rules(self) -> list:
@@ -463,7 +469,7 @@ class Accumulator:
         self._pdns_known = _core.KeyIndex()
         self._nx_known = _core.KeyIndex()
         self._client_pairs = _core.KeyIndex()
-        self._compact_above = {}
+        self._compact_above = []
         return agg
 
     def _bound_minute_tables(self) -> None:
@@ -474,14 +480,13 @@ class Accumulator:
         the writer stores it (KeyedCounts.compact: each minute's busiest labels keep their
         rows, the rest are summed into 'other'), and is next checked at twice the size it
         kept, so a table of many quiet minutes is not sorted again at every batch."""
-        limits = self.limits
-        for name, table, limit, other in (
-                ("clients", self.agg.clients, limits.max_clients_per_minute, OTHER_CLIENT),
-                ("networks", self.agg.networks, limits.max_networks_per_minute, OTHER_RESOLVER),
-                ("domains", self.agg.domains, limits.max_domains_per_minute, OTHER_RESOLVER)):
-            if len(table) > self._compact_above.get(name, 2 * limit):
+        tables = self.agg.minute_tables(self.limits)
+        if not self._compact_above:
+            self._compact_above = [2 * limit for _, limit, _ in tables]
+        for i, (table, limit, other) in enumerate(tables):
+            if len(table) > self._compact_above[i]:
                 table.compact(limit, other)
-                self._compact_above[name] = 2 * max(len(table), limit)
+                self._compact_above[i] = 2 * max(len(table), limit)
 
     def add(self, batch: Batch, track: TrackResult) -> None:
         msgs = batch.messages
