@@ -61,6 +61,61 @@ def test_and_or_stop_once_the_rest_cannot_change_the_result():
         assert fn(cols).tolist() == want.tolist()
 
 
+class _SelectableColumns(dict):
+    """Columns that can be selected, as the feature columns can, recording the rows each
+    column was read for (None: the whole batch)."""
+
+    def __init__(self, full: dict, reads: list, rows: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.full, self.reads, self.rows = full, reads, rows
+
+    def __missing__(self, name):
+        self.reads.append((name, None if self.rows is None else self.rows.tolist()))
+        column = self.full[name] if self.rows is None else self.full[name][self.rows]
+        self[name] = column
+        return column
+
+    def select(self, rows):
+        return _SelectableColumns(self.full, self.reads, rows if self.rows is None else self.rows[rows])
+
+
+def test_later_terms_are_read_for_the_few_rows_the_first_ones_leave():
+    """Once an 'and' has fewer than SELECT_BELOW of the rows left true (an 'or': false), its
+    later terms read those rows alone, so a costly late column (a model, a list) is worked
+    out for a filter's candidates only; with more left they read the whole batch. The
+    result is what evaluating every term on every row gives."""
+    from sensor.rules.expr import SELECT_BELOW
+    n = 100
+    few = int(SELECT_BELOW * n) - 1
+    rng = np.random.default_rng(11)
+    full = {"nx": np.arange(n) < few, "costly": rng.integers(0, 10, n), "rd": rng.random(n) < 0.7,
+            "many": np.arange(n) < int(SELECT_BELOW * n) + 1}
+    fn, _ = compile_expr("nx and rd and costly > 4", set(full))
+    reads: list = []
+    got = fn(_SelectableColumns(full, reads))
+    assert got.tolist() == (full["nx"] & full["rd"] & (full["costly"] > 4)).tolist()
+    assert reads[0] == ("nx", None)
+    assert ("rd", list(range(few))) in reads
+    assert dict(reads)["costly"] == list(range(few))      # rd left most of those: no new selection
+    reads.clear()
+    fn, _ = compile_expr("not nx or costly > 4", set(full))
+    got = fn(_SelectableColumns(full, reads))
+    assert got.tolist() == (~full["nx"] | (full["costly"] > 4)).tolist()
+    assert dict(reads)["costly"] == list(range(few))
+    reads.clear()
+    fn, _ = compile_expr("many and costly > 4", set(full))
+    assert fn(_SelectableColumns(full, reads)).tolist() == (full["many"] & (full["costly"] > 4)).tolist()
+    assert dict(reads)["costly"] is None
+    rng = np.random.default_rng(5)
+    fn, _ = compile_expr("a and (b or not c) and size > 5 or not (a or c)", {"a", "b", "c", "size"})
+    for _ in range(300):
+        n = int(rng.integers(1, 40))
+        cols = {k: rng.random(n) < rng.random() ** 3 for k in "abc"} | {"size": rng.integers(0, 10, n)}
+        a, b, c = cols["a"], cols["b"], cols["c"]
+        want = (a & (b | ~c) & (cols["size"] > 5)) | ~(a | c)
+        assert fn(_SelectableColumns(cols, [])).tolist() == want.tolist()
+
+
 @pytest.mark.parametrize("text, message", [
     ("__import__('os')", "not allowed"),
     ("size.real > 1", "not allowed"),
@@ -614,6 +669,41 @@ def test_name_features_per_distinct_name_equal_those_per_message(capture):
     for name, source in [*lists.items(), ("pattern_digit_or_w", pattern)]:
         assert cols[name].tolist() == source.mask(arena, offsets, lengths).tolist(), name
     assert any(cols["pattern_digit_or_w"]) and not all(cols["pattern_digit_or_w"])
+
+
+def test_selected_messages_get_their_own_features_and_only_their_names_are_worked_out():
+    """Columns.select: a filter's later terms read the messages its first ones left; each
+    gets the value the whole-batch column gives it, and a feature of the name alone is
+    worked out for those messages' names only (the rest later, when a rule asks)."""
+    from sensor.features import NetworkSet, build
+    from sensor.features.lists import NamePattern
+    from sensor.parse import parse_file
+    from sensor.track import Tracker
+    batch = parse_file(str(DATA / "demo-office-resolver.pcap"))
+    track = Tracker().process(batch.messages)
+    pattern = NamePattern("p", r"^www", re.compile(r"^www"))
+    full = build(batch, track, NetworkSet(())).columns
+    full.sources["pattern_p"] = pattern
+    rows = np.flatnonzero(full["nxdomain"])
+    assert 0 < len(rows) < len(batch) / 4
+    worked_out: list[int] = []
+
+    class Counting(NamePattern):
+        def mask(self, arena, offsets, lengths):
+            worked_out.extend(offsets.tolist())
+            return super().mask(arena, offsets, lengths)
+
+    cols = build(batch, track, NetworkSet(())).columns
+    cols.sources["pattern_p"] = Counting("p", r"^www", re.compile(r"^www"))
+    chosen = cols.select(rows)
+    for name in ("pattern_p", "first_label_len", "rd", "client", "qtype", "out_of_bailiwick", "nxdomain"):
+        assert chosen[name].tolist() == full[name][rows].tolist(), name
+    names_chosen = set(batch.messages["name_hash"][rows].tolist())
+    assert len(worked_out) == len(names_chosen) < len(set(batch.messages["name_hash"].tolist()))
+    assert "pattern_p" not in cols                  # no whole-batch column was made for it
+    inner = chosen.select(np.arange(0, len(rows), 2))
+    assert inner["first_label_len"].tolist() == full["first_label_len"][rows[::2]].tolist()
+    assert cols["pattern_p"].tolist() == full["pattern_p"].tolist()   # the rest, when asked
 
 
 @settings(max_examples=60, deadline=None)

@@ -30,11 +30,11 @@ def new_table(rule: Rule) -> RuleTable:
 def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndarray | None = None) -> RuleTable:
     """One batch's rows that passed the rule's filter, as the rule's groups. Text (domain,
     samples) is gathered only for groups not among `known` keys: the existing row keeps its own."""
-    cols = table.columns
+    cols = table.columns.select(idx)        # features of the rows that passed only
     out = new_table(rule)
-    ts = cols["ts"][idx]
+    ts = cols["ts"]
     window = _core.message_windows(ts, rule.window_s)
-    row_keys = hash_columns(window.astype(np.uint64), *[cols[g][idx].astype(np.uint64) for g in rule.group_by])
+    row_keys = hash_columns(window.astype(np.uint64), *[cols[g].astype(np.uint64) for g in rule.group_by])
     first, inverse, counts = _core.group_u64(np.ascontiguousarray(row_keys))
     g = len(first)
     rows = idx[first]
@@ -67,7 +67,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     out.values = np.empty((g, len(out.numeric)))
     by_name = {a.name: a for a in rule.aggregations}
     for j, (name, function) in enumerate(out.numeric):
-        v = np.broadcast_to(np.asarray(by_name[name].evaluate(cols), dtype=np.float64), (len(table),))[idx]
+        v = np.broadcast_to(np.asarray(by_name[name].evaluate(cols), dtype=np.float64), (len(idx),))
         if function in ("sum", "mean"):
             out.values[:, j] = np.bincount(inverse, weights=v, minlength=g)
         elif function == "max":
@@ -75,7 +75,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
         else:
             out.values[:, j] = np.minimum.reduceat(v[order], starts)
     for name in out.uniques:
-        values = cols[by_name[name].argument][idx].astype(np.uint64)
+        values = cols[by_name[name].argument].astype(np.uint64)
         pair_keys = hash_columns(row_keys, values)
         distinct = _core.group_u64(pair_keys)[0]
         out._merge_pairs(name, row_keys[distinct], values[distinct], pair_keys[distinct])

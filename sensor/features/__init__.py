@@ -9,8 +9,8 @@ become verdicts.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -195,10 +195,29 @@ class Columns(dict):
         work_out = self._name_feature(name)
         if work_out is None:
             raise KeyError(name)
+        self[name] = self._names.column(name, self._message_name_rows(), work_out)
+        return self[name]
+
+    def _message_name_rows(self) -> np.ndarray:
         if self._name_rows is None:
             self._name_rows = self._names.rows(self.field("name_hash"))
-        self[name] = self._names.column(name, self._name_rows, work_out)
-        return self[name]
+        return self._name_rows
+
+    def select(self, rows: np.ndarray) -> "Selection":
+        """The columns of some messages (their indexes) only: what a filter's later terms
+        read once its first ones left few messages."""
+        return Selection(self, rows)
+
+    def rows_of(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Feature `name` of the messages `rows`: a feature of the name alone is worked out
+        for their names only; any other is made for the batch (once) and gathered."""
+        if (name in self or name in MESSAGE_FIELDS or name in DERIVED or name in (LAZY_ANSWERS, LAZY_BAILIWICK)
+                or isinstance(self.sources.get(name), AddressTag)):
+            return self[name][rows]
+        work_out = self._name_feature(name)
+        if work_out is None:
+            raise KeyError(name)
+        return self._names.column(name, self._message_name_rows()[rows], lambda picked: work_out(rows[picked]))
 
     def _name_feature(self, name: str) -> Callable[[np.ndarray], np.ndarray] | None:
         """How to work out a feature of the question name alone for some messages (their
@@ -233,6 +252,31 @@ class Columns(dict):
             k = LAZY.index(name)
             return lambda messages: _core.first_label_stats(arena, *spans(messages))[k]
         return None
+
+
+class Selection(Mapping):
+    """Feature columns of some messages of a batch (Columns.select), each made the first
+    time a term reads it."""
+
+    def __init__(self, columns: Columns, rows: np.ndarray) -> None:
+        self._columns = columns
+        self.rows = rows
+        self._made: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        made = self._made.get(name)
+        if made is None:
+            made = self._made[name] = self._columns.rows_of(name, self.rows)
+        return made
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._made)
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def select(self, rows: np.ndarray) -> "Selection":
+        return Selection(self._columns, self.rows[rows])
 
 
 _ENCODING_TABLE = np.zeros(256, dtype=np.uint8)

@@ -38,6 +38,11 @@ _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
 Evaluator = Callable[[Mapping[str, Any]], Any]
 
+SELECT_BELOW = 0.25
+"""An 'and' whose earlier terms left fewer than this share of the rows true (an 'or': false)
+reads its later terms for those rows alone, where the columns can be selected: gathering
+a few rows of each column costs less than a whole-batch operation from about here."""
+
 
 def compile_expr(text: str, names: Mapping[str, str] | set[str],
                  constants: Mapping[str, float] | None = None) -> tuple[Evaluator, set[str]]:
@@ -65,15 +70,7 @@ def _compile(node: ast.AST, names: set[str], used: set[str], consts: Mapping[str
         op = np.logical_and if is_and else np.logical_or
 
         def boolop(env, parts=parts, op=op, is_and=is_and):
-            out = np.asarray(parts[0](env), dtype=bool)
-            for p in parts[1:]:
-                # Once no row is left true (and) or false (or), the rest cannot change the
-                # result, and the costlier columns it names (lists, tags, patterns) are not
-                # computed for the batch.
-                if (not out.any()) if is_and else out.all():
-                    break
-                out = op(out, p(env))
-            return out
+            return _chain(parts, env, op, is_and)
         return boolop
     if isinstance(node, ast.UnaryOp):
         inner = _compile(node.operand, names, used, consts)
@@ -143,6 +140,28 @@ def _compile(node: ast.AST, names: set[str], used: set[str], consts: Mapping[str
                           "(rules/lists, feature list_<name>) or a pattern (rules/patterns.toml, "
                           "feature pattern_<name>), addresses by a tag (rules/tags.toml, client_in_<tag>)")
     raise _fail(node, f"not allowed here: {ast.dump(node)[:40]}")
+
+
+def _chain(parts: list[Evaluator], env: Mapping[str, Any], op: Any, is_and: bool) -> Any:
+    """The terms of an 'and' (or an 'or') in order, each read only for the rows the ones
+    before left undecided: once none is left, the rest are not read, and once few are, the
+    rest are read for those rows alone (env.select, where the columns have it), so the
+    costlier columns a filter names late (lists, patterns, models) are worked out for its
+    few candidates, not for the batch."""
+    out = np.asarray(parts[0](env), dtype=bool)
+    select = getattr(env, "select", None)
+    for k in range(1, len(parts)):
+        undecided = out if is_and else ~out
+        left = np.count_nonzero(undecided)
+        if not left:
+            break
+        if select is not None and out.ndim and left < SELECT_BELOW * len(out):
+            rows = np.flatnonzero(undecided)
+            out = out.copy()                # it may be a column of env's
+            out[rows] = _chain(parts[k:], select(rows), op, is_and)
+            return out
+        out = op(out, parts[k](env))
+    return out
 
 
 def _constant(node: ast.AST) -> int | float:
