@@ -148,19 +148,26 @@ class RuleTable:
             keys = hash_columns(groups, values)
             distinct = key_groups(keys)[0]
             groups, values, keys = groups[distinct], values[distinct], keys[distinct]
-        fresh = np.flatnonzero(~isin_keys(keys, self.pair_keys[name]))
-        if not len(fresh):
-            return
         old_g, old_v = self.pairs[name]
-        all_g = np.concatenate([old_g, groups[fresh]])
-        all_v = np.concatenate([old_v, values[fresh]])
-        all_k = np.concatenate([self.pair_keys[name], keys[fresh]])
-        # only groups that gained values can have grown past the exact limit
-        gained = groups[fresh]
-        grown = gained[key_groups(gained)[0]]
-        at = index_keys(all_g, grown)
-        sizes = np.bincount(at[at >= 0], minlength=len(grown))
-        over = grown[sizes > EXACT_UNIQUE_LIMIT]
+        if not len(old_g):
+            # nothing held (a batch's own table): every pair is new, and each group's
+            # size is its count among them
+            all_g, all_v, all_k = groups, values, keys
+            first, _, sizes = key_groups(groups)
+            over = groups[first[sizes > EXACT_UNIQUE_LIMIT]]
+        else:
+            fresh = np.flatnonzero(~isin_keys(keys, self.pair_keys[name]))
+            if not len(fresh):
+                return
+            all_g = np.concatenate([old_g, groups[fresh]])
+            all_v = np.concatenate([old_v, values[fresh]])
+            all_k = np.concatenate([self.pair_keys[name], keys[fresh]])
+            # only groups that gained values can have grown past the exact limit
+            gained = groups[fresh]
+            grown = gained[key_groups(gained)[0]]
+            at = index_keys(all_g, grown)
+            sizes = np.bincount(at[at >= 0], minlength=len(grown))
+            over = grown[sizes > EXACT_UNIQUE_LIMIT]
         if len(over):
             moving = isin_keys(all_g, over)
             for gk in over.tolist():
