@@ -46,6 +46,7 @@ rows of words (_pending_words): numpy moves structured rows field by field, seve
 times slower, and the table holds up to limits.max_pending_queries rows each batch."""
 UNANSWERED_DTYPE = np.dtype([("ts", "<f8"), ("resolver", "V16"), ("leg", "u1")])
 
+
 def hash_columns(*columns: np.ndarray) -> np.ndarray:
     """One 64-bit key per row from several integer columns: the engine's group keys.
     Each column is mixed in with h = (h ^ x) * M1; h ^= h >> 31, the rows finished
