@@ -175,28 +175,34 @@ class Columns(dict):
         return self._server_addr
 
     def __missing__(self, name: str) -> np.ndarray:
-        field = MESSAGE_FIELDS.get(name)
-        if field is not None:
-            self[name] = self.field(field)
-            return self[name]
-        derive = DERIVED.get(name)
-        if derive is not None:
-            self[name] = derive(self)
-            return self[name]
-        if name in self.sources and isinstance(self.sources[name], AddressTag):
-            self[name] = self.sources[name].column(name, self)
-            return self[name]
-        if name == LAZY_ANSWERS:
-            self[name] = _answer_hashes(self._batch)
-            return self[name]
-        if name == LAZY_BAILIWICK:
-            self[name] = _out_of_bailiwick(self._batch)
+        make = self._batch_feature(name)
+        if make is not None:
+            self[name] = make()
             return self[name]
         work_out = self._name_feature(name)
         if work_out is None:
             raise KeyError(name)
         self[name] = self._names.column(name, self._message_name_rows(), work_out)
         return self[name]
+
+    def _batch_feature(self, name: str) -> Callable[[], np.ndarray] | None:
+        """How to make a feature that is made for the whole batch at once (a message
+        field, a derived column, an address tag, the answer hashes, the bailiwick count),
+        or None when `name` is no such feature."""
+        field = MESSAGE_FIELDS.get(name)
+        if field is not None:
+            return lambda: self.field(field)
+        derive = DERIVED.get(name)
+        if derive is not None:
+            return lambda: derive(self)
+        source = self.sources.get(name)
+        if isinstance(source, AddressTag):
+            return lambda: source.column(name, self)
+        if name == LAZY_ANSWERS:
+            return lambda: _answer_hashes(self._batch)
+        if name == LAZY_BAILIWICK:
+            return lambda: _out_of_bailiwick(self._batch)
+        return None
 
     def _message_name_rows(self) -> np.ndarray:
         if self._name_rows is None:
@@ -211,8 +217,7 @@ class Columns(dict):
     def rows_of(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Feature `name` of the messages `rows`: a feature of the name alone is worked out
         for their names only; any other is made for the batch (once) and gathered."""
-        if (name in self or name in MESSAGE_FIELDS or name in DERIVED or name in (LAZY_ANSWERS, LAZY_BAILIWICK)
-                or isinstance(self.sources.get(name), AddressTag)):
+        if name in self or self._batch_feature(name) is not None:
             return self[name][rows]
         work_out = self._name_feature(name)
         if work_out is None:
