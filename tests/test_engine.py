@@ -842,8 +842,9 @@ def test_broken_archives_give_their_frames_then_a_clear_error(tmp_path, monkeypa
 @pytest.mark.parametrize("buffer_bytes", [offline.SAVEFILE_BUFFER_BYTES, 777])
 def test_capture_files_read_through_a_larger_buffer_give_the_same_frames(tmp_path, monkeypatch, buffer_bytes):
     """libpcap's FILE of a plain capture gets a buffer of its own, set after libpcap read
-    the file header: every frame must still come out as libpcap's own buffer gives it,
-    and a named pipe, which cannot give back what a buffer held, keeps libpcap's."""
+    the file header, and no lock: every frame must still come out as libpcap's own
+    buffered, locked FILE gives it, and a named pipe, which cannot give back what a buffer
+    held, keeps libpcap's."""
     monkeypatch.setattr(offline, "SAVEFILE_BUFFER_BYTES", buffer_bytes)
     conv = Conversation()
     for i in range(3000):        # past 1 MiB, so the large buffer is refilled too
@@ -858,11 +859,15 @@ def test_capture_files_read_through_a_larger_buffer_give_the_same_frames(tmp_pat
         return b"".join(fb.blob for fb in got), np.concatenate([fb.meta[:, [0, 1, 3]] for fb in got])
 
     enlarged = {path: frames(path) for path in captures}
-    enlarge = offline._enlarge_stdio_buffer
+    enlarge = offline._tune_stdio
     reader = pcapy.open_offline(str(big))
+    pcap, libc = offline._libpcap_calls()
+    stream = pcap.pcap_file(offline._handle(reader))
+    assert libc.__fsetlocking(stream, 0) == 1          # 0: query; 1: stdio locks each call
     assert enlarge(reader, str(big)) is not None
+    assert libc.__fsetlocking(stream, 0) == offline.FSETLOCKING_BYCALLER
     reader.close()
-    monkeypatch.setattr(offline, "_enlarge_stdio_buffer", lambda reader, path: None)
+    monkeypatch.setattr(offline, "_tune_stdio", lambda reader, path: None)
     for path in captures:
         blob, meta = frames(path)
         assert enlarged[path][0] == blob and np.array_equal(enlarged[path][1], meta), path.name

@@ -9,7 +9,7 @@ small archive is decompressed here instead, into an in-memory file.
 
 libpcap reads a capture file through C stdio, whose buffer is the file's block size
 (4 KiB): one read() system call for every 4 KiB. A plain capture file gets a buffer of
-SAVEFILE_BUFFER_BYTES instead (_enlarge_stdio_buffer).
+SAVEFILE_BUFFER_BYTES instead, and stdio's per-call lock is switched off (_tune_stdio).
 
 pcapy-ng opens the file; its frames are then read on that libpcap handle by the compiled
 FrameReader (pcap_next_ex, one copy of each frame into the batch), where next_batch()
@@ -65,6 +65,9 @@ FRAME_BATCH_BYTES = 4 << 20
 """Bytes of frames read into one batch at most (besides frames_per_read): a capture of
 full-size frames gives batches of about 2 800 of them. A single larger frame (snaplen
 allows 256 KiB) gets a batch of its own."""
+FSETLOCKING_BYCALLER = 2
+"""glibc's __fsetlocking() mode (stdio_ext.h): the caller serialises a FILE's use itself,
+so stdio takes no lock on each call."""
 PCAPY_READER_FIELDS_BYTES = 88
 """What pcapy-ng 2.x's Reader object holds after the object header: the pcap_t pointer
 first, then the network, mask and filter counters. A Reader of another size is of another
@@ -288,6 +291,7 @@ def _libpcap_calls() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
         pcap.pcap_geterr.argtypes = (ctypes.c_void_p,)
         pcap.pcap_next_ex.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
         libc.setvbuf.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
+        libc.__fsetlocking.argtypes = (ctypes.c_void_p, ctypes.c_int)
     except (OSError, AttributeError):
         return None
     return pcap, libc
@@ -305,11 +309,12 @@ def _handle(reader: Any) -> int | None:
     return handle
 
 
-def _enlarge_stdio_buffer(reader: Any, path: str) -> ctypes.Array | None:
+def _tune_stdio(reader: Any, path: str) -> ctypes.Array | None:
     """Give the FILE libpcap reads a plain capture file through a buffer of
-    SAVEFILE_BUFFER_BYTES. Returns the buffer, which must outlive the reader, or None
-    where it was not done (only speed differs). Never for a pipe: glibc moves the file
-    offset back over what its old buffer held unread, which a pipe cannot do."""
+    SAVEFILE_BUFFER_BYTES, and take the lock off its calls. Returns the buffer, which must
+    outlive the reader, or None where it was not done (only speed differs). Never for a
+    pipe: glibc moves the file offset back over what its old buffer held unread, which a
+    pipe cannot do."""
     handle = _handle(reader)
     if handle is None or not os.path.isfile(path) or is_stream(path):
         return None
@@ -318,6 +323,10 @@ def _enlarge_stdio_buffer(reader: Any, path: str) -> ctypes.Array | None:
     buffer = ctypes.create_string_buffer(SAVEFILE_BUFFER_BYTES)
     if not stream or libc.setvbuf(stream, buffer, 0, SAVEFILE_BUFFER_BYTES) != 0:    # 0: _IOFBF
         return None
+    # libpcap makes two fread() calls a frame, each taking the FILE's lock, about a sixth
+    # of the time spent reading a file (bench/parse.py). Only the thread reading the file
+    # ever uses this FILE, so the lock guards nothing.
+    libc.__fsetlocking(stream, FSETLOCKING_BYCALLER)
     return buffer
 
 
@@ -360,7 +369,7 @@ def _close(reader: Any, inflater: _Inflater | _Decompressed | None) -> str | Non
 def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
     """Yield the frames of one capture file; CaptureError when it cannot be read."""
     reader, inflater = _open(path)
-    stdio_buffer = _enlarge_stdio_buffer(reader, path) if inflater is None else None
+    stdio_buffer = _tune_stdio(reader, path) if inflater is None else None
     linktype = reader.datalink()
     source = FrameSource(reader)
     first = 1
