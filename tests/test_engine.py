@@ -1403,6 +1403,19 @@ def test_index_keys_finds_first_occurrence(values, keys):
     assert index_keys(v, k).tolist() == expected
 
 
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 30), max_size=20),
+       st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 30), min_size=100, max_size=400))
+def test_index_keys_among_many_more_keys_finds_first_occurrence(values, keys):
+    """Keys that outnumber the values (a batch's looked up among those held) are looked up
+    through a table of the values: same answers, duplicates on either side included."""
+    from sensor.track import index_keys, isin_keys
+    v, k = np.array(values, dtype=np.uint64), np.array(keys, dtype=np.uint64)
+    expected = [keys.index(x) if x in keys else -1 for x in values]
+    assert index_keys(v, k).tolist() == expected
+    assert np.array_equal(isin_keys(v, k), np.isin(v, k))
+
 def _matching_by_definition(key: list[int], ts: list[float], is_response: list[bool]):
     """Query/response matching as defined, by brute force: events in (time, kind, capture)
     order; a response goes to the latest query before it with its key; the first response
