@@ -411,6 +411,22 @@ def test_unique_counts_are_exact_then_a_sketch_and_merge_across_processes():
     assert big.count.tolist() == [n + n]
 
 
+
+def test_a_sketch_merged_into_a_group_counted_exactly_keeps_the_exact_values():
+    """A group one table still counts exactly and another had to sketch (another worker's,
+    or a later flush's, past EXACT_UNIQUE_LIMIT): the merged count is of both tables' values."""
+    exact = _one_group(range(EXACT_UNIQUE_LIMIT - 96))
+    assert not exact.sketches["u"]
+    n = EXACT_UNIQUE_LIMIT + 100
+    sketched = _one_group(range(10 ** 6, 10 ** 6 + n))
+    assert sketched.sketches["u"]
+    exact.add(sketched, limit=10)
+    want = EXACT_UNIQUE_LIMIT - 96 + n
+    assert abs(exact.unique_counts("u")[0] - want) < want * 0.05
+    assert len(exact.pairs["u"][0]) == len(exact.pair_keys["u"]) == 0   # counted by the sketch alone
+    exact.add(_one_group(range(5)), limit=10)                           # values it has: no change
+    assert abs(exact.unique_counts("u")[0] - want) < want * 0.05
+
 @settings(max_examples=150, deadline=None)
 @given(batches=st.lists(st.dictionaries(st.integers(0, 10), st.tuples(st.integers(1, 5), st.integers(0, 50),
                                                                       st.integers(-9, 9)), max_size=6),

@@ -122,13 +122,29 @@ class RuleTable:
                 setattr(self, attr, np.concatenate([getattr(self, attr), getattr(other, attr)[new]]))
         for name in self.uniques:
             self._merge_pairs(name, *other.pairs[name], other.pair_keys[name])
-            for gk, sketch in other.sketches[name].items():
-                have = self.sketches[name].get(gk)
-                if have is None:
-                    self.sketches[name][gk] = sketch
-                else:
-                    have.merge(sketch)
+            if other.sketches[name]:
+                self._take_sketches(name, other.sketches[name])
         return dropped
+
+    def _take_sketches(self, name: str, incoming: dict[int, HllCounter]) -> None:
+        """Another table's sketches in: a group this table still counts exactly takes its
+        exact values into the sketch, which counts the group from then on."""
+        sketches = self.sketches[name]
+        groups, values = self.pairs[name]
+        newly = np.fromiter((gk for gk in incoming if gk not in sketches), dtype=np.uint64)
+        if len(newly) and len(groups):
+            moving = isin_keys(groups, newly)
+            if moving.any():
+                for gk in np.unique(groups[moving]).tolist():
+                    incoming[gk].update(values[moving & (groups == gk)].tolist())
+                self.pairs[name] = (groups[~moving], values[~moving])
+                self.pair_keys[name] = self.pair_keys[name][~moving]
+        for gk, sketch in incoming.items():
+            have = sketches.get(gk)
+            if have is None:
+                sketches[gk] = sketch
+            else:
+                have.merge(sketch)
 
     def _merge_pairs(self, name: str, groups: np.ndarray, values: np.ndarray,
                      keys: np.ndarray | None = None) -> None:
