@@ -537,6 +537,45 @@ def test_unique_counts_of_folded_batches_count_each_groups_distinct_values(tmp_p
     assert batches > 1 if per_batch < 4800 else batches == 1
 
 
+
+@pytest.mark.parametrize("max_groups", [5, 10**6])
+def test_batch_tables_held_back_fold_as_one_by_one(tmp_path, max_groups):
+    """A rule's batch tables folded PENDING_BATCH_TABLES at a time (and the rest settled at
+    the end) give the groups, counts, texts, aggregates and dropped rows that folding each
+    batch as it comes gives, past the group limit too."""
+    from dataclasses import replace
+    from sensor.detectors.rules_engine import PENDING_BATCH_TABLES, fold, settle
+    from sensor.features import NetworkSet, build
+    from sensor.limits import DEFAULT_LIMITS
+    from sensor.parse import Parser
+    from sensor.rules import load_rule
+    from sensor.track import Tracker
+    (tmp_path / "names.toml").write_text(
+        'kind = "x"\nseverity = "low"\nwhere = "is_query"\ngroup_by = ["client", "regdom"]\nwindow_s = 60\n'
+        'summary = "{client}"\n[aggregate]\nnames = "nunique(qname)"\nlongest = "max(left_len)"\n'
+        'bytes = "sum(size)"\n[threshold]\nwhen = "names >= 1"\n')
+    rule = load_rule(tmp_path / "names.toml", lists={}, dga_model=None, tags={})
+    parser = Parser(limits=replace(DEFAULT_LIMITS, messages_per_batch=50, frames_per_read=50))
+    tracker = Tracker()
+    one_by_one, held_back, pending = {}, {}, {}
+    dropped_one, dropped_held = {}, {}
+    batches = 0
+    for capture in ("generated-water-torture.pcap", "generated-dga-client.pcap", "demo-office-resolver.pcap"):
+        for batch in parser.parse_file(str(DATA / capture)):
+            batches += 1
+            features = build(batch, tracker.process(batch.messages), NetworkSet(()))
+            fold([rule], features, one_by_one, max_groups, dropped_one)
+            fold([rule], features, held_back, max_groups, dropped_held, pending)
+    assert batches % PENDING_BATCH_TABLES and pending[rule.name]          # some still waiting
+    settle(held_back, pending, max_groups, dropped_held)
+    assert not pending
+    a, b = one_by_one[rule.name], held_back[rule.name]
+    for attr in ("keys", "window", "client", "server", "domain", "samples", "count", "first", "last", "values"):
+        assert np.array_equal(getattr(a, attr), getattr(b, attr)), attr
+    assert np.array_equal(a.unique_counts("names"), b.unique_counts("names"))
+    assert dropped_one == dropped_held
+    assert (dropped_one.get("rule_groups_overflow", 0) > 0) == (max_groups == 5)
+
 def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
     import subprocess
     import sys

@@ -10,6 +10,8 @@ Limits.max_rule_groups; the rest are counted (drop stage rule_groups_overflow).
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from sensor import _core
@@ -82,9 +84,19 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     return out
 
 
+PENDING_BATCH_TABLES = 4
+"""A rule's batch tables held back and folded into its table together (fold with `pending`).
+Folding reads the whole table, every group and pair key, to tell a batch's new ones from
+those held, and copies it to append them: once a window's table had grown, folding each
+batch on its own cost more than making the batch's table. Held back, at most this many
+batch tables of a rule wait, each of at most one batch's rows."""
+
+
 def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable], max_groups: int,
-         dropped: dict[str, int]) -> None:
-    """Fold one batch into `partials` (rule name -> RuleTable)."""
+         dropped: dict[str, int], pending: dict[str, list[RuleTable]] | None = None) -> None:
+    """Fold one batch into `partials` (rule name -> RuleTable). With `pending` (rule name ->
+    batch tables not folded yet), a rule's batch tables wait there and go in
+    PENDING_BATCH_TABLES at a time; settle() folds in those still waiting."""
     for rule in rules:
         table.columns.sources.update(rule.sources)
         if rule.dga_model is not None:
@@ -97,9 +109,37 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
         if mine is None:
             mine = partials[rule.name] = new_table(rule)
         part = batch_table(rule, table, idx, mine.keys)
-        lost = mine.add(part, max_groups)
-        if lost:
-            dropped["rule_groups_overflow"] = dropped.get("rule_groups_overflow", 0) + lost
+        if pending is None:
+            _add(mine, part, max_groups, dropped)
+            continue
+        waiting = pending.setdefault(rule.name, [])
+        waiting.append(part)
+        if len(waiting) >= PENDING_BATCH_TABLES:
+            _add(mine, _combined(pending.pop(rule.name)), max_groups, dropped)
+
+
+def settle(partials: dict[str, RuleTable], pending: dict[str, list[RuleTable]], max_groups: int,
+           dropped: dict[str, int]) -> None:
+    """Fold the batch tables still waiting in `pending` into `partials`, and empty it."""
+    for name, waiting in pending.items():
+        _add(partials[name], _combined(waiting), max_groups, dropped)
+    pending.clear()
+
+
+def _combined(parts: list[RuleTable]) -> RuleTable:
+    """Batch tables of one rule as one, in their order: what folding them one after another
+    gives, the group limit aside, which applies as the whole goes in (the same groups are
+    dropped: those new to the held table past its room, in order of first appearance)."""
+    out = parts[0]
+    for part in parts[1:]:
+        out.add(part, sys.maxsize)
+    return out
+
+
+def _add(mine: RuleTable, part: RuleTable, max_groups: int, dropped: dict[str, int]) -> None:
+    lost = mine.add(part, max_groups)
+    if lost:
+        dropped["rule_groups_overflow"] = dropped.get("rule_groups_overflow", 0) + lost
 
 
 def merge_partials(mine: dict[str, RuleTable], other: dict[str, RuleTable], max_groups: int,

@@ -455,12 +455,20 @@ class Accumulator:
 
     @rules.setter
     def rules(self, rules: list) -> None:
+        if getattr(self, "_rule_pending", None):       # batch tables of the rules before
+            self._settle_rules()
         self._rules = list(rules)
+        self._rule_pending: dict[str, list] = {}       # rule name -> batch tables not folded yet
         # Reloaded rules may bring other lists, patterns or models: what the memo says of a
         # name no longer holds.
         self.names = NameMemo(self.limits.name_memo_names)
 
+    def _settle_rules(self) -> None:
+        from sensor.detectors.rules_engine import settle
+        settle(self.agg.rules, self._rule_pending, self.limits.max_rule_groups, self.agg.dropped)
+
     def take(self) -> Aggregate:
+        self._settle_rules()
         agg, self.agg = self.agg, Aggregate()
         for table, cache in ((agg.pdns, self._pdns_text), (agg.nxdomain, self._nx_text)):
             table.text = {k: cache[k] for k in table.keys.tolist()}
@@ -503,7 +511,7 @@ class Accumulator:
                 from sensor import features
                 from sensor.detectors.rules_engine import fold
                 fold(self.rules, features.build(batch, track, self.networks, self.names), agg.rules,
-                     self.limits.max_rule_groups, agg.dropped)
+                     self.limits.max_rule_groups, agg.dropped, self._rule_pending)
         if len(track.unanswered):
             self.add_unanswered(track.unanswered)
         if len(track.evicted):
