@@ -88,8 +88,12 @@ COUNTER_NAMES = (
 )
 
 REGDOM_COLUMNS = ("regdom_start", "regdom_length", "regdom_hash")
-"""The hot columns made with the fields (Core.set_hot_columns), as regdom_columns() makes
+"""Hot columns made with the fields (Core.set_hot_columns), as regdom_columns() makes
 them: each question's registered domain as an arena span and its span_hash."""
+BAILIWICK_COLUMN = "bailiwick_strays"
+"""The hot column made with the fields that out_of_bailiwick() gives: a message's records
+are in cache as it is parsed, where a pass over a finished batch fetched them again."""
+DERIVED_COLUMNS = REGDOM_COLUMNS + (BAILIWICK_COLUMN,)
 
 # Fixed bounds of the wire format (RFC 1035), not tunables.
 DEF MAX_NAME_WIRE = 255          # a name's wire length, terminator included
@@ -974,7 +978,7 @@ cdef class Core:
     cdef int nhot
     cdef uint32_t hot_offset[MAX_HOT_COLUMNS]
     cdef uint8_t hot_size[MAX_HOT_COLUMNS]
-    cdef char *hot_data[MAX_HOT_COLUMNS + 3]     # the fields', then REGDOM_COLUMNS'
+    cdef char *hot_data[MAX_HOT_COLUMNS + 4]     # the fields', then DERIVED_COLUMNS'
     cdef readonly tuple hot_names
     cdef list hot_arrays
     cdef size_t nextracted           # rows of the batch whose hot columns are filled
@@ -1105,7 +1109,8 @@ cdef class Core:
         """Copy these message fields out of the rows as contiguous columns, HOT_CHUNK rows at
         a time as add_frames() makes them (still in the CPU's caches then, where a column
         copied out of a finished batch pulls every 152-byte row back through them), and the
-        registered domain's arena span and hash (REGDOM_COLUMNS); finish() hands them out.
+        registered domain's arena span and hash (REGDOM_COLUMNS) and the records no question
+        or answer explains (BAILIWICK_COLUMN); finish() hands them out.
         The batch under construction gets them too; () turns them off."""
         names = tuple(names)
         if len(names) > MAX_HOT_COLUMNS:
@@ -1136,8 +1141,8 @@ cdef class Core:
         for c in range(self.nhot):
             self.hot_arrays.append(np.empty(cap, dtype=MESSAGE_DTYPE.fields[self.hot_names[c]][0]))
         self.hot_arrays += [np.empty(cap, dtype=np.uint32), np.empty(cap, dtype=np.uint32),
-                            np.empty(cap, dtype=np.uint64)]
-        for c in range(self.nhot + 3):
+                            np.empty(cap, dtype=np.uint64), np.empty(cap, dtype=np.float64)]
+        for c in range(self.nhot + 4):
             self.hot_data[c] = <char *><size_t>self.hot_arrays[c].ctypes.data
         return 0
 
@@ -1151,6 +1156,7 @@ cdef class Core:
         cdef uint32_t *reg_off
         cdef uint32_t *reg_len
         cdef uint64_t *reg_hash
+        cdef double *strays
         if self.nhot == 0 or start >= end:
             return
         for c in range(self.nhot):
@@ -1179,6 +1185,10 @@ cdef class Core:
             reg_off[i] = off
             reg_len[i] = length
             reg_hash[i] = span_hash(<const uint8_t *>self.arena.buf + off, length)
+        strays = <double *>self.hot_data[self.nhot + 3]
+        for i in range(start, end):
+            strays[i] = (message_strays(<const uint8_t *>self.arena.buf, &self.msgs[i], self.rrs)
+                         if any_to_explain(&self.msgs[i], self.rrs) else 0)
         self.nextracted = end
 
     cdef int grow_rrs(self) except -1:
@@ -1192,14 +1202,14 @@ cdef class Core:
 
     def finish(self):
         """Return (messages, rrs, arena bytes, counters dict, hot columns dict: field or
-        REGDOM_COLUMNS name -> column) and leave the core empty."""
+        DERIVED_COLUMNS name -> column) and leave the core empty."""
         self.extract_hot()
         msgs = self.messages_array[:self.nmsg]
         rrs = self.rrs_array[:self.nrr]
         arena = self.arena.buf[:self.arena.len] if self.arena.len else b""
         counters = {COUNTER_NAMES[i]: self.counters[i] for i in range(N_COUNTERS)}
         columns = {name: column[:self.nmsg]
-                   for name, column in zip(self.hot_names + REGDOM_COLUMNS, self.hot_arrays)}
+                   for name, column in zip(self.hot_names + DERIVED_COLUMNS, self.hot_arrays)}
         # The arrays handed out stay valid: the next batch gets fresh ones.
         self.begin(self.msg_cap)
         return msgs, rrs, arena, counters, columns
@@ -3126,7 +3136,7 @@ def dga_scores(const uint8_t[::1] arena, const uint32_t[::1] qname_off, const ui
     return out
 
 
-cdef inline bint at_or_below(const uint8_t[::1] a, uint32_t child, uint32_t child_len,
+cdef inline bint at_or_below(const uint8_t *a, uint32_t child, uint32_t child_len,
                              uint32_t parent, uint32_t parent_len) noexcept nogil:
     """The name at `child` equals the name at `parent` or lies below it (text form, lower case)."""
     cdef uint32_t j, start
@@ -3141,7 +3151,7 @@ cdef inline bint at_or_below(const uint8_t[::1] a, uint32_t child, uint32_t chil
     return parent_len == child_len or a[start - 1] == 46
 
 
-cdef inline void rdata_target(const uint8_t[::1] a, uint32_t off, uint32_t length,
+cdef inline void rdata_target(const uint8_t *a, uint32_t off, uint32_t length,
                               uint32_t *t_off, uint32_t *t_len) noexcept nogil:
     """The name an NS, CNAME, DNAME, PTR, MX or SRV record points at: its last field."""
     cdef uint32_t k = off + length
@@ -3157,7 +3167,7 @@ cdef inline bint names_a_target(uint16_t rtype) noexcept nogil:
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef bint authority_explained(const uint8_t[::1] a, const RRRow *rr, uint32_t r, uint32_t first,
+cdef bint authority_explained(const uint8_t *a, const RRRow *rr, uint32_t r, uint32_t first,
                               uint32_t last, uint32_t qo, uint32_t ql, uint32_t ro, uint32_t rl) noexcept nogil:
     """An authority record owned by the question name, an answer's owner or target, or a
     parent of one of them, or under the question's registered domain; NSEC, NSEC3 and RRSIG
@@ -3193,6 +3203,58 @@ cdef inline bint needs_explaining(const RRRow *r) noexcept nogil:
     return r.section != 1 and r.type != 41 and r.type != 250 and r.type != 24
 
 
+cdef inline bint any_to_explain(const MessageRow *mr, const RRRow *rr) noexcept nogil:
+    """Whether a message the core made has a record that needs explaining: its records are
+    in wire order, answers first, so only those after the last answer are looked at (for
+    most responses none, or the OPT record alone)."""
+    cdef uint32_t r = mr.rr_start + mr.rr_count
+    while r > mr.rr_start:
+        r -= 1
+        if rr[r].section == 1:
+            return False
+        if needs_explaining(&rr[r]):
+            return True
+    return False
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int64_t message_strays(const uint8_t *a, const MessageRow *mr, const RRRow *rr) noexcept nogil:
+    """out_of_bailiwick's count for one message, whose records (rr[rr_start:rr_start +
+    rr_count]) and every span of theirs and of its question lie in the table and in the
+    arena text `a`: checked by the caller, or made so by the core."""
+    cdef uint32_t first = mr.rr_start, last = mr.rr_start + mr.rr_count, r, s
+    cdef uint32_t qo, ql, ro, rl, to, tl, no, nl
+    cdef bint ok
+    cdef int64_t strays = 0
+    if mr.sport == MDNS_PORT or mr.dport == MDNS_PORT:
+        return 0
+    qo, ql = mr.qname_off, mr.qname_len
+    ro = qo + mr.regdom_off if mr.regdom_off < ql else qo
+    rl = ql - mr.regdom_off if mr.regdom_off < ql else ql
+    for r in range(first, last):
+        if not needs_explaining(&rr[r]):
+            continue
+        no, nl = rr[r].name_off, rr[r].name_len
+        if rr[r].section == 2:
+            ok = authority_explained(a, rr, r, first, last, qo, ql, ro, rl)
+        else:
+            # glue: under the registered domain, under an authority owner that is
+            # itself explained, or the target of a record that names a host
+            ok = at_or_below(a, no, nl, ro, rl)
+            s = first
+            while not ok and s < last:
+                if rr[s].section == 2 and at_or_below(a, no, nl, rr[s].name_off, rr[s].name_len):
+                    ok = authority_explained(a, rr, s, first, last, qo, ql, ro, rl)
+                if not ok and rr[s].section < 3 and names_a_target(rr[s].type):
+                    rdata_target(a, rr[s].rdata_off, rr[s].rdata_len, &to, &tl)
+                    ok = tl == nl and at_or_below(a, no, nl, to, tl)
+                s += 1
+        if not ok:
+            strays += 1
+    return strays
+
+
 @cython.boundscheck(False)
 @cython.wraparound(False)
 def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
@@ -3213,9 +3275,8 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
     cdef const RRRow *rr = <const RRRow *>_row_data(rrs, RR_DTYPE, "record")
     cdef const MessageRow *mr
     cdef uint64_t size = arena.shape[0]
-    cdef uint32_t r, s, first, last, qo, ql, ro, rl, to, tl, no, nl
-    cdef bint ok
-    cdef int64_t strays
+    cdef const uint8_t *base = &arena[0] if size else NULL     # no span has a byte to read then
+    cdef uint32_t r, first, last
     cdef Py_ssize_t bad_message = -1, bad_record = -1, j = 0
     out = np.zeros(n, dtype=np.float64)
     cdef double[::1] o = out
@@ -3239,8 +3300,6 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
             first = mr.rr_start
             last = first + mr.rr_count
             j = last                    # the message's records are one block: the next is past it
-            if mr.sport == MDNS_PORT or mr.dport == MDNS_PORT:
-                continue
             for r in range(first, last):
                 if (<uint64_t>rr[r].name_off + rr[r].name_len > size
                         or <uint64_t>rr[r].rdata_off + rr[r].rdata_len > size):
@@ -3248,31 +3307,7 @@ def out_of_bailiwick(messages, rrs, const uint8_t[::1] arena):
                     break
             if bad_record >= 0:
                 break
-            qo, ql = mr.qname_off, mr.qname_len
-            ro = qo + mr.regdom_off if mr.regdom_off < ql else qo
-            rl = ql - mr.regdom_off if mr.regdom_off < ql else ql
-            strays = 0
-            for r in range(first, last):
-                if not needs_explaining(&rr[r]):
-                    continue
-                no, nl = rr[r].name_off, rr[r].name_len
-                if rr[r].section == 2:
-                    ok = authority_explained(arena, rr, r, first, last, qo, ql, ro, rl)
-                else:
-                    # glue: under the registered domain, under an authority owner that is
-                    # itself explained, or the target of a record that names a host
-                    ok = at_or_below(arena, no, nl, ro, rl)
-                    s = first
-                    while not ok and s < last:
-                        if rr[s].section == 2 and at_or_below(arena, no, nl, rr[s].name_off, rr[s].name_len):
-                            ok = authority_explained(arena, rr, s, first, last, qo, ql, ro, rl)
-                        if not ok and rr[s].section < 3 and names_a_target(rr[s].type):
-                            rdata_target(arena, rr[s].rdata_off, rr[s].rdata_len, &to, &tl)
-                            ok = tl == nl and at_or_below(arena, no, nl, to, tl)
-                        s += 1
-                if not ok:
-                    strays += 1
-            o[i] = strays
+            o[i] = message_strays(base, mr, rr)
     if bad_message >= 0:
         raise ValueError("message %d outside the record table or the arena" % bad_message)
     if bad_record >= 0:

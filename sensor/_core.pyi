@@ -4,6 +4,8 @@ import numpy as np
 ANOMALY_ORDER: tuple[str, ...]
 COUNTER_NAMES: tuple[str, ...]
 REGDOM_COLUMNS: tuple[str, str, str]
+BAILIWICK_COLUMN: str
+DERIVED_COLUMNS: tuple[str, str, str, str]
 MESSAGE_ROW_SIZE: int
 RR_ROW_SIZE: int
 MESSAGE_DTYPE: np.dtype | None
@@ -30,7 +32,7 @@ class Core:
     def set_hot_columns(self, names: tuple[str, ...]) -> None:
         """Copy these message fields (1, 2, 4 or 8-byte scalars) out as contiguous columns,
         a few hundred rows at a time as add_frames() makes them (still in the caches), with
-        REGDOM_COLUMNS; () turns them off. A list with any bad name is refused whole."""
+        DERIVED_COLUMNS; () turns them off. A list with any bad name is refused whole."""
     def finish(self) -> tuple[np.ndarray, np.ndarray, bytes, dict[str, int], dict[str, np.ndarray]]:
         """(messages, rrs, arena, counters, hot columns by name); the core starts empty."""
     def add_frames(self, blob: bytes, meta: np.ndarray, linktype: int, first_frame: int) -> list[int]: ...

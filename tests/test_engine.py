@@ -2017,11 +2017,13 @@ def test_registered_domain_columns_agree_with_column_arithmetic(capture):
     ("suricata-tcp-pipelined-20-query-response-pairs.pcap", 4, 12),  # messages added after the frames
     ("gdc-ipv4-fragmented-response-dnskey.pcap", 4, 2),
     ("suricata-malformed-tcp1053-1500-questions-overlong-qnames.pcap", 4, 1),
+    ("generated-out-of-bailiwick.pcap", 3, 4),
 ])
 def test_hot_columns_are_the_fields_of_the_rows(capture, read, at_least):
     """The columns the compiled parser copies out while parsing are each message's own
-    fields and registered domain, also for messages reassembled outside add_frames() and
-    reordered into frame order, and across a batch that outgrows its first capacity."""
+    fields, registered domain and records out of bailiwick, also for messages reassembled
+    outside add_frames() and reordered into frame order, and across a batch that outgrows
+    its first capacity."""
     from sensor.schema import HOT_COLUMNS
     limits = replace(DEFAULT_LIMITS, messages_per_batch=8, frames_per_read=read)   # room for 8 + read
     parser = Parser(ports=(53, 1053), limits=limits, hot_columns=HOT_COLUMNS)
@@ -2031,12 +2033,17 @@ def test_hot_columns_are_the_fields_of_the_rows(capture, read, at_least):
     batch = parser.take()
     assert len(batch) >= at_least
     m = batch.messages
-    assert set(batch.columns) == set(HOT_COLUMNS) | set(_core.REGDOM_COLUMNS)
+    assert set(batch.columns) == set(HOT_COLUMNS) | set(_core.DERIVED_COLUMNS)
     for name in HOT_COLUMNS:
         assert batch.columns[name].tolist() == m[name].tolist(), name
     expected = _core.regdom_columns(m, batch.arena)
     for name, column in zip(_core.REGDOM_COLUMNS, expected):
         assert batch.columns[name].tolist() == column.tolist(), name
+    strays = _core.out_of_bailiwick(m, batch.rrs, batch.arena)
+    assert batch.columns[_core.BAILIWICK_COLUMN].tolist() == strays.tolist()
+    assert batch.bailiwick_strays is batch.columns[_core.BAILIWICK_COLUMN]
+    if capture == "generated-out-of-bailiwick.pcap":
+        assert strays.max() > 0
     # a parser without them copies the same columns out of the finished rows
     parser.core.set_hot_columns(())
     parser.feed(next(read_frames(str(DATA / capture), 4)))
@@ -2044,6 +2051,23 @@ def test_hot_columns_are_the_fields_of_the_rows(capture, read, at_least):
     assert cold.columns == {}
     assert cold.column("ts").tolist() == m["ts"][:len(cold)].tolist()
     assert cold.regdom_hash.tolist() == expected[2][:len(cold)].tolist()
+    assert cold.bailiwick_strays.tolist() == strays[:len(cold)].tolist()
+
+
+def test_records_out_of_bailiwick_counted_while_parsing_are_those_counted_after():
+    """Every capture of tests/data, parsed in small reads with the hot columns: the records
+    the parser found out of bailiwick are those out_of_bailiwick() finds in the finished batch."""
+    from sensor.schema import HOT_COLUMNS
+    strays_seen = to_explain = 0
+    for path in sorted(DATA.glob("*.pcap*")):
+        parser = Parser(ports=(53, 1053, 5353), hot_columns=HOT_COLUMNS)
+        for batch in parser.parse_file(str(path)):
+            expected = _core.out_of_bailiwick(batch.messages, batch.rrs, batch.arena)
+            assert batch.columns[_core.BAILIWICK_COLUMN].tolist() == expected.tolist(), path.name
+            strays_seen += int(expected.sum())
+            rrs = batch.rrs
+            to_explain += len(np.unique(rrs["msg"][(rrs["section"] > 1) & ~np.isin(rrs["type"], (41, 250, 24))]))
+    assert strays_seen > 0 and to_explain > 100
 
 
 def test_hot_columns_follow_messages_put_back_into_frame_order(tmp_path):
@@ -2069,6 +2093,8 @@ def test_hot_columns_follow_messages_put_back_into_frame_order(tmp_path):
     for name in HOT_COLUMNS:
         assert batch.columns[name].tolist() == m[name].tolist(), name
     assert batch.regdom_hash.tolist() == _core.regdom_columns(m, batch.arena)[2].tolist()
+    assert (batch.columns[_core.BAILIWICK_COLUMN].tolist()
+            == _core.out_of_bailiwick(m, batch.rrs, batch.arena).tolist())
 
 
 def test_the_engine_parser_copies_out_what_the_engine_reads(tmp_path):
@@ -2087,7 +2113,7 @@ def test_hot_columns_take_only_scalar_message_fields():
     wire = dnslib.DNSRecord(dnslib.DNSHeader(id=4242), q=dnslib.DNSQuestion("a.example.com")).pack()
     core.add_message(wire, 1.0, 1, 4, bytes(16), bytes(16), 53000, 53, 17)
     msgs, _, _, _, columns = core.finish()
-    assert set(columns) == {"id", "min_ttl", *_core.REGDOM_COLUMNS}
+    assert set(columns) == {"id", "min_ttl", *_core.DERIVED_COLUMNS}
     assert columns["id"].tolist() == msgs["id"].tolist() == [4242]
     assert columns["min_ttl"].dtype == np.int64 and columns["min_ttl"].tolist() == msgs["min_ttl"].tolist()
 

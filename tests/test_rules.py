@@ -1019,7 +1019,6 @@ def test_out_of_bailiwick_records_and_what_explains_the_others(tmp_path):
     """Records for another domain are counted; glue of a referral, the NS set of a CNAME
     target's zone and an NSEC3 proof from the zone above are explained."""
     from pcapgen import Conversation, query
-    from sensor.features import _out_of_bailiwick
     from sensor.parse import parse_file
 
     fired = run_rules([r for r in load_dir(RULES) if r.name == "cache_poisoning_bailiwick"],
@@ -1076,7 +1075,7 @@ def test_out_of_bailiwick_records_and_what_explains_the_others(tmp_path):
     for build in (edns_only, edns_and_a_stray, opt_misplaced_and_a_stray):
         respond("shop.example", build)
     batch = parse_file(str(conv.write(tmp_path / "bailiwick.pcap")))
-    strays = _out_of_bailiwick(batch)[batch.messages["qr"] == 1].tolist()
+    strays = batch.bailiwick_strays[batch.messages["qr"] == 1].tolist()
     # the TXT under the TLD zone, the address of www.bank.test (each time)
     assert strays == [0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
 

@@ -201,7 +201,7 @@ class Columns(dict):
         if name == LAZY_ANSWERS:
             return lambda: _answer_hashes(self._batch)
         if name == LAZY_BAILIWICK:
-            return lambda: _out_of_bailiwick(self._batch)
+            return lambda: self._batch.bailiwick_strays
         return None
 
     def _message_name_rows(self) -> np.ndarray:
@@ -286,11 +286,6 @@ class Selection(Mapping):
 
 _ENCODING_TABLE = np.zeros(256, dtype=np.uint8)
 _ENCODING_TABLE[list(ENCODING_BYTES)] = 1
-
-
-def _out_of_bailiwick(batch: Batch) -> np.ndarray:
-    return _core.out_of_bailiwick(np.ascontiguousarray(batch.messages), np.ascontiguousarray(batch.rrs),
-                                  batch.arena)
 
 
 def _answer_hashes(batch: Batch) -> np.ndarray:

@@ -37,7 +37,7 @@ class Batch:
     counters: dict[str, int] = field(default_factory=dict)
     columns: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
     """Message fields as contiguous columns, by name, as the parser made them or Batch.column
-    copied them out; and the registered domain's span and hash (_core.REGDOM_COLUMNS)."""
+    copied them out; and what the parser works out with them (_core.DERIVED_COLUMNS)."""
 
     def __len__(self) -> int:
         return int(self.messages.shape[0])
@@ -68,6 +68,16 @@ class Batch:
         """Per message: a hash of its question's registered domain (span_hashes), made once
         for the stages that group by it (breakdown, features)."""
         return self._regdom[2]
+
+    @cached_property
+    def bailiwick_strays(self) -> np.ndarray:
+        """Per message: its authority and additional records that nothing it asked or
+        answered explains (_core.out_of_bailiwick), as the parser counted them."""
+        made = self.columns.get(_core.BAILIWICK_COLUMN)
+        if made is not None:
+            return made
+        return _core.out_of_bailiwick(np.ascontiguousarray(self.messages), np.ascontiguousarray(self.rrs),
+                                      self.arena)
 
     @cached_property
     def minute(self) -> np.ndarray:
