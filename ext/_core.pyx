@@ -135,6 +135,7 @@ DEF QNAME_CACHE_LABELS = 32      # 64 wire bytes hold at most 31 labels
 DEF QNAME_CACHE_WIRE = 64
 DEF QNAME_CACHE_PAD = 41         # 128 - 23 header bytes - 64 wire bytes
 DEF MAX_HOT_COLUMNS = 24         # message fields copied out as columns (Core.set_hot_columns)
+DEF FRAME_PREFETCH = 4           # add_frames: frames ahead whose first bytes are fetched early
 DEF HOT_CHUNK = 256              # rows copied out at a time: 38 KB, still in L1/L2
 
 DEF FNV_OFFSET = 0xcbf29ce484222325
@@ -945,7 +946,7 @@ cdef class Core:
     cdef size_t msg_cap, nrr, rr_cap
     cdef Arena arena
     cdef uint64_t counters[N_COUNTERS]
-    cdef uint8_t[::1] port_map
+    cdef uint8_t port_bits[8192]    # the DNS ports, one bit each (set_port_map)
     cdef const uint64_t[::1] psl_table
     cdef uint64_t psl_mask
     cdef int max_questions
@@ -1005,6 +1006,22 @@ cdef class Core:
         free(self.qcache)
         free(self.seen)
 
+    def set_port_map(self, port_map):
+        """The DNS ports: port_map[p] non-zero for each (65536 entries). Kept as a bitmap,
+        8 KB, which stays in the first-level cache where a byte per port (64 KB) did not:
+        a random client port's lookup missed it once a frame."""
+        cdef const uint8_t[::1] ports = np.ascontiguousarray(port_map, dtype=np.uint8)
+        cdef Py_ssize_t p
+        if ports.shape[0] != 65536:
+            raise ValueError("port_map must have 65536 entries")
+        memset(self.port_bits, 0, sizeof(self.port_bits))
+        for p in range(65536):
+            if ports[p]:
+                self.port_bits[p >> 3] |= <uint8_t>(1 << (p & 7))
+
+    cdef inline bint dns_port(self, uint16_t port) noexcept nogil:
+        return (self.port_bits[port >> 3] >> (port & 7)) & 1
+
     def set_dedup(self, double window_s, size_t slots):
         """Drop a UDP DNS frame identical (addresses, ports, payload) to one seen at most
         window_s before it, once per frame seen: a span port that copies both directions
@@ -1041,9 +1058,7 @@ cdef class Core:
 
     def __init__(self, port_map, psl_table, dict type_names, dict tsig_error_names, int max_questions,
                  int max_records, int max_pointer_hops, int capacity=4096):
-        self.port_map = np.ascontiguousarray(port_map, dtype=np.uint8)
-        if self.port_map.shape[0] != 65536:
-            raise ValueError("port_map must have 65536 entries")
+        self.set_port_map(port_map)
         self.psl_table = np.ascontiguousarray(psl_table, dtype=np.uint64)
         check_suffix_table(self.psl_table.shape[0])
         self.psl_mask = self.psl_table.shape[0] - 1
@@ -1243,6 +1258,11 @@ cdef class Core:
             caplen = meta[i, 3]
             if <size_t>off + caplen > <size_t>blob.shape[0]:
                 raise ValueError("frame %d lies outside the blob" % i)
+            if i + FRAME_PREFETCH < n and <size_t>meta[i + FRAME_PREFETCH, 2] + 128 <= <size_t>blob.shape[0]:
+                # the headers and question of a frame a few ahead: decoding a frame began
+                # with a wait for its first bytes
+                DNS_PREFETCH(&blob[0] + meta[i + FRAME_PREFETCH, 2])
+                DNS_PREFETCH(&blob[0] + meta[i + FRAME_PREFETCH, 2] + 64)
             self.counters[C_PACKETS] += 1
             self.counters[C_BYTES] += caplen
             pi = &infos[cur]
@@ -1475,7 +1495,7 @@ cdef class Core:
                 return 0
             sport = be16(pkt + p)
             dport = be16(pkt + p + 2)
-            if not (self.port_map[sport] or self.port_map[dport]):
+            if not (self.dns_port(sport) or self.dns_port(dport)):
                 if depth < MAX_ENCAP_DEPTH:
                     if dport == 4789 and avail >= 16:
                         return self.decode_ether(pkt, end, p + 16, pi, depth + 1)
@@ -1510,7 +1530,7 @@ cdef class Core:
                 return 0
             sport = be16(pkt + p)
             dport = be16(pkt + p + 2)
-            if not (self.port_map[sport] or self.port_map[dport]):
+            if not (self.dns_port(sport) or self.dns_port(dport)):
                 self.counters[C_NOT_DNS] += 1
                 return 0
             optlen = (pkt[p + 12] >> 4) * 4

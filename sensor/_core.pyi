@@ -25,6 +25,8 @@ class Core:
     nmsg: int
     dedup_window_s: float
     hot_names: tuple[str, ...]
+    def set_port_map(self, port_map: np.ndarray) -> None:
+        """The DNS ports: port_map[p] non-zero for each of them (65536 entries)."""
     def set_dedup(self, window_s: float, slots: int) -> None:
         """Drop UDP DNS frames identical to one seen within window_s, each frame's copy once
         (span-port duplicates); 0 turns it off. `slots`, a power of two, are remembered by hash."""

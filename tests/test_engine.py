@@ -2104,6 +2104,28 @@ def test_the_engine_parser_copies_out_what_the_engine_reads(tmp_path):
     assert Parser().core.hot_names == ()          # a parser on its own copies nothing out
 
 
+
+@pytest.mark.parametrize("backend", ["compiled", "twin"])
+def test_dns_ports_are_the_configured_ones_after_a_change_too(tmp_path, backend):
+    """A frame is DNS when either port is one of the parser's, the edges of the port range
+    and of each byte of the compiled core's bitmap included, and set_ports() replaces them."""
+    ports = [1, 7, 8, 53, 5353, 65535]
+    others = [2, 6, 9, 54, 5352, 65534]
+    frames = [(1.0 + i, udp_frame(query(f"p{port}.example", txid=i).pack(), CLIENT, RESOLVER, 40000 + i % 2, port))
+              for i, port in enumerate(ports + others)]
+    capture = write_pcap(tmp_path / "ports.pcap", frames)
+
+    def dns_ports(parser):
+        for read in read_frames(str(capture), 100):
+            parser.feed(read)
+        batch = parser.take()
+        return sorted(int(p) for p in batch.messages["dport"]), batch.counters.get("not_dns", 0)
+
+    parser = Parser(ports=ports, backend=backend)
+    assert dns_ports(parser) == (sorted(ports), len(others))
+    parser.set_ports(others)
+    assert dns_ports(parser) == (sorted(others), len(ports))
+
 def test_hot_columns_take_only_scalar_message_fields():
     core = Parser().core
     core.set_hot_columns(("id", "min_ttl"))

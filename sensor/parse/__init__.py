@@ -46,7 +46,7 @@ class Parser:
             raise ValueError(f"ports out of range: {bad}")
         self.limits = limits
         keep_batches_on_heap(limits)
-        # Shared with the core, which reads it in place: set_ports() edits it.
+        # The core keeps a copy (as a bitmap): set_ports() edits this one and hands it over.
         self._port_map = port_map = np.zeros(65536, dtype=np.uint8)
         port_map[sorted(self.ports)] = 1
         rules = load_rules(suffix_list, include_private_suffixes)
@@ -80,6 +80,8 @@ class Parser:
         self._port_map[sorted(new)] = 1
         if self.backend == "twin":
             self.core.ports = new
+        else:
+            self.core.set_port_map(self._port_map)
 
     def set_dedup(self, window_s: float) -> None:
         """Drop UDP DNS frames that repeat one seen at most window_s before (each frame
