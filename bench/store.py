@@ -52,7 +52,7 @@ def timed(path: str, warm: list[list[tuple]], flushes: list[list[tuple]], in_key
             if in_key_order:
                 store.add_pdns(conn, rows)
             else:
-                conn.executemany(PDNS_UPSERT, rows)   # as they come
+                PDNS_UPSERT.run(conn, rows)   # as they come
         if k >= len(warm):
             spent += time.perf_counter() - t
     store.conn.close()

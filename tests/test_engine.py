@@ -647,6 +647,50 @@ def test_retention_deletes_only_old_rows(tmp_path):
     store.close()
 
 
+
+@pytest.mark.parametrize("rows_per_statement", [1, 7, 200])
+def test_upserts_written_many_rows_to_a_statement_add_up_as_row_by_row(tmp_path, monkeypatch, rows_per_statement):
+    """Passive-DNS, client and anomaly rows written several to a statement, a flush's rows
+    repeating keys among themselves and with the rows stored before: first and last seen
+    widen and counts add exactly as the rows one by one would."""
+    import random
+    import sensor.store as store_module
+    monkeypatch.setattr(store_module, "ROWS_PER_STATEMENT", rows_per_statement)
+    rng = random.Random(rows_per_statement)
+    store = Store(str(tmp_path / "u.db"))
+    want_pdns: dict = {}
+    want_clients: dict = {}
+    want_anomalies: dict = {}
+    for flush in range(4):
+        pdns, clients, anomalies = [], [], []
+        for _ in range(rng.randint(0, 40)):
+            key = (f"n{rng.randint(0, 15)}.example", rng.choice(["A", "AAAA"]), f"192.0.2.{rng.randint(1, 3)}")
+            first = float(rng.randint(0, 1000))
+            row = (*key, first, first + rng.randint(0, 50), rng.randint(1, 9))
+            pdns.append(row)
+            have = want_pdns.get(key)
+            want_pdns[key] = row[3:] if have is None else (min(have[0], row[3]), max(have[1], row[4]),
+                                                           have[2] + row[5])
+        for _ in range(rng.randint(0, 30)):
+            key = (60 * rng.randint(0, 3), f"192.0.2.{rng.randint(1, 9)}")
+            counts = tuple(rng.randint(0, 5) for _ in range(6))
+            clients.append((*key, *counts))
+            want_clients[key] = tuple(a + b for a, b in zip(want_clients.get(key, (0,) * 6), counts))
+        for _ in range(rng.randint(0, 10)):
+            key = (60 * rng.randint(0, 2), rng.choice(["truncated", "bad_pointer"]))
+            anomalies.append((*key, 1))
+            want_anomalies[key] = want_anomalies.get(key, 0) + 1
+        with store.transaction() as conn:
+            store.add_pdns(conn, pdns)
+            store.add_clients(conn, clients)
+            store.add_anomalies(conn, anomalies)
+    got = {tuple(r[:3]): tuple(r[3:]) for r in store.conn.execute("SELECT * FROM pdns")}
+    assert got == want_pdns
+    assert {tuple(r[:2]): tuple(r[2:]) for r in store.conn.execute("SELECT * FROM clients")} == want_clients
+    assert {tuple(r[:2]): r[2] for r in store.conn.execute("SELECT * FROM anomalies")} == want_anomalies
+    assert len(want_pdns) > 20 and len(want_clients) > 10
+    store.close()
+
 def test_a_new_database_gets_big_pages_and_an_existing_one_keeps_its_own(tmp_path):
     from sensor.store import PAGE_BYTES
     Store(str(tmp_path / "new.db")).close()

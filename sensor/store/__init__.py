@@ -12,6 +12,8 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import sqlite_utils
@@ -45,17 +47,57 @@ instead of 23.8 with 460 k rows a flush, 25.5 instead of 35 with 50 k; below abo
 the table fits the cache and it makes no difference (the sort is 0.5 us a row)."""
 
 
-def _seen_upsert(table: Any) -> str:
-    """INSERT of a passive-DNS row that, on a key conflict, widens the stored row's first and
-    last seen and adds to its count."""
-    return (f"INSERT INTO {table.name} VALUES ({', '.join('?' * len(table.columns))}) "
-            f"ON CONFLICT({', '.join(table.key)}) DO UPDATE SET "
-            "first_seen = min(first_seen, excluded.first_seen), "
-            "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count")
+ROWS_PER_STATEMENT = 200
+"""Rows one upsert statement writes (a VALUES list of that many, at most 1 800 parameters).
+Run once for each row, running the statement cost a third of writing passive DNS: 11 k new
+rows, 36-40 ms one at a time, 25-28 ms 100 to 500 at a time (measured)."""
+
+
+@dataclass(frozen=True)
+class Upsert:
+    """INSERT of whole rows into `table` that, on a key conflict, does `on_conflict`."""
+    table: str
+    width: int
+    on_conflict: str
+
+    def sql(self, rows: int = 1) -> str:
+        """The statement for this many rows."""
+        row = f"({', '.join('?' * self.width)})"
+        return f"INSERT INTO {self.table} VALUES {', '.join([row] * rows)} {self.on_conflict}"
+
+    def run(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Write the rows, in their order, ROWS_PER_STATEMENT to a statement."""
+        rows = list(rows)
+        k = ROWS_PER_STATEMENT
+        whole = len(rows) - len(rows) % k
+        if whole:
+            conn.executemany(self.sql(k), [tuple(chain.from_iterable(rows[i:i + k])) for i in range(0, whole, k)])
+        if len(rows) > whole:
+            conn.execute(self.sql(len(rows) - whole), tuple(chain.from_iterable(rows[whole:])))
+
+
+def _seen_upsert(table: Any) -> Upsert:
+    """A passive-DNS row that, on a key conflict, widens the stored row's first and last seen
+    and adds to its count."""
+    return Upsert(table.name, len(table.columns),
+                  f"ON CONFLICT({', '.join(table.key)}) DO UPDATE SET "
+                  "first_seen = min(first_seen, excluded.first_seen), "
+                  "last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count")
+
+
+def _adding_upsert(table: Any) -> Upsert:
+    """A whole row whose counters add to the stored row's on a key conflict."""
+    counters = [c for c in table.column_names() if c not in table.key]
+    return Upsert(table.name, len(table.columns),
+                  f"ON CONFLICT({', '.join(table.key)}) DO UPDATE SET "
+                  + ", ".join(f"{c} = {c} + excluded.{c}" for c in counters))
 
 
 PDNS_UPSERT = _seen_upsert(PDNS)
 NXDOMAIN_UPSERT = _seen_upsert(PDNS_NXDOMAIN)
+CLIENTS_UPSERT = _adding_upsert(CLIENTS)
+BREAKDOWN_UPSERT = _adding_upsert(BREAKDOWN)
+ANOMALIES_UPSERT = _adding_upsert(ANOMALIES)
 
 MIGRATIONS = Migrations("dnssensor")
 
@@ -126,19 +168,19 @@ class Store:
     def add_pdns(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """rows: (rrname, rrtype, rdata, first_seen, last_seen, count), counts added; written in
         name order (see _IN_KEY_ORDER)."""
-        conn.executemany(PDNS_UPSERT, sorted(rows, key=_IN_KEY_ORDER))
+        PDNS_UPSERT.run(conn, sorted(rows, key=_IN_KEY_ORDER))
 
     def add_nxdomain(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """rows: (qname, qtype, first_seen, last_seen, count), counts added; written in name order."""
-        conn.executemany(NXDOMAIN_UPSERT, sorted(rows, key=_IN_KEY_ORDER))
+        NXDOMAIN_UPSERT.run(conn, sorted(rows, key=_IN_KEY_ORDER))
 
     def add_clients(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """rows: (minute, client, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added."""
-        conn.executemany(_adding_upsert(CLIENTS), rows)
+        CLIENTS_UPSERT.run(conn, rows)
 
     def add_breakdown(self, conn: sqlite3.Connection, scope: str, rows: Sequence[tuple]) -> None:
         """rows: (minute, key, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added."""
-        conn.executemany(_adding_upsert(BREAKDOWN), [(r[0], scope, *r[1:]) for r in rows])
+        BREAKDOWN_UPSERT.run(conn, [(r[0], scope, *r[1:]) for r in rows])
 
     def put_baseline(self, conn: sqlite3.Connection, series: str, fitted_to: int, seasonality: str,
                      profile: str | None, model: bytes | None) -> None:
@@ -147,7 +189,7 @@ class Store:
 
     def add_anomalies(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
         """rows: (minute, name, count), counts added."""
-        conn.executemany(_adding_upsert(ANOMALIES), rows)
+        ANOMALIES_UPSERT.run(conn, rows)
 
     def put_stats(self, conn: sqlite3.Connection, rows: Sequence[dict[str, Any]]) -> None:
         """Whole stats rows, replacing what is there (the writer merges before writing)."""
@@ -225,14 +267,6 @@ class Store:
         except sqlite3.DatabaseError:
             pass
         self.conn.close()
-
-
-def _adding_upsert(table: Any) -> str:
-    """INSERT of a whole row whose counters add to the stored row's on a key conflict."""
-    counters = [c for c in table.column_names() if c not in table.key]
-    return (f"INSERT INTO {table.name} VALUES ({', '.join('?' * len(table.columns))}) "
-            f"ON CONFLICT({', '.join(table.key)}) DO UPDATE SET "
-            + ", ".join(f"{c} = {c} + excluded.{c}" for c in counters))
 
 
 def _full_disk_hint(folder: str) -> str:
