@@ -42,6 +42,16 @@ cdef extern from *:
         unsigned int len
     ctypedef int (*frames_next_ex_t)(void *, frames_pkthdr **, const unsigned char **) noexcept nogil
 
+cdef extern from *:
+    """
+    #include <string.h>
+    /* Each frame is copied by a call to the C library's memcpy. Inlined, a profile-guided
+       build copied it with "rep movsq", whose start-up took three quarters of the time spent
+       here (frames of a hundred bytes or so). */
+    static void *(*volatile frames_memcpy)(void *, const void *, size_t) = memcpy;
+    """
+    void *frames_memcpy(void *dst, const void *src, size_t n) noexcept nogil
+
 READ_MORE = 1
 """read(): the batch filled up; more frames may follow."""
 READ_END = 0
@@ -116,7 +126,7 @@ cdef class FrameReader:
                     if self.put_aside(hdr, data) < 0:
                         r = -3
                     break
-                memcpy(out + used, data, hdr.caplen)
+                frames_memcpy(out + used, data, hdr.caplen)
                 meta[n, 0] = <uint32_t>hdr.ts.tv_sec
                 meta[n, 1] = <uint32_t>hdr.ts.tv_usec
                 meta[n, 2] = <uint32_t>used
