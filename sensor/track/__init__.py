@@ -177,16 +177,18 @@ class Tracker:
         # traffic) is scanned and copied once, not hashed again with every batch.
         follows = not len(p) or not len(ti) or ts[ti[0]] >= p["ts"][-1]
         part = np.flatnonzero(isin_keys(p["key"], key[ti])) if follows and len(p) and len(ti) else None
-        matched = self._match(p, part, key, ts, is_response, ti)
+        # (every message tracked, as nearly always: its columns are taken whole, not gathered)
+        sel = slice(None) if len(ti) == n else ti
+        matched = self._match(p, part, key, ts, is_response, sel)
         if matched is None:         # not in time order after all: every pending query takes part
             part = None
-            matched = self._match(p, part, key, ts, is_response, ti)
+            matched = self._match(p, part, key, ts, is_response, sel)
         ev_state, ev_rtt, ev_multi, unmatched_ev, open_ev = matched
         np_ = len(p) if part is None else len(part)
         state = np.zeros(n, dtype=np.uint8)
         rtt = np.full(n, np.nan)
         multi = np.zeros(n, dtype=bool)
-        state[ti], rtt[ti], multi[ti] = ev_state[np_:], ev_rtt[np_:], ev_multi[np_:]
+        state[sel], rtt[sel], multi[sel] = ev_state[np_:], ev_rtt[np_:], ev_multi[np_:]
         unmatched = ti[unmatched_ev - np_]          # responses: never a pending event
         raced = np.zeros(n, dtype=np.uint64)
         if len(unmatched):
@@ -259,15 +261,15 @@ class Tracker:
 
     @staticmethod
     def _match(p: np.ndarray, part: np.ndarray | None, key: np.ndarray, ts: np.ndarray,
-               is_response: np.ndarray, ti: np.ndarray) -> tuple | None:
+               is_response: np.ndarray, tracked: np.ndarray | slice) -> tuple | None:
         """_core.match_events over the pending queries (those in `part`, or all of them),
-        then this batch's tracked messages in capture order. With `part` given, the events
-        must already be in (time, kind) order (else None); with all of them they are
-        sorted when they are not, ties as captured."""
+        then this batch's tracked messages (their indexes, or a slice of all) in capture
+        order. With `part` given, the events must already be in (time, kind) order (else
+        None); with all of them they are sorted when they are not, ties as captured."""
         p_key, p_ts = (p["key"], p["ts"]) if part is None else (p["key"][part], p["ts"][part])
-        ev_key = np.concatenate([p_key, key[ti]])
-        ev_ts = np.concatenate([p_ts, ts[ti]])
-        ev_resp = np.concatenate([np.zeros(len(p_key), dtype=np.uint8), is_response[ti]])
+        ev_key = np.concatenate([p_key, key[tracked]])
+        ev_ts = np.concatenate([p_ts, ts[tracked]])
+        ev_resp = np.concatenate([np.zeros(len(p_key), dtype=np.uint8), is_response[tracked]])
         matched = _core.match_events(ev_key, ev_ts, ev_resp)
         if matched is None and part is None:
             matched = _core.match_events(ev_key, ev_ts, ev_resp, np.lexsort((ev_resp, ev_ts)))
