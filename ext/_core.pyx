@@ -2874,18 +2874,30 @@ def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
     """Row of each value in `keys` (its first occurrence), -1 when absent: a lookup through
     one hash table instead of sorting the keys for searchsorted. The table is of the keys,
     or, where they outnumber the values SMALL_SIDE_RATIO times (a batch's keys looked up
-    among all those held), of the values, the keys then read once in order."""
+    among all those held), of the values, the keys then read once in order: a slot then
+    holds a value and 1 until a key matches it, then that key's row + 2."""
     cdef Py_ssize_t n = values.shape[0], m = keys.shape[0], i
     out_arr = np.full(n, -1, dtype=np.int64)
     if n == 0 or m == 0:
         return out_arr
-    if m > SMALL_SIDE_RATIO * n:
-        return index_by_values(values, keys, out_arr)
-    slots_arr = new_slots(m)
+    cdef bint by_values = m > SMALL_SIDE_RATIO * n
+    slots_arr = new_slots(VALUE_TABLE_SPREAD * n if by_values else m)
     cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
     cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
     cdef int64_t[::1] out = out_arr
     cdef uint64_t slot
+    if by_values:
+        for i in range(n):
+            slot = probe(slots, mask, values[i])
+            slots[2 * slot] = values[i]
+            slots[2 * slot + 1] = 1
+        for i in range(m):
+            slot = probe(slots, mask, keys[i])
+            if slots[2 * slot + 1] == 1:
+                slots[2 * slot + 1] = i + 2
+        for i in range(n):
+            out[i] = <int64_t>slots[2 * probe(slots, mask, values[i]) + 1] - 2
+        return out_arr
     for i in range(m):
         slot = probe(slots, mask, keys[i])
         if slots[2 * slot + 1] == 0:
@@ -2894,30 +2906,6 @@ def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
     for i in range(n):
         slot = probe(slots, mask, values[i])
         out[i] = <int64_t>slots[2 * slot + 1] - 1
-    return out_arr
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-cdef object index_by_values(const uint64_t[::1] values, const uint64_t[::1] keys, out_arr):
-    """index_u64 through a table of the values: a slot holds a value and 1 until a key
-    matches it, then that key's row + 2."""
-    cdef Py_ssize_t n = values.shape[0], m = keys.shape[0], i
-    slots_arr = new_slots(VALUE_TABLE_SPREAD * n)
-    cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
-    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
-    cdef int64_t[::1] out = out_arr
-    cdef uint64_t slot
-    for i in range(n):
-        slot = probe(slots, mask, values[i])
-        slots[2 * slot] = values[i]
-        slots[2 * slot + 1] = 1
-    for i in range(m):
-        slot = probe(slots, mask, keys[i])
-        if slots[2 * slot + 1] == 1:
-            slots[2 * slot + 1] = i + 2
-    for i in range(n):
-        out[i] = <int64_t>slots[2 * probe(slots, mask, values[i]) + 1] - 2
     return out_arr
 
 
