@@ -538,13 +538,16 @@ def test_unique_counts_of_folded_batches_count_each_groups_distinct_values(tmp_p
 
 
 
-@pytest.mark.parametrize("max_groups", [5, 10**6])
-def test_batch_tables_held_back_fold_as_one_by_one(tmp_path, max_groups):
-    """A rule's batch tables folded PENDING_BATCH_TABLES at a time (and the rest settled at
-    the end) give the groups, counts, texts, aggregates and dropped rows that folding each
-    batch as it comes gives, past the group limit too."""
+@pytest.mark.parametrize("max_groups, pending_rows", [(5, 16384), (10**6, 16384), (10**6, 60)])
+def test_batch_tables_held_back_fold_as_one_by_one(tmp_path, monkeypatch, max_groups, pending_rows):
+    """A rule's batch tables folded PENDING_BATCH_TABLES at a time, or once they hold
+    PENDING_ROWS rows (and the rest settled at the end), give the groups, counts, texts,
+    aggregates and dropped rows that folding each batch as it comes gives, past the group
+    limit too."""
     from dataclasses import replace
+    import sensor.detectors.rules_engine as rules_engine
     from sensor.detectors.rules_engine import PENDING_BATCH_TABLES, fold, settle
+    monkeypatch.setattr(rules_engine, "PENDING_ROWS", pending_rows)
     from sensor.features import NetworkSet, build
     from sensor.limits import DEFAULT_LIMITS
     from sensor.parse import Parser
@@ -559,14 +562,20 @@ def test_batch_tables_held_back_fold_as_one_by_one(tmp_path, max_groups):
     tracker = Tracker()
     one_by_one, held_back, pending = {}, {}, {}
     dropped_one, dropped_held = {}, {}
-    batches = 0
+    batches = held_most = 0
     for capture in ("generated-water-torture.pcap", "generated-dga-client.pcap", "demo-office-resolver.pcap"):
         for batch in parser.parse_file(str(DATA / capture)):
             batches += 1
             features = build(batch, tracker.process(batch.messages), NetworkSet(()))
             fold([rule], features, one_by_one, max_groups, dropped_one)
             fold([rule], features, held_back, max_groups, dropped_held, pending)
-    assert batches % PENDING_BATCH_TABLES and pending[rule.name]          # some still waiting
+            waiting = pending.get(rule.name, [])
+            assert len(waiting) < PENDING_BATCH_TABLES and sum(int(w.count.sum()) for w in waiting) < pending_rows
+            held_most = max(held_most, len(waiting))
+    # the count bound held tables back in the first case, the rows bound first in the second
+    assert (held_most == PENDING_BATCH_TABLES - 1) == (pending_rows > 1000)
+    if pending_rows > 1000:
+        assert batches % PENDING_BATCH_TABLES and pending[rule.name]      # some still waiting
     settle(held_back, pending, max_groups, dropped_held)
     assert not pending
     a, b = one_by_one[rule.name], held_back[rule.name]

@@ -88,15 +88,21 @@ PENDING_BATCH_TABLES = 4
 """A rule's batch tables held back and folded into its table together (fold with `pending`).
 Folding reads the whole table, every group and pair key, to tell a batch's new ones from
 those held, and copies it to append them: once a window's table had grown, folding each
-batch on its own cost more than making the batch's table. Held back, at most this many
-batch tables of a rule wait, each of at most one batch's rows."""
+batch on its own cost more than making the batch's table. At most this many batch tables
+of a rule wait, and only while they hold fewer than PENDING_ROWS rows."""
+PENDING_ROWS = 16384
+"""Rows (messages that passed a rule's filter) past which a rule's waiting batch tables are
+folded in at once. A batch table of that many rows costs more to fold than the table it
+goes into, so holding it back saves nothing; and under a flood of unique names four of
+them held for each rule took 200 MB more (bench/memory.py) and a quarter of the speed."""
 
 
 def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable], max_groups: int,
          dropped: dict[str, int], pending: dict[str, list[RuleTable]] | None = None) -> None:
     """Fold one batch into `partials` (rule name -> RuleTable). With `pending` (rule name ->
     batch tables not folded yet), a rule's batch tables wait there and go in
-    PENDING_BATCH_TABLES at a time; settle() folds in those still waiting."""
+    PENDING_BATCH_TABLES at a time, or at PENDING_ROWS rows; settle() folds in those
+    still waiting."""
     for rule in rules:
         table.columns.sources.update(rule.sources)
         if rule.dga_model is not None:
@@ -114,7 +120,7 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
             continue
         waiting = pending.setdefault(rule.name, [])
         waiting.append(part)
-        if len(waiting) >= PENDING_BATCH_TABLES:
+        if len(waiting) >= PENDING_BATCH_TABLES or sum(int(w.count.sum()) for w in waiting) >= PENDING_ROWS:
             _add(mine, _combined(pending.pop(rule.name)), max_groups, dropped)
 
 
