@@ -1450,7 +1450,7 @@ def test_index_keys_finds_first_occurrence(values, keys):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 30), max_size=20),
-       st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 30), min_size=100, max_size=400))
+       st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 30), min_size=200, max_size=400))
 def test_index_keys_among_many_more_keys_finds_first_occurrence(values, keys):
     """Keys that outnumber the values (a batch's looked up among those held) are looked up
     through a table of the values: same answers, duplicates on either side included."""
