@@ -635,8 +635,8 @@ cdef int ar_reserve(Arena *a, size_t n) except -1:
 
 cdef int ar_own(Arena *a, size_t cap) except -1:
     """Start an empty arena inside a new bytes object of `cap` bytes, which ar_take() hands
-    out: a batch's text then goes out as it was written, where a copy of it cost as much
-    as a tenth of making the batch."""
+    out: a batch's text then goes out as it was written, where copying it out cost about
+    4 % of making the batch."""
     a.owner = PyBytes_FromStringAndSize(NULL, max(cap, <size_t>64))
     if a.owner == NULL:
         a.buf, a.len, a.cap = NULL, 0, 0
@@ -649,8 +649,15 @@ cdef int ar_own(Arena *a, size_t cap) except -1:
 
 cdef bytes ar_take(Arena *a):
     """The arena's text as a bytes object (its own, cut to length), and a new arena of the
-    same size in its place."""
+    same size in its place. An arena left without its object by a failed allocation
+    (ar_reserve then grows a malloc'd buffer) gives a copy of its text and is owned again."""
     cdef size_t cap = a.cap
+    if a.owner == NULL:
+        text = a.buf[:a.len] if a.len else b""
+        free(a.buf)
+        a.buf, a.len, a.cap = NULL, 0, 0
+        ar_own(a, max(cap, <size_t>65536))
+        return text
     if a.len == 0:
         return b""
     if _PyBytes_Resize(&a.owner, a.len) < 0:
@@ -661,6 +668,7 @@ cdef bytes ar_take(Arena *a):
     a.owner = NULL
     ar_own(a, cap)
     return text
+
 
 cdef inline int ar_put(Arena *a, const char *s, size_t n) except -1:
     ar_reserve(a, n)
@@ -1057,7 +1065,10 @@ cdef class Core:
         self.nextracted = 0
 
     def __dealloc__(self):
-        Py_XDECREF(self.arena.owner)
+        if self.arena.owner != NULL:
+            Py_XDECREF(self.arena.owner)
+        else:
+            free(self.arena.buf)
         free(self.qcache)
         free(self.seen)
 
