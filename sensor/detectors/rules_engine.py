@@ -155,9 +155,7 @@ def merge_partials(mine: dict[str, RuleTable], other: dict[str, RuleTable], max_
         if have is None:
             mine[name] = part
             continue
-        lost = have.add(part, max_groups)
-        if lost:
-            dropped["rule_groups_overflow"] = dropped.get("rule_groups_overflow", 0) + lost
+        _add(have, part, max_groups, dropped)
 
 
 class Verdicts(list):

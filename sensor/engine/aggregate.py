@@ -435,6 +435,7 @@ class Accumulator:
         self.limits = limits
         self.malformed_mask = malformed_mask
         self.window_s = window_s
+        self._rule_pending: dict[str, list] = {}       # rule name -> batch tables not folded yet
         self.rules = rules or []
         self.networks = NetworkSet(client_networks)
         self.agg = Aggregate()
@@ -455,10 +456,9 @@ class Accumulator:
 
     @rules.setter
     def rules(self, rules: list) -> None:
-        if getattr(self, "_rule_pending", None):       # batch tables of the rules before
+        if self._rule_pending:                         # batch tables of the rules before
             self._settle_rules()
         self._rules = list(rules)
-        self._rule_pending: dict[str, list] = {}       # rule name -> batch tables not folded yet
         # Reloaded rules may bring other lists, patterns or models: what the memo says of a
         # name no longer holds.
         self.names = NameMemo(self.limits.name_memo_names)
