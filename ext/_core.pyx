@@ -1047,6 +1047,7 @@ cdef class Core:
     cdef readonly tuple hot_names
     cdef list hot_arrays
     cdef size_t nextracted           # rows of the batch whose hot columns are filled
+    cdef public bint count_bailiwick  # make BAILIWICK_COLUMN with the hot columns
 
     def __cinit__(self):
         self.arena.owner = NULL
@@ -1063,6 +1064,7 @@ cdef class Core:
         self.hot_names = ()
         self.hot_arrays = []
         self.nextracted = 0
+        self.count_bailiwick = 1
 
     def __dealloc__(self):
         if self.arena.owner != NULL:
@@ -1266,10 +1268,11 @@ cdef class Core:
             reg_off[i] = off
             reg_len[i] = length
             reg_hash[i] = span_hash(<const uint8_t *>self.arena.buf + off, length)
-        strays = <double *>self.hot_data[self.nhot + 3]
-        for i in range(start, end):
-            strays[i] = (message_strays(<const uint8_t *>self.arena.buf, &self.msgs[i], self.rrs)
-                         if any_to_explain(&self.msgs[i], self.rrs) else 0)
+        if self.count_bailiwick:
+            strays = <double *>self.hot_data[self.nhot + 3]
+            for i in range(start, end):
+                strays[i] = (message_strays(<const uint8_t *>self.arena.buf, &self.msgs[i], self.rrs)
+                             if any_to_explain(&self.msgs[i], self.rrs) else 0)
         self.nextracted = end
 
     cdef int grow_rrs(self) except -1:
@@ -1290,7 +1293,8 @@ cdef class Core:
         arena = ar_take(&self.arena)
         counters = {COUNTER_NAMES[i]: self.counters[i] for i in range(N_COUNTERS)}
         columns = {name: column[:self.nmsg]
-                   for name, column in zip(self.hot_names + DERIVED_COLUMNS, self.hot_arrays)}
+                   for name, column in zip(self.hot_names + DERIVED_COLUMNS, self.hot_arrays)
+                   if self.count_bailiwick or name != BAILIWICK_COLUMN}
         # The arrays handed out stay valid: the next batch gets fresh ones.
         self.begin(self.msg_cap)
         return msgs, rrs, arena, counters, columns

@@ -25,6 +25,8 @@ class Core:
     nmsg: int
     dedup_window_s: float
     hot_names: tuple[str, ...]
+    count_bailiwick: bool
+    """Whether the hot columns include BAILIWICK_COLUMN (on unless turned off)."""
     def set_port_map(self, port_map: np.ndarray) -> None:
         """The DNS ports: port_map[p] non-zero for each of them (65536 entries)."""
     def set_dedup(self, window_s: float, slots: int) -> None:

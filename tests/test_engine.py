@@ -2142,10 +2142,29 @@ def test_hot_columns_follow_messages_put_back_into_frame_order(tmp_path):
 
 
 def test_the_engine_parser_copies_out_what_the_engine_reads(tmp_path):
+    from sensor.rules import load_dir
     from sensor.schema import HOT_COLUMNS
     pipeline = Pipeline(config(tmp_path), anomaly_burst.AnomalyBurstRule())
     assert pipeline.parser.core.hot_names == HOT_COLUMNS
     assert Parser().core.hot_names == ()          # a parser on its own copies nothing out
+    # records out of bailiwick are counted while parsing only for a rule that reads them
+    assert not pipeline.parser.core.count_bailiwick
+    rules = load_dir(REPO / "rules")
+    reading = [r for r in rules if "out_of_bailiwick" in r.reads]
+    assert reading and len(reading) < len(rules)
+    pipeline.reconfigure(config(tmp_path), anomaly_burst.AnomalyBurstRule(), reading)
+    assert pipeline.parser.core.count_bailiwick
+    for frames in read_frames(str(DATA / "generated-out-of-bailiwick.pcap"), 100):
+        pipeline.parser.feed(frames)
+    batch = pipeline.parser.take()
+    assert batch.columns[_core.BAILIWICK_COLUMN].max() > 0
+    pipeline.reconfigure(config(tmp_path), anomaly_burst.AnomalyBurstRule(), [r for r in rules if r not in reading])
+    assert not pipeline.parser.core.count_bailiwick
+    for frames in read_frames(str(DATA / "generated-out-of-bailiwick.pcap"), 100):
+        pipeline.parser.feed(frames)
+    cold = pipeline.parser.take()
+    assert _core.BAILIWICK_COLUMN not in cold.columns
+    assert cold.bailiwick_strays.tolist() == batch.columns[_core.BAILIWICK_COLUMN].tolist()
 
 
 

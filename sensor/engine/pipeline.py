@@ -28,6 +28,7 @@ class Pipeline:
                              dedup_window_s=config.dedup_window_ms / 1000, hot_columns=HOT_COLUMNS)
         self.tracker = Tracker(config.limits, config.resolver_set())
         self.acc = Accumulator(config.limits, rule.mask, rule.window_s, rules, config.client_networks)
+        self.parser.set_bailiwick(_reads_bailiwick(rules or []))
         self.messages = 0
         self.packets = 0
         self.latest_ts = 0.0
@@ -44,6 +45,7 @@ class Pipeline:
         self.tracker.set_resolvers(config.resolver_set())
         self.acc.malformed_mask, self.acc.window_s = rule.mask, rule.window_s
         self.acc.rules = list(rules)
+        self.parser.set_bailiwick(_reads_bailiwick(rules))
         self.acc.networks = NetworkSet(config.client_networks)
 
     def feed(self, frames: FrameBatch, now: float | None = None) -> int:
@@ -114,6 +116,12 @@ class Pipeline:
         """What was accumulated, the messages parsed so far included."""
         self.process()
         return self.acc.take()
+
+
+def _reads_bailiwick(rules: list[Rule]) -> bool:
+    """Whether a rule reads out_of_bailiwick: only then is it counted while parsing."""
+    from sensor.features import LAZY_BAILIWICK
+    return any(LAZY_BAILIWICK in rule.reads for rule in rules)
 
 
 def _frame_times(meta: np.ndarray) -> np.ndarray:

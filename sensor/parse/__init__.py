@@ -83,6 +83,13 @@ class Parser:
         else:
             self.core.set_port_map(self._port_map)
 
+    def set_bailiwick(self, count: bool) -> None:
+        """Whether the compiled core counts each message's records out of bailiwick while
+        it parses (when a rule reads out_of_bailiwick); else Batch.bailiwick_strays counts
+        them when asked."""
+        if self.backend == "compiled":
+            self.core.count_bailiwick = count
+
     def set_dedup(self, window_s: float) -> None:
         """Drop UDP DNS frames that repeat one seen at most window_s before (each frame
         once): a span port copying both directions of a link sends every packet twice.

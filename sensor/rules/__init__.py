@@ -107,6 +107,8 @@ class Rule:
     (rules/tags.toml)."""
     dga_model: Any = field(default=None, compare=False)
     """The DGA model (rules/models/) when the rule reads dga_score."""
+    reads: frozenset[str] = frozenset()
+    """The features its filter and aggregates read."""
 
 
 def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: Any = False,
@@ -198,7 +200,7 @@ def load_rule(path: str | Path, lists: dict[str, Any] | None = None, dga_model: 
                 threshold_text=threshold_text, threshold=threshold, summary=summary,
                 positive=tuple(parsed["positive"]), negative=tuple(parsed["negative"]),
                 sources={name: sources[name] for name in used if name in sources},
-                dga_model=dga_model if "dga_score" in used else None)
+                dga_model=dga_model if "dga_score" in used else None, reads=frozenset(used))
 
 
 @dataclass(frozen=True)
