@@ -308,6 +308,38 @@ def test_breakdown_by_network_and_domain_adds_up_to_the_client_leg(tmp_path):
     assert len(kept) > 2 and {(m, k): q for m, k, q in kept} == {(m, k): want[(m, k)] for m, k, _ in kept}
 
 
+def test_parties_group_each_minute_client_resolver_and_leg_with_its_counts():
+    """The per-minute tables work per party (minute, client, resolver, leg): each group is
+    one such party, holds all its messages and their counts, and gives the same client
+    networks as looking every message's client up."""
+    from sensor.engine.aggregate import CLIENT_COLUMNS, Parties
+    from sensor.features import NetworkSet, build
+
+    batch = parse_file(str(DATA / "demo-office-resolver.pcap"))
+    track = Tracker(DEFAULT_LIMITS, Config(resolver_addresses=("10.1.0.53", "198.51.100.53")).resolver_set()
+                    ).process(batch.messages)
+    networks = NetworkSet(("10.1.0.0/25",))
+    parties = Parties.of(batch, track, networks)
+    m = batch.messages
+    party = list(zip((m["ts"] // 60).tolist(), track.client.tolist(), track.resolver.tolist(), track.leg.tolist()))
+    want: dict[tuple, list[int]] = {}
+    for p, qr, rcode, size in zip(party, m["qr"].tolist(), m["rcode"].tolist(), m["size"].tolist()):
+        row = want.setdefault(p, [0] * len(CLIENT_COLUMNS))
+        row[qr] += 1
+        row[4 + qr] += size
+        if qr and rcode in (3, 2):
+            row[2 if rcode == 3 else 3] += 1
+    assert len(parties.first) == len(want) > 10
+    assert party == [party[i] for i in parties.first[parties.inverse].tolist()]     # each message in its party's group
+    assert {party[i]: row for i, row in zip(parties.first.tolist(), parties.counts.tolist())} == want
+    assert len({p[2] for p in want}) == 2 and len({p[3] for p in want}) == 2     # both resolvers, both legs
+    given = build(batch, track, networks, client_network=parties.client_network()).columns
+    looked_up = build(batch, track, networks).columns
+    assert np.array_equal(given["client_internal"], looked_up["client_internal"])
+    assert given["client_internal"].any() and not given["client_internal"].all()
+    assert Parties.of(batch, track, NetworkSet(())).client_network() is None
+
+
 def test_replay_twice_adds_counts_and_keeps_first_and_last_seen(tmp_path):
     path = DATA / "dnscap-baseline-udp-82-msgs.pcap"
     conf = config(tmp_path)

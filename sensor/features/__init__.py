@@ -133,7 +133,7 @@ DERIVED: dict[str, Callable[["Columns"], np.ndarray]] = {
     "multi_response": lambda c: c._track.multi,
     "raced_query": lambda c: c._track.raced,
     "upstream": lambda c: c._track.leg == 1,
-    "client_internal": lambda c: c._client_networks.mask(c._track.client),
+    "client_internal": lambda c: c.client_network >= 0,
     "client_external": lambda c: (~c["client_internal"] if c._client_networks.networks
                                   else np.zeros(len(c._track.client), dtype=bool)),
     "anomalous": lambda c: c.field("anomalies") != 0,
@@ -148,11 +148,12 @@ class Columns(dict):
     not a row), and what no rule reads is never made."""
 
     def __init__(self, batch: Batch, track: TrackResult, client_networks: "NetworkSet",
-                 names: NameMemo | None = None) -> None:
+                 names: NameMemo | None = None, client_network: np.ndarray | None = None) -> None:
         super().__init__()
         self._batch = batch
         self._track = track
         self._client_networks = client_networks
+        self._client_network = client_network
         self._server_addr: np.ndarray | None = None
         # Features of the name alone come from (and go to) the worker's memo of them.
         self._names = names if names is not None else NameMemo(len(batch))
@@ -165,6 +166,14 @@ class Columns(dict):
     def field(self, name: str) -> np.ndarray:
         """A message field as a contiguous column (the batch copies each once)."""
         return self._batch.column(name)
+
+    @property
+    def client_network(self) -> np.ndarray:
+        """Per message, the index of the client network its client is in, -1 when none
+        (given where the caller has it: the accumulator's Parties)."""
+        if self._client_network is None:
+            self._client_network = self._client_networks.index(self._track.client)
+        return self._client_network
 
     @property
     def server_addr(self) -> np.ndarray:
@@ -379,7 +388,9 @@ class NetworkSet:
 
 
 def build(batch: Batch, track: TrackResult, client_networks: NetworkSet,
-          names: NameMemo | None = None) -> FeatureTable:
+          names: NameMemo | None = None, client_network: np.ndarray | None = None) -> FeatureTable:
     """The feature table of a batch; its columns are made as the rules read them, the
-    features of names alone through `names` (the worker's, kept across batches)."""
-    return FeatureTable(Columns(batch, track, client_networks, names), batch)
+    features of names alone through `names` (the worker's, kept across batches).
+    `client_network` is client_networks.index of each message's client, where the caller
+    has worked it out already."""
+    return FeatureTable(Columns(batch, track, client_networks, names, client_network), batch)
