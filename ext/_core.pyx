@@ -2797,16 +2797,17 @@ def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
 @cython.wraparound(False)
 def minute_counts(const uint64_t[::1] keys, const uint8_t[:] qr, const uint16_t[:] rcode,
                   const uint32_t[:] size):
-    """Group equal keys (as group_u64) and count per group, in one pass: queries, responses,
+    """Group equal keys (as group_u64) and count per group: queries, responses,
     NXDOMAIN and SERVFAIL responses, query bytes, response bytes (the store's per-minute
-    counters, in that order). Returns (first row of each group, counts[groups, 6])."""
+    counters, in that order). Returns (first row of each group, group of each row,
+    counts[groups, 6])."""
     cdef Py_ssize_t n = keys.shape[0]
     if qr.shape[0] != n or rcode.shape[0] != n or size.shape[0] != n:
         raise ValueError("columns differ in length")
     first, inverse, _ = group_u64(keys)
     counts = np.zeros((len(first), 6), dtype=np.int64)
     count_messages(counts, inverse, qr, rcode, size)
-    return first, counts
+    return first, inverse, counts
 
 
 @cython.boundscheck(False)
@@ -3742,6 +3743,20 @@ def minute_keys(const int64_t[::1] minute, const uint64_t[:, ::1] words, const u
         if tagged:
             h = key_mix(h, tag[i])
         keys[i] = key_finish(h)
+    return keys_arr
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def minute_value_keys(const int64_t[::1] minute, const uint64_t[::1] values):
+    """Per message, sensor.track.hash_columns(minute, values) in one pass."""
+    cdef Py_ssize_t n = minute.shape[0], i
+    if values.shape[0] != n:
+        raise ValueError("values need one entry per message")
+    keys_arr = np.empty(n, dtype=np.uint64)
+    cdef uint64_t[::1] keys = keys_arr
+    for i in range(n):
+        keys[i] = key_finish(key_mix(key_mix(<uint64_t>KEY_SEED, <uint64_t>minute[i]), values[i]))
     return keys_arr
 
 

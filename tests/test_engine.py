@@ -1892,8 +1892,9 @@ def test_minute_counts_agree_with_masks(rows):
     qr = np.array([r[1] for r in rows], dtype=np.uint8)
     rcode = np.array([r[2] for r in rows], dtype=np.uint16)
     size = np.array([r[3] for r in rows], dtype=np.uint32)
-    first, counts = _core.minute_counts(keys, qr, rcode, size)
+    first, inverse, counts = _core.minute_counts(keys, qr, rcode, size)
     assert keys[first].tolist() == list(dict.fromkeys(keys.tolist()))
+    assert keys[first][inverse].tolist() == keys.tolist()
     for k, got in zip(keys[first].tolist(), counts.tolist()):
         mine = keys == k
         q, r = mine & (qr == 0), mine & (qr == 1)
@@ -2070,6 +2071,13 @@ def test_minute_keys_agree_with_column_arithmetic(rows, tagged):
     assert _core.message_windows(np.sort(ts), 60).tolist() == sorted(expected.tolist())
     columns = [expected.astype(np.uint64), words[:, 0], words[:, 1]] + ([tag] if tagged else [])
     assert keys.tolist() == hash_columns(*columns).tolist()
+    values = np.ascontiguousarray(words[:, 1])
+    assert _core.minute_value_keys(minute, values).tolist() == hash_columns(expected.astype(np.uint64), values).tolist()
+    # one key per (minute, client, resolver, leg): the parties of sensor.engine.aggregate
+    resolver = words[::-1].copy()
+    parties = _core.party_keys(minute, words, resolver, tag)
+    assert parties.tolist() == hash_columns(expected.astype(np.uint64), words[:, 0], words[:, 1],
+                                            resolver[:, 0], resolver[:, 1], tag).tolist()
 
 
 @pytest.mark.parametrize("capture", ["demo-office-resolver.pcap", "dnscap-linux-sll2-nxdomain-dnssec.pcap"])

@@ -436,9 +436,8 @@ class Parties:
     def of(cls, batch: Batch, track: TrackResult, networks: NetworkSet) -> Parties:
         keys = _core.party_keys(batch.minute, address_words(track.client), address_words(track.resolver),
                                 track.leg)
-        first, inverse, _ = key_groups(keys)
-        counts = np.zeros((len(first), len(CLIENT_COLUMNS)), dtype=np.int64)
-        _core.count_messages(counts, inverse, batch.column("qr"), batch.column("rcode"), batch.column("size"))
+        first, inverse, counts = _core.minute_counts(keys, batch.column("qr"), batch.column("rcode"),
+                                                     batch.column("size"))
         network = networks.index(track.client[first]) if networks.networks else None
         return cls(first, inverse, counts, network)
 
@@ -630,7 +629,7 @@ class Accumulator:
     def _keyed_counts(keys: np.ndarray, minute: np.ndarray, qr: np.ndarray, rcode: np.ndarray,
                       size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first row of each key, its minute, CLIENT_COLUMNS counts per key), one pass in the core."""
-        first, counts = _core.minute_counts(np.ascontiguousarray(keys, dtype=np.uint64), qr, rcode, size)
+        first, _, counts = _core.minute_counts(np.ascontiguousarray(keys, dtype=np.uint64), qr, rcode, size)
         return first, minute[first], counts
 
     def _clients(self, batch: Batch, track: TrackResult, parties: Parties) -> None:
@@ -652,7 +651,6 @@ class Accumulator:
             return batch.column(name) if everything else batch.column(name)[on_client_leg]
 
         minute = batch.minute if everything else batch.minute[on_client_leg]
-        minute64 = minute.astype(np.uint64)
         qr, rcode, size = column("qr"), column("rcode"), column("size")
         # networks: the client leg's parties, each counted once with its messages' counts
         party_on_leg = track.leg[parties.first] == LEG_CLIENT
@@ -682,7 +680,7 @@ class Accumulator:
         reg_hash = batch.regdom_hash
         if not everything:
             reg_off, reg_len, reg_hash = reg_off[on_client_leg], reg_len[on_client_leg], reg_hash[on_client_leg]
-        keys = hash_columns(minute64, reg_hash)
+        keys = _core.minute_value_keys(minute, reg_hash)
         first, first_minute, counts = self._keyed_counts(keys, minute, qr, rcode, size)
         # only the busiest domains of each minute get a row of their own (the writer keeps
         # max_domains_per_minute): text for those, the rest summed per minute under 'other'
