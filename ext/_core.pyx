@@ -2797,17 +2797,16 @@ def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
 @cython.wraparound(False)
 def minute_counts(const uint64_t[::1] keys, const uint8_t[:] qr, const uint16_t[:] rcode,
                   const uint32_t[:] size):
-    """Group equal keys (as group_u64) and count per group: queries, responses,
+    """Group equal keys (as group_u64) and count per group, in one pass: queries, responses,
     NXDOMAIN and SERVFAIL responses, query bytes, response bytes (the store's per-minute
-    counters, in that order). Returns (first row of each group, group of each row,
-    counts[groups, 6])."""
+    counters, in that order). Returns (first row of each group, counts[groups, 6])."""
     cdef Py_ssize_t n = keys.shape[0]
     if qr.shape[0] != n or rcode.shape[0] != n or size.shape[0] != n:
         raise ValueError("columns differ in length")
     first, inverse, _ = group_u64(keys)
     counts = np.zeros((len(first), 6), dtype=np.int64)
     count_messages(counts, inverse, qr, rcode, size)
-    return first, inverse, counts
+    return first, counts
 
 
 @cython.boundscheck(False)
@@ -3757,26 +3756,6 @@ def minute_value_keys(const int64_t[::1] minute, const uint64_t[::1] values):
     cdef uint64_t[::1] keys = keys_arr
     for i in range(n):
         keys[i] = key_finish(key_mix(key_mix(<uint64_t>KEY_SEED, <uint64_t>minute[i]), values[i]))
-    return keys_arr
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def party_keys(const int64_t[::1] minute, const uint64_t[:, ::1] client, const uint64_t[:, ::1] resolver,
-               const uint8_t[::1] leg):
-    """Per message, one key of its minute, client, resolver and leg (sensor.engine.aggregate's
-    Parties): the finest grouping the per-minute tables share, in one pass."""
-    cdef Py_ssize_t n = minute.shape[0], i
-    if client.shape[0] != n or resolver.shape[0] != n or leg.shape[0] != n or (
-            n and (client.shape[1] != 2 or resolver.shape[1] != 2)):
-        raise ValueError("client and resolver (two words per message) and leg need one row per message")
-    keys_arr = np.empty(n, dtype=np.uint64)
-    cdef uint64_t[::1] keys = keys_arr
-    cdef uint64_t h
-    for i in range(n):
-        h = key_mix(key_mix(key_mix(<uint64_t>KEY_SEED, <uint64_t>minute[i]), client[i, 0]), client[i, 1])
-        h = key_mix(key_mix(key_mix(h, resolver[i, 0]), resolver[i, 1]), leg[i])
-        keys[i] = key_finish(h)
     return keys_arr
 
 

@@ -83,8 +83,6 @@ def minute_keys(minute: np.ndarray, words: np.ndarray, tag: np.ndarray | None = 
     """hash_columns(minute, words[:, 0], words[:, 1][, tag]) per message, in one pass."""
 def minute_value_keys(minute: np.ndarray, values: np.ndarray) -> np.ndarray:
     """hash_columns(minute, values) per message, in one pass."""
-def party_keys(minute: np.ndarray, client: np.ndarray, resolver: np.ndarray, leg: np.ndarray) -> np.ndarray:
-    """Per message, one key of its minute, client and resolver (two words each) and leg."""
 def message_windows(ts: np.ndarray, window_s: int) -> np.ndarray:
     """Per message (its ts column): the start of its window, ts // window_s * window_s."""
 def regdom_columns(messages: np.ndarray, arena: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
@@ -93,9 +91,9 @@ def track_columns(messages: np.ndarray, resolvers: np.ndarray, untrackable: int
                              np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 
 def minute_counts(keys: np.ndarray, qr: np.ndarray, rcode: np.ndarray,
-                  size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Groups of equal keys: (first row of each, group of each row, per group queries,
-    responses, NXDOMAIN and SERVFAIL responses, query bytes, response bytes)."""
+                  size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of equal keys (first row of each) and per group: queries, responses, NXDOMAIN
+    and SERVFAIL responses, query bytes, response bytes."""
 
 def gather_spans(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
     """Arena slices as a fixed-width bytes column (S<width>), each cut at `width`."""

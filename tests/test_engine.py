@@ -308,36 +308,20 @@ def test_breakdown_by_network_and_domain_adds_up_to_the_client_leg(tmp_path):
     assert len(kept) > 2 and {(m, k): q for m, k, q in kept} == {(m, k): want[(m, k)] for m, k, _ in kept}
 
 
-def test_parties_group_each_minute_client_resolver_and_leg_with_its_counts():
-    """The per-minute tables work per party (minute, client, resolver, leg): each group is
-    one such party, holds all its messages and their counts, and gives the same client
-    networks as looking every message's client up."""
-    from sensor.engine.aggregate import CLIENT_COLUMNS, Parties
+def test_client_internal_from_the_accumulators_lookup_is_the_networks_own():
+    """The accumulator looks each message's client network up once, for the breakdown and
+    the rules' client_internal / client_external: the same as the features' own lookup."""
     from sensor.features import NetworkSet, build
 
     batch = parse_file(str(DATA / "demo-office-resolver.pcap"))
     track = Tracker(DEFAULT_LIMITS, Config(resolver_addresses=("10.1.0.53", "198.51.100.53")).resolver_set()
                     ).process(batch.messages)
     networks = NetworkSet(("10.1.0.0/25",))
-    parties = Parties.of(batch, track, networks)
-    m = batch.messages
-    party = list(zip((m["ts"] // 60).tolist(), track.client.tolist(), track.resolver.tolist(), track.leg.tolist()))
-    want: dict[tuple, list[int]] = {}
-    for p, qr, rcode, size in zip(party, m["qr"].tolist(), m["rcode"].tolist(), m["size"].tolist()):
-        row = want.setdefault(p, [0] * len(CLIENT_COLUMNS))
-        row[qr] += 1
-        row[4 + qr] += size
-        if qr and rcode in (3, 2):
-            row[2 if rcode == 3 else 3] += 1
-    assert len(parties.first) == len(want) > 10
-    assert party == [party[i] for i in parties.first[parties.inverse].tolist()]     # each message in its party's group
-    assert {party[i]: row for i, row in zip(parties.first.tolist(), parties.counts.tolist())} == want
-    assert len({p[2] for p in want}) == 2 and len({p[3] for p in want}) == 2     # both resolvers, both legs
-    given = build(batch, track, networks, client_network=parties.client_network()).columns
+    given = build(batch, track, networks, client_network=networks.index(track.client)).columns
     looked_up = build(batch, track, networks).columns
-    assert np.array_equal(given["client_internal"], looked_up["client_internal"])
-    assert given["client_internal"].any() and not given["client_internal"].all()
-    assert Parties.of(batch, track, NetworkSet(())).client_network() is None
+    for name in ("client_internal", "client_external"):
+        assert np.array_equal(given[name], looked_up[name])
+    assert given["client_internal"].any() and given["client_external"].any()
 
 
 def test_replay_twice_adds_counts_and_keeps_first_and_last_seen(tmp_path):
@@ -1892,9 +1876,8 @@ def test_minute_counts_agree_with_masks(rows):
     qr = np.array([r[1] for r in rows], dtype=np.uint8)
     rcode = np.array([r[2] for r in rows], dtype=np.uint16)
     size = np.array([r[3] for r in rows], dtype=np.uint32)
-    first, inverse, counts = _core.minute_counts(keys, qr, rcode, size)
+    first, counts = _core.minute_counts(keys, qr, rcode, size)
     assert keys[first].tolist() == list(dict.fromkeys(keys.tolist()))
-    assert keys[first][inverse].tolist() == keys.tolist()
     for k, got in zip(keys[first].tolist(), counts.tolist()):
         mine = keys == k
         q, r = mine & (qr == 0), mine & (qr == 1)
@@ -2073,11 +2056,6 @@ def test_minute_keys_agree_with_column_arithmetic(rows, tagged):
     assert keys.tolist() == hash_columns(*columns).tolist()
     values = np.ascontiguousarray(words[:, 1])
     assert _core.minute_value_keys(minute, values).tolist() == hash_columns(expected.astype(np.uint64), values).tolist()
-    # one key per (minute, client, resolver, leg): the parties of sensor.engine.aggregate
-    resolver = words[::-1].copy()
-    parties = _core.party_keys(minute, words, resolver, tag)
-    assert parties.tolist() == hash_columns(expected.astype(np.uint64), words[:, 0], words[:, 1],
-                                            resolver[:, 0], resolver[:, 1], tag).tolist()
 
 
 @pytest.mark.parametrize("capture", ["demo-office-resolver.pcap", "dnscap-linux-sll2-nxdomain-dnssec.pcap"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -21,9 +21,6 @@ from sensor.parse.batch import Batch, address_text
 from sensor.store.schema import MINUTE_COUNTERS, STATS_COUNTERS
 from sensor.track import (ANSWERED, DUPLICATE, LEG_CLIENT, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
                           address_words, hash_columns, key_groups)
-
-if TYPE_CHECKING:
-    from sensor.features import NetworkSet
 
 OTHER_RESOLVER = "other"
 GROUP_SHIFT = 40
@@ -107,6 +104,14 @@ class KeyedCounts(KeyIndexed):
         rows), so that a label held already is not made again."""
         rows = self._rows(keys, minute, label if callable(label) else lambda first: label[first])
         _core.add_rows(self.counts, rows, np.ascontiguousarray(counts, dtype=np.int64))
+
+    def add_messages(self, keys: np.ndarray, minute: np.ndarray, labels: Callable[[np.ndarray], np.ndarray],
+                     qr: np.ndarray, rcode: np.ndarray, size: np.ndarray) -> None:
+        """Count messages into their rows (one key per message), in one pass: a new row
+        takes the minute and the label (`labels` of the positions of new keys' first
+        messages) of its first message."""
+        rows = self._rows(keys, minute, labels)
+        _core.count_messages(self.counts, rows, qr, rcode, size)
 
     def merge(self, other: "KeyedCounts") -> None:
         if len(other):
@@ -420,32 +425,6 @@ def _texts(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> list[str]:
                             np.ascontiguousarray(lengths, dtype=np.int64))
 
 
-@dataclass
-class Parties:
-    """A batch's messages grouped by (minute, client, resolver, leg): the finest grouping the
-    per-minute tables (stats, clients, client networks) and the client_internal feature
-    share. Each of those then works per group, a few thousand a batch, where it worked per
-    message: a client's messages in a minute are many, its resolvers and legs few."""
-    first: np.ndarray               # first message of each group
-    inverse: np.ndarray             # group of each message
-    counts: np.ndarray              # CLIENT_COLUMNS per group
-    network: np.ndarray | None      # per group, the configured client network its client is
-                                    # in (NetworkSet.index, -1: none); None when none is configured
-
-    @classmethod
-    def of(cls, batch: Batch, track: TrackResult, networks: NetworkSet) -> Parties:
-        keys = _core.party_keys(batch.minute, address_words(track.client), address_words(track.resolver),
-                                track.leg)
-        first, inverse, counts = _core.minute_counts(keys, batch.column("qr"), batch.column("rcode"),
-                                                     batch.column("size"))
-        network = networks.index(track.client[first]) if networks.networks else None
-        return cls(first, inverse, counts, network)
-
-    def client_network(self) -> np.ndarray | None:
-        """Per message, its group's client network (None when none is configured)."""
-        return None if self.network is None else self.network[self.inverse]
-
-
 class Accumulator:
     """Folds batches into an Aggregate; `take()` hands it over and starts a new one."""
 
@@ -522,17 +501,18 @@ class Accumulator:
         agg = self.agg
         agg.messages += len(msgs)
         if len(msgs):
-            parties = Parties.of(batch, track, self.networks)
-            self._stats(batch, track, parties)
-            self._clients(batch, track, parties)
-            self._breakdown(batch, track, parties)
+            # the client network of each message, looked up once for the breakdown and the rules
+            client_network = self.networks.index(track.client) if self.networks.networks else None
+            self._stats(batch, track)
+            self._clients(batch, track)
+            self._breakdown(batch, track, client_network)
             self._bound_minute_tables()
             self._pdns(batch, track)
             self._anomalies(batch)
             if self.rules:
                 from sensor import features
                 from sensor.detectors.rules_engine import fold
-                fold(self.rules, features.build(batch, track, self.networks, self.names, parties.client_network()),
+                fold(self.rules, features.build(batch, track, self.networks, self.names, client_network),
                      agg.rules, self.limits.max_rule_groups, agg.dropped, self._rule_pending)
         if len(track.unanswered):
             self.add_unanswered(track.unanswered)
@@ -570,13 +550,10 @@ class Accumulator:
                       for i in first.tolist()]
         return group_keys, inverse
 
-    def _stats(self, batch: Batch, track: TrackResult, parties: Parties) -> None:
-        # rows keyed by (minute, resolver, leg), found for each party, then each message
-        first = parties.first
-        minute, resolver, leg = batch.minute[first], track.resolver[first], track.leg[first]
-        keys = _core.minute_keys(minute, address_words(resolver), leg)
-        group_keys, party_row = self._group_keys(keys, minute, resolver, leg)
-        inv = party_row[parties.inverse]
+    def _stats(self, batch: Batch, track: TrackResult) -> None:
+        minute = batch.minute
+        keys = _core.minute_keys(minute, address_words(track.resolver), track.leg)
+        group_keys, inv = self._group_keys(keys, minute, track.resolver, track.leg)
         g = len(group_keys)
         qr, rcode, qtype = batch.column("qr"), batch.column("rcode"), batch.column("qtype")
         totals, by_rcode, by_qtype, by_state, rtt_ms, rare = _core.stats_counts(
@@ -595,12 +572,10 @@ class Accumulator:
         # Only the (row, client) pairs not met since the last take() reach the rows' sets.
         if len(self._client_pairs) > self.limits.max_clients_per_group:
             self._client_pairs = _core.KeyIndex()      # a filter only: the sets hold the truth
-        # a party is one (row, client) pair
-        client_hash = track.client_hash[first]
-        _, new_pair = self._client_pairs.add(hash_columns(keys, client_hash))
+        _, new_pair = self._client_pairs.add(hash_columns(keys, track.client_hash))
         # (group, client) packed into one uint64, sorted: each group's clients in one run
-        pairs = np.sort((party_row[new_pair].astype(np.uint64) << np.uint64(GROUP_SHIFT))
-                        | (client_hash[new_pair] & np.uint64(CLIENT_HASH_MASK)))
+        pairs = np.sort((inv[new_pair].astype(np.uint64) << np.uint64(GROUP_SHIFT))
+                        | (track.client_hash[new_pair] & np.uint64(CLIENT_HASH_MASK)))
         pair_group = (pairs >> np.uint64(GROUP_SHIFT)).astype(np.int64)
         bounds = np.searchsorted(pair_group, np.arange(g + 1)).tolist()
         client_ids = (pairs & np.uint64(CLIENT_HASH_MASK)).tolist()
@@ -629,19 +604,20 @@ class Accumulator:
     def _keyed_counts(keys: np.ndarray, minute: np.ndarray, qr: np.ndarray, rcode: np.ndarray,
                       size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(first row of each key, its minute, CLIENT_COLUMNS counts per key), one pass in the core."""
-        first, _, counts = _core.minute_counts(np.ascontiguousarray(keys, dtype=np.uint64), qr, rcode, size)
+        first, counts = _core.minute_counts(np.ascontiguousarray(keys, dtype=np.uint64), qr, rcode, size)
         return first, minute[first], counts
 
-    def _clients(self, batch: Batch, track: TrackResult, parties: Parties) -> None:
-        first = parties.first
-        minute, client = batch.minute[first], track.client[first]
-        keys = _core.minute_keys(minute, address_words(client))
-        self.agg.clients.add(keys, minute, client, parties.counts)
+    def _clients(self, batch: Batch, track: TrackResult) -> None:
+        minute = batch.minute
+        keys = _core.minute_keys(minute, address_words(track.client))
+        self.agg.clients.add_messages(keys, minute, lambda first: track.client[first],
+                                      batch.column("qr"), batch.column("rcode"), batch.column("size"))
 
-    def _breakdown(self, batch: Batch, track: TrackResult, parties: Parties) -> None:
+    def _breakdown(self, batch: Batch, track: TrackResult, client_network: np.ndarray | None) -> None:
         """Client-leg counters per client network and per registered domain, for the scoped
         series (sensor.series): a network is the configured one the client is in ('other'
-        outside them all), or its /24 (IPv6: /48) when none is configured."""
+        outside them all; `client_network`, per message), or its /24 (IPv6: /48) when none
+        is configured."""
         on_client_leg = track.leg == LEG_CLIENT
         if not on_client_leg.any():
             return
@@ -650,32 +626,29 @@ class Accumulator:
         def column(name: str) -> np.ndarray:
             return batch.column(name) if everything else batch.column(name)[on_client_leg]
 
+        client = track.client if everything else track.client[on_client_leg]
         minute = batch.minute if everything else batch.minute[on_client_leg]
         qr, rcode, size = column("qr"), column("rcode"), column("size")
-        # networks: the client leg's parties, each counted once with its messages' counts
-        party_on_leg = track.leg[parties.first] == LEG_CLIENT
-        leg_first = parties.first[party_on_leg]
-        party_minute = batch.minute[leg_first]
-        if self.networks.networks:
-            network = parties.network[party_on_leg]
-            keys = hash_columns(party_minute.astype(np.uint64), (network + 1).astype(np.uint64))
+        if client_network is not None:
+            network = client_network if everything else client_network[on_client_leg]
+            keys = _core.minute_value_keys(minute, (network + 1).astype(np.uint64))
         else:
-            words = address_words(track.client[leg_first])
+            words = address_words(client)
             v4 = (words[:, 0] == 0) & ((words[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
             prefix = np.where(v4[:, None], words & np.array([0xFFFFFFFFFFFFFFFF, 0x00FFFFFFFFFFFFFF], dtype=np.uint64),
                               words & np.array([0x0000FFFFFFFFFFFF, 0], dtype=np.uint64))
-            keys = hash_columns(party_minute.astype(np.uint64), prefix[:, 0], prefix[:, 1])
+            keys = _core.minute_keys(minute, prefix)
 
-        def labels(new: np.ndarray) -> np.ndarray:
-            if self.networks.networks:
-                text = [str(self.networks.networks[i]) if i >= 0 else OTHER_RESOLVER for i in network[new].tolist()]
+        def labels(first: np.ndarray) -> np.ndarray:
+            if client_network is not None:
+                text = [str(self.networks.networks[i]) if i >= 0 else OTHER_RESOLVER for i in network[first].tolist()]
             else:
                 text = []
-                for p0, p1, is4 in zip(prefix[new, 0].tolist(), prefix[new, 1].tolist(), v4[new].tolist()):
+                for p0, p1, is4 in zip(prefix[first, 0].tolist(), prefix[first, 1].tolist(), v4[first].tolist()):
                     raw = int(p0).to_bytes(8, "little") + int(p1).to_bytes(8, "little")
                     text.append(f"{address_text(raw)}/{24 if is4 else 48}")
             return np.array(text, dtype=object)
-        self.agg.networks.add(keys, party_minute, labels, parties.counts[party_on_leg])
+        self.agg.networks.add_messages(keys, minute, labels, qr, rcode, size)
         reg_off, reg_len = batch.regdom_spans
         reg_hash = batch.regdom_hash
         if not everything:

@@ -170,7 +170,7 @@ class Columns(dict):
     @property
     def client_network(self) -> np.ndarray:
         """Per message, the index of the client network its client is in, -1 when none
-        (given where the caller has it: the accumulator's Parties)."""
+        (given where the caller has looked it up already)."""
         if self._client_network is None:
             self._client_network = self._client_networks.index(self._track.client)
         return self._client_network
@@ -392,5 +392,5 @@ def build(batch: Batch, track: TrackResult, client_networks: NetworkSet,
     """The feature table of a batch; its columns are made as the rules read them, the
     features of names alone through `names` (the worker's, kept across batches).
     `client_network` is client_networks.index of each message's client, where the caller
-    has worked it out already."""
+    has looked it up already."""
     return FeatureTable(Columns(batch, track, client_networks, names, client_network), batch)
