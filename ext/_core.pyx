@@ -13,7 +13,7 @@ object per packet. ``sensor/parse/twin.py`` is the pure-Python reference
 this file must agree with field for field.
 """
 cimport cython
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdlib cimport realloc, free, calloc
 from libc.math cimport log2, floor, fabs
@@ -2863,18 +2863,6 @@ def group_order(const int64_t[::1] inverse, const int64_t[::1] counts):
     return order_arr
 
 
-def mix_u64(uint64_t[::1] h, const uint64_t[::1] x):
-    """h = (h ^ x) * 0x9E3779B97F4A7C15, then h ^= h >> 31, in place: one column into
-    sensor.track.hash_columns' row keys without numpy's temporaries."""
-    cdef Py_ssize_t n = h.shape[0], i
-    cdef uint64_t v
-    if x.shape[0] != n:
-        raise ValueError("columns differ in length")
-    for i in range(n):
-        v = (h[i] ^ x[i]) * <uint64_t>0x9E3779B97F4A7C15
-        h[i] = v ^ (v >> 31)
-
-
 DEF SMALL_SIDE_RATIO = 8
 # index_u64: keys per value above which the table is made of the values. A table of a
 # hundred thousand held keys is cleared and written at random for each lookup of a few
@@ -3438,14 +3426,67 @@ cdef inline uint64_t key_finish(uint64_t h) noexcept nogil:
     return (h ^ (h >> 29)) * <uint64_t>KEY_FINISH
 
 
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def finish_u64(uint64_t[::1] h):
-    """h = (h ^ h >> 29) * KEY_FINISH, in place: the last step of sensor.track.hash_columns'
-    row keys, which numpy took in three passes and as many temporaries."""
-    cdef Py_ssize_t i
-    for i in range(h.shape[0]):
+DEF MAX_KEY_COLUMNS = 8
+# Columns one hash_columns call mixes into its keys (the widest use: a window and two
+# addresses of two words each).
+
+
+def hash_columns(columns):
+    """One 64-bit key per row from several integer columns (the first a 1-D array, the
+    others of its length or broadcast to it): h = KEY_SEED, then per column
+    h = (h ^ x) * KEY_MIX, h ^= h >> 31, and last h = (h ^ h >> 29) * KEY_FINISH, with x the
+    column's value as numpy's astype(uint64) gives it (signed values wrap). Each column is
+    read in place (any stride, 1 to 8 bytes): no temporary per column."""
+    cdef Py_ssize_t k = len(columns), j, i
+    if k == 0 or k > MAX_KEY_COLUMNS:
+        raise ValueError("hash_columns takes 1 to %d columns" % MAX_KEY_COLUMNS)
+    cdef Py_ssize_t n = len(columns[0])
+    cdef const char *base[MAX_KEY_COLUMNS]
+    cdef Py_ssize_t stride[MAX_KEY_COLUMNS]
+    cdef int width[MAX_KEY_COLUMNS]
+    cdef bint signed[MAX_KEY_COLUMNS]
+    arrays = []             # keeps converted columns alive while their pointers are read
+    for j in range(k):
+        a = np.asarray(columns[j])
+        if a.shape != (n,):
+            a = np.broadcast_to(a, (n,))
+        if a.dtype.kind not in "biu" or a.dtype.itemsize not in (1, 2, 4, 8):
+            a = a.astype(np.uint64)
+        arrays.append(a)
+        base[j] = <const char *><size_t>a.ctypes.data
+        stride[j] = a.strides[0]
+        width[j] = a.dtype.itemsize
+        signed[j] = a.dtype.kind == "i"
+    keys_arr = np.empty(n, dtype=np.uint64)
+    cdef uint64_t *h = <uint64_t *><size_t>keys_arr.ctypes.data
+    cdef const uint64_t *words
+    cdef const char *p
+    cdef uint64_t x
+    for i in range(n):
+        h[i] = <uint64_t>KEY_SEED
+    # Column by column: a contiguous 64-bit column (most are hashes) mixes in a loop the
+    # compiler vectorises; one loop over the rows reading every column was slower.
+    for j in range(k):
+        if width[j] == 8 and stride[j] == 8:
+            words = <const uint64_t *>base[j]
+            for i in range(n):
+                h[i] = key_mix(h[i], words[i])
+            continue
+        p = base[j]
+        for i in range(n):
+            if width[j] == 8:
+                x = (<const uint64_t *>p)[0]
+            elif width[j] == 4:
+                x = <uint64_t>(<const int32_t *>p)[0] if signed[j] else (<const uint32_t *>p)[0]
+            elif width[j] == 2:
+                x = <uint64_t>(<const int16_t *>p)[0] if signed[j] else (<const uint16_t *>p)[0]
+            else:
+                x = <uint64_t>(<const int8_t *>p)[0] if signed[j] else (<const uint8_t *>p)[0]
+            h[i] = key_mix(h[i], x)
+            p += stride[j]
+    for i in range(n):
         h[i] = key_finish(h[i])
+    return keys_arr
 
 
 cdef size_t _row_data(object rows, object dtype, str what) except? 0:

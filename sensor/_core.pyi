@@ -1,4 +1,6 @@
 """Type stub for the compiled parsing core (ext/_core.pyx)."""
+from collections.abc import Sequence
+
 import numpy as np
 
 ANOMALY_ORDER: tuple[str, ...]
@@ -62,8 +64,8 @@ def group_order(inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def isin_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
 def index_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
-def mix_u64(h: np.ndarray, x: np.ndarray) -> None: ...
-def finish_u64(h: np.ndarray) -> None: ...
+def hash_columns(columns: Sequence[np.ndarray | int]) -> np.ndarray:
+    """One 64-bit key per row from 1 to 8 integer columns (sensor.track.hash_columns)."""
 def answer_records(rrs: np.ndarray, arena: bytes, qr: np.ndarray, rcode: np.ndarray, ts: np.ndarray,
                    state: np.ndarray, excluded_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Answer records of NOERROR responses not in `excluded_state`, read through the

@@ -2032,6 +2032,40 @@ def test_stats_counts_agree_with_masks(rows):
             _core.stats_counts(*columns[:3], columns[3][:-1], group, 4, state, rtt)
 
 
+def _numpy_hash_columns(*columns):
+    """sensor.track.hash_columns as numpy spells it: each column astype(uint64), mixed in."""
+    mix, finish = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
+    h = np.full(len(columns[0]), 0x243F6A8885A308D3, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for c in columns:
+            h = (h ^ np.broadcast_to(np.asarray(c), h.shape).astype(np.uint64)) * mix
+            h ^= h >> np.uint64(31)
+        return (h ^ (h >> np.uint64(29))) * finish
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 40), st.lists(st.sampled_from(["u8", "i8", "u4", "i4", "u2", "i2", "u1", "i1", "?", "f8",
+                                                     "words", "scalar"]), min_size=1, max_size=7),
+       st.integers(0, 2**32))
+def test_hash_columns_read_every_integer_width_in_place_as_astype_would(n, kinds, seed):
+    """The core mixes columns of any integer width and stride in place: the keys are those
+    of converting each column with astype(uint64) first (signed values wrap)."""
+    from sensor.track import hash_columns
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 2**64, size=(n, 2), dtype=np.uint64)
+    columns = [rng.integers(0, 2**64, n, dtype=np.uint64)]
+    for kind in kinds:
+        if kind == "words":
+            columns.append(raw[:, 1])                       # a strided view
+        elif kind == "scalar":
+            columns.append(7)
+        elif kind == "f8":
+            columns.append(rng.random(n) * 1e6)
+        else:
+            columns.append((raw[:, 0] & np.uint64(1)).astype(bool) if kind == "?" else raw[:, 0].astype(kind))
+    assert hash_columns(*columns).tolist() == _numpy_hash_columns(*columns).tolist()
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 2e9) | st.sampled_from([59.99999999999999, 119.99999999999999, 1e9 - 1e-7,
                                                                  60.0, 0.0]),

@@ -50,15 +50,8 @@ UNANSWERED_DTYPE = np.dtype([("ts", "<f8"), ("resolver", "V16"), ("leg", "u1")])
 def hash_columns(*columns: np.ndarray) -> np.ndarray:
     """One 64-bit key per row from several integer columns: the engine's group keys.
     Each column is mixed in with h = (h ^ x) * M1; h ^= h >> 31, the rows finished
-    with (h ^ h >> 29) * M2 (both steps run in the core, in place)."""
-    h = np.full(len(columns[0]), 0x243F6A8885A308D3, dtype=np.uint64)
-    for c in columns:
-        x = np.asarray(c)
-        if x.shape != h.shape:
-            x = np.broadcast_to(x, h.shape)
-        _core.mix_u64(h, np.ascontiguousarray(x.astype(np.uint64, copy=False)))
-    _core.finish_u64(h)
-    return h
+    with (h ^ h >> 29) * M2, in one pass in the core."""
+    return _core.hash_columns(columns)
 
 
 def key_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
