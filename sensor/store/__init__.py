@@ -47,6 +47,19 @@ instead of 23.8 with 460 k rows a flush, 25.5 instead of 35 with 50 k; below abo
 the table fits the cache and it makes no difference (the sort is 0.5 us a row)."""
 
 
+
+def _in_minute_key_order(rows: Sequence[tuple]) -> list[tuple]:
+    """Per-minute counter rows (clients, breakdown) sorted by their key, (minute, label), for
+    the same reason: a flush's rows, in order of first appearance, would otherwise land at
+    random places of the minute's part of the key index. By label, then stably by minute:
+    two sorts on one field each take 5 ms for 13 k rows, one on the pair 13 (tuple keys
+    leave Python's fast string and integer comparisons). Six minutes of 13 k clients each,
+    sort included: 21-37 ms a flush instead of 31-51 unsorted (measured in one run)."""
+    return sorted(sorted(rows, key=_LABEL), key=_MINUTE)
+
+
+_MINUTE, _LABEL = operator.itemgetter(0), operator.itemgetter(1)
+
 ROWS_PER_STATEMENT = 200
 """Rows one upsert statement writes (a VALUES list of that many, at most 1 800 parameters).
 Run once for each row, running the statement cost a third of writing passive DNS: 11 k new
@@ -175,12 +188,13 @@ class Store:
         NXDOMAIN_UPSERT.run(conn, sorted(rows, key=_IN_KEY_ORDER))
 
     def add_clients(self, conn: sqlite3.Connection, rows: Sequence[tuple]) -> None:
-        """rows: (minute, client, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added."""
-        CLIENTS_UPSERT.run(conn, rows)
+        """rows: (minute, client, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added;
+        written in key order (_in_minute_key_order)."""
+        CLIENTS_UPSERT.run(conn, _in_minute_key_order(rows))
 
     def add_breakdown(self, conn: sqlite3.Connection, scope: str, rows: Sequence[tuple]) -> None:
         """rows: (minute, key, queries, responses, nxdomain, servfail, bytes_q, bytes_r), added."""
-        BREAKDOWN_UPSERT.run(conn, [(r[0], scope, *r[1:]) for r in rows])
+        BREAKDOWN_UPSERT.run(conn, [(r[0], scope, *r[1:]) for r in _in_minute_key_order(rows)])
 
     def put_baseline(self, conn: sqlite3.Connection, series: str, fitted_to: int, seasonality: str,
                      profile: str | None, model: bytes | None) -> None:
