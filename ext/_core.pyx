@@ -3450,7 +3450,7 @@ def hash_columns(columns):
         a = np.asarray(columns[j])
         if a.shape != (n,):
             a = np.broadcast_to(a, (n,))
-        if a.dtype.kind not in "biu" or a.dtype.itemsize not in (1, 2, 4, 8):
+        if a.dtype.kind not in "biu" or a.dtype.itemsize not in (1, 2, 4, 8) or not a.dtype.isnative:
             a = a.astype(np.uint64)
         arrays.append(a)
         base[j] = <const char *><size_t>a.ctypes.data

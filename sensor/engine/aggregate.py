@@ -626,14 +626,13 @@ class Accumulator:
         def column(name: str) -> np.ndarray:
             return batch.column(name) if everything else batch.column(name)[on_client_leg]
 
-        client = track.client if everything else track.client[on_client_leg]
         minute = batch.minute if everything else batch.minute[on_client_leg]
         qr, rcode, size = column("qr"), column("rcode"), column("size")
         if client_network is not None:
             network = client_network if everything else client_network[on_client_leg]
             keys = _core.minute_value_keys(minute, (network + 1).astype(np.uint64))
         else:
-            words = address_words(client)
+            words = address_words(track.client if everything else track.client[on_client_leg])
             v4 = (words[:, 0] == 0) & ((words[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
             prefix = np.where(v4[:, None], words & np.array([0xFFFFFFFFFFFFFFFF, 0x00FFFFFFFFFFFFFF], dtype=np.uint64),
                               words & np.array([0x0000FFFFFFFFFFFF, 0], dtype=np.uint64))

@@ -50,7 +50,7 @@ UNANSWERED_DTYPE = np.dtype([("ts", "<f8"), ("resolver", "V16"), ("leg", "u1")])
 def hash_columns(*columns: np.ndarray) -> np.ndarray:
     """One 64-bit key per row from several integer columns: the engine's group keys.
     Each column is mixed in with h = (h ^ x) * M1; h ^= h >> 31, the rows finished
-    with (h ^ h >> 29) * M2, in one pass in the core."""
+    with (h ^ h >> 29) * M2, all in one call of the core that reads the columns in place."""
     return _core.hash_columns(columns)
 
 
