@@ -136,6 +136,7 @@ DEF QNAME_CACHE_LABELS = 32      # 64 wire bytes hold at most 31 labels
 DEF QNAME_CACHE_WIRE = 64
 DEF QNAME_CACHE_PAD = 41         # 128 - 23 header bytes - 64 wire bytes
 DEF MAX_HOT_COLUMNS = 24         # message fields copied out as columns (Core.set_hot_columns)
+DEF ROW_PREFETCH = 16            # track_columns: message rows ahead whose lines are fetched early
 DEF FRAME_PREFETCH = 4           # add_frames: frames ahead whose first bytes are fetched early
 DEF HOT_CHUNK = 256              # rows copied out at a time: 38 KB, still in L1/L2
 
@@ -3649,6 +3650,10 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
     cdef bint up, sres
     for i in range(n):
         mr = &msgs[i]
+        if i + ROW_PREFETCH < n:
+            # the lines of a later row that hold what is read here (addresses to qr)
+            DNS_PREFETCH(<const char *>&msgs[i + ROW_PREFETCH] + 16)
+            DNS_PREFETCH(<const char *>&msgs[i + ROW_PREFETCH] + 112)
         address_words_of(mr.src, &s0, &s1)
         address_words_of(mr.dst, &d0, &d1)
         if mr.qr == 0:
