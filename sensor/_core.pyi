@@ -83,8 +83,6 @@ def stats_counts(qr: np.ndarray, rcode: np.ndarray, qtype: np.ndarray, size: np.
     """Per-minute stats counters of each group, from the messages' qr, rcode, qtype and size columns."""
 def minute_keys(minute: np.ndarray, words: np.ndarray, tag: np.ndarray | None = None) -> np.ndarray:
     """hash_columns(minute, words[:, 0], words[:, 1][, tag]) per message, in one pass."""
-def minute_value_keys(minute: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """hash_columns(minute, values) per message, in one pass."""
 def message_windows(ts: np.ndarray, window_s: int) -> np.ndarray:
     """Per message (its ts column): the start of its window, ts // window_s * window_s."""
 def regdom_columns(messages: np.ndarray, arena: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...

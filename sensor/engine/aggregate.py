@@ -630,7 +630,7 @@ class Accumulator:
         qr, rcode, size = column("qr"), column("rcode"), column("size")
         if client_network is not None:
             network = client_network if everything else client_network[on_client_leg]
-            keys = _core.minute_value_keys(minute, (network + 1).astype(np.uint64))
+            keys = hash_columns(minute, network + 1)
         else:
             words = address_words(track.client if everything else track.client[on_client_leg])
             v4 = (words[:, 0] == 0) & ((words[:, 1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
@@ -652,7 +652,7 @@ class Accumulator:
         reg_hash = batch.regdom_hash
         if not everything:
             reg_off, reg_len, reg_hash = reg_off[on_client_leg], reg_len[on_client_leg], reg_hash[on_client_leg]
-        keys = _core.minute_value_keys(minute, reg_hash)
+        keys = hash_columns(minute, reg_hash)
         first, first_minute, counts = self._keyed_counts(keys, minute, qr, rcode, size)
         # only the busiest domains of each minute get a row of their own (the writer keeps
         # max_domains_per_minute): text for those, the rest summed per minute under 'other'
