@@ -472,6 +472,57 @@ def test_rule_groups_fold_batch_by_batch(batches, limit):
     assert t.window.tolist() == [k * 60 for k in t.keys.tolist()]
 
 
+def _random_table(rng: np.random.Generator, numeric, part: int, unique_values: int, pairs: int,
+                  key_range: int) -> RuleTable:
+    """A batch table of up to 6 groups among keys below `key_range`, with up to `pairs`
+    (group, value) pairs of one unique aggregate, values below `unique_values`."""
+    t = RuleTable(numeric, ("u",))
+    keys = rng.choice(key_range, size=int(rng.integers(0, min(key_range, 6) + 1)), replace=False)
+    g = len(keys)
+    t.keys = keys.astype(np.uint64)
+    t.window = keys.astype(np.int64) * 60
+    t.client = np.array([bytes([k]) * 16 for k in keys.tolist()], dtype="V16").reshape(g)
+    t.server = np.zeros(g, dtype="V16")
+    t.domain = np.array([f"{k}.p{part}".encode() for k in keys.tolist()], dtype="S128").reshape(g)
+    t.samples = np.array([[f"a{part}".encode(), f"b{k}".encode()] for k in keys.tolist()], dtype="S96").reshape(g, 2)
+    t.count = rng.integers(1, 9, g)
+    t.first = rng.integers(0, 100, g).astype(np.float64)
+    t.last = t.first + rng.integers(0, 5, g)
+    t.values = rng.normal(size=(g, len(numeric))).round(3)
+    groups = rng.choice(t.keys, size=int(rng.integers(0, pairs + 1))) if g else np.zeros(0, np.uint64)
+    t._merge_pairs("u", groups.astype(np.uint64), rng.integers(0, unique_values, len(groups)).astype(np.uint64))
+    return t
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_tables_combined_at_once_are_tables_added_one_by_one(monkeypatch, seed):
+    """RuleTable.combined (held-back batch tables in one grouping) gives what adding them to
+    the first one after another gives: groups in order of first appearance with that part's
+    texts, counts and sums added, extremes kept, the same distinct pairs, and the same
+    groups moved to a sketch past the exact limit (some seeds start with a sketch)."""
+    import sensor.detectors.rule_table as rule_table
+    monkeypatch.setattr(rule_table, "EXACT_UNIQUE_LIMIT", 12)
+    numeric = (("s", "sum"), ("m", "mean"), ("hi", "max"), ("lo", "min"))
+    rng = np.random.default_rng(seed)
+    # a quarter of the seeds give parts that sketch on their own; in the others only
+    # their union may pass the limit
+    shape = ((30, 90, 10), (200, 11, 3), (8, 24, 10), (8, 24, 10))[seed % 4]
+    parts = [_random_table(rng, numeric, p, *shape) for p in range(int(rng.integers(1, 6)))]
+    copies = pickle.loads(pickle.dumps(parts))
+    one_by_one = copies[0]
+    for part in copies[1:]:
+        one_by_one.add(part, 10**6)
+    at_once = RuleTable.combined(parts)
+    for attr in ("keys", "window", "client", "server", "domain", "samples", "count", "first", "last", "values"):
+        assert np.array_equal(getattr(at_once, attr), getattr(one_by_one, attr)), attr
+    assert at_once.count.dtype == np.int64
+    assert set(at_once.sketches["u"]) == set(one_by_one.sketches["u"])
+    assert at_once.unique_counts("u").tolist() == one_by_one.unique_counts("u").tolist()
+    assert (sorted(zip(*(c.tolist() for c in at_once.pairs["u"])))
+            == sorted(zip(*(c.tolist() for c in one_by_one.pairs["u"]))))
+    assert sorted(at_once.pair_keys["u"].tolist()) == sorted(one_by_one.pair_keys["u"].tolist())
+
+
 def test_unique_counts_merge_batch_by_batch(monkeypatch):
     """Pairs folded in over many batches (repeats within and across batches, several
     groups, one growing past the exact limit part-way) count what a set of them counts."""

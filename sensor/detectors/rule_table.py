@@ -10,6 +10,7 @@ EXACT_UNIQUE_LIMIT per group; a group past that moves to a HyperLogLog sketch
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -125,6 +126,54 @@ class RuleTable:
             if other.sketches[name]:
                 self._take_sketches(name, other.sketches[name])
         return dropped
+
+    @classmethod
+    def combined(cls, parts: list["RuleTable"]) -> "RuleTable":
+        """Tables of one rule as one, with no group limit: what adding them one after
+        another to the first gives, in one grouping of all their rows instead of a
+        lookup and a copy of the growing table per part. The first part may be reused."""
+        if len(parts) == 1:
+            return parts[0]
+        if any(sketches for p in parts for sketches in p.sketches.values()):
+            out = parts[0]
+            for part in parts[1:]:              # sketches merge one by one
+                out.add(part, sys.maxsize)
+            return out
+        keys = np.concatenate([p.keys for p in parts])
+        if not len(keys):
+            return parts[0]
+        out = parts[0].empty_like()
+        first, inverse, sizes = key_groups(keys)
+        g = len(first)
+
+        def joined(attr: str) -> np.ndarray:
+            return np.concatenate([getattr(p, attr) for p in parts])
+        # a group keeps the identity and texts of the part it first appeared in, as add()
+        # keeps a held group's own
+        out.keys = keys[first]
+        for attr in ("window", "client", "server", "domain", "samples"):
+            setattr(out, attr, joined(attr)[first])
+        out.count = np.bincount(inverse, weights=joined("count"), minlength=g).astype(np.int64)
+        order = _core.group_order(inverse, sizes)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        out.first = np.minimum.reduceat(joined("first")[order], starts)
+        out.last = np.maximum.reduceat(joined("last")[order], starts)
+        values = joined("values")
+        out.values = np.empty((g, len(out.numeric)))
+        for j, (_, function) in enumerate(out.numeric):
+            if function in ("sum", "mean"):         # summed in part order, as add() does
+                out.values[:, j] = np.bincount(inverse, weights=values[:, j], minlength=g)
+            elif function == "max":
+                out.values[:, j] = np.maximum.reduceat(values[order, j], starts)
+            else:
+                out.values[:, j] = np.minimum.reduceat(values[order, j], starts)
+        for name in out.uniques:
+            pair_keys = np.concatenate([p.pair_keys[name] for p in parts])
+            distinct = key_groups(pair_keys)[0]
+            groups = np.concatenate([p.pairs[name][0] for p in parts])[distinct]
+            held = np.concatenate([p.pairs[name][1] for p in parts])[distinct]
+            out._merge_pairs(name, groups, held, pair_keys[distinct])
+        return out
 
     def _take_sketches(self, name: str, incoming: dict[int, HllCounter]) -> None:
         """Another table's sketches in: a group this table still counts exactly takes its
