@@ -137,6 +137,7 @@ DEF QNAME_CACHE_WIRE = 64
 DEF QNAME_CACHE_PAD = 41         # 128 - 23 header bytes - 64 wire bytes
 DEF MAX_HOT_COLUMNS = 24         # message fields copied out as columns (Core.set_hot_columns)
 DEF ROW_PREFETCH = 16            # track_columns: message rows ahead whose lines are fetched early
+DEF SLOT_PREFETCH = 32           # match_events: events ahead whose hash slots are fetched early
 DEF FRAME_PREFETCH = 4           # add_frames: frames ahead whose first bytes are fetched early
 DEF HOT_CHUNK = 256              # rows copied out at a time: 38 KB, still in L1/L2
 
@@ -2690,6 +2691,14 @@ cdef object new_slots(Py_ssize_t rows_at_most):
     return np.zeros((cap, 2), dtype=np.uint64)
 
 
+cdef inline void prefetch_slot(const uint64_t *slots, uint64_t mask, uint64_t k) noexcept nogil:
+    """Ask for the line of k's first slot now, SLOT_PREFETCH keys ahead of its probe: for
+    tables sized by a batch's rows (megabytes, past the L2 cache). Tables of what a batch
+    holds distinct (names, records, groups) stay in cache, and fetching ahead only slowed
+    their loops."""
+    DNS_PREFETCH(&slots[2 * key_slot(k, mask)])
+
+
 cdef inline uint64_t probe(const uint64_t *slots, uint64_t mask, uint64_t k) noexcept nogil:
     """The slot holding k, or the empty slot where it would go."""
     cdef uint64_t slot = key_slot(k, mask)
@@ -3902,7 +3911,7 @@ def match_events(const uint64_t[::1] key, const double[::1] ts, const uint8_t[::
     cdef int64_t[::1] unmatched = unmatched_arr
     cdef int64_t[::1] open_ = open_arr
     cdef Py_ssize_t nunmatched = 0, nopen = 0
-    cdef int64_t e, q
+    cdef int64_t e, q, ahead
     cdef uint64_t h, slot
     for i in range(n):
         if order is None:
@@ -3911,6 +3920,10 @@ def match_events(const uint64_t[::1] key, const double[::1] ts, const uint8_t[::
             e = order[i]
             if e < 0 or e >= n:
                 raise ValueError("order names no event")
+        if i + SLOT_PREFETCH < n:
+            ahead = i + SLOT_PREFETCH if order is None else order[i + SLOT_PREFETCH]
+            if 0 <= ahead < n:
+                prefetch_slot(slots, mask, key[ahead])
         h = key[e]
         slot = probe(slots, mask, h)
         q = <int64_t>slots[2 * slot + 1] - 1          # the latest query with this key
