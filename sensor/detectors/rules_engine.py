@@ -34,7 +34,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     out = new_table(rule)
     ts = cols["ts"]
     window = _core.message_windows(ts, rule.window_s)
-    row_keys = hash_columns(window.astype(np.uint64), *[cols[g].astype(np.uint64) for g in rule.group_by])
+    row_keys = hash_columns(window, *[cols[g] for g in rule.group_by])     # read in place, any int width
     first, inverse, counts = _core.group_u64(np.ascontiguousarray(row_keys))
     g = len(first)
     rows = idx[first]
@@ -75,7 +75,7 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
         else:
             out.values[:, j] = np.minimum.reduceat(v[order], starts)
     for name in out.uniques:
-        values = cols[by_name[name].argument].astype(np.uint64)
+        values = cols[by_name[name].argument].astype(np.uint64, copy=False)
         pair_keys = hash_columns(row_keys, values)
         distinct = _core.group_u64(pair_keys)[0]
         out._merge_pairs(name, row_keys[distinct], values[distinct], pair_keys[distinct])
