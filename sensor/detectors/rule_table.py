@@ -127,11 +127,14 @@ class RuleTable:
                 self._take_sketches(name, other.sketches[name])
         return dropped
 
-    @classmethod
-    def combined(cls, parts: list["RuleTable"]) -> "RuleTable":
-        """Tables of one rule as one, with no group limit: what adding them one after
-        another to the first gives, in one grouping of all their rows instead of a
-        lookup and a copy of the growing table per part. The first part may be reused."""
+    @staticmethod
+    def combined(parts: list["RuleTable"]) -> "RuleTable":
+        """Tables of one rule (a rule's held-back batch tables, in batch order) as one:
+        what adding them one after another to the first gives, in one grouping of all their
+        rows instead of a lookup and a copy of the growing table per part. No group limit
+        applies here; it applies as the whole goes into the rule's table, which drops the
+        groups that folding the parts one by one would (those new to it past its room, in
+        order of first appearance). The first part may be reused."""
         if len(parts) == 1:
             return parts[0]
         if any(sketches for p in parts for sketches in p.sketches.values()):

@@ -123,22 +123,15 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
         waiting = pending.setdefault(rule.name, [])
         waiting.append(part)
         if len(waiting) >= PENDING_BATCH_TABLES or sum(int(w.count.sum()) for w in waiting) >= PENDING_ROWS:
-            _add(mine, _combined(pending.pop(rule.name)), max_groups, dropped)
+            _add(mine, RuleTable.combined(pending.pop(rule.name)), max_groups, dropped)
 
 
 def settle(partials: dict[str, RuleTable], pending: dict[str, list[RuleTable]], max_groups: int,
            dropped: dict[str, int]) -> None:
     """Fold the batch tables still waiting in `pending` into `partials`, and empty it."""
     for name, waiting in pending.items():
-        _add(partials[name], _combined(waiting), max_groups, dropped)
+        _add(partials[name], RuleTable.combined(waiting), max_groups, dropped)
     pending.clear()
-
-
-def _combined(parts: list[RuleTable]) -> RuleTable:
-    """Batch tables of one rule as one, in their order: what folding them one after another
-    gives, the group limit aside, which applies as the whole goes in (the same groups are
-    dropped: those new to the held table past its room, in order of first appearance)."""
-    return RuleTable.combined(parts)
 
 
 def _add(mine: RuleTable, part: RuleTable, max_groups: int, dropped: dict[str, int]) -> None:
