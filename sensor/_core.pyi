@@ -10,6 +10,7 @@ BAILIWICK_COLUMN: str
 DERIVED_COLUMNS: tuple[str, str, str, str]
 MESSAGE_ROW_SIZE: int
 RR_ROW_SIZE: int
+QNAME_CACHE_SETS: int
 MESSAGE_DTYPE: np.dtype | None
 RR_DTYPE: np.dtype | None
 

@@ -446,6 +446,37 @@ def test_question_name_cache_gives_what_a_fresh_decode_gives():
             assert np.array_equal(batch.messages[field][i], alone.messages[field][0]), (i, field)
 
 
+def test_question_names_of_one_cache_set_share_it_and_the_least_recent_goes():
+    """Two names that hash to one set of the question-name cache both stay (each asked
+    again is found), and a third drives out the one of the two used less recently."""
+    from sensor import _core
+    from sensor.parse import Parser
+    by_set: dict[int, list[bytes]] = {}
+    for i in range(200_000):
+        wire = b"\x01a" + bytes([len(str(i))]) + str(i).encode() + b"\x07example\x03com\x00"
+        h = int(_core.span_hashes(wire, np.zeros(1, np.uint32), np.array([len(wire)], np.uint32))[0])
+        same = by_set.setdefault(h % _core.QNAME_CACHE_SETS, [])
+        same.append(wire)
+        if len(same) == 3:
+            break
+    a, b, c = same
+    parser = Parser(backend="compiled", ports=(53,))
+
+    def hits(*names: bytes) -> list[bool]:
+        """Whether each name, asked in turn, was found in the cache."""
+        found = []
+        for name in names:
+            before = parser.core.qname_cache_hits
+            parser.parse_payloads([header() + question(name)])
+            found.append(parser.core.qname_cache_hits == before + 1)
+        return found
+
+    assert hits(a, b, a, b) == [False, False, True, True]      # a slot each
+    assert hits(a, c) == [True, False]           # c takes b's slot: b was used less recently
+    # b takes c's slot (a was just used), then c takes a's, and b is still there
+    assert hits(a, b, c, b) == [True, False, False, True]
+
+
 def test_record_names_in_presentation_form_around_every_word_boundary():
     """Record names are written eight plain bytes at a time: a byte to escape or a capital
     at any place in a label of any length must come out as the byte-by-byte decode writes it."""
