@@ -135,7 +135,8 @@ DEF NAME_CACHE = 48
 # the popular one it hashed to. With a slot a name, a fifth of bench/parse.py's 4 000
 # recurring names shared theirs with another and drove it out each time: 89 % of its
 # questions found their name, 95 % with two (the rest: sets that three or more of its
-# names hash to, asked for in turn), and parsing the file took 262 ms instead of 276.
+# names hash to, asked for in turn), and parsing the file took 250 ms instead of 261
+# (the mean of six interleaved best-of-six runs each).
 DEF QNAME_CACHE_SLOTS = 16384    # power of two; 128 bytes a slot, two a set
 DEF QNAME_CACHE_LABELS = 32      # 64 wire bytes hold at most 31 labels
 DEF QNAME_CACHE_WIRE = 64
