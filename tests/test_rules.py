@@ -504,8 +504,8 @@ def test_tables_combined_at_once_are_tables_added_one_by_one(monkeypatch, seed):
     monkeypatch.setattr(rule_table, "EXACT_UNIQUE_LIMIT", 12)
     numeric = (("s", "sum"), ("m", "mean"), ("hi", "max"), ("lo", "min"))
     rng = np.random.default_rng(seed)
-    # a quarter of the seeds give parts that sketch on their own; in the others only
-    # their union may pass the limit
+    # a quarter of the seeds give parts that sketch on their own, a quarter parts on
+    # three keys whose union may pass the limit, the rest parts that never reach it
     shape = ((30, 90, 10), (200, 11, 3), (8, 24, 10), (8, 24, 10))[seed % 4]
     parts = [_random_table(rng, numeric, p, *shape) for p in range(int(rng.integers(1, 6)))]
     copies = pickle.loads(pickle.dumps(parts))
