@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sensor import _core
-from sensor.track import hash_columns, index_keys, isin_keys, key_groups
+from sensor.track import group_runs, hash_columns, index_keys, isin_keys, key_groups
 
 EXACT_UNIQUE_LIMIT = 4096
 """Distinct values kept exactly per group and unique-count aggregate before a sketch takes over."""
@@ -157,19 +157,13 @@ class RuleTable:
         for attr in ("window", "client", "server", "domain", "samples"):
             setattr(out, attr, joined(attr)[first])
         out.count = np.bincount(inverse, weights=joined("count"), minlength=g).astype(np.int64)
-        order = _core.group_order(inverse, sizes)
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        out.first = np.minimum.reduceat(joined("first")[order], starts)
-        out.last = np.maximum.reduceat(joined("last")[order], starts)
+        order, starts = group_runs(inverse, sizes)
+        out.first = reduce_groups("min", joined("first"), inverse, order, starts)
+        out.last = reduce_groups("max", joined("last"), inverse, order, starts)
         values = joined("values")
         out.values = np.empty((g, len(out.numeric)))
-        for j, (_, function) in enumerate(out.numeric):
-            if function in ("sum", "mean"):         # summed in part order, as add() does
-                out.values[:, j] = np.bincount(inverse, weights=values[:, j], minlength=g)
-            elif function == "max":
-                out.values[:, j] = np.maximum.reduceat(values[order, j], starts)
-            else:
-                out.values[:, j] = np.minimum.reduceat(values[order, j], starts)
+        for j, (_, function) in enumerate(out.numeric):    # sums in part order, as add()'s
+            out.values[:, j] = reduce_groups(function, values[:, j], inverse, order, starts)
         for name in out.uniques:
             pair_keys = np.concatenate([p.pair_keys[name] for p in parts])
             distinct = key_groups(pair_keys)[0]
@@ -294,6 +288,17 @@ class RuleTable:
     def texts(self, i: int) -> dict[str, Any]:
         return {"domain": self.domain[i].decode("ascii", "replace"),
                 "samples": [s.decode("ascii", "replace") for s in self.samples[i] if s]}
+
+
+def reduce_groups(function: str, values: np.ndarray, inverse: np.ndarray, order: np.ndarray,
+                  starts: np.ndarray) -> np.ndarray:
+    """One sum/mean, max or min aggregate per group of rows (inverse: each row's group;
+    order and starts: group_runs()), as the table holds it (a mean as its sum). Sums add
+    in row order; extremes reduce each group's run (ufunc.at is many times slower)."""
+    if function in ("sum", "mean"):
+        return np.bincount(inverse, weights=values, minlength=len(starts))
+    reduce = np.maximum if function == "max" else np.minimum
+    return reduce.reduceat(values[order], starts)
 
 
 def gather_text(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:

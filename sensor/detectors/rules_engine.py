@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from sensor import _core
-from sensor.detectors.rule_table import DOMAIN_WIDTH, SAMPLE_WIDTH, SAMPLES, RuleTable, gather_text
+from sensor.detectors.rule_table import DOMAIN_WIDTH, SAMPLE_WIDTH, SAMPLES, RuleTable, gather_text, reduce_groups
 from sensor.parse.batch import address_text
 from sensor.features import FeatureTable
 from sensor.rules import Rule
-from sensor.track import hash_columns, isin_keys
+from sensor.track import group_runs, hash_columns, isin_keys
 
 _NO_ADDRESS = bytes(16)
 
@@ -53,27 +53,19 @@ def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndar
     elif "qname" in rule.group_by:
         out.domain[new] = gather_text(arena, m["qname_off"][rows_new], m["qname_len"][rows_new], DOMAIN_WIDTH)
     # the first SAMPLES members of each new group, in batch order
-    order = _core.group_order(inverse, counts)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    order, starts = group_runs(inverse, counts)
     out.samples = np.zeros((g, SAMPLES), dtype=f"S{SAMPLE_WIDTH}")
     for s in range(SAMPLES):
         has = (counts > s) & new
         member = idx[order[starts[has] + s]]
         out.samples[has, s] = gather_text(arena, m["qname_off"][member], m["qname_len"][member], SAMPLE_WIDTH)
-    # minima and maxima per group reduce runs of the group-ordered rows (ufunc.at is
-    # many times slower)
-    ts = ts[order]
-    out.first, out.last = np.minimum.reduceat(ts, starts), np.maximum.reduceat(ts, starts)
+    out.first = reduce_groups("min", ts, inverse, order, starts)
+    out.last = reduce_groups("max", ts, inverse, order, starts)
     out.values = np.empty((g, len(out.numeric)))
     by_name = {a.name: a for a in rule.aggregations}
     for j, (name, function) in enumerate(out.numeric):
         v = np.broadcast_to(np.asarray(by_name[name].evaluate(cols), dtype=np.float64), (len(idx),))
-        if function in ("sum", "mean"):
-            out.values[:, j] = np.bincount(inverse, weights=v, minlength=g)
-        elif function == "max":
-            out.values[:, j] = np.maximum.reduceat(v[order], starts)
-        else:
-            out.values[:, j] = np.minimum.reduceat(v[order], starts)
+        out.values[:, j] = reduce_groups(function, v, inverse, order, starts)
     for name in out.uniques:
         values = cols[by_name[name].argument].astype(np.uint64, copy=False)
         pair_keys = hash_columns(row_keys, values)

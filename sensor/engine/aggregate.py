@@ -20,7 +20,7 @@ from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.parse.batch import Batch, address_text
 from sensor.store.schema import MINUTE_COUNTERS, STATS_COUNTERS
 from sensor.track import (ANSWERED, DUPLICATE, LEG_CLIENT, LEG_NAMES, MISMATCHED, UNSOLICITED, TrackResult,
-                          address_words, hash_columns, key_groups)
+                          address_words, group_runs, hash_columns, key_groups)
 
 OTHER_RESOLVER = "other"
 GROUP_SHIFT = 40
@@ -289,8 +289,7 @@ def fair_share(groups: np.ndarray, limit: int) -> np.ndarray:
         cap = ordered[j] + (limit - totals[j]) // (len(ordered) - j - 1)
     else:
         cap = limit // len(ordered)
-    order = _core.group_order(inverse, sizes)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    order, starts = group_runs(inverse, sizes)
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n) - starts[inverse[order]]
     keep = rank < cap

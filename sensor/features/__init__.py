@@ -133,8 +133,7 @@ DERIVED: dict[str, Callable[["Columns"], np.ndarray]] = {
     "multi_response": lambda c: c._track.multi,
     "raced_query": lambda c: c._track.raced,
     "upstream": lambda c: c._track.leg == 1,
-    "client_internal": lambda c: (c._client_networks.mask(c._track.client) if c._client_network is None
-                                  else c._client_network >= 0),
+    "client_internal": lambda c: c.client_network >= 0,
     "client_external": lambda c: (~c["client_internal"] if c._client_networks.networks
                                   else np.zeros(len(c._track.client), dtype=bool)),
     "anomalous": lambda c: c.field("anomalies") != 0,
@@ -154,7 +153,7 @@ class Columns(dict):
         self._batch = batch
         self._track = track
         self._client_networks = client_networks
-        self._client_network = client_network    # client_networks.index of each client, if given
+        self._client_network = client_network    # client_networks.index of each client, once made
         self._server_addr: np.ndarray | None = None
         # Features of the name alone come from (and go to) the worker's memo of them.
         self._names = names if names is not None else NameMemo(len(batch))
@@ -167,6 +166,14 @@ class Columns(dict):
     def field(self, name: str) -> np.ndarray:
         """A message field as a contiguous column (the batch copies each once)."""
         return self._batch.column(name)
+
+    @property
+    def client_network(self) -> np.ndarray:
+        """Per message, the index of the first client network its client is in, -1 when none
+        (looked up here unless the caller handed it over)."""
+        if self._client_network is None:
+            self._client_network = self._client_networks.index(self._track.client)
+        return self._client_network
 
     @property
     def server_addr(self) -> np.ndarray:

@@ -60,6 +60,13 @@ def key_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _core.group_u64(np.ascontiguousarray(keys, dtype=np.uint64))
 
 
+def group_runs(inverse: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows grouped (key_groups' group of each row and rows per group) as runs: (the rows in
+    group order, each group keeping its rows' order; where each group's run starts), for
+    reductions over each run with ufunc.reduceat."""
+    return _core.group_order(inverse, counts), np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+
 def isin_keys(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """np.isin for 64-bit keys, through a hash table instead of sorting both sides."""
     return _core.isin_u64(np.ascontiguousarray(values, dtype=np.uint64),
