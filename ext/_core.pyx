@@ -2738,9 +2738,11 @@ cdef object new_slots(Py_ssize_t rows_at_most):
 
 cdef inline void prefetch_slot(const uint64_t *slots, uint64_t mask, uint64_t k) noexcept nogil:
     """Ask for the line of k's first slot now, SLOT_PREFETCH keys ahead of its probe: for
-    tables sized by a batch's rows (megabytes, past the L2 cache). Tables of what a batch
-    holds distinct (names, records, groups) stay in cache: fetching ahead in their loops
-    (KeyIndex, group_u64) gained nothing measurable."""
+    tables sized by a batch's rows (megabytes, past the L2 cache), and for KeyIndex's, held
+    across batches, whose lines the batch's own columns drive out of the L2 cache between
+    two calls (passive DNS folded 51 ms a million messages instead of 54, the clients
+    table 10 instead of 11). A grouping's table, made and used within one call, stays in
+    cache: fetching ahead in group_u64 gained nothing measurable."""
     DNS_PREFETCH(&slots[2 * key_slot(k, mask)])
 
 
@@ -4147,6 +4149,8 @@ cdef class KeyIndex:
         cdef int64_t r
         with nogil:
             for i in range(n):
+                if i + SLOT_PREFETCH < n:
+                    prefetch_slot(self._slots, self._mask, values[i + SLOT_PREFETCH])
                 r = self.row_of(values[i])
                 if r < 0:
                     missing[nmissing] = i
@@ -4176,6 +4180,8 @@ cdef class KeyIndex:
         cdef int64_t r
         for i in range(n):
             k = values[i]
+            if i + SLOT_PREFETCH < n:
+                prefetch_slot(self._slots, self._mask, values[i + SLOT_PREFETCH])
             slot = probe(self._slots, self._mask, k)
             r = <int64_t>self._slots[2 * slot + 1] - 1
             if r == -1:
