@@ -144,7 +144,7 @@ DEF QNAME_CACHE_PAD = 40         # 128 - 24 header bytes - 64 wire bytes
 DEF MAX_HOT_COLUMNS = 24         # message fields copied out as columns (Core.set_hot_columns)
 DEF ROW_PREFETCH = 16            # track_columns: message rows ahead whose lines are fetched early
 DEF SLOT_PREFETCH = 32           # match_events: events ahead whose hash slots are fetched early
-DEF WRITE_AHEAD_ROWS = 16        # parse_into: message rows ahead whose lines are fetched for writing
+DEF WRITE_AHEAD_ROWS = 16        # parse_into: message rows ahead whose lines are fetched before writing
 DEF WRITE_AHEAD_RRS = 24         # parse_into: record rows ahead, likewise
 DEF WRITE_AHEAD_ARENA = 1024     # parse_into: arena bytes ahead, likewise
 DEF FRAME_PREFETCH = 4           # add_frames: frames ahead whose first bytes are fetched early
@@ -203,7 +203,6 @@ cdef struct QnameProbe:
 cdef extern from *:
     """
     #define DNS_PREFETCH(p) __builtin_prefetch((p), 0, 3)
-    #define DNS_PREFETCH_W(p) __builtin_prefetch((p), 1, 3)
 
     /* One byte of every `stride`, kept scalar: GCC's vectorised loop built each 16 bytes
        in two stack words and loaded them back as one, a load that no store can forward
@@ -217,7 +216,6 @@ cdef extern from *:
     }
     """
     void DNS_PREFETCH(const void *p) noexcept nogil
-    void DNS_PREFETCH_W(const void *p) noexcept nogil
     void gather_bytes(char *dst, const char *src, size_t stride, size_t n) noexcept nogil
 
 cdef struct SeenFrame:
@@ -2259,22 +2257,23 @@ cdef class Core:
         # store waiting for its line held the parse up: a sixth of parse_into's samples sat
         # on one load, of section counts just stored in the row. About 62 arena bytes and
         # 1.85 record rows (52 bytes) a message on the bench capture: two lines of each, and
-        # the row's three. Parsing it: 241-244 ms instead of 267-272 (interleaved rounds,
+        # the row's three. Parsing it: 243-248 ms instead of 266-276 (interleaved rounds,
         # best two of six passes each). Written out here: as a cdef function of its own,
         # the C compiler took it for one without effect and dropped the call.
-        cdef char *ahead = <char *>&self.msgs[self.nmsg + WRITE_AHEAD_ROWS]
+        cdef char *ahead
         if self.nmsg + WRITE_AHEAD_ROWS < self.msg_cap:
-            DNS_PREFETCH_W(ahead)
-            DNS_PREFETCH_W(ahead + 64)
-            DNS_PREFETCH_W(ahead + 128)
-        ahead = <char *>&self.rrs[self.nrr + WRITE_AHEAD_RRS]
+            ahead = <char *>&self.msgs[self.nmsg + WRITE_AHEAD_ROWS]
+            DNS_PREFETCH(ahead)
+            DNS_PREFETCH(ahead + 64)
+            DNS_PREFETCH(ahead + 128)
         if self.nrr + WRITE_AHEAD_RRS + 5 <= self.rr_cap:         # 5 rows: 140 bytes
-            DNS_PREFETCH_W(ahead)
-            DNS_PREFETCH_W(ahead + 64)
-        ahead = self.arena.buf + self.arena.len + WRITE_AHEAD_ARENA
+            ahead = <char *>&self.rrs[self.nrr + WRITE_AHEAD_RRS]
+            DNS_PREFETCH(ahead)
+            DNS_PREFETCH(ahead + 64)
         if self.arena.len + WRITE_AHEAD_ARENA + 128 <= self.arena.cap:
-            DNS_PREFETCH_W(ahead)
-            DNS_PREFETCH_W(ahead + 64)
+            ahead = self.arena.buf + self.arena.len + WRITE_AHEAD_ARENA
+            DNS_PREFETCH(ahead)
+            DNS_PREFETCH(ahead + 64)
         self.nmsg += 1
         self.ncache = 0
         self.counters[C_MESSAGES] += 1
