@@ -5,7 +5,8 @@ replays it through `sensor.engine.replay` into a fresh SQLite file, and runs
 tshark on the same file (its first --tshark-frames frames; rates are rates), each
 --repeat times, keeping the best of each. A first replay warms the process up and
 is reported on its own: it pays for what a sensor pays once, when it starts (the first
-touch of the batch memory, about 20 k page faults, and set-up done on first use).
+touch of the batch memory, about 20 k page faults for the default million messages, and
+set-up done on first use).
 The site is configured as a deployment would have it (on a resolver box it is
 discovered): the generated capture's resolver addresses and client networks, or
 --resolver/--client-network for a given capture.
