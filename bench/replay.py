@@ -72,17 +72,19 @@ def main() -> int:
         no_rules = os.path.join(tmp, "no-rules")
         os.mkdir(no_rules)
 
+        def one_replay(rules_dir: str, db: str):
+            return replay([path], replace(Config(), db_path=db, rules_dir=rules_dir, **site), progress_to=None)
+
         def best_replay(rules_dir: str):
             best, best_db = None, ""
             for i in range(args.repeat):
                 db = os.path.join(tmp, f"replay-{os.path.basename(rules_dir)}-{i}.db")
-                r = replay([path], replace(Config(), db_path=db, rules_dir=rules_dir, **site), progress_to=None)
+                r = one_replay(rules_dir, db)
                 if best is None or r.seconds < best.seconds:
                     best, best_db = r, db
             return best, best_db
         rules_dir = str(Path(__file__).resolve().parent.parent / "rules")
-        first = replay([path], replace(Config(), db_path=os.path.join(tmp, "replay-first.db"), rules_dir=rules_dir,
-                                       **site), progress_to=None)
+        first = one_replay(rules_dir, os.path.join(tmp, "replay-first.db"))
         best, best_db = best_replay(rules_dir)
         bare, _ = best_replay(no_rules)
         with closing(sqlite3.connect(best_db)) as conn:
