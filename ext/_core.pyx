@@ -1020,6 +1020,7 @@ cdef class Core:
     cdef RRRow *rrs
     cdef readonly size_t nmsg          # messages in the batch under construction
     cdef size_t msg_cap, nrr, rr_cap
+    cdef size_t rr_rows_last            # record rows the last finished batch held
     cdef Arena arena
     cdef uint64_t counters[N_COUNTERS]
     cdef uint8_t port_bits[8192]    # the DNS ports, one bit each (set_port_map)
@@ -1175,7 +1176,12 @@ cdef class Core:
         self.msgs = <MessageRow *><size_t>self.messages_array.ctypes.data
         self.msg_cap = self.messages_array.shape[0]
         self.nmsg = 0
-        self.rrs_array = np.empty(max(capacity * 2, <size_t>64), dtype=RR_DTYPE)
+        # Two record rows a message, or what the last batch held and an eighth more where
+        # that was more: traffic of responses only, or of referrals with their glue,
+        # outgrew two a message in every batch, and each time the table was copied into
+        # one twice its size (an eighth of the time spent parsing responses only).
+        self.rrs_array = np.empty(max(capacity * 2, self.rr_rows_last + self.rr_rows_last // 8,
+                                      <size_t>64), dtype=RR_DTYPE)
         self.rrs = <RRRow *><size_t>self.rrs_array.ctypes.data
         self.rr_cap = self.rrs_array.shape[0]
         self.nrr = 0
@@ -1303,6 +1309,7 @@ cdef class Core:
         msgs = self.messages_array[:self.nmsg]
         rrs = self.rrs_array[:self.nrr]
         arena = ar_take(&self.arena)
+        self.rr_rows_last = self.nrr
         counters = {COUNTER_NAMES[i]: self.counters[i] for i in range(N_COUNTERS)}
         columns = {name: column[:self.nmsg]
                    for name, column in zip(self.hot_names + DERIVED_COLUMNS, self.hot_arrays)

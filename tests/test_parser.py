@@ -393,6 +393,24 @@ def test_compressed_owner_names_share_the_text_they_point_to():
     assert r["name_off"][2] > r["rdata_off"][1]
 
 
+def test_record_table_starts_as_large_as_the_last_batch_needed():
+    """Responses carrying more than two records a message outgrow a table sized by the
+    message count: the next batch starts with room for what the last one held, so it is
+    not copied as it grows, and its records are the same."""
+    from sensor.parse import Parser
+    answers = b"".join(rr(1, bytes([192, 0, 2, i])) for i in range(6))
+    payload = header(flags=0x8180, an=6) + question() + answers
+    parser = Parser(backend="compiled", ports=(53,))
+    first_capacity = len(parser.core.rrs_array)
+    messages = first_capacity // 3             # 6 records each: three times the start
+    first = parser.parse_payloads([payload] * messages)
+    assert len(first.rrs) == 6 * messages > first_capacity
+    assert len(parser.core.rrs_array) >= len(first.rrs)
+    again = parser.parse_payloads([payload] * messages)
+    assert len(parser.core.rrs_array) >= len(again.rrs)
+    assert np.array_equal(again.rrs, first.rrs) and again.arena == first.arena
+
+
 def test_pointer_into_rdata_that_became_hex_decodes_the_name_afresh(make_parser):
     """A CNAME whose target name is followed by junk inside its rdlength is kept as
     hex. A later owner name pointing at that target must still read the name there,
