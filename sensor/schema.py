@@ -94,7 +94,7 @@ MESSAGE_DTYPE = _dtype(MESSAGE_FIELDS)
 RR_DTYPE = _dtype(RR_FIELDS)
 
 HOT_COLUMNS = ("ts", "qr", "rcode", "qtype", "size", "anomalies", "transport", "flags", "name_hash",
-               "regdom_off", "longest_label", "qdcount")
+               "regdom_off", "longest_label", "labels", "qdcount")
 """Message fields that tracking, the per-minute tables and the shipped rules read from every
 batch: the engine's compiled parser copies them out as columns while it has the rows in its
 caches (Parser(hot_columns=...); Batch.column copies any other field out of finished rows)."""

@@ -2219,6 +2219,30 @@ def test_the_engine_parser_copies_out_what_the_engine_reads(tmp_path):
 
 
 
+def test_the_shipped_rules_read_only_fields_the_parser_copies_out(tmp_path, monkeypatch):
+    """A message field a rule reads that is not a hot column is copied out of the finished
+    rows, pulling the whole batch through the cache for each batch: the shipped rules read
+    none such (a rule that starts to must add its field to schema.HOT_COLUMNS)."""
+    from sensor.parse.batch import Batch
+    from sensor.rules import load_dir
+    copied: list[str] = []
+    column = Batch.column
+
+    def recording(self, name):
+        if name not in self.columns:
+            copied.append(name)
+        return column(self, name)
+    monkeypatch.setattr(Batch, "column", recording)
+    rules = load_dir(REPO / "rules")
+    pipeline = Pipeline(config(tmp_path), anomaly_burst.AnomalyBurstRule(), rules)
+    for name in ("demo-office-resolver.pcap", "generated-water-torture.pcap", "generated-dga-client.pcap"):
+        for frames in read_frames(str(DATA / name), 1000):
+            pipeline.feed(frames)
+    assert pipeline.process() > 0
+    assert pipeline.acc.agg.rules          # the rules ran and some kept groups
+    assert copied == []
+
+
 @pytest.mark.parametrize("backend", ["compiled", "twin"])
 def test_dns_ports_are_the_configured_ones_after_a_change_too(tmp_path, backend):
     """A frame is DNS when either port is one of the parser's, the edges of the port range

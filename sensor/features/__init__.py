@@ -108,9 +108,20 @@ MESSAGE_FIELDS = {
     "ip_ttl": "ip_ttl", "ancount": "ancount", "nscount": "nscount", "arcount": "arcount",
     "edns_udp_size": "edns_udp_size", "qname_len": "qname_len", "labels": "labels",
     "longest_label": "longest_label", "digits": "digits", "hexchars": "hexchars", "uppers": "uppers",
-    "qname": "name_hash", "txid": "id",
+    "qname": "name_hash", "txid": "id", "entropy": "entropy",
 }
-"""Features that are a message field as it is (feature -> field)."""
+"""Features that are a message field (feature -> field), as it is unless FIELD_DTYPES says."""
+
+FIELD_DTYPES = {"entropy": np.float64}
+"""Field features taken in another dtype than the row's: the entropy in float64 (float32 on
+the row), as thresholds and aggregates compute."""
+
+FIELD_GATHER_BELOW = 0.25
+"""A field feature of a few messages (a filter's later terms, a rule's aggregates over the
+messages that passed it) is read from those rows alone while they are fewer than this share
+of the batch and no stage has copied the field out: each row read is a cache line of its
+own, where copying the column out reads every row (65 536 rows of 152 bytes: 0.16 ms for a
+quarter of them, 0.34 for the whole column)."""
 
 _FLAG_BITS = {"aa": 0x0400, "tc": 0x0200, "rd": 0x0100, "ra": 0x0080}
 
@@ -121,7 +132,6 @@ DERIVED: dict[str, Callable[["Columns"], np.ndarray]] = {
     "servfail": lambda c: c["is_response"] & (c["rcode"] == 2),
     "tcp": lambda c: c.field("transport") == 6,
     **{name: (lambda c, bit=bit: (c.field("flags") & bit) != 0) for name, bit in _FLAG_BITS.items()},
-    "entropy": lambda c: c.field("entropy").astype(np.float64),
     "left_len": lambda c: np.maximum(c.field("regdom_off").astype(np.int64) - 1, 0),
     "client": lambda c: c._track.client_hash,
     "server": lambda c: c._track.server_hash,
@@ -200,7 +210,7 @@ class Columns(dict):
         or None when `name` is no such feature."""
         field = MESSAGE_FIELDS.get(name)
         if field is not None:
-            return lambda: self.field(field)
+            return lambda: _as_feature(name, self.field(field))
         derive = DERIVED.get(name)
         if derive is not None:
             return lambda: derive(self)
@@ -225,8 +235,15 @@ class Columns(dict):
 
     def rows_of(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Feature `name` of the messages `rows`: a feature of the name alone is worked out
-        for their names only; any other is made for the batch (once) and gathered."""
-        if name in self or self._batch_feature(name) is not None:
+        for their names only, a field read from their rows when they are few
+        (FIELD_GATHER_BELOW); any other is made for the batch (once) and gathered."""
+        if name in self:
+            return self[name][rows]
+        field = MESSAGE_FIELDS.get(name)
+        if (field is not None and field not in self._batch.columns
+                and len(rows) < FIELD_GATHER_BELOW * len(self._batch)):
+            return _as_feature(name, self._batch.messages[field][rows])
+        if self._batch_feature(name) is not None:
             return self[name][rows]
         work_out = self._name_feature(name)
         if work_out is None:
@@ -266,6 +283,12 @@ class Columns(dict):
             k = LAZY.index(name)
             return lambda messages: _core.first_label_stats(arena, *spans(messages))[k]
         return None
+
+
+def _as_feature(name: str, values: np.ndarray) -> np.ndarray:
+    """A field's values as the feature `name` takes them (FIELD_DTYPES)."""
+    dtype = FIELD_DTYPES.get(name)
+    return values if dtype is None else values.astype(dtype)
 
 
 class Selection(Mapping):
