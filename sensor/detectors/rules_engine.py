@@ -10,6 +10,8 @@ Limits.max_rule_groups; the rest are counted (drop stage rule_groups_overflow).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from sensor import _core
@@ -27,14 +29,19 @@ def new_table(rule: Rule) -> RuleTable:
                      tuple(a.name for a in rule.aggregations if a.function == "nunique"))
 
 
+def _group_keys(rule: Rule, cols: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's window and group key (window and the rule's group_by columns)."""
+    window = _core.message_windows(cols["ts"], rule.window_s)
+    return window, hash_columns(window, *[cols[g] for g in rule.group_by])     # read in place, any int width
+
+
 def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndarray | None = None) -> RuleTable:
     """One batch's rows that passed the rule's filter, as the rule's groups. Text (domain,
     samples) is gathered only for groups not among `known` keys: the existing row keeps its own."""
     cols = table.columns.select(idx)        # features of the rows that passed only
     out = new_table(rule)
     ts = cols["ts"]
-    window = _core.message_windows(ts, rule.window_s)
-    row_keys = hash_columns(window, *[cols[g] for g in rule.group_by])     # read in place, any int width
+    window, row_keys = _group_keys(rule, cols)
     first, inverse, counts = _core.group_u64(np.ascontiguousarray(row_keys))
     g = len(first)
     rows = idx[first]
@@ -108,6 +115,10 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
         mine = partials.get(rule.name)
         if mine is None:
             mine = partials[rule.name] = new_table(rule)
+        if len(mine) >= max_groups:
+            idx = _rows_of_held_groups(rule, table, idx, mine.keys, dropped)
+            if not len(idx):
+                continue
         part = batch_table(rule, table, idx, mine.keys)
         if pending is None:
             _add(mine, part, max_groups, dropped)
@@ -116,6 +127,19 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
         waiting.append(part)
         if len(waiting) >= PENDING_BATCH_TABLES or sum(int(w.count.sum()) for w in waiting) >= PENDING_ROWS:
             _add(mine, RuleTable.combined(pending.pop(rule.name)), max_groups, dropped)
+
+
+def _rows_of_held_groups(rule: Rule, table: FeatureTable, idx: np.ndarray, held: np.ndarray,
+                         dropped: dict[str, int]) -> np.ndarray:
+    """Of the rows that passed a rule's filter, those of groups its full table holds: the
+    others would be dropped as their groups went in (counted here as they would be there),
+    and under a flood of new entities (spoofed sources) making their groups, texts and
+    samples first was most of what the rule cost."""
+    inside = isin_keys(_group_keys(rule, table.columns.select(idx))[1], held)
+    lost = len(idx) - int(np.count_nonzero(inside))
+    if lost:
+        dropped["rule_groups_overflow"] = dropped.get("rule_groups_overflow", 0) + lost
+    return idx[inside]
 
 
 def settle(partials: dict[str, RuleTable], pending: dict[str, list[RuleTable]], max_groups: int,
