@@ -2976,6 +2976,36 @@ def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
     return out_arr
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def positions_among(const uint64_t[:] values, const uint64_t[::1] keys):
+    """The positions of the values that are among `keys`, in order: np.flatnonzero of
+    isin_u64, in one pass over the values read in place (a column of a structured array:
+    the tracker's pending queries, up to limits.max_pending_queries of them looked up for
+    each batch), each probe's slot fetched SLOT_PREFETCH values ahead."""
+    cdef Py_ssize_t n = values.shape[0], m = keys.shape[0], i, found = 0
+    out_arr = np.empty(n, dtype=np.int64)
+    if n == 0 or m == 0:
+        return out_arr[:0]
+    slots_arr = new_slots(m)
+    cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
+    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
+    cdef int64_t[::1] out = out_arr
+    cdef uint64_t slot
+    with nogil:
+        for i in range(m):
+            slot = probe(slots, mask, keys[i])
+            slots[2 * slot] = keys[i]
+            slots[2 * slot + 1] = 1
+        for i in range(n):
+            if i + SLOT_PREFETCH < n:
+                prefetch_slot(slots, mask, values[i + SLOT_PREFETCH])
+            if slots[2 * probe(slots, mask, values[i]) + 1]:
+                out[found] = i
+                found += 1
+    return out_arr[:found]
+
+
 def isin_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
     """Whether each value is among `keys`: np.isin for 64-bit keys through one hash table
     of the keys, without the sorts (and the two np.unique calls) np.isin makes."""

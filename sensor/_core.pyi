@@ -63,6 +63,10 @@ def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarra
 def group_order(inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """np.argsort(inverse, kind="stable") for group numbers with known counts, by counting."""
 
+def positions_among(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The positions of the values that are among `keys`, in order (flatnonzero of isin_u64);
+    `values` may be strided (a column of a structured array)."""
+
 def isin_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
 def index_u64(values: np.ndarray, keys: np.ndarray) -> np.ndarray: ...
 def hash_columns(columns: Sequence[np.ndarray | int]) -> np.ndarray:

@@ -1456,6 +1456,19 @@ def test_isin_keys_agrees_with_numpy(values, keys):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200),
        st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200))
+def test_positions_among_keys_agree_with_numpy_on_a_column_read_in_place(values, keys):
+    """The tracker looks its pending queries' keys up in place, a column of their rows."""
+    from sensor import _core
+    from sensor.track import PENDING_DTYPE
+    rows = np.zeros(len(values), dtype=PENDING_DTYPE)
+    rows["key"] = np.array(values, dtype=np.uint64)
+    k = np.array(keys, dtype=np.uint64)
+    assert len(values) < 2 or rows["key"].strides[0] == PENDING_DTYPE.itemsize
+    assert _core.positions_among(rows["key"], k).tolist() == np.flatnonzero(np.isin(rows["key"], k)).tolist()
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200),
+       st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 20), max_size=200))
 def test_index_keys_finds_first_occurrence(values, keys):
     from sensor.track import index_keys
     v, k = np.array(values, dtype=np.uint64), np.array(keys, dtype=np.uint64)

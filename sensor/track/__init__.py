@@ -141,6 +141,7 @@ class Tracker:
         self.limits = limits
         self.pending = np.empty(0, dtype=PENDING_DTYPE)
         self._buffer: np.ndarray | None = None      # the words the pending table is a view of
+        self._start = 0                             # ... from this row of them
         self._spare: np.ndarray | None = None       # the other buffer (_spare_words)
         self.set_resolvers(resolver_addresses)
         self.totals = {"tracked_queries": 0, "answered": 0, "duplicate": 0, "unsolicited": 0,
@@ -176,7 +177,7 @@ class Tracker:
         # the table (up to max_pending_queries rows under a flood of unanswered or spoofed
         # traffic) is scanned and copied once, not hashed again with every batch.
         follows = not len(p) or not len(ti) or ts[ti[0]] >= p["ts"][-1]
-        part = np.flatnonzero(isin_keys(p["key"], key[ti])) if follows and len(p) and len(ti) else None
+        part = _core.positions_among(p["key"], key[ti]) if follows and len(p) and len(ti) else None
         # (every message tracked, as nearly always: its columns are taken whole, not gathered)
         sel = slice(None) if len(ti) == n else ti
         matched = self._match(p, part, key, ts, is_response, sel)
@@ -218,7 +219,15 @@ class Tracker:
         fresh["key"], fresh["loose"], fresh["ts"] = key[batch_open], loose[batch_open], ts[batch_open]
         fresh["resolver"], fresh["leg"] = resolver[batch_open], leg[batch_open]
         words = _pending_words(p)
-        if part is not None:
+        end = self._start + len(p)
+        in_place = (part is not None and not len(part) and self._buffer is not None
+                    and end + len(fresh) <= len(self._buffer))
+        if in_place:
+            # None left (a flood of unanswered queries, a tap that sees one direction): the
+            # batch's open queries go in after the table, which is not copied
+            self._buffer[end:end + len(fresh)] = _pending_words(fresh)
+            joined = self._buffer[self._start:end + len(fresh)]
+        elif part is not None:
             # the pending queries that took part leave: each was answered or superseded, by a
             # batch that comes after it in time
             keep = np.ones(len(p), dtype=bool)
@@ -233,8 +242,10 @@ class Tracker:
             at[~from_pending] = len(p) + np.arange(len(batch_open))
             joined = self._spare_words(len(at))
             np.take(np.concatenate([words, _pending_words(fresh)]), at, axis=0, out=joined)
+        if not in_place:
+            self._buffer, self._spare = self._spare, self._buffer    # the one read from is written next
+            self._start = 0
         new_pending = _pending_rows(joined)
-        self._buffer, self._spare = self._spare, self._buffer    # the one read from is written next
 
         # in time order, so the expired and the evicted are the oldest rows
         expired = int(np.searchsorted(new_pending["ts"], now - self.limits.query_timeout_s, side="left"))
@@ -245,6 +256,7 @@ class Tracker:
         if excess > 0:
             evicted = new_pending["ts"][:excess].copy()
             new_pending = new_pending[excess:]
+        self._start += expired + len(evicted)
         self.pending = new_pending
 
         t = self.totals
@@ -281,7 +293,9 @@ class Tracker:
         new block of up to max_pending_queries rows each time, which fragments it."""
         have = -1 if self._spare is None else len(self._spare)
         if have < rows:
-            self._spare = np.empty((max(rows, 2 * have), PENDING_DTYPE.itemsize // 8), dtype=np.uint64)
+            # room for as many more: the open queries of later batches go in after the table
+            # in place until it is full
+            self._spare = np.empty((max(2 * rows, 2 * have), PENDING_DTYPE.itemsize // 8), dtype=np.uint64)
         return self._spare[:rows]
 
     def drain(self) -> np.ndarray:
@@ -289,6 +303,7 @@ class Tracker:
         out = self._unanswered(self.pending)
         self.totals["unanswered"] += len(out)
         self.pending = np.empty(0, dtype=PENDING_DTYPE)
+        self._start = 0
         return out
 
     @staticmethod
