@@ -1339,7 +1339,7 @@ def test_unique_clients_are_the_distinct_clients_of_each_stats_row(tmp_path, per
     from sensor.parse.batch import address_text
     from sensor.track import LEG_NAMES
     conf = config(tmp_path, resolver_addresses=("10.1.0.53", "198.51.100.53"))
-    conf = replace(conf, limits=replace(conf.limits, messages_per_batch=per_batch))
+    conf = replace(conf, limits=replace(conf.limits, messages_per_batch=per_batch, frames_per_read=per_batch))
     replay([str(DATA / "demo-office-resolver.pcap")], conf, progress_to=None)
     want: dict[tuple, set] = {}
     tracker = Tracker(resolver_addresses=conf.resolver_set())
@@ -1353,6 +1353,37 @@ def test_unique_clients_are_the_distinct_clients_of_each_stats_row(tmp_path, per
         conf.db_path, "SELECT minute, resolver, leg, unique_clients FROM stats WHERE leg != 'sensor'")}
     assert got == {key: len(clients) for key, clients in want.items()}
     assert max(got.values()) > 1                       # several clients share a row
+
+
+def test_unique_clients_stop_at_the_limit_of_each_stats_row(tmp_path):
+    """With max_clients_per_group, a row's set takes the clients of each batch while it holds
+    fewer: a row with fewer distinct clients counts them all, a row with more counts at
+    least the limit (the batch that reached it may add more), never more than it had, and
+    rows that filled up stop taking clients while the others go on."""
+    from sensor.parse.batch import address_text
+    from sensor.track import LEG_NAMES
+    limit = 2
+    conf = config(tmp_path, resolver_addresses=("10.1.0.53", "198.51.100.53"))
+    conf = replace(conf, limits=replace(conf.limits, messages_per_batch=7, frames_per_read=7,
+                                        max_clients_per_group=limit))
+    replay([str(DATA / "demo-office-resolver.pcap")], conf, progress_to=None)
+    want: dict[tuple, set] = {}
+    track = Tracker(resolver_addresses=conf.resolver_set()).process(
+        parse_file(str(DATA / "demo-office-resolver.pcap")).messages)
+    batch = parse_file(str(DATA / "demo-office-resolver.pcap"))
+    for ts, resolver, leg, client in zip(batch.messages["ts"].tolist(), track.resolver.tolist(),
+                                         track.leg.tolist(), track.client.tolist()):
+        want.setdefault((int(ts // 60 * 60), address_text(resolver), LEG_NAMES[leg]), set()).add(client)
+    got = {(m, r, leg): n for m, r, leg, n in db_rows(
+        conf.db_path, "SELECT minute, resolver, leg, unique_clients FROM stats WHERE leg != 'sensor'")}
+    assert got.keys() == want.keys()
+    over = [key for key, clients in want.items() if len(clients) > limit]
+    assert over and len(over) < len(want)
+    for key, clients in want.items():
+        if len(clients) <= limit:
+            assert got[key] == len(clients), key
+        else:
+            assert limit <= got[key] <= len(clients), key
 
 
 def test_demo_capture_is_rebuilt_byte_identical(tmp_path):
