@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,15 @@ class FrameBatch:
     linktype: int
     first_frame: int
     source_bytes: int = 0
+    _seconds: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def seconds(self) -> tuple[int, int]:
+        """The earliest and the latest frame's second (frames exist), worked out once for
+        the stages that each ask (the capture's spans, the frames counted per minute)."""
+        if self._seconds is None:
+            column = self.meta[:, 0]
+            self._seconds = (int(column.min()), int(column.max()))
+        return self._seconds
 
 
 class _Inflater:

@@ -108,10 +108,11 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
         table.columns.sources.update(rule.sources)
         if rule.dga_model is not None:
             table.columns.dga_model = rule.dga_model
-        mask = np.broadcast_to(np.asarray(rule.where(table.columns), dtype=bool), (len(table),))
-        idx = np.flatnonzero(mask)
-        if not len(idx):
+        mask = np.asarray(rule.where(table.columns), dtype=bool)
+        # (most filters pass no message of most batches: asked first, that is cheaper)
+        if not mask.any():
             continue
+        idx = np.flatnonzero(mask) if mask.ndim else np.arange(len(table))
         mine = partials.get(rule.name)
         if mine is None:
             mine = partials[rule.name] = new_table(rule)

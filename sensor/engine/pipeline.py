@@ -56,7 +56,7 @@ class Pipeline:
             self._now = now
         if frames.meta.shape[0]:
             self.latest_ts = max(self.latest_ts, float(frames.meta[-1, 0]))
-            self._count_frames(frames.meta[:, 0])
+            self._count_frames(frames)
         if self.parser.pending >= self.config.limits.messages_per_batch:
             return self.process()
         return 0
@@ -77,14 +77,14 @@ class Pipeline:
         self.acc.add_sensor(int(self.latest_ts // 60 * 60), drops=drops)
         return n
 
-    def _count_frames(self, seconds: np.ndarray) -> None:
+    def _count_frames(self, frames: FrameBatch) -> None:
         """Frames read, in the minute of their timestamp (the parser's `packets`, a batch of
         which can span hours of a replayed capture)."""
-        first, last = int(seconds.min()) // 60, int(seconds.max()) // 60
+        first, last = (second // 60 for second in frames.seconds())
         if first == last:
-            self.acc.add_sensor(first * 60, packets=len(seconds))
+            self.acc.add_sensor(first * 60, packets=frames.meta.shape[0])
             return
-        minutes, counts = np.unique(seconds // 60, return_counts=True)
+        minutes, counts = np.unique(frames.meta[:, 0] // 60, return_counts=True)
         for minute, count in zip(minutes.tolist(), counts.tolist()):
             self.acc.add_sensor(int(minute) * 60, packets=count)
 
@@ -169,12 +169,11 @@ def spanned(frames: Iterator[FrameBatch], spans: list[list[int]] | None) -> Iter
     stretch: list[int] | None = None
     for fb in frames:
         if fb.meta.shape[0]:
-            secs = fb.meta[:, 0].astype(np.int64)
-            lo, hi = int(secs.min()), int(secs.max())
+            lo, hi = fb.seconds()
             if hi - lo <= CAPTURE_SILENCE_S:          # one stretch: no silence fits inside
                 stretches = [(lo, hi)]
             else:
-                secs = np.sort(secs)
+                secs = np.sort(fb.meta[:, 0].astype(np.int64))
                 cuts = np.flatnonzero(np.diff(secs) > CAPTURE_SILENCE_S)
                 stretches = zip(np.r_[secs[0], secs[cuts + 1]].tolist(), np.r_[secs[cuts], secs[-1]].tolist())
             for lo, hi in stretches:

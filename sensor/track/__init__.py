@@ -168,18 +168,18 @@ class Tracker:
         if now is None:
             now = float(ts.max()) if n else 0.0
 
-        qi = np.flatnonzero(tracked & (is_response == 0))
+        queries = tracked & (is_response == 0)
         p = self.pending
-        ti = np.flatnonzero(tracked)
+        ti = np.arange(n) if tracked.all() else np.flatnonzero(tracked)
+        # (every message tracked, as nearly always: its columns are taken whole, not gathered)
+        sel = slice(None) if len(ti) == n else ti
         # Only the pending queries whose key comes up in this batch can be answered or
         # superseded by it (a key is pending once at most). When the batch comes after the
         # pending table in time, those alone take part and the rest stay open as they are:
         # the table (up to max_pending_queries rows under a flood of unanswered or spoofed
         # traffic) is scanned and copied once, not hashed again with every batch.
         follows = not len(p) or not len(ti) or ts[ti[0]] >= p["ts"][-1]
-        part = _core.positions_among(p["key"], key[ti]) if follows and len(p) and len(ti) else None
-        # (every message tracked, as nearly always: its columns are taken whole, not gathered)
-        sel = slice(None) if len(ti) == n else ti
+        part = _core.positions_among(p["key"], key[sel]) if follows and len(p) and len(ti) else None
         matched = self._match(p, part, key, ts, is_response, sel)
         if matched is None:         # not in time order after all: every pending query takes part
             part = None
@@ -193,6 +193,7 @@ class Tracker:
         unmatched = ti[unmatched_ev - np_]          # responses: never a pending event
         raced = np.zeros(n, dtype=np.uint64)
         if len(unmatched):
+            qi = np.flatnonzero(queries)
             query_loose = np.concatenate([p["loose"], loose[qi]])
             query_key = np.concatenate([p["key"], key[qi]])
             query_ts = np.concatenate([p["ts"], ts[qi]])
@@ -260,7 +261,7 @@ class Tracker:
         self.pending = new_pending
 
         t = self.totals
-        t["tracked_queries"] += len(qi)
+        t["tracked_queries"] += int(np.count_nonzero(queries))
         for name, code in (("answered", ANSWERED), ("duplicate", DUPLICATE),
                            ("unsolicited", UNSOLICITED), ("mismatched", MISMATCHED)):
             t[name] += int(np.count_nonzero(state == code))
