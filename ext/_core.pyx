@@ -2982,11 +2982,16 @@ def positions_among(const uint64_t[:] values, const uint64_t[::1] keys):
     """The positions of the values that are among `keys`, in order: np.flatnonzero of
     isin_u64, in one pass over the values read in place (a column of a structured array:
     the tracker's pending queries, up to limits.max_pending_queries of them looked up for
-    each batch), each probe's slot fetched SLOT_PREFETCH values ahead."""
+    each batch), each probe's slot fetched SLOT_PREFETCH values ahead. Values outnumbered
+    SMALL_SIDE_RATIO times by the keys go through index_u64's table of the values."""
     cdef Py_ssize_t n = values.shape[0], m = keys.shape[0], i, found = 0
     out_arr = np.empty(n, dtype=np.int64)
     if n == 0 or m == 0:
         return out_arr[:0]
+    if m > SMALL_SIDE_RATIO * n:
+        # few values (a batch's keys against the few queries pending): a table of them,
+        # the keys read once, as index_u64 does
+        return np.flatnonzero(index_u64(np.ascontiguousarray(values), keys) >= 0)
     slots_arr = new_slots(m)
     cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
     cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)

@@ -280,9 +280,12 @@ class Tracker:
         order. With `part` given, the events must already be in (time, kind) order (else
         None); with all of them they are sorted when they are not, ties as captured."""
         p_key, p_ts = (p["key"], p["ts"]) if part is None else (p["key"][part], p["ts"][part])
-        ev_key = np.concatenate([p_key, key[tracked]])
-        ev_ts = np.concatenate([p_ts, ts[tracked]])
-        ev_resp = np.concatenate([np.zeros(len(p_key), dtype=np.uint8), is_response[tracked]])
+        if len(p_key):
+            ev_key = np.concatenate([p_key, key[tracked]])
+            ev_ts = np.concatenate([p_ts, ts[tracked]])
+            ev_resp = np.concatenate([np.zeros(len(p_key), dtype=np.uint8), is_response[tracked]])
+        else:           # no pending query takes part: the batch's columns as they are
+            ev_key, ev_ts, ev_resp = (np.ascontiguousarray(c[tracked]) for c in (key, ts, is_response))
         matched = _core.match_events(ev_key, ev_ts, ev_resp)
         if matched is None and part is None:
             matched = _core.match_events(ev_key, ev_ts, ev_resp, np.lexsort((ev_resp, ev_ts)))
