@@ -22,8 +22,9 @@ define apt_install
 	fi
 endef
 
-# The parser core is built profile-guided: once instrumented, trained on the captures in
-# tests/data (tools/pgo_train.py), then again from that profile.
+# The compiled core is built profile-guided: once instrumented, trained on the captures in
+# tests/data and on replays of generated resolver traffic (tools/pgo_train.py), then again
+# from that profile.
 define build_core
 	rm -rf build/pgo
 	DNSSENSOR_PGO=generate $(PY) setup.py -q build_ext --inplace --force
