@@ -590,6 +590,30 @@ def test_a_parser_keeps_batch_memory_on_the_heap(tuned):
         assert faults_per_batch > 1000       # the pattern is one the default policy pays for
 
 
+def test_the_collector_is_paused_for_a_block_and_on_again_after_it():
+    """gc_paused() turns the cyclic collector off for its block, nested or not, and on again
+    after it, whatever ended the block; a collector already off stays off."""
+    import gc
+    from sensor.heap import gc_paused
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError), gc_paused():
+        1 / 0
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def _doubled(frames: list[tuple[float, bytes]], lag_s: float = 3e-6) -> list[tuple[float, bytes]]:
     """What a span port copying both directions of a link delivers: each frame twice."""
     return [copy for ts, frame in frames for copy in ((ts, frame), (ts + lag_s, frame))]

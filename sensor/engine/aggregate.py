@@ -16,6 +16,7 @@ import numpy as np
 
 from sensor import _core, schema
 from sensor.features.memo import NameMemo
+from sensor.heap import gc_paused
 from sensor.limits import DEFAULT_LIMITS, Limits
 from sensor.parse.batch import Batch, address_text
 from sensor.store.schema import MINUTE_COUNTERS, STATS_COUNTERS
@@ -751,7 +752,8 @@ class Accumulator:
             # keys met before the last take() still have their text
             missing = np.fromiter((k not in texts for k in new_keys.tolist()), dtype=bool, count=len(new_keys))
             if missing.any():
-                texts.update(zip(new_keys[missing].tolist(), identities(first_idx[new][missing])))
+                with gc_paused():
+                    texts.update(zip(new_keys[missing].tolist(), identities(first_idx[new][missing])))
         lost, _ = table.add(keys, first, last, counts, self.limits.max_pdns_rows, groups(first_idx))
         if lost:
             self.agg.dropped["pdns_overflow"] += lost

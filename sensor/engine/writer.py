@@ -25,6 +25,7 @@ from sensor.detectors import series_anomalies
 from sensor.detectors.anomaly_burst import AnomalyBurstRule
 from sensor.detectors.rule_table import RuleTable
 from sensor.detectors.rules_engine import new_table, verdicts
+from sensor.heap import gc_paused
 from sensor.rules import Rule
 from sensor.engine.aggregate import (Aggregate, merge_malformed, merge_sensor_row, merge_stats_row,
                                      new_sensor_row, new_stats_row)
@@ -115,7 +116,7 @@ class Writer:
         stats_rows, touched = self._merge_stats(agg)
         verdicts = self._verdicts(agg) + self._rule_verdicts(agg)
         try:
-            with self.store.transaction() as conn:
+            with gc_paused(), self.store.transaction() as conn:
                 self.store.put_stats(conn, stats_rows)
                 self.store.add_pdns(conn, agg.pdns.rows())
                 self.store.add_nxdomain(conn, agg.nxdomain.rows())
