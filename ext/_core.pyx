@@ -2937,6 +2937,21 @@ DEF VALUE_TABLE_SPREAD = 8
 # With SMALL_SIDE_RATIO as large, it is never larger than a table of the keys would be.
 
 
+cdef object keys_table(const uint64_t[::1] keys):
+    """An open-addressing table (new_slots) of the keys, each slot holding a key and the row
+    of its first occurrence + 1."""
+    cdef Py_ssize_t m = keys.shape[0], i
+    slots_arr = new_slots(m)
+    cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
+    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1), slot
+    for i in range(m):
+        slot = probe(slots, mask, keys[i])
+        if slots[2 * slot + 1] == 0:
+            slots[2 * slot] = keys[i]
+            slots[2 * slot + 1] = i + 1
+    return slots_arr
+
+
 def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
     """Row of each value in `keys` (its first occurrence), -1 when absent: a lookup through
     one hash table instead of sorting the keys for searchsorted. The table is of the keys,
@@ -2948,7 +2963,7 @@ def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
     if n == 0 or m == 0:
         return out_arr
     cdef bint by_values = m > SMALL_SIDE_RATIO * n
-    slots_arr = new_slots(VALUE_TABLE_SPREAD * n if by_values else m)
+    slots_arr = new_slots(VALUE_TABLE_SPREAD * n) if by_values else keys_table(keys)
     cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
     cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
     cdef int64_t[::1] out = out_arr
@@ -2965,11 +2980,6 @@ def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
         for i in range(n):
             out[i] = <int64_t>slots[2 * probe(slots, mask, values[i]) + 1] - 2
         return out_arr
-    for i in range(m):
-        slot = probe(slots, mask, keys[i])
-        if slots[2 * slot + 1] == 0:
-            slots[2 * slot] = keys[i]
-            slots[2 * slot + 1] = i + 1
     for i in range(n):
         slot = probe(slots, mask, values[i])
         out[i] = <int64_t>slots[2 * slot + 1] - 1
@@ -2992,16 +3002,11 @@ def positions_among(const uint64_t[:] values, const uint64_t[::1] keys):
         # few values (a batch's keys against the few queries pending): a table of them,
         # the keys read once, as index_u64 does
         return np.flatnonzero(index_u64(np.ascontiguousarray(values), keys) >= 0)
-    slots_arr = new_slots(m)
+    slots_arr = keys_table(keys)
     cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
     cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
     cdef int64_t[::1] out = out_arr
-    cdef uint64_t slot
     with nogil:
-        for i in range(m):
-            slot = probe(slots, mask, keys[i])
-            slots[2 * slot] = keys[i]
-            slots[2 * slot + 1] = 1
         for i in range(n):
             if i + SLOT_PREFETCH < n:
                 prefetch_slot(slots, mask, values[i + SLOT_PREFETCH])

@@ -589,16 +589,10 @@ def test_unique_counts_of_folded_batches_count_each_groups_distinct_values(tmp_p
 
 
 
-@pytest.mark.parametrize("max_groups, pending_rows", [(5, 16384), (10**6, 16384), (10**6, 60)])
-def test_batch_tables_held_back_fold_as_one_by_one(tmp_path, monkeypatch, max_groups, pending_rows):
-    """A rule's batch tables folded PENDING_BATCH_TABLES at a time, or once they hold
-    PENDING_ROWS rows (and the rest settled at the end), give the groups, counts, texts,
-    aggregates and dropped rows that folding each batch as it comes gives, past the group
-    limit too."""
+def _per_client_and_domain(tmp_path, aggregates: str, captures: tuple[str, ...]):
+    """A rule over queries grouped by client and registered domain with these [aggregate]
+    lines, and the feature tables of the captures (tests/data) in batches of 50 messages."""
     from dataclasses import replace
-    import sensor.detectors.rules_engine as rules_engine
-    from sensor.detectors.rules_engine import PENDING_BATCH_TABLES, fold, settle
-    monkeypatch.setattr(rules_engine, "PENDING_ROWS", pending_rows)
     from sensor.features import NetworkSet, build
     from sensor.limits import DEFAULT_LIMITS
     from sensor.parse import Parser
@@ -606,23 +600,40 @@ def test_batch_tables_held_back_fold_as_one_by_one(tmp_path, monkeypatch, max_gr
     from sensor.track import Tracker
     (tmp_path / "names.toml").write_text(
         'kind = "x"\nseverity = "low"\nwhere = "is_query"\ngroup_by = ["client", "regdom"]\nwindow_s = 60\n'
-        'summary = "{client}"\n[aggregate]\nnames = "nunique(qname)"\nlongest = "max(left_len)"\n'
-        'bytes = "sum(size)"\n[threshold]\nwhen = "names >= 1"\n')
+        f'summary = "{{client}}"\n[aggregate]\n{aggregates}\n[threshold]\nwhen = "names >= 1"\n')
     rule = load_rule(tmp_path / "names.toml", lists={}, dga_model=None, tags={})
     parser = Parser(limits=replace(DEFAULT_LIMITS, messages_per_batch=50, frames_per_read=50))
     tracker = Tracker()
+
+    def feature_tables():
+        for capture in captures:
+            for batch in parser.parse_file(str(DATA / capture)):
+                yield build(batch, tracker.process(batch.messages), NetworkSet(()))
+    return rule, feature_tables()
+
+
+@pytest.mark.parametrize("max_groups, pending_rows", [(5, 16384), (10**6, 16384), (10**6, 60)])
+def test_batch_tables_held_back_fold_as_one_by_one(tmp_path, monkeypatch, max_groups, pending_rows):
+    """A rule's batch tables folded PENDING_BATCH_TABLES at a time, or once they hold
+    PENDING_ROWS rows (and the rest settled at the end), give the groups, counts, texts,
+    aggregates and dropped rows that folding each batch as it comes gives, past the group
+    limit too."""
+    import sensor.detectors.rules_engine as rules_engine
+    from sensor.detectors.rules_engine import PENDING_BATCH_TABLES, fold, settle
+    monkeypatch.setattr(rules_engine, "PENDING_ROWS", pending_rows)
+    rule, feature_tables = _per_client_and_domain(
+        tmp_path, 'names = "nunique(qname)"\nlongest = "max(left_len)"\nbytes = "sum(size)"',
+        ("generated-water-torture.pcap", "generated-dga-client.pcap", "demo-office-resolver.pcap"))
     one_by_one, held_back, pending = {}, {}, {}
     dropped_one, dropped_held = {}, {}
     batches = held_most = 0
-    for capture in ("generated-water-torture.pcap", "generated-dga-client.pcap", "demo-office-resolver.pcap"):
-        for batch in parser.parse_file(str(DATA / capture)):
-            batches += 1
-            features = build(batch, tracker.process(batch.messages), NetworkSet(()))
-            fold([rule], features, one_by_one, max_groups, dropped_one)
-            fold([rule], features, held_back, max_groups, dropped_held, pending)
-            waiting = pending.get(rule.name, [])
-            assert len(waiting) < PENDING_BATCH_TABLES and sum(int(w.count.sum()) for w in waiting) < pending_rows
-            held_most = max(held_most, len(waiting))
+    for features in feature_tables:
+        batches += 1
+        fold([rule], features, one_by_one, max_groups, dropped_one)
+        fold([rule], features, held_back, max_groups, dropped_held, pending)
+        waiting = pending.get(rule.name, [])
+        assert len(waiting) < PENDING_BATCH_TABLES and sum(int(w.count.sum()) for w in waiting) < pending_rows
+        held_most = max(held_most, len(waiting))
     # the count bound held tables back in the first case, the rows bound first in the second
     assert (held_most == PENDING_BATCH_TABLES - 1) == (pending_rows > 1000)
     if pending_rows > 1000 and max_groups > 5:     # (a full table takes rows of its own groups only)
@@ -641,7 +652,6 @@ def test_a_full_rule_table_takes_the_rows_of_its_own_groups_only(tmp_path, monke
     """Once a rule holds max_groups groups, a batch's rows of other groups are dropped (and
     counted) before its groups are made: the table and the counts are those that making
     every group and dropping the new ones as they went in gave."""
-    from dataclasses import replace
     import sensor.detectors.rules_engine as rules_engine
     from sensor.detectors.rules_engine import _add, batch_table, fold, new_table
     made_when_full = []
@@ -652,29 +662,17 @@ def test_a_full_rule_table_takes_the_rows_of_its_own_groups_only(tmp_path, monke
             made_when_full.append(bool(np.isin(part.keys, known).all()))
         return part
     monkeypatch.setattr(rules_engine, "batch_table", recording)
-    from sensor.features import NetworkSet, build
-    from sensor.limits import DEFAULT_LIMITS
-    from sensor.parse import Parser
-    from sensor.rules import load_rule
-    from sensor.track import Tracker
-    (tmp_path / "names.toml").write_text(
-        'kind = "x"\nseverity = "low"\nwhere = "is_query"\ngroup_by = ["client", "regdom"]\nwindow_s = 60\n'
-        'summary = "{client}"\n[aggregate]\nnames = "nunique(qtype)"\nbytes = "sum(size)"\n'
-        '[threshold]\nwhen = "names >= 1"\n')
-    rule = load_rule(tmp_path / "names.toml", lists={}, dga_model=None, tags={})
-    parser = Parser(limits=replace(DEFAULT_LIMITS, messages_per_batch=50, frames_per_read=50))
-    tracker = Tracker()
+    rule, feature_tables = _per_client_and_domain(tmp_path, 'names = "nunique(qtype)"\nbytes = "sum(size)"',
+                                                  ("generated-water-torture.pcap", "demo-office-resolver.pcap"))
     max_groups = 12
     folded, made = {}, {}
     dropped_folded, dropped_made = {}, {}
-    for capture in ("generated-water-torture.pcap", "demo-office-resolver.pcap"):
-        for batch in parser.parse_file(str(DATA / capture)):
-            features = build(batch, tracker.process(batch.messages), NetworkSet(()))
-            fold([rule], features, folded, max_groups, dropped_folded)
-            idx = np.flatnonzero(np.broadcast_to(np.asarray(rule.where(features.columns), dtype=bool), (len(batch),)))
-            if len(idx):
-                mine = made.setdefault(rule.name, new_table(rule))
-                _add(mine, batch_table(rule, features, idx, mine.keys), max_groups, dropped_made)
+    for features in feature_tables:
+        fold([rule], features, folded, max_groups, dropped_folded)
+        idx = np.flatnonzero(np.broadcast_to(np.asarray(rule.where(features.columns), dtype=bool), (len(features),)))
+        if len(idx):
+            mine = made.setdefault(rule.name, new_table(rule))
+            _add(mine, batch_table(rule, features, idx, mine.keys), max_groups, dropped_made)
     a, b = folded[rule.name], made[rule.name]
     assert len(a) == max_groups
     for attr in ("keys", "window", "client", "server", "domain", "samples", "count", "first", "last", "values"):
