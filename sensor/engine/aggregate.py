@@ -595,7 +595,7 @@ class Accumulator:
         max_clients_per_group. Only the (row, client) pairs not met since the last take()
         reach the sets, and only for rows with room: under a flood from spoofed sources the
         sets are full within a few batches, and every batch after paired, sorted and listed
-        its clients for nothing (a quarter of the stats' time in bench/memory.py's replay)."""
+        its clients for nothing (two thirds of the stats' time in bench/memory.py's replay)."""
         limit = self.limits.max_clients_per_group
         room = np.array([len(row["clients"]) < limit for row in rows])
         if not room.any():
