@@ -2999,9 +2999,9 @@ def positions_among(const uint64_t[:] values, const uint64_t[::1] keys):
     if n == 0 or m == 0:
         return out_arr[:0]
     if m > SMALL_SIDE_RATIO * n:
-        # few values (a batch's keys against the few queries pending): a table of them,
-        # the keys read once, as index_u64 does
-        return np.flatnonzero(index_u64(np.ascontiguousarray(values), keys) >= 0)
+        # few values (a batch's keys against the few queries pending): index_u64's table
+        # of them, the keys read once
+        return np.flatnonzero(isin_u64(np.ascontiguousarray(values), keys))
     slots_arr = keys_table(keys)
     cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
     cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)

@@ -170,9 +170,10 @@ class Tracker:
 
         queries = tracked & (is_response == 0)
         p = self.pending
-        ti = np.arange(n) if tracked.all() else np.flatnonzero(tracked)
         # (every message tracked, as nearly always: its columns are taken whole, not gathered)
-        sel = slice(None) if len(ti) == n else ti
+        every = bool(tracked.all())
+        ti = np.arange(n) if every else np.flatnonzero(tracked)
+        sel = slice(None) if every else ti
         # Only the pending queries whose key comes up in this batch can be answered or
         # superseded by it (a key is pending once at most). When the batch comes after the
         # pending table in time, those alone take part and the rest stay open as they are:
