@@ -418,12 +418,45 @@ cdef inline int put_escaped(char *t, uint8_t ch, uint8_t cls) noexcept nogil:
 
 DEF BYTES_01 = 0x0101010101010101
 DEF BYTES_80 = 0x8080808080808080
+DEF BYTES_7F = 0x7F7F7F7F7F7F7F7F
 DEF PLAIN_PAD = 0x6161616161616161   # 'a' x 8: fills a word past the label's end
 
 cdef inline bint word_has_byte(uint64_t w, uint64_t b) noexcept nogil:
     """Whether any of the eight bytes of w is b (exact: borrows only follow a match)."""
     w ^= b * <uint64_t>BYTES_01
     return ((w - <uint64_t>BYTES_01) & ~w & <uint64_t>BYTES_80) != 0
+
+
+cdef inline uint64_t word_bytes_equal(uint64_t w, uint64_t b) noexcept nogil:
+    """The top bit of each byte of w that is b (exact: no borrow crosses bytes)."""
+    cdef uint64_t t = w ^ (b * <uint64_t>BYTES_01)
+    return ~(((t & <uint64_t>BYTES_7F) + <uint64_t>BYTES_7F) | t) & <uint64_t>BYTES_80
+
+
+cdef inline int name_dots(const uint8_t *p, uint32_t n, uint16_t *dots) noexcept nogil:
+    """The positions of the dots of a name in presentation form, in order, found eight
+    bytes at a time; -1 when the name has an escape (a backslash: its dots may be a label's
+    own) or more than MAX_LABELS - 1 dots. The caller then walks it a byte at a time."""
+    cdef uint32_t i = 0
+    cdef uint64_t w, found
+    cdef int count = 0
+    while i < n:
+        if n - i >= 8:
+            memcpy(&w, p + i, 8)
+        else:
+            w = 0               # zero bytes are neither dots nor backslashes
+            memcpy(&w, p + i, n - i)
+        if word_bytes_equal(w, 92):
+            return -1
+        found = word_bytes_equal(w, 46)
+        while found:
+            if count == MAX_LABELS - 1:
+                return -1
+            dots[count] = <uint16_t>(i + (ctz64(found) >> 3))
+            count += 1
+            found &= found - 1
+        i += 8
+    return count
 
 
 cdef inline bint word_is_plain(uint64_t w) noexcept nogil:
@@ -3084,7 +3117,18 @@ def service_label_counts(const uint8_t[::1] arena, const uint32_t[::1] offsets, 
     check_name_spans(arena.shape[0], offsets, lengths)
     out = np.zeros(n, dtype=np.uint8)
     cdef uint8_t[::1] o = out
+    cdef uint16_t dots[MAX_LABELS]
+    cdef int ndots, d, count
+    cdef const uint8_t *name
     for i in range(n):
+        name = &arena[0] + offsets[i]
+        ndots = name_dots(name, lengths[i], dots) if lengths[i] else 0
+        if ndots >= 0:          # no escape: the labels begin at 0 and after each dot
+            count = name[0] == 95 if lengths[i] else 0
+            for d in range(ndots):
+                count += dots[d] + 1 < lengths[i] and name[dots[d] + 1] == 95
+            o[i] = <uint8_t>(count if count < 255 else 255)
+            continue
         end = offsets[i] + lengths[i]
         label_start = 1
         k = offsets[i]
@@ -3179,78 +3223,6 @@ def public_tlds(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uin
                 escaped = 0
         if tld < end and not escaped:
             o[i] = psl_has_label(&psl_table[0], mask, &arena[tld], end - tld)
-    return out
-
-
-cdef inline bint table_has(const uint64_t[::1] table, uint64_t h) noexcept nogil:
-    cdef uint64_t mask = table.shape[0] - 1
-    cdef uint64_t slot
-    if h == 0:
-        h = 1
-    slot = h & mask
-    while table[slot] != 0:
-        if table[slot] == h:
-            return 1
-        slot = (slot + 1) & mask
-    return 0
-
-
-@cython.boundscheck(False)
-@cython.wraparound(False)
-def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths,
-                 const uint64_t[::1] exact, const uint64_t[::1] with_subdomains,
-                 const uint64_t[::1] below_only):
-    """Per name: 1 when the name is in `exact` or `with_subdomains`, or a parent domain of
-    it (the text after a label boundary) is in `with_subdomains` or `below_only` (RPZ
-    "*.name"). Names are keyed by the FNV-1a hash of their labels reversed ("com.example"
-    for "example.com"), so one pass from the last byte leftwards hashes every parent on
-    the way. The walk stops at an escape: list names have none, so no text left of one
-    can match. Tables are open-addressing sets of hashes (power-of-two sizes, 0 = empty,
-    hash 0 stored as 1)."""
-    cdef Py_ssize_t n = offsets.shape[0], i
-    cdef uint32_t start, end, k, j, label_end
-    cdef uint64_t h
-    if lengths.shape[0] != n:
-        raise ValueError("offsets and lengths differ in length")
-    for size in (exact.shape[0], with_subdomains.shape[0], below_only.shape[0]):
-        if size == 0 or size & (size - 1):
-            raise ValueError("table sizes must be powers of two")
-    out = np.zeros(n, dtype=np.uint8)
-    cdef uint8_t[::1] o = out
-    for i in range(n):
-        start = offsets[i]
-        end = start + lengths[i]
-        if end > <uint32_t>arena.shape[0]:
-            raise ValueError("span outside the arena")
-        if end == start:
-            continue
-        h = <uint64_t>FNV_OFFSET
-        label_end = end
-        while True:
-            # label [k, label_end): back to the dot before it, or to the name's start
-            k = label_end
-            while k > start and arena[k - 1] != 46 and arena[k - 1] != 92:
-                k -= 1
-            if k > start:
-                if arena[k - 1] == 92:           # an escape: nothing from here leftwards can match
-                    break
-                j = k - 1
-                while j > start and arena[j - 1] == 92:
-                    j -= 1
-                if (k - 1 - j) & 1:              # an escaped dot: part of a label
-                    break
-            if label_end < end:
-                h = fnv_step(h, 46)
-            for j in range(k, label_end):
-                h = fnv_step(h, arena[j])
-            if k == start:                       # the whole name
-                if table_has(exact, h) or table_has(with_subdomains, h):
-                    o[i] = 1
-                break
-            if table_has(with_subdomains, h) or table_has(below_only, h):    # a parent
-                o[i] = 1
-                break
-            label_end = k - 1
     return out
 
 
@@ -3527,6 +3499,146 @@ cdef inline uint64_t key_mix(uint64_t h, uint64_t x) noexcept nogil:
 
 cdef inline uint64_t key_finish(uint64_t h) noexcept nogil:
     return (h ^ (h >> 29)) * <uint64_t>KEY_FINISH
+
+
+# Name lists (sensor.features.lists): one open-addressing table for every list of a rules
+# directory (at most 32), rows of (key, bits). A name's key mixes the span_hash of each of
+# its labels from the last one leftwards, so one pass from a name's end keys every parent on
+# the way, and a label costs a multiply a word where a byte-serial hash cost one a byte (a
+# flood of new names is looked up on every list). A row's low 32 bits are its own bits, the
+# lists that hold the name itself; the high 32 its below bits, the lists that hold every
+# name below it. Key 0 marks an empty row (a key that mixes to 0 is stored as 1).
+DEF LIST_ROW_KEY = 0
+DEF LIST_ROW_BITS = 1
+
+
+cdef inline uint64_t list_key(uint64_t path) noexcept nogil:
+    cdef uint64_t k = key_finish(path)
+    return k if k else 1
+
+
+cdef inline Py_ssize_t list_row(const uint64_t[:, ::1] table, uint64_t mask, uint64_t key) noexcept nogil:
+    """The row holding `key`, -1 when none does."""
+    cdef uint64_t slot = key & mask
+    while table[slot, LIST_ROW_KEY] != 0:
+        if table[slot, LIST_ROW_KEY] == key:
+            return <Py_ssize_t>slot
+        slot = (slot + 1) & mask
+    return -1
+
+
+def name_list_key(bytes name):
+    """The key of a name (presentation form, no escapes, no trailing dot) in a name-list table."""
+    cdef const uint8_t *p = name
+    cdef Py_ssize_t end = len(name), k
+    cdef uint64_t h = <uint64_t>KEY_SEED
+    while True:
+        k = end
+        while k > 0 and p[k - 1] != 46:
+            k -= 1
+        h = key_mix(h, span_hash(p + k, <uint32_t>(end - k)))
+        if k == 0:
+            return list_key(h)
+        end = k - 1
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def name_list_table(const uint64_t[::1] keys, const uint32_t[::1] own, const uint32_t[::1] below):
+    """The table of entries (key, own bits, below bits), the bits of one key ORed together:
+    a power-of-two number of rows (key, own | below << 32), at least twice the entries."""
+    cdef Py_ssize_t n = keys.shape[0], i
+    cdef uint64_t size = 4, mask, slot, key
+    if own.shape[0] != n or below.shape[0] != n:
+        raise ValueError("keys, own and below differ in length")
+    while size < <uint64_t>(2 * n + 2):
+        size *= 2
+    out = np.zeros((size, 2), dtype=np.uint64)
+    cdef uint64_t[:, ::1] t = out
+    mask = size - 1
+    for i in range(n):
+        key = keys[i] if keys[i] else 1
+        slot = key & mask
+        while t[slot, LIST_ROW_KEY] != 0 and t[slot, LIST_ROW_KEY] != key:
+            slot = (slot + 1) & mask
+        t[slot, LIST_ROW_KEY] = key
+        t[slot, LIST_ROW_BITS] |= own[i] | (<uint64_t>below[i] << 32)
+    return out
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const uint16_t[::1] lengths,
+                 const uint64_t[:, ::1] table):
+    """Per name (an arena span in presentation form): the bits of the lists it is on (uint32):
+    the own bits of the name's row, and the below bits of each parent's (the text after a
+    label boundary). The walk stops at an escape: list names have none, so no text left of
+    one can match."""
+    cdef Py_ssize_t n = offsets.shape[0], i, row
+    cdef uint32_t start, end, k, j, label_end
+    cdef uint64_t h, mask
+    cdef uint32_t bits
+    cdef const uint8_t *base
+    if lengths.shape[0] != n:
+        raise ValueError("offsets and lengths differ in length")
+    if table.shape[1] != 2 or table.shape[0] == 0 or table.shape[0] & (table.shape[0] - 1):
+        raise ValueError("a name-list table has a power-of-two number of rows of 2")
+    mask = table.shape[0] - 1
+    out = np.zeros(n, dtype=np.uint32)
+    cdef uint32_t[::1] o = out
+    base = &arena[0] if arena.shape[0] else NULL
+    cdef uint16_t dots[MAX_LABELS]
+    cdef int ndots, d
+    for i in range(n):
+        start = offsets[i]
+        end = start + lengths[i]
+        if end > <uint32_t>arena.shape[0]:
+            raise ValueError("span outside the arena")
+        if end == start:
+            continue
+        h = <uint64_t>KEY_SEED
+        bits = 0
+        ndots = name_dots(base + start, end - start, dots)
+        if ndots >= 0:          # no escape: its labels lie between its dots
+            label_end = end
+            for d in range(ndots - 1, -1, -1):
+                k = start + dots[d] + 1
+                h = key_mix(h, span_hash(base + k, label_end - k))
+                row = list_row(table, mask, list_key(h))
+                if row >= 0:                     # a parent
+                    bits |= <uint32_t>(table[row, LIST_ROW_BITS] >> 32)
+                label_end = k - 1
+            h = key_mix(h, span_hash(base + start, label_end - start))
+            row = list_row(table, mask, list_key(h))
+            if row >= 0:                         # the whole name
+                bits |= <uint32_t>table[row, LIST_ROW_BITS]
+            o[i] = bits
+            continue
+        label_end = end
+        while True:
+            # label [k, label_end): back to the dot before it, or to the name's start
+            k = label_end
+            while k > start and base[k - 1] != 46 and base[k - 1] != 92:
+                k -= 1
+            if k > start:
+                if base[k - 1] == 92:           # an escape: nothing from here leftwards can match
+                    break
+                j = k - 1
+                while j > start and base[j - 1] == 92:
+                    j -= 1
+                if (k - 1 - j) & 1:              # an escaped dot: part of a label
+                    break
+            h = key_mix(h, span_hash(base + k, label_end - k))
+            row = list_row(table, mask, list_key(h))
+            if k == start:                       # the whole name
+                if row >= 0:
+                    bits |= <uint32_t>table[row, LIST_ROW_BITS]
+                break
+            if row >= 0:                         # a parent
+                bits |= <uint32_t>(table[row, LIST_ROW_BITS] >> 32)
+            label_end = k - 1
+        o[i] = bits
+    return out
 
 
 DEF MAX_KEY_COLUMNS = 8

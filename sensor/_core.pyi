@@ -119,11 +119,17 @@ def public_tlds(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, psl_tabl
     """Per name in presentation form: 1 when its last label is a top-level domain some rule
     of the suffix table (sensor.parse.psl.SuffixRules.table) ends with."""
 
-def names_listed(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, exact: np.ndarray,
-                 with_subdomains: np.ndarray, below_only: np.ndarray) -> np.ndarray:
-    """Per name: 1 when it is in `exact` or `with_subdomains`, or a parent domain is in
-    `with_subdomains` or `below_only`; tables hold FNV-1a hashes of names with their labels
-    reversed (sensor.parse.psl.reversed_name_hash)."""
+def name_list_key(name: bytes) -> int:
+    """The key of a name (presentation form, no escapes, no trailing dot) in a name-list
+    table: the span_hash of each label mixed in from the last one leftwards."""
+
+def name_list_table(keys: np.ndarray, own: np.ndarray, below: np.ndarray) -> np.ndarray:
+    """Name-list entries (uint64 key, uint32 own bits, uint32 below bits) as an
+    open-addressing table of rows (key, own | below << 32), the bits of one key ORed together."""
+
+def names_listed(arena: bytes, offsets: np.ndarray, lengths: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Per name (uint32): the own bits of its row in `table` (name_list_table) ORed with the
+    below bits of each parent's row; the walk stops at an escape."""
 
 def dga_scores(arena: bytes, qname_off: np.ndarray, regdom_off: np.ndarray, qname_len: np.ndarray,
                table: np.ndarray) -> np.ndarray:

@@ -700,7 +700,7 @@ def test_generated_samples_are_rebuilt_byte_identical(tmp_path):
 # ------------------------------------------------------------------ name lists
 
 def test_list_formats_and_what_they_match(tmp_path):
-    from sensor.features.lists import load_list
+    from sensor.features.lists import load_list, load_lists
     from sensor.parse import Parser
     (tmp_path / "zone.rpz").write_text("$TTL 30\n@ IN SOA localhost. root.localhost. 1 2 3 4 5\n NS localhost.\n"
                                        "bad.example CNAME .\n*.wild.example CNAME .\nother.example A 192.0.2.1\n")
@@ -719,6 +719,26 @@ def test_list_formats_and_what_they_match(tmp_path):
     assert hit["d.txt"] == ["domain.example", "deep.sub.domain.example"]   # domains: and below
     assert load_list(tmp_path / "d.txt").skipped == 1
     assert load_list(tmp_path / "zone.rpz").skipped == 2               # SOA and the A record
+    # the lists of one directory share one table: each matches as it did alone
+    together = load_lists(tmp_path)
+    assert sorted(together) == ["list_d", "list_x", "list_zone"]
+    assert len({id(lst.lists) for lst in together.values()}) == 1
+    for f, feature in (("zone.rpz", "list_zone"), ("x.hosts", "list_x"), ("d.txt", "list_d")):
+        got = together[feature].mask(batch.arena, m["qname_off"], m["qname_len"])
+        assert [n for n, h in zip(names, got) if h] == hit[f], f
+
+
+def test_a_directory_holds_at_most_max_name_lists_lists(tmp_path):
+    from sensor.errors import ConfigError
+    from sensor.features.lists import MAX_NAME_LISTS, load_lists
+    for i in range(MAX_NAME_LISTS):
+        (tmp_path / f"l{i}.txt").write_text(f"n{i}.example\n")
+    lists = load_lists(tmp_path)
+    assert len(lists) == MAX_NAME_LISTS
+    assert sorted(lst.bit for lst in lists.values()) == list(range(MAX_NAME_LISTS))
+    (tmp_path / "one-more.txt").write_text("more.example\n")
+    with pytest.raises(ConfigError, match=f"more than {MAX_NAME_LISTS} name lists"):
+        load_lists(tmp_path)
 
 
 _LABEL = st.sampled_from(["a", "b", "ex", "com", "x-1", "we\\.ird", "\\255z", "_t", "ird", "b\\\\"])
@@ -728,18 +748,25 @@ _LABEL = st.sampled_from(["a", "b", "ex", "com", "x-1", "we\\.ird", "\\255z", "_
 @given(names=st.lists(st.lists(_LABEL, min_size=1, max_size=5).map(".".join), min_size=1, max_size=30),
        entries=st.lists(st.tuples(st.lists(_LABEL.filter(lambda s: "\\" not in s), min_size=1,
                                            max_size=3).map(".".join),
-                                  st.sampled_from(["exact", "and_below", "below"])), max_size=8))
+                                  st.sampled_from(["exact", "and_below", "below"]),
+                                  st.sampled_from([0, 1, 31])), max_size=8))
 def test_listed_names_agree_with_sets(names, entries):
-    """The compiled one-pass walk against the definition: a name matches its exact entries
-    and domain entries, a parent of it (after an unescaped dot) domain and wildcard entries."""
+    """The compiled one-pass walk against the definition, for three lists in one table: a
+    name is on a list that holds it exactly or as a domain, or holds a parent of it (after an
+    unescaped dot) as a domain or a wildcard."""
     from sensor import _core
-    from sensor.parse.psl import hash_set_table, reversed_name_hash
-    sets = {kind: {n for n, k in entries if k == kind} for kind in ("exact", "and_below", "below")}
+    lists = sorted({bit for _, _, bit in entries})
+    sets = {(bit, kind): {n for n, k, b in entries if k == kind and b == bit}
+            for bit in lists for kind in ("exact", "and_below", "below")}
+    own_kinds, below_kinds = ("exact", "and_below"), ("and_below", "below")
+    table = _core.name_list_table(
+        np.array([_core.name_list_key(n.encode()) for n, _, _ in entries], dtype=np.uint64),
+        np.array([(k in own_kinds) << b for _, k, b in entries], dtype=np.uint32),
+        np.array([(k in below_kinds) << b for _, k, b in entries], dtype=np.uint32))
     arena = "".join(names).encode()
     lengths = np.array([len(n) for n in names], dtype=np.uint16)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint32)
-    tables = [hash_set_table({reversed_name_hash(n) for n in sets[k]}) for k in ("exact", "and_below", "below")]
-    got = _core.names_listed(arena, offsets, lengths, *tables).astype(bool).tolist()
+    got = _core.names_listed(arena, offsets, lengths, table).tolist()
 
     def parents(name: str) -> list[str]:
         out, i = [], 0
@@ -753,8 +780,11 @@ def test_listed_names_agree_with_sets(names, entries):
                 i += 1
         return out
 
-    want = [name in sets["exact"] or name in sets["and_below"]
-            or any(p in sets["and_below"] or p in sets["below"] for p in parents(name)) for name in names]
+    def on(name: str, bit: int) -> bool:
+        return (name in sets[bit, "exact"] or name in sets[bit, "and_below"]
+                or any(p in sets[bit, "and_below"] or p in sets[bit, "below"] for p in parents(name)))
+
+    want = [sum(on(name, bit) << bit for bit in lists) for name in names]
     assert got == want
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sensor import _core
+from sensor.features.lists import NameList, NameListSet
 from sensor.features.memo import NameMemo
 from sensor.parse.batch import Batch
 from sensor.parse.psl import load_rules
@@ -168,6 +169,7 @@ class Columns(dict):
         # Features of the name alone come from (and go to) the worker's memo of them.
         self._names = names if names is not None else NameMemo(len(batch))
         self._name_rows: np.ndarray | None = None
+        self._made_list_bits: dict[str, np.ndarray] = {}    # per list directory, for the batch
         # Site data behind some features, filled by the rules that read them: list_<name> ->
         # NameList (rules/lists/), client_in_<tag> / server_in_<tag> -> AddressTag (rules/tags.toml).
         self.sources: dict = {}
@@ -217,6 +219,8 @@ class Columns(dict):
         source = self.sources.get(name)
         if isinstance(source, AddressTag):
             return lambda: source.column(name, self)
+        if isinstance(source, NameList):
+            return lambda: source.listed(self._list_bits(source.lists))
         if name == LAZY_ANSWERS:
             return lambda: _answer_hashes(self._batch)
         if name == LAZY_BAILIWICK:
@@ -227,6 +231,22 @@ class Columns(dict):
         if self._name_rows is None:
             self._name_rows = self._names.rows(self.field("name_hash"))
         return self._name_rows
+
+    def _list_bits(self, lists: NameListSet, rows: np.ndarray | None = None) -> np.ndarray:
+        """Per message (of `rows`, or of the batch), the bits of the lists it is on: every
+        list of a directory in one walk, remembered per name in the memo."""
+        def spans(messages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            m = self._batch.messages
+            return np.ascontiguousarray(m["qname_off"][messages]), np.ascontiguousarray(m["qname_len"][messages])
+
+        if rows is not None:
+            return self._names.column(lists.memo_key, self._message_name_rows()[rows],
+                                      lambda picked: lists.bits(self._batch.arena, *spans(rows[picked])))
+        bits = self._made_list_bits.get(lists.memo_key)
+        if bits is None:
+            bits = self._made_list_bits[lists.memo_key] = self._names.column(
+                lists.memo_key, self._message_name_rows(), lambda messages: lists.bits(self._batch.arena, *spans(messages)))
+        return bits
 
     def select(self, rows: np.ndarray) -> "Selection":
         """The columns of some messages (their indexes) only: what a filter's later terms
@@ -239,6 +259,9 @@ class Columns(dict):
         (FIELD_GATHER_BELOW); any other is made for the batch (once) and gathered."""
         if name in self:
             return self[name][rows]
+        source = self.sources.get(name)
+        if isinstance(source, NameList):
+            return source.listed(self._list_bits(source.lists, rows))
         field = MESSAGE_FIELDS.get(name)
         if (field is not None and field not in self._batch.columns
                 and len(rows) < FIELD_GATHER_BELOW * len(self._batch)):
@@ -262,7 +285,7 @@ class Columns(dict):
         if name == "dga_score" and self.dga_model is not None:
             model = self.dga_model
             return lambda messages: model.scores(arena, batch.messages, messages)
-        if name in self.sources:          # a name list or pattern
+        if name in self.sources:          # a pattern (a name list is read through its list bits)
             source = self.sources[name]
             return lambda messages: source.mask(arena, *spans(messages))
         if name == LAZY_ENCODING:

@@ -43,23 +43,6 @@ def reversed_name_hash(name: str) -> int:
     return fnv1a64(".".join(reversed(name.split("."))).encode())
 
 
-def hash_set_table(hashes) -> np.ndarray:
-    """64-bit hashes as the compiled core's set: open addressing, linear probing, a power-of-two
-    size at least twice the count, 0 meaning empty (a hash of 0 is stored as 1)."""
-    keys = [h or 1 for h in hashes]
-    size = 1
-    while size < 2 * len(keys) + 2:
-        size *= 2
-    table = np.zeros(size, dtype=np.uint64)
-    mask = size - 1
-    for key in keys:
-        slot = key & mask
-        while table[slot] and table[slot] != key:
-            slot = (slot + 1) & mask
-        table[slot] = key
-    return table
-
-
 @dataclass(frozen=True)
 class SuffixRules:
     rules: frozenset[str]
