@@ -2820,6 +2820,31 @@ cdef uint64_t *grown_slots(uint64_t *slots, uint64_t cap, const uint64_t[::1] ke
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+def first_occurrences(const int64_t[::1] values, int64_t bound):
+    """The index of each distinct value's first occurrence, in order of first appearance,
+    for values in [0, bound) (row numbers): a table of `bound` marks instead of group_u64's
+    hashing."""
+    cdef Py_ssize_t n = values.shape[0], i, out = 0
+    cdef int64_t v
+    if bound < 0:
+        raise ValueError("bound must not be negative")
+    seen_arr = np.zeros(bound, dtype=np.uint8)
+    first_arr = np.empty(n, dtype=np.int64)
+    cdef uint8_t[::1] seen = seen_arr
+    cdef int64_t[::1] first = first_arr
+    for i in range(n):
+        v = values[i]
+        if v < 0 or v >= bound:
+            raise ValueError("value %d outside [0, %d)" % (v, bound))
+        if not seen[v]:
+            seen[v] = 1
+            first[out] = i
+            out += 1
+    return first_arr[:out]
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
 def group_u64(const uint64_t[::1] keys, const double[::1] ts=None):
     """Group equal 64-bit keys in one pass (open addressing), in order of first appearance.
 

@@ -56,6 +56,10 @@ def span_texts(arena: bytes, offsets: np.ndarray, lengths: np.ndarray) -> list[s
 def address_texts(addresses: np.ndarray) -> list[str]:
     """16-byte address keys (an (n, 16) uint8 table) as text, IPv4-mapped ones dotted."""
 
+def first_occurrences(values: np.ndarray, bound: int) -> np.ndarray:
+    """The index of each distinct value's first occurrence (int64 values in [0, bound)), in
+    order of first appearance."""
+
 def group_u64(keys: np.ndarray, ts: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Group equal 64-bit keys in one pass, in order of first appearance: (first row per group,
     group per row, rows per group[, min ts, max ts])."""

@@ -1438,6 +1438,18 @@ def test_group_u64_agrees_with_numpy(values):
     assert first.tolist() == sorted(first.tolist())          # order of first appearance
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 40), max_size=200))
+def test_first_occurrences_are_each_values_first_index(values):
+    from sensor import _core
+    rows = np.array(values, dtype=np.int64)
+    _, at = np.unique(rows, return_index=True)
+    assert _core.first_occurrences(rows, 41).tolist() == sorted(at.tolist())
+    if values:
+        with pytest.raises(ValueError, match="outside"):
+            _core.first_occurrences(rows, max(values))
+
+
 def test_group_u64_table_grows_with_the_groups():
     """More distinct keys than the table starts with: it grows (several times) and loses
     no group, with keys that differ in their high bits only among them."""

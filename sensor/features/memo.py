@@ -53,7 +53,7 @@ class NameMemo:
         values = self._values.get(feature)
         missing = np.flatnonzero(~known[rows])
         if len(missing) or values is None:
-            messages = missing[_core.group_u64(np.ascontiguousarray(rows[missing], dtype=np.uint64))[0]]
+            messages = missing[_core.first_occurrences(np.ascontiguousarray(rows[missing], dtype=np.int64), size)]
             fresh = np.asarray(work_out(messages))
             values = _grown(values if values is not None else np.zeros(0, dtype=fresh.dtype), len(known))
             values[rows[messages]] = fresh
