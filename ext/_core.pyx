@@ -2766,6 +2766,12 @@ cdef inline uint64_t key_slot(uint64_t k, uint64_t mask) noexcept nogil:
     return ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
 
 
+cdef inline uint64_t key_filter_bit(uint64_t k, int shift) noexcept nogil:
+    """A key's bit in a bitmap of 2 ** (64 - shift) bits: the high bits of key_slot's
+    product, where the table's slot takes the low ones."""
+    return ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) >> shift
+
+
 cdef object new_slots(Py_ssize_t rows_at_most):
     """An open-addressing table for up to `rows_at_most` keys, at most half full: a slot is
     two words, the key and its row + 1 (0: empty), so a probe reads one cache line."""
@@ -2984,6 +2990,9 @@ def group_order(const int64_t[::1] inverse, const int64_t[::1] counts):
     return order_arr
 
 
+DEF FILTER_BITS_PER_KEY = 16
+# positions_among: the bitmap of the keys a value must pass before the table is probed; at
+# 16 bits a key about one value in sixteen that is among none of them passes.
 DEF SMALL_SIDE_RATIO = 8
 # index_u64: keys per value above which the table is made of the values. A table of a
 # hundred thousand held keys is cleared and written at random for each lookup of a few
@@ -3050,7 +3059,7 @@ def positions_among(const uint64_t[:] values, const uint64_t[::1] keys):
     """The positions of the values that are among `keys`, in order: np.flatnonzero of
     isin_u64, in one pass over the values read in place (a column of a structured array:
     the tracker's pending queries, up to limits.max_pending_queries of them looked up for
-    each batch), each probe's slot fetched SLOT_PREFETCH values ahead. Values outnumbered
+    each batch), each through a bitmap of the keys before their table. Values outnumbered
     SMALL_SIDE_RATIO times by the keys go through index_u64's table of the values."""
     cdef Py_ssize_t n = values.shape[0], m = keys.shape[0], i, found = 0
     out_arr = np.empty(n, dtype=np.int64)
@@ -3062,13 +3071,24 @@ def positions_among(const uint64_t[:] values, const uint64_t[::1] keys):
         return np.flatnonzero(isin_u64(np.ascontiguousarray(values), keys))
     slots_arr = keys_table(keys)
     cdef uint64_t *slots = <uint64_t *><size_t>slots_arr.ctypes.data
-    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1)
+    cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1), h
     cdef int64_t[::1] out = out_arr
+    # Most values are among none of the keys (pending queries a batch does not answer: under
+    # a flood of unanswered queries, all of them), and a probe of the table (two words a
+    # key, larger than L2 for a batch's keys) is a cache miss: a bitmap of the keys,
+    # FILTER_BITS_PER_KEY bits a key, turns most of them away first. It stays in L2.
+    cdef int shift = 64 - 6
+    while (<uint64_t>1 << (64 - shift)) < <uint64_t>(FILTER_BITS_PER_KEY * m):
+        shift -= 1
+    filter_arr = np.zeros(((<uint64_t>1 << (64 - shift)) + 63) // 64, dtype=np.uint64)
+    cdef uint64_t[::1] bitmap = filter_arr
     with nogil:
+        for i in range(m):
+            h = key_filter_bit(keys[i], shift)
+            bitmap[h >> 6] |= <uint64_t>1 << (h & 63)
         for i in range(n):
-            if i + SLOT_PREFETCH < n:
-                prefetch_slot(slots, mask, values[i + SLOT_PREFETCH])
-            if slots[2 * probe(slots, mask, values[i]) + 1]:
+            h = key_filter_bit(values[i], shift)
+            if (bitmap[h >> 6] >> (h & 63)) & 1 and slots[2 * probe(slots, mask, values[i]) + 1]:
                 out[found] = i
                 found += 1
     return out_arr[:found]
