@@ -2991,8 +2991,8 @@ def group_order(const int64_t[::1] inverse, const int64_t[::1] counts):
 
 
 DEF FILTER_BITS_PER_KEY = 16
-# positions_among: the bitmap of the keys a value must pass before the table is probed; at
-# 16 bits a key about one value in sixteen that is among none of them passes.
+# keys_bitmap: at 16 bits a key, about one value in sixteen that is among none of the keys
+# passes the bitmap to a probe of their table.
 DEF SMALL_SIDE_RATIO = 8
 # index_u64: keys per value above which the table is made of the values. A table of a
 # hundred thousand held keys is cleared and written at random for each lookup of a few
@@ -3017,6 +3017,27 @@ cdef object keys_table(const uint64_t[::1] keys):
             slots[2 * slot] = keys[i]
             slots[2 * slot + 1] = i + 1
     return slots_arr
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef object keys_bitmap(const uint64_t[::1] keys, int *shift):
+    """A bitmap of the keys, FILTER_BITS_PER_KEY bits a key (key_filter_bit with *shift),
+    for a lookup to test before it probes their table: a table of a batch's keys (two words
+    a key) is larger than L2 and each probe a cache miss, where the bitmap stays in L2, and
+    under a flood most values looked up (new entities, unanswered queries) are among none
+    of the keys."""
+    cdef Py_ssize_t m = keys.shape[0], i
+    cdef uint64_t h
+    shift[0] = 64 - 6
+    while (<uint64_t>1 << (64 - shift[0])) < <uint64_t>(FILTER_BITS_PER_KEY * m):
+        shift[0] -= 1
+    bitmap_arr = np.zeros(((<uint64_t>1 << (64 - shift[0])) + 63) // 64, dtype=np.uint64)
+    cdef uint64_t[::1] bitmap = bitmap_arr
+    for i in range(m):
+        h = key_filter_bit(keys[i], shift[0])
+        bitmap[h >> 6] |= <uint64_t>1 << (h & 63)
+    return bitmap_arr
 
 
 def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
@@ -3047,9 +3068,14 @@ def index_u64(const uint64_t[::1] values, const uint64_t[::1] keys):
         for i in range(n):
             out[i] = <int64_t>slots[2 * probe(slots, mask, values[i]) + 1] - 2
         return out_arr
+    cdef int shift
+    bitmap_arr = keys_bitmap(keys, &shift)
+    cdef uint64_t[::1] bitmap = bitmap_arr
+    cdef uint64_t h
     for i in range(n):
-        slot = probe(slots, mask, values[i])
-        out[i] = <int64_t>slots[2 * slot + 1] - 1
+        h = key_filter_bit(values[i], shift)
+        if (bitmap[h >> 6] >> (h & 63)) & 1:
+            out[i] = <int64_t>slots[2 * probe(slots, mask, values[i]) + 1] - 1
     return out_arr
 
 
@@ -3074,18 +3100,11 @@ def positions_among(const uint64_t[:] values, const uint64_t[::1] keys):
     cdef uint64_t mask = <uint64_t>(slots_arr.shape[0] - 1), h
     cdef int64_t[::1] out = out_arr
     # Most values are among none of the keys (pending queries a batch does not answer: under
-    # a flood of unanswered queries, all of them), and a probe of the table (two words a
-    # key, larger than L2 for a batch's keys) is a cache miss: a bitmap of the keys,
-    # FILTER_BITS_PER_KEY bits a key, turns most of them away first. It stays in L2.
-    cdef int shift = 64 - 6
-    while (<uint64_t>1 << (64 - shift)) < <uint64_t>(FILTER_BITS_PER_KEY * m):
-        shift -= 1
-    filter_arr = np.zeros(((<uint64_t>1 << (64 - shift)) + 63) // 64, dtype=np.uint64)
-    cdef uint64_t[::1] bitmap = filter_arr
+    # a flood of unanswered queries, all of them): keys_bitmap turns them away.
+    cdef int shift
+    bitmap_arr = keys_bitmap(keys, &shift)
+    cdef uint64_t[::1] bitmap = bitmap_arr
     with nogil:
-        for i in range(m):
-            h = key_filter_bit(keys[i], shift)
-            bitmap[h >> 6] |= <uint64_t>1 << (h & 63)
         for i in range(n):
             h = key_filter_bit(values[i], shift)
             if (bitmap[h >> 6] >> (h & 63)) & 1 and slots[2 * probe(slots, mask, values[i]) + 1]:
