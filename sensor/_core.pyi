@@ -178,6 +178,10 @@ class KeyIndex:
         """(row of each value, position of each new key's first appearance): keys not held
         take the next rows in order of first appearance."""
 
+def sum_row_runs(table: np.ndarray, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per run of `rows` (from each start to the next): the sum of those rows of the int64
+    table, as np.add.reduceat(table[rows], starts, axis=0)."""
+
 def add_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     """table[rows[i]] += values[i] for every i (int64), rows repeating or not."""
 

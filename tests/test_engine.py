@@ -1450,6 +1450,23 @@ def test_first_occurrences_are_each_values_first_index(values):
             _core.first_occurrences(rows, max(values))
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(-5, 1000)), min_size=1, max_size=60), st.data())
+def test_sum_row_runs_agrees_with_reduceat(cells, data):
+    """The per-minute tables sum the rows they fold into 'other' run by run."""
+    from sensor import _core
+    table = np.array([[v, v * 3, -v] for _, v in cells], dtype=np.int64)
+    rows = np.array(data.draw(st.lists(st.integers(0, len(cells) - 1), min_size=1, max_size=40)), dtype=np.int64)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(rows) - 1), max_size=5)) if len(rows) > 1 else []))
+    starts = np.array([0, *cuts], dtype=np.int64)
+    want = np.add.reduceat(table[rows], starts, axis=0)
+    assert _core.sum_row_runs(table, rows, starts).tolist() == want.tolist()
+    with pytest.raises(ValueError):
+        _core.sum_row_runs(table, rows, np.array([0, 0], dtype=np.int64))        # an empty run
+    with pytest.raises(ValueError):
+        _core.sum_row_runs(table, np.array([len(cells)], dtype=np.int64), starts[:1])
+
+
 def test_group_u64_table_grows_with_the_groups():
     """More distinct keys than the table starts with: it grows (several times) and loses
     no group, with keys that differ in their high bits only among them."""

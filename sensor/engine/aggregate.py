@@ -128,7 +128,7 @@ class KeyedCounts(KeyIndexed):
         own, rest, starts = self._split(limit_per_minute)
         if not len(rest):
             return
-        sums = np.add.reduceat(self.counts[rest], starts, axis=0)
+        sums = _core.sum_row_runs(self.counts, rest, starts)
         minutes = self.minute[rest[starts]]
         labels = np.empty(len(starts), dtype=self.label.dtype)
         labels[:] = [other_label] * len(starts)
@@ -163,7 +163,7 @@ class KeyedCounts(KeyIndexed):
             labels = [text(label) for label in self.label[own].tolist()]
         out = list(zip(self.minute[own].tolist(), labels, *self.counts[own].T.tolist()))
         if len(rest):
-            sums = np.add.reduceat(self.counts[rest], starts, axis=0)
+            sums = _core.sum_row_runs(self.counts, rest, starts)
             out += zip(self.minute[rest[starts]].tolist(), [OTHER_RESOLVER] * len(starts), *sums.T.tolist())
         return out
 
