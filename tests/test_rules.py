@@ -897,6 +897,43 @@ def test_selected_messages_get_their_own_features_and_only_their_names_are_worke
     assert cols["pattern_p"].tolist() == full["pattern_p"].tolist()   # the rest, when asked
 
 
+def test_selected_messages_get_their_list_features_from_one_walk_of_their_names(tmp_path):
+    """A name list read for some messages (Columns.select) walks their names only, once for
+    every list of its directory, and each gets what the whole-batch column gives it."""
+    from sensor.features import NetworkSet, build
+    from sensor.features.lists import NameListSet, load_lists
+    from sensor.parse import parse_file
+    from sensor.track import Tracker
+    batch = parse_file(str(DATA / "demo-office-resolver.pcap"))
+    track = Tracker().process(batch.messages)
+    names = sorted({batch.qname(i) for i in range(len(batch))})
+    (tmp_path / "a.txt").write_text("\n".join(names[::3]) + "\n")
+    (tmp_path / "b.hosts").write_text("".join(f"0.0.0.0 {n}\n" for n in names[1::4]))
+    lists = load_lists(tmp_path)
+    full = build(batch, track, NetworkSet(())).columns
+    full.sources.update(lists)
+    walked: list[int] = []
+
+    class Counting(NameListSet):
+        def bits(self, arena, offsets, lengths):
+            walked.extend(offsets.tolist())
+            return super().bits(arena, offsets, lengths)
+
+    counting = Counting(lists["list_a"].lists.table)
+    cols = build(batch, track, NetworkSet(())).columns
+    cols.sources.update({name: replace(lst, lists=counting) for name, lst in lists.items()})
+    rows = np.flatnonzero(full["nxdomain"])
+    chosen = cols.select(rows)
+    for name in ("list_a", "list_b"):
+        assert chosen[name].tolist() == full[name][rows].tolist(), name
+        assert 0 < np.count_nonzero(full[name]) < len(batch), name
+    names_chosen = set(batch.messages["name_hash"][rows].tolist())
+    assert len(walked) == len(names_chosen)              # both lists from one walk of their names
+    assert "list_a" not in cols and "list_b" not in cols
+    assert cols["list_b"].tolist() == full["list_b"].tolist()
+    assert len(walked) == len(set(batch.messages["name_hash"].tolist()))   # the rest, once
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.sampled_from(["a1.example", "www.example", "b.example", "c2.test", "x.y.z",
                                           "_dmarc.b.example", "e==.example", "."]),

@@ -232,20 +232,22 @@ class Columns(dict):
             self._name_rows = self._names.rows(self.field("name_hash"))
         return self._name_rows
 
+    def _name_spans(self, messages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The arena spans (offsets, lengths) of some messages' question names."""
+        m = self._batch.messages
+        return np.ascontiguousarray(m["qname_off"][messages]), np.ascontiguousarray(m["qname_len"][messages])
+
     def _list_bits(self, lists: NameListSet, rows: np.ndarray | None = None) -> np.ndarray:
         """Per message (of `rows`, or of the batch), the bits of the lists it is on: every
         list of a directory in one walk, remembered per name in the memo."""
-        def spans(messages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            m = self._batch.messages
-            return np.ascontiguousarray(m["qname_off"][messages]), np.ascontiguousarray(m["qname_len"][messages])
-
+        arena = self._batch.arena
         if rows is not None:
             return self._names.column(lists.memo_key, self._message_name_rows()[rows],
-                                      lambda picked: lists.bits(self._batch.arena, *spans(rows[picked])))
+                                      lambda picked: lists.bits(arena, *self._name_spans(rows[picked])))
         bits = self._made_list_bits.get(lists.memo_key)
         if bits is None:
             bits = self._made_list_bits[lists.memo_key] = self._names.column(
-                lists.memo_key, self._message_name_rows(), lambda messages: lists.bits(self._batch.arena, *spans(messages)))
+                lists.memo_key, self._message_name_rows(), lambda messages: lists.bits(arena, *self._name_spans(messages)))
         return bits
 
     def select(self, rows: np.ndarray) -> "Selection":
@@ -276,11 +278,7 @@ class Columns(dict):
     def _name_feature(self, name: str) -> Callable[[np.ndarray], np.ndarray] | None:
         """How to work out a feature of the question name alone for some messages (their
         indexes), or None when `name` is no such feature."""
-        batch, arena = self._batch, self._batch.arena
-
-        def spans(messages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            m = batch.messages
-            return (np.ascontiguousarray(m["qname_off"][messages]), np.ascontiguousarray(m["qname_len"][messages]))
+        batch, arena, spans = self._batch, self._batch.arena, self._name_spans
 
         if name == "dga_score" and self.dga_model is not None:
             model = self.dga_model
