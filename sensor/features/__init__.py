@@ -233,9 +233,15 @@ class Columns(dict):
         return self._name_rows
 
     def _name_spans(self, messages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The arena spans (offsets, lengths) of some messages' question names."""
-        m = self._batch.messages
-        return np.ascontiguousarray(m["qname_off"][messages]), np.ascontiguousarray(m["qname_len"][messages])
+        """The arena spans (offsets, lengths) of some messages' question names: read from
+        their rows while they are few (FIELD_GATHER_BELOW), else from the fields copied out
+        once for the batch (under a flood of new names every name feature asks for nearly
+        all of them)."""
+        batch = self._batch
+        if len(messages) < FIELD_GATHER_BELOW * len(batch) and "qname_off" not in batch.columns:
+            m = batch.messages
+            return np.ascontiguousarray(m["qname_off"][messages]), np.ascontiguousarray(m["qname_len"][messages])
+        return batch.column("qname_off")[messages], batch.column("qname_len")[messages]
 
     def _list_bits(self, lists: NameListSet, rows: np.ndarray | None = None) -> np.ndarray:
         """Per message (of `rows`, or of the batch), the bits of the lists it is on: every
