@@ -14,7 +14,7 @@ this file must agree with field for field.
 """
 cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
-from libc.string cimport memcpy, memset, memcmp
+from libc.string cimport memcpy, memset, memcmp, memmove
 from libc.stdlib cimport realloc, free, calloc
 from libc.math cimport log2, floor, fabs
 from cpython.unicode cimport PyUnicode_DecodeASCII
@@ -3981,6 +3981,66 @@ def track_columns(messages, const uint64_t[:, ::1] resolvers, uint64_t untrackab
         is_response[i] = mr.qr != 0
     return (key_arr, loose_arr, client_arr, resolver_arr, leg_arr, tracked_arr, server_res_arr,
             is_response_arr, client_hash_arr, server_hash_arr)
+
+
+DEF PENDING_WORDS = 6
+# sensor.track.PENDING_DTYPE's row in 64-bit words: key, loose, ts, the resolver's two
+# address words, and a word whose low byte is the leg (checked against the dtype there).
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def pending_rows(uint64_t[:, ::1] out, const uint64_t[::1] key, const uint64_t[::1] loose,
+                 const double[::1] ts, const uint64_t[:, ::1] resolver, const uint8_t[::1] leg,
+                 const int64_t[::1] messages):
+    """Write the pending-table rows (PENDING_WORDS words each) of `messages` (their indexes
+    into the per-message columns) into `out`, row i for messages[i], in one pass: numpy
+    made a structured array of them field by field and then copied it in."""
+    cdef Py_ssize_t k = messages.shape[0], n = key.shape[0], i
+    cdef int64_t j
+    cdef uint64_t ts_bits
+    if out.shape[0] != k or out.shape[1] != PENDING_WORDS:
+        raise ValueError("out needs a row of %d words for each message" % PENDING_WORDS)
+    if (loose.shape[0] != n or ts.shape[0] != n or resolver.shape[0] != n or leg.shape[0] != n
+            or resolver.shape[1] != 2):
+        raise ValueError("the columns differ in length")
+    for i in range(k):
+        j = messages[i]
+        if j < 0 or j >= n:
+            raise ValueError("message %d outside the columns" % j)
+        memcpy(&ts_bits, &ts[j], 8)
+        out[i, 0] = key[j]
+        out[i, 1] = loose[j]
+        out[i, 2] = ts_bits
+        out[i, 3] = resolver[j, 0]
+        out[i, 4] = resolver[j, 1]
+        out[i, 5] = leg[j]
+    return None
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def drop_rows(uint64_t[:, ::1] rows, const int64_t[::1] positions):
+    """Remove the rows at `positions` (ascending, each once) in place, the rows after each
+    moved up in runs (one memmove per run between two removed rows); returns how many rows
+    are left, at the start. The tracker's pending table loses its answered queries so, where
+    a copy of all the others cost a pass of numpy's take (262 k rows under a flood)."""
+    cdef Py_ssize_t n = rows.shape[0], w = rows.shape[1], k = positions.shape[0], j
+    cdef int64_t dst, src, stop, previous = -1
+    for j in range(k):
+        if positions[j] <= previous or positions[j] >= n:
+            raise ValueError("positions must ascend inside the rows, each once")
+        previous = positions[j]
+    if k == 0:
+        return n
+    dst = positions[0]
+    for j in range(k):
+        src = positions[j] + 1
+        stop = positions[j + 1] if j + 1 < k else n
+        if stop > src:
+            memmove(&rows[dst, 0], &rows[src, 0], <size_t>((stop - src) * w * 8))
+            dst += stop - src
+    return dst
 
 
 DEF STATS_RCODES = 32

@@ -86,6 +86,15 @@ def nxdomain_records(qr: np.ndarray, rcode: np.ndarray, qdcount: np.ndarray, nam
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """NXDOMAIN responses with a question, not in `excluded_state`, read through the
     messages' columns: (message rows, keys, ts)."""
+def drop_rows(rows: np.ndarray, positions: np.ndarray) -> int:
+    """Remove the rows (of a C-contiguous uint64 table) at `positions` (int64, ascending,
+    each once) in place, the rest moved up in order; returns how many are left."""
+
+def pending_rows(out: np.ndarray, key: np.ndarray, loose: np.ndarray, ts: np.ndarray, resolver: np.ndarray,
+                 leg: np.ndarray, messages: np.ndarray) -> None:
+    """Write sensor.track.PENDING_DTYPE rows (as six uint64 words each) of the messages
+    `messages` into `out`, from per-message columns (resolver: two address words a row)."""
+
 def stats_counts(qr: np.ndarray, rcode: np.ndarray, qtype: np.ndarray, size: np.ndarray, group: np.ndarray,
                  ngroups: int, state: np.ndarray, rtt: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -1467,6 +1467,40 @@ def test_sum_row_runs_agrees_with_reduceat(cells, data):
         _core.sum_row_runs(table, np.array([len(cells)], dtype=np.int64), starts[:1])
 
 
+def test_pending_rows_are_the_pending_dtype_rows_of_the_messages():
+    from sensor import _core
+    from sensor.track import PENDING_DTYPE
+    rng = np.random.default_rng(3)
+    n = 50
+    key, loose = rng.integers(0, 2**64, n, dtype=np.uint64), rng.integers(0, 2**64, n, dtype=np.uint64)
+    ts = rng.random(n) * 1e9
+    resolver = rng.integers(0, 2**64, (n, 2), dtype=np.uint64)
+    leg = rng.integers(0, 2, n).astype(np.uint8)
+    messages = np.array([7, 0, 49, 7, 12], dtype=np.int64)
+    want = np.zeros(len(messages), dtype=PENDING_DTYPE)
+    want["key"], want["loose"], want["ts"] = key[messages], loose[messages], ts[messages]
+    want["resolver"], want["leg"] = resolver.view("V16").reshape(-1)[messages], leg[messages]
+    out = np.full((len(messages), PENDING_DTYPE.itemsize // 8), 0xFF, dtype=np.uint64)
+    _core.pending_rows(out, key, loose, ts, resolver, leg, messages)
+    assert out.tobytes() == want.tobytes()
+    with pytest.raises(ValueError, match="outside"):
+        _core.pending_rows(out[:1], key, loose, ts, resolver, leg, np.array([n], dtype=np.int64))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 40), st.data())
+def test_drop_rows_keeps_the_other_rows_in_order(n, data):
+    from sensor import _core
+    rows = np.arange(n * 6, dtype=np.uint64).reshape(n, 6)
+    drop = sorted(data.draw(st.sets(st.integers(0, n - 1), max_size=n)) if n else [])
+    want = np.delete(rows, drop, axis=0)
+    left = _core.drop_rows(rows, np.array(drop, dtype=np.int64))
+    assert left == len(want) and rows[:left].tolist() == want.tolist()
+    if n >= 2:
+        with pytest.raises(ValueError, match="ascend"):
+            _core.drop_rows(rows, np.array([1, 1], dtype=np.int64))
+
+
 def test_group_u64_table_grows_with_the_groups():
     """More distinct keys than the table starts with: it grows (several times) and loses
     no group, with keys that differ in their high bits only among them."""

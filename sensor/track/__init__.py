@@ -18,6 +18,7 @@ addresses).
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,8 @@ PENDING_DTYPE = np.dtype([("key", "<u8"), ("loose", "<u8"), ("ts", "<f8"),
 """Rows of whole 64-bit words (48 bytes), so that the table is copied, cut and joined as
 rows of words (_pending_words): numpy moves structured rows field by field, several
 times slower, and the table holds up to limits.max_pending_queries rows each batch."""
+assert ([PENDING_DTYPE.fields[f][1] for f in PENDING_DTYPE.names] == [0, 8, 16, 24, 40]
+        and PENDING_DTYPE.itemsize == 48 and sys.byteorder == "little"), "the layout _core.pending_rows writes"
 UNANSWERED_DTYPE = np.dtype([("ts", "<f8"), ("resolver", "V16"), ("leg", "u1")])
 
 
@@ -217,33 +220,38 @@ class Tracker:
         # key), in time order: the order they were taken in.
         from_pending = open_ev < np_
         batch_open = ti[open_ev[~from_pending] - np_]
-        fresh = np.zeros(len(batch_open), dtype=PENDING_DTYPE)
-        fresh["key"], fresh["loose"], fresh["ts"] = key[batch_open], loose[batch_open], ts[batch_open]
-        fresh["resolver"], fresh["leg"] = resolver[batch_open], leg[batch_open]
+        fresh = len(batch_open)
+
+        def put_fresh(out: np.ndarray) -> None:         # the batch's open queries as pending rows
+            _core.pending_rows(out, key, loose, np.ascontiguousarray(ts, dtype=np.float64), resolver_w, leg,
+                               batch_open)
+
         words = _pending_words(p)
-        end = self._start + len(p)
-        in_place = (part is not None and not len(part) and self._buffer is not None
-                    and end + len(fresh) <= len(self._buffer))
-        if in_place:
-            # None left (a flood of unanswered queries, a tap that sees one direction): the
-            # batch's open queries go in after the table, which is not copied
-            self._buffer[end:end + len(fresh)] = _pending_words(fresh)
-            joined = self._buffer[self._start:end + len(fresh)]
-        elif part is not None:
-            # the pending queries that took part leave: each was answered or superseded, by a
-            # batch that comes after it in time
-            keep = np.ones(len(p), dtype=bool)
-            keep[part] = False
-            kept = np.flatnonzero(keep)
-            joined = self._spare_words(len(kept) + len(fresh))
-            np.take(words, kept, axis=0, out=joined[:len(kept)])
-            joined[len(kept):] = _pending_words(fresh)
-        else:
+        joined = None
+        if part is not None and self._buffer is not None:
+            # The pending queries that took part leave (each was answered or superseded, by a
+            # batch that comes after it in time): the rows after each close up in place. The
+            # batch's open queries go in after the table where the buffer has room; under a
+            # flood of unanswered queries none leaves, and the table is not moved at all.
+            if len(part):
+                words = words[:_core.drop_rows(words, part)]
+            end = self._start + len(words)
+            if end + fresh <= len(self._buffer):
+                put_fresh(self._buffer[end:end + fresh])
+                joined = self._buffer[self._start:end + fresh]
+        in_place = joined is not None
+        if part is not None and not in_place:
+            joined = self._spare_words(len(words) + fresh)
+            joined[:len(words)] = words
+            put_fresh(joined[len(words):])
+        elif part is None:
             at = np.empty(len(open_ev), dtype=np.int64)
             at[from_pending] = open_ev[from_pending]
-            at[~from_pending] = len(p) + np.arange(len(batch_open))
+            at[~from_pending] = len(p) + np.arange(fresh)
             joined = self._spare_words(len(at))
-            np.take(np.concatenate([words, _pending_words(fresh)]), at, axis=0, out=joined)
+            fresh_words = np.empty((fresh, PENDING_DTYPE.itemsize // 8), dtype=np.uint64)
+            put_fresh(fresh_words)
+            np.take(np.concatenate([words, fresh_words]), at, axis=0, out=joined)
         if not in_place:
             self._buffer, self._spare = self._spare, self._buffer    # the one read from is written next
             self._start = 0
