@@ -27,7 +27,7 @@ from sensor.errors import ConfigError
 
 LIST_SUFFIXES = (".txt", ".hosts", ".rpz", ".zone", ".conf", ".list")
 MAX_LIST_ENTRIES = 5_000_000
-"""Names kept per list (16 to 32 bytes each in the table)."""
+"""Names kept per list (32 to 64 bytes each in the table: a 16-byte row, at most half full)."""
 MAX_NAME_LISTS = 32
 """Lists in one directory: each is one bit of a name's list bits (a table row holds 32 such
 bits for the name itself and 32 for the names below it)."""
