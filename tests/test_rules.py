@@ -1112,6 +1112,33 @@ def test_service_labels_count_the_labels_that_begin_with_an_underscore():
     assert _core.service_label_counts(arena, offsets, lengths).tolist() == [4, 1, 0, 1, 1, 0, 0, 0]
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(["_x", "_", "a", "abcdefg", "_ldap", "x_y", "\\_z", "we\\.ird",
+                                          "\\255z", "", "_tcp01234567"]), min_size=1, max_size=9)
+                .map(".".join), min_size=1, max_size=20))
+def test_service_labels_agree_with_a_walk_of_the_name(names):
+    """Labels are found eight bytes at a time where a name has no escape, a byte at a time
+    where it has: both against the byte-serial definition, dots at every word boundary."""
+    from sensor import _core
+
+    def underscored(name: str) -> int:
+        count, label_start, i = 0, True, 0
+        while i < len(name):
+            if name[i] == "\\":                    # an escaped byte is never a label's first underscore
+                label_start, i = False, i + 2
+                continue
+            count += label_start and name[i] == "_"
+            label_start = name[i] == "."
+            i += 1
+        return min(count, 255)
+
+    texts = [n.encode() for n in names]
+    arena = b"".join(texts)
+    offsets = np.cumsum([0] + [len(t) for t in texts[:-1]]).astype(np.uint32)
+    lengths = np.array([len(t) for t in texts], dtype=np.uint16)
+    assert _core.service_label_counts(arena, offsets, lengths).tolist() == [underscored(n) for n in names]
+
+
 def test_inner_tlds_find_a_whole_name_under_another():
     """Search-domain expansion puts a whole name under another: a TLD among the labels
     between the first and the registered domain. The first label and the registered
