@@ -3591,6 +3591,17 @@ cdef inline Py_ssize_t list_row(const uint64_t[:, ::1] table, uint64_t mask, uin
     return -1
 
 
+cdef inline uint32_t list_level(const uint64_t[:, ::1] table, uint64_t mask, uint64_t *path,
+                                const uint8_t *label, uint32_t n, bint whole) noexcept nogil:
+    """Mix the next label leftwards into a name's key (*path) and return the bits its row
+    gives: the own bits where the label begins the whole name, else a parent's below bits."""
+    path[0] = key_mix(path[0], span_hash(label, n))
+    cdef Py_ssize_t row = list_row(table, mask, list_key(path[0]))
+    if row < 0:
+        return 0
+    return <uint32_t>table[row, LIST_ROW_BITS] if whole else <uint32_t>(table[row, LIST_ROW_BITS] >> 32)
+
+
 def name_list_key(bytes name):
     """The key of a name (presentation form, no escapes, no trailing dot) in a name-list table."""
     cdef const uint8_t *p = name
@@ -3638,7 +3649,7 @@ def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const ui
     the own bits of the name's row, and the below bits of each parent's (the text after a
     label boundary). The walk stops at an escape: list names have none, so no text left of
     one can match."""
-    cdef Py_ssize_t n = offsets.shape[0], i, row
+    cdef Py_ssize_t n = offsets.shape[0], i
     cdef uint32_t start, end, k, j, label_end
     cdef uint64_t h, mask
     cdef uint32_t bits
@@ -3667,16 +3678,9 @@ def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const ui
             label_end = end
             for d in range(ndots - 1, -1, -1):
                 k = start + dots[d] + 1
-                h = key_mix(h, span_hash(base + k, label_end - k))
-                row = list_row(table, mask, list_key(h))
-                if row >= 0:                     # a parent
-                    bits |= <uint32_t>(table[row, LIST_ROW_BITS] >> 32)
+                bits |= list_level(table, mask, &h, base + k, label_end - k, 0)
                 label_end = k - 1
-            h = key_mix(h, span_hash(base + start, label_end - start))
-            row = list_row(table, mask, list_key(h))
-            if row >= 0:                         # the whole name
-                bits |= <uint32_t>table[row, LIST_ROW_BITS]
-            o[i] = bits
+            o[i] = bits | list_level(table, mask, &h, base + start, label_end - start, 1)
             continue
         label_end = end
         while True:
@@ -3692,14 +3696,9 @@ def names_listed(const uint8_t[::1] arena, const uint32_t[::1] offsets, const ui
                     j -= 1
                 if (k - 1 - j) & 1:              # an escaped dot: part of a label
                     break
-            h = key_mix(h, span_hash(base + k, label_end - k))
-            row = list_row(table, mask, list_key(h))
-            if k == start:                       # the whole name
-                if row >= 0:
-                    bits |= <uint32_t>table[row, LIST_ROW_BITS]
+            bits |= list_level(table, mask, &h, base + k, label_end - k, k == start)
+            if k == start:
                 break
-            if row >= 0:                         # a parent
-                bits |= <uint32_t>(table[row, LIST_ROW_BITS] >> 32)
             label_end = k - 1
         o[i] = bits
     return out

@@ -232,16 +232,19 @@ class Columns(dict):
             self._name_rows = self._names.rows(self.field("name_hash"))
         return self._name_rows
 
-    def _name_spans(self, messages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The arena spans (offsets, lengths) of some messages' question names: read from
-        their rows while they are few (FIELD_GATHER_BELOW), else from the fields copied out
-        once for the batch (under a flood of new names every name feature asks for nearly
-        all of them)."""
+    def _field_of(self, field: str, rows: np.ndarray) -> np.ndarray:
+        """A message field of some messages: read from their rows while they are fewer than
+        FIELD_GATHER_BELOW of the batch and no stage has copied the field out, else from the
+        field copied out once for the batch."""
         batch = self._batch
-        if len(messages) < FIELD_GATHER_BELOW * len(batch) and "qname_off" not in batch.columns:
-            m = batch.messages
-            return np.ascontiguousarray(m["qname_off"][messages]), np.ascontiguousarray(m["qname_len"][messages])
-        return batch.column("qname_off")[messages], batch.column("qname_len")[messages]
+        if field not in batch.columns and len(rows) < FIELD_GATHER_BELOW * len(batch):
+            return np.ascontiguousarray(batch.messages[field][rows])
+        return batch.column(field)[rows]
+
+    def _name_spans(self, messages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The arena spans (offsets, lengths) of some messages' question names (under a flood
+        of new names every name feature asks for nearly all of them: copied out once)."""
+        return self._field_of("qname_off", messages), self._field_of("qname_len", messages)
 
     def _list_bits(self, lists: NameListSet, rows: np.ndarray | None = None) -> np.ndarray:
         """Per message (of `rows`, or of the batch), the bits of the lists it is on: every
@@ -271,9 +274,8 @@ class Columns(dict):
         if isinstance(source, NameList):
             return source.listed(self._list_bits(source.lists, rows))
         field = MESSAGE_FIELDS.get(name)
-        if (field is not None and field not in self._batch.columns
-                and len(rows) < FIELD_GATHER_BELOW * len(self._batch)):
-            return _as_feature(name, self._batch.messages[field][rows])
+        if field is not None:
+            return _as_feature(name, self._field_of(field, rows))
         if self._batch_feature(name) is not None:
             return self[name][rows]
         work_out = self._name_feature(name)

@@ -227,24 +227,7 @@ class Tracker:
                                batch_open)
 
         words = _pending_words(p)
-        joined = None
-        if part is not None and self._buffer is not None:
-            # The pending queries that took part leave (each was answered or superseded, by a
-            # batch that comes after it in time): the rows after each close up in place. The
-            # batch's open queries go in after the table where the buffer has room; under a
-            # flood of unanswered queries none leaves, and the table is not moved at all.
-            if len(part):
-                words = words[:_core.drop_rows(words, part)]
-            end = self._start + len(words)
-            if end + fresh <= len(self._buffer):
-                put_fresh(self._buffer[end:end + fresh])
-                joined = self._buffer[self._start:end + fresh]
-        in_place = joined is not None
-        if part is not None and not in_place:
-            joined = self._spare_words(len(words) + fresh)
-            joined[:len(words)] = words
-            put_fresh(joined[len(words):])
-        elif part is None:
+        if part is None:
             at = np.empty(len(open_ev), dtype=np.int64)
             at[from_pending] = open_ev[from_pending]
             at[~from_pending] = len(p) + np.arange(fresh)
@@ -252,6 +235,24 @@ class Tracker:
             fresh_words = np.empty((fresh, PENDING_DTYPE.itemsize // 8), dtype=np.uint64)
             put_fresh(fresh_words)
             np.take(np.concatenate([words, fresh_words]), at, axis=0, out=joined)
+            in_place = False
+        else:
+            # The pending queries that took part leave (each was answered or superseded, by a
+            # batch that comes after it in time): the rows after each close up in place (a
+            # part means pending rows, which lie in the buffer). The batch's open queries go
+            # in after the table where the buffer has room; under a flood of unanswered
+            # queries none leaves, and the table is not moved at all.
+            if len(part):
+                words = words[:_core.drop_rows(words, part)]
+            end = self._start + len(words)
+            in_place = end + fresh <= len(self._buffer)
+            if in_place:
+                put_fresh(self._buffer[end:end + fresh])
+                joined = self._buffer[self._start:end + fresh]
+            else:
+                joined = self._spare_words(len(words) + fresh)
+                joined[:len(words)] = words
+                put_fresh(joined[len(words):])
         if not in_place:
             self._buffer, self._spare = self._spare, self._buffer    # the one read from is written next
             self._start = 0
