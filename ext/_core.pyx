@@ -2762,14 +2762,19 @@ def address_texts(const uint8_t[:, ::1] addresses):
     return out
 
 
+cdef inline uint64_t key_spread(uint64_t k) noexcept nogil:
+    """A key's bits spread over the word: a table's slot takes the low ones (key_slot), a
+    bitmap's bit the high ones (key_filter_bit)."""
+    return (k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9
+
+
 cdef inline uint64_t key_slot(uint64_t k, uint64_t mask) noexcept nogil:
-    return ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) & mask
+    return key_spread(k) & mask
 
 
 cdef inline uint64_t key_filter_bit(uint64_t k, int shift) noexcept nogil:
-    """A key's bit in a bitmap of 2 ** (64 - shift) bits: the high bits of key_slot's
-    product, where the table's slot takes the low ones."""
-    return ((k ^ (k >> 29)) * <uint64_t>0xBF58476D1CE4E5B9) >> shift
+    """A key's bit in a bitmap of 2 ** (64 - shift) bits."""
+    return key_spread(k) >> shift
 
 
 cdef object new_slots(Py_ssize_t rows_at_most):
@@ -3591,11 +3596,17 @@ cdef inline Py_ssize_t list_row(const uint64_t[:, ::1] table, uint64_t mask, uin
     return -1
 
 
+cdef inline uint64_t list_path_step(uint64_t path, const uint8_t *label, uint32_t n) noexcept nogil:
+    """A name's key so far with its next label leftwards mixed in: the one step that keys
+    names both as a table is made (name_list_key) and as names are looked up (list_level)."""
+    return key_mix(path, span_hash(label, n))
+
+
 cdef inline uint32_t list_level(const uint64_t[:, ::1] table, uint64_t mask, uint64_t *path,
                                 const uint8_t *label, uint32_t n, bint whole) noexcept nogil:
     """Mix the next label leftwards into a name's key (*path) and return the bits its row
     gives: the own bits where the label begins the whole name, else a parent's below bits."""
-    path[0] = key_mix(path[0], span_hash(label, n))
+    path[0] = list_path_step(path[0], label, n)
     cdef Py_ssize_t row = list_row(table, mask, list_key(path[0]))
     if row < 0:
         return 0
@@ -3611,7 +3622,7 @@ def name_list_key(bytes name):
         k = end
         while k > 0 and p[k - 1] != 46:
             k -= 1
-        h = key_mix(h, span_hash(p + k, <uint32_t>(end - k)))
+        h = list_path_step(h, p + k, <uint32_t>(end - k))
         if k == 0:
             return list_key(h)
         end = k - 1

@@ -656,8 +656,8 @@ def test_a_full_rule_table_takes_the_rows_of_its_own_groups_only(tmp_path, monke
     from sensor.detectors.rules_engine import _add, batch_table, fold, new_table
     made_when_full = []
 
-    def recording(rule, table, idx, known=None):
-        part = batch_table(rule, table, idx, known)
+    def recording(rule, table, idx, known=None, grouped=None):
+        part = batch_table(rule, table, idx, known, grouped)
         if known is not None and len(known) >= max_groups:
             made_when_full.append(bool(np.isin(part.keys, known).all()))
         return part

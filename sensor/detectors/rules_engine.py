@@ -35,13 +35,15 @@ def _group_keys(rule: Rule, cols: Mapping[str, np.ndarray]) -> tuple[np.ndarray,
     return window, hash_columns(window, *[cols[g] for g in rule.group_by])     # read in place, any int width
 
 
-def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndarray | None = None) -> RuleTable:
+def batch_table(rule: Rule, table: FeatureTable, idx: np.ndarray, known: np.ndarray | None = None,
+                grouped: tuple[np.ndarray, np.ndarray] | None = None) -> RuleTable:
     """One batch's rows that passed the rule's filter, as the rule's groups. Text (domain,
-    samples) is gathered only for groups not among `known` keys: the existing row keeps its own."""
+    samples) is gathered only for groups not among `known` keys: the existing row keeps its own.
+    `grouped`: the rows' windows and group keys (_group_keys) where they are made already."""
     cols = table.columns.select(idx)        # features of the rows that passed only
     out = new_table(rule)
     ts = cols["ts"]
-    window, row_keys = _group_keys(rule, cols)
+    window, row_keys = grouped if grouped is not None else _group_keys(rule, cols)
     first, inverse, counts = _core.group_u64(np.ascontiguousarray(row_keys))
     g = len(first)
     rows = idx[first]
@@ -116,11 +118,12 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
         mine = partials.get(rule.name)
         if mine is None:
             mine = partials[rule.name] = new_table(rule)
+        grouped = None
         if len(mine) >= max_groups:
-            idx = _rows_of_held_groups(rule, table, idx, mine.keys, dropped)
+            idx, grouped = _rows_of_held_groups(rule, table, idx, mine.keys, dropped)
             if not len(idx):
                 continue
-        part = batch_table(rule, table, idx, mine.keys)
+        part = batch_table(rule, table, idx, mine.keys, grouped)
         if pending is None:
             _add(mine, part, max_groups, dropped)
             continue
@@ -131,16 +134,18 @@ def fold(rules: list[Rule], table: FeatureTable, partials: dict[str, RuleTable],
 
 
 def _rows_of_held_groups(rule: Rule, table: FeatureTable, idx: np.ndarray, held: np.ndarray,
-                         dropped: dict[str, int]) -> np.ndarray:
-    """Of the rows that passed a rule's filter, those of groups its full table holds: the
-    others would be dropped as their groups went in (counted here as they would be there),
-    and under a flood of new entities (spoofed sources) making their groups, texts and
-    samples first was most of what the rule cost."""
-    inside = isin_keys(_group_keys(rule, table.columns.select(idx))[1], held)
+                         dropped: dict[str, int]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Of the rows that passed a rule's filter, those of groups its full table holds, with
+    their windows and group keys (for batch_table): the others would be dropped as their
+    groups went in (counted here as they would be there), and under a flood of new entities
+    (spoofed sources) making their groups, texts and samples first was most of what the
+    rule cost."""
+    window, row_keys = _group_keys(rule, table.columns.select(idx))
+    inside = isin_keys(row_keys, held)
     lost = len(idx) - int(np.count_nonzero(inside))
     if lost:
         dropped["rule_groups_overflow"] = dropped.get("rule_groups_overflow", 0) + lost
-    return idx[inside]
+    return idx[inside], (window[inside], row_keys[inside])
 
 
 def settle(partials: dict[str, RuleTable], pending: dict[str, list[RuleTable]], max_groups: int,
