@@ -26,6 +26,7 @@ from conftest import DATA, REPO, SHARED_PCAPS
 from pcapgen import Conversation, answer, query, udp_frame, write_pcap
 from sensor import _core, cli
 from sensor.capture import offline
+from sensor.capture._frames import PLAIN_CAPLEN_MAX
 from sensor.capture.offline import first_frame_time, read_frames
 from sensor.errors import CaptureError
 from sensor.config import Config, address_key
@@ -839,9 +840,12 @@ def test_compressed_captures_read_as_they_are(tmp_path, monkeypatch, compression
     packed.write_bytes(COMPRESSORS[compression](BASELINE.read_bytes()))
     before = _children()
     frames = list(read_frames(str(packed), 10))
-    assert b"".join(fb.blob for fb in frames) == b"".join(fb.blob for fb in plain)
-    assert np.array_equal(np.concatenate([fb.meta[:, :2] for fb in frames]),
-                          np.concatenate([fb.meta[:, :2] for fb in plain]))
+
+    def each(batches):
+        return [fb.blob[o:o + c] for fb in batches for o, c in zip(fb.meta[:, 2].tolist(), fb.meta[:, 3].tolist())]
+    assert each(frames) == each(plain) and len(each(plain)) == 133
+    assert np.array_equal(np.concatenate([fb.meta[:, [0, 1, 3]] for fb in frames]),
+                          np.concatenate([fb.meta[:, [0, 1, 3]] for fb in plain]))
     # progress counts the file on disk: compressed bytes for the archive
     assert sum(fb.source_bytes for fb in plain) == BASELINE.stat().st_size - 24
     assert 0 < sum(fb.source_bytes for fb in frames) <= packed.stat().st_size
@@ -914,8 +918,8 @@ def test_capture_files_read_through_a_larger_buffer_give_the_same_frames(tmp_pat
     captures = [big, BASELINE, DATA / "dnscap-tcp-msgs-straddle-segments.pcap"]
     captures += sorted(SHARED_PCAPS.glob("chrissanders-*.pcapng"))[:2]
 
-    def frames(path):
-        got = list(read_frames(str(path), 100))
+    def frames(path):       # through pcap_next_ex: read in place, a stretch is read past the buffer
+        got = list(read_frames(str(path), 100, records_in_place=False))
         return b"".join(fb.blob for fb in got), np.concatenate([fb.meta[:, [0, 1, 3]] for fb in got])
 
     enlarged = {path: frames(path) for path in captures}
@@ -960,7 +964,8 @@ def _next_batch_frames(path: Path) -> tuple[list[bytes], np.ndarray]:
 
 
 def _read_frames_split(path: Path, frames_per_read: int) -> tuple[list[bytes], np.ndarray, list[int]]:
-    got = list(read_frames(str(path), frames_per_read))
+    """The frames as the copying reader (pcap_next_ex) gives them, checked back to back."""
+    got = list(read_frames(str(path), frames_per_read, records_in_place=False))
     frames = [fb.blob[off:off + caplen] for fb in got for off, caplen in zip(fb.meta[:, 2], fb.meta[:, 3])]
     for fb in got:      # the frames lie back to back, each batch's from its blob's start
         assert isinstance(fb.blob, bytes) and fb.meta.dtype == np.uint32
@@ -1019,6 +1024,141 @@ def test_frames_read_through_next_batch_where_the_handle_is_not_found(monkeypatc
     fallback, fallback_error = all_frames(cut)
     assert fallback == direct and fallback_error == direct_error
     assert len(direct) > 1800
+
+
+def _frames_and_error(path: Path, frames_per_read: int, records_in_place: bool) -> tuple:
+    """Every frame of a capture, its (seconds, microseconds, caplen) rows and the error that
+    ended it (None: none), read in place or through pcap_next_ex."""
+    frames, rows, error = [], [np.empty((0, 3), np.uint32)], None
+    try:
+        for fb in read_frames(str(path), frames_per_read, records_in_place=records_in_place):
+            frames += [fb.blob[o:o + c] for o, c in zip(fb.meta[:, 2].tolist(), fb.meta[:, 3].tolist())]
+            rows.append(fb.meta[:, [0, 1, 3]])
+    except CaptureError as e:
+        error = str(e)
+    return frames, np.concatenate(rows), error
+
+
+def _assert_read_alike(path: Path, frames_per_read: int) -> None:
+    in_place = _frames_and_error(path, frames_per_read, True)
+    libpcap = _frames_and_error(path, frames_per_read, False)
+    assert in_place[0] == libpcap[0], path.name
+    assert np.array_equal(in_place[1], libpcap[1]), path.name
+    assert in_place[2] == libpcap[2], path.name
+
+
+def _classic_pcap(path: Path, records: list[tuple[int, int, bytes, int]], snaplen: int = 65535,
+                  nanoseconds: bool = False, order: str = "<", version: tuple[int, int] = (2, 4)) -> Path:
+    """A classic pcap file of (seconds, fraction, data, original length) records, in the
+    byte order given; each record's caplen is its data's length."""
+    magic = 0xA1B23C4D if nanoseconds else 0xA1B2C3D4
+    out = [struct.pack(order + "IHHiIII", magic, *version, 0, 0, snaplen, 1)]
+    for sec, frac, data, orig in records:
+        out.append(struct.pack(order + "IIII", sec, frac, len(data), orig) + data)
+    path.write_bytes(b"".join(out))
+    return path
+
+
+@pytest.mark.parametrize("batch_bytes", [offline.FRAME_BATCH_BYTES, 300])
+def test_records_read_in_place_are_the_frames_pcap_next_ex_gives(monkeypatch, tmp_path, batch_bytes):
+    """A classic pcap file is read a stretch at a time, its records in place: every frame,
+    timestamp and length, and every error, must be what pcap_next_ex gives, whatever the
+    frames a read and the bytes a batch (a frame larger than a batch comes whole). The
+    batch's bytes are the file's own, record headers and all."""
+    monkeypatch.setattr(offline, "FRAME_BATCH_BYTES", batch_bytes)
+    captures = sorted(DATA.glob("*.pcap")) + sorted(SHARED_PCAPS.glob("*.pcap"))
+    assert len(captures) > 40
+    for path in captures:
+        for frames_per_read in (1, 7, 8192):
+            _assert_read_alike(path, frames_per_read)
+    first = next(read_frames(str(BASELINE), 10))
+    whole = BASELINE.read_bytes()
+    assert first.meta[0, 2] == offline.PCAP_RECORD_HEADER and first.blob == whole[24:24 + len(first.blob)]
+    seconds, fraction, caplen = struct.unpack_from("<III", first.blob)
+    assert (seconds, fraction, caplen) == tuple(first.meta[0, [0, 1, 3]])
+    cut = tmp_path / "cut.pcap"
+    for end in (len(whole) - 10, len(whole) - 100, 24 + 16 + 3, 24 + 7):      # in a frame, in a header
+        cut.write_bytes(whole[:end])
+        for frames_per_read in (1, 5, 100):
+            _assert_read_alike(cut, frames_per_read)
+    assert "truncated dump file" in _frames_and_error(cut, 5, True)[2]
+
+
+def test_records_libpcap_would_change_or_refuse_are_left_to_it(tmp_path):
+    """A record longer than the file's snapshot length is cut to it by libpcap, and one
+    longer than any frame libpcap accepts ends the file with its error: read in place, those
+    records go to pcap_next_ex, which reads them as ever, and reading goes on in place after
+    them. Nanosecond fractions come out as libpcap's microseconds, a negative one included."""
+    plain = [(1_700_000_000 + i, 1000 * i + 999, bytes([i]) * (60 + i), 60 + i) for i in range(40)]
+    longer = plain[:10] + [(1_700_000_100, 5, b"L" * 300, 300)] + plain[10:]
+    path = _classic_pcap(tmp_path / "snapped.pcap", longer, snaplen=200)
+    for frames_per_read in (1, 3, 8, 100):
+        _assert_read_alike(path, frames_per_read)
+    frames, rows, error = _frames_and_error(path, 8, True)
+    assert error is None and len(frames) == 41 and frames[10] == b"L" * 200     # cut to the snapshot
+    huge = plain[:5] + [(1_700_000_100, 5, b"H" * (PLAIN_CAPLEN_MAX + 1), 300_000)] + plain[5:]
+    path = _classic_pcap(tmp_path / "huge.pcap", huge, snaplen=1 << 20)
+    _assert_read_alike(path, 4)
+    frames, rows, error = _frames_and_error(path, 4, True)
+    assert len(frames) == 5 and "invalid packet capture length" in error
+    nano = plain[:3] + [(1_700_000_200, 0x8000_0000, b"n" * 70, 70), (1_700_000_201, 999_999_999, b"m" * 70, 70)]
+    path = _classic_pcap(tmp_path / "nano.pcap", nano, nanoseconds=True)
+    _assert_read_alike(path, 2)
+    rows = _frames_and_error(path, 2, True)[1]
+    assert rows[:3, 1].tolist() == [0, 1, 2] and rows[4, 1] == 999_999
+    assert rows[3, 1] == np.uint32(np.int32(-0x8000_0000) // 1000 + 1)     # C's division truncates
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 1500), min_size=1, max_size=60), data=st.data())
+def test_any_classic_pcap_reads_in_place_as_pcap_next_ex_reads_it(tmp_path_factory, sizes, data):
+    """Random records (some longer than the snapshot length), either fraction, cut anywhere,
+    read a random number of frames at a time into batches of a random size."""
+    snaplen = data.draw(st.sampled_from([65535, 1000, 200]))
+    records = [(1_600_000_000 + i, data.draw(st.integers(0, 0xFFFF_FFFF)), bytes([i % 251]) * n, n + 5)
+               for i, n in enumerate(sizes)]
+    path = _classic_pcap(tmp_path_factory.mktemp("pcap") / "random.pcap", records, snaplen=snaplen,
+                         nanoseconds=data.draw(st.booleans()))
+    whole = path.read_bytes()
+    path.write_bytes(whole[:data.draw(st.integers(24, len(whole)))])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(offline, "FRAME_BATCH_BYTES", data.draw(st.sampled_from([offline.FRAME_BATCH_BYTES, 2000, 100])))
+        _assert_read_alike(path, data.draw(st.integers(1, 20)))
+
+
+def test_other_capture_formats_are_read_through_pcap_next_ex(tmp_path):
+    """Only a plain regular file of classic pcap 2.4 in this machine's byte order is read in
+    place: the other byte order (whose pseudo-headers libpcap may rewrite), an older
+    version, pcapng and a pipe are read frame by frame by libpcap."""
+    records = [(1_700_000_000 + i, i, bytes([i]) * 80, 80) for i in range(30)]
+    plain = _classic_pcap(tmp_path / "plain.pcap", records)
+    swapped = _classic_pcap(tmp_path / "swapped.pcap", records, order=">")
+    older = _classic_pcap(tmp_path / "older.pcap", records, version=(2, 3))
+    pcapng = sorted(SHARED_PCAPS.glob("*.pcapng"))[:1]
+
+    def in_place(path):
+        reader = pcapy.open_offline(str(path))
+        try:
+            return offline._in_place_format(reader, str(path))
+        finally:
+            reader.close()
+
+    assert in_place(plain) is not None
+    assert all(in_place(path) is None for path in [swapped, older, *pcapng])
+    for path in [swapped, older, *pcapng]:
+        assert next(read_frames(str(path), 10)).meta[0, 2] == 0      # frames copied back to back
+        _assert_read_alike(path, 7)
+    assert _frames_and_error(swapped, 7, True)[0] == _frames_and_error(plain, 7, True)[0]
+    fifo = tmp_path / "capture.fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"cat {plain} > {fifo}"])
+    try:
+        reader = pcapy.open_offline(str(fifo))
+        assert offline._in_place_format(reader, str(fifo)) is None
+        reader.close()
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_a_capture_cut_short_among_others_ends_alone(tmp_path):

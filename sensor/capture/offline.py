@@ -8,12 +8,20 @@ libpcap opens a file, so a thread could never fill the pipe that open waits on. 
 small archive is decompressed here instead, into an in-memory file.
 
 libpcap reads a capture file through C stdio, whose buffer is the file's block size
-(4 KiB): one read() system call for every 4 KiB. A plain capture file gets a buffer of
-SAVEFILE_BUFFER_BYTES instead, and stdio's per-call lock is switched off (_tune_stdio).
+(4 KiB): one read() system call for every 4 KiB. A plain capture file that libpcap reads
+frame by frame (pcapng) gets a buffer of SAVEFILE_BUFFER_BYTES instead, and stdio's
+per-call lock is switched off (_tune_stdio).
 
 pcapy-ng opens the file; its frames are then read on that libpcap handle by the compiled
 FrameReader (pcap_next_ex, one copy of each frame into the batch), where next_batch()
 copied each twice more: 72 -> 51 ms a million frames of bench/parse.py's capture.
+
+A plain classic pcap file in this machine's byte order (what tcpdump and dumpcap -P
+write here) is read with its records in place (FrameReader.records_in_place): each batch
+is a stretch of the file read from libpcap's FILE in one call, the frames' rows come from
+the record headers, and any record that is not plain goes through pcap_next_ex. libpcap
+still opens and checks the file, reads every other format, and has the last word on an
+odd record: 62 -> 34 ms to read a million frames of bench/parse.py's capture.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import gzip
 import importlib.metadata
 import lzma
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,6 +48,10 @@ from sensor.errors import CaptureError
 from sensor.heap import glibc
 
 PCAP_RECORD_HEADER = 16
+PCAP_FILE_HEADER = 24
+PCAP_MAGICS = (0xA1B2C3D4, 0xA1B23C4D)
+"""Classic pcap's magic numbers, read in this machine's byte order: microsecond and
+nanosecond fractions."""
 STDIN = "-"
 """The file name libpcap reads standard input for."""
 
@@ -58,9 +71,9 @@ they hold at most SMALL_ARCHIVE_CONTENT_BYTES: a child process costs tens of mil
 which a minute's rotated file does not."""
 SMALL_ARCHIVE_CONTENT_BYTES = 16 << 20
 SAVEFILE_BUFFER_BYTES = 1 << 20
-"""The stdio buffer libpcap reads a plain capture file through. With libpcap's own
-(4 KiB) a third of the time spent reading a file of DNS frames went into read() calls
-(bench/parse.py, 'libpcap reading the file': 0.077 -> 0.053 us a frame with 1 MiB)."""
+"""The stdio buffer libpcap reads a plain capture file through, frame by frame. With
+libpcap's own (4 KiB) a third of the time spent reading a file of DNS frames went into
+read() calls (bench/parse.py, reading frame by frame: 0.077 -> 0.053 us a frame with 1 MiB)."""
 FRAME_BATCH_BYTES = 4 << 20
 """Bytes of frames read into one batch at most (besides frames_per_read): a capture of
 full-size frames gives batches of about 2 800 of them. A single larger frame (snaplen
@@ -299,6 +312,9 @@ def _libpcap_calls() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
         pcap.pcap_geterr.restype = ctypes.c_char_p
         pcap.pcap_geterr.argtypes = (ctypes.c_void_p,)
         pcap.pcap_next_ex.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+        pcap.pcap_is_swapped.argtypes = (ctypes.c_void_p,)
+        pcap.pcap_snapshot.argtypes = (ctypes.c_void_p,)
+        libc.fileno.argtypes = (ctypes.c_void_p,)
         libc.setvbuf.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
         libc.__fsetlocking.argtypes = (ctypes.c_void_p, ctypes.c_int)
     except (OSError, AttributeError):
@@ -339,6 +355,31 @@ def _tune_stdio(reader: Any, path: str) -> ctypes.Array | None:
     return buffer
 
 
+def _in_place_format(reader: Any, path: str) -> tuple[int, int, bool] | None:
+    """(libpcap's FILE, its snapshot length, whether fractions are nanoseconds) where the
+    capture's records can be read in place: a regular file (never a pipe, where a record
+    left to libpcap could not be read again) of classic pcap, version 2.4, in this machine's
+    byte order (libpcap swaps the pseudo-headers of some link types otherwise). None
+    elsewhere: pcapng and the rest are read through pcap_next_ex."""
+    handle = _handle(reader)
+    if handle is None or not os.path.isfile(path) or is_stream(path):
+        return None
+    pcap, libc = _libpcap_calls()
+    stream = pcap.pcap_file(handle)
+    if not stream or pcap.pcap_is_swapped(handle) != 0:
+        return None
+    try:
+        head = os.pread(libc.fileno(stream), PCAP_FILE_HEADER, 0)
+    except OSError:
+        return None
+    if len(head) < PCAP_FILE_HEADER:
+        return None
+    magic, major, minor = struct.unpack_from("=IHH", head)
+    if magic not in PCAP_MAGICS or (major, minor) != (2, 4):
+        return None
+    return stream, pcap.pcap_snapshot(handle), magic == PCAP_MAGICS[1]
+
+
 class FrameSource:
     """Batches of frames from a pcapy-ng handle (a file's or a live interface's): through
     FrameReader on its libpcap handle, which copies each frame once, or through next_batch()
@@ -364,7 +405,8 @@ class FrameSource:
         while True:
             blob, meta, status = self.frame_reader.read(frames_per_read, FRAME_BATCH_BYTES)
             if status == READ_ERROR:
-                message = _libpcap_calls()[0].pcap_geterr(self.handle).decode(errors="replace")
+                message = (self.frame_reader.failure
+                           or _libpcap_calls()[0].pcap_geterr(self.handle).decode(errors="replace"))
                 return blob, meta, _explained(message)
             if meta.shape[0] or status != READ_MORE:
                 return blob, meta, None
@@ -375,12 +417,19 @@ def _close(reader: Any, inflater: _Inflater | _Decompressed | None) -> str | Non
     return inflater.close() if inflater is not None else None
 
 
-def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
-    """Yield the frames of one capture file; CaptureError when it cannot be read."""
+def read_frames(path: str, frames_per_read: int, records_in_place: bool = True) -> Iterator[FrameBatch]:
+    """Yield the frames of one capture file; CaptureError when it cannot be read.
+    records_in_place=False reads every frame through pcap_next_ex, as a capture of another
+    format is read (the reference the in-place walk is tested against)."""
     reader, inflater = _open(path)
-    stdio_buffer = _tune_stdio(reader, path) if inflater is None else None
     linktype = reader.datalink()
     source = FrameSource(reader)
+    in_place = (_in_place_format(reader, path)
+                if records_in_place and inflater is None and source.frame_reader is not None else None)
+    if in_place is not None:
+        source.frame_reader.records_in_place(*in_place)
+    # Read in place, libpcap's FILE keeps its small buffer: a stretch is read past it.
+    stdio_buffer = _tune_stdio(reader, path) if inflater is None and in_place is None else None
     first = 1
     consumed = 0
     failure = None
@@ -389,7 +438,7 @@ def read_frames(path: str, frames_per_read: int) -> Iterator[FrameBatch]:
             blob, table, failure = source.read(frames_per_read)
             if table.shape[0]:
                 if inflater is None:
-                    source_bytes = len(blob) + PCAP_RECORD_HEADER * table.shape[0]
+                    source_bytes = int(table[:, 3].sum(dtype=np.uint64)) + PCAP_RECORD_HEADER * table.shape[0]
                 else:
                     source_bytes, consumed = inflater.consumed - consumed, inflater.consumed
                 yield FrameBatch(blob, table, linktype, first, source_bytes)
