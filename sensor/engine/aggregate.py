@@ -749,8 +749,9 @@ class Accumulator:
         new = known.add(keys)[0] >= before
         if new.any():
             new_keys = keys[new]
-            # keys met before the last take() still have their text
-            missing = np.fromiter((k not in texts for k in new_keys.tolist()), dtype=bool, count=len(new_keys))
+            # keys met before the last take() still have their text (none before the first)
+            missing = (np.fromiter((k not in texts for k in new_keys.tolist()), dtype=bool, count=len(new_keys))
+                       if texts else np.ones(len(new_keys), dtype=bool))
             if missing.any():
                 with gc_paused():
                     texts.update(zip(new_keys[missing].tolist(), identities(first_idx[new][missing])))
