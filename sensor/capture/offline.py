@@ -110,7 +110,8 @@ class FrameBatch:
     """Frames as pcapy-ng's next_batch() returns them: one blob and a table of
     (seconds, microseconds, offset, caplen) rows, plus the link type, the
     1-based number of the first frame in the capture, and how many bytes of
-    the capture file(s) on disk the frames stand for (a replay's progress)."""
+    the capture file(s) on disk the frames stand for (a replay's progress). A frame
+    is where its row says: a blob read in place holds the record headers too."""
     blob: bytes
     meta: np.ndarray
     linktype: int
