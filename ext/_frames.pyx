@@ -93,6 +93,16 @@ FIRST_RECORD_GUESS = 256
 asks for, per frame wanted. Later reads go by the records read so far."""
 
 
+cdef object blob_of(PyObject *raw, Py_ssize_t size):
+    """The batch's bytes, made by PyBytes_FromStringAndSize and filled, shrunk to `size`:
+    the one reference they hold becomes the returned object's."""
+    if _PyBytes_Resize(&raw, size) < 0:     # raw is NULL after a failed resize
+        raise MemoryError()
+    blob = <object>raw
+    Py_DECREF(blob)                 # the reference PyBytes_FromStringAndSize gave
+    return blob
+
+
 cdef class FrameReader:
     """Reads one pcap handle. ``next_ex`` is the address of libpcap's pcap_next_ex and
     ``handle`` the pcap_t it is called on: both must outlive the reader.
@@ -209,12 +219,10 @@ cdef class FrameReader:
                 meta[n, 3] = hdr.caplen
                 used += hdr.caplen
                 n += 1
-        if r == -3 or _PyBytes_Resize(&raw, used) < 0:     # raw is NULL after a failed resize
-            if raw != NULL:
-                Py_DECREF(<object>raw)
+        if r == -3:
+            Py_DECREF(<object>raw)
             raise MemoryError()
-        blob = <object>raw
-        Py_DECREF(blob)                 # the reference PyBytes_FromStringAndSize gave
+        blob = blob_of(raw, used)
         if r == -1:
             status = READ_ERROR
         elif r == 0 or r == -2:         # 0: a live handle's timeout; -2: end of the file
@@ -292,10 +300,7 @@ cdef class FrameReader:
                 raise MemoryError()
         self.walked_bytes += pos
         self.walked_records += n
-        if _PyBytes_Resize(&raw, pos) < 0:
-            raise MemoryError()
-        blob = <object>raw
-        Py_DECREF(blob)                 # the reference PyBytes_FromStringAndSize gave
+        blob = blob_of(raw, pos)
         if self.failure_text is not None:
             status = READ_ERROR
         elif ended and not n and not self.through_libpcap:

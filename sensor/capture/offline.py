@@ -335,19 +335,30 @@ def _handle(reader: Any) -> int | None:
     return handle
 
 
+def _savefile_stream(reader: Any, path: str) -> tuple[int, int] | None:
+    """(pcap_t, libpcap's FILE) of a capture read from a regular file; None for a pipe,
+    standard input or a device (whose start cannot be read again), or where the handle is
+    not at hand."""
+    handle = _handle(reader)
+    if handle is None or not os.path.isfile(path) or is_stream(path):
+        return None
+    stream = _libpcap_calls()[0].pcap_file(handle)
+    return (handle, stream) if stream else None
+
+
 def _tune_stdio(reader: Any, path: str) -> ctypes.Array | None:
     """Give the FILE libpcap reads a plain capture file through a buffer of
     SAVEFILE_BUFFER_BYTES, and take the lock off its calls. Returns the buffer, which must
     outlive the reader, or None where it was not done (only speed differs). Never for a
     pipe: glibc moves the file offset back over what its old buffer held unread, which a
     pipe cannot do."""
-    handle = _handle(reader)
-    if handle is None or not os.path.isfile(path) or is_stream(path):
+    savefile = _savefile_stream(reader, path)
+    if savefile is None:
         return None
-    pcap, libc = _libpcap_calls()
-    stream = pcap.pcap_file(handle)
+    stream = savefile[1]
+    libc = _libpcap_calls()[1]
     buffer = ctypes.create_string_buffer(SAVEFILE_BUFFER_BYTES)
-    if not stream or libc.setvbuf(stream, buffer, 0, SAVEFILE_BUFFER_BYTES) != 0:    # 0: _IOFBF
+    if libc.setvbuf(stream, buffer, 0, SAVEFILE_BUFFER_BYTES) != 0:    # 0: _IOFBF
         return None
     # libpcap makes two fread() calls a frame, each taking the FILE's lock, about a sixth
     # of the time spent reading a file (bench/parse.py). Only the thread reading the file
@@ -362,12 +373,12 @@ def _in_place_format(reader: Any, path: str) -> tuple[int, int, bool] | None:
     left to libpcap could not be read again) of classic pcap, version 2.4, in this machine's
     byte order (libpcap swaps the pseudo-headers of some link types otherwise). None
     elsewhere: pcapng and the rest are read through pcap_next_ex."""
-    handle = _handle(reader)
-    if handle is None or not os.path.isfile(path) or is_stream(path):
+    savefile = _savefile_stream(reader, path)
+    if savefile is None:
         return None
+    handle, stream = savefile
     pcap, libc = _libpcap_calls()
-    stream = pcap.pcap_file(handle)
-    if not stream or pcap.pcap_is_swapped(handle) != 0:
+    if pcap.pcap_is_swapped(handle) != 0:
         return None
     try:
         head = os.pread(libc.fileno(stream), PCAP_FILE_HEADER, 0)
